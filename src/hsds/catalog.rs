@@ -1,0 +1,150 @@
+//! The HSDS 3.1 table catalog: every table hsda stores, its fields and their types, how tables reference
+//! each other and which related objects a table's JSON form nests. Everything else (validation, the store,
+//! compiled documents, CSV import/export, the OpenAPI document) reads HSDS structure from here.
+
+pub use super::catalog_data::TABLES;
+
+/// The value type of a scalar HSDS field, as the JSON Schema and the tabular data package describe it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldType {
+    Uuid,
+    Text,
+    Uri,
+    Email,
+    Number,
+    Integer,
+    Boolean,
+    Date,
+    DateTime,
+    Time,
+    Enum(&'static [&'static str]),
+}
+
+#[derive(Debug)]
+pub struct Field {
+    pub name: &'static str,
+    pub ty: FieldType,
+    pub required: bool,
+    /// The table this field points at (`*` for the polymorphic `attribute.link_id` and `metadata.resource_id`).
+    pub references: Option<&'static str>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NestedKind {
+    /// An array of child rows that point at this row (`service.phones` holds phones whose `service_id` is it).
+    Many,
+    /// One related row this row points at (`service.organization` via `service.organization_id`).
+    One,
+}
+
+#[derive(Debug)]
+pub struct Nested {
+    pub key: &'static str,
+    pub kind: NestedKind,
+    pub table: &'static str,
+}
+
+#[derive(Debug)]
+pub struct Table {
+    /// Singular HSDS name, also the event object name (`phone`).
+    pub name: &'static str,
+    /// The API path segment (`phones`).
+    pub plural: &'static str,
+    /// The file of this table in a tabular data package.
+    pub csv_file: &'static str,
+    pub fields: &'static [Field],
+    pub nested: &'static [Nested],
+}
+
+/// The four documents that embed other tables; a change to an embedded row updates them.
+pub const ROOTS: [&str; 4] = ["service", "organization", "location", "service_at_location"];
+
+/// Tables that stand on their own: deleting a row they reference is refused rather than cascaded.
+const ENTITIES: [&str; 8] =
+    ["organization", "service", "location", "program", "taxonomy", "taxonomy_term", "unit", "meta_table_description"];
+
+impl Table {
+    pub fn field(&self, name: &str) -> Option<&'static Field> {
+        self.fields.iter().find(|f| f.name == name)
+    }
+
+    pub fn is_root(&self) -> bool {
+        ROOTS.contains(&self.name)
+    }
+
+    /// Whether rows of this table are details owned by the rows they point at (deleted with them).
+    pub fn is_detail(&self) -> bool {
+        !ENTITIES.contains(&self.name)
+    }
+
+    /// Fields that point at other rows.
+    pub fn reference_fields(&self) -> impl Iterator<Item = &'static Field> {
+        self.fields.iter().filter(|f| f.references.is_some())
+    }
+
+    /// For a `Many` nested key: the field of the child table that points back at a row of `self`.
+    pub fn back_reference(&self, nested: &Nested) -> Option<&'static Field> {
+        let child = table(nested.table)?;
+        child
+            .fields
+            .iter()
+            .find(|f| f.references == Some(self.name))
+            .or_else(|| child.fields.iter().find(|f| f.references == Some("*")))
+    }
+
+    /// For a `One` nested key: the field of `self` that holds the related row's id.
+    pub fn forward_reference(&self, nested: &Nested) -> Option<&'static Field> {
+        self.fields.iter().find(|f| f.references == Some(nested.table))
+    }
+
+    pub fn nested(&self, key: &str) -> Option<&'static Nested> {
+        // `self` lives in the static catalog, but the borrow checker only sees `&self`; look it up again.
+        table(self.name)?.nested.iter().find(|n| n.key == key)
+    }
+}
+
+/// The table with this singular name.
+pub fn table(name: &str) -> Option<&'static Table> {
+    TABLES.iter().find(|t| t.name == name)
+}
+
+/// The table served under this API path segment.
+pub fn table_by_plural(plural: &str) -> Option<&'static Table> {
+    TABLES.iter().find(|t| t.plural == plural)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catalog_has_all_24_tables_with_ids() {
+        assert_eq!(TABLES.len(), 24);
+        for t in TABLES {
+            assert_eq!(t.fields[0].name, "id", "{} starts with id", t.name);
+            assert!(table_by_plural(t.plural).is_some());
+        }
+    }
+
+    #[test]
+    fn every_nested_key_resolves_to_a_reference() {
+        for t in TABLES {
+            for n in t.nested {
+                let resolved = match n.kind {
+                    NestedKind::Many => t.back_reference(n),
+                    NestedKind::One => t.forward_reference(n),
+                };
+                assert!(resolved.is_some(), "{}.{} has no reference field", t.name, n.key);
+            }
+        }
+    }
+
+    #[test]
+    fn phones_of_a_service_point_back_by_service_id() {
+        let service = table("service").unwrap();
+        let phones = service.nested("phones").unwrap();
+        assert_eq!(service.back_reference(phones).unwrap().name, "service_id");
+        let attributes = service.nested("attributes").unwrap();
+        assert_eq!(service.back_reference(attributes).unwrap().name, "link_id");
+    }
+}

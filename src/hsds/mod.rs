@@ -1,0 +1,5 @@
+//! The HSDS domain: the table catalog, validation of rows and documents, and the shapes of compiled
+//! documents. Pure code: nothing here touches HTTP or the database.
+
+pub mod catalog;
+mod catalog_data;
