@@ -1,7 +1,26 @@
 //! hsda: an HSDS 3.1 directory server that pushes every change to its subscribers as signed webhooks.
 //!
-//! The path of a change through the tree: `http` (parse and authorize) -> `hsds` (validate against the
-//! catalog) -> `store` (rows, compiled documents and events in one transaction) -> `webhook` (fan-out,
-//! signed delivery, attempt log).
+//! The path of a change through the tree: `http` (parse and authorize) -> `hsds` (validate and flatten
+//! against the catalog) -> `store` (rows, compiled documents and events in one transaction) -> `webhook`
+//! (fan-out, signed delivery, attempt log).
 
+/// Bulk import and export of HSDS data packages and JSON documents.
+pub mod bulk;
+/// The command line.
+pub mod cli;
+/// Settings from flags, environment and file.
+pub mod config;
+/// The event catalog (types and payload schemas).
+pub mod events;
+/// Deterministic generator of realistic directories (demo and benchmarks).
+pub mod generate;
+/// The HSDS domain: catalog, validation, documents. No I/O.
 pub mod hsds;
+/// The HTTP API.
+pub mod http;
+/// hsda's OpenAPI document.
+pub mod openapi;
+/// Building and running the server.
+pub mod startup;
+/// The database: rows, documents, events, keys.
+pub mod store;

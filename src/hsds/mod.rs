@@ -3,3 +3,7 @@
 
 pub mod catalog;
 mod catalog_data;
+pub mod document;
+pub mod merge_patch;
+pub mod schema;
+pub mod validate;

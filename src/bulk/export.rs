@@ -1,0 +1,50 @@
+//! `hsda export`: the directory as a tabular data package (every table, one CSV each) or as NDJSON of the
+//! compiled documents (organizations, locations, then services with everything they nest).
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::Context;
+use futures::StreamExt;
+
+use crate::hsds::catalog::{TABLES, table};
+use crate::store::Db;
+use crate::store::read::ListQuery;
+
+/// Writes every row of every table as a data package; returns a one-line report.
+pub async fn export_datapackage(db: &Db, out: &Path) -> anyhow::Result<String> {
+    let mut rows = Vec::new();
+    for t in TABLES {
+        let mut stream = std::pin::pin!(db.stream_rows(t));
+        while let Some(row) = stream.next().await {
+            rows.push((t, row?));
+        }
+    }
+    let count = rows.len();
+    super::write_datapackage(out, rows).with_context(|| format!("writing {}", out.display()))?;
+    Ok(format!("exported {count} rows to {}", out.display()))
+}
+
+/// Writes the compiled root documents, one JSON object per line.
+pub async fn export_ndjson(db: &Db, out: &Path) -> anyhow::Result<String> {
+    let file = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
+    let mut writer = std::io::BufWriter::new(file);
+    let mut count = 0usize;
+    // Organizations (without their service list) and locations first, so that a re-import finds every
+    // referenced row before the services that point at them.
+    for name in ["organization", "location", "service"] {
+        let Some(t) = table(name) else { continue };
+        let mut stream = std::pin::pin!(db.stream(t, ListQuery::default()));
+        while let Some(listed) = stream.next().await {
+            let mut doc = listed?.value;
+            if let Some(map) = doc.as_object_mut() {
+                map.remove("services");
+            }
+            serde_json::to_writer(&mut writer, &doc)?;
+            writer.write_all(b"\n")?;
+            count += 1;
+        }
+    }
+    writer.flush()?;
+    Ok(format!("exported {count} documents to {}", out.display()))
+}

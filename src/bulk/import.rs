@@ -1,0 +1,153 @@
+//! `hsda import`: reads a data package or JSON documents, validates every row (naming file, line and
+//! field of the first problems), then writes everything in one transaction with its events.
+
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::Value;
+
+use super::read_datapackage;
+use crate::hsds::catalog::{Table, table};
+use crate::hsds::document::flatten;
+use crate::hsds::validate::validate_row;
+use crate::store::Db;
+use crate::store::compile::Row;
+use crate::store::write::WriteError;
+
+/// Rows ready to write, each with a label saying where it came from ("services.csv line 3").
+pub type LabelledRows = Vec<(&'static Table, Row, String)>;
+
+/// Reads and validates `path`: a folder or .zip data package, a .json file (one document or an array) or
+/// a .ndjson file (one document per line).
+pub fn read_path(path: &Path) -> anyhow::Result<LabelledRows> {
+    let name = path.to_string_lossy().to_lowercase();
+    let mut rows: LabelledRows = Vec::new();
+    let mut problems: Vec<String> = Vec::new();
+    if name.ends_with(".json") || name.ends_with(".ndjson") || name.ends_with(".jsonl") {
+        let docs = super::ndjson::read_json_documents(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+        for (label, doc) in docs {
+            let Some(table) = document_table(&doc) else {
+                problems.push(format!("{label}: cannot tell which HSDS object this is (give it an id and the fields of a service, organization, location or service_at_location)"));
+                continue;
+            };
+            match flatten(table, &doc, "") {
+                Ok(flat) => rows.extend(flat.rows.into_iter().map(|r| {
+                    let at = format!(
+                        "{label}{}",
+                        if r.pointer.is_empty() { String::new() } else { format!(" at {}", r.pointer) }
+                    );
+                    (r.table, r.row, at)
+                })),
+                Err(errors) => {
+                    problems.extend(errors.into_iter().map(|e| format!("{label}, field {}: {}", e.pointer, e.detail)))
+                }
+            }
+        }
+        // Parents before children: the document order already puts them first.
+    } else {
+        let source = read_datapackage(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+        for r in source {
+            let label = format!("{} line {}", r.file, r.line);
+            for e in validate_row(r.table, &r.data, "") {
+                problems.push(format!("{label}, field {}: {}", e.pointer.trim_start_matches('/'), e.detail));
+            }
+            rows.push((r.table, r.data, label));
+        }
+    }
+    if !problems.is_empty() {
+        let shown = problems.iter().take(20).cloned().collect::<Vec<_>>().join("\n  ");
+        bail!("{} problem(s), nothing was imported:\n  {shown}", problems.len());
+    }
+    Ok(rows)
+}
+
+/// Guesses the HSDS object of a compiled JSON document by its fields.
+fn document_table(doc: &Value) -> Option<&'static Table> {
+    let has = |k: &str| doc.get(k).is_some();
+    let name = if has("status") || has("service_at_locations") {
+        "service"
+    } else if has("location_type") || has("addresses") {
+        "location"
+    } else if has("service_id") && has("location_id") {
+        "service_at_location"
+    } else if has("name") && has("description") {
+        "organization"
+    } else {
+        return None;
+    };
+    table(name)
+}
+
+/// How to import.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ImportOptions {
+    /// Draw a progress bar on the terminal.
+    pub progress: bool,
+    /// Refuse references to rows that exist neither in the directory nor in the import.
+    pub strict_references: bool,
+}
+
+/// Imports `path` into `db`; returns a report (first line: counts; then warnings, if any).
+pub async fn import_path(db: &Db, path: &Path, options: ImportOptions) -> anyhow::Result<String> {
+    let show_progress = options.progress;
+    let rows = read_path(path).with_context(|| format!("reading {}", path.display()))?;
+    let count = rows.len();
+    let bar = if show_progress { ProgressBar::new(count as u64) } else { ProgressBar::hidden() };
+    bar.set_style(
+        ProgressStyle::with_template("{msg:>20} [{bar:40}] {pos}/{len} ({per_sec}, eta {eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let started = std::time::Instant::now();
+    let progress = |phase: &str, done: u64, total: u64| {
+        bar.set_message(phase.to_string());
+        bar.set_length(total);
+        bar.set_position(done);
+    };
+    let outcome = match db.import(rows, options.strict_references, &progress).await {
+        Ok(o) => o,
+        Err(WriteError::Invalid(errors)) => {
+            bar.abandon();
+            let shown = errors.iter().take(20).map(|e| format!("{}: {}", e.pointer, e.detail)).collect::<Vec<_>>();
+            // (with --strict-references only)
+            bail!("{} problem(s), nothing was imported:\n  {}", errors.len(), shown.join("\n  "));
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context("writing the import")),
+    };
+    bar.finish_and_clear();
+    let mut report = format!(
+        "imported {count} rows ({} changed) and appended {} events in {:.1}s",
+        outcome.rows_changed,
+        outcome.events,
+        started.elapsed().as_secs_f64()
+    );
+    if !outcome.warnings.is_empty() {
+        report += &format!(
+            "\nwarning: {} reference(s) point at rows that are not in the directory (imported as they are; \
+             --strict-references refuses them):",
+            outcome.warnings.len()
+        );
+        for w in outcome.warnings.iter().take(20) {
+            report += &format!("\n  {}: {}", w.pointer, w.detail);
+        }
+    }
+    Ok(report)
+}
+
+/// Loads generated demo data into an empty directory (does nothing when services exist already).
+pub async fn load_demo(db: &Db, services: usize) -> anyhow::Result<()> {
+    let service = table("service").context("catalog has services")?;
+    let (existing, _) = db.list(service, &Default::default(), 1, 1).await?;
+    if existing > 0 {
+        return Ok(());
+    }
+    let opts = crate::generate::GenerateOptions { services, ..Default::default() };
+    let rows: LabelledRows = crate::generate::generate(&opts)
+        .enumerate()
+        .map(|(i, (t, row))| (t, row, format!("generated row {i}")))
+        .collect();
+    let progress = |_: &str, _: u64, _: u64| {};
+    db.import(rows, true, &progress).await.map_err(|e| anyhow::anyhow!("loading demo data: {e}"))?;
+    Ok(())
+}

@@ -1,0 +1,158 @@
+//! The `hsda` command line: `serve`, `migrate`, `import`, `export`, `keys create` and `generate`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::{Config, Flags, ServeFlags};
+use crate::store::Db;
+use crate::store::keys::Scope;
+
+#[derive(Debug, Parser)]
+#[command(name = "hsda", version, about = "An HSDS 3.1 directory server that pushes every change as signed webhooks")]
+pub struct Cli {
+    #[command(flatten)]
+    pub flags: Flags,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP server.
+    Serve(ServeFlags),
+    /// Create or upgrade the database schema, then exit.
+    Migrate,
+    /// Import an HSDS tabular data package (folder or .zip), or HSDS JSON / NDJSON documents, all or nothing.
+    Import {
+        /// A folder or .zip with datapackage.json and CSVs, a .json file or a .ndjson file.
+        path: PathBuf,
+        /// Do not draw a progress bar.
+        #[arg(long)]
+        quiet: bool,
+        /// Refuse references to rows that are neither in the directory nor in the import (by default they
+        /// are imported and listed as warnings).
+        #[arg(long)]
+        strict_references: bool,
+    },
+    /// Export the directory as a tabular data package (folder, or .zip if OUT ends in .zip) or as NDJSON.
+    Export {
+        #[arg(long, value_enum, default_value_t = ExportFormat::Datapackage)]
+        format: ExportFormat,
+        out: PathBuf,
+    },
+    /// Manage API keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Write a generated, realistic directory as a tabular data package (deterministic for a seed).
+    Generate {
+        /// Number of services.
+        #[arg(long, default_value_t = 1000)]
+        services: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Output folder (or .zip).
+        #[arg(long, default_value = "generated")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ExportFormat {
+    Datapackage,
+    Ndjson,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key; the key itself is printed alone on the last line and never shown again.
+    Create {
+        #[arg(long, value_enum)]
+        scope: ScopeArg,
+        #[arg(long, default_value = "default")]
+        tenant: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ScopeArg {
+    Admin,
+    Publish,
+    Subscribe,
+}
+
+impl From<ScopeArg> for Scope {
+    fn from(s: ScopeArg) -> Scope {
+        match s {
+            ScopeArg::Admin => Scope::Admin,
+            ScopeArg::Publish => Scope::Publish,
+            ScopeArg::Subscribe => Scope::Subscribe,
+        }
+    }
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let serve_flags = match &cli.command {
+        Command::Serve(s) => s.clone(),
+        _ => ServeFlags::default(),
+    };
+    let config = Config::load(&cli.flags, &serve_flags)?;
+    match cli.command {
+        Command::Serve(_) => serve(config).await,
+        Command::Migrate => {
+            Db::connect(&config.database_url).await?;
+            println!("database at {} is up to date", config.database_url);
+            Ok(())
+        }
+        Command::Import { path, quiet, strict_references } => {
+            let db = Db::connect(&config.database_url).await?;
+            let options = crate::bulk::import::ImportOptions { progress: !quiet, strict_references };
+            let report = crate::bulk::import::import_path(&db, &path, options).await?;
+            println!("{report}");
+            Ok(())
+        }
+        Command::Export { format, out } => {
+            let db = Db::connect(&config.database_url).await?;
+            let report = match format {
+                ExportFormat::Datapackage => crate::bulk::export::export_datapackage(&db, &out).await?,
+                ExportFormat::Ndjson => crate::bulk::export::export_ndjson(&db, &out).await?,
+            };
+            println!("{report}");
+            Ok(())
+        }
+        Command::Keys { command: KeysCommand::Create { scope, tenant } } => {
+            let db = Db::connect(&config.database_url).await?;
+            let key = db.create_key(&tenant, scope.into()).await?;
+            println!("created {} key {} for tenant {}", key.principal.scope.as_str(), key.id, tenant);
+            println!("{}", key.secret);
+            Ok(())
+        }
+        Command::Generate { services, seed, out } => {
+            let opts = crate::generate::GenerateOptions { services, seed, ..Default::default() };
+            crate::bulk::write_datapackage(&out, crate::generate::generate(&opts))
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!("wrote {services} services to {}", out.display());
+            Ok(())
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let db = Db::connect(&config.database_url).await?;
+    if config.demo {
+        crate::bulk::import::load_demo(&db, config.demo_services).await?;
+    }
+    let key = db.create_key("default", Scope::Admin).await?;
+    let app = crate::startup::Application::build_with_db(config, db).await?;
+    let token = app.shutdown_token();
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        token.cancel();
+    });
+    println!("hsda listening on http://{}", app.local_addr());
+    println!("admin API key (shown once): {}", key.secret);
+    app.run().await
+}

@@ -1,0 +1,115 @@
+//! Configuration: command-line flags, each with an `HSDA_*` environment twin, over an optional TOML file
+//! (`--config`, see `config.example.toml`), over built-in defaults. Validated once at start-up.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use serde::Deserialize;
+
+/// Settings shared by every command.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Flags {
+    /// TOML file with any of the settings below (flags and environment variables win over it).
+    #[arg(long, env = "HSDA_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// `sqlite://FILE` (default `sqlite://hsda.db`) or `postgres://USER@HOST/DB`.
+    #[arg(long, env = "HSDA_DATABASE_URL", global = true)]
+    pub database_url: Option<String>,
+}
+
+/// Settings of `hsda serve`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServeFlags {
+    /// Address to listen on (default 127.0.0.1:8080).
+    #[arg(long, env = "HSDA_BIND")]
+    pub bind: Option<SocketAddr>,
+    /// Load generated demo data when the directory is empty.
+    #[arg(long, env = "HSDA_DEMO")]
+    pub demo: bool,
+    /// Number of services the demo data has (default 2000).
+    #[arg(long, env = "HSDA_DEMO_SERVICES")]
+    pub demo_services: Option<usize>,
+    /// Require an API key for reads too (reads are public by default, as Open Referral asks).
+    #[arg(long, env = "HSDA_REQUIRE_KEY_FOR_READS")]
+    pub require_key_for_reads: bool,
+    /// Largest accepted request body in bytes (default 4 MiB).
+    #[arg(long, env = "HSDA_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Comma-separated CIDRs exempt from the SSRF guard, e.g. `127.0.0.0/8,::1/128`.
+    #[arg(long, env = "HSDA_ALLOW_TARGETS")]
+    pub allow_targets: Option<String>,
+    /// Comma-separated webhook retry delays in seconds (default 5,300,1800,7200,18000,36000,50400,72000,86400).
+    #[arg(long, env = "HSDA_RETRY_SCHEDULE")]
+    pub retry_schedule: Option<String>,
+}
+
+/// The file form of the settings.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    database_url: Option<String>,
+    bind: Option<SocketAddr>,
+    demo: Option<bool>,
+    demo_services: Option<usize>,
+    require_key_for_reads: Option<bool>,
+    max_body_bytes: Option<usize>,
+    allow_targets: Option<String>,
+    retry_schedule: Option<String>,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database_url: String,
+    pub bind: SocketAddr,
+    pub demo: bool,
+    pub demo_services: usize,
+    pub require_key_for_reads: bool,
+    pub max_body_bytes: usize,
+    pub allow_targets: String,
+    pub retry_schedule: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            database_url: "sqlite://hsda.db".into(),
+            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            demo: false,
+            demo_services: 2000,
+            require_key_for_reads: false,
+            max_body_bytes: 4 * 1024 * 1024,
+            allow_targets: String::new(),
+            retry_schedule: None,
+        }
+    }
+}
+
+impl Config {
+    /// Resolves flags (and their environment twins) over the config file over defaults.
+    pub fn load(flags: &Flags, serve: &ServeFlags) -> anyhow::Result<Config> {
+        let file = match &flags.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                toml::from_str::<FileConfig>(&text).with_context(|| format!("parsing {}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let d = Config::default();
+        let config = Config {
+            database_url: flags.database_url.clone().or(file.database_url).unwrap_or(d.database_url),
+            bind: serve.bind.or(file.bind).unwrap_or(d.bind),
+            demo: serve.demo || file.demo.unwrap_or(false),
+            demo_services: serve.demo_services.or(file.demo_services).unwrap_or(d.demo_services),
+            require_key_for_reads: serve.require_key_for_reads || file.require_key_for_reads.unwrap_or(false),
+            max_body_bytes: serve.max_body_bytes.or(file.max_body_bytes).unwrap_or(d.max_body_bytes),
+            allow_targets: serve.allow_targets.clone().or(file.allow_targets).unwrap_or(d.allow_targets),
+            retry_schedule: serve.retry_schedule.clone().or(file.retry_schedule),
+        };
+        if config.max_body_bytes < 1024 {
+            anyhow::bail!("max_body_bytes must be at least 1024");
+        }
+        Ok(config)
+    }
+}

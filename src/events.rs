@@ -1,0 +1,69 @@
+//! The event catalog: which event types exist and what their payloads look like. An event type is
+//! `{table}.{created|updated|deleted}` for every HSDS table; the payload is the compiled object (a
+//! tombstone for deletions).
+
+use serde_json::{Value, json};
+
+use crate::hsds::catalog::TABLES;
+use crate::hsds::schema::{object_schema, tombstone_schema};
+
+pub const ACTIONS: [&str; 3] = ["created", "updated", "deleted"];
+
+/// Every event type name, in catalog order.
+pub fn event_types() -> Vec<String> {
+    TABLES.iter().flat_map(|t| ACTIONS.iter().map(move |a| format!("{}.{a}", t.name))).collect()
+}
+
+/// Whether `pattern` names a known type, `table.*`, or `*`.
+pub fn is_known_pattern(pattern: &str) -> bool {
+    if pattern == "*" {
+        return true;
+    }
+    match pattern.split_once('.') {
+        Some((table, "*")) => TABLES.iter().any(|t| t.name == table),
+        Some((table, action)) => TABLES.iter().any(|t| t.name == table) && ACTIONS.contains(&action),
+        None => false,
+    }
+}
+
+/// The catalog served by `GET /event-types`: each type with a description and its payload schema.
+pub fn catalog() -> Value {
+    let mut out = Vec::new();
+    for t in TABLES {
+        for action in ACTIONS {
+            let schema = if action == "deleted" { tombstone_schema() } else { object_schema(t, 2) };
+            let description = match action {
+                "created" => format!("A {} was created; data is the new object.", t.name),
+                "updated" if t.is_root() => format!(
+                    "A {} or something it embeds changed; data is the whole document right after the change.",
+                    t.name
+                ),
+                "updated" => format!("A {} changed; data is the object right after the change.", t.name),
+                _ => format!("A {} was deleted; data is a tombstone with its id.", t.name),
+            };
+            out.push(json!({
+                "name": format!("{}.{action}", t.name),
+                "object": t.name,
+                "description": description,
+                "schema": schema,
+            }));
+        }
+    }
+    json!({ "event_types": out })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_are_checked_against_the_catalog() {
+        assert!(is_known_pattern("*"));
+        assert!(is_known_pattern("service.*"));
+        assert!(is_known_pattern("phone.deleted"));
+        assert!(!is_known_pattern("servce.*"));
+        assert!(!is_known_pattern("service.renamed"));
+        assert!(!is_known_pattern("service"));
+        assert_eq!(event_types().len(), 72);
+    }
+}

@@ -1,0 +1,281 @@
+//! Facts hsda derives from HSDS documents: their ETag, sort key, full-text search text, coordinates and
+//! the facets that list filters and webhook filters match on; and the flattening of a nested HSDS JSON
+//! body (a service with its phones, schedules ...) into the rows the store writes.
+
+use std::collections::BTreeSet;
+
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use super::catalog::{NestedKind, Table};
+use super::validate::{FieldError, validate_row};
+
+/// A strong ETag of a representation: a hash of its JSON text.
+pub fn etag(value: &Value) -> String {
+    let digest = Sha256::digest(value.to_string().as_bytes());
+    format!("\"{}\"", hex::encode(&digest[..12]))
+}
+
+/// The key lists are ordered by: the lower-cased name where the table has one, then the id.
+pub fn sort_key(table: &Table, doc: &Value) -> String {
+    let name = match table.name {
+        "service_at_location" => doc.pointer("/service/name").or_else(|| doc.get("description")),
+        _ => doc.get("name"),
+    };
+    name.and_then(Value::as_str).unwrap_or("").trim().to_lowercase().chars().take(200).collect()
+}
+
+/// The words full-text search matches: names, alternate names and descriptions (and a
+/// service_at_location's service and location names).
+pub fn search_text(table: &Table, doc: &Value) -> String {
+    let mut sources = vec![doc];
+    if table.name == "service_at_location" {
+        sources.extend(doc.get("service"));
+        sources.extend(doc.get("location"));
+    }
+    let parts: Vec<&str> = sources
+        .iter()
+        .flat_map(|v| {
+            ["name", "alternate_name", "description", "code"].into_iter().filter_map(|key| v.get(key)?.as_str())
+        })
+        .collect();
+    parts.join(" ")
+}
+
+/// Latitude and longitude of a location, or of a service_at_location's location.
+pub fn coordinates(table: &Table, doc: &Value) -> (Option<f64>, Option<f64>) {
+    let location = match table.name {
+        "location" => Some(doc),
+        "service_at_location" => doc.get("location"),
+        _ => None,
+    };
+    let get = |key: &str| location.and_then(|l| l.get(key)).and_then(Value::as_f64);
+    (get("latitude"), get("longitude"))
+}
+
+const FACET_KEYS: [&str; 6] =
+    ["organization_id", "service_id", "location_id", "service_at_location_id", "taxonomy_term_id", "taxonomy_id"];
+
+/// The `(facet, value)` pairs of a document: every id it mentions under a facet key, its own id as
+/// `{table}_id`, and every postcode of its addresses (as `postcode`, normalised).
+pub fn facets(table: &Table, doc: &Value) -> BTreeSet<(String, String)> {
+    let mut out = BTreeSet::new();
+    if let Some(id) = doc.get("id").and_then(Value::as_str) {
+        out.insert((format!("{}_id", table.name), id.to_string()));
+    }
+    collect_facets(doc, &mut out);
+    out
+}
+
+fn collect_facets(value: &Value, out: &mut BTreeSet<(String, String)>) {
+    match value {
+        Value::Object(map) => {
+            for (key, v) in map {
+                match v {
+                    Value::String(s) if FACET_KEYS.contains(&key.as_str()) => {
+                        out.insert((key.clone(), s.clone()));
+                    }
+                    Value::String(s) if key == "postal_code" => {
+                        out.insert(("postcode".into(), normalize_postcode(s)));
+                    }
+                    Value::Object(_) | Value::Array(_) => {
+                        if let Some(id) = v.get("id").and_then(Value::as_str) {
+                            // A nested one-to-one object names its own kind by its key (`organization`).
+                            let facet = format!("{key}_id");
+                            if FACET_KEYS.contains(&facet.as_str()) {
+                                out.insert((facet, id.to_string()));
+                            }
+                        }
+                        collect_facets(v, out);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| collect_facets(v, out)),
+        _ => {}
+    }
+}
+
+/// The facets a root contributes to the events of rows inside it: its own id and its top-level references.
+pub fn identity_facets(kind: &str, id: &str, doc: Option<&Value>) -> BTreeSet<(String, String)> {
+    let mut out = BTreeSet::new();
+    out.insert((format!("{kind}_id"), id.to_string()));
+    if let Some(doc) = doc {
+        for key in ["organization_id", "service_id", "location_id"] {
+            if let Some(s) = doc.get(key).and_then(Value::as_str) {
+                out.insert((key.to_string(), s.to_string()));
+            }
+        }
+    }
+    out
+}
+
+/// Postcodes compare without spaces and case: "sw1a 1aa" equals "SW1A1AA".
+pub fn normalize_postcode(s: &str) -> String {
+    s.chars().filter(|c| !c.is_whitespace()).flat_map(char::to_uppercase).collect()
+}
+
+/// One row of a flattened document, with the JSON pointer of where it sat in the body.
+#[derive(Debug, Clone)]
+pub struct FlatRow {
+    pub table: &'static Table,
+    pub row: Map<String, Value>,
+    pub pointer: String,
+}
+
+/// A nested array that was present in the body: its rows replace the parent's existing children.
+#[derive(Debug, Clone)]
+pub struct ChildSet {
+    pub table: &'static Table,
+    pub field: &'static str,
+    pub parent_id: String,
+    pub keep: Vec<String>,
+}
+
+/// A body split into rows, parents before children.
+#[derive(Debug, Default)]
+pub struct Flattened {
+    pub rows: Vec<FlatRow>,
+    pub child_sets: Vec<ChildSet>,
+}
+
+/// Splits an HSDS JSON object of `table` (which may nest children, e.g. `service.phones`) into flat rows,
+/// validating each. Children get their back reference filled in from the parent (a phone inside a service
+/// gets its `service_id`); a child naming a different parent is an error. Related one-to-one objects
+/// (`service.organization`, `attribute.taxonomy_term`) and the root-only `services`/`service` lists are
+/// read-only views of other rows and are ignored.
+pub fn flatten(table: &'static Table, body: &Value, pointer: &str) -> Result<Flattened, Vec<FieldError>> {
+    let mut out = Flattened::default();
+    let mut errors = Vec::new();
+    flatten_into(table, body, pointer, &mut out, &mut errors);
+    if errors.is_empty() { Ok(out) } else { Err(errors) }
+}
+
+fn flatten_into(table: &'static Table, body: &Value, pointer: &str, out: &mut Flattened, errors: &mut Vec<FieldError>) {
+    let Some(map) = body.as_object() else {
+        errors.push(FieldError::new(if pointer.is_empty() { "/" } else { pointer }, "must be a JSON object"));
+        return;
+    };
+    let mut row = Map::new();
+    let mut nested_bodies = Vec::new();
+    for (key, value) in map {
+        if let Some(nested) = table.nested(key) {
+            nested_bodies.push((nested, value));
+        } else if is_root_only_view(table, key) {
+            continue;
+        } else {
+            row.insert(key.clone(), value.clone());
+        }
+    }
+    errors.extend(validate_row(table, &row, pointer));
+    let id = row.get("id").and_then(Value::as_str).map(str::to_string);
+    out.rows.push(FlatRow { table, row, pointer: pointer.to_string() });
+    let Some(id) = id else { return };
+    for (nested, value) in nested_bodies {
+        if nested.kind == NestedKind::One || value.is_null() {
+            continue;
+        }
+        let Some(child_table) = super::catalog::table(nested.table) else { continue };
+        let Some(back) = table.back_reference(nested) else { continue };
+        let child_pointer = format!("{pointer}/{}", nested.key);
+        let Some(items) = value.as_array() else {
+            errors.push(FieldError::new(child_pointer, "must be an array"));
+            continue;
+        };
+        let mut keep = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let item_pointer = format!("{child_pointer}/{i}");
+            let mut item = item.clone();
+            if let Some(obj) = item.as_object_mut() {
+                match obj.get(back.name) {
+                    None | Some(Value::Null) => {
+                        obj.insert(back.name.to_string(), Value::String(id.clone()));
+                    }
+                    Some(Value::String(s)) if *s == id => {}
+                    Some(_) => errors.push(FieldError::new(
+                        format!("{item_pointer}/{}", back.name),
+                        format!("must be {id}, the id of the {} it is nested in", table.name),
+                    )),
+                }
+                if back.references == Some("*") && child_table.name == "attribute" && !obj.contains_key("link_entity") {
+                    obj.insert("link_entity".into(), Value::String(table.name.to_string()));
+                }
+                if back.references == Some("*") && child_table.name == "metadata" && !obj.contains_key("resource_type")
+                {
+                    obj.insert("resource_type".into(), Value::String(table.name.to_string()));
+                }
+                if let Some(child_id) = obj.get("id").and_then(Value::as_str) {
+                    keep.push(child_id.to_string());
+                }
+            }
+            flatten_into(child_table, &item, &item_pointer, out, errors);
+        }
+        out.child_sets.push(ChildSet { table: child_table, field: back.name, parent_id: id.clone(), keep });
+    }
+}
+
+fn is_root_only_view(table: &Table, key: &str) -> bool {
+    matches!((table.name, key), ("organization", "services") | ("service_at_location", "service"))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::hsds::catalog::table;
+
+    const SERVICE: &str = "ac148810-d857-441c-9679-408f346de14b";
+    const ORG: &str = "d9d5e0f5-d3ce-4f73-9a2f-4dd0ecc6c610";
+
+    #[test]
+    fn flatten_fills_back_references_and_records_child_sets() {
+        let body = json!({
+            "id": SERVICE, "name": "Food", "status": "active", "organization_id": ORG,
+            "organization": {"id": ORG, "name": "ignored"},
+            "phones": [{"id": "5f3c1a2e-0000-4000-8000-000000000001", "number": "555"}]
+        });
+        let flat = flatten(table("service").unwrap(), &body, "").unwrap();
+        assert_eq!(flat.rows.len(), 2);
+        assert_eq!(flat.rows[1].row["service_id"], json!(SERVICE));
+        assert_eq!(flat.rows[1].pointer, "/phones/0");
+        assert!(!flat.rows[0].row.contains_key("organization"));
+        assert_eq!(flat.child_sets.len(), 1);
+        assert_eq!(flat.child_sets[0].keep, vec!["5f3c1a2e-0000-4000-8000-000000000001".to_string()]);
+    }
+
+    #[test]
+    fn flatten_reports_nested_errors_by_pointer() {
+        let body = json!({
+            "id": SERVICE, "name": "Food", "status": "active",
+            "phones": [{"id": "5f3c1a2e-0000-4000-8000-000000000001", "service_id": ORG, "number": "555"}]
+        });
+        let errors = flatten(table("service").unwrap(), &body, "").unwrap_err();
+        assert_eq!(errors[0].pointer, "/phones/0/service_id");
+    }
+
+    #[test]
+    fn facets_collect_ids_and_postcodes() {
+        let doc = json!({"id": "s1", "organization_id": "o1",
+            "attributes": [{"taxonomy_term_id": "t1", "taxonomy_term": {"id": "t1", "taxonomy_id": "x1"}}],
+            "service_at_locations": [{"location": {"id": "l1", "addresses": [{"postal_code": "sw1a 1aa"}]}}]});
+        let f = facets(table("service").unwrap(), &doc);
+        for pair in [
+            ("service_id", "s1"),
+            ("organization_id", "o1"),
+            ("taxonomy_term_id", "t1"),
+            ("taxonomy_id", "x1"),
+            ("location_id", "l1"),
+            ("postcode", "SW1A1AA"),
+        ] {
+            assert!(f.contains(&(pair.0.to_string(), pair.1.to_string())), "{pair:?} in {f:?}");
+        }
+    }
+
+    #[test]
+    fn etag_changes_with_content() {
+        assert_ne!(etag(&json!({"a": 1})), etag(&json!({"a": 2})));
+        assert_eq!(etag(&json!({"a": 1})), etag(&json!({"a": 1})));
+    }
+}

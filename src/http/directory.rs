@@ -1,0 +1,408 @@
+//! The HSDS API: lists, search and documents of every table (reads, public by default), and hsda's
+//! writes — `PUT` (create or replace, children included), `PATCH` (JSON merge patch) and `DELETE`.
+
+use std::collections::HashMap;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures::StreamExt;
+use serde_json::{Map, Value, json};
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::{Caller, JsonBody};
+use crate::hsds::catalog::{Table, table_by_plural};
+use crate::hsds::document::{self, etag};
+use crate::hsds::merge_patch::merge_patch;
+use crate::store::compile::list_form;
+use crate::store::keys::Scope;
+use crate::store::read::{ListQuery, Listed};
+use crate::store::write::{Op, WriteOptions};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/{plural}", get(list).post(search))
+        .route("/{plural}/{id}", get(fetch).put(put).patch(patch).delete(remove))
+}
+
+const MAX_PER_PAGE: u64 = 1000;
+const DEFAULT_PER_PAGE: u64 = 50;
+
+fn table_of(plural: &str) -> Result<&'static Table, ApiError> {
+    table_by_plural(plural).ok_or_else(|| ApiError::NotFound(format!("/{plural}")))
+}
+
+/// Parsed list parameters.
+struct ListParams {
+    query: ListQuery,
+    page: u64,
+    per_page: u64,
+    ndjson: bool,
+    full: bool,
+    minimal: bool,
+    full_service: bool,
+}
+
+fn parse_bool(params: &HashMap<String, String>, name: &str) -> Result<bool, ApiError> {
+    match params.get(name).map(|s| s.to_ascii_lowercase()) {
+        None => Ok(false),
+        Some(v) if v == "true" || v == "1" || v.is_empty() => Ok(true),
+        Some(v) if v == "false" || v == "0" => Ok(false),
+        Some(_) => Err(ApiError::parameter(name, "must be true or false")),
+    }
+}
+
+fn parse_uint(params: &HashMap<String, String>, name: &str, default: u64, min: u64, max: u64) -> Result<u64, ApiError> {
+    match params.get(name) {
+        None => Ok(default),
+        Some(v) => match v.trim().parse::<u64>() {
+            Ok(n) if (min..=max).contains(&n) => Ok(n),
+            _ => Err(ApiError::parameter(name, format!("must be an integer from {min} to {max}"))),
+        },
+    }
+}
+
+fn parse_uuid_param(params: &HashMap<String, String>, name: &str) -> Result<Option<String>, ApiError> {
+    match params.get(name) {
+        None => Ok(None),
+        Some(v) if v.is_empty() => Ok(None),
+        Some(v) => {
+            uuid::Uuid::parse_str(v).map(|_| Some(v.clone())).map_err(|_| ApiError::parameter(name, "must be a UUID"))
+        }
+    }
+}
+
+/// Accepts RFC 3339 date-times and plain dates (`2024-05-01` = its midnight UTC).
+pub fn parse_timestamp(name: &str, v: &str) -> Result<String, ApiError> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(v.trim()) {
+        return Ok(crate::store::timestamp_text(t.with_timezone(&chrono::Utc)));
+    }
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(v.trim(), "%Y-%m-%d") {
+        let t = d.and_hms_opt(0, 0, 0).map(|t| t.and_utc());
+        if let Some(t) = t {
+            return Ok(crate::store::timestamp_text(t));
+        }
+    }
+    Err(ApiError::parameter(name, "must be an RFC 3339 date-time such as 2024-05-01T00:00:00Z, or a date"))
+}
+
+fn parse_list_params(table: &'static Table, params: &HashMap<String, String>) -> Result<ListParams, ApiError> {
+    let minimal = parse_bool(params, "minimal")?;
+    let per_page_max = if minimal { 100_000 } else { MAX_PER_PAGE };
+    let format = params.get("format").map(String::as_str).unwrap_or("json");
+    let ndjson = match format {
+        "json" => false,
+        "ndjson" => true,
+        _ => return Err(ApiError::parameter("format", "must be json or ndjson")),
+    };
+    let proximity = match params.get("proximity") {
+        None => None,
+        Some(v) => match v.trim().parse::<f64>() {
+            Ok(m) if m.is_finite() && m >= 0.0 => Some(m),
+            _ => return Err(ApiError::parameter("proximity", "must be a distance in metres")),
+        },
+    };
+    let postcode = params.get("postcode").filter(|p| !p.trim().is_empty()).cloned();
+    if proximity.is_some() && postcode.is_none() {
+        return Err(ApiError::parameter("proximity", "needs a postcode to measure from"));
+    }
+    let search = params.get("search").filter(|s| !s.trim().is_empty()).cloned();
+    let modified_after = match params.get("modified_after") {
+        Some(v) if !v.is_empty() => Some(parse_timestamp("modified_after", v)?),
+        _ => None,
+    };
+    let _ = table;
+    Ok(ListParams {
+        query: ListQuery {
+            search,
+            organization_id: parse_uuid_param(params, "organization_id")?,
+            taxonomy_term_id: parse_uuid_param(params, "taxonomy_term_id")?,
+            taxonomy_id: parse_uuid_param(params, "taxonomy_id")?,
+            service_id: parse_uuid_param(params, "service_id")?,
+            location_id: parse_uuid_param(params, "location_id")?,
+            parent_id: parse_uuid_param(params, "parent_id")?,
+            top_only: parse_bool(params, "top_only")?,
+            modified_after,
+            postcode,
+            proximity,
+        },
+        page: parse_uint(params, "page", 1, 1, u32::MAX as u64)?,
+        per_page: parse_uint(params, "per_page", DEFAULT_PER_PAGE, 1, per_page_max)?,
+        ndjson,
+        full: parse_bool(params, "full")?,
+        minimal,
+        full_service: parse_bool(params, "full_service")?,
+    })
+}
+
+/// How one listed row is shown, per `full`, `minimal` and `full_service`.
+fn present(table: &'static Table, listed: Listed, p: &ListParams) -> Value {
+    if p.minimal {
+        let last_modified = listed.value.get("last_modified").cloned().unwrap_or(Value::String(listed.modified_at));
+        return json!({ "id": listed.id, "last_modified": last_modified });
+    }
+    if !table.is_root() {
+        return listed.value;
+    }
+    if p.full {
+        return view_document(table, listed.value, p.full_service || table.name != "organization");
+    }
+    list_form(&listed.value)
+}
+
+/// A stored root document as served: an organization's services in list form unless `full_service`.
+fn view_document(table: &'static Table, mut doc: Value, full_service: bool) -> Value {
+    if table.name == "organization"
+        && !full_service
+        && let Some(services) = doc.get_mut("services").and_then(Value::as_array_mut)
+    {
+        {
+            for s in services.iter_mut() {
+                *s = list_form(s);
+            }
+        }
+    }
+    doc
+}
+
+async fn list(
+    State(state): State<AppState>,
+    Path(plural): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    state.check_read_access(&headers).await?;
+    let table = table_of(&plural)?;
+    let p = parse_list_params(table, &params)?;
+    respond_list(state, table, p).await
+}
+
+/// `POST` on a list path: the same search, with parameters from the query string and/or a JSON object body.
+async fn search(
+    State(state): State<AppState>,
+    Path(plural): Path<String>,
+    Query(mut params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    state.check_read_access(&headers).await?;
+    let table = table_of(&plural)?;
+    if !body.is_empty() {
+        let value: Value = serde_json::from_slice(&body).map_err(|e| {
+            ApiError::BadRequest(format!("malformed JSON at line {} column {}: {e}", e.line(), e.column()))
+        })?;
+        let Value::Object(map) = value else {
+            return Err(ApiError::invalid("", "must be a JSON object of search parameters"));
+        };
+        for (k, v) in map {
+            let text = match v {
+                Value::String(s) => s,
+                Value::Null => continue,
+                other => other.to_string(),
+            };
+            params.insert(k, text);
+        }
+    }
+    let p = parse_list_params(table, &params)?;
+    respond_list(state, table, p).await
+}
+
+async fn respond_list(state: AppState, table: &'static Table, p: ListParams) -> Result<Response, ApiError> {
+    if p.ndjson {
+        let stream = state.db.stream(table, p.query.clone()).map(move |row| match row {
+            Ok(listed) => {
+                let mut line = present(table, listed, &p).to_string();
+                line.push('\n');
+                Ok::<_, std::io::Error>(axum::body::Bytes::from(line))
+            }
+            Err(e) => {
+                tracing::error!(error = ?e, "ndjson stream failed");
+                Err(std::io::Error::other("database error"))
+            }
+        });
+        let mut response = Body::from_stream(stream).into_response();
+        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+        return Ok(response);
+    }
+    let (total, rows) = state.db.list(table, &p.query, p.page, p.per_page).await?;
+    let contents: Vec<Value> = rows.into_iter().map(|r| present(table, r, &p)).collect();
+    Ok(axum::Json(page_envelope(total, p.page, p.per_page, contents)).into_response())
+}
+
+/// The HSDS Page envelope.
+pub fn page_envelope(total: u64, page: u64, per_page: u64, contents: Vec<Value>) -> Value {
+    let total_pages = total.div_ceil(per_page.max(1));
+    json!({
+        "total_items": total,
+        "total_pages": total_pages,
+        "page_number": page,
+        "size": contents.len(),
+        "first_page": page == 1,
+        "last_page": page >= total_pages,
+        "empty": contents.is_empty(),
+        "contents": contents,
+    })
+}
+
+async fn fetch(
+    State(state): State<AppState>,
+    Path((plural, id)): Path<(String, String)>,
+    Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    state.check_read_access(&headers).await?;
+    let table = table_of(&plural)?;
+    let full_service = parse_bool(&params, "full_service")?;
+    let Some(doc) = state.db.get(table, &id).await? else {
+        return Err(ApiError::NotFound(format!("{} {id}", table.name)));
+    };
+    let tag = etag(&doc);
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == tag))
+    {
+        let mut r = StatusCode::NOT_MODIFIED.into_response();
+        r.headers_mut().insert(header::ETAG, header_value(&tag));
+        return Ok(r);
+    }
+    let view = if table.is_root() { view_document(table, doc, full_service) } else { doc };
+    Ok(with_etag(StatusCode::OK, view, &tag))
+}
+
+fn header_value(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("\"\""))
+}
+
+fn with_etag(status: StatusCode, body: Value, tag: &str) -> Response {
+    let mut r = (status, axum::Json(body)).into_response();
+    r.headers_mut().insert(header::ETAG, header_value(tag));
+    r
+}
+
+fn if_match(table: &'static Table, id: &str, headers: &HeaderMap) -> Option<(&'static Table, String, String)> {
+    headers
+        .get(header::IF_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| (table, id.to_string(), v.trim().trim_start_matches("W/").to_string()))
+}
+
+/// Turns a body for `table/id` into write operations: the rows, then the replaced child sets.
+fn body_to_ops(table: &'static Table, id: &str, mut body: Value) -> Result<Vec<Op>, ApiError> {
+    let Some(map) = body.as_object_mut() else {
+        return Err(ApiError::invalid("", "must be a JSON object"));
+    };
+    match map.get("id") {
+        None | Some(Value::Null) => {
+            map.insert("id".into(), Value::String(id.to_string()));
+        }
+        Some(Value::String(s)) if s == id => {}
+        Some(_) => return Err(ApiError::invalid("/id", format!("must equal the id in the path, {id}"))),
+    }
+    let flat = document::flatten(table, &body, "").map_err(ApiError::Invalid)?;
+    let mut ops: Vec<Op> =
+        flat.rows.into_iter().map(|r| Op::Upsert { table: r.table, row: r.row, pointer: r.pointer }).collect();
+    ops.extend(flat.child_sets.into_iter().map(|c| Op::KeepChildren {
+        table: c.table,
+        field: c.field,
+        parent_id: c.parent_id,
+        keep: c.keep,
+    }));
+    Ok(ops)
+}
+
+fn check_id(id: &str) -> Result<(), ApiError> {
+    uuid::Uuid::parse_str(id).map(|_| ()).map_err(|_| ApiError::invalid("/id", "the id in the path must be a UUID"))
+}
+
+async fn put(
+    State(state): State<AppState>,
+    Path((plural, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    caller: Caller,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    caller.require(&[Scope::Publish])?;
+    let table = table_of(&plural)?;
+    check_id(&id)?;
+    let existed = state.db.get(table, &id).await?.is_some();
+    let ops = body_to_ops(table, &id, body)?;
+    let options = WriteOptions { if_match: if_match(table, &id, &headers), ..WriteOptions::default() };
+    state.db.apply(ops, options).await?;
+    written(&state, table, &id, if existed { StatusCode::OK } else { StatusCode::CREATED }).await
+}
+
+async fn written(state: &AppState, table: &'static Table, id: &str, status: StatusCode) -> Result<Response, ApiError> {
+    let doc = state.db.get(table, id).await?.ok_or_else(|| ApiError::NotFound(format!("{} {id}", table.name)))?;
+    let tag = etag(&doc);
+    let mut r = with_etag(status, doc, &tag);
+    if status == StatusCode::CREATED {
+        r.headers_mut().insert(header::LOCATION, header_value(&format!("/{}/{id}", table.plural)));
+    }
+    Ok(r)
+}
+
+async fn patch(
+    State(state): State<AppState>,
+    Path((plural, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    caller: Caller,
+    JsonBody(patch): JsonBody,
+) -> Result<Response, ApiError> {
+    caller.require(&[Scope::Publish])?;
+    let table = table_of(&plural)?;
+    if !patch.is_object() {
+        return Err(ApiError::invalid("", "a merge patch must be a JSON object"));
+    }
+    let Some(mut current) = state.db.get(table, &id).await? else {
+        return Err(ApiError::NotFound(format!("{} {id}", table.name)));
+    };
+    let read_tag = etag(&current);
+    if let Some((_, _, wanted)) = if_match(table, &id, &headers)
+        && wanted != read_tag
+        && wanted != "*"
+    {
+        return Err(ApiError::PreconditionFailed);
+    }
+    merge_patch(&mut current, &patch);
+    strip_views(table, &mut current);
+    let ops = body_to_ops(table, &id, current)?;
+    // The write re-checks the ETag read above inside its transaction, so a concurrent change is a 412.
+    let options = WriteOptions { if_match: Some((table, id.clone(), read_tag)), ..WriteOptions::default() };
+    state.db.apply(ops, options).await?;
+    written(&state, table, &id, StatusCode::OK).await
+}
+
+/// Drops the read-only views a document carries so that it can be written back.
+fn strip_views(table: &'static Table, doc: &mut Value) {
+    if let Some(map) = doc.as_object_mut() {
+        if table.name == "organization" {
+            map.remove("services");
+        }
+        if table.name == "service_at_location" {
+            map.remove("service");
+        }
+    }
+}
+
+async fn remove(
+    State(state): State<AppState>,
+    Path((plural, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    caller.require(&[Scope::Publish])?;
+    let table = table_of(&plural)?;
+    let options = WriteOptions { if_match: if_match(table, &id, &headers), ..WriteOptions::default() };
+    state.db.apply(vec![Op::Delete { table, id }], options).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[allow(dead_code)]
+fn object(map: Map<String, Value>) -> Value {
+    Value::Object(map)
+}

@@ -1,0 +1,147 @@
+//! One error type for every handler, rendered as RFC 9457 `application/problem+json`. Internal errors are
+//! logged with their cause and answered with a generic 500; nothing from inside leaks to clients.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::hsds::validate::FieldError;
+use crate::store::write::WriteError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("invalid query parameter")]
+    BadParameter { parameter: String, detail: String },
+    #[error("authentication required")]
+    Unauthorized,
+    #[error("this key's scope does not allow it")]
+    Forbidden,
+    #[error("not found")]
+    NotFound(String),
+    #[error("{message}")]
+    Conflict { message: String, referenced_by: Vec<String> },
+    #[error("precondition failed")]
+    PreconditionFailed,
+    #[error("payload too large")]
+    PayloadTooLarge,
+    #[error("unsupported media type")]
+    UnsupportedMediaType,
+    #[error("validation failed")]
+    Invalid(Vec<FieldError>),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl ApiError {
+    pub fn invalid(pointer: impl Into<String>, detail: impl Into<String>) -> ApiError {
+        ApiError::Invalid(vec![FieldError::new(pointer, detail)])
+    }
+
+    pub fn parameter(parameter: &str, detail: impl Into<String>) -> ApiError {
+        ApiError::BadParameter { parameter: parameter.to_string(), detail: detail.into() }
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        ApiError::Internal(anyhow::Error::new(e).context("database"))
+    }
+}
+
+impl From<WriteError> for ApiError {
+    fn from(e: WriteError) -> Self {
+        match e {
+            WriteError::Invalid(errors) => ApiError::Invalid(errors),
+            WriteError::NotFound(what) => ApiError::NotFound(what),
+            WriteError::PreconditionFailed => ApiError::PreconditionFailed,
+            WriteError::Conflict { message, referenced_by } => ApiError::Conflict { message, referenced_by },
+            WriteError::Database(e) => e.into(),
+        }
+    }
+}
+
+/// A problem+json response with the given status, title, detail and extra members.
+pub fn problem(status: StatusCode, title: &str, detail: &str, extra: Value) -> Response {
+    let mut body = json!({
+        "type": format!("https://hsda.dev/problems/{}", status.as_u16()),
+        "title": title,
+        "status": status.as_u16(),
+        "detail": detail,
+    });
+    if let (Some(map), Value::Object(extra)) = (body.as_object_mut(), extra) {
+        map.extend(extra);
+    }
+    let mut response = (status, body.to_string()).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+    response
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match self {
+            ApiError::BadRequest(detail) => problem(StatusCode::BAD_REQUEST, "Bad request", &detail, json!({})),
+            ApiError::BadParameter { parameter, detail } => problem(
+                StatusCode::BAD_REQUEST,
+                "Invalid query parameter",
+                &format!("{parameter}: {detail}"),
+                json!({ "errors": [{ "parameter": parameter, "detail": detail }] }),
+            ),
+            ApiError::Unauthorized => {
+                let mut r = problem(
+                    StatusCode::UNAUTHORIZED,
+                    "Unauthorized",
+                    "send an API key as `Authorization: Bearer <key>`",
+                    json!({}),
+                );
+                r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                r
+            }
+            ApiError::Forbidden => {
+                problem(StatusCode::FORBIDDEN, "Forbidden", "this API key's scope does not allow this", json!({}))
+            }
+            ApiError::NotFound(what) => {
+                problem(StatusCode::NOT_FOUND, "Not found", &format!("{what} not found"), json!({}))
+            }
+            ApiError::Conflict { message, referenced_by } => {
+                problem(StatusCode::CONFLICT, "Conflict", &message, json!({ "referenced_by": referenced_by }))
+            }
+            ApiError::PreconditionFailed => problem(
+                StatusCode::PRECONDITION_FAILED,
+                "Precondition failed",
+                "the resource changed since the ETag given in If-Match; read it again",
+                json!({}),
+            ),
+            ApiError::PayloadTooLarge => {
+                problem(StatusCode::PAYLOAD_TOO_LARGE, "Payload too large", "the request body is too large", json!({}))
+            }
+            ApiError::UnsupportedMediaType => problem(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "Unsupported media type",
+                "send the body as application/json (or application/merge-patch+json for PATCH)",
+                json!({}),
+            ),
+            ApiError::Invalid(errors) => {
+                let detail = errors
+                    .iter()
+                    .take(3)
+                    .map(|e| format!("{}: {}", if e.pointer.is_empty() { "/" } else { &e.pointer }, e.detail))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                let list: Vec<Value> =
+                    errors.iter().map(|e| json!({ "pointer": e.pointer, "detail": e.detail })).collect();
+                problem(StatusCode::UNPROCESSABLE_ENTITY, "Validation failed", &detail, json!({ "errors": list }))
+            }
+            ApiError::Internal(e) => {
+                tracing::error!(error = ?e, "internal error");
+                problem(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Internal error",
+                    "something went wrong on our side",
+                    json!({}),
+                )
+            }
+        }
+    }
+}

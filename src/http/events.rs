@@ -1,0 +1,64 @@
+//! The pull feed of the event log (`GET /events`) and single events (`GET /events/{id}`).
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::routing::get;
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::error::ApiError;
+use crate::store::events::TypeFilter;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/events", get(feed)).route("/events/{id}", get(one))
+}
+
+async fn feed(
+    State(state): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    state.check_read_access(&headers).await?;
+    let after = match params.get("after") {
+        None => 0,
+        Some(v) => v
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n >= 0)
+            .ok_or_else(|| ApiError::parameter("after", "must be a sequence number (0 or more)"))?,
+    };
+    let limit = match params.get("limit") {
+        None => 100,
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| ApiError::parameter("limit", "must be an integer from 1 to 1000"))?,
+    };
+    let types: Vec<String> = params
+        .get("types")
+        .map(|t| t.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+        .unwrap_or_default();
+    for t in &types {
+        if !crate::events::is_known_pattern(t) {
+            return Err(ApiError::parameter("types", format!("{t} is not a known event type or pattern")));
+        }
+    }
+    let events = state.db.events_after(after, &TypeFilter(types), limit).await?;
+    let next_after = events.last().map(|e| e.sequence).unwrap_or(after);
+    Ok(Json(json!({ "events": events, "next_after": next_after })))
+}
+
+async fn one(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    state.check_read_access(&headers).await?;
+    let event = state.db.event(&id).await?.ok_or_else(|| ApiError::NotFound(format!("event {id}")))?;
+    Ok(Json(serde_json::to_value(event).map_err(anyhow::Error::from)?))
+}

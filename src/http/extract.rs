@@ -1,0 +1,85 @@
+//! Request extractors that answer in problem+json: a JSON body parser with clear messages, and the API
+//! key of the caller with its scope.
+
+use axum::body::Bytes;
+use axum::extract::{FromRef, FromRequest, FromRequestParts, Request};
+use axum::http::header;
+use axum::http::request::Parts;
+use serde_json::Value;
+
+use super::AppState;
+use super::error::ApiError;
+use crate::store::keys::{Principal, Scope};
+
+/// A JSON body (any JSON value); malformed JSON or a wrong content type gets a problem+json answer.
+pub struct JsonBody(pub Value);
+
+impl<S: Send + Sync> FromRequest<S> for JsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let content_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/json")
+            .to_ascii_lowercase();
+        let essence = content_type.split(';').next().unwrap_or("").trim().to_string();
+        if essence != "application/json" && essence != "application/merge-patch+json" && !essence.ends_with("+json") {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge
+            } else {
+                ApiError::BadRequest(format!("could not read the request body: {e}"))
+            }
+        })?;
+        if bytes.is_empty() {
+            return Err(ApiError::BadRequest("the request body is empty; send a JSON object".into()));
+        }
+        serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| {
+            ApiError::BadRequest(format!("malformed JSON at line {} column {}: {e}", e.line(), e.column()))
+        })
+    }
+}
+
+/// The caller, authenticated by `Authorization: Bearer <key>`; requests without a valid key are refused.
+pub struct Caller(pub Principal);
+
+impl<S> FromRequestParts<S> for Caller
+where
+    AppState: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let state = AppState::from_ref(state);
+        match optional_principal(parts, &state).await? {
+            Some(p) => Ok(Caller(p)),
+            None => Err(ApiError::Unauthorized),
+        }
+    }
+}
+
+/// The caller if a key was presented; an invalid key is an error, no key is `None`.
+pub async fn optional_principal(parts: &Parts, state: &AppState) -> Result<Option<Principal>, ApiError> {
+    let Some(value) = parts.headers.get(header::AUTHORIZATION) else { return Ok(None) };
+    let value = value.to_str().map_err(|_| ApiError::Unauthorized)?;
+    let Some(token) = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")) else {
+        return Err(ApiError::Unauthorized);
+    };
+    state.db.authenticate(token.trim()).await?.map(Some).ok_or(ApiError::Unauthorized)
+}
+
+impl Caller {
+    /// Refuses unless the key has one of `scopes` (admin is always allowed).
+    pub fn require(&self, scopes: &[Scope]) -> Result<&Principal, ApiError> {
+        if self.0.scope == Scope::Admin || scopes.contains(&self.0.scope) {
+            Ok(&self.0)
+        } else {
+            Err(ApiError::Forbidden)
+        }
+    }
+}

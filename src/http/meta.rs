@@ -1,0 +1,53 @@
+//! About the API itself: `GET /` (HSDS API metadata with hsda's profile), `GET /openapi.json`,
+//! `GET /event-types` and `GET /health`.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use serde_json::{Value, json};
+
+use super::AppState;
+
+/// The URI naming hsda's HSDS profile (HSDS plus writes, events and webhooks).
+pub const PROFILE_URI: &str = "https://github.com/hsda-project/hsda/tree/main/profile";
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/", get(root))
+        .route("/openapi.json", get(openapi))
+        .route("/event-types", get(event_types))
+        .route("/health", get(health))
+}
+
+fn base_url(headers: &HeaderMap) -> String {
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+    format!("http://{host}")
+}
+
+async fn root(headers: HeaderMap) -> Json<Value> {
+    Json(json!({
+        "version": "3.1",
+        "profile": PROFILE_URI,
+        "openapi_url": format!("{}/openapi.json", base_url(&headers)),
+        "hsda_version": env!("CARGO_PKG_VERSION"),
+    }))
+}
+
+async fn openapi(headers: HeaderMap) -> Json<Value> {
+    Json(crate::openapi::document(&base_url(&headers)))
+}
+
+async fn event_types() -> Json<Value> {
+    Json(crate::events::catalog())
+}
+
+async fn health(State(state): State<AppState>) -> impl IntoResponse {
+    if state.db.ping().await {
+        (StatusCode::OK, Json(json!({ "status": "ok" })))
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "database unavailable" })))
+    }
+}

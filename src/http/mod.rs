@@ -1,0 +1,62 @@
+//! The HTTP layer: one router per resource, merged here, over one shared [`AppState`]. Handlers parse and
+//! authorize, then call the store; request and response shapes stay in this layer.
+
+pub mod directory;
+pub mod error;
+pub mod events;
+pub mod extract;
+pub mod meta;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderMap, Request};
+use tower_http::cors::CorsLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::config::Config;
+use crate::store::Db;
+use error::ApiError;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Db,
+    pub config: Arc<Config>,
+}
+
+impl AppState {
+    /// Reads are public unless the operator requires a key for them.
+    pub async fn check_read_access(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        if !self.config.require_key_for_reads {
+            return Ok(());
+        }
+        let Some(value) = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+            return Err(ApiError::Unauthorized);
+        };
+        let token = value.strip_prefix("Bearer ").ok_or(ApiError::Unauthorized)?;
+        self.db.authenticate(token.trim()).await?.map(|_| ()).ok_or(ApiError::Unauthorized)
+    }
+}
+
+/// The whole API.
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.config.max_body_bytes;
+    Router::new()
+        .merge(meta::router())
+        .merge(events::router())
+        .merge(directory::router())
+        .fallback(|| async { ApiError::NotFound("this path".into()) })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(CorsLayer::permissive().expose_headers([axum::http::header::ETAG]))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+            let route = req
+                .extensions()
+                .get::<axum::extract::MatchedPath>()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_default();
+            tracing::info_span!("http", method = %req.method(), route, path = %req.uri().path())
+        }))
+        .with_state(state)
+}

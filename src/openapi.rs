@@ -1,0 +1,203 @@
+//! hsda's OpenAPI 3.1 document, generated from the catalog: the HSDS read paths and parameters, hsda's
+//! writes, the event feed, and every event type under the top-level `webhooks` key.
+
+use serde_json::{Map, Value, json};
+
+use crate::hsds::catalog::{TABLES, Table};
+use crate::hsds::schema::object_schema;
+
+fn param(name: &str, schema: Value, description: &str) -> Value {
+    json!({ "name": name, "in": "query", "required": false, "description": description, "schema": schema })
+}
+
+fn list_parameters(table: &Table) -> Vec<Value> {
+    let mut out = vec![
+        param("page", json!({"type": "integer", "minimum": 1}), "Page number, from 1."),
+        param("per_page", json!({"type": "integer", "minimum": 1, "maximum": 1000}), "Items per page (default 50)."),
+        param(
+            "format",
+            json!({"type": "string", "enum": ["json", "ndjson"]}),
+            "ndjson streams every match, one object per line, without paging.",
+        ),
+        param(
+            "search",
+            json!({"type": "string"}),
+            "Full-text search over names and descriptions (all words must match).",
+        ),
+        param(
+            "modified_after",
+            json!({"type": "string", "format": "date-time"}),
+            "Only items changed at or after this time.",
+        ),
+    ];
+    if table.is_root() {
+        out.push(param(
+            "organization_id",
+            json!({"type": "string", "format": "uuid"}),
+            "Only items of this organization.",
+        ));
+        out.push(param(
+            "taxonomy_term_id",
+            json!({"type": "string", "format": "uuid"}),
+            "Only items tagged with this taxonomy term.",
+        ));
+        out.push(param(
+            "taxonomy_id",
+            json!({"type": "string", "format": "uuid"}),
+            "Only items tagged with a term of this taxonomy.",
+        ));
+        out.push(param("full", json!({"type": "boolean"}), "Fully nested documents instead of list items."));
+    }
+    match table.name {
+        "service" => {
+            out.push(param("minimal", json!({"type": "boolean"}), "Only id and last_modified of each service."))
+        }
+        "organization" => out.push(param("full_service", json!({"type": "boolean"}), "Nest each service fully.")),
+        "service_at_location" => {
+            out.push(param("postcode", json!({"type": "string"}), "Only locations with this postcode."));
+            out.push(param(
+                "proximity",
+                json!({"type": "number"}),
+                "With postcode: within this many metres of the postcode's centroid.",
+            ));
+        }
+        "taxonomy_term" => {
+            out.push(param("taxonomy_id", json!({"type": "string", "format": "uuid"}), "Only terms of this taxonomy."));
+            out.push(param("top_only", json!({"type": "boolean"}), "Only terms without a parent."));
+            out.push(param("parent_id", json!({"type": "string", "format": "uuid"}), "Only children of this term."));
+        }
+        _ => {}
+    }
+    out
+}
+
+fn problem_response(description: &str) -> Value {
+    json!({ "description": description, "content": { "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } } })
+}
+
+/// The whole document; `server` is the base URL clients reached us at.
+pub fn document(server: &str) -> Value {
+    let mut paths = Map::new();
+    let mut schemas = Map::new();
+    schemas.insert(
+        "Page".into(),
+        json!({ "type": "object", "required": ["total_items", "total_pages", "page_number", "size", "first_page", "last_page", "empty", "contents"],
+            "properties": { "total_items": {"type": "integer"}, "total_pages": {"type": "integer"}, "page_number": {"type": "integer"},
+            "size": {"type": "integer"}, "first_page": {"type": "boolean"}, "last_page": {"type": "boolean"}, "empty": {"type": "boolean"},
+            "contents": {"type": "array", "items": {}} } }),
+    );
+    schemas.insert(
+        "Problem".into(),
+        json!({ "type": "object", "description": "RFC 9457 problem details.", "properties": {
+            "type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"}, "detail": {"type": "string"},
+            "errors": {"type": "array", "items": {"type": "object", "properties": {"pointer": {"type": "string"}, "parameter": {"type": "string"}, "detail": {"type": "string"}}}} } }),
+    );
+    schemas.insert(
+        "Event".into(),
+        json!({ "type": "object", "required": ["id", "sequence", "type", "occurred_at", "object", "object_id", "origin", "data"], "properties": {
+            "id": {"type": "string"}, "sequence": {"type": "integer"}, "type": {"type": "string"}, "occurred_at": {"type": "string", "format": "date-time"},
+            "object": {"type": "string"}, "object_id": {"type": "string"}, "origin": {"type": "string"}, "data": {"type": "object"} } }),
+    );
+    for t in TABLES {
+        let name = t.name.to_string();
+        schemas.insert(name.clone(), object_schema(t, 2));
+        let item_ref = json!({ "$ref": format!("#/components/schemas/{name}") });
+        let page = json!({ "allOf": [ {"$ref": "#/components/schemas/Page"}, {"type": "object", "properties": {"contents": {"type": "array", "items": item_ref}}} ] });
+        let list_op = |method: &str| {
+            json!({
+                "operationId": format!("{method}{}", t.plural),
+                "summary": format!("List or search {}", t.plural),
+                "tags": [t.name],
+                "parameters": list_parameters(t),
+                "responses": {
+                    "200": { "description": "A page of results (or application/x-ndjson with format=ndjson).",
+                        "content": { "application/json": { "schema": page }, "application/x-ndjson": { "schema": item_ref } } },
+                    "400": problem_response("A parameter is invalid.")
+                }
+            })
+        };
+        paths.insert(format!("/{}", t.plural), json!({ "get": list_op("list"), "post": list_op("search") }));
+        let id_param =
+            json!({ "name": "id", "in": "path", "required": true, "schema": {"type": "string", "format": "uuid"} });
+        let if_match = json!({ "name": "If-Match", "in": "header", "required": false, "schema": {"type": "string"}, "description": "Write only if the current ETag matches." });
+        let write_responses = |ok: &str| {
+            json!({
+                ok: { "description": "The stored object.", "content": { "application/json": { "schema": item_ref } } },
+                "401": problem_response("No valid API key."),
+                "403": problem_response("The key's scope does not allow writes."),
+                "412": problem_response("If-Match did not match."),
+                "422": problem_response("The body breaks HSDS rules; errors[].pointer names each field.")
+            })
+        };
+        let mut put_responses = write_responses("200");
+        put_responses["201"] = put_responses["200"].clone();
+        paths.insert(
+            format!("/{}/{{id}}", t.plural),
+            json!({
+                "parameters": [id_param],
+                "get": { "operationId": format!("get_{}", t.name), "tags": [t.name], "summary": format!("One {}", t.name),
+                    "responses": { "200": { "description": "The object.", "headers": {"ETag": {"schema": {"type": "string"}}}, "content": { "application/json": { "schema": item_ref } } },
+                                   "404": problem_response("No such object.") } },
+                "put": { "operationId": format!("put_{}", t.name), "tags": [t.name], "summary": format!("Create or replace a {} (nested children included)", t.name),
+                    "security": [{"bearer": []}], "parameters": [if_match],
+                    "requestBody": { "required": true, "content": { "application/json": { "schema": item_ref } } },
+                    "responses": put_responses },
+                "patch": { "operationId": format!("patch_{}", t.name), "tags": [t.name], "summary": format!("Change a {} with a JSON merge patch (RFC 7386)", t.name),
+                    "security": [{"bearer": []}], "parameters": [if_match],
+                    "requestBody": { "required": true, "content": { "application/merge-patch+json": { "schema": {"type": "object"} }, "application/json": { "schema": {"type": "object"} } } },
+                    "responses": write_responses("200") },
+                "delete": { "operationId": format!("delete_{}", t.name), "tags": [t.name], "summary": format!("Delete a {} and the details it owns", t.name),
+                    "security": [{"bearer": []}], "parameters": [if_match],
+                    "responses": { "204": {"description": "Deleted."}, "404": problem_response("No such object."),
+                                   "409": problem_response("Other entities still reference it.") } }
+            }),
+        );
+    }
+    paths.insert("/".into(), json!({ "get": { "operationId": "getAPIMetaInformation", "summary": "API metadata",
+        "responses": { "200": { "description": "Version, profile and OpenAPI URL.", "content": { "application/json": { "schema": {
+            "type": "object", "properties": { "version": {"type": "string"}, "profile": {"type": "string"}, "openapi_url": {"type": "string"} } } } } } } } }));
+    paths.insert("/events".into(), json!({ "get": { "operationId": "listEvents", "summary": "The event feed, oldest first",
+        "parameters": [ param("after", json!({"type": "integer", "minimum": 0}), "Only events with a greater sequence."),
+                        param("types", json!({"type": "string"}), "Comma-separated types or patterns (service.*, *)."),
+                        param("limit", json!({"type": "integer", "minimum": 1, "maximum": 1000}), "At most this many (default 100).") ],
+        "responses": { "200": { "description": "Events and the cursor to continue from.", "content": { "application/json": { "schema": {
+            "type": "object", "properties": { "events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}}, "next_after": {"type": "integer"} } } } } },
+            "400": problem_response("A parameter is invalid.") } } }));
+    paths.insert("/events/{id}".into(), json!({ "get": { "operationId": "getEvent", "summary": "One event",
+        "parameters": [{ "name": "id", "in": "path", "required": true, "schema": {"type": "string"} }],
+        "responses": { "200": { "description": "The event.", "content": { "application/json": { "schema": {"$ref": "#/components/schemas/Event"} } } },
+                       "404": problem_response("No such event.") } } }));
+    paths.insert(
+        "/event-types".into(),
+        json!({ "get": { "operationId": "listEventTypes", "summary": "The event catalog with payload schemas",
+        "responses": { "200": { "description": "Every event type." } } } }),
+    );
+    paths.insert("/health".into(), json!({ "get": { "operationId": "health", "summary": "Liveness and database reachability",
+        "responses": { "200": { "description": "Healthy." }, "503": { "description": "The database does not answer." } } } }));
+
+    let mut webhooks = Map::new();
+    for event_type in crate::events::event_types() {
+        let object = event_type.split('.').next().unwrap_or_default().to_string();
+        webhooks.insert(
+            event_type.clone(),
+            json!({ "post": {
+            "summary": format!("{event_type} delivered to a subscriber"),
+            "requestBody": { "content": { "application/json": { "schema": { "type": "object", "properties": {
+                "id": {"type": "string"}, "sequence": {"type": "integer"}, "type": {"const": event_type},
+                "timestamp": {"type": "string", "format": "date-time"},
+                "data": { "$ref": format!("#/components/schemas/{object}") } } } } } },
+            "responses": { "2XX": { "description": "Accepted by the subscriber." } } } }),
+        );
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": { "title": "hsda", "version": env!("CARGO_PKG_VERSION"),
+                  "description": "An HSDS 3.1 directory with writes, an event feed and webhooks." },
+        "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
+        "servers": [ { "url": server } ],
+        "paths": paths,
+        "webhooks": webhooks,
+        "components": { "schemas": schemas,
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer", "description": "An hsda API key." } } }
+    })
+}

@@ -1,0 +1,173 @@
+//! The store: one SQL schema on SQLite (embedded, default) or PostgreSQL (shared by several processes),
+//! reached through sqlx's `Any` driver so that both run the same queries. Holds HSDS rows and their
+//! compiled documents, the event log, API keys and (later) the webhook tables.
+//!
+//! Invariant: every write goes through [`write::WriteTx`], which appends the change's events in the same
+//! transaction; no other code mutates `records` or `events`.
+
+pub mod compile;
+pub mod events;
+pub mod keys;
+pub mod read;
+pub mod write;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, Executor};
+use tokio::sync::Mutex;
+
+/// Which SQL engine is behind the pool; the few statements that differ branch on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A handle on the database, cheap to clone.
+#[derive(Clone)]
+pub struct Db {
+    pub(crate) pool: AnyPool,
+    pub(crate) backend: Backend,
+    /// SQLite allows one writer at a time; taking this in-process lock before `BEGIN` avoids busy retries.
+    write_lock: Option<Arc<Mutex<()>>>,
+    instance_id: Arc<str>,
+}
+
+const SQLITE_MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/sqlite.sql"))];
+const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/postgres.sql"))];
+
+impl Db {
+    /// Connects to `sqlite://path` (created if missing) or `postgres://...` and runs pending migrations.
+    pub async fn connect(url: &str) -> anyhow::Result<Db> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            bail!("unsupported database URL {url:?}: use sqlite://FILE or postgres://...");
+        };
+        let pool = match backend {
+            Backend::Sqlite => {
+                let url = if url.contains('?') { url.to_string() } else { format!("{url}?mode=rwc") };
+                let options = AnyConnectOptions::from_str(&url).context("parsing the SQLite URL")?;
+                AnyPoolOptions::new()
+                    .max_connections(8)
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            // WAL lets readers run beside the writer; FULL sync makes each commit survive a
+                            // power cut, not only a crash of the process.
+                            conn.execute(
+                                "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                                 PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = OFF;",
+                            )
+                            .await?;
+                            Ok(())
+                        })
+                    })
+                    .connect_with(options)
+                    .await
+                    .with_context(|| format!("opening {url}"))?
+            }
+            Backend::Postgres => AnyPoolOptions::new()
+                .max_connections(16)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect(url)
+                .await
+                .context("connecting to PostgreSQL")?,
+        };
+        let mut db = Db {
+            pool,
+            backend,
+            write_lock: (backend == Backend::Sqlite).then(|| Arc::new(Mutex::new(()))),
+            instance_id: Arc::from(""),
+        };
+        db.migrate().await?;
+        db.instance_id = Arc::from(db.load_instance_id().await?);
+        Ok(db)
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The id of this hsda instance, recorded as the origin of every change made here.
+    pub fn instance_id(&self) -> &str {
+        &self.instance_id
+    }
+
+    /// Applies the migrations this database has not seen yet. Safe to run from several processes at once.
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        let mut conn = self.pool.acquire().await?;
+        let migrations = match self.backend {
+            Backend::Sqlite => SQLITE_MIGRATIONS,
+            Backend::Postgres => {
+                conn.execute("SELECT pg_advisory_lock(7235001)").await?;
+                POSTGRES_MIGRATIONS
+            }
+        };
+        let result = async {
+            conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)").await?;
+            let current: Option<String> = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'schema_version'")
+                .fetch_optional(&mut *conn)
+                .await?;
+            let current: i64 = current.as_deref().unwrap_or("0").parse().unwrap_or(0);
+            for (version, sql) in migrations.iter().filter(|(v, _)| *v > current) {
+                conn.execute(*sql).await.with_context(|| format!("applying migration {version}"))?;
+                sqlx::query(
+                    "INSERT INTO meta (key, value) VALUES ('schema_version', $1) \
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                )
+                .bind(version.to_string())
+                .execute(&mut *conn)
+                .await?;
+            }
+            sqlx::query(
+                "INSERT INTO counters (name, value) VALUES ('event_sequence', 0) ON CONFLICT (name) DO NOTHING",
+            )
+            .execute(&mut *conn)
+            .await?;
+            sqlx::query("INSERT INTO meta (key, value) VALUES ('instance_id', $1) ON CONFLICT (key) DO NOTHING")
+                .bind(format!("hsda_{}", uuid::Uuid::new_v4().simple()))
+                .execute(&mut *conn)
+                .await?;
+            anyhow::Ok(())
+        }
+        .await;
+        if self.backend == Backend::Postgres {
+            conn.execute("SELECT pg_advisory_unlock(7235001)").await?;
+        }
+        result
+    }
+
+    async fn load_instance_id(&self) -> anyhow::Result<String> {
+        Ok(sqlx::query_scalar("SELECT value FROM meta WHERE key = 'instance_id'").fetch_one(&self.pool).await?)
+    }
+
+    /// Whether the database answers; used by the health endpoint.
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// `$1, $2, ...` placeholders for an `IN (...)` list starting after `offset` earlier parameters.
+pub(crate) fn placeholders(offset: usize, count: usize) -> String {
+    (offset + 1..=offset + count).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+}
+
+/// The current time as stored: RFC 3339 UTC with microseconds, so that text order is time order.
+pub fn now_text() -> String {
+    timestamp_text(chrono::Utc::now())
+}
+
+pub fn timestamp_text(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}

@@ -1,0 +1,276 @@
+//! Reads of the directory: one row or document by id, and filtered, paged or streamed lists. Root tables
+//! answer from their stored compiled documents; other tables compile their row on the fly.
+
+use futures::Stream;
+use futures::StreamExt;
+use serde_json::Value;
+use sqlx::AnyConnection;
+
+use super::compile::{Form, compile_many, load_rows, parse_row};
+use super::{Backend, Db};
+use crate::hsds::catalog::Table;
+
+/// The representation `GET /{table}/{id}` serves (before view options such as `full_service`), which
+/// ETags are computed from.
+pub async fn representation(conn: &mut AnyConnection, table: &'static Table, id: &str) -> sqlx::Result<Option<Value>> {
+    if table.is_root() {
+        let doc: Option<Option<String>> = sqlx::query_scalar("SELECT doc FROM records WHERE kind = $1 AND id = $2")
+            .bind(table.name)
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?;
+        return Ok(doc.flatten().and_then(|d| serde_json::from_str(&d).ok()));
+    }
+    let rows = load_rows(conn, table.name, &[id.to_string()]).await?;
+    match rows.into_values().next() {
+        Some(row) => Ok(compile_many(conn, table, vec![row], Form::Nested).await?.pop()),
+        None => Ok(None),
+    }
+}
+
+/// Filters of a list request, all combined with AND.
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    pub search: Option<String>,
+    pub organization_id: Option<String>,
+    pub taxonomy_term_id: Option<String>,
+    pub taxonomy_id: Option<String>,
+    pub service_id: Option<String>,
+    pub location_id: Option<String>,
+    pub parent_id: Option<String>,
+    pub top_only: bool,
+    /// Normalised timestamp text (`YYYY-MM-DDTHH:MM:SS.ffffffZ`).
+    pub modified_after: Option<String>,
+    pub postcode: Option<String>,
+    /// Metres from the postcode's centroid.
+    pub proximity: Option<f64>,
+}
+
+/// What a list row yields: the stored document (roots) or the row's own fields.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub id: String,
+    pub modified_at: String,
+    pub value: Value,
+}
+
+#[derive(Debug, Clone)]
+enum Param {
+    Text(String),
+    Float(f64),
+    Int(i64),
+}
+
+struct Sql {
+    text: String,
+    params: Vec<Param>,
+}
+
+impl Sql {
+    fn push(&mut self, p: Param) -> String {
+        self.params.push(p);
+        format!("${}", self.params.len())
+    }
+
+    fn query(&self, prefix: &str, suffix: &str) -> (String, Vec<Param>) {
+        (format!("{prefix} {} {suffix}", self.text), self.params.clone())
+    }
+}
+
+fn bind_all<'q>(
+    mut q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    params: &'q [Param],
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    for p in params {
+        q = match p {
+            Param::Text(s) => q.bind(s.as_str()),
+            Param::Float(f) => q.bind(*f),
+            Param::Int(i) => q.bind(*i),
+        };
+    }
+    q
+}
+
+/// Words of a free-text search, lower-cased; punctuation separates words, as both engines tokenise.
+pub fn search_words(search: &str) -> Vec<String> {
+    search.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_lowercase).take(16).collect()
+}
+
+impl Db {
+    /// One row or document, or `None`.
+    pub async fn get(&self, table: &'static Table, id: &str) -> sqlx::Result<Option<Value>> {
+        let mut conn = self.pool.acquire().await?;
+        representation(&mut conn, table, id).await
+    }
+
+    async fn where_clause(&self, table: &'static Table, q: &ListQuery) -> sqlx::Result<Option<Sql>> {
+        let mut sql = Sql { text: String::new(), params: Vec::new() };
+        let kind = sql.push(Param::Text(table.name.to_string()));
+        sql.text = format!("FROM records r WHERE r.kind = {kind}");
+        if let Some(search) = &q.search {
+            let words = search_words(search);
+            if words.is_empty() {
+                return Ok(None);
+            }
+            match self.backend {
+                Backend::Sqlite => {
+                    let expr = words.iter().map(|w| format!("\"{w}\"")).collect::<Vec<_>>().join(" ");
+                    let p = sql.push(Param::Text(expr));
+                    sql.text += &format!(" AND r.rid IN (SELECT rowid FROM records_fts WHERE records_fts MATCH {p})");
+                }
+                Backend::Postgres => {
+                    let p = sql.push(Param::Text(words.join(" ")));
+                    sql.text += &format!(" AND r.search_vector @@ plainto_tsquery('simple', {p})");
+                }
+            }
+        }
+        let facet_filters = [
+            ("organization_id", &q.organization_id),
+            ("taxonomy_term_id", &q.taxonomy_term_id),
+            ("taxonomy_id", &q.taxonomy_id),
+            ("service_id", &q.service_id),
+            ("location_id", &q.location_id),
+        ];
+        for (facet, value) in facet_filters {
+            let Some(value) = value else { continue };
+            if table.is_root() {
+                let f = sql.push(Param::Text(facet.to_string()));
+                let v = sql.push(Param::Text(value.clone()));
+                sql.text += &format!(
+                    " AND r.id IN (SELECT id FROM record_facets WHERE kind = {kind} AND facet = {f} AND value = {v})"
+                );
+            } else {
+                let f = sql.push(Param::Text(facet.to_string()));
+                let v = sql.push(Param::Text(value.clone()));
+                sql.text +=
+                    &format!(" AND r.rid IN (SELECT rid FROM record_refs WHERE field = {f} AND target_id = {v})");
+            }
+        }
+        if let Some(parent) = &q.parent_id {
+            let v = sql.push(Param::Text(parent.clone()));
+            sql.text +=
+                &format!(" AND r.rid IN (SELECT rid FROM record_refs WHERE field = 'parent_id' AND target_id = {v})");
+        }
+        if q.top_only {
+            sql.text += " AND NOT EXISTS (SELECT 1 FROM record_refs f WHERE f.rid = r.rid AND f.field = 'parent_id')";
+        }
+        if let Some(after) = &q.modified_after {
+            let v = sql.push(Param::Text(after.clone()));
+            sql.text += &format!(" AND r.modified_at >= {v}");
+        }
+        if let Some(postcode) = &q.postcode {
+            let postcode = crate::hsds::document::normalize_postcode(postcode);
+            match q.proximity {
+                None => {
+                    let v = sql.push(Param::Text(postcode));
+                    sql.text += &format!(
+                        " AND r.id IN (SELECT id FROM record_facets WHERE kind = {kind} AND facet = 'postcode' AND value = {v})"
+                    );
+                }
+                Some(metres) => {
+                    let Some((lat, lon)) = self.postcode_centroid(&postcode).await? else { return Ok(None) };
+                    // Equirectangular distance: exact enough at city scale and needs no trigonometry in SQL.
+                    let a = sql.push(Param::Float(lat));
+                    let b = sql.push(Param::Float(lon));
+                    let c = sql.push(Param::Float(lat.to_radians().cos()));
+                    let d = sql.push(Param::Float((metres / 111_320.0).powi(2)));
+                    sql.text += &format!(
+                        " AND r.latitude IS NOT NULL AND r.longitude IS NOT NULL AND \
+                         ((r.latitude - {a}) * (r.latitude - {a}) + \
+                          ((r.longitude - {b}) * {c}) * ((r.longitude - {b}) * {c})) <= {d}"
+                    );
+                }
+            }
+        }
+        Ok(Some(sql))
+    }
+
+    /// The centroid of the locations hsda knows with this postcode (no external geocoder is consulted).
+    async fn postcode_centroid(&self, postcode: &str) -> sqlx::Result<Option<(f64, f64)>> {
+        let row: (Option<f64>, Option<f64>) = sqlx::query_as(
+            "SELECT AVG(r.latitude), AVG(r.longitude) FROM records r WHERE r.kind = 'location' \
+             AND r.latitude IS NOT NULL AND r.id IN \
+             (SELECT id FROM record_facets WHERE kind = 'location' AND facet = 'postcode' AND value = $1)",
+        )
+        .bind(postcode)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.0.zip(row.1))
+    }
+
+    /// One page of a list: the total count and the rows of page `page` (1-based).
+    pub async fn list(
+        &self,
+        table: &'static Table,
+        q: &ListQuery,
+        page: u64,
+        per_page: u64,
+    ) -> sqlx::Result<(u64, Vec<Listed>)> {
+        let Some(sql) = self.where_clause(table, q).await? else { return Ok((0, Vec::new())) };
+        let (count_sql, params) = sql.query("SELECT COUNT(*)", "");
+        let total: i64 = {
+            let q = bind_all(sqlx::query(&count_sql), &params);
+            use sqlx::Row;
+            q.fetch_one(&self.pool).await?.try_get(0)?
+        };
+        let mut sql = sql;
+        let limit = sql.push(Param::Int(per_page as i64));
+        let offset = sql.push(Param::Int(((page.max(1) - 1) * per_page) as i64));
+        let column = if table.is_root() { "COALESCE(r.doc, r.data)" } else { "r.data" };
+        let (page_sql, params) = sql.query(
+            &format!("SELECT r.id, r.modified_at, {column}"),
+            &format!("ORDER BY r.sort_key, r.id LIMIT {limit} OFFSET {offset}"),
+        );
+        let rows = bind_all(sqlx::query(&page_sql), &params).fetch_all(&self.pool).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            use sqlx::Row;
+            let text: String = row.try_get(2)?;
+            out.push(Listed {
+                id: row.try_get(0)?,
+                modified_at: row.try_get(1)?,
+                value: Value::Object(parse_row(&text)),
+            });
+        }
+        Ok((total.max(0) as u64, out))
+    }
+
+    /// Every matching row, in list order, without paging (for `format=ndjson` and exports).
+    pub fn stream(
+        &self,
+        table: &'static Table,
+        q: ListQuery,
+    ) -> impl Stream<Item = sqlx::Result<Listed>> + Send + 'static {
+        let db = self.clone();
+        async_stream::try_stream! {
+            let Some(sql) = db.where_clause(table, &q).await? else { return };
+            let column = if table.is_root() { "COALESCE(r.doc, r.data)" } else { "r.data" };
+            let (text, params) = sql.query(&format!("SELECT r.id, r.modified_at, {column}"), "ORDER BY r.sort_key, r.id");
+            let mut rows = bind_all(sqlx::query(&text), &params).fetch(&db.pool);
+            while let Some(row) = rows.next().await {
+                use sqlx::Row;
+                let row = row?;
+                let data: String = row.try_get(2)?;
+                yield Listed { id: row.try_get(0)?, modified_at: row.try_get(1)?, value: Value::Object(parse_row(&data)) };
+            }
+        }
+    }
+}
+
+impl Db {
+    /// Every row of a table (its own fields), in id order.
+    pub fn stream_rows(
+        &self,
+        table: &'static Table,
+    ) -> impl Stream<Item = sqlx::Result<super::compile::Row>> + Send + 'static {
+        let db = self.clone();
+        async_stream::try_stream! {
+            let mut rows = sqlx::query_scalar::<_, String>("SELECT data FROM records WHERE kind = $1 ORDER BY id")
+                .bind(table.name)
+                .fetch(&db.pool);
+            while let Some(data) = rows.next().await {
+                yield parse_row(&data?);
+            }
+        }
+    }
+}

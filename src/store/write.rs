@@ -1,0 +1,768 @@
+//! The one write path: upserts and deletes of HSDS rows, applied in a single transaction together with
+//! the events they cause. A write (1) changes rows and their reference index, (2) checks every reference,
+//! (3) recompiles the root documents that embed what changed and (4) appends the events with the next
+//! gap-free sequence numbers, all before the commit. A failure at any step rolls everything back.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use serde_json::{Value, json};
+use sqlx::{Any, AnyConnection, Transaction};
+
+use super::compile::{Form, Row, compile_many, id_of, load_rows, parse_row};
+use super::events::{NewEvent, append_events};
+use super::{Db, now_text};
+use crate::hsds::catalog::{NestedKind, TABLES, Table, table};
+use crate::hsds::document;
+use crate::hsds::validate::FieldError;
+
+/// One change to apply.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Create or replace a row with these fields (`pointer` locates the row in the request, for errors).
+    Upsert { table: &'static Table, row: Row, pointer: String },
+    /// Delete a row and the details it owns.
+    Delete { table: &'static Table, id: String },
+    /// Make the `table` rows whose `field` points at `parent_id` exactly the ids in `keep` (deleting others).
+    KeepChildren { table: &'static Table, field: &'static str, parent_id: String, keep: Vec<String> },
+}
+
+/// Why a write was refused; nothing was written.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("the request does not satisfy HSDS rules")]
+    Invalid(Vec<FieldError>),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("the representation changed since it was read")]
+    PreconditionFailed,
+    #[error("{message}")]
+    Conflict { message: String, referenced_by: Vec<String> },
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Options of one write.
+#[derive(Debug, Clone, Default)]
+pub struct WriteOptions {
+    /// `If-Match`: the ETag the caller last saw of (table, id); the write fails if it changed.
+    pub if_match: Option<(&'static Table, String, String)>,
+    /// The instance where this change was made, when it comes from another hsda; defaults to this one.
+    pub origin: Option<String>,
+    /// Keep the `modified_at` time given here instead of now (imports of older data keep their times).
+    pub at: Option<String>,
+}
+
+/// What a write did.
+#[derive(Debug, Clone, Default)]
+pub struct WriteOutcome {
+    /// Sequence numbers of the appended events (empty when nothing changed).
+    pub first_sequence: Option<i64>,
+    pub last_sequence: Option<i64>,
+    pub events: usize,
+    pub rows_changed: usize,
+    /// Problems accepted by a lenient import (references to rows the package does not contain).
+    pub warnings: Vec<FieldError>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Created,
+    Updated,
+    Deleted,
+}
+
+impl Action {
+    fn as_str(self) -> &'static str {
+        match self {
+            Action::Created => "created",
+            Action::Updated => "updated",
+            Action::Deleted => "deleted",
+        }
+    }
+}
+
+/// A row this write changed, with what it held before and after.
+struct Touched {
+    table: &'static Table,
+    id: String,
+    action: Action,
+    before: Option<Row>,
+    after: Option<Row>,
+    pointer: String,
+}
+
+impl Db {
+    /// Starts a write transaction (serialised in-process on SQLite).
+    pub(crate) async fn begin_write(
+        &self,
+    ) -> sqlx::Result<(Transaction<'static, Any>, Option<tokio::sync::OwnedMutexGuard<()>>)> {
+        let guard = match &self.write_lock {
+            Some(lock) => Some(lock.clone().lock_owned().await),
+            None => None,
+        };
+        let tx = self.pool.begin().await?;
+        Ok((tx, guard))
+    }
+
+    /// Applies `ops` and their events in one transaction.
+    pub async fn apply(&self, ops: Vec<Op>, options: WriteOptions) -> Result<WriteOutcome, WriteError> {
+        let (mut tx, _guard) = self.begin_write().await?;
+        let origin = options.origin.clone().unwrap_or_else(|| self.instance_id().to_string());
+        let now = options.at.clone().unwrap_or_else(now_text);
+        if let Some((table, id, etag)) = &options.if_match {
+            let current = super::read::representation(&mut tx, table, id).await?;
+            match current {
+                Some(value) if document::etag(&value) == *etag || etag == "*" => {}
+                _ => return Err(WriteError::PreconditionFailed),
+            }
+        }
+        let mut writer = Writer { conn: &mut tx, origin: &origin, now: &now, touched: Vec::new(), bulk: false };
+        for op in ops {
+            writer.apply_op(op).await?;
+        }
+        writer.check_references().await?;
+        let outcome = writer.finish().await?;
+        tx.commit().await?;
+        Ok(outcome)
+    }
+}
+
+struct Writer<'a> {
+    conn: &'a mut AnyConnection,
+    origin: &'a str,
+    now: &'a str,
+    touched: Vec<Touched>,
+    /// Bulk imports keep only (table, id, action) of touched rows, to bound memory.
+    bulk: bool,
+}
+
+impl Writer<'_> {
+    async fn apply_op(&mut self, op: Op) -> Result<(), WriteError> {
+        match op {
+            Op::Upsert { table, row, pointer } => self.upsert(table, row, pointer).await,
+            Op::Delete { table, id } => {
+                if !self.exists(table.name, &id).await? {
+                    return Err(WriteError::NotFound(format!("{} {id}", table.name)));
+                }
+                self.delete_cascade(table, id).await
+            }
+            Op::KeepChildren { table, field, parent_id, keep } => {
+                let existing: Vec<String> =
+                    sqlx::query_scalar("SELECT id FROM record_refs WHERE target_id = $1 AND kind = $2 AND field = $3")
+                        .bind(&parent_id)
+                        .bind(table.name)
+                        .bind(field)
+                        .fetch_all(&mut *self.conn)
+                        .await?;
+                let keep: HashSet<String> = keep.into_iter().collect();
+                for id in existing.into_iter().filter(|id| !keep.contains(id)) {
+                    if self.exists(table.name, &id).await? {
+                        self.delete_cascade(table, id).await?;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn exists(&mut self, kind: &str, id: &str) -> sqlx::Result<bool> {
+        let found: Option<i64> = sqlx::query_scalar("SELECT rid FROM records WHERE kind = $1 AND id = $2")
+            .bind(kind)
+            .bind(id)
+            .fetch_optional(&mut *self.conn)
+            .await?;
+        Ok(found.is_some())
+    }
+
+    async fn upsert(&mut self, table: &'static Table, row: Row, pointer: String) -> Result<(), WriteError> {
+        let Some(id) = id_of(&row) else {
+            return Err(WriteError::Invalid(vec![FieldError::new(format!("{pointer}/id"), "is required")]));
+        };
+        let before: Option<(i64, String)> = sqlx::query_as("SELECT rid, data FROM records WHERE kind = $1 AND id = $2")
+            .bind(table.name)
+            .bind(&id)
+            .fetch_optional(&mut *self.conn)
+            .await?;
+        let before_row = before.as_ref().map(|(_, data)| parse_row(data));
+        if before_row.as_ref() == Some(&row) {
+            return Ok(());
+        }
+        let data = Value::Object(row.clone()).to_string();
+        let sort_key = document::sort_key(table, &Value::Object(row.clone()));
+        let search_text =
+            if table.is_root() { String::new() } else { document::search_text(table, &Value::Object(row.clone())) };
+        let rid: i64 = match &before {
+            Some((rid, _)) => {
+                sqlx::query(
+                    "UPDATE records SET data = $1, sort_key = $2, search_text = $3, modified_at = $4, origin = $5 \
+                     WHERE rid = $6",
+                )
+                .bind(&data)
+                .bind(&sort_key)
+                .bind(&search_text)
+                .bind(self.now)
+                .bind(self.origin)
+                .bind(rid)
+                .execute(&mut *self.conn)
+                .await?;
+                sqlx::query("DELETE FROM record_refs WHERE rid = $1").bind(rid).execute(&mut *self.conn).await?;
+                *rid
+            }
+            None => {
+                sqlx::query("DELETE FROM tombstones WHERE kind = $1 AND id = $2")
+                    .bind(table.name)
+                    .bind(&id)
+                    .execute(&mut *self.conn)
+                    .await?;
+                sqlx::query_scalar(
+                    "INSERT INTO records (kind, id, data, sort_key, search_text, modified_at, origin) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING rid",
+                )
+                .bind(table.name)
+                .bind(&id)
+                .bind(&data)
+                .bind(&sort_key)
+                .bind(&search_text)
+                .bind(self.now)
+                .bind(self.origin)
+                .fetch_one(&mut *self.conn)
+                .await?
+            }
+        };
+        for field in table.reference_fields() {
+            if let Some(target) = row.get(field.name).and_then(Value::as_str) {
+                sqlx::query(
+                    "INSERT INTO record_refs (target_id, kind, field, id, rid) VALUES ($1, $2, $3, $4, $5) \
+                     ON CONFLICT DO NOTHING",
+                )
+                .bind(target)
+                .bind(table.name)
+                .bind(field.name)
+                .bind(&id)
+                .bind(rid)
+                .execute(&mut *self.conn)
+                .await?;
+            }
+        }
+        let action = if before.is_some() { Action::Updated } else { Action::Created };
+        if self.bulk {
+            self.touched.push(Touched { table, id, action, before: None, after: None, pointer });
+            return Ok(());
+        }
+        self.record_touch(Touched { table, id, action, before: before_row, after: Some(row), pointer });
+        Ok(())
+    }
+
+    /// Remembers a touched row; a row touched twice in one write keeps its first `before`.
+    fn record_touch(&mut self, touched: Touched) {
+        if let Some(existing) =
+            self.touched.iter_mut().find(|t| t.table.name == touched.table.name && t.id == touched.id)
+        {
+            existing.action = match (existing.action, touched.action) {
+                (Action::Created, Action::Deleted) | (Action::Deleted, Action::Created) => touched.action,
+                (Action::Created, _) => Action::Created,
+                (_, action) => action,
+            };
+            existing.after = touched.after;
+            existing.pointer = touched.pointer;
+        } else {
+            self.touched.push(touched);
+        }
+    }
+
+    /// Deletes a row and, first, the detail rows it owns; refuses when other entities still point at it.
+    async fn delete_cascade(&mut self, table: &'static Table, id: String) -> Result<(), WriteError> {
+        let mut order: Vec<(&'static Table, String)> = Vec::new();
+        let mut pending = vec![(table, id.clone())];
+        let mut seen: HashSet<(String, String)> = HashSet::new();
+        let mut blockers: Vec<String> = Vec::new();
+        while let Some((t, row_id)) = pending.pop() {
+            if !seen.insert((t.name.to_string(), row_id.clone())) {
+                continue;
+            }
+            order.push((t, row_id.clone()));
+            let referrers: Vec<(String, String, String)> =
+                sqlx::query_as("SELECT kind, field, id FROM record_refs WHERE target_id = $1")
+                    .bind(&row_id)
+                    .fetch_all(&mut *self.conn)
+                    .await?;
+            for (kind, field, child_id) in referrers {
+                let Some(child) = table_of(&kind) else { continue };
+                let Some(child_field) = child.field(&field) else { continue };
+                let points_here = child_field.references == Some(t.name) || child_field.references == Some("*");
+                if !points_here {
+                    continue;
+                }
+                if child.is_detail() {
+                    pending.push((child, child_id));
+                } else {
+                    blockers.push(format!("{kind} {child_id} ({field})"));
+                }
+            }
+        }
+        // Rows deleted in this same cascade do not block it.
+        let deleting: HashSet<String> = order.iter().map(|(t, i)| format!("{} {i}", t.name)).collect();
+        blockers.retain(|b| !deleting.iter().any(|d| b.starts_with(d.as_str())));
+        if !blockers.is_empty() {
+            blockers.sort();
+            blockers.dedup();
+            return Err(WriteError::Conflict {
+                message: format!(
+                    "{} {id} is still referenced by {} row(s); delete or re-point them first",
+                    table.name,
+                    blockers.len()
+                ),
+                referenced_by: blockers,
+            });
+        }
+        for (t, row_id) in order.into_iter().rev() {
+            let before: Option<(i64, String)> =
+                sqlx::query_as("SELECT rid, data FROM records WHERE kind = $1 AND id = $2")
+                    .bind(t.name)
+                    .bind(&row_id)
+                    .fetch_optional(&mut *self.conn)
+                    .await?;
+            let Some((rid, data)) = before else { continue };
+            sqlx::query("DELETE FROM record_refs WHERE rid = $1").bind(rid).execute(&mut *self.conn).await?;
+            sqlx::query("DELETE FROM record_facets WHERE kind = $1 AND id = $2")
+                .bind(t.name)
+                .bind(&row_id)
+                .execute(&mut *self.conn)
+                .await?;
+            sqlx::query("DELETE FROM records WHERE rid = $1").bind(rid).execute(&mut *self.conn).await?;
+            sqlx::query(
+                "INSERT INTO tombstones (kind, id, deleted_at, origin) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (kind, id) DO UPDATE SET deleted_at = excluded.deleted_at, origin = excluded.origin",
+            )
+            .bind(t.name)
+            .bind(&row_id)
+            .bind(self.now)
+            .bind(self.origin)
+            .execute(&mut *self.conn)
+            .await?;
+            self.record_touch(Touched {
+                table: t,
+                id: row_id,
+                action: Action::Deleted,
+                before: Some(parse_row(&data)),
+                after: None,
+                pointer: String::new(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Every reference of every row written must name an existing row of the referenced table.
+    async fn check_references(&mut self) -> Result<(), WriteError> {
+        // (kind, id) -> pointers that need it
+        let mut wanted: HashMap<&'static str, HashMap<String, Vec<String>>> = HashMap::new();
+        for t in &self.touched {
+            let Some(after) = &t.after else { continue };
+            for field in t.table.reference_fields() {
+                let Some(target) = field.references.filter(|r| *r != "*") else { continue };
+                if let Some(value) = after.get(field.name).and_then(Value::as_str) {
+                    wanted
+                        .entry(target)
+                        .or_default()
+                        .entry(value.to_string())
+                        .or_default()
+                        .push(format!("{}/{}", t.pointer, field.name));
+                }
+            }
+        }
+        let mut errors = Vec::new();
+        for (kind, ids) in wanted {
+            let keys: Vec<String> = ids.keys().cloned().collect();
+            let found = load_ids(self.conn, kind, &keys).await?;
+            for (id, pointers) in ids {
+                if !found.contains(&id) {
+                    for pointer in pointers {
+                        errors.push(FieldError::new(pointer, format!("no {kind} has the id {id}")));
+                    }
+                }
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            errors.sort_by(|a, b| a.pointer.cmp(&b.pointer));
+            Err(WriteError::Invalid(errors))
+        }
+    }
+
+    /// Recompiles the root documents this write touched or that embed what it touched, and appends events.
+    async fn finish(mut self) -> Result<WriteOutcome, WriteError> {
+        if self.touched.is_empty() {
+            return Ok(WriteOutcome::default());
+        }
+        // Roots each touched row belongs to (for event facets), and all roots to recompile.
+        let mut roots_of: Vec<BTreeSet<(&'static str, String)>> = Vec::with_capacity(self.touched.len());
+        let mut all_roots: BTreeSet<(&'static str, String)> = BTreeSet::new();
+        let touched = std::mem::take(&mut self.touched);
+        for t in &touched {
+            let roots = self.embedding_roots(t).await?;
+            all_roots.extend(roots.iter().cloned());
+            roots_of.push(roots);
+        }
+        let deleted: HashSet<(&'static str, String)> =
+            touched.iter().filter(|t| t.action == Action::Deleted).map(|t| (t.table.name, t.id.clone())).collect();
+        all_roots.retain(|r| !deleted.contains(r));
+
+        // Recompile every live root, grouped by table.
+        let mut docs: HashMap<(&'static str, String), Value> = HashMap::new();
+        for root_table in TABLES.iter().filter(|t| t.is_root()) {
+            let ids: Vec<String> =
+                all_roots.iter().filter(|(k, _)| *k == root_table.name).map(|(_, id)| id.clone()).collect();
+            if ids.is_empty() {
+                continue;
+            }
+            let rows = load_rows(self.conn, root_table.name, &ids).await?;
+            let compiled = compile_many(self.conn, root_table, rows.into_values().collect(), Form::Root).await?;
+            for doc in compiled {
+                let Some(id) = doc.get("id").and_then(Value::as_str).map(str::to_string) else { continue };
+                self.store_doc(root_table, &id, &doc).await?;
+                docs.insert((root_table.name, id), doc);
+            }
+        }
+
+        let mut events: Vec<NewEvent> = Vec::new();
+        let mut announced: HashSet<(&'static str, String)> = HashSet::new();
+        for (t, roots) in touched.iter().zip(&roots_of) {
+            let key = (t.table.name, t.id.clone());
+            let data = match (&t.after, t.table.is_root()) {
+                (None, _) => json!({ "id": t.id, "deleted": true }),
+                (Some(_), true) => docs.get(&key).cloned().unwrap_or(Value::Null),
+                (Some(row), false) => compile_many(self.conn, t.table, vec![row.clone()], Form::Nested)
+                    .await?
+                    .pop()
+                    .unwrap_or(Value::Null),
+            };
+            let mut facets = document::facets(t.table, &data);
+            if let Some(before) = &t.before {
+                facets.extend(document::facets(t.table, &Value::Object(before.clone())));
+            }
+            for (kind, id) in roots {
+                facets.extend(document::identity_facets(kind, id, docs.get(&(*kind, id.clone()))));
+            }
+            if t.table.is_root() {
+                announced.insert(key.clone());
+            }
+            events.push(NewEvent {
+                event_type: format!("{}.{}", t.table.name, t.action.as_str()),
+                object: t.table.name,
+                object_id: t.id.clone(),
+                data,
+                facets,
+            });
+        }
+        for ((kind, id), doc) in &docs {
+            if announced.contains(&(*kind, id.clone())) {
+                continue;
+            }
+            let facets = document::facets(table_of(kind).unwrap_or(&TABLES[0]), doc);
+            events.push(NewEvent {
+                event_type: format!("{kind}.updated"),
+                object: kind,
+                object_id: id.clone(),
+                data: doc.clone(),
+                facets,
+            });
+        }
+        let rows_changed = touched.len();
+        let count = events.len();
+        let (first, last) = append_events(self.conn, events, self.origin, self.now).await?;
+        Ok(WriteOutcome {
+            first_sequence: Some(first),
+            last_sequence: Some(last),
+            events: count,
+            rows_changed,
+            warnings: Vec::new(),
+        })
+    }
+
+    /// Stores a root's compiled document and what lists and filters need of it.
+    async fn store_doc(&mut self, table: &'static Table, id: &str, doc: &Value) -> sqlx::Result<()> {
+        let (latitude, longitude) = document::coordinates(table, doc);
+        sqlx::query(
+            "UPDATE records SET doc = $1, search_text = $2, sort_key = $3, modified_at = $4, latitude = $5, longitude = $6 \
+             WHERE kind = $7 AND id = $8",
+        )
+        .bind(doc.to_string())
+        .bind(document::search_text(table, doc))
+        .bind(document::sort_key(table, doc))
+        .bind(self.now)
+        .bind(latitude)
+        .bind(longitude)
+        .bind(table.name)
+        .bind(id)
+        .execute(&mut *self.conn)
+        .await?;
+        sqlx::query("DELETE FROM record_facets WHERE kind = $1 AND id = $2")
+            .bind(table.name)
+            .bind(id)
+            .execute(&mut *self.conn)
+            .await?;
+        for (facet, value) in document::facets(table, doc) {
+            sqlx::query(
+                "INSERT INTO record_facets (kind, facet, value, id) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            )
+            .bind(table.name)
+            .bind(facet)
+            .bind(value)
+            .bind(id)
+            .execute(&mut *self.conn)
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// The root documents that contain the touched row (before or after the change), itself included.
+    ///
+    /// Walks up the embedding relation: a row is embedded in the row its back reference points at
+    /// (`phone.service_id` -> that service), and — only when the row itself changed, not something inside
+    /// it — in the rows that nest it as a `One` (`service.organization`, `attribute.taxonomy_term`). An
+    /// organization root also embeds its services and a service_at_location root its service.
+    async fn embedding_roots(&mut self, touched: &Touched) -> sqlx::Result<BTreeSet<(&'static str, String)>> {
+        let mut roots = BTreeSet::new();
+        let mut seen: HashSet<(&'static str, String)> = HashSet::new();
+        // (table, id, row data if known, whether the row itself changed)
+        let mut queue: Vec<(&'static Table, String, Vec<Row>, bool)> = vec![(
+            touched.table,
+            touched.id.clone(),
+            touched.before.iter().chain(touched.after.iter()).cloned().collect(),
+            true,
+        )];
+        while let Some((t, id, rows, own_change)) = queue.pop() {
+            if !seen.insert((t.name, id.clone())) {
+                continue;
+            }
+            if t.is_root() {
+                roots.insert((t.name, id.clone()));
+            }
+            let rows = if rows.is_empty() {
+                load_rows(self.conn, t.name, std::slice::from_ref(&id)).await?.into_values().collect()
+            } else {
+                rows
+            };
+            // Up through back references: the parents that nest this row in a `Many` key.
+            for field in t.reference_fields() {
+                for row in &rows {
+                    let Some(target_id) = row.get(field.name).and_then(Value::as_str) else { continue };
+                    let parents: Vec<&'static Table> = match field.references {
+                        Some("*") => match parent_table_of(self.conn, target_id).await? {
+                            Some(p) => vec![p],
+                            None => vec![],
+                        },
+                        Some(name) => table_of(name).into_iter().collect(),
+                        None => vec![],
+                    };
+                    for parent in parents {
+                        let nests_here = parent.nested.iter().any(|n| {
+                            n.kind == NestedKind::Many
+                                && n.table == t.name
+                                && parent.back_reference(n).map(|f| f.name) == Some(field.name)
+                        });
+                        let root_extra = parent.name == "organization" && t.name == "service";
+                        if nests_here || root_extra {
+                            queue.push((parent, target_id.to_string(), Vec::new(), false));
+                        }
+                    }
+                }
+            }
+            // Sideways: rows that nest this one as a `One` see its own fields only.
+            let referrers: Vec<(String, String, String)> =
+                sqlx::query_as("SELECT kind, field, id FROM record_refs WHERE target_id = $1")
+                    .bind(&id)
+                    .fetch_all(&mut *self.conn)
+                    .await?;
+            for (kind, field, referrer_id) in referrers {
+                let Some(referrer) = table_of(&kind) else { continue };
+                let nests_one = referrer.nested.iter().any(|n| {
+                    n.kind == NestedKind::One
+                        && n.table == t.name
+                        && referrer.forward_reference(n).map(|f| f.name) == Some(field.as_str())
+                });
+                let full_location = referrer.name == "service_at_location" && t.name == "location";
+                let service_in_link = referrer.name == "service_at_location" && t.name == "service";
+                if (nests_one && (own_change || full_location)) || service_in_link {
+                    queue.push((referrer, referrer_id, Vec::new(), false));
+                }
+            }
+        }
+        Ok(roots)
+    }
+}
+
+fn table_of(name: &str) -> Option<&'static Table> {
+    table(name)
+}
+
+/// The table of the row with this id, for polymorphic references (`attribute.link_id`).
+async fn parent_table_of(conn: &mut AnyConnection, id: &str) -> sqlx::Result<Option<&'static Table>> {
+    let kind: Option<String> = sqlx::query_scalar("SELECT kind FROM records WHERE id = $1 LIMIT 1")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(kind.and_then(|k| table(&k)))
+}
+
+async fn load_ids(conn: &mut AnyConnection, kind: &str, ids: &[String]) -> sqlx::Result<HashSet<String>> {
+    Ok(load_rows(conn, kind, ids).await?.into_keys().collect())
+}
+
+/// Progress of a bulk import, reported as (phase, done, total).
+pub type Progress<'a> = &'a (dyn Fn(&str, u64, u64) + Send + Sync);
+
+impl Db {
+    /// Writes many rows in ONE transaction (all or nothing) and appends their events: one per row, then one
+    /// `.updated` per root document whose compiled form changed. Referenced rows must come first or exist.
+    ///
+    /// With `strict_references` a reference to a row that exists neither in the store nor in the import
+    /// fails the import; without, it is imported as is and reported in [`WriteOutcome::warnings`] (the
+    /// official HSDS example package itself has such references).
+    pub async fn import(
+        &self,
+        rows: Vec<(&'static Table, Row, String)>,
+        strict_references: bool,
+        progress: Progress<'_>,
+    ) -> Result<WriteOutcome, WriteError> {
+        let (mut tx, _guard) = self.begin_write().await?;
+        let origin = self.instance_id().to_string();
+        let now = now_text();
+        let total = rows.len() as u64;
+        let mut writer = Writer { conn: &mut tx, origin: &origin, now: &now, touched: Vec::new(), bulk: true };
+        for (i, (table, row, pointer)) in rows.into_iter().enumerate() {
+            writer.upsert(table, row, pointer).await?;
+            if i % 1000 == 0 {
+                progress("rows", i as u64, total);
+            }
+        }
+        progress("rows", total, total);
+        let dangling = writer.dangling_references().await?;
+        if strict_references && !dangling.is_empty() {
+            return Err(WriteError::Invalid(dangling));
+        }
+        let mut outcome = writer.finish_bulk(progress).await?;
+        outcome.warnings = dangling;
+        tx.commit().await?;
+        Ok(outcome)
+    }
+}
+
+impl Writer<'_> {
+    /// References of imported rows to rows that do not exist.
+    async fn dangling_references(&mut self) -> Result<Vec<FieldError>, WriteError> {
+        let pointers: HashMap<(&str, &str), &str> =
+            self.touched.iter().map(|t| ((t.table.name, t.id.as_str()), t.pointer.as_str())).collect();
+        let mut errors = Vec::new();
+        for t in TABLES {
+            for field in t.reference_fields() {
+                let Some(target) = field.references.filter(|r| *r != "*") else { continue };
+                let missing: Vec<(String, String)> = sqlx::query_as(
+                    "SELECT f.id, f.target_id FROM record_refs f WHERE f.kind = $1 AND f.field = $2 \
+                     AND NOT EXISTS (SELECT 1 FROM records r WHERE r.kind = $3 AND r.id = f.target_id) LIMIT 1000",
+                )
+                .bind(t.name)
+                .bind(field.name)
+                .bind(target)
+                .fetch_all(&mut *self.conn)
+                .await?;
+                for (id, target_id) in missing {
+                    // Only rows of this import are reported; older dangling rows were accepted before.
+                    let Some(at) = pointers.get(&(t.name, id.as_str())) else { continue };
+                    errors.push(FieldError::new(
+                        format!("{at}, field {}", field.name),
+                        format!("no {target} has the id {target_id}"),
+                    ));
+                }
+            }
+        }
+        Ok(errors)
+    }
+
+    async fn finish_bulk(mut self, progress: Progress<'_>) -> Result<WriteOutcome, WriteError> {
+        let touched = std::mem::take(&mut self.touched);
+        let mut outcome = WriteOutcome { rows_changed: touched.len(), ..WriteOutcome::default() };
+        let touched_roots: HashSet<(&'static str, String)> =
+            touched.iter().filter(|t| t.table.is_root()).map(|t| (t.table.name, t.id.clone())).collect();
+        // Row events of non-root rows, compiled in batches per table.
+        for t in TABLES.iter().filter(|t| !t.is_root()) {
+            let mine: Vec<&Touched> = touched.iter().filter(|x| x.table.name == t.name).collect();
+            for chunk in mine.chunks(500) {
+                let ids: Vec<String> = chunk.iter().map(|x| x.id.clone()).collect();
+                let rows = load_rows(self.conn, t.name, &ids).await?;
+                let compiled = compile_many(self.conn, t, rows.into_values().collect(), Form::Nested).await?;
+                let by_id: HashMap<String, Value> =
+                    compiled.into_iter().filter_map(|v| Some((v.get("id")?.as_str()?.to_string(), v))).collect();
+                let events = chunk
+                    .iter()
+                    .filter_map(|x| {
+                        let data = by_id.get(&x.id)?.clone();
+                        Some(NewEvent {
+                            event_type: format!("{}.{}", t.name, x.action.as_str()),
+                            object: t.name,
+                            object_id: x.id.clone(),
+                            facets: document::facets(t, &data),
+                            data,
+                        })
+                    })
+                    .collect();
+                self.append(events, &mut outcome).await?;
+            }
+        }
+        // Every root document is recompiled; those whose document changed get their event.
+        let actions: HashMap<(&'static str, String), Action> =
+            touched.iter().map(|t| ((t.table.name, t.id.clone()), t.action)).collect();
+        for t in TABLES.iter().filter(|t| t.is_root()) {
+            let all: Vec<(String, Option<String>)> =
+                sqlx::query_as("SELECT id, doc FROM records WHERE kind = $1 ORDER BY id")
+                    .bind(t.name)
+                    .fetch_all(&mut *self.conn)
+                    .await?;
+            let total = all.len() as u64;
+            for (n, chunk) in all.chunks(500).enumerate() {
+                let ids: Vec<String> = chunk.iter().map(|(id, _)| id.clone()).collect();
+                let old: HashMap<&str, Option<&String>> =
+                    chunk.iter().map(|(id, doc)| (id.as_str(), doc.as_ref())).collect();
+                let rows = load_rows(self.conn, t.name, &ids).await?;
+                let compiled = compile_many(self.conn, t, rows.into_values().collect(), Form::Root).await?;
+                let mut events = Vec::new();
+                for doc in compiled {
+                    let Some(id) = doc.get("id").and_then(Value::as_str).map(str::to_string) else { continue };
+                    let text = doc.to_string();
+                    let unchanged = old.get(id.as_str()).copied().flatten().is_some_and(|d| *d == text);
+                    let key = (t.name, id.clone());
+                    if unchanged && !touched_roots.contains(&key) {
+                        continue;
+                    }
+                    if !unchanged {
+                        self.store_doc(t, &id, &doc).await?;
+                    }
+                    let action = actions.get(&key).copied().unwrap_or(Action::Updated);
+                    events.push(NewEvent {
+                        event_type: format!("{}.{}", t.name, action.as_str()),
+                        object: t.name,
+                        object_id: id,
+                        facets: document::facets(t, &doc),
+                        data: doc,
+                    });
+                }
+                self.append(events, &mut outcome).await?;
+                progress(t.name, ((n + 1) * 500).min(all.len()) as u64, total);
+            }
+        }
+        Ok(outcome)
+    }
+
+    async fn append(&mut self, events: Vec<NewEvent>, outcome: &mut WriteOutcome) -> sqlx::Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let count = events.len();
+        let (first, last) = append_events(self.conn, events, self.origin, self.now).await?;
+        outcome.first_sequence.get_or_insert(first);
+        outcome.last_sequence = Some(last);
+        outcome.events += count;
+        Ok(())
+    }
+}

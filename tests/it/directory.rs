@@ -1,0 +1,294 @@
+//! The HSDS API over real stores: the example data package served exactly as the official compiled
+//! schemas say, writes with nested children, references, ETags, cascades and the events they emit.
+
+use serde_json::{Value, json};
+
+use crate::helpers::hsds_dir;
+use crate::store_test;
+
+const ORG: &str = "d9d5e0f5-d3ce-4f73-9a2f-4dd0ecc6c610";
+const SERVICE: &str = "ac148810-d857-441c-9679-408f346de14b";
+
+fn validator(name: &str) -> Option<jsonschema::Validator> {
+    let path = hsds_dir()?.join("schema/compiled").join(format!("{name}.json"));
+    let schema: Value = serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
+    Some(jsonschema::validator_for(&schema).expect("compiled schema compiles"))
+}
+
+fn assert_valid(name: &str, instance: &Value) {
+    let Some(v) = validator(name) else { return };
+    let errors: Vec<String> = v.iter_errors(instance).map(|e| format!("{} at {}", e, e.instance_path)).collect();
+    assert!(errors.is_empty(), "not a valid {name}: {errors:#?}\n{instance:#}");
+}
+
+fn assert_page(page: &Value) {
+    for key in ["total_items", "total_pages", "page_number", "size", "first_page", "last_page", "empty", "contents"] {
+        assert!(page.get(key).is_some(), "page lacks {key}: {page}");
+    }
+}
+
+store_test!(example_package_is_served_per_the_compiled_schemas, |app| async move {
+    if app.import_example().await.is_none() {
+        return;
+    }
+    let service = app.get_json(&format!("/services/{SERVICE}")).await;
+    assert_valid("service", &service);
+    assert_eq!(service["id"], SERVICE);
+    assert!(!service["phones"].as_array().unwrap().is_empty(), "phones nested: {service:#}");
+
+    let list = app.get_json("/services").await;
+    assert_page(&list);
+    assert_eq!(list["total_items"], 1);
+    for item in list["contents"].as_array().unwrap() {
+        assert_valid("service_list", item);
+    }
+    let full = app.get_json("/services?full=true").await;
+    for item in full["contents"].as_array().unwrap() {
+        assert_valid("service", item);
+    }
+
+    let org = app.get_json(&format!("/organizations/{ORG}")).await;
+    assert_valid("organization", &org);
+    let orgs = app.get_json("/organizations").await;
+    for item in orgs["contents"].as_array().unwrap() {
+        assert_valid("organization_list", item);
+    }
+    let sals = app.get_json("/service_at_locations").await;
+    assert!(sals["total_items"].as_u64().unwrap() >= 1);
+    for item in sals["contents"].as_array().unwrap() {
+        assert_valid("service_at_location_list", item);
+        let id = item["id"].as_str().unwrap();
+        let sal = app.get_json(&format!("/service_at_locations/{id}")).await;
+        assert_valid("service_at_location", &sal);
+    }
+    for path in ["/taxonomies", "/taxonomy_terms", "/phones", "/locations", "/addresses", "/schedules", "/attributes"] {
+        let page = app.get_json(path).await;
+        assert_page(&page);
+        assert!(page["total_items"].as_u64().unwrap() >= 1, "{path} has the example row");
+    }
+});
+
+fn org_body(id: &str, name: &str) -> Value {
+    json!({ "id": id, "name": name, "description": format!("{name} helps people.") })
+}
+
+fn service_body(id: &str, org: &str, name: &str) -> Value {
+    json!({
+        "id": id, "organization_id": org, "name": name, "status": "active",
+        "description": "Hot meals and groceries for families",
+        "phones": [ { "id": "00000000-0000-4000-8000-0000000000a1", "number": "555-0100" } ],
+        "schedules": [ { "id": "00000000-0000-4000-8000-0000000000b1", "freq": "WEEKLY", "byday": "MO,TU", "opens_at": "09:00", "closes_at": "17:00" } ]
+    })
+}
+
+const O1: &str = "00000000-0000-4000-8000-000000000001";
+const S1: &str = "00000000-0000-4000-8000-000000000011";
+
+store_test!(put_with_children_writes_rows_and_events_in_one_go, |app| async move {
+    app.put_ok(&format!("/organizations/{O1}"), &org_body(O1, "Food Bank")).await;
+    let before = app.db.last_sequence().await.unwrap();
+    let r = app.put(&format!("/services/{S1}"), &service_body(S1, O1, "Community Pantry")).await;
+    assert_eq!(r.status(), 201);
+    assert!(r.headers().get("etag").is_some());
+    let doc: Value = r.json().await.unwrap();
+    assert_eq!(doc["phones"][0]["service_id"], S1, "back reference filled in");
+    assert_eq!(doc["organization"]["name"], "Food Bank");
+
+    let events = app.events_after(before).await;
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert!(types.contains(&"service.created"), "{types:?}");
+    assert!(types.contains(&"phone.created"), "{types:?}");
+    assert!(types.contains(&"schedule.created"), "{types:?}");
+    assert!(types.contains(&"organization.updated"), "the organization embeds its services: {types:?}");
+    let seqs: Vec<i64> = events.iter().map(|e| e["sequence"].as_i64().unwrap()).collect();
+    let expected: Vec<i64> = (before + 1..=before + seqs.len() as i64).collect();
+    assert_eq!(seqs, expected, "gap-free sequence");
+    let created = events.iter().find(|e| e["type"] == "service.created").unwrap();
+    assert_eq!(created["data"]["phones"][0]["number"], "555-0100", "snapshot carries the compiled service");
+
+    // The same PUT again changes nothing and emits nothing.
+    let last = app.db.last_sequence().await.unwrap();
+    let r = app.put(&format!("/services/{S1}"), &service_body(S1, O1, "Community Pantry")).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(app.db.last_sequence().await.unwrap(), last, "idempotent PUT emits no event");
+
+    // Changing a phone through its own path updates the service and the organization.
+    let phone = "00000000-0000-4000-8000-0000000000a1";
+    let r = app.patch(&format!("/phones/{phone}"), &json!({"number": "555-0199"})).await;
+    assert_eq!(r.status(), 200);
+    let events = app.events_after(last).await;
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types.iter().filter(|t| **t == "phone.updated").count(), 1, "{types:?}");
+    assert!(types.contains(&"service.updated"), "{types:?}");
+    let service_event = events.iter().find(|e| e["type"] == "service.updated").unwrap();
+    assert_eq!(service_event["data"]["phones"][0]["number"], "555-0199");
+});
+
+store_test!(bad_references_and_fields_are_422_with_pointers_and_write_nothing, |app| async move {
+    let before = app.db.last_sequence().await.unwrap();
+    let r = app.put(&format!("/services/{S1}"), &service_body(S1, O1, "Orphan")).await;
+    assert_eq!(r.status(), 422);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let problem: Value = r.json().await.unwrap();
+    assert_eq!(problem["errors"][0]["pointer"], "/organization_id", "{problem}");
+
+    let mut body = service_body(S1, O1, "Bad");
+    body["status"] = json!("open");
+    body["phones"][0]["number"] = json!(5);
+    let problem: Value = app.put(&format!("/services/{S1}"), &body).await.json().await.unwrap();
+    let pointers: Vec<&str> =
+        problem["errors"].as_array().unwrap().iter().map(|e| e["pointer"].as_str().unwrap()).collect();
+    assert!(pointers.contains(&"/status"), "{problem}");
+    assert!(pointers.contains(&"/phones/0/number"), "{problem}");
+
+    let r = app
+        .client
+        .put(app.url(&format!("/services/{S1}")))
+        .bearer_auth(&app.publish_key)
+        .header("content-type", "application/json")
+        .body("{\"id\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = app.put("/services/not-a-uuid", &json!({"name": "x"})).await;
+    assert_eq!(r.status(), 422);
+    assert_eq!(app.get(&format!("/services/{S1}")).await.status(), 404);
+    assert_eq!(app.db.last_sequence().await.unwrap(), before, "nothing written, no event");
+});
+
+store_test!(writes_need_a_publishing_key, |app| async move {
+    let url = app.url(&format!("/organizations/{O1}"));
+    let r = app.client.put(&url).json(&org_body(O1, "x")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = app.client.put(&url).bearer_auth(&app.subscribe_key).json(&org_body(O1, "x")).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    let r = app.client.put(&url).bearer_auth("hsda_admin_wrong").json(&org_body(O1, "x")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = app.client.put(&url).bearer_auth(&app.admin_key).json(&org_body(O1, "x")).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+});
+
+store_test!(if_match_guards_concurrent_writers, |app| async move {
+    let url = format!("/organizations/{O1}");
+    app.put_ok(&url, &org_body(O1, "First")).await;
+    let etag = app.get(&url).await.headers()["etag"].to_str().unwrap().to_string();
+    let write = |name: &'static str, tag: String| {
+        app.client
+            .put(app.url(&url))
+            .bearer_auth(&app.publish_key)
+            .header("if-match", tag)
+            .json(&org_body(O1, name))
+            .send()
+    };
+    assert_eq!(write("Second", etag.clone()).await.unwrap().status(), 200);
+    assert_eq!(write("Third", etag).await.unwrap().status(), 412, "stale ETag");
+    assert_eq!(app.get_json(&url).await["name"], "Second");
+    let r = app
+        .client
+        .get(app.url(&url))
+        .header("if-none-match", app.get(&url).await.headers()["etag"].clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 304);
+});
+
+store_test!(deleting_cascades_details_and_refuses_referenced_entities, |app| async move {
+    app.put_ok(&format!("/organizations/{O1}"), &org_body(O1, "Food Bank")).await;
+    app.put_ok(&format!("/services/{S1}"), &service_body(S1, O1, "Pantry")).await;
+    let r = app.delete(&format!("/organizations/{O1}")).await;
+    assert_eq!(r.status(), 409);
+    let problem: Value = r.json().await.unwrap();
+    assert!(problem["referenced_by"][0].as_str().unwrap().starts_with("service"), "{problem}");
+
+    let before = app.db.last_sequence().await.unwrap();
+    assert_eq!(app.delete(&format!("/services/{S1}")).await.status(), 204);
+    assert_eq!(
+        app.get("/phones/00000000-0000-4000-8000-0000000000a1").await.status(),
+        404,
+        "phone went with its service"
+    );
+    let events = app.events_after(before).await;
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    for t in ["service.deleted", "phone.deleted", "schedule.deleted", "organization.updated"] {
+        assert!(types.contains(&t), "{t} in {types:?}");
+    }
+    let tombstone = events.iter().find(|e| e["type"] == "service.deleted").unwrap();
+    assert_eq!(tombstone["data"], json!({"id": S1, "deleted": true}));
+    assert_eq!(app.delete(&format!("/services/{S1}")).await.status(), 404);
+    assert_eq!(app.delete(&format!("/organizations/{O1}")).await.status(), 204);
+});
+
+store_test!(search_filters_and_paging_combine, |app| async move {
+    app.put_ok(&format!("/organizations/{O1}"), &org_body(O1, "Food Bank")).await;
+    let o2 = "00000000-0000-4000-8000-000000000002";
+    app.put_ok(&format!("/organizations/{o2}"), &org_body(o2, "Legal Aid Society")).await;
+    for i in 0..7 {
+        let id = format!("00000000-0000-4000-8000-1000000000{i:02}");
+        let (org, name) = if i < 5 { (O1, format!("Pantry {i}")) } else { (o2, format!("Tenant rights clinic {i}")) };
+        let mut body = json!({"id": id, "organization_id": org, "name": name, "status": "active"});
+        if i < 5 {
+            body["description"] = json!("free groceries");
+        }
+        app.put_ok(&format!("/services/{id}"), &body).await;
+    }
+    let page = app.get_json("/services?search=groceries&per_page=2&page=3").await;
+    assert_eq!(page["total_items"], 5);
+    assert_eq!(page["total_pages"], 3);
+    assert_eq!(page["size"], 1);
+    assert_eq!(page["last_page"], true);
+    assert_eq!(page["first_page"], false);
+    let page = app.get_json(&format!("/services?organization_id={o2}&search=clinic")).await;
+    assert_eq!(page["total_items"], 2);
+    let page = app.get_json(&format!("/services?organization_id={o2}&search=groceries")).await;
+    assert_eq!(page["total_items"], 0, "filters are ANDed");
+    assert_eq!(page["empty"], true);
+    let beyond = app.get_json("/services?page=9").await;
+    assert_eq!(beyond["size"], 0);
+    for bad in [
+        "page=0",
+        "per_page=0",
+        "per_page=100000",
+        "page=x",
+        "organization_id=nope",
+        "format=xml",
+        "modified_after=yesterday",
+    ] {
+        let r = app.get(&format!("/services?{bad}")).await;
+        assert_eq!(r.status(), 400, "{bad}");
+        assert_eq!(r.headers()["content-type"], "application/problem+json");
+    }
+    let ndjson = app.get("/services?format=ndjson&search=pantry").await;
+    assert_eq!(ndjson.headers()["content-type"], "application/x-ndjson");
+    let text = ndjson.text().await.unwrap();
+    assert_eq!(text.lines().count(), 5);
+    for line in text.lines() {
+        serde_json::from_str::<Value>(line).unwrap();
+    }
+    let post: Value = app
+        .client
+        .post(app.url("/services"))
+        .json(&json!({"search": "clinic"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(post["total_items"], 2);
+});
+
+store_test!(modified_after_includes_the_boundary, |app| async move {
+    app.put_ok(&format!("/organizations/{O1}"), &org_body(O1, "Food Bank")).await;
+    let list = app.get_json("/organizations?per_page=1").await;
+    assert_eq!(list["total_items"], 1);
+    let events = app.events_after(0).await;
+    let at = events.last().unwrap()["occurred_at"].as_str().unwrap().to_string();
+    let same = app.get_json(&format!("/organizations?modified_after={at}")).await;
+    assert_eq!(same["total_items"], 1, "on or after");
+    let later = chrono::DateTime::parse_from_rfc3339(&at).unwrap() + chrono::Duration::microseconds(1);
+    let after =
+        app.get_json(&format!("/organizations?modified_after={}", later.to_rfc3339().replace('+', "%2B"))).await;
+    assert_eq!(after["total_items"], 0);
+});

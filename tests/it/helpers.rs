@@ -1,0 +1,189 @@
+//! The test harness: starts the real server on 127.0.0.1:0 over a fresh SQLite file or a fresh
+//! PostgreSQL database, with API keys of every scope, and an HTTP client.
+
+use std::path::PathBuf;
+
+use hsda::config::Config;
+use hsda::startup::Application;
+use hsda::store::Db;
+use hsda::store::keys::Scope;
+use serde_json::Value;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Store {
+    Sqlite,
+    Postgres,
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub db: Db,
+    pub admin_key: String,
+    pub publish_key: String,
+    pub subscribe_key: String,
+    _dir: Option<tempfile::TempDir>,
+    shutdown: tokio_util::sync::CancellationToken,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// The PostgreSQL server tests use, from `HSDA_TEST_POSTGRES_URL` (e.g. postgres://postgres@127.0.0.1:5432/test).
+pub fn postgres_url() -> Option<String> {
+    std::env::var("HSDA_TEST_POSTGRES_URL").ok().filter(|s| !s.is_empty())
+}
+
+/// A fresh, empty database URL for `store`; `None` (with a message) when that store is not configured.
+pub async fn fresh_database(store: Store) -> Option<(String, Option<tempfile::TempDir>)> {
+    match store {
+        Store::Sqlite => {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let path: PathBuf = dir.path().join("hsda.db");
+            Some((format!("sqlite://{}", path.display()), Some(dir)))
+        }
+        Store::Postgres => {
+            let Some(admin_url) = postgres_url() else {
+                eprintln!("skipped: set HSDA_TEST_POSTGRES_URL to run the PostgreSQL variant of this test");
+                return None;
+            };
+            let name = format!("hsda_test_{}", uuid::Uuid::new_v4().simple());
+            use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(&admin_url).await.expect("connect to PostgreSQL");
+            sqlx::Executor::execute(&mut conn, format!("CREATE DATABASE {name}").as_str())
+                .await
+                .expect("create database");
+            let base = admin_url.rsplit_once('/').map(|(b, _)| b.to_string()).unwrap_or(admin_url);
+            Some((format!("{base}/{name}"), None))
+        }
+    }
+}
+
+impl TestApp {
+    /// Starts a server over a fresh database of `store`; `None` when that store is not available here.
+    pub async fn spawn(store: Store) -> Option<TestApp> {
+        Self::spawn_with(store, |_| {}).await
+    }
+
+    pub async fn spawn_with(store: Store, configure: impl FnOnce(&mut Config)) -> Option<TestApp> {
+        let (database_url, dir) = fresh_database(store).await?;
+        let mut config = Config {
+            database_url: database_url.clone(),
+            bind: "127.0.0.1:0".parse().expect("address"),
+            allow_targets: "127.0.0.0/8,::1/128".into(),
+            ..Config::default()
+        };
+        configure(&mut config);
+        let app = Application::build(config).await.expect("build app");
+        let db = app.db().clone();
+        let base = format!("http://{}", app.local_addr());
+        let shutdown = app.shutdown_token();
+        tokio::spawn(app.run());
+        let admin_key = db.create_key("acme", Scope::Admin).await.expect("key").secret;
+        let publish_key = db.create_key("acme", Scope::Publish).await.expect("key").secret;
+        let subscribe_key = db.create_key("acme", Scope::Subscribe).await.expect("key").secret;
+        Some(TestApp {
+            base,
+            client: reqwest::Client::new(),
+            db,
+            admin_key,
+            publish_key,
+            subscribe_key,
+            _dir: dir,
+            shutdown,
+        })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.expect("GET")
+    }
+
+    pub async fn get_json(&self, path: &str) -> Value {
+        let r = self.get(path).await;
+        assert_eq!(r.status(), 200, "GET {path}");
+        r.json().await.expect("json")
+    }
+
+    pub async fn put(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.client.put(self.url(path)).bearer_auth(&self.publish_key).json(body).send().await.expect("PUT")
+    }
+
+    pub async fn put_ok(&self, path: &str, body: &Value) -> Value {
+        let r = self.put(path, body).await;
+        let status = r.status();
+        let text = r.text().await.expect("body");
+        assert!(status.is_success(), "PUT {path} -> {status}: {text}");
+        serde_json::from_str(&text).expect("json")
+    }
+
+    pub async fn patch(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .patch(self.url(path))
+            .bearer_auth(&self.publish_key)
+            .header("content-type", "application/merge-patch+json")
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("PATCH")
+    }
+
+    pub async fn delete(&self, path: &str) -> reqwest::Response {
+        self.client.delete(self.url(path)).bearer_auth(&self.publish_key).send().await.expect("DELETE")
+    }
+
+    /// All events after `after`.
+    pub async fn events_after(&self, after: i64) -> Vec<Value> {
+        let v = self.get_json(&format!("/events?after={after}&limit=1000")).await;
+        v["events"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Imports the official HSDS example data package; `None` (with a message) where it is absent.
+    pub async fn import_example(&self) -> Option<()> {
+        let path = hsds_dir()?.join("examples/csv");
+        hsda::bulk::import::import_path(&self.db, &path, Default::default()).await.expect("import example package");
+        Some(())
+    }
+}
+
+/// `../shared/hsds`, the official HSDS reference files, when present.
+pub fn hsds_dir() -> Option<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/hsds");
+    if dir.join("schema").is_dir() {
+        Some(dir)
+    } else {
+        eprintln!("skipped: ../shared/hsds (the official HSDS schemas and examples) is not present");
+        None
+    }
+}
+
+/// Runs a test body against SQLite and, where configured, PostgreSQL: `store_test!(name, |app| async move {...})`.
+#[macro_export]
+macro_rules! store_test {
+    ($name:ident, |$app:ident| $body:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[tokio::test]
+            async fn sqlite() {
+                if let Some($app) = $crate::helpers::TestApp::spawn($crate::helpers::Store::Sqlite).await {
+                    $body.await;
+                }
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                if let Some($app) = $crate::helpers::TestApp::spawn($crate::helpers::Store::Postgres).await {
+                    $body.await;
+                }
+            }
+        }
+    };
+}

@@ -1,0 +1,5 @@
+//! hsda's integration tests: one binary that starts the real server over real SQLite and PostgreSQL.
+
+mod helpers;
+
+mod directory;
