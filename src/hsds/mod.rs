@@ -3,3 +3,5 @@
 
 pub mod catalog;
 mod catalog_data;
+pub mod merge_patch;
+pub mod validate;
