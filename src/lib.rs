@@ -4,4 +4,5 @@
 //! catalog) -> `store` (rows, compiled documents and events in one transaction) -> `webhook` (fan-out,
 //! signed delivery, attempt log).
 
+pub mod generate;
 pub mod hsds;
