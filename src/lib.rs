@@ -5,3 +5,4 @@
 //! signed delivery, attempt log).
 
 pub mod hsds;
+pub mod webhook;
