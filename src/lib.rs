@@ -24,3 +24,5 @@ pub mod openapi;
 pub mod startup;
 /// The database: rows, documents, events, keys.
 pub mod store;
+/// The webhook engine: subscriptions, signing, SSRF guard, retries and delivery.
+pub mod webhook;
