@@ -113,3 +113,18 @@ impl Config {
         Ok(config)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_config_file_parses_and_flags_win_over_it() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");
+        let flags = Flags { config: Some(path), database_url: Some("sqlite://other.db".into()) };
+        let config = Config::load(&flags, &ServeFlags::default()).expect("example config loads");
+        assert_eq!(config.database_url, "sqlite://other.db");
+        assert_eq!(config.bind, SocketAddr::from(([127, 0, 0, 1], 8080)));
+        assert_eq!(config.demo_services, 2000);
+    }
+}
