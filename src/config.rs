@@ -42,6 +42,15 @@ pub struct ServeFlags {
     /// Comma-separated webhook retry delays in seconds (default 5,300,1800,7200,18000,36000,50400,72000,86400).
     #[arg(long, env = "HSDA_RETRY_SCHEDULE")]
     pub retry_schedule: Option<String>,
+    /// The URL clients reach this server at, used in thin webhook payloads (default http://BIND).
+    #[arg(long, env = "HSDA_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Seconds a webhook target may keep failing before its subscription is disabled (default 432000 = 5 days).
+    #[arg(long, env = "HSDA_DISABLE_AFTER_SECONDS")]
+    pub disable_after_seconds: Option<i64>,
+    /// Seconds to wait for a webhook target's answer (default 15).
+    #[arg(long, env = "HSDA_DELIVERY_TIMEOUT_SECONDS")]
+    pub delivery_timeout_seconds: Option<u64>,
 }
 
 /// The file form of the settings.
@@ -56,6 +65,9 @@ struct FileConfig {
     max_body_bytes: Option<usize>,
     allow_targets: Option<String>,
     retry_schedule: Option<String>,
+    public_url: Option<String>,
+    disable_after_seconds: Option<i64>,
+    delivery_timeout_seconds: Option<u64>,
 }
 
 /// The resolved configuration.
@@ -69,6 +81,9 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub allow_targets: String,
     pub retry_schedule: Option<String>,
+    pub public_url: Option<String>,
+    pub disable_after_seconds: i64,
+    pub delivery_timeout_seconds: u64,
 }
 
 impl Default for Config {
@@ -82,11 +97,19 @@ impl Default for Config {
             max_body_bytes: 4 * 1024 * 1024,
             allow_targets: String::new(),
             retry_schedule: None,
+            public_url: None,
+            disable_after_seconds: 5 * 24 * 3600,
+            delivery_timeout_seconds: 15,
         }
     }
 }
 
 impl Config {
+    /// The base URL of this server as clients see it.
+    pub fn public_url(&self) -> String {
+        self.public_url.clone().unwrap_or_else(|| format!("http://{}", self.bind)).trim_end_matches('/').to_string()
+    }
+
     /// Resolves flags (and their environment twins) over the config file over defaults.
     pub fn load(flags: &Flags, serve: &ServeFlags) -> anyhow::Result<Config> {
         let file = match &flags.config {
@@ -106,7 +129,20 @@ impl Config {
             max_body_bytes: serve.max_body_bytes.or(file.max_body_bytes).unwrap_or(d.max_body_bytes),
             allow_targets: serve.allow_targets.clone().or(file.allow_targets).unwrap_or(d.allow_targets),
             retry_schedule: serve.retry_schedule.clone().or(file.retry_schedule),
+            public_url: serve.public_url.clone().or(file.public_url),
+            disable_after_seconds: serve
+                .disable_after_seconds
+                .or(file.disable_after_seconds)
+                .unwrap_or(d.disable_after_seconds),
+            delivery_timeout_seconds: serve
+                .delivery_timeout_seconds
+                .or(file.delivery_timeout_seconds)
+                .unwrap_or(d.delivery_timeout_seconds),
         };
+        crate::webhook::ssrf::AllowList::parse(&config.allow_targets).context("allow_targets")?;
+        if let Some(schedule) = &config.retry_schedule {
+            crate::webhook::retry::RetrySchedule::parse(schedule).context("retry_schedule")?;
+        }
         if config.max_body_bytes < 1024 {
             anyhow::bail!("max_body_bytes must be at least 1024");
         }

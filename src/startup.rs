@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -11,11 +12,16 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::http::{AppState, router};
 use crate::store::Db;
+use crate::webhook::client::WebhookClient;
+use crate::webhook::retry::RetrySchedule;
+use crate::webhook::ssrf::{AllowList, Guard};
+use crate::webhook::worker::{Worker, WorkerConfig};
 
 pub struct Application {
     listener: TcpListener,
     state: AppState,
     shutdown: CancellationToken,
+    worker: Arc<Worker>,
 }
 
 impl Application {
@@ -26,8 +32,26 @@ impl Application {
 
     pub async fn build_with_db(config: Config, db: Db) -> anyhow::Result<Application> {
         let listener = TcpListener::bind(config.bind).await.with_context(|| format!("binding {}", config.bind))?;
-        let state = AppState { db, config: Arc::new(config) };
-        Ok(Application { listener, state, shutdown: CancellationToken::new() })
+        let mut config = config;
+        if config.public_url.is_none() {
+            config.public_url = Some(format!("http://{}", listener.local_addr()?));
+        }
+        let allow = AllowList::parse(&config.allow_targets).context("allow_targets")?;
+        let guard = Guard::new(allow);
+        let client = WebhookClient::new(guard.clone(), Duration::from_secs(config.delivery_timeout_seconds))?;
+        let retry = match &config.retry_schedule {
+            Some(s) => RetrySchedule::parse(s).context("retry_schedule")?,
+            None => RetrySchedule::default(),
+        };
+        let worker_config = WorkerConfig {
+            public_url: config.public_url(),
+            retry,
+            disable_after_seconds: config.disable_after_seconds,
+            ..WorkerConfig::default()
+        };
+        let worker = Worker::new(db.clone(), client.clone(), worker_config);
+        let state = AppState { db, config: Arc::new(config), guard: Arc::new(guard), webhook_client: client };
+        Ok(Application { listener, state, shutdown: CancellationToken::new(), worker })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -51,10 +75,12 @@ impl Application {
     pub async fn run(self) -> anyhow::Result<()> {
         let app = router(self.state.clone());
         let token = self.shutdown.clone();
+        let worker = tokio::spawn(self.worker.clone().run(token.clone()));
         axum::serve(self.listener, app)
             .with_graceful_shutdown(async move { token.cancelled().await })
             .await
             .context("serving HTTP")?;
+        let _ = worker.await;
         self.state.db.close().await;
         Ok(())
     }

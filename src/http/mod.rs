@@ -6,6 +6,7 @@ pub mod error;
 pub mod events;
 pub mod extract;
 pub mod meta;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -24,6 +25,10 @@ use error::ApiError;
 pub struct AppState {
     pub db: Db,
     pub config: Arc<Config>,
+    /// Decides which webhook targets may be called (checked at subscription time too).
+    pub guard: Arc<crate::webhook::ssrf::Guard>,
+    /// The outbound client, shared with the delivery worker (used directly by `POST /webhooks/{id}/test`).
+    pub webhook_client: crate::webhook::client::WebhookClient,
 }
 
 impl AppState {
@@ -46,6 +51,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(meta::router())
         .merge(events::router())
+        .merge(webhooks::router())
         .merge(directory::router())
         .fallback(|| async { ApiError::NotFound("this path".into()) })
         .layer(DefaultBodyLimit::max(body_limit))

@@ -79,6 +79,22 @@ type EventRow = (i64, String, String, String, String, String, String, String, St
 
 const EVENT_COLUMNS: &str = "sequence, id, type, object, object_id, occurred_at, origin, data, facets";
 
+/// An event from a row of `SELECT sequence, id, type, object, object_id, occurred_at, origin, data, facets`.
+pub(crate) fn event_from_any_row(row: &sqlx::any::AnyRow) -> sqlx::Result<Event> {
+    use sqlx::Row;
+    Ok(from_row((
+        row.try_get(0)?,
+        row.try_get(1)?,
+        row.try_get(2)?,
+        row.try_get(3)?,
+        row.try_get(4)?,
+        row.try_get(5)?,
+        row.try_get(6)?,
+        row.try_get(7)?,
+        row.try_get(8)?,
+    )))
+}
+
 fn from_row(row: EventRow) -> Event {
     let (sequence, id, event_type, object, object_id, occurred_at, origin, data, facets) = row;
     let facets: Vec<[String; 2]> = serde_json::from_str(&facets).unwrap_or_default();

@@ -9,6 +9,7 @@ pub mod compile;
 pub mod events;
 pub mod keys;
 pub mod read;
+pub mod webhooks;
 pub mod write;
 
 use std::str::FromStr;
@@ -35,10 +36,14 @@ pub struct Db {
     /// SQLite allows one writer at a time; taking this in-process lock before `BEGIN` avoids busy retries.
     write_lock: Option<Arc<Mutex<()>>>,
     instance_id: Arc<str>,
+    /// Woken after every commit that appended events or deliveries, so workers need not poll.
+    pub(crate) changed: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
-const SQLITE_MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/sqlite.sql"))];
-const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/postgres.sql"))];
+const SQLITE_MIGRATIONS: &[(i64, &str)] =
+    &[(1, include_str!("migrations/sqlite.sql")), (2, include_str!("migrations/sqlite_2_webhooks.sql"))];
+const POSTGRES_MIGRATIONS: &[(i64, &str)] =
+    &[(1, include_str!("migrations/postgres.sql")), (2, include_str!("migrations/postgres_2_webhooks.sql"))];
 
 impl Db {
     /// Connects to `sqlite://path` (created if missing) or `postgres://...` and runs pending migrations.
@@ -85,6 +90,7 @@ impl Db {
             backend,
             write_lock: (backend == Backend::Sqlite).then(|| Arc::new(Mutex::new(()))),
             instance_id: Arc::from(""),
+            changed: Arc::new(tokio::sync::watch::channel(0).0),
         };
         db.migrate().await?;
         db.instance_id = Arc::from(db.load_instance_id().await?);
@@ -151,6 +157,16 @@ impl Db {
     /// Whether the database answers; used by the health endpoint.
     pub async fn ping(&self) -> bool {
         sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+
+    /// A receiver that sees a new value whenever something was committed that the dispatcher or the
+    /// delivery workers may act on (events appended, deliveries queued), so they need not poll.
+    pub fn watch_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    pub(crate) fn notify_changed(&self) {
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     pub async fn close(&self) {

@@ -92,7 +92,7 @@ struct Touched {
 }
 
 impl Db {
-    /// Starts a write transaction (serialised in-process on SQLite).
+    /// Starts a write transaction (serialised in-process on SQLite). Every multi-statement write uses it.
     pub(crate) async fn begin_write(
         &self,
     ) -> sqlx::Result<(Transaction<'static, Any>, Option<tokio::sync::OwnedMutexGuard<()>>)> {
@@ -100,7 +100,12 @@ impl Db {
             Some(lock) => Some(lock.clone().lock_owned().await),
             None => None,
         };
-        let tx = self.pool.begin().await?;
+        // IMMEDIATE takes SQLite's write lock at BEGIN, so a transaction that reads first never fails to
+        // upgrade later because another process (an import, say) committed in between.
+        let tx = match self.backend {
+            super::Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            super::Backend::Postgres => self.pool.begin().await?,
+        };
         Ok((tx, guard))
     }
 
@@ -123,6 +128,9 @@ impl Db {
         writer.check_references().await?;
         let outcome = writer.finish().await?;
         tx.commit().await?;
+        if outcome.events > 0 {
+            self.notify_changed();
+        }
         Ok(outcome)
     }
 }
@@ -645,6 +653,7 @@ impl Db {
         let mut outcome = writer.finish_bulk(progress).await?;
         outcome.warnings = dangling;
         tx.commit().await?;
+        self.notify_changed();
         Ok(outcome)
     }
 }

@@ -6,8 +6,10 @@
 //! spaces out attempts and reads `Retry-After`; [`pattern`] matches event types against a subscription's
 //! `events`; [`schedule`] says when a digest subscription is next due.
 
+pub mod client;
 pub mod pattern;
 pub mod retry;
 pub mod schedule;
 pub mod signature;
 pub mod ssrf;
+pub mod worker;

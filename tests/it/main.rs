@@ -3,3 +3,5 @@
 mod helpers;
 
 mod directory;
+mod receiver;
+mod webhooks;

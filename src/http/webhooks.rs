@@ -1,0 +1,612 @@
+//! The subscriptions API (`/webhooks`) and the delivery history (`/deliveries`). Every subscription belongs
+//! to the tenant of the key that created it; other tenants get 404 for it, its deliveries and attempts.
+//! Admin keys see every tenant's.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Map, Value, json};
+
+use super::AppState;
+use super::directory::{page_envelope, parse_timestamp};
+use super::error::ApiError;
+use super::extract::{Caller, JsonBody};
+use crate::hsds::validate::FieldError;
+use crate::store::events::Event;
+use crate::store::keys::{Principal, Scope};
+use crate::store::now_text;
+use crate::store::webhooks::{DeliveryQuery, Subscription};
+use crate::webhook::signature::{Ed25519SigningKey, WebhookSecret};
+use crate::webhook::ssrf::resolve_checked;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/webhooks", post(create).get(list))
+        .route("/webhooks/{id}", get(show).patch(update).delete(remove))
+        .route("/webhooks/{id}/test", post(test))
+        .route("/webhooks/{id}/rotate-secret", post(rotate))
+        .route("/webhooks/{id}/replay", post(replay))
+        .route("/webhooks/{id}/enable", post(enable))
+        .route("/webhooks/{id}/deliveries", get(deliveries))
+        .route("/deliveries/{id}", get(delivery))
+        .route("/deliveries/{id}/retry", post(retry))
+}
+
+const OPERATIONAL: [&str; 4] = ["webhook.ping", "webhook.failing", "webhook.recovered", "webhook.disabled"];
+const FILTER_KEYS: [&str; 4] = ["organization_id", "service_id", "location_id", "taxonomy_term_id"];
+const RESERVED_HEADERS: [&str; 8] = [
+    "content-type",
+    "content-length",
+    "host",
+    "user-agent",
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+    "transfer-encoding",
+];
+
+fn known_pattern(p: &str) -> bool {
+    crate::events::is_known_pattern(p) || OPERATIONAL.contains(&p) || p == "webhook.*"
+}
+
+/// Applies the fields of a create or update body to `sub`, collecting every problem with its pointer.
+async fn apply_fields(
+    state: &AppState,
+    sub: &mut Subscription,
+    body: &Map<String, Value>,
+    creating: bool,
+) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    let mut err = |p: &str, d: String| errors.push(FieldError::new(p, d));
+    const FIELDS: [&str; 16] = [
+        "url",
+        "events",
+        "payload",
+        "filter",
+        "schedule",
+        "description",
+        "secret",
+        "signing",
+        "max_concurrency",
+        "rate_limit_per_second",
+        "ordered",
+        "headers",
+        "metadata",
+        "verify",
+        "status",
+        "id",
+    ];
+    for key in body.keys() {
+        if !FIELDS.contains(&key.as_str()) {
+            err(&format!("/{key}"), "unknown field".into());
+        }
+    }
+    if creating && !body.contains_key("url") {
+        err("/url", "is required".into());
+    }
+    if let Some(v) = body.get("url") {
+        match v.as_str() {
+            None => err("/url", "must be a string".into()),
+            Some(url) => match state.guard.parse_target_url(url) {
+                Err(e) => err("/url", e.to_string()),
+                Ok(parsed) => {
+                    let host = parsed.host_str().unwrap_or_default().trim_matches(['[', ']']).to_string();
+                    let port = parsed.port_or_known_default().unwrap_or(443);
+                    match resolve_checked(&state.guard, &host, port).await {
+                        Ok(_) => sub.url = url.to_string(),
+                        Err(e) => err("/url", e.to_string()),
+                    }
+                }
+            },
+        }
+    }
+    if let Some(v) = body.get("events") {
+        match v.as_array() {
+            Some(items) if !items.is_empty() => {
+                let mut patterns = Vec::new();
+                for (i, item) in items.iter().enumerate() {
+                    match item.as_str() {
+                        Some(p) if known_pattern(p) => patterns.push(p.to_string()),
+                        _ => err(
+                            &format!("/events/{i}"),
+                            "is not a known event type or pattern (service.updated, service.*, *)".into(),
+                        ),
+                    }
+                }
+                sub.events = patterns;
+            }
+            _ => err("/events", "must be a non-empty array of event types or patterns".into()),
+        }
+    }
+    if let Some(v) = body.get("payload") {
+        match v.as_str() {
+            Some(p @ ("full" | "thin")) => sub.payload = p.to_string(),
+            _ => err("/payload", "must be full or thin".into()),
+        }
+    }
+    if let Some(v) = body.get("filter") {
+        match v {
+            Value::Null => sub.filter = Map::new(),
+            Value::Object(map) => {
+                for (k, value) in map {
+                    if !FILTER_KEYS.contains(&k.as_str()) {
+                        err(&format!("/filter/{k}"), format!("unknown filter; use one of {}", FILTER_KEYS.join(", ")));
+                    } else if value.as_str().and_then(|s| uuid::Uuid::parse_str(s).ok()).is_none() {
+                        err(&format!("/filter/{k}"), "must be a UUID".into());
+                    }
+                }
+                sub.filter = map.clone();
+            }
+            _ => err("/filter", "must be an object".into()),
+        }
+    }
+    if let Some(v) = body.get("schedule") {
+        match v {
+            Value::Null => sub.schedule = None,
+            Value::String(s) => match crate::webhook::schedule::DigestSchedule::parse(s) {
+                Err(e) => err("/schedule", e.to_string()),
+                Ok(_) => err("/schedule", "digest schedules are not available in this version yet; use null".into()),
+            },
+            _ => err("/schedule", "must be null, an ISO-8601 duration or a cron expression".into()),
+        }
+    }
+    if let Some(v) = body.get("description") {
+        match v.as_str() {
+            Some(d) if d.len() <= 1000 => sub.description = d.to_string(),
+            _ => err("/description", "must be a string of at most 1000 characters".into()),
+        }
+    }
+    if let Some(v) = body.get("signing") {
+        match v.as_str() {
+            Some(s @ ("hmac-sha256" | "ed25519")) if creating => sub.signing = s.to_string(),
+            Some("hmac-sha256" | "ed25519") => err("/signing", "cannot change after creation".into()),
+            _ => err("/signing", "must be hmac-sha256 or ed25519".into()),
+        }
+    }
+    if let Some(v) = body.get("secret") {
+        match (v.as_str(), sub.signing.as_str()) {
+            (Some(s), "ed25519") => match Ed25519SigningKey::parse(s) {
+                Ok(key) => {
+                    sub.public_key = Some(key.public_key().to_string());
+                    sub.secret = key.expose();
+                }
+                Err(e) => err("/secret", e.to_string()),
+            },
+            (Some(s), _) => match WebhookSecret::parse(s) {
+                Ok(secret) => sub.secret = secret.expose(),
+                Err(e) => err("/secret", e.to_string()),
+            },
+            (None, _) => err("/secret", "must be a string".into()),
+        }
+    }
+    if let Some(v) = body.get("max_concurrency") {
+        match v.as_i64() {
+            Some(n @ 1..=100) => sub.max_concurrency = n,
+            _ => err("/max_concurrency", "must be an integer from 1 to 100".into()),
+        }
+    }
+    if let Some(v) = body.get("rate_limit_per_second")
+        && !v.is_null()
+    {
+        err("/rate_limit_per_second", "rate limits are not available in this version yet; use null".into());
+    }
+    if let Some(v) = body.get("ordered") {
+        match v.as_bool() {
+            Some(false) => sub.ordered = false,
+            Some(true) => err("/ordered", "ordered delivery is not available in this version yet".into()),
+            None => err("/ordered", "must be a boolean".into()),
+        }
+    }
+    if let Some(v) = body.get("verify") {
+        match v.as_bool() {
+            Some(false) => sub.verify = false,
+            Some(true) => err("/verify", "intent verification is not available in this version yet".into()),
+            None => err("/verify", "must be a boolean".into()),
+        }
+    }
+    if let Some(v) = body.get("headers") {
+        match v.as_object() {
+            Some(map) => {
+                for (k, value) in map {
+                    let lower = k.to_ascii_lowercase();
+                    if RESERVED_HEADERS.contains(&lower.as_str()) || lower.starts_with("webhook-") {
+                        err(&format!("/headers/{k}"), "is set by hsda and cannot be overridden".into());
+                    } else if axum::http::HeaderName::from_bytes(k.as_bytes()).is_err() {
+                        err(&format!("/headers/{k}"), "is not a valid header name".into());
+                    } else if value.as_str().and_then(|s| axum::http::HeaderValue::from_str(s).ok()).is_none() {
+                        err(&format!("/headers/{k}"), "must be a string valid as a header value".into());
+                    }
+                }
+                sub.headers = map.clone();
+            }
+            None => err("/headers", "must be an object of header names to values".into()),
+        }
+    }
+    if let Some(v) = body.get("metadata") {
+        match v {
+            Value::Object(_) => sub.metadata = v.clone(),
+            _ => err("/metadata", "must be an object".into()),
+        }
+    }
+    if let Some(v) = body.get("status") {
+        match v.as_str() {
+            Some("disabled") if !creating => {
+                sub.status = "disabled".into();
+                sub.disabled_reason = Some("disabled by the owner".into());
+            }
+            Some("active") if !creating => {
+                sub.status = "active".into();
+                sub.disabled_reason = None;
+                sub.consecutive_failures = 0;
+                sub.failing_since = None;
+            }
+            _ => err("/status", "can only be set to active or disabled, after creation".into()),
+        }
+    }
+    errors
+}
+
+fn output(sub: &Subscription, secret: Option<&str>) -> Value {
+    let mut value = serde_json::to_value(sub).unwrap_or(Value::Null);
+    if let (Some(map), Some(secret)) = (value.as_object_mut(), secret) {
+        map.insert("secret".into(), Value::String(secret.to_string()));
+    }
+    value
+}
+
+async fn owned(state: &AppState, caller: &Principal, id: &str) -> Result<Subscription, ApiError> {
+    match state.db.subscription(id).await? {
+        Some(sub) if caller.scope == Scope::Admin || sub.tenant == caller.tenant => Ok(sub),
+        _ => Err(ApiError::NotFound(format!("webhook {id}"))),
+    }
+}
+
+/// A JSON object body that may be absent (empty means `{}`).
+fn optional_json(bytes: &[u8]) -> Result<Value, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(json!({}));
+    }
+    let value: Value = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::BadRequest(format!("malformed JSON at line {} column {}: {e}", e.line(), e.column())))?;
+    if value.is_object() { Ok(value) } else { Err(ApiError::invalid("", "must be a JSON object")) }
+}
+
+fn body_object(body: Value) -> Result<Map<String, Value>, ApiError> {
+    match body {
+        Value::Object(map) => Ok(map),
+        _ => Err(ApiError::invalid("", "must be a JSON object")),
+    }
+}
+
+async fn create(State(state): State<AppState>, caller: Caller, JsonBody(body): JsonBody) -> Result<Response, ApiError> {
+    let principal = caller.require(&[Scope::Subscribe])?.clone();
+    let body = body_object(body)?;
+    let now = now_text();
+    let mut sub = Subscription {
+        id: format!("sub_{}", uuid::Uuid::new_v4().simple()),
+        tenant: principal.tenant.clone(),
+        url: String::new(),
+        events: vec!["*".into()],
+        payload: "full".into(),
+        filter: Map::new(),
+        schedule: None,
+        description: String::new(),
+        secret: String::new(),
+        previous_secret: None,
+        previous_secret_until: None,
+        signing: "hmac-sha256".into(),
+        public_key: None,
+        max_concurrency: 10,
+        rate_limit_per_second: None,
+        ordered: false,
+        headers: Map::new(),
+        metadata: json!({}),
+        verify: false,
+        status: "active".into(),
+        disabled_reason: None,
+        last_success_at: None,
+        last_failure_at: None,
+        consecutive_failures: 0,
+        failing_since: None,
+        start_sequence: 0,
+        created_at: now.clone(),
+        updated_at: now,
+    };
+    if let Some(s) = body.get("signing").and_then(Value::as_str) {
+        sub.signing = s.to_string();
+    }
+    let errors = apply_fields(&state, &mut sub, &body, true).await;
+    if !errors.is_empty() {
+        return Err(ApiError::Invalid(errors));
+    }
+    if sub.secret.is_empty() {
+        if sub.signing == "ed25519" {
+            let key = Ed25519SigningKey::generate();
+            sub.public_key = Some(key.public_key().to_string());
+            sub.secret = key.expose();
+        } else {
+            sub.secret = WebhookSecret::generate().expose();
+        }
+    }
+    state.db.insert_subscription(&sub).await?;
+    let ping = Event {
+        id: format!("evt_ping_{}", uuid::Uuid::new_v4().simple()),
+        sequence: 0,
+        event_type: "webhook.ping".into(),
+        occurred_at: now_text(),
+        object: "webhook".into(),
+        object_id: sub.id.clone(),
+        origin: state.db.instance_id().to_string(),
+        data: json!({ "id": sub.id, "url": sub.url, "events": sub.events, "message": "hsda will send the events you subscribed to here" }),
+        facets: Vec::new(),
+    };
+    state.db.queue_delivery(&sub, &ping, &state.config.public_url()).await?;
+    let secret = sub.secret.clone();
+    let stored = state.db.subscription(&sub.id).await?.unwrap_or(sub);
+    Ok((StatusCode::CREATED, Json(output(&stored, Some(&secret)))).into_response())
+}
+
+fn page_params(params: &HashMap<String, String>) -> Result<(u64, u64), ApiError> {
+    let page = match params.get("page") {
+        None => 1,
+        Some(v) => v
+            .parse::<u64>()
+            .ok()
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| ApiError::parameter("page", "must be an integer from 1"))?,
+    };
+    let per_page = match params.get("per_page") {
+        None => 50,
+        Some(v) => v
+            .parse::<u64>()
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| ApiError::parameter("per_page", "must be an integer from 1 to 1000"))?,
+    };
+    Ok((page, per_page))
+}
+
+async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let principal = caller.require(&[Scope::Subscribe])?;
+    let (page, per_page) = page_params(&params)?;
+    let tenant = (principal.scope != Scope::Admin).then_some(principal.tenant.as_str());
+    let (total, subs) = state.db.subscriptions(tenant, page, per_page).await?;
+    Ok(Json(page_envelope(total, page, per_page, subs.iter().map(|s| output(s, None)).collect())))
+}
+
+async fn show(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let principal = caller.require(&[Scope::Subscribe])?;
+    Ok(Json(output(&owned(&state, principal, &id).await?, None)))
+}
+
+async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    let principal = caller.require(&[Scope::Subscribe])?;
+    let mut sub = owned(&state, principal, &id).await?;
+    let body = body_object(body)?;
+    let errors = apply_fields(&state, &mut sub, &body, false).await;
+    if !errors.is_empty() {
+        return Err(ApiError::Invalid(errors));
+    }
+    state.db.update_subscription(&sub).await?;
+    Ok(Json(output(&owned(&state, principal, &id).await?, None)))
+}
+
+async fn remove(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    let principal = caller.require(&[Scope::Subscribe])?;
+    owned(&state, principal, &id).await?;
+    state.db.delete_subscription(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn rotate(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let principal = caller.require(&[Scope::Subscribe])?;
+    let mut sub = owned(&state, principal, &id).await?;
+    let body = optional_json(&body)?;
+    let grace = match body.get("grace_seconds") {
+        None | Some(Value::Null) => 86_400,
+        Some(v) => v
+            .as_i64()
+            .filter(|n| (0..=7 * 86_400).contains(n))
+            .ok_or_else(|| ApiError::invalid("/grace_seconds", "must be an integer from 0 to 604800"))?,
+    };
+    if sub.signing == "ed25519" {
+        let key = Ed25519SigningKey::generate();
+        sub.public_key = Some(key.public_key().to_string());
+        sub.secret = key.expose();
+    } else {
+        let until = chrono::Utc::now() + chrono::Duration::seconds(grace);
+        sub.previous_secret = Some(std::mem::replace(&mut sub.secret, WebhookSecret::generate().expose()));
+        sub.previous_secret_until = Some(crate::store::timestamp_text(until));
+    }
+    state.db.update_subscription(&sub).await?;
+    if sub.signing == "ed25519" {
+        sqlx_update_public_key(&state, &sub).await?;
+    }
+    let secret = sub.secret.clone();
+    let mut out = output(&sub, Some(&secret));
+    out["previous_secret_expires_at"] = json!(sub.previous_secret_until);
+    Ok(Json(out))
+}
+
+async fn sqlx_update_public_key(state: &AppState, sub: &Subscription) -> Result<(), ApiError> {
+    state.db.set_public_key(&sub.id, sub.public_key.as_deref()).await?;
+    Ok(())
+}
+
+async fn replay(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    let principal = caller.require(&[Scope::Subscribe])?;
+    let sub = owned(&state, principal, &id).await?;
+    let since = match body.get("since").and_then(Value::as_str) {
+        Some(s) => {
+            parse_timestamp("since", s).map_err(|_| ApiError::invalid("/since", "must be an RFC 3339 date-time"))?
+        }
+        None => return Err(ApiError::invalid("/since", "is required")),
+    };
+    let until = match body.get("until").and_then(Value::as_str) {
+        Some(s) => {
+            parse_timestamp("until", s).map_err(|_| ApiError::invalid("/until", "must be an RFC 3339 date-time"))?
+        }
+        None => now_text(),
+    };
+    let only_failed = body.get("only_failed").and_then(Value::as_bool).unwrap_or(false);
+    let requeued = state.db.replay(&sub.id, &since, &until, only_failed).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "requeued": requeued }))).into_response())
+}
+
+async fn enable(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let principal = caller.require(&[Scope::Subscribe])?;
+    let mut sub = owned(&state, principal, &id).await?;
+    let replay_missed = optional_json(&body)?.get("replay_missed").and_then(Value::as_bool).unwrap_or(false);
+    let disabled_at = state.db.disabled_at(&sub.id).await?;
+    sub.status = "active".into();
+    sub.disabled_reason = None;
+    sub.consecutive_failures = 0;
+    sub.failing_since = None;
+    state.db.update_subscription(&sub).await?;
+    let mut replayed = 0usize;
+    if replay_missed && let Some(since) = disabled_at {
+        replayed = state.db.queue_missed(&sub, &since, &state.config.public_url()).await?;
+    }
+    let mut out = output(&owned(&state, principal, &id).await?, None);
+    out["replayed"] = json!(replayed);
+    Ok(Json(out))
+}
+
+async fn test(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let principal = caller.require(&[Scope::Subscribe])?;
+    let sub = owned(&state, principal, &id).await?;
+    let body = optional_json(&body)?;
+    let event_type = body.get("event_type").and_then(Value::as_str).unwrap_or("webhook.ping").to_string();
+    if !(OPERATIONAL.contains(&event_type.as_str()) || crate::events::event_types().contains(&event_type)) {
+        return Err(ApiError::invalid("/event_type", "is not a known event type"));
+    }
+    let object = event_type.split('.').next().unwrap_or_default().to_string();
+    let (object_id, data) = match body.get("object_id").and_then(Value::as_str) {
+        Some(object_id) => {
+            let table = crate::hsds::catalog::table(&object)
+                .ok_or_else(|| ApiError::invalid("/object_id", "this event type has no HSDS object"))?;
+            let data = state
+                .db
+                .get(table, object_id)
+                .await?
+                .ok_or_else(|| ApiError::invalid("/object_id", format!("no {object} has this id")))?;
+            (object_id.to_string(), data)
+        }
+        None => {
+            let id = uuid::Uuid::new_v4().to_string();
+            (id.clone(), json!({ "id": id, "name": format!("Sample {object}"), "sample": true }))
+        }
+    };
+    let event = Event {
+        id: format!("evt_test_{}", uuid::Uuid::new_v4().simple()),
+        sequence: 0,
+        event_type,
+        occurred_at: now_text(),
+        object,
+        object_id,
+        origin: state.db.instance_id().to_string(),
+        data,
+        facets: Vec::new(),
+    };
+    let payload = crate::store::webhooks::delivery_body(&event, &sub.payload, &state.config.public_url());
+    let message_id = format!("msg_test_{}", uuid::Uuid::new_v4().simple());
+    let r = crate::webhook::worker::send(&state.webhook_client, &sub, &message_id, &payload).await;
+    Ok(Json(json!({
+        "webhook_id": message_id,
+        "status_code": r.status_code,
+        "response_body": r.body_excerpt,
+        "duration_ms": r.duration.as_millis() as u64,
+        "error": r.error,
+        "error_class": r.error_class,
+        "success": r.status_code.is_some_and(|c| (200..300).contains(&c)),
+    })))
+}
+
+async fn deliveries(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let principal = caller.require(&[Scope::Subscribe])?;
+    let sub = owned(&state, principal, &id).await?;
+    let (page, per_page) = page_params(&params)?;
+    let status = params.get("status").cloned();
+    if let Some(s) = &status
+        && !["pending", "succeeded", "failed", "retrying"].contains(&s.as_str())
+    {
+        return Err(ApiError::parameter("status", "must be pending, succeeded, failed or retrying"));
+    }
+    let time = |name: &str| params.get(name).map(|v| parse_timestamp(name, v)).transpose();
+    let q = DeliveryQuery {
+        status,
+        event_type: params.get("event_type").cloned(),
+        object_id: params.get("object_id").cloned(),
+        since: time("since")?,
+        until: time("until")?,
+    };
+    let (total, rows) = state.db.deliveries(&sub.id, &q, page, per_page).await?;
+    let contents = rows.iter().map(|d| serde_json::to_value(d).unwrap_or(Value::Null)).collect();
+    Ok(Json(page_envelope(total, page, per_page, contents)))
+}
+
+async fn delivery(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let principal = caller.require(&[Scope::Subscribe])?;
+    let d = state.db.delivery(&id).await?.ok_or_else(|| ApiError::NotFound(format!("delivery {id}")))?;
+    if principal.scope != Scope::Admin && d.tenant != principal.tenant {
+        return Err(ApiError::NotFound(format!("delivery {id}")));
+    }
+    let attempts = state.db.attempts(&id).await?;
+    let mut out = serde_json::to_value(&d).map_err(anyhow::Error::from)?;
+    out["payload"] = serde_json::from_str(&d.body).unwrap_or(Value::Null);
+    out["attempts"] = serde_json::to_value(attempts).map_err(anyhow::Error::from)?;
+    Ok(Json(out))
+}
+
+async fn retry(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let principal = caller.require(&[Scope::Subscribe])?;
+    let d = state.db.delivery(&id).await?.ok_or_else(|| ApiError::NotFound(format!("delivery {id}")))?;
+    if principal.scope != Scope::Admin && d.tenant != principal.tenant {
+        return Err(ApiError::NotFound(format!("delivery {id}")));
+    }
+    state.db.retry_now(&id).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "id": id, "status": "retrying" }))).into_response())
+}

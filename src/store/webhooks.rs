@@ -1,0 +1,738 @@
+//! Webhook tables: subscriptions, deliveries (one per subscription and event, the durable work queue) and
+//! the attempt log. Deliveries are created by the dispatcher in the same transaction that advances its
+//! cursor over the event log, and claimed by delivery workers with a lease (and `FOR UPDATE SKIP LOCKED`
+//! on PostgreSQL), so a crash at any point loses nothing and several processes share the work.
+
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+use sqlx::Row as _;
+use sqlx::any::AnyRow;
+
+use super::events::{Event, NewEvent, append_events};
+use super::{Backend, Db, now_text, timestamp_text};
+
+/// A subscription as stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct Subscription {
+    pub id: String,
+    #[serde(skip)]
+    pub tenant: String,
+    pub url: String,
+    pub events: Vec<String>,
+    pub payload: String,
+    pub filter: Map<String, Value>,
+    pub schedule: Option<String>,
+    pub description: String,
+    #[serde(skip)]
+    pub secret: String,
+    #[serde(skip)]
+    pub previous_secret: Option<String>,
+    #[serde(skip)]
+    pub previous_secret_until: Option<String>,
+    pub signing: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_key: Option<String>,
+    pub max_concurrency: i64,
+    pub rate_limit_per_second: Option<i64>,
+    pub ordered: bool,
+    pub headers: Map<String, Value>,
+    pub metadata: Value,
+    pub verify: bool,
+    pub status: String,
+    pub disabled_reason: Option<String>,
+    pub last_success_at: Option<String>,
+    pub last_failure_at: Option<String>,
+    pub consecutive_failures: i64,
+    #[serde(skip)]
+    pub failing_since: Option<String>,
+    #[serde(skip)]
+    pub start_sequence: i64,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+fn json_text(v: &impl Serialize) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "null".into())
+}
+
+fn from_row(row: &AnyRow) -> sqlx::Result<Subscription> {
+    let parse = |s: String| serde_json::from_str::<Value>(&s).unwrap_or(Value::Null);
+    Ok(Subscription {
+        id: row.try_get("id")?,
+        tenant: row.try_get("tenant")?,
+        url: row.try_get("url")?,
+        events: serde_json::from_str(&row.try_get::<String, _>("events")?).unwrap_or_default(),
+        payload: row.try_get("payload")?,
+        filter: parse(row.try_get("filter")?).as_object().cloned().unwrap_or_default(),
+        schedule: row.try_get("schedule")?,
+        description: row.try_get("description")?,
+        secret: row.try_get("secret")?,
+        previous_secret: row.try_get("previous_secret")?,
+        previous_secret_until: row.try_get("previous_secret_until")?,
+        signing: row.try_get("signing")?,
+        public_key: row.try_get("public_key")?,
+        max_concurrency: row.try_get("max_concurrency")?,
+        rate_limit_per_second: row.try_get("rate_limit_per_second")?,
+        ordered: row.try_get::<i64, _>("ordered")? != 0,
+        headers: parse(row.try_get("headers")?).as_object().cloned().unwrap_or_default(),
+        metadata: parse(row.try_get("metadata")?),
+        verify: row.try_get::<i64, _>("verify")? != 0,
+        status: row.try_get("status")?,
+        disabled_reason: row.try_get("disabled_reason")?,
+        last_success_at: row.try_get("last_success_at")?,
+        last_failure_at: row.try_get("last_failure_at")?,
+        consecutive_failures: row.try_get("consecutive_failures")?,
+        failing_since: row.try_get("failing_since")?,
+        start_sequence: row.try_get("start_sequence")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+/// A delivery as listed and shown.
+#[derive(Debug, Clone, Serialize)]
+pub struct Delivery {
+    pub id: String,
+    pub subscription_id: String,
+    #[serde(skip)]
+    pub tenant: String,
+    pub event_id: String,
+    pub event_sequence: i64,
+    pub event_type: String,
+    pub object_id: String,
+    pub status: String,
+    pub attempts: i64,
+    pub next_attempt_at: Option<String>,
+    pub last_status_code: Option<i64>,
+    pub last_error: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    #[serde(skip)]
+    pub body: String,
+}
+
+const DELIVERY_COLUMNS: &str = "id, subscription_id, tenant, event_id, event_sequence, event_type, object_id, status, \
+     attempts, next_attempt_at, last_status_code, last_error, created_at, updated_at, body";
+
+fn delivery_from_row(row: &AnyRow) -> sqlx::Result<Delivery> {
+    let status: String = row.try_get("status")?;
+    let next: String = row.try_get("next_attempt_at")?;
+    Ok(Delivery {
+        id: row.try_get("id")?,
+        subscription_id: row.try_get("subscription_id")?,
+        tenant: row.try_get("tenant")?,
+        event_id: row.try_get("event_id")?,
+        event_sequence: row.try_get("event_sequence")?,
+        event_type: row.try_get("event_type")?,
+        object_id: row.try_get("object_id")?,
+        next_attempt_at: matches!(status.as_str(), "pending" | "retrying").then_some(next),
+        status,
+        attempts: row.try_get("attempts")?,
+        last_status_code: row.try_get("last_status_code")?,
+        last_error: row.try_get("last_error")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        body: row.try_get("body")?,
+    })
+}
+
+/// One recorded attempt.
+#[derive(Debug, Clone, Serialize)]
+pub struct Attempt {
+    pub at: String,
+    pub status_code: Option<i64>,
+    pub duration_ms: i64,
+    pub error: Option<String>,
+    pub error_class: Option<String>,
+    pub response_body: Option<String>,
+}
+
+/// What happened when a delivery was attempted, and what to do next.
+#[derive(Debug, Clone)]
+pub struct AttemptRecord {
+    pub attempt: Attempt,
+    pub outcome: AttemptOutcome,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum AttemptOutcome {
+    Succeeded,
+    /// Try again at this time.
+    Retry {
+        at: String,
+    },
+    /// Give up (schedule exhausted).
+    Failed,
+    /// The target answered 410 Gone: give up and disable the subscription.
+    Gone,
+}
+
+/// Filters of the delivery history.
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryQuery {
+    pub status: Option<String>,
+    pub event_type: Option<String>,
+    pub object_id: Option<String>,
+    pub since: Option<String>,
+    pub until: Option<String>,
+}
+
+/// The wire body of a delivery of `event` for a subscription wanting `payload` (`full` or `thin`).
+pub fn delivery_body(event: &Event, payload: &str, public_url: &str) -> String {
+    let data = if payload == "thin" {
+        let plural = crate::hsds::catalog::table(&event.object).map(|t| t.plural).unwrap_or(event.object.as_str());
+        json!({
+            "object": event.object,
+            "id": event.object_id,
+            "url": format!("{public_url}/{plural}/{}", event.object_id),
+            "last_modified": event.occurred_at,
+        })
+    } else {
+        event.data.clone()
+    };
+    json!({
+        "id": event.id,
+        "sequence": event.sequence,
+        "type": event.event_type,
+        "timestamp": event.occurred_at,
+        "data": data,
+    })
+    .to_string()
+}
+
+/// Whether a subscription wants an event: its type matches a pattern, every filter matches a facet, and
+/// operational `webhook.*` events only go to their own tenant.
+pub fn wants(sub: &Subscription, event: &Event) -> bool {
+    if event.sequence <= sub.start_sequence {
+        return false;
+    }
+    let type_ok = sub.events.iter().any(|p| {
+        p == "*"
+            || p == &event.event_type
+            || p.strip_suffix(".*").is_some_and(|t| event.event_type.split('.').next() == Some(t))
+    });
+    if !type_ok {
+        return false;
+    }
+    if event.event_type.starts_with("webhook.") && !event.facets.iter().any(|(k, v)| k == "tenant" && *v == sub.tenant)
+    {
+        return false;
+    }
+    sub.filter.iter().all(|(key, value)| {
+        let Some(value) = value.as_str() else { return true };
+        event.facets.iter().any(|(k, v)| k == key && v == value)
+    })
+}
+
+impl Db {
+    pub async fn insert_subscription(&self, s: &Subscription) -> sqlx::Result<()> {
+        sqlx::query(
+            "INSERT INTO subscriptions (id, tenant, url, events, payload, filter, schedule, description, secret, \
+             signing, public_key, max_concurrency, rate_limit_per_second, ordered, headers, metadata, verify, status, \
+             start_sequence, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
+             (SELECT COALESCE(MAX(sequence), 0) FROM events), $19, $20)",
+        )
+        .bind(&s.id)
+        .bind(&s.tenant)
+        .bind(&s.url)
+        .bind(json_text(&s.events))
+        .bind(&s.payload)
+        .bind(json_text(&s.filter))
+        .bind(&s.schedule)
+        .bind(&s.description)
+        .bind(&s.secret)
+        .bind(&s.signing)
+        .bind(&s.public_key)
+        .bind(s.max_concurrency)
+        .bind(s.rate_limit_per_second)
+        .bind(s.ordered as i64)
+        .bind(json_text(&s.headers))
+        .bind(json_text(&s.metadata))
+        .bind(s.verify as i64)
+        .bind(&s.status)
+        .bind(&s.created_at)
+        .bind(&s.updated_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Saves the owner-editable fields, secrets and status of a subscription.
+    pub async fn update_subscription(&self, s: &Subscription) -> sqlx::Result<()> {
+        sqlx::query(
+            "UPDATE subscriptions SET url = $1, events = $2, payload = $3, filter = $4, schedule = $5, description = $6, \
+             secret = $7, previous_secret = $8, previous_secret_until = $9, max_concurrency = $10, \
+             rate_limit_per_second = $11, ordered = $12, headers = $13, metadata = $14, status = $15, \
+             disabled_reason = $16, consecutive_failures = $17, failing_since = $18, updated_at = $19 WHERE id = $20",
+        )
+        .bind(&s.url)
+        .bind(json_text(&s.events))
+        .bind(&s.payload)
+        .bind(json_text(&s.filter))
+        .bind(&s.schedule)
+        .bind(&s.description)
+        .bind(&s.secret)
+        .bind(&s.previous_secret)
+        .bind(&s.previous_secret_until)
+        .bind(s.max_concurrency)
+        .bind(s.rate_limit_per_second)
+        .bind(s.ordered as i64)
+        .bind(json_text(&s.headers))
+        .bind(json_text(&s.metadata))
+        .bind(&s.status)
+        .bind(&s.disabled_reason)
+        .bind(s.consecutive_failures)
+        .bind(&s.failing_since)
+        .bind(now_text())
+        .bind(&s.id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn subscription(&self, id: &str) -> sqlx::Result<Option<Subscription>> {
+        let row = sqlx::query("SELECT * FROM subscriptions WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
+        row.as_ref().map(from_row).transpose()
+    }
+
+    /// A page of subscriptions, of one tenant or (admin) of all.
+    pub async fn subscriptions(
+        &self,
+        tenant: Option<&str>,
+        page: u64,
+        per_page: u64,
+    ) -> sqlx::Result<(u64, Vec<Subscription>)> {
+        let (filter, bind) = match tenant {
+            Some(t) => ("WHERE tenant = $1", Some(t)),
+            None => ("WHERE $1 IS NULL", None),
+        };
+        let total: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM subscriptions {filter}"))
+            .bind(bind)
+            .fetch_one(&self.pool)
+            .await?;
+        let rows =
+            sqlx::query(&format!("SELECT * FROM subscriptions {filter} ORDER BY created_at, id LIMIT $2 OFFSET $3"))
+                .bind(bind)
+                .bind(per_page as i64)
+                .bind(((page.max(1) - 1) * per_page) as i64)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok((total.max(0) as u64, rows.iter().map(from_row).collect::<sqlx::Result<_>>()?))
+    }
+
+    /// Deletes a subscription with its deliveries and their attempts.
+    pub async fn delete_subscription(&self, id: &str) -> sqlx::Result<()> {
+        let (mut tx, _guard) = self.begin_write().await?;
+        sqlx::query("DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE subscription_id = $1)")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM deliveries WHERE subscription_id = $1").bind(id).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM subscriptions WHERE id = $1").bind(id).execute(&mut *tx).await?;
+        tx.commit().await
+    }
+
+    /// Subscriptions that receive events now.
+    pub async fn live_subscriptions(&self) -> sqlx::Result<Vec<Subscription>> {
+        let rows = sqlx::query("SELECT * FROM subscriptions WHERE status IN ('active', 'failing')")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(from_row).collect()
+    }
+
+    /// Fans the next events out into deliveries and advances the dispatch cursor, in one transaction.
+    /// Returns how many events were read (0 when the log is drained).
+    pub async fn dispatch_batch(
+        &self,
+        subscriptions: &[Subscription],
+        public_url: &str,
+        limit: i64,
+    ) -> sqlx::Result<(usize, usize)> {
+        let (mut tx, _guard) = self.begin_write().await?;
+        // Updating the cursor row first takes its lock (PostgreSQL): one dispatcher at a time, any process.
+        let cursor: i64 =
+            sqlx::query_scalar("UPDATE counters SET value = value WHERE name = 'dispatch_cursor' RETURNING value")
+                .fetch_one(&mut *tx)
+                .await?;
+        let rows = sqlx::query(
+            "SELECT sequence, id, type, object, object_id, occurred_at, origin, data, facets FROM events \
+             WHERE sequence > $1 ORDER BY sequence LIMIT $2",
+        )
+        .bind(cursor)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut last = cursor;
+        let mut created = 0usize;
+        let now = now_text();
+        for row in &rows {
+            let event = super::events::event_from_any_row(row)?;
+            last = event.sequence;
+            for sub in subscriptions.iter().filter(|s| wants(s, &event)) {
+                let body = delivery_body(&event, &sub.payload, public_url);
+                created += insert_delivery(&mut tx, sub, &event, &body, &now).await?;
+            }
+        }
+        if last != cursor {
+            sqlx::query("UPDATE counters SET value = $1 WHERE name = 'dispatch_cursor'")
+                .bind(last)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        if created > 0 {
+            self.notify_changed();
+        }
+        Ok((rows.len(), created))
+    }
+
+    /// Queues one delivery of `event` to `sub` outside the dispatcher (pings, tests, replays).
+    pub async fn queue_delivery(&self, sub: &Subscription, event: &Event, public_url: &str) -> sqlx::Result<String> {
+        let (mut tx, _guard) = self.begin_write().await?;
+        let body = delivery_body(event, &sub.payload, public_url);
+        let id = delivery_id(&sub.id, &event.id);
+        insert_delivery(&mut tx, sub, event, &body, &now_text()).await?;
+        tx.commit().await?;
+        self.notify_changed();
+        Ok(id)
+    }
+
+    /// Claims up to `limit` due deliveries for `lease_seconds`; each is then attempted by this process only.
+    pub async fn claim_due(&self, limit: i64, lease_seconds: i64) -> sqlx::Result<Vec<Delivery>> {
+        let now = chrono::Utc::now();
+        let now_s = timestamp_text(now);
+        let lease = timestamp_text(now + chrono::Duration::seconds(lease_seconds));
+        let lock = if self.backend == Backend::Postgres { "FOR UPDATE SKIP LOCKED" } else { "" };
+        let sql = format!(
+            "UPDATE deliveries SET lease_until = $1 WHERE id IN (SELECT id FROM deliveries \
+             WHERE status IN ('pending', 'retrying') AND next_attempt_at <= $2 AND (lease_until IS NULL OR lease_until < $2) \
+             ORDER BY next_attempt_at LIMIT $3 {lock}) RETURNING {DELIVERY_COLUMNS}"
+        );
+        let _guard = match &self.write_lock {
+            Some(lock) => Some(lock.lock().await),
+            None => None,
+        };
+        let rows = sqlx::query(&sql).bind(&lease).bind(&now_s).bind(limit).fetch_all(&self.pool).await?;
+        rows.iter().map(delivery_from_row).collect()
+    }
+
+    /// The earliest time a queued delivery becomes due, if any.
+    pub async fn next_due(&self) -> sqlx::Result<Option<String>> {
+        sqlx::query_scalar("SELECT MIN(next_attempt_at) FROM deliveries WHERE status IN ('pending', 'retrying')")
+            .fetch_one(&self.pool)
+            .await
+    }
+
+    /// Records an attempt and its consequences for the delivery and the subscription, in one transaction;
+    /// appends `webhook.failing|recovered|disabled` events when the subscription's status changes.
+    pub async fn record_attempt(
+        &self,
+        delivery: &Delivery,
+        record: &AttemptRecord,
+        disable_after_seconds: i64,
+    ) -> sqlx::Result<()> {
+        let (mut tx, _guard) = self.begin_write().await?;
+        let a = &record.attempt;
+        sqlx::query(
+            "INSERT INTO attempts (id, delivery_id, at, status_code, duration_ms, error, error_class, response_body) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(format!("att_{}", uuid::Uuid::new_v4().simple()))
+        .bind(&delivery.id)
+        .bind(&a.at)
+        .bind(a.status_code)
+        .bind(a.duration_ms)
+        .bind(&a.error)
+        .bind(&a.error_class)
+        .bind(&a.response_body)
+        .execute(&mut *tx)
+        .await?;
+        let (status, next) = match &record.outcome {
+            AttemptOutcome::Succeeded => ("succeeded", a.at.clone()),
+            AttemptOutcome::Retry { at } => ("retrying", at.clone()),
+            AttemptOutcome::Failed | AttemptOutcome::Gone => ("failed", a.at.clone()),
+        };
+        sqlx::query(
+            "UPDATE deliveries SET status = $1, attempts = attempts + 1, next_attempt_at = $2, lease_until = NULL, \
+             last_status_code = $3, last_error = $4, updated_at = $5 WHERE id = $6",
+        )
+        .bind(status)
+        .bind(&next)
+        .bind(a.status_code)
+        .bind(&a.error)
+        .bind(&a.at)
+        .bind(&delivery.id)
+        .execute(&mut *tx)
+        .await?;
+
+        let row = sqlx::query("SELECT * FROM subscriptions WHERE id = $1")
+            .bind(&delivery.subscription_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if let Some(sub) = row.as_ref().map(from_row).transpose()? {
+            let mut status = sub.status.clone();
+            let mut reason = sub.disabled_reason.clone();
+            let mut failures = sub.consecutive_failures;
+            let mut failing_since = sub.failing_since.clone();
+            let (success_at, failure_at) = if record.outcome == AttemptOutcome::Succeeded {
+                failures = 0;
+                failing_since = None;
+                if status == "failing" {
+                    status = "active".into();
+                }
+                (Some(a.at.clone()), sub.last_failure_at.clone())
+            } else {
+                failures += 1;
+                failing_since.get_or_insert_with(|| a.at.clone());
+                if status == "active" {
+                    status = "failing".into();
+                }
+                (sub.last_success_at.clone(), Some(a.at.clone()))
+            };
+            if record.outcome == AttemptOutcome::Gone && status != "disabled" {
+                status = "disabled".into();
+                reason = Some("the target answered 410 Gone".into());
+            } else if status == "failing"
+                && failing_since.as_deref().is_some_and(|since| {
+                    chrono::DateTime::parse_from_rfc3339(since)
+                        .map(|t| {
+                            (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_seconds() >= disable_after_seconds
+                        })
+                        .unwrap_or(false)
+                })
+            {
+                status = "disabled".into();
+                reason = Some(format!("failing for more than {disable_after_seconds} seconds"));
+            }
+            sqlx::query(
+                "UPDATE subscriptions SET status = $1, disabled_reason = $2, consecutive_failures = $3, \
+                 failing_since = $4, last_success_at = $5, last_failure_at = $6, disabled_at = $7 WHERE id = $8",
+            )
+            .bind(&status)
+            .bind(&reason)
+            .bind(failures)
+            .bind(&failing_since)
+            .bind(&success_at)
+            .bind(&failure_at)
+            .bind((status == "disabled").then(now_text))
+            .bind(&sub.id)
+            .execute(&mut *tx)
+            .await?;
+            let change = match (sub.status.as_str(), status.as_str()) {
+                ("active", "failing") => Some("webhook.failing"),
+                ("failing", "active") => Some("webhook.recovered"),
+                (from, "disabled") if from != "disabled" => Some("webhook.disabled"),
+                _ => None,
+            };
+            if let Some(event_type) = change {
+                let mut facets = std::collections::BTreeSet::new();
+                facets.insert(("tenant".to_string(), sub.tenant.clone()));
+                facets.insert(("subscription_id".to_string(), sub.id.clone()));
+                let data = json!({
+                    "id": sub.id, "url": sub.url, "status": status, "disabled_reason": reason,
+                    "consecutive_failures": failures, "last_error": a.error,
+                });
+                let event = NewEvent {
+                    event_type: event_type.into(),
+                    object: "webhook",
+                    object_id: sub.id.clone(),
+                    data,
+                    facets,
+                };
+                append_events(&mut tx, vec![event], self.instance_id(), &now_text()).await?;
+            }
+        }
+        tx.commit().await?;
+        self.notify_changed();
+        Ok(())
+    }
+
+    /// A page of a subscription's deliveries, newest first.
+    pub async fn deliveries(
+        &self,
+        subscription_id: &str,
+        q: &DeliveryQuery,
+        page: u64,
+        per_page: u64,
+    ) -> sqlx::Result<(u64, Vec<Delivery>)> {
+        let mut clauses = vec!["subscription_id = $1".to_string()];
+        let mut binds: Vec<String> = vec![subscription_id.to_string()];
+        let mut add = |clause: &str, value: &Option<String>| {
+            if let Some(v) = value {
+                binds.push(v.clone());
+                clauses.push(clause.replace('?', &format!("${}", binds.len())));
+            }
+        };
+        add("status = ?", &q.status);
+        add("event_type = ?", &q.event_type);
+        add("object_id = ?", &q.object_id);
+        add("created_at >= ?", &q.since);
+        add("created_at < ?", &q.until);
+        let filter = clauses.join(" AND ");
+        let count_sql = format!("SELECT COUNT(*) FROM deliveries WHERE {filter}");
+        let mut count = sqlx::query_scalar::<_, i64>(&count_sql);
+        for b in &binds {
+            count = count.bind(b);
+        }
+        let total = count.fetch_one(&self.pool).await?;
+        let n = binds.len();
+        let sql = format!(
+            "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE {filter} ORDER BY created_at DESC, id DESC LIMIT ${} OFFSET ${}",
+            n + 1,
+            n + 2
+        );
+        let mut query = sqlx::query(&sql);
+        for b in &binds {
+            query = query.bind(b);
+        }
+        let rows =
+            query.bind(per_page as i64).bind(((page.max(1) - 1) * per_page) as i64).fetch_all(&self.pool).await?;
+        Ok((total.max(0) as u64, rows.iter().map(delivery_from_row).collect::<sqlx::Result<_>>()?))
+    }
+
+    pub async fn delivery(&self, id: &str) -> sqlx::Result<Option<Delivery>> {
+        let row = sqlx::query(&format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(delivery_from_row).transpose()
+    }
+
+    pub async fn attempts(&self, delivery_id: &str) -> sqlx::Result<Vec<Attempt>> {
+        let rows = sqlx::query(
+            "SELECT at, status_code, duration_ms, error, error_class, response_body FROM attempts \
+             WHERE delivery_id = $1 ORDER BY at",
+        )
+        .bind(delivery_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Attempt {
+                    at: r.try_get("at")?,
+                    status_code: r.try_get("status_code")?,
+                    duration_ms: r.try_get("duration_ms")?,
+                    error: r.try_get("error")?,
+                    error_class: r.try_get("error_class")?,
+                    response_body: r.try_get("response_body")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Makes a finished or waiting delivery due now again (idempotent: a queued one stays queued).
+    pub async fn retry_now(&self, delivery_id: &str) -> sqlx::Result<bool> {
+        let done = sqlx::query(
+            "UPDATE deliveries SET status = CASE WHEN status = 'pending' THEN 'pending' ELSE 'retrying' END, \
+             next_attempt_at = $1, lease_until = NULL WHERE id = $2",
+        )
+        .bind(now_text())
+        .bind(delivery_id)
+        .execute(&self.pool)
+        .await?;
+        self.notify_changed();
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Re-queues a subscription's deliveries created in [since, until) (only failed ones if asked).
+    pub async fn replay(
+        &self,
+        subscription_id: &str,
+        since: &str,
+        until: &str,
+        only_failed: bool,
+    ) -> sqlx::Result<u64> {
+        let status_filter = if only_failed { "status = 'failed'" } else { "status IN ('failed', 'succeeded')" };
+        let done = sqlx::query(&format!(
+            "UPDATE deliveries SET status = 'retrying', next_attempt_at = $1, lease_until = NULL \
+             WHERE subscription_id = $2 AND created_at >= $3 AND created_at < $4 AND {status_filter}"
+        ))
+        .bind(now_text())
+        .bind(subscription_id)
+        .bind(since)
+        .bind(until)
+        .execute(&self.pool)
+        .await?;
+        self.notify_changed();
+        Ok(done.rows_affected())
+    }
+}
+
+/// Deliveries have stable ids derived from (subscription, event), so a replayed dispatch cannot duplicate.
+pub fn delivery_id(subscription_id: &str, event_id: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("{subscription_id}/{event_id}").as_bytes());
+    format!("msg_{}", hex::encode(&digest[..16]))
+}
+
+async fn insert_delivery(
+    conn: &mut sqlx::AnyConnection,
+    sub: &Subscription,
+    event: &Event,
+    body: &str,
+    now: &str,
+) -> sqlx::Result<usize> {
+    let done = sqlx::query(
+        "INSERT INTO deliveries (id, subscription_id, tenant, event_id, event_sequence, event_type, object_id, body, \
+         status, next_attempt_at, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', $9, $9, $9) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(delivery_id(&sub.id, &event.id))
+    .bind(&sub.id)
+    .bind(&sub.tenant)
+    .bind(&event.id)
+    .bind(event.sequence)
+    .bind(&event.event_type)
+    .bind(&event.object_id)
+    .bind(body)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected() as usize)
+}
+
+impl Db {
+    pub async fn set_public_key(&self, id: &str, public_key: Option<&str>) -> sqlx::Result<()> {
+        sqlx::query("UPDATE subscriptions SET public_key = $1 WHERE id = $2")
+            .bind(public_key)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn disabled_at(&self, id: &str) -> sqlx::Result<Option<String>> {
+        let v: Option<Option<String>> = sqlx::query_scalar("SELECT disabled_at FROM subscriptions WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(v.flatten())
+    }
+
+    /// Queues deliveries of the events that occurred since `since` and that `sub` wants (after re-enabling).
+    pub async fn queue_missed(&self, sub: &Subscription, since: &str, public_url: &str) -> sqlx::Result<usize> {
+        let rows = sqlx::query(
+            "SELECT sequence, id, type, object, object_id, occurred_at, origin, data, facets FROM events \
+             WHERE occurred_at >= $1 ORDER BY sequence LIMIT 100000",
+        )
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        let (mut tx, _guard) = self.begin_write().await?;
+        let now = now_text();
+        let mut count = 0;
+        let mut wanting = sub.clone();
+        wanting.start_sequence = 0;
+        for row in &rows {
+            let event = super::events::event_from_any_row(row)?;
+            if wants(&wanting, &event) {
+                let body = delivery_body(&event, &sub.payload, public_url);
+                count += insert_delivery(&mut tx, sub, &event, &body, &now).await?;
+            }
+        }
+        tx.commit().await?;
+        self.notify_changed();
+        Ok(count)
+    }
+}

@@ -1,0 +1,164 @@
+//! The one outbound HTTP client: keep-alive pooled, no redirects, a timeout, and a DNS resolver that
+//! refuses names resolving to forbidden addresses (checked after resolution, so DNS rebinding cannot
+//! slip through). Literal IP targets are checked before the request.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use futures::StreamExt;
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+
+use super::ssrf::{Guard, resolve_checked};
+
+/// How much of a target's response body is kept in the attempt log.
+pub const RESPONSE_EXCERPT_BYTES: usize = 4096;
+
+struct GuardedResolver(Arc<Guard>);
+
+impl Resolve for GuardedResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let guard = self.0.clone();
+        Box::pin(async move {
+            let addrs = resolve_checked(&guard, name.as_str(), 0)
+                .await
+                .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { Box::new(e) })?;
+            Ok(Box::new(addrs.into_iter()) as Addrs)
+        })
+    }
+}
+
+/// What came back from one POST.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status_code: Option<u16>,
+    pub duration: Duration,
+    /// A class of failure: `timeout`, `dns`, `connect`, `tls`, `ssrf`, `http_status`, `request`.
+    pub error_class: Option<&'static str>,
+    pub error: Option<String>,
+    pub body_excerpt: Option<String>,
+    pub retry_after: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct WebhookClient {
+    http: reqwest::Client,
+    guard: Arc<Guard>,
+}
+
+impl WebhookClient {
+    pub fn new(guard: Guard, timeout: Duration) -> anyhow::Result<WebhookClient> {
+        let guard = Arc::new(guard);
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(10)))
+            .pool_max_idle_per_host(64)
+            .user_agent(concat!("hsda/", env!("CARGO_PKG_VERSION")))
+            .dns_resolver(Arc::new(GuardedResolver(guard.clone())))
+            .build()?;
+        Ok(WebhookClient { http, guard })
+    }
+
+    pub fn guard(&self) -> &Guard {
+        &self.guard
+    }
+
+    /// POSTs `body` with `headers` to `url`; never fails, the outcome says what happened.
+    pub async fn post(&self, url: &str, headers: &[(String, String)], body: String) -> Response {
+        let started = Instant::now();
+        let fail = |class: &'static str, error: String| Response {
+            status_code: None,
+            duration: started.elapsed(),
+            error_class: Some(class),
+            error: Some(error),
+            body_excerpt: None,
+            retry_after: None,
+        };
+        let parsed = match self.guard.parse_target_url(url) {
+            Ok(u) => u,
+            Err(e) => return fail("ssrf", e.to_string()),
+        };
+        if let Some(ip) = parsed.host_str().and_then(|h| h.trim_matches(['[', ']']).parse::<IpAddr>().ok())
+            && let Err(e) = self.guard.check_ip(ip)
+        {
+            return fail("ssrf", e.to_string());
+        }
+        let mut request = self.http.post(parsed).header("content-type", "application/json").body(body);
+        for (k, v) in headers {
+            request = request.header(k, v);
+        }
+        let response = match request.send().await {
+            Ok(r) => r,
+            Err(e) => return fail(classify(&e), describe(&e)),
+        };
+        let status = response.status();
+        let retry_after = response.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_string);
+        let mut excerpt = BytesMut::new();
+        let mut stream = response.bytes_stream();
+        let mut read_error = None;
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(chunk) => {
+                    let room = RESPONSE_EXCERPT_BYTES.saturating_sub(excerpt.len());
+                    excerpt.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                    if excerpt.len() >= RESPONSE_EXCERPT_BYTES {
+                        break; // The rest is not needed; dropping the stream closes the response.
+                    }
+                }
+                Err(e) => {
+                    read_error = Some(e);
+                    break;
+                }
+            }
+        }
+        let success = status.is_success();
+        Response {
+            status_code: Some(status.as_u16()),
+            duration: started.elapsed(),
+            error_class: if success {
+                None
+            } else if read_error.is_some() {
+                Some("read")
+            } else {
+                Some("http_status")
+            },
+            error: if success { None } else { Some(format!("the target answered {status}")) },
+            body_excerpt: Some(String::from_utf8_lossy(&excerpt).into_owned()),
+            retry_after,
+        }
+    }
+}
+
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+fn describe(e: &reqwest::Error) -> String {
+    chain(e)
+}
+
+fn classify(e: &reqwest::Error) -> &'static str {
+    let text = chain(e).to_lowercase();
+    if e.is_timeout() {
+        "timeout"
+    } else if text.contains("is private, loopback") {
+        "ssrf"
+    } else if text.contains("dns") || text.contains("resolve") || text.contains("lookup") {
+        "dns"
+    } else if text.contains("certificate") || text.contains("tls") || text.contains("handshake") {
+        "tls"
+    } else if e.is_connect() {
+        "connect"
+    } else {
+        "request"
+    }
+}

@@ -1,0 +1,102 @@
+//! A real HTTP receiver on 127.0.0.1 for webhook tests: records every request and answers with a
+//! scripted sequence of statuses (then 200). Signatures are checked with the independent
+//! `standardwebhooks` crate, never with hsda's own signing code.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::post;
+use serde_json::Value;
+
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Received {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("JSON body")
+    }
+
+    pub fn header(&self, name: &str) -> String {
+        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
+    }
+
+    /// Verifies the Standard Webhooks signature with an independent implementation.
+    pub fn verify(&self, secret: &str) -> bool {
+        let Ok(wh) = standardwebhooks::Webhook::new(secret) else { return false };
+        wh.verify(&self.body, &self.headers).is_ok()
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    received: Vec<Received>,
+    script: VecDeque<(u16, Option<String>)>,
+}
+
+#[derive(Clone)]
+pub struct Receiver {
+    inner: Arc<Mutex<Inner>>,
+    pub url: String,
+}
+
+async fn record(State(inner): State<Arc<Mutex<Inner>>>, headers: HeaderMap, body: Bytes) -> impl IntoResponse {
+    let mut guard = inner.lock().unwrap();
+    guard.received.push(Received { headers, body });
+    let (status, retry_after) = guard.script.pop_front().unwrap_or((200, None));
+    let mut response = (StatusCode::from_u16(status).unwrap(), "ok").into_response();
+    if let Some(v) = retry_after {
+        response.headers_mut().insert("retry-after", v.parse().unwrap());
+    }
+    response
+}
+
+impl Receiver {
+    pub async fn start() -> Receiver {
+        let inner = Arc::new(Mutex::new(Inner::default()));
+        let app = Router::new().route("/hook", post(record)).with_state(inner.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Receiver { inner, url }
+    }
+
+    /// The next requests get these statuses (with an optional Retry-After), in order.
+    pub fn script(&self, statuses: &[(u16, Option<&str>)]) {
+        let mut guard = self.inner.lock().unwrap();
+        guard.script = statuses.iter().map(|(s, r)| (*s, r.map(str::to_string))).collect();
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.inner.lock().unwrap().received.clone()
+    }
+
+    /// Waits (bounded) until `pred` holds for what was received; returns it.
+    pub async fn wait_for(&self, what: &str, pred: impl Fn(&[Received]) -> bool) -> Vec<Received> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let got = self.received();
+            if pred(&got) {
+                return got;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}; received {} requests",
+                got.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn of_type(received: &[Received], event_type: &str) -> Vec<Received> {
+        received.iter().filter(|r| r.json()["type"] == event_type).cloned().collect()
+    }
+}
