@@ -9,14 +9,22 @@ use crate::hsds::schema::{object_schema, tombstone_schema};
 
 pub const ACTIONS: [&str; 3] = ["created", "updated", "deleted"];
 
-/// Every event type name, in catalog order.
+/// Events about subscriptions themselves, delivered only to subscriptions of the same tenant.
+pub const OPERATIONAL: [(&str, &str); 4] = [
+    ("webhook.ping", "Sent once to a new subscription's target (not written to the event log)."),
+    ("webhook.failing", "A subscription's deliveries started failing."),
+    ("webhook.recovered", "A failing subscription's target succeeded again."),
+    ("webhook.disabled", "A subscription was disabled (410 Gone from its target, or failing for too long)."),
+];
+
+/// Every HSDS event type name, in catalog order (operational `webhook.*` types are in [`OPERATIONAL`]).
 pub fn event_types() -> Vec<String> {
     TABLES.iter().flat_map(|t| ACTIONS.iter().map(move |a| format!("{}.{a}", t.name))).collect()
 }
 
 /// Whether `pattern` names a known type, `table.*`, or `*`.
 pub fn is_known_pattern(pattern: &str) -> bool {
-    if pattern == "*" {
+    if pattern == "*" || pattern == "webhook.*" || OPERATIONAL.iter().any(|(name, _)| *name == pattern) {
         return true;
     }
     match pattern.split_once('.') {
@@ -49,7 +57,28 @@ pub fn catalog() -> Value {
             }));
         }
     }
+    for (name, description) in OPERATIONAL {
+        out.push(json!({
+            "name": name,
+            "object": "webhook",
+            "description": description,
+            "schema": operational_schema(),
+        }));
+    }
     json!({ "event_types": out })
+}
+
+/// The payload of operational events: the subscription's id, target, status and latest error.
+pub fn operational_schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "id": { "type": "string" }, "url": { "type": "string" }, "status": { "type": "string" },
+            "disabled_reason": { "type": ["string", "null"] }, "consecutive_failures": { "type": "integer" },
+            "last_error": { "type": ["string", "null"] }
+        },
+        "required": ["id"]
+    })
 }
 
 #[cfg(test)]
@@ -64,6 +93,8 @@ mod tests {
         assert!(!is_known_pattern("servce.*"));
         assert!(!is_known_pattern("service.renamed"));
         assert!(!is_known_pattern("service"));
+        assert!(is_known_pattern("webhook.disabled"));
+        assert!(is_known_pattern("webhook.*"));
         assert_eq!(event_types().len(), 72);
     }
 }

@@ -175,7 +175,17 @@ pub fn document(server: &str) -> Value {
     paths.insert("/health".into(), json!({ "get": { "operationId": "health", "summary": "Liveness and database reachability",
         "responses": { "200": { "description": "Healthy." }, "503": { "description": "The database does not answer." } } } }));
 
+    add_webhook_paths(&mut paths, &mut schemas);
+
     let mut webhooks = Map::new();
+    for (name, description) in crate::events::OPERATIONAL {
+        webhooks.insert(name.to_string(), json!({ "post": {
+            "summary": description,
+            "requestBody": { "content": { "application/json": { "schema": { "type": "object", "properties": {
+                "id": {"type": "string"}, "type": {"const": name}, "timestamp": {"type": "string", "format": "date-time"},
+                "data": crate::events::operational_schema() } } } } },
+            "responses": { "2XX": { "description": "Accepted by the subscriber." } } } }));
+    }
     for event_type in crate::events::event_types() {
         let object = event_type.split('.').next().unwrap_or_default().to_string();
         webhooks.insert(
@@ -200,4 +210,108 @@ pub fn document(server: &str) -> Value {
         "components": { "schemas": schemas,
             "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer", "description": "An hsda API key." } } }
     })
+}
+
+/// The subscriptions API and delivery history.
+fn add_webhook_paths(paths: &mut Map<String, Value>, schemas: &mut Map<String, Value>) {
+    schemas.insert(
+        "Subscription".into(),
+        json!({ "type": "object", "properties": {
+            "id": {"type": "string", "description": "sub_..."},
+            "url": {"type": "string", "format": "uri"},
+            "events": {"type": "array", "items": {"type": "string"}, "description": "Event types or patterns: service.updated, service.*, *"},
+            "payload": {"type": "string", "enum": ["full", "thin"]},
+            "filter": {"type": "object", "properties": {
+                "organization_id": {"type": "string", "format": "uuid"}, "service_id": {"type": "string", "format": "uuid"},
+                "location_id": {"type": "string", "format": "uuid"}, "taxonomy_term_id": {"type": "string", "format": "uuid"} },
+                "additionalProperties": false},
+            "schedule": {"type": ["string", "null"]},
+            "description": {"type": "string"},
+            "secret": {"type": "string", "description": "whsec_... (hmac-sha256) or whsk_... (ed25519); returned only at creation and rotation"},
+            "signing": {"type": "string", "enum": ["hmac-sha256", "ed25519"]},
+            "public_key": {"type": "string", "description": "whpk_... for ed25519 subscriptions"},
+            "max_concurrency": {"type": "integer", "minimum": 1, "maximum": 100},
+            "rate_limit_per_second": {"type": ["integer", "null"]},
+            "ordered": {"type": "boolean"},
+            "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+            "metadata": {"type": "object"},
+            "verify": {"type": "boolean"},
+            "status": {"type": "string", "enum": ["pending", "active", "failing", "disabled"]},
+            "last_success_at": {"type": ["string", "null"]}, "last_failure_at": {"type": ["string", "null"]},
+            "consecutive_failures": {"type": "integer"}, "disabled_reason": {"type": ["string", "null"]},
+            "created_at": {"type": "string"}, "updated_at": {"type": "string"} },
+            "required": ["url"] }),
+    );
+    schemas.insert(
+        "Delivery".into(),
+        json!({ "type": "object", "properties": {
+            "id": {"type": "string", "description": "msg_...; sent as webhook-id, the same on every retry"},
+            "subscription_id": {"type": "string"}, "event_id": {"type": "string"}, "event_sequence": {"type": "integer"},
+            "event_type": {"type": "string"}, "object_id": {"type": "string"},
+            "status": {"type": "string", "enum": ["pending", "retrying", "succeeded", "failed"]},
+            "attempts": {"type": "integer"}, "next_attempt_at": {"type": ["string", "null"]},
+            "last_status_code": {"type": ["integer", "null"]}, "last_error": {"type": ["string", "null"]},
+            "created_at": {"type": "string"}, "updated_at": {"type": "string"},
+            "attempts_log": {"description": "GET /deliveries/{id} adds attempts[]: at, status_code, duration_ms, error, error_class, response_body"} } }),
+    );
+    let sub_ref = json!({"$ref": "#/components/schemas/Subscription"});
+    let security = json!([{"bearer": []}]);
+    let id_param = json!([{ "name": "id", "in": "path", "required": true, "schema": {"type": "string"} }]);
+    let ok = |description: &str, schema: Value| json!({ "description": description, "content": { "application/json": { "schema": schema } } });
+    let not_found = problem_response("Not found (or owned by another tenant).");
+    paths.insert("/webhooks".into(), json!({
+        "post": { "operationId": "createWebhook", "summary": "Subscribe a target URL to events (scope subscribe or admin)", "tags": ["webhooks"],
+            "security": security, "requestBody": { "required": true, "content": { "application/json": { "schema": sub_ref } } },
+            "responses": { "201": ok("The subscription, with its secret (shown only now).", sub_ref.clone()),
+                           "422": problem_response("A field is invalid; errors[].pointer names it.") } },
+        "get": { "operationId": "listWebhooks", "summary": "The caller's subscriptions (admin: all)", "tags": ["webhooks"], "security": security,
+            "parameters": [ param("page", json!({"type": "integer"}), "Page, from 1."), param("per_page", json!({"type": "integer"}), "Items per page.") ],
+            "responses": { "200": ok("A page of subscriptions.", json!({"$ref": "#/components/schemas/Page"})) } } }));
+    paths.insert("/webhooks/{id}".into(), json!({ "parameters": id_param,
+        "get": { "operationId": "getWebhook", "tags": ["webhooks"], "security": security, "responses": { "200": ok("The subscription.", sub_ref.clone()), "404": not_found } },
+        "patch": { "operationId": "updateWebhook", "tags": ["webhooks"], "security": security, "summary": "Change fields; status: active or disabled",
+            "requestBody": { "content": { "application/json": { "schema": sub_ref } } },
+            "responses": { "200": ok("The subscription.", sub_ref.clone()), "404": not_found, "422": problem_response("A field is invalid.") } },
+        "delete": { "operationId": "deleteWebhook", "tags": ["webhooks"], "security": security, "responses": { "204": {"description": "Deleted with its history."}, "404": not_found } } }));
+    for (path, op, summary, body) in [
+        (
+            "/webhooks/{id}/test",
+            "testWebhook",
+            "Send a sample or real object now and report the attempt",
+            json!({"event_type": {"type": "string"}, "object_id": {"type": "string"}}),
+        ),
+        (
+            "/webhooks/{id}/rotate-secret",
+            "rotateWebhookSecret",
+            "New secret; the old one also signs until the grace period ends",
+            json!({"grace_seconds": {"type": "integer", "default": 86400}}),
+        ),
+        (
+            "/webhooks/{id}/replay",
+            "replayWebhook",
+            "Re-queue the deliveries created in a time range",
+            json!({"since": {"type": "string", "format": "date-time"}, "until": {"type": "string", "format": "date-time"}, "only_failed": {"type": "boolean"}}),
+        ),
+        (
+            "/webhooks/{id}/enable",
+            "enableWebhook",
+            "Re-enable; optionally replay the events missed while disabled",
+            json!({"replay_missed": {"type": "boolean"}}),
+        ),
+    ] {
+        paths.insert(path.into(), json!({ "parameters": id_param, "post": { "operationId": op, "summary": summary, "tags": ["webhooks"], "security": security,
+            "requestBody": { "content": { "application/json": { "schema": { "type": "object", "properties": body } } } },
+            "responses": { "200": {"description": "Done."}, "202": {"description": "Queued."}, "404": not_found } } }));
+    }
+    paths.insert("/webhooks/{id}/deliveries".into(), json!({ "parameters": id_param, "get": { "operationId": "listDeliveries", "tags": ["webhooks"], "security": security,
+        "summary": "Delivery history, newest first",
+        "parameters": [ param("status", json!({"type": "string", "enum": ["pending", "succeeded", "failed", "retrying"]}), "Only deliveries in this state."),
+                        param("event_type", json!({"type": "string"}), "Only this event type."), param("object_id", json!({"type": "string"}), "Only events about this object."),
+                        param("since", json!({"type": "string", "format": "date-time"}), "Created at or after."), param("until", json!({"type": "string", "format": "date-time"}), "Created before."),
+                        param("page", json!({"type": "integer"}), "Page, from 1."), param("per_page", json!({"type": "integer"}), "Items per page.") ],
+        "responses": { "200": ok("A page of deliveries.", json!({"$ref": "#/components/schemas/Page"})), "404": not_found } } }));
+    paths.insert("/deliveries/{id}".into(), json!({ "parameters": id_param, "get": { "operationId": "getDelivery", "tags": ["webhooks"], "security": security,
+        "responses": { "200": ok("The delivery with its payload and attempts.", json!({"$ref": "#/components/schemas/Delivery"})), "404": not_found } } }));
+    paths.insert("/deliveries/{id}/retry".into(), json!({ "parameters": id_param, "post": { "operationId": "retryDelivery", "tags": ["webhooks"], "security": security,
+        "summary": "Attempt this delivery again now", "responses": { "202": {"description": "Queued."}, "404": not_found } } }));
 }

@@ -2,6 +2,7 @@
 
 mod helpers;
 
+mod crash;
 mod directory;
 mod receiver;
 mod webhooks;
