@@ -27,19 +27,21 @@ impl Drop for Server {
 }
 
 async fn start(database_url: &str, port: u16) -> Server {
-    let child = Command::new(env!("CARGO_BIN_EXE_hsda"))
-        .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
-        .env("HSDA_DATABASE_URL", database_url)
-        .env("HSDA_ALLOW_TARGETS", "127.0.0.0/8")
-        .env("HSDA_RETRY_SCHEDULE", "0.2,0.2,0.5,1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start hsda");
+    let server = Server {
+        child: Command::new(env!("CARGO_BIN_EXE_hsda"))
+            .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
+            .env("HSDA_DATABASE_URL", database_url)
+            .env("HSDA_ALLOW_TARGETS", "127.0.0.0/8")
+            .env("HSDA_RETRY_SCHEDULE", "0.2,0.2,0.5,1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start hsda"),
+    };
     let client = reqwest::Client::new();
     for _ in 0..200 {
         if client.get(format!("http://127.0.0.1:{port}/health")).send().await.is_ok_and(|r| r.status() == 200) {
-            return Server { child };
+            return server;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
