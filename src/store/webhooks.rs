@@ -136,6 +136,45 @@ fn delivery_from_row(row: &AnyRow) -> sqlx::Result<Delivery> {
     })
 }
 
+impl Delivery {
+    /// A sentinel (empty id) that tells the attempt recorder to finish.
+    pub fn stop_marker() -> Delivery {
+        Delivery {
+            id: String::new(),
+            subscription_id: String::new(),
+            tenant: String::new(),
+            event_id: String::new(),
+            event_sequence: 0,
+            event_type: String::new(),
+            object_id: String::new(),
+            status: String::new(),
+            attempts: 0,
+            next_attempt_at: None,
+            last_status_code: None,
+            last_error: None,
+            created_at: String::new(),
+            updated_at: String::new(),
+            body: String::new(),
+        }
+    }
+}
+
+impl AttemptRecord {
+    pub fn stop_marker() -> AttemptRecord {
+        AttemptRecord {
+            attempt: Attempt {
+                at: String::new(),
+                status_code: None,
+                duration_ms: 0,
+                error: None,
+                error_class: None,
+                response_body: None,
+            },
+            outcome: AttemptOutcome::Failed,
+        }
+    }
+}
+
 /// One recorded attempt.
 #[derive(Debug, Clone, Serialize)]
 pub struct Attempt {
@@ -424,90 +463,142 @@ impl Db {
             .await
     }
 
-    /// Records an attempt and its consequences for the delivery and the subscription, in one transaction;
-    /// appends `webhook.failing|recovered|disabled` events when the subscription's status changes.
+    /// Records one attempt; see [`Db::record_attempts`].
     pub async fn record_attempt(
         &self,
         delivery: &Delivery,
         record: &AttemptRecord,
         disable_after_seconds: i64,
     ) -> sqlx::Result<()> {
-        let (mut tx, _guard) = self.begin_write().await?;
-        let a = &record.attempt;
-        sqlx::query(
-            "INSERT INTO attempts (id, delivery_id, at, status_code, duration_ms, error, error_class, response_body) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(format!("att_{}", uuid::Uuid::new_v4().simple()))
-        .bind(&delivery.id)
-        .bind(&a.at)
-        .bind(a.status_code)
-        .bind(a.duration_ms)
-        .bind(&a.error)
-        .bind(&a.error_class)
-        .bind(&a.response_body)
-        .execute(&mut *tx)
-        .await?;
-        let (status, next) = match &record.outcome {
-            AttemptOutcome::Succeeded => ("succeeded", a.at.clone()),
-            AttemptOutcome::Retry { at } => ("retrying", at.clone()),
-            AttemptOutcome::Failed | AttemptOutcome::Gone => ("failed", a.at.clone()),
-        };
-        sqlx::query(
-            "UPDATE deliveries SET status = $1, attempts = attempts + 1, next_attempt_at = $2, lease_until = NULL, \
-             last_status_code = $3, last_error = $4, updated_at = $5 WHERE id = $6",
-        )
-        .bind(status)
-        .bind(&next)
-        .bind(a.status_code)
-        .bind(&a.error)
-        .bind(&a.at)
-        .bind(&delivery.id)
-        .execute(&mut *tx)
-        .await?;
+        self.record_attempts(&[(delivery.clone(), record.clone())], disable_after_seconds).await
+    }
 
-        let row = sqlx::query("SELECT * FROM subscriptions WHERE id = $1")
-            .bind(&delivery.subscription_id)
-            .fetch_optional(&mut *tx)
+    /// Records a batch of attempts and their consequences for the deliveries and their subscriptions in ONE
+    /// transaction (one commit, one fsync, however many attempts); appends `webhook.failing|recovered|disabled`
+    /// events when a subscription's status changes.
+    pub async fn record_attempts(
+        &self,
+        batch: &[(Delivery, AttemptRecord)],
+        disable_after_seconds: i64,
+    ) -> sqlx::Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let (mut tx, _guard) = self.begin_write().await?;
+        for (delivery, record) in batch {
+            let a = &record.attempt;
+            sqlx::query(
+                "INSERT INTO attempts (id, delivery_id, at, status_code, duration_ms, error, error_class, response_body) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(format!("att_{}", uuid::Uuid::new_v4().simple()))
+            .bind(&delivery.id)
+            .bind(&a.at)
+            .bind(a.status_code)
+            .bind(a.duration_ms)
+            .bind(&a.error)
+            .bind(&a.error_class)
+            .bind(&a.response_body)
+            .execute(&mut *tx)
             .await?;
-        if let Some(sub) = row.as_ref().map(from_row).transpose()? {
+            let (status, next) = match &record.outcome {
+                AttemptOutcome::Succeeded => ("succeeded", a.at.clone()),
+                AttemptOutcome::Retry { at } => ("retrying", at.clone()),
+                AttemptOutcome::Failed | AttemptOutcome::Gone => ("failed", a.at.clone()),
+            };
+            sqlx::query(
+                "UPDATE deliveries SET status = $1, attempts = attempts + 1, next_attempt_at = $2, lease_until = NULL, \
+                 last_status_code = $3, last_error = $4, updated_at = $5 WHERE id = $6",
+            )
+            .bind(status)
+            .bind(&next)
+            .bind(a.status_code)
+            .bind(&a.error)
+            .bind(&a.at)
+            .bind(&delivery.id)
+            .execute(&mut *tx)
+            .await?;
+        }
+
+        // Each subscription once, its attempts applied in order.
+        let mut order: Vec<&str> = Vec::new();
+        for (d, _) in batch {
+            if !order.contains(&d.subscription_id.as_str()) {
+                order.push(&d.subscription_id);
+            }
+        }
+        let mut events = Vec::new();
+        for sub_id in order {
+            let row = sqlx::query("SELECT * FROM subscriptions WHERE id = $1").bind(sub_id).fetch_optional(&mut *tx).await?;
+            let Some(sub) = row.as_ref().map(from_row).transpose()? else { continue };
             let mut status = sub.status.clone();
             let mut reason = sub.disabled_reason.clone();
             let mut failures = sub.consecutive_failures;
             let mut failing_since = sub.failing_since.clone();
-            let (success_at, failure_at) = if record.outcome == AttemptOutcome::Succeeded {
-                failures = 0;
-                failing_since = None;
-                if status == "failing" {
-                    status = "active".into();
+            let mut success_at = sub.last_success_at.clone();
+            let mut failure_at = sub.last_failure_at.clone();
+            for (_, record) in batch.iter().filter(|(d, _)| d.subscription_id == sub_id) {
+                let a = &record.attempt;
+                let before = status.clone();
+                if record.outcome == AttemptOutcome::Succeeded {
+                    failures = 0;
+                    failing_since = None;
+                    if status == "failing" {
+                        status = "active".into();
+                    }
+                    success_at = Some(a.at.clone());
+                } else {
+                    failures += 1;
+                    failing_since.get_or_insert_with(|| a.at.clone());
+                    if status == "active" {
+                        status = "failing".into();
+                    }
+                    failure_at = Some(a.at.clone());
                 }
-                (Some(a.at.clone()), sub.last_failure_at.clone())
-            } else {
-                failures += 1;
-                failing_since.get_or_insert_with(|| a.at.clone());
-                if status == "active" {
-                    status = "failing".into();
+                if record.outcome == AttemptOutcome::Gone && status != "disabled" {
+                    status = "disabled".into();
+                    reason = Some("the target answered 410 Gone".into());
+                } else if status == "failing"
+                    && failing_since.as_deref().is_some_and(|since| {
+                        chrono::DateTime::parse_from_rfc3339(since)
+                            .map(|t| {
+                                (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_seconds()
+                                    >= disable_after_seconds
+                            })
+                            .unwrap_or(false)
+                    })
+                {
+                    status = "disabled".into();
+                    reason = Some(format!("failing for more than {disable_after_seconds} seconds"));
                 }
-                (sub.last_success_at.clone(), Some(a.at.clone()))
-            };
-            if record.outcome == AttemptOutcome::Gone && status != "disabled" {
-                status = "disabled".into();
-                reason = Some("the target answered 410 Gone".into());
-            } else if status == "failing"
-                && failing_since.as_deref().is_some_and(|since| {
-                    chrono::DateTime::parse_from_rfc3339(since)
-                        .map(|t| {
-                            (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_seconds() >= disable_after_seconds
-                        })
-                        .unwrap_or(false)
-                })
-            {
-                status = "disabled".into();
-                reason = Some(format!("failing for more than {disable_after_seconds} seconds"));
+                let change = match (before.as_str(), status.as_str()) {
+                    ("active", "failing") => Some("webhook.failing"),
+                    ("failing", "active") => Some("webhook.recovered"),
+                    (from, "disabled") if from != "disabled" => Some("webhook.disabled"),
+                    _ => None,
+                };
+                if let Some(event_type) = change {
+                    let mut facets = std::collections::BTreeSet::new();
+                    facets.insert(("tenant".to_string(), sub.tenant.clone()));
+                    facets.insert(("subscription_id".to_string(), sub.id.clone()));
+                    let data = json!({
+                        "id": sub.id, "url": sub.url, "status": status, "disabled_reason": reason,
+                        "consecutive_failures": failures, "last_error": a.error,
+                    });
+                    events.push(NewEvent {
+                        event_type: event_type.into(),
+                        object: "webhook",
+                        object_id: sub.id.clone(),
+                        data,
+                        facets,
+                    });
+                }
             }
             sqlx::query(
                 "UPDATE subscriptions SET status = $1, disabled_reason = $2, consecutive_failures = $3, \
-                 failing_since = $4, last_success_at = $5, last_failure_at = $6, disabled_at = $7 WHERE id = $8",
+                 failing_since = $4, last_success_at = $5, last_failure_at = $6, \
+                 disabled_at = CASE WHEN $7 = 'disabled' AND status <> 'disabled' THEN $8 ELSE disabled_at END \
+                 WHERE id = $9",
             )
             .bind(&status)
             .bind(&reason)
@@ -515,33 +606,14 @@ impl Db {
             .bind(&failing_since)
             .bind(&success_at)
             .bind(&failure_at)
-            .bind((status == "disabled").then(now_text))
+            .bind(&status)
+            .bind(now_text())
             .bind(&sub.id)
             .execute(&mut *tx)
             .await?;
-            let change = match (sub.status.as_str(), status.as_str()) {
-                ("active", "failing") => Some("webhook.failing"),
-                ("failing", "active") => Some("webhook.recovered"),
-                (from, "disabled") if from != "disabled" => Some("webhook.disabled"),
-                _ => None,
-            };
-            if let Some(event_type) = change {
-                let mut facets = std::collections::BTreeSet::new();
-                facets.insert(("tenant".to_string(), sub.tenant.clone()));
-                facets.insert(("subscription_id".to_string(), sub.id.clone()));
-                let data = json!({
-                    "id": sub.id, "url": sub.url, "status": status, "disabled_reason": reason,
-                    "consecutive_failures": failures, "last_error": a.error,
-                });
-                let event = NewEvent {
-                    event_type: event_type.into(),
-                    object: "webhook",
-                    object_id: sub.id.clone(),
-                    data,
-                    facets,
-                };
-                append_events(&mut tx, vec![event], self.instance_id(), &now_text()).await?;
-            }
+        }
+        if !events.is_empty() {
+            append_events(&mut tx, events, self.instance_id(), &now_text()).await?;
         }
         tx.commit().await?;
         self.notify_changed();

@@ -48,6 +48,9 @@ pub struct Worker {
     config: WorkerConfig,
     per_subscription: Mutex<HashMap<String, Arc<Semaphore>>>,
     in_flight: Arc<Semaphore>,
+    /// Attempt results on their way to the recorder, which commits them in batches.
+    results: tokio::sync::mpsc::UnboundedSender<(Delivery, AttemptRecord)>,
+    results_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<(Delivery, AttemptRecord)>>>,
 }
 
 const CLAIM_BATCH: i64 = 256;
@@ -56,7 +59,16 @@ const DISPATCH_BATCH: i64 = 500;
 impl Worker {
     pub fn new(db: Db, client: WebhookClient, config: WorkerConfig) -> Arc<Worker> {
         let in_flight = Arc::new(Semaphore::new(config.max_in_flight));
-        Arc::new(Worker { db, client, config, per_subscription: Mutex::new(HashMap::new()), in_flight })
+        let (results, results_rx) = tokio::sync::mpsc::unbounded_channel();
+        Arc::new(Worker {
+            db,
+            client,
+            config,
+            per_subscription: Mutex::new(HashMap::new()),
+            in_flight,
+            results,
+            results_rx: Mutex::new(Some(results_rx)),
+        })
     }
 
     pub fn client(&self) -> &WebhookClient {
@@ -65,6 +77,11 @@ impl Worker {
 
     /// Runs until `stop` is cancelled, then waits for deliveries in flight to finish.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        let recorder = self.results_rx.lock().unwrap_or_else(|p| p.into_inner()).take().map(|rx| {
+            let db = self.db.clone();
+            let disable_after = self.config.disable_after_seconds;
+            tokio::spawn(record_in_batches(db, rx, disable_after))
+        });
         let mut changes = self.db.watch_changes();
         loop {
             if stop.is_cancelled() {
@@ -87,8 +104,12 @@ impl Worker {
                 _ = stop.cancelled() => break,
             }
         }
-        // Drain: every permit back means nothing is in flight.
+        // Drain: every permit back means nothing is in flight; then the recorder writes what is left.
         let _ = self.in_flight.acquire_many(self.config.max_in_flight as u32).await;
+        if let Some(recorder) = recorder {
+            let _ = self.results.send((Delivery::stop_marker(), AttemptRecord::stop_marker()));
+            let _ = recorder.await;
+        }
     }
 
     /// One round: dispatch new events, then claim and start due deliveries. True if there may be more.
@@ -149,8 +170,8 @@ impl Worker {
         let Ok(_slot) = slots.acquire().await else { return };
         let response = send(&self.client, &sub, &delivery.id, &delivery.body).await;
         let record = self.judge(&delivery, response);
-        if let Err(e) = self.db.record_attempt(&delivery, &record, self.config.disable_after_seconds).await {
-            tracing::error!(error = %e, delivery = %delivery.id, "recording an attempt failed; the lease will expire and it will be retried");
+        if self.results.send((delivery, record)).is_err() {
+            tracing::error!("the attempt recorder stopped; the lease will expire and the delivery will be retried");
         }
     }
 
@@ -220,4 +241,38 @@ pub async fn send(client: &WebhookClient, sub: &Subscription, message_id: &str, 
     headers.push(("webhook-timestamp".into(), timestamp.to_string()));
     headers.push(("webhook-signature".into(), signature));
     client.post(&sub.url, &headers, body.to_string()).await
+}
+
+/// Commits attempt results in batches: whatever arrived while the previous batch was being written goes
+/// into the next transaction. A failed batch is not retried here: its deliveries' leases expire and they
+/// are attempted again (at-least-once).
+async fn record_in_batches(
+    db: Db,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<(Delivery, AttemptRecord)>,
+    disable_after_seconds: i64,
+) {
+    const MAX_BATCH: usize = 1000;
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.recv().await {
+        let mut stop = first.0.id.is_empty();
+        if !stop {
+            batch.push(first);
+        }
+        while batch.len() < MAX_BATCH
+            && let Ok(next) = rx.try_recv()
+        {
+            if next.0.id.is_empty() {
+                stop = true;
+                continue;
+            }
+            batch.push(next);
+        }
+        if let Err(e) = db.record_attempts(&batch, disable_after_seconds).await {
+            tracing::error!(error = %e, attempts = batch.len(), "recording attempts failed; their deliveries will be retried");
+        }
+        batch.clear();
+        if stop {
+            break;
+        }
+    }
 }
