@@ -2,4 +2,7 @@
 
 mod helpers;
 
+mod api;
+mod bulk;
+mod cli;
 mod directory;
