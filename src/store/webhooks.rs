@@ -529,7 +529,8 @@ impl Db {
         }
         let mut events = Vec::new();
         for sub_id in order {
-            let row = sqlx::query("SELECT * FROM subscriptions WHERE id = $1").bind(sub_id).fetch_optional(&mut *tx).await?;
+            let row =
+                sqlx::query("SELECT * FROM subscriptions WHERE id = $1").bind(sub_id).fetch_optional(&mut *tx).await?;
             let Some(sub) = row.as_ref().map(from_row).transpose()? else { continue };
             let mut status = sub.status.clone();
             let mut reason = sub.disabled_reason.clone();

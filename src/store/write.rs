@@ -115,6 +115,15 @@ impl Db {
         let origin = options.origin.clone().unwrap_or_else(|| self.instance_id().to_string());
         let now = options.at.clone().unwrap_or_else(now_text);
         if let Some((table, id, etag)) = &options.if_match {
+            if self.backend == super::Backend::Postgres {
+                // Concurrent writers of this row queue here, so each compares against what the one
+                // before it committed (SQLite writers are already serialised by the write lock).
+                sqlx::query("SELECT rid FROM records WHERE kind = $1 AND id = $2 FOR UPDATE")
+                    .bind(table.name)
+                    .bind(id.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+            }
             let current = super::read::representation(&mut tx, table, id).await?;
             match current {
                 Some(value) if document::etag(&value) == *etag || etag == "*" => {}
@@ -491,16 +500,22 @@ impl Writer<'_> {
     /// Stores a root's compiled document and what lists and filters need of it.
     async fn store_doc(&mut self, table: &'static Table, id: &str, doc: &Value) -> sqlx::Result<()> {
         let (latitude, longitude) = document::coordinates(table, doc);
+        // Coordinates are bound as plain f64 with a has-value flag, never as `Option<f64>`: sqlx 0.8's Any
+        // driver sends a NULL f64 as a float4 parameter on PostgreSQL, the prepared statement keeps that
+        // type, and the next real coordinate on that connection then fails ("incorrect binary data format").
         sqlx::query(
-            "UPDATE records SET doc = $1, search_text = $2, sort_key = $3, modified_at = $4, latitude = $5, longitude = $6 \
-             WHERE kind = $7 AND id = $8",
+            "UPDATE records SET doc = $1, search_text = $2, sort_key = $3, modified_at = $4, \
+             latitude = CASE WHEN $5 THEN $6 ELSE NULL END, longitude = CASE WHEN $7 THEN $8 ELSE NULL END \
+             WHERE kind = $9 AND id = $10",
         )
         .bind(doc.to_string())
         .bind(document::search_text(table, doc))
         .bind(document::sort_key(table, doc))
         .bind(self.now)
-        .bind(latitude)
-        .bind(longitude)
+        .bind(latitude.is_some())
+        .bind(latitude.unwrap_or(0.0))
+        .bind(longitude.is_some())
+        .bind(longitude.unwrap_or(0.0))
         .bind(table.name)
         .bind(id)
         .execute(&mut *self.conn)

@@ -1,0 +1,201 @@
+//! Bulk exchange over real stores: the official example package survives import and export cell by cell,
+//! zips import like folders, a bad cell is named and writes nothing, NDJSON round-trips the documents, and
+//! `strict_references` refuses what a lenient import only warns about.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use hsda::bulk::export::{export_datapackage, export_ndjson};
+use hsda::bulk::import::{ImportOptions, import_path};
+use serde_json::Value;
+
+use crate::helpers::{Store, TestApp, hsds_dir};
+use crate::store_test;
+
+const SERVICE: &str = "ac148810-d857-441c-9679-408f346de14b";
+const ORG: &str = "d9d5e0f5-d3ce-4f73-9a2f-4dd0ecc6c610";
+
+fn example() -> Option<PathBuf> {
+    Some(hsds_dir()?.join("examples/csv"))
+}
+
+/// A CSV file as id -> (column -> cell), keeping non-empty cells only.
+type Cells = BTreeMap<String, BTreeMap<String, String>>;
+
+fn read_cells(path: &Path) -> Cells {
+    let mut reader = csv::Reader::from_path(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let headers = reader.headers().expect("header").clone();
+    let mut out = Cells::new();
+    for record in reader.records() {
+        let record = record.expect("record");
+        let row: BTreeMap<String, String> = headers
+            .iter()
+            .zip(record.iter())
+            .filter(|(_, cell)| !cell.is_empty())
+            .map(|(h, c)| (h.to_string(), c.to_string()))
+            .collect();
+        let id = row.get("id").cloned().expect("row id");
+        assert!(out.insert(id, row).is_none(), "duplicate id in {}", path.display());
+    }
+    out
+}
+
+fn csv_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("read dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".csv"))
+        .collect();
+    names.sort();
+    names
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("entry");
+        std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
+    }
+}
+
+fn zip_dir(from: &Path, out: &Path) {
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(out).expect("create zip"));
+    let options = zip::write::SimpleFileOptions::default();
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("entry");
+        zip.start_file(entry.file_name().to_string_lossy(), options).expect("entry");
+        zip.write_all(&std::fs::read(entry.path()).expect("read")).expect("write");
+    }
+    zip.finish().expect("finish zip");
+}
+
+async fn total(app: &TestApp, path: &str) -> u64 {
+    app.get_json(path).await["total_items"].as_u64().expect("total_items")
+}
+
+store_test!(example_package_round_trips_cell_by_cell, |app| async move {
+    let Some(example) = example() else { return };
+    let report = import_path(&app.db, &example, ImportOptions::default()).await.expect("import");
+    assert!(report.starts_with("imported "), "{report}");
+    let out = tempfile::tempdir().unwrap();
+    export_datapackage(&app.db, out.path()).await.expect("export");
+    assert!(out.path().join("datapackage.json").is_file());
+    let exported = csv_files(out.path());
+    for file in csv_files(&example) {
+        assert!(exported.contains(&file), "{file} exported");
+        let original = read_cells(&example.join(&file));
+        let roundtrip = read_cells(&out.path().join(&file));
+        assert!(!original.is_empty(), "{file} has rows");
+        assert_eq!(roundtrip, original, "{file} survives import and export");
+    }
+    // Tables the example lacks are exported empty.
+    for file in exported.iter().filter(|f| !example.join(f).exists()) {
+        assert!(read_cells(&out.path().join(file)).is_empty(), "{file}");
+    }
+});
+
+store_test!(a_zip_imports_like_the_folder, |app| async move {
+    let Some(example) = example() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let zip = dir.path().join("example.zip");
+    zip_dir(&example, &zip);
+    import_path(&app.db, &zip, ImportOptions::default()).await.expect("zip imports");
+    let from_zip = dir.path().join("from-zip");
+    export_datapackage(&app.db, &from_zip).await.unwrap();
+
+    let store = if app.db.backend() == hsda::store::Backend::Sqlite { Store::Sqlite } else { Store::Postgres };
+    let folder_app = TestApp::spawn(store).await.expect("second store");
+    import_path(&folder_app.db, &example, ImportOptions::default()).await.expect("folder imports");
+    let from_folder = dir.path().join("from-folder");
+    export_datapackage(&folder_app.db, &from_folder).await.unwrap();
+    for file in csv_files(&from_folder) {
+        assert_eq!(
+            std::fs::read_to_string(from_zip.join(&file)).unwrap(),
+            std::fs::read_to_string(from_folder.join(&file)).unwrap(),
+            "{file}"
+        );
+    }
+    assert_eq!(
+        app.get_json(&format!("/services/{SERVICE}")).await,
+        folder_app.get_json(&format!("/services/{SERVICE}")).await
+    );
+});
+
+store_test!(one_bad_cell_names_file_line_and_field_and_writes_nothing, |app| async move {
+    let Some(example) = example() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&example, dir.path());
+    let services = dir.path().join("services.csv");
+    let mut reader = csv::Reader::from_path(&services).unwrap();
+    let headers = reader.headers().unwrap().clone();
+    let column = headers.iter().position(|h| h == "minimum_age").expect("minimum_age column");
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    writer.write_record(&headers).unwrap();
+    for record in reader.records() {
+        let mut cells: Vec<String> = record.unwrap().iter().map(str::to_string).collect();
+        cells[column] = "twelve".into();
+        writer.write_record(&cells).unwrap();
+    }
+    std::fs::write(&services, writer.into_inner().unwrap()).unwrap();
+
+    let err = import_path(&app.db, dir.path(), ImportOptions::default()).await.expect_err("bad cell refused");
+    let message = format!("{err:#}");
+    assert!(message.contains("services.csv line 2, field minimum_age"), "{message}");
+    assert!(message.contains("nothing was imported") || message.contains("must be a number"), "{message}");
+    assert_eq!(app.db.last_sequence().await.unwrap(), 0, "event log still empty");
+    assert!(app.events_after(0).await.is_empty());
+    assert_eq!(total(&app, "/services").await, 0);
+    assert_eq!(total(&app, "/organizations").await, 0);
+});
+
+store_test!(ndjson_export_reimports_to_the_same_documents, |app| async move {
+    let Some(example) = example() else { return };
+    import_path(&app.db, &example, ImportOptions::default()).await.expect("import");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("directory.ndjson");
+    export_ndjson(&app.db, &file).await.expect("export");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.lines().count() >= 3, "{text}");
+    for line in text.lines() {
+        serde_json::from_str::<Value>(line).expect("each line is JSON");
+    }
+
+    let store = if app.db.backend() == hsda::store::Backend::Sqlite { Store::Sqlite } else { Store::Postgres };
+    let fresh = TestApp::spawn(store).await.expect("second store");
+    import_path(&fresh.db, &file, ImportOptions::default()).await.expect("ndjson imports");
+    let ids: Vec<String> = app.get_json("/services?per_page=1000").await["contents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(ids.contains(&SERVICE.to_string()));
+    assert_eq!(total(&fresh, "/services").await, ids.len() as u64);
+    for id in &ids {
+        let original = app.get_json(&format!("/services/{id}")).await;
+        let copy = fresh.get_json(&format!("/services/{id}")).await;
+        assert_eq!(copy, original, "service {id}");
+    }
+    assert_eq!(
+        fresh.get_json(&format!("/organizations/{ORG}")).await,
+        app.get_json(&format!("/organizations/{ORG}")).await
+    );
+});
+
+store_test!(strict_references_refuse_what_lenient_imports_warn_about, |app| async move {
+    let Some(example) = example() else { return };
+    let strict = ImportOptions { strict_references: true, ..ImportOptions::default() };
+    let err = import_path(&app.db, &example, strict).await.expect_err("the example has dangling references");
+    let message = format!("{err:#}");
+    assert!(message.contains("nothing was imported"), "{message}");
+    // contacts.csv names an organization the package does not hold.
+    assert!(message.contains("contacts.csv line 2, field organization_id"), "{message}");
+    assert_eq!(app.db.last_sequence().await.unwrap(), 0, "nothing written");
+    assert_eq!(total(&app, "/services").await, 0);
+
+    let report = import_path(&app.db, &example, ImportOptions::default()).await.expect("lenient import");
+    assert!(report.contains("warning:"), "{report}");
+    assert!(report.contains("contacts.csv line 2, field organization_id"), "{report}");
+    assert_eq!(total(&app, "/services").await, 1);
+    assert!(app.db.last_sequence().await.unwrap() > 0);
+});

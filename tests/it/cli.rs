@@ -1,0 +1,163 @@
+//! The `hsda` binary as scripts use it: migrate, keys, generate, import and export over one SQLite file,
+//! with a server started in-process over the same file to check what the commands did.
+
+use std::path::Path;
+use std::process::Output;
+
+use hsda::config::Config;
+use hsda::startup::Application;
+use serde_json::{Value, json};
+
+/// Runs the real binary with `args` (and extra environment), bounded in time.
+async fn hsda(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_hsda"));
+    command.args(args).env_remove("HSDA_DATABASE_URL").env_remove("HSDA_CONFIG").kill_on_drop(true);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    tokio::time::timeout(std::time::Duration::from_secs(60), command.output())
+        .await
+        .unwrap_or_else(|_| panic!("hsda {args:?} took over a minute"))
+        .expect("run hsda")
+}
+
+fn ok(output: &Output, what: &str) -> String {
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{what} failed ({}):\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+fn sqlite_url(dir: &Path) -> String {
+    format!("sqlite://{}", dir.join("hsda.db").display())
+}
+
+/// A server over `url`, stopped when the returned guard drops.
+struct Server {
+    base: String,
+    token: tokio_util::sync::CancellationToken,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
+
+async fn serve(url: &str) -> Server {
+    let config = Config { database_url: url.into(), bind: "127.0.0.1:0".parse().unwrap(), ..Config::default() };
+    let app = Application::build(config).await.expect("build");
+    let base = format!("http://{}", app.local_addr());
+    let token = app.shutdown_token();
+    tokio::spawn(app.run());
+    Server { base, token }
+}
+
+#[tokio::test]
+async fn migrate_then_a_created_key_publishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite_url(dir.path());
+    let out = ok(&hsda(&["migrate", "--database-url", &url], &[]).await, "migrate");
+    assert!(dir.path().join("hsda.db").is_file(), "migrate created the database: {out}");
+
+    let out = ok(
+        &hsda(&["--database-url", &url, "keys", "create", "--scope", "publish", "--tenant", "t1"], &[]).await,
+        "keys",
+    );
+    let key = out.lines().last().expect("a last line").trim().to_string();
+    assert!(!key.is_empty() && !key.contains(' '), "the key alone on the last line: {out:?}");
+
+    let server = serve(&url).await;
+    let client = reqwest::Client::new();
+    let path = format!("{}/organizations/00000000-0000-4000-8000-000000000001", server.base);
+    let body = json!({"name": "Food Bank", "description": "Feeds people"});
+    let r = client.put(&path).bearer_auth("hsda_publish_not_a_key").json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = client.put(&path).bearer_auth(&key).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+}
+
+#[tokio::test]
+async fn the_database_url_has_an_environment_twin() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite_url(dir.path());
+    let out = ok(
+        &hsda(&["keys", "create", "--scope", "admin", "--tenant", "ops"], &[("HSDA_DATABASE_URL", &url)]).await,
+        "keys via env",
+    );
+    let key = out.lines().last().unwrap().trim().to_string();
+    assert!(dir.path().join("hsda.db").is_file(), "HSDA_DATABASE_URL was used");
+    let db = hsda::store::Db::connect(&url).await.unwrap();
+    let principal = db.authenticate(&key).await.unwrap().expect("the key is in that database");
+    assert_eq!(principal.scope, hsda::store::keys::Scope::Admin);
+}
+
+#[tokio::test]
+async fn generate_import_and_export() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite_url(dir.path());
+    let generated = dir.path().join("generated");
+    let generated_arg = generated.to_string_lossy().into_owned();
+    ok(&hsda(&["generate", "--services", "50", "--out", &generated_arg], &[]).await, "generate");
+    assert!(generated.join("datapackage.json").is_file());
+    let out = ok(&hsda(&["--database-url", &url, "import", "--quiet", &generated_arg], &[]).await, "import");
+    assert!(out.contains("imported"), "{out}");
+
+    let ndjson = dir.path().join("out.ndjson");
+    let out = ok(
+        &hsda(&["--database-url", &url, "export", "--format", "ndjson", &ndjson.to_string_lossy()], &[]).await,
+        "export",
+    );
+    assert!(out.contains("exported"), "{out}");
+    let package = dir.path().join("package");
+    ok(
+        &hsda(&["--database-url", &url, "export", "--format", "datapackage", &package.to_string_lossy()], &[]).await,
+        "export",
+    );
+
+    let server = serve(&url).await;
+    let page: Value =
+        reqwest::get(format!("{}/services?per_page=1000", server.base)).await.unwrap().json().await.unwrap();
+    assert_eq!(page["total_items"], 50);
+    let mut listed: Vec<String> =
+        page["contents"].as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap().to_string()).collect();
+    listed.sort();
+
+    // The NDJSON holds every service (with `status`), besides organizations and locations.
+    let mut exported: Vec<String> = std::fs::read_to_string(&ndjson)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("JSON line"))
+        .filter(|d| d.get("status").is_some())
+        .map(|d| d["id"].as_str().unwrap().to_string())
+        .collect();
+    exported.sort();
+    assert_eq!(exported, listed);
+    let services_csv = std::fs::read_to_string(package.join("services.csv")).unwrap();
+    assert_eq!(services_csv.lines().count(), 51, "header and 50 services");
+
+    // A second import of the same package changes nothing.
+    let out = ok(&hsda(&["--database-url", &url, "import", "--quiet", &generated_arg], &[]).await, "re-import");
+    assert!(out.contains("(0 changed)"), "{out}");
+}
+
+#[tokio::test]
+async fn a_failed_import_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite_url(dir.path());
+    let bad = dir.path().join("bad");
+    std::fs::create_dir(&bad).unwrap();
+    std::fs::write(
+        bad.join("services.csv"),
+        "id,name,status,minimum_age\n00000000-0000-4000-8000-000000000001,A,active,old\n",
+    )
+    .unwrap();
+    let output = hsda(&["--database-url", &url, "import", "--quiet", &bad.to_string_lossy()], &[]).await;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("services.csv line 2, field minimum_age"), "{stderr}");
+}
