@@ -9,10 +9,20 @@ use crate::store_test;
 const ORG: &str = "d9d5e0f5-d3ce-4f73-9a2f-4dd0ecc6c610";
 const SERVICE: &str = "ac148810-d857-441c-9679-408f346de14b";
 
-fn validator(name: &str) -> Option<jsonschema::Validator> {
+/// The official compiled schema `name`, built once per test binary (building one is slow).
+fn validator(name: &str) -> Option<std::sync::Arc<jsonschema::Validator>> {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex, OnceLock};
+    static CACHE: OnceLock<Mutex<HashMap<String, Arc<jsonschema::Validator>>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(v) = cache.lock().unwrap().get(name) {
+        return Some(v.clone());
+    }
     let path = hsds_dir()?.join("schema/compiled").join(format!("{name}.json"));
     let schema: Value = serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
-    Some(jsonschema::validator_for(&schema).expect("compiled schema compiles"))
+    let v = Arc::new(jsonschema::validator_for(&schema).expect("compiled schema compiles"));
+    cache.lock().unwrap().insert(name.to_string(), v.clone());
+    Some(v)
 }
 
 fn assert_valid(name: &str, instance: &Value) {
@@ -291,4 +301,33 @@ store_test!(modified_after_includes_the_boundary, |app| async move {
     let after =
         app.get_json(&format!("/organizations?modified_after={}", later.to_rfc3339().replace('+', "%2B"))).await;
     assert_eq!(after["total_items"], 0);
+});
+
+store_test!(generated_directory_is_served_per_the_compiled_schemas, |app| async move {
+    let opts = hsda::generate::GenerateOptions { services: 40, seed: 7, ..Default::default() };
+    let rows = hsda::generate::generate(&opts).enumerate().map(|(i, (t, row))| (t, row, format!("row {i}"))).collect();
+    let progress = |_: &str, _: u64, _: u64| {};
+    app.db.import(rows, true, &progress).await.expect("generated data imports strictly");
+    for (list_path, list_schema, detail_schema) in [
+        ("/services?per_page=40", "service_list", "service"),
+        ("/organizations?per_page=40", "organization_list", "organization"),
+        ("/service_at_locations?per_page=100", "service_at_location_list", "service_at_location"),
+    ] {
+        let page = app.get_json(list_path).await;
+        assert!(page["total_items"].as_u64().unwrap() > 0, "{list_path}");
+        let plural = list_path.split('?').next().unwrap();
+        for item in page["contents"].as_array().unwrap() {
+            assert_valid(list_schema, item);
+            let doc = app.get_json(&format!("{plural}/{}", item["id"].as_str().unwrap())).await;
+            assert_valid(detail_schema, &doc);
+        }
+    }
+    let full = app.get_json("/services?full=true&per_page=10").await;
+    for item in full["contents"].as_array().unwrap() {
+        assert_valid("service", item);
+    }
+    let term = app.get_json("/taxonomy_terms?per_page=1").await["contents"][0]["id"].as_str().unwrap().to_string();
+    let tagged = app.get_json(&format!("/services?taxonomy_term_id={term}&per_page=100")).await;
+    let every = app.get_json("/services?per_page=100").await;
+    assert!(tagged["total_items"].as_u64().unwrap() <= every["total_items"].as_u64().unwrap());
 });
