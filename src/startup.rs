@@ -47,6 +47,9 @@ impl Application {
             public_url: config.public_url(),
             retry,
             disable_after_seconds: config.disable_after_seconds,
+            // Long enough to cover one attempt (its timeout) and recording it, short enough that the work of
+            // a crashed process is picked up soon.
+            lease_seconds: config.delivery_timeout_seconds as i64 + 15,
             ..WorkerConfig::default()
         };
         let worker = Worker::new(db.clone(), client.clone(), worker_config);

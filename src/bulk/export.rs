@@ -34,7 +34,7 @@ pub async fn export_ndjson(db: &Db, out: &Path) -> anyhow::Result<String> {
     // referenced row before the services that point at them.
     for name in ["organization", "location", "service"] {
         let Some(t) = table(name) else { continue };
-        let mut stream = std::pin::pin!(db.stream(t, ListQuery::default()));
+        let mut stream = std::pin::pin!(db.stream(t, ListQuery::default(), true));
         while let Some(listed) = stream.next().await {
             let mut doc = listed?.value;
             if let Some(map) = doc.as_object_mut() {

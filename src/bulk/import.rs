@@ -138,7 +138,7 @@ pub async fn import_path(db: &Db, path: &Path, options: ImportOptions) -> anyhow
 /// Loads generated demo data into an empty directory (does nothing when services exist already).
 pub async fn load_demo(db: &Db, services: usize) -> anyhow::Result<()> {
     let service = table("service").context("catalog has services")?;
-    let (existing, _) = db.list(service, &Default::default(), 1, 1).await?;
+    let (existing, _) = db.list(service, &Default::default(), 1, 1, false).await?;
     if existing > 0 {
         return Ok(());
     }

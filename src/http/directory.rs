@@ -213,7 +213,7 @@ async fn search(
 
 async fn respond_list(state: AppState, table: &'static Table, p: ListParams) -> Result<Response, ApiError> {
     if p.ndjson {
-        let stream = state.db.stream(table, p.query.clone()).map(move |row| match row {
+        let stream = state.db.stream(table, p.query.clone(), p.full).map(move |row| match row {
             Ok(listed) => {
                 let mut line = present(table, listed, &p).to_string();
                 line.push('\n');
@@ -228,7 +228,7 @@ async fn respond_list(state: AppState, table: &'static Table, p: ListParams) -> 
         response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
         return Ok(response);
     }
-    let (total, rows) = state.db.list(table, &p.query, p.page, p.per_page).await?;
+    let (total, rows) = state.db.list(table, &p.query, p.page, p.per_page, p.full).await?;
     let contents: Vec<Value> = rows.into_iter().map(|r| present(table, r, &p)).collect();
     Ok(axum::Json(page_envelope(total, p.page, p.per_page, contents)).into_response())
 }

@@ -91,6 +91,15 @@ fn bind_all<'q>(
     q
 }
 
+/// The column a list reads: a root's whole document or its list form; other tables' own fields.
+fn column_for(table: &Table, full: bool) -> &'static str {
+    match (table.is_root(), full) {
+        (true, true) => "COALESCE(r.doc, r.data)",
+        (true, false) => "COALESCE(r.summary, r.doc, r.data)",
+        (false, _) => "r.data",
+    }
+}
+
 /// Words of a free-text search, lower-cased; punctuation separates words, as both engines tokenise.
 pub fn search_words(search: &str) -> Vec<String> {
     search.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_lowercase).take(16).collect()
@@ -199,12 +208,15 @@ impl Db {
     }
 
     /// One page of a list: the total count and the rows of page `page` (1-based).
+    ///
+    /// Root tables yield their whole documents when `full`, else their stored list form.
     pub async fn list(
         &self,
         table: &'static Table,
         q: &ListQuery,
         page: u64,
         per_page: u64,
+        full: bool,
     ) -> sqlx::Result<(u64, Vec<Listed>)> {
         let Some(sql) = self.where_clause(table, q).await? else { return Ok((0, Vec::new())) };
         let (count_sql, params) = sql.query("SELECT COUNT(*)", "");
@@ -216,7 +228,7 @@ impl Db {
         let mut sql = sql;
         let limit = sql.push(Param::Int(per_page as i64));
         let offset = sql.push(Param::Int(((page.max(1) - 1) * per_page) as i64));
-        let column = if table.is_root() { "COALESCE(r.doc, r.data)" } else { "r.data" };
+        let column = column_for(table, full);
         let (page_sql, params) = sql.query(
             &format!("SELECT r.id, r.modified_at, {column}"),
             &format!("ORDER BY r.sort_key, r.id LIMIT {limit} OFFSET {offset}"),
@@ -240,11 +252,12 @@ impl Db {
         &self,
         table: &'static Table,
         q: ListQuery,
+        full: bool,
     ) -> impl Stream<Item = sqlx::Result<Listed>> + Send + 'static {
         let db = self.clone();
         async_stream::try_stream! {
             let Some(sql) = db.where_clause(table, &q).await? else { return };
-            let column = if table.is_root() { "COALESCE(r.doc, r.data)" } else { "r.data" };
+            let column = column_for(table, full);
             let (text, params) = sql.query(&format!("SELECT r.id, r.modified_at, {column}"), "ORDER BY r.sort_key, r.id");
             let mut rows = bind_all(sqlx::query(&text), &params).fetch(&db.pool);
             while let Some(row) = rows.next().await {

@@ -456,6 +456,20 @@ impl Db {
         rows.iter().map(delivery_from_row).collect()
     }
 
+    /// On SQLite one process owns the file, so leases found at start-up were left by a crashed run and are
+    /// released at once (its claimed deliveries are sent again now rather than when the lease runs out).
+    /// On PostgreSQL other live processes may hold leases; those of a crashed one simply expire.
+    pub async fn release_leases_if_sole_worker(&self) -> sqlx::Result<()> {
+        if self.backend == Backend::Sqlite {
+            let (mut tx, _guard) = self.begin_write().await?;
+            sqlx::query("UPDATE deliveries SET lease_until = NULL WHERE lease_until IS NOT NULL")
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+
     /// The earliest time a queued delivery becomes due, if any.
     pub async fn next_due(&self) -> sqlx::Result<Option<String>> {
         sqlx::query_scalar("SELECT MIN(next_attempt_at) FROM deliveries WHERE status IN ('pending', 'retrying')")

@@ -505,8 +505,8 @@ impl Writer<'_> {
         // type, and the next real coordinate on that connection then fails ("incorrect binary data format").
         sqlx::query(
             "UPDATE records SET doc = $1, search_text = $2, sort_key = $3, modified_at = $4, \
-             latitude = CASE WHEN $5 THEN $6 ELSE NULL END, longitude = CASE WHEN $7 THEN $8 ELSE NULL END \
-             WHERE kind = $9 AND id = $10",
+             latitude = CASE WHEN $5 THEN $6 ELSE NULL END, longitude = CASE WHEN $7 THEN $8 ELSE NULL END, \
+             summary = $11 WHERE kind = $9 AND id = $10",
         )
         .bind(doc.to_string())
         .bind(document::search_text(table, doc))
@@ -518,6 +518,7 @@ impl Writer<'_> {
         .bind(longitude.unwrap_or(0.0))
         .bind(table.name)
         .bind(id)
+        .bind(super::compile::list_form(doc).to_string())
         .execute(&mut *self.conn)
         .await?;
         sqlx::query("DELETE FROM record_facets WHERE kind = $1 AND id = $2")

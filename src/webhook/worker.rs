@@ -82,6 +82,9 @@ impl Worker {
             let disable_after = self.config.disable_after_seconds;
             tokio::spawn(record_in_batches(db, rx, disable_after))
         });
+        if let Err(e) = self.db.release_leases_if_sole_worker().await {
+            tracing::warn!(error = %e, "could not release leases left by a previous run");
+        }
         let mut changes = self.db.watch_changes();
         loop {
             if stop.is_cancelled() {

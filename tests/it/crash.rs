@@ -33,6 +33,7 @@ async fn start(database_url: &str, port: u16) -> Server {
             .env("HSDA_DATABASE_URL", database_url)
             .env("HSDA_ALLOW_TARGETS", "127.0.0.0/8")
             .env("HSDA_RETRY_SCHEDULE", "0.2,0.2,0.5,1")
+            .env("HSDA_DELIVERY_TIMEOUT_SECONDS", "5")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -96,7 +97,9 @@ async fn kill9_mid_burst(store: Store) {
     assert_eq!(kills, 2);
     let want: HashSet<&str> = ids.iter().map(String::as_str).collect();
     let got = rx
-        .wait_for("every organization.created", |r| {
+        // A lease held by the killed process runs out after the delivery timeout + 15 s (PostgreSQL); the
+        // test server uses a 5 s timeout.
+        .wait_for_within("every organization.created", Duration::from_secs(60), |r| {
             let seen: HashSet<String> = Receiver::of_type(r, "organization.created")
                 .iter()
                 .filter_map(|x| x.json()["data"]["id"].as_str().map(str::to_string))

@@ -81,7 +81,16 @@ impl Receiver {
 
     /// Waits (bounded) until `pred` holds for what was received; returns it.
     pub async fn wait_for(&self, what: &str, pred: impl Fn(&[Received]) -> bool) -> Vec<Received> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        self.wait_for_within(what, Duration::from_secs(20), pred).await
+    }
+
+    pub async fn wait_for_within(
+        &self,
+        what: &str,
+        limit: Duration,
+        pred: impl Fn(&[Received]) -> bool,
+    ) -> Vec<Received> {
+        let deadline = tokio::time::Instant::now() + limit;
         loop {
             let got = self.received();
             if pred(&got) {
