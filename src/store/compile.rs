@@ -179,7 +179,7 @@ async fn root_extra(
         "organization" => {
             let children = load_children(conn, "service", "organization_id", ids).await?;
             let (parents, rows): (Vec<String>, Vec<Row>) = children.into_iter().unzip();
-            let compiled = compile_many(conn, service, rows, Form::Nested).await?;
+            let compiled = service_documents(conn, service, rows).await?;
             let mut grouped: HashMap<String, Vec<Value>> = HashMap::new();
             for (parent, mut value) in parents.into_iter().zip(compiled) {
                 if let Some(map) = value.as_object_mut() {
@@ -194,7 +194,7 @@ async fn root_extra(
             let service_ids: Vec<String> =
                 links.values().filter_map(|r| r.get("service_id")?.as_str().map(str::to_string)).collect();
             let services = load_rows(conn, "service", &service_ids).await?;
-            let compiled = compile_many(conn, service, services.into_values().collect(), Form::Nested).await?;
+            let compiled = service_documents(conn, service, services.into_values().collect()).await?;
             let by_service: HashMap<String, Value> = compiled
                 .into_iter()
                 .filter_map(|mut v| {
@@ -213,6 +213,45 @@ async fn root_extra(
         _ => Ok(None),
     }
 }
+
+/// The compiled documents of these service rows, in the same order: read from `records.doc` where stored
+/// (writers refresh service documents before the organization and service_at_location documents that embed
+/// them, see [`ROOT_ORDER`]), compiled where missing.
+async fn service_documents(
+    conn: &mut AnyConnection,
+    service: &'static Table,
+    rows: Vec<Row>,
+) -> sqlx::Result<Vec<Value>> {
+    let ids: Vec<String> = rows.iter().filter_map(id_of).collect();
+    let mut stored: HashMap<String, Value> = HashMap::with_capacity(ids.len());
+    for chunk in ids.chunks(CHUNK) {
+        let sql = format!(
+            "SELECT id, doc FROM records WHERE kind = 'service' AND doc IS NOT NULL AND id IN ({})",
+            placeholders(0, chunk.len())
+        );
+        let mut query = sqlx::query_as::<_, (String, String)>(&sql);
+        for id in chunk {
+            query = query.bind(id);
+        }
+        for (id, doc) in query.fetch_all(&mut *conn).await? {
+            if let Ok(value) = serde_json::from_str::<Value>(&doc) {
+                stored.insert(id, value);
+            }
+        }
+    }
+    let missing: Vec<Row> =
+        rows.iter().filter(|r| id_of(r).is_none_or(|id| !stored.contains_key(&id))).cloned().collect();
+    for value in compile_many(conn, service, missing, Form::Nested).await? {
+        if let Some(id) = value.get("id").and_then(Value::as_str) {
+            stored.insert(id.to_string(), value.clone());
+        }
+    }
+    Ok(rows.iter().filter_map(|r| stored.get(&id_of(r)?).cloned()).collect())
+}
+
+/// The order writers recompile root documents in: services before the organization and
+/// service_at_location documents that embed them.
+pub const ROOT_ORDER: [&str; 4] = ["location", "service", "organization", "service_at_location"];
 
 fn table_static(name: &str) -> &'static Table {
     // The catalog is static and complete; names used here are checked by the catalog's tests.

@@ -74,7 +74,7 @@ impl Db {
                             // power cut, not only a crash of the process.
                             conn.execute(
                                 "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-                                 PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = OFF;",
+                                 PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = OFF; PRAGMA cache_size = -32768;",
                             )
                             .await?;
                             Ok(())

@@ -427,7 +427,7 @@ impl Writer<'_> {
 
         // Recompile every live root, grouped by table.
         let mut docs: HashMap<(&'static str, String), Value> = HashMap::new();
-        for root_table in TABLES.iter().filter(|t| t.is_root()) {
+        for root_table in super::compile::ROOT_ORDER.iter().filter_map(|name| table(name)) {
             let ids: Vec<String> =
                 all_roots.iter().filter(|(k, _)| *k == root_table.name).map(|(_, id)| id.clone()).collect();
             if ids.is_empty() {
@@ -738,7 +738,7 @@ impl Writer<'_> {
         // Every root document is recompiled; those whose document changed get their event.
         let actions: HashMap<(&'static str, String), Action> =
             touched.iter().map(|t| ((t.table.name, t.id.clone()), t.action)).collect();
-        for t in TABLES.iter().filter(|t| t.is_root()) {
+        for t in super::compile::ROOT_ORDER.iter().filter_map(|name| table(name)) {
             let all: Vec<(String, Option<String>)> =
                 sqlx::query_as("SELECT id, doc FROM records WHERE kind = $1 ORDER BY id")
                     .bind(t.name)
