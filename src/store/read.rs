@@ -229,9 +229,12 @@ impl Db {
         let limit = sql.push(Param::Int(per_page as i64));
         let offset = sql.push(Param::Int(((page.max(1) - 1) * per_page) as i64));
         let column = column_for(table, full);
-        let (page_sql, params) = sql.query(
-            &format!("SELECT r.id, r.modified_at, {column}"),
-            &format!("ORDER BY r.sort_key, r.id LIMIT {limit} OFFSET {offset}"),
+        // The page is chosen on the index alone (skipped rows never load their documents), then only its
+        // rows are read.
+        let (inner, params) =
+            sql.query("SELECT r.rid", &format!("ORDER BY r.sort_key, r.id LIMIT {limit} OFFSET {offset}"));
+        let page_sql = format!(
+            "SELECT r.id, r.modified_at, {column} FROM records r WHERE r.rid IN ({inner}) ORDER BY r.sort_key, r.id"
         );
         let rows = bind_all(sqlx::query(&page_sql), &params).fetch_all(&self.pool).await?;
         let mut out = Vec::with_capacity(rows.len());

@@ -82,17 +82,25 @@ webhook_test!(a_subscription_gets_a_ping_then_signed_events, |app| async move {
         .await
         .unwrap();
     assert!(shown.get("secret").is_none());
-    let page: Value = app
-        .client
-        .get(app.url(&format!("/webhooks/{id}/deliveries?status=succeeded")))
-        .bearer_auth(&app.subscribe_key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert!(page["total_items"].as_u64().unwrap() >= 2, "{page}");
+    // Attempts are recorded in batches just after they are made: wait (bounded) for both to show.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let page = loop {
+        let page: Value = app
+            .client
+            .get(app.url(&format!("/webhooks/{id}/deliveries?status=succeeded")))
+            .bearer_auth(&app.subscribe_key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if page["total_items"].as_u64().unwrap() >= 2 && page["size"].as_u64().unwrap() >= 2 {
+            break page;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{page}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
     let delivery_id = page["contents"][0]["id"].as_str().unwrap();
     let d: Value = app
         .client
