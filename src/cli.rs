@@ -143,7 +143,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 async fn serve(config: Config) -> anyhow::Result<()> {
     let db = Db::connect(&config.database_url).await?;
     if config.demo {
+        eprintln!(
+            "loading the demo directory ({} generated services) if the directory is empty ...",
+            config.demo_services
+        );
+        let started = std::time::Instant::now();
         crate::bulk::import::load_demo(&db, config.demo_services).await?;
+        eprintln!("demo directory ready in {:.1}s", started.elapsed().as_secs_f64());
     }
     let key = db.create_key("default", Scope::Admin).await?;
     let app = crate::startup::Application::build_with_db(config, db).await?;
