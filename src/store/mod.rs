@@ -40,15 +40,16 @@ pub struct Db {
     pub(crate) changed: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
+// Migrations whose SQL is the same on both engines live in one file used by both lists.
 const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/sqlite.sql")),
-    (2, include_str!("migrations/sqlite_2_webhooks.sql")),
-    (4, include_str!("migrations/sqlite_4_summaries.sql")),
+    (2, include_str!("migrations/2_webhooks.sql")),
+    (4, include_str!("migrations/4_summaries.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/postgres.sql")),
-    (2, include_str!("migrations/postgres_2_webhooks.sql")),
-    (4, include_str!("migrations/postgres_4_summaries.sql")),
+    (2, include_str!("migrations/2_webhooks.sql")),
+    (4, include_str!("migrations/4_summaries.sql")),
 ];
 
 impl Db {

@@ -1,4 +1,4 @@
--- Webhook engine tables. Same text for SQLite and PostgreSQL.
+-- Webhook engine tables; the same SQL runs on SQLite and PostgreSQL.
 CREATE TABLE IF NOT EXISTS subscriptions (
     id TEXT PRIMARY KEY,
     tenant TEXT NOT NULL,
