@@ -40,10 +40,16 @@ pub struct Db {
     pub(crate) changed: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
-const SQLITE_MIGRATIONS: &[(i64, &str)] =
-    &[(1, include_str!("migrations/sqlite.sql")), (2, include_str!("migrations/sqlite_2_webhooks.sql"))];
-const POSTGRES_MIGRATIONS: &[(i64, &str)] =
-    &[(1, include_str!("migrations/postgres.sql")), (2, include_str!("migrations/postgres_2_webhooks.sql"))];
+const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("migrations/sqlite.sql")),
+    (2, include_str!("migrations/sqlite_2_webhooks.sql")),
+    (3, include_str!("migrations/sqlite_3_digests.sql")),
+];
+const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("migrations/postgres.sql")),
+    (2, include_str!("migrations/postgres_2_webhooks.sql")),
+    (3, include_str!("migrations/postgres_3_digests.sql")),
+];
 
 impl Db {
     /// Connects to `sqlite://path` (created if missing) or `postgres://...` and runs pending migrations.
