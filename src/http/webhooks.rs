@@ -578,6 +578,10 @@ async fn test(
 ) -> Result<Json<Value>, ApiError> {
     let principal = caller.require(&[Scope::Subscribe])?;
     let sub = owned(&state, principal, &id).await?;
+    if sub.status == "pending" {
+        // Nothing but the challenge goes to a target that has not agreed to receive events.
+        return Err(conflict("this subscription is awaiting verification: POST /webhooks/{id}/verify"));
+    }
     let body = optional_json(&body)?;
     let event_type = body.get("event_type").and_then(Value::as_str).unwrap_or("webhook.ping").to_string();
     if !(OPERATIONAL.contains(&event_type.as_str()) || crate::events::event_types().contains(&event_type)) {

@@ -484,6 +484,9 @@ webhook_test!(verify_holds_a_subscription_until_the_target_echoes_the_challenge,
         .await
         .unwrap();
     assert_eq!(r.status(), 422, "cannot skip verification");
+    let r =
+        app.client.post(app.url(&format!("/webhooks/{id}/test"))).bearer_auth(&app.subscribe_key).send().await.unwrap();
+    assert_eq!(r.status(), 409, "no test sends to an unverified target");
 
     // Events while pending are held, not dropped.
     put_org(&app, O1, "Food Bank").await;
