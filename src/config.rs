@@ -51,6 +51,9 @@ pub struct ServeFlags {
     /// Seconds to wait for a webhook target's answer (default 15).
     #[arg(long, env = "HSDA_DELIVERY_TIMEOUT_SECONDS")]
     pub delivery_timeout_seconds: Option<u64>,
+    /// Shortest digest `schedule` interval accepted, in seconds (default 60; lower it only for tests).
+    #[arg(long, env = "HSDA_MIN_DIGEST_SECONDS")]
+    pub min_digest_seconds: Option<i64>,
 }
 
 /// The file form of the settings.
@@ -68,6 +71,7 @@ struct FileConfig {
     public_url: Option<String>,
     disable_after_seconds: Option<i64>,
     delivery_timeout_seconds: Option<u64>,
+    min_digest_seconds: Option<i64>,
 }
 
 /// The resolved configuration.
@@ -84,6 +88,7 @@ pub struct Config {
     pub public_url: Option<String>,
     pub disable_after_seconds: i64,
     pub delivery_timeout_seconds: u64,
+    pub min_digest_seconds: i64,
 }
 
 impl Default for Config {
@@ -100,6 +105,7 @@ impl Default for Config {
             public_url: None,
             disable_after_seconds: 5 * 24 * 3600,
             delivery_timeout_seconds: 15,
+            min_digest_seconds: crate::webhook::schedule::MIN_INTERVAL_SECONDS,
         }
     }
 }
@@ -138,10 +144,14 @@ impl Config {
                 .delivery_timeout_seconds
                 .or(file.delivery_timeout_seconds)
                 .unwrap_or(d.delivery_timeout_seconds),
+            min_digest_seconds: serve.min_digest_seconds.or(file.min_digest_seconds).unwrap_or(d.min_digest_seconds),
         };
         crate::webhook::ssrf::AllowList::parse(&config.allow_targets).context("allow_targets")?;
         if let Some(schedule) = &config.retry_schedule {
             crate::webhook::retry::RetrySchedule::parse(schedule).context("retry_schedule")?;
+        }
+        if !(1..=crate::webhook::schedule::MIN_INTERVAL_SECONDS).contains(&config.min_digest_seconds) {
+            anyhow::bail!("min_digest_seconds must be from 1 to 60");
         }
         if config.max_body_bytes < 1024 {
             anyhow::bail!("max_body_bytes must be at least 1024");

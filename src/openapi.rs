@@ -172,6 +172,22 @@ pub fn document(server: &str) -> Value {
         json!({ "get": { "operationId": "listEventTypes", "summary": "The event catalog with payload schemas",
         "responses": { "200": { "description": "Every event type." } } } }),
     );
+    paths.insert(
+        "/webhooks/{id}/verify".into(),
+        json!({ "post": { "operationId": "verifyWebhook", "summary": "Send a pending subscription its verification challenge now",
+        "description": "A subscription created with `verify: true` starts `pending`: its events (the `webhook.ping` first) are \
+            held, not dropped, until the target proves it wants them. hsda POSTs, signed like any delivery, \
+            `{\"id\", \"type\": \"webhook.verification\", \"timestamp\", \"challenge\": \"<random>\", \"data\": {\"id\", \"url\", \"challenge\"}}`; \
+            the target must answer 2xx with the JSON body `{\"challenge\": \"<the same value>\"}`. On success the subscription \
+            becomes `active` and the held deliveries flow; otherwise it stays `pending` with `verification_error` and \
+            `last_failure_at` set. The worker sends the first challenge at creation (and again when the URL changes); \
+            this endpoint retries it and answers with the subscription plus `verification: {success, error}`.",
+        "security": [{"bearer": []}],
+        "parameters": [{ "name": "id", "in": "path", "required": true, "schema": {"type": "string"} }],
+        "responses": { "200": { "description": "The subscription after the attempt, with `verification`." },
+                       "404": problem_response("No such subscription (or not yours)."),
+                       "409": problem_response("The subscription is not pending verification.") } } }),
+    );
     paths.insert("/health".into(), json!({ "get": { "operationId": "health", "summary": "Liveness and database reachability",
         "responses": { "200": { "description": "Healthy." }, "503": { "description": "The database does not answer." } } } }));
 

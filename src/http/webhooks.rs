@@ -32,6 +32,7 @@ pub fn router() -> Router<AppState> {
         .route("/webhooks/{id}/rotate-secret", post(rotate))
         .route("/webhooks/{id}/replay", post(replay))
         .route("/webhooks/{id}/enable", post(enable))
+        .route("/webhooks/{id}/verify", post(verify))
         .route("/webhooks/{id}/deliveries", get(deliveries))
         .route("/deliveries/{id}", get(delivery))
         .route("/deliveries/{id}/retry", post(retry))
@@ -147,11 +148,20 @@ async fn apply_fields(
     }
     if let Some(v) = body.get("schedule") {
         match v {
-            Value::Null => sub.schedule = None,
-            Value::String(s) => match crate::webhook::schedule::DigestSchedule::parse(s) {
-                Err(e) => err("/schedule", e.to_string()),
-                Ok(_) => err("/schedule", "digest schedules are not available in this version yet; use null".into()),
-            },
+            Value::Null => {
+                sub.schedule = None;
+                sub.next_digest_at = None;
+            }
+            Value::String(s) => {
+                match crate::webhook::schedule::DigestSchedule::parse_with_minimum(s, state.config.min_digest_seconds) {
+                    Err(e) => err("/schedule", e.to_string()),
+                    Ok(schedule) if sub.schedule.as_deref() == Some(schedule.as_str()) => {}
+                    Ok(schedule) => {
+                        sub.schedule = Some(schedule.as_str().to_string());
+                        sub.next_digest_at = crate::webhook::worker::next_digest_at(sub, chrono::Utc::now());
+                    }
+                }
+            }
             _ => err("/schedule", "must be null, an ISO-8601 duration or a cron expression".into()),
         }
     }
@@ -190,22 +200,24 @@ async fn apply_fields(
             _ => err("/max_concurrency", "must be an integer from 1 to 100".into()),
         }
     }
-    if let Some(v) = body.get("rate_limit_per_second")
-        && !v.is_null()
-    {
-        err("/rate_limit_per_second", "rate limits are not available in this version yet; use null".into());
+    if let Some(v) = body.get("rate_limit_per_second") {
+        match (v, v.as_i64()) {
+            (Value::Null, _) => sub.rate_limit_per_second = None,
+            (_, Some(n @ 1..=10_000)) => sub.rate_limit_per_second = Some(n),
+            _ => err("/rate_limit_per_second", "must be null or an integer from 1 to 10000".into()),
+        }
     }
     if let Some(v) = body.get("ordered") {
         match v.as_bool() {
-            Some(false) => sub.ordered = false,
-            Some(true) => err("/ordered", "ordered delivery is not available in this version yet".into()),
+            Some(ordered) => sub.ordered = ordered,
             None => err("/ordered", "must be a boolean".into()),
         }
     }
     if let Some(v) = body.get("verify") {
         match v.as_bool() {
-            Some(false) => sub.verify = false,
-            Some(true) => err("/verify", "intent verification is not available in this version yet".into()),
+            Some(verify) if creating => sub.verify = verify,
+            Some(verify) if verify == sub.verify => {}
+            Some(_) => err("/verify", "can only be set at creation".into()),
             None => err("/verify", "must be a boolean".into()),
         }
     }
@@ -239,6 +251,11 @@ async fn apply_fields(
                 sub.status = "disabled".into();
                 sub.disabled_reason = Some("disabled by the owner".into());
             }
+            Some("active") if !creating && awaiting_verification(sub) => err(
+                "/status",
+                "the target has not echoed the verification challenge yet; see verification_error and POST /webhooks/{id}/verify"
+                    .into(),
+            ),
             Some("active") if !creating => {
                 sub.status = "active".into();
                 sub.disabled_reason = None;
@@ -249,6 +266,11 @@ async fn apply_fields(
         }
     }
     errors
+}
+
+/// A subscription created with `verify: true` whose target has not yet echoed a challenge.
+fn awaiting_verification(sub: &Subscription) -> bool {
+    sub.verify && sub.verified_at.is_none()
 }
 
 fn output(sub: &Subscription, secret: Option<&str>) -> Value {
@@ -314,6 +336,12 @@ async fn create(State(state): State<AppState>, caller: Caller, JsonBody(body): J
         consecutive_failures: 0,
         failing_since: None,
         start_sequence: 0,
+        next_digest_at: None,
+        digest_after_sequence: 0,
+        digest_since: None,
+        verification_due_at: None,
+        verification_error: None,
+        verified_at: None,
         created_at: now.clone(),
         updated_at: now,
     };
@@ -323,6 +351,11 @@ async fn create(State(state): State<AppState>, caller: Caller, JsonBody(body): J
     let errors = apply_fields(&state, &mut sub, &body, true).await;
     if !errors.is_empty() {
         return Err(ApiError::Invalid(errors));
+    }
+    if sub.verify {
+        // Held (events queue up, the ping included) until the target echoes the worker's challenge.
+        sub.status = "pending".into();
+        sub.verification_due_at = Some(now_text());
     }
     if sub.secret.is_empty() {
         if sub.signing == "ed25519" {
@@ -396,12 +429,17 @@ async fn update(
 ) -> Result<Json<Value>, ApiError> {
     let principal = caller.require(&[Scope::Subscribe])?;
     let mut sub = owned(&state, principal, &id).await?;
+    let url_before = sub.url.clone();
     let body = body_object(body)?;
     let errors = apply_fields(&state, &mut sub, &body, false).await;
     if !errors.is_empty() {
         return Err(ApiError::Invalid(errors));
     }
-    state.db.update_subscription(&sub).await?;
+    state.db.update_subscription(&sub, &state.config.public_url()).await?;
+    if sub.verify && sub.url != url_before && sub.status != "disabled" {
+        // Intent verification is of a URL: a new one must prove it wants the events too.
+        state.db.request_verification(&sub.id).await?;
+    }
     Ok(Json(output(&owned(&state, principal, &id).await?, None)))
 }
 
@@ -437,7 +475,7 @@ async fn rotate(
         sub.previous_secret = Some(std::mem::replace(&mut sub.secret, WebhookSecret::generate().expose()));
         sub.previous_secret_until = Some(crate::store::timestamp_text(until));
     }
-    state.db.update_subscription(&sub).await?;
+    state.db.update_subscription(&sub, &state.config.public_url()).await?;
     if sub.signing == "ed25519" {
         sqlx_update_public_key(&state, &sub).await?;
     }
@@ -487,17 +525,48 @@ async fn enable(
     let mut sub = owned(&state, principal, &id).await?;
     let replay_missed = optional_json(&body)?.get("replay_missed").and_then(Value::as_bool).unwrap_or(false);
     let disabled_at = state.db.disabled_at(&sub.id).await?;
-    sub.status = "active".into();
-    sub.disabled_reason = None;
+    if sub.status == "pending" {
+        return Err(conflict("this subscription is awaiting verification: POST /webhooks/{id}/verify"));
+    }
     sub.consecutive_failures = 0;
     sub.failing_since = None;
-    state.db.update_subscription(&sub).await?;
+    sub.disabled_reason = None;
+    sub.status = "active".into();
+    state.db.update_subscription(&sub, &state.config.public_url()).await?;
+    if awaiting_verification(&sub) {
+        state.db.request_verification(&sub.id).await?;
+    }
     let mut replayed = 0usize;
     if replay_missed && let Some(since) = disabled_at {
         replayed = state.db.queue_missed(&sub, &since, &state.config.public_url()).await?;
     }
     let mut out = output(&owned(&state, principal, &id).await?, None);
     out["replayed"] = json!(replayed);
+    Ok(Json(out))
+}
+
+fn conflict(message: &str) -> ApiError {
+    ApiError::Conflict { message: message.to_string(), referenced_by: Vec::new() }
+}
+
+/// Sends a `pending` subscription's verification challenge now and answers with the subscription and the
+/// outcome (`verification.success`, `verification.error`); on success it is `active` and held events flow.
+async fn verify(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let principal = caller.require(&[Scope::Subscribe])?;
+    let sub = owned(&state, principal, &id).await?;
+    if sub.status != "pending" {
+        return Err(conflict(&format!(
+            "only a pending subscription (created with verify: true, not yet verified) can be verified; this one is {}",
+            sub.status
+        )));
+    }
+    let outcome = crate::webhook::worker::verify(&state.db, &state.webhook_client, &sub).await?;
+    let mut out = output(&owned(&state, principal, &id).await?, None);
+    out["verification"] = json!({ "success": outcome.is_ok(), "error": outcome.err() });
     Ok(Json(out))
 }
 
@@ -509,6 +578,10 @@ async fn test(
 ) -> Result<Json<Value>, ApiError> {
     let principal = caller.require(&[Scope::Subscribe])?;
     let sub = owned(&state, principal, &id).await?;
+    if sub.status == "pending" {
+        // Nothing but the challenge goes to a target that has not agreed to receive events.
+        return Err(conflict("this subscription is awaiting verification: POST /webhooks/{id}/verify"));
+    }
     let body = optional_json(&body)?;
     let event_type = body.get("event_type").and_then(Value::as_str).unwrap_or("webhook.ping").to_string();
     if !(OPERATIONAL.contains(&event_type.as_str()) || crate::events::event_types().contains(&event_type)) {

@@ -40,16 +40,19 @@ pub struct Db {
     pub(crate) changed: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
-// Migrations whose SQL is the same on both engines live in one file used by both lists.
+// Migrations whose SQL is the same on both engines live in one file used by both lists. Version 3 was
+// never released (the digest migration landed as 5).
 const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/sqlite.sql")),
     (2, include_str!("migrations/2_webhooks.sql")),
     (4, include_str!("migrations/4_summaries.sql")),
+    (5, include_str!("migrations/5_digests.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/postgres.sql")),
     (2, include_str!("migrations/2_webhooks.sql")),
     (4, include_str!("migrations/4_summaries.sql")),
+    (5, include_str!("migrations/5_digests.sql")),
 ];
 
 impl Db {

@@ -47,6 +47,20 @@ pub struct Subscription {
     pub failing_since: Option<String>,
     #[serde(skip)]
     pub start_sequence: i64,
+    /// When a digest subscription next fires.
+    pub next_digest_at: Option<String>,
+    /// The last event sequence a digest has covered.
+    #[serde(skip)]
+    pub digest_after_sequence: i64,
+    /// Where the next digest's window starts (the previous digest's `until`, or the creation time).
+    #[serde(skip)]
+    pub digest_since: Option<String>,
+    /// When a `pending` subscription is next sent a verification challenge.
+    #[serde(skip)]
+    pub verification_due_at: Option<String>,
+    /// Why the last verification failed (null once verified).
+    pub verification_error: Option<String>,
+    pub verified_at: Option<String>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -84,6 +98,12 @@ fn from_row(row: &AnyRow) -> sqlx::Result<Subscription> {
         consecutive_failures: row.try_get("consecutive_failures")?,
         failing_since: row.try_get("failing_since")?,
         start_sequence: row.try_get("start_sequence")?,
+        next_digest_at: row.try_get("next_digest_at")?,
+        digest_after_sequence: row.try_get("digest_after_sequence")?,
+        digest_since: row.try_get("digest_since")?,
+        verification_due_at: row.try_get("verification_due_at")?,
+        verification_error: row.try_get("verification_error")?,
+        verified_at: row.try_get("verified_at")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
     })
@@ -218,6 +238,11 @@ pub struct DeliveryQuery {
 
 /// The wire body of a delivery of `event` for a subscription wanting `payload` (`full` or `thin`).
 pub fn delivery_body(event: &Event, payload: &str, public_url: &str) -> String {
+    delivery_value(event, payload, public_url).to_string()
+}
+
+/// [`delivery_body`] as a JSON value (digests embed it).
+pub fn delivery_value(event: &Event, payload: &str, public_url: &str) -> Value {
     let data = if payload == "thin" {
         let plural = crate::hsds::catalog::table(&event.object).map(|t| t.plural).unwrap_or(event.object.as_str());
         json!({
@@ -236,7 +261,6 @@ pub fn delivery_body(event: &Event, payload: &str, public_url: &str) -> String {
         "timestamp": event.occurred_at,
         "data": data,
     })
-    .to_string()
 }
 
 /// Whether a subscription wants an event: its type matches a pattern, every filter matches a facet, and
@@ -268,9 +292,11 @@ impl Db {
         sqlx::query(
             "INSERT INTO subscriptions (id, tenant, url, events, payload, filter, schedule, description, secret, \
              signing, public_key, max_concurrency, rate_limit_per_second, ordered, headers, metadata, verify, status, \
-             start_sequence, created_at, updated_at) \
+             start_sequence, created_at, updated_at, next_digest_at, digest_after_sequence, digest_since, \
+             verification_due_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
-             (SELECT COALESCE(MAX(sequence), 0) FROM events), $19, $20)",
+             (SELECT COALESCE(MAX(sequence), 0) FROM events), $19, $20, $21, \
+             (SELECT COALESCE(MAX(sequence), 0) FROM events), $19, $22)",
         )
         .bind(&s.id)
         .bind(&s.tenant)
@@ -292,13 +318,60 @@ impl Db {
         .bind(&s.status)
         .bind(&s.created_at)
         .bind(&s.updated_at)
+        .bind(&s.next_digest_at)
+        .bind(&s.verification_due_at)
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
-    /// Saves the owner-editable fields, secrets and status of a subscription.
-    pub async fn update_subscription(&self, s: &Subscription) -> sqlx::Result<()> {
+    /// Saves the owner-editable fields, secrets and status of a subscription. A change of `schedule` moves
+    /// the subscription between the dispatcher and the digest builder without losing or repeating events:
+    /// it takes the dispatch cursor's lock, so no dispatch runs in between; events the digest had not yet
+    /// covered when it turns immediate are queued as individual deliveries.
+    pub async fn update_subscription(&self, s: &Subscription, public_url: &str) -> sqlx::Result<()> {
+        let (mut tx, _guard) = self.begin_write().await?;
+        let cursor: i64 =
+            sqlx::query_scalar("UPDATE counters SET value = value WHERE name = 'dispatch_cursor' RETURNING value")
+                .fetch_one(&mut *tx)
+                .await?;
+        let before =
+            sqlx::query("SELECT * FROM subscriptions WHERE id = $1").bind(&s.id).fetch_optional(&mut *tx).await?;
+        let Some(before) = before.as_ref().map(from_row).transpose()? else { return tx.commit().await };
+        let (next_digest_at, after, since) = match (&before.schedule, &s.schedule) {
+            (None, Some(_)) => (s.next_digest_at.clone(), cursor, Some(now_text())),
+            (Some(old), Some(new)) if old != new => {
+                (s.next_digest_at.clone(), before.digest_after_sequence, before.digest_since.clone())
+            }
+            _ => (before.next_digest_at.clone(), before.digest_after_sequence, before.digest_since.clone()),
+        };
+        if before.schedule.is_some() && s.schedule.is_none() && before.digest_after_sequence < cursor {
+            let rows = sqlx::query(
+                "SELECT sequence, id, type, object, object_id, occurred_at, origin, data, facets FROM events \
+                 WHERE sequence > $1 AND sequence <= $2 ORDER BY sequence",
+            )
+            .bind(before.digest_after_sequence)
+            .bind(cursor)
+            .fetch_all(&mut *tx)
+            .await?;
+            let now = now_text();
+            for row in &rows {
+                let event = super::events::event_from_any_row(row)?;
+                if wants(s, &event) {
+                    let body = delivery_body(&event, &s.payload, public_url);
+                    insert_delivery(&mut tx, s, &event, &body, &now).await?;
+                }
+            }
+        }
+        sqlx::query(
+            "UPDATE subscriptions SET next_digest_at = $1, digest_after_sequence = $2, digest_since = $3 WHERE id = $4",
+        )
+        .bind(&next_digest_at)
+        .bind(after)
+        .bind(&since)
+        .bind(&s.id)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query(
             "UPDATE subscriptions SET url = $1, events = $2, payload = $3, filter = $4, schedule = $5, description = $6, \
              secret = $7, previous_secret = $8, previous_secret_until = $9, max_concurrency = $10, \
@@ -325,8 +398,10 @@ impl Db {
         .bind(&s.failing_since)
         .bind(now_text())
         .bind(&s.id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        tx.commit().await?;
+        self.notify_changed();
         Ok(())
     }
 
@@ -372,28 +447,35 @@ impl Db {
         tx.commit().await
     }
 
-    /// Subscriptions that receive events now.
-    pub async fn live_subscriptions(&self) -> sqlx::Result<Vec<Subscription>> {
-        let rows = sqlx::query("SELECT * FROM subscriptions WHERE status IN ('active', 'failing')")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(from_row).collect()
+    /// The rate limit of every subscription that has one.
+    pub async fn rate_limits(&self) -> sqlx::Result<std::collections::HashMap<String, i64>> {
+        let rows =
+            sqlx::query("SELECT id, rate_limit_per_second FROM subscriptions WHERE rate_limit_per_second IS NOT NULL")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter().map(|r| Ok((r.try_get("id")?, r.try_get("rate_limit_per_second")?))).collect()
     }
 
     /// Fans the next events out into deliveries and advances the dispatch cursor, in one transaction.
     /// Returns how many events were read (0 when the log is drained).
-    pub async fn dispatch_batch(
-        &self,
-        subscriptions: &[Subscription],
-        public_url: &str,
-        limit: i64,
-    ) -> sqlx::Result<(usize, usize)> {
+    /// Immediate subscriptions get deliveries; pending ones too (held until verified); digest subscriptions
+    /// are served by [`Db::build_digest`] instead.
+    pub async fn dispatch_batch(&self, public_url: &str, limit: i64) -> sqlx::Result<(usize, usize)> {
         let (mut tx, _guard) = self.begin_write().await?;
         // Updating the cursor row first takes its lock (PostgreSQL): one dispatcher at a time, any process.
         let cursor: i64 =
             sqlx::query_scalar("UPDATE counters SET value = value WHERE name = 'dispatch_cursor' RETURNING value")
                 .fetch_one(&mut *tx)
                 .await?;
+        // Read under the cursor lock, so a schedule change (which takes it too) is seen by the next batch.
+        let subscriptions = sqlx::query(
+            "SELECT * FROM subscriptions WHERE status IN ('pending', 'active', 'failing') AND schedule IS NULL",
+        )
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(from_row)
+        .collect::<sqlx::Result<Vec<_>>>()?;
         let rows = sqlx::query(
             "SELECT sequence, id, type, object, object_id, occurred_at, origin, data, facets FROM events \
              WHERE sequence > $1 ORDER BY sequence LIMIT $2",
@@ -442,11 +524,11 @@ impl Db {
         let now = chrono::Utc::now();
         let now_s = timestamp_text(now);
         let lease = timestamp_text(now + chrono::Duration::seconds(lease_seconds));
-        let lock = if self.backend == Backend::Postgres { "FOR UPDATE SKIP LOCKED" } else { "" };
+        let lock = if self.backend == Backend::Postgres { "FOR UPDATE OF d SKIP LOCKED" } else { "" };
         let sql = format!(
-            "UPDATE deliveries SET lease_until = $1 WHERE id IN (SELECT id FROM deliveries \
-             WHERE status IN ('pending', 'retrying') AND next_attempt_at <= $2 AND (lease_until IS NULL OR lease_until < $2) \
-             ORDER BY next_attempt_at LIMIT $3 {lock}) RETURNING {DELIVERY_COLUMNS}"
+            "UPDATE deliveries SET lease_until = $1 WHERE id IN (SELECT d.id FROM {CLAIMABLE} \
+             AND d.next_attempt_at <= $2 AND (d.lease_until IS NULL OR d.lease_until < $2) \
+             ORDER BY d.next_attempt_at LIMIT $3 {lock}) RETURNING {DELIVERY_COLUMNS}"
         );
         let _guard = match &self.write_lock {
             Some(lock) => Some(lock.lock().await),
@@ -470,11 +552,38 @@ impl Db {
         Ok(())
     }
 
-    /// The earliest time a queued delivery becomes due, if any.
+    /// The earliest time the worker has something to do: a claimable delivery becomes due (or its lease
+    /// expires), a digest fires, or a verification challenge is due.
     pub async fn next_due(&self) -> sqlx::Result<Option<String>> {
-        sqlx::query_scalar("SELECT MIN(next_attempt_at) FROM deliveries WHERE status IN ('pending', 'retrying')")
-            .fetch_one(&self.pool)
-            .await
+        sqlx::query_scalar(&format!(
+            "SELECT MIN(t) FROM (\
+             SELECT MIN(CASE WHEN d.lease_until IS NOT NULL AND d.lease_until > d.next_attempt_at \
+             THEN d.lease_until ELSE d.next_attempt_at END) AS t FROM {CLAIMABLE} \
+             UNION ALL SELECT MIN(next_digest_at) AS t FROM subscriptions \
+             WHERE schedule IS NOT NULL AND status IN ('active', 'failing') \
+             UNION ALL SELECT MIN(verification_due_at) AS t FROM subscriptions WHERE status = 'pending') due"
+        ))
+        .fetch_one(&self.pool)
+        .await
+    }
+
+    /// Moves deliveries the rate limiter could not start yet to a later time, releasing their lease.
+    pub async fn defer_deliveries(&self, until: &[(String, String)]) -> sqlx::Result<()> {
+        if until.is_empty() {
+            return Ok(());
+        }
+        let (mut tx, _guard) = self.begin_write().await?;
+        for (id, at) in until {
+            sqlx::query(
+                "UPDATE deliveries SET next_attempt_at = $1, lease_until = NULL \
+                 WHERE id = $2 AND status IN ('pending', 'retrying')",
+            )
+            .bind(at)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await
     }
 
     /// Records one attempt; see [`Db::record_attempts`].
@@ -746,6 +855,15 @@ impl Db {
     }
 }
 
+/// The deliveries that may be claimed (`d`, joined with their subscription `s`): unfinished, of a live
+/// subscription, and for an ordered subscription only its earliest unfinished one (by event sequence), so
+/// a failing delivery holds back the later ones until it succeeds or fails for good.
+const CLAIMABLE: &str = "deliveries d JOIN subscriptions s ON s.id = d.subscription_id \
+     WHERE d.status IN ('pending', 'retrying') AND s.status IN ('active', 'failing') \
+     AND (s.ordered = 0 OR NOT EXISTS (SELECT 1 FROM deliveries e WHERE e.subscription_id = d.subscription_id \
+     AND e.status IN ('pending', 'retrying') \
+     AND (e.event_sequence < d.event_sequence OR (e.event_sequence = d.event_sequence AND e.id < d.id))))";
+
 /// Deliveries have stable ids derived from (subscription, event), so a replayed dispatch cannot duplicate.
 pub fn delivery_id(subscription_id: &str, event_id: &str) -> String {
     use sha2::{Digest, Sha256};
@@ -799,6 +917,9 @@ impl Db {
 
     /// Queues deliveries of the events that occurred since `since` and that `sub` wants (after re-enabling).
     pub async fn queue_missed(&self, sub: &Subscription, since: &str, public_url: &str) -> sqlx::Result<usize> {
+        if sub.schedule.is_some() {
+            return Ok(0); // A digest resumes from its own cursor.
+        }
         let rows = sqlx::query(
             "SELECT sequence, id, type, object, object_id, occurred_at, origin, data, facets FROM events \
              WHERE occurred_at >= $1 ORDER BY sequence LIMIT 100000",
@@ -821,5 +942,184 @@ impl Db {
         tx.commit().await?;
         self.notify_changed();
         Ok(count)
+    }
+}
+
+/// At most this many events are read into one digest; a longer backlog is sent as several digests in a row.
+pub const DIGEST_MAX_EVENTS: i64 = 1000;
+
+impl Db {
+    /// Digest subscriptions whose next digest is due at `now`.
+    pub async fn due_digests(&self, now: &str) -> sqlx::Result<Vec<String>> {
+        sqlx::query_scalar(
+            "SELECT id FROM subscriptions WHERE schedule IS NOT NULL AND status IN ('active', 'failing') \
+             AND next_digest_at IS NOT NULL AND next_digest_at <= $1 ORDER BY next_digest_at",
+        )
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// Builds the due digest of one subscription, in one transaction: reads the events after its digest
+    /// cursor, queues one `webhook.digest` delivery of those it wants (none when there are none), advances
+    /// the cursor and sets the next firing time (`next_after`, or now again while a backlog remains).
+    /// Returns the queued delivery's id, if any.
+    pub async fn build_digest(
+        &self,
+        subscription_id: &str,
+        public_url: &str,
+        next_after: impl FnOnce(&Subscription, chrono::DateTime<chrono::Utc>) -> Option<String>,
+    ) -> sqlx::Result<Option<String>> {
+        let (mut tx, _guard) = self.begin_write().await?;
+        let now = chrono::Utc::now();
+        let until = timestamp_text(now);
+        let lock = if self.backend == Backend::Postgres { "FOR UPDATE SKIP LOCKED" } else { "" };
+        let row = sqlx::query(&format!(
+            "SELECT * FROM subscriptions WHERE id = $1 AND schedule IS NOT NULL AND status IN ('active', 'failing') \
+             AND next_digest_at IS NOT NULL AND next_digest_at <= $2 {lock}"
+        ))
+        .bind(subscription_id)
+        .bind(&until)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(sub) = row.as_ref().map(from_row).transpose()? else {
+            tx.commit().await?;
+            return Ok(None); // Another worker built it, or it changed meanwhile.
+        };
+        let rows = sqlx::query(
+            "SELECT sequence, id, type, object, object_id, occurred_at, origin, data, facets FROM events \
+             WHERE sequence > $1 ORDER BY sequence LIMIT $2",
+        )
+        .bind(sub.digest_after_sequence)
+        .bind(DIGEST_MAX_EVENTS)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut last = sub.digest_after_sequence;
+        let mut events = Vec::new();
+        let mut last_included = None;
+        let mut facets = std::collections::BTreeSet::new();
+        for row in &rows {
+            let event = super::events::event_from_any_row(row)?;
+            last = event.sequence;
+            if wants(&sub, &event) {
+                last_included = Some(event.sequence);
+                facets.extend(event.facets.iter().cloned());
+                events.push(delivery_value(&event, &sub.payload, public_url));
+            }
+        }
+        let since = sub.digest_since.clone().unwrap_or_else(|| sub.created_at.clone());
+        let mut queued = None;
+        if let Some(sequence) = last_included {
+            let digest = Event {
+                id: format!("dig_{}", uuid::Uuid::new_v4().simple()),
+                sequence,
+                event_type: "webhook.digest".into(),
+                occurred_at: until.clone(),
+                object: "webhook".into(),
+                object_id: sub.id.clone(),
+                origin: self.instance_id().to_string(),
+                data: json!({ "since": since, "until": until, "events": events }),
+                facets: facets.into_iter().collect(),
+            };
+            let body = json!({
+                "id": digest.id, "sequence": sequence, "type": digest.event_type, "timestamp": until, "data": digest.data,
+            })
+            .to_string();
+            insert_delivery(&mut tx, &sub, &digest, &body, &until).await?;
+            queued = Some(delivery_id(&sub.id, &digest.id));
+        }
+        let backlog = rows.len() as i64 == DIGEST_MAX_EVENTS;
+        let next = if backlog { Some(until.clone()) } else { next_after(&sub, now) };
+        sqlx::query(
+            "UPDATE subscriptions SET next_digest_at = $1, digest_after_sequence = $2, digest_since = $3 WHERE id = $4",
+        )
+        .bind(&next)
+        .bind(last)
+        .bind(&until)
+        .bind(&sub.id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        if queued.is_some() {
+            self.notify_changed();
+        }
+        Ok(queued)
+    }
+
+    /// Claims the `pending` subscriptions whose verification challenge is due, leasing them for
+    /// `lease_seconds` (a crash mid-verification only delays the next challenge).
+    pub async fn claim_verifications(&self, lease_seconds: i64) -> sqlx::Result<Vec<Subscription>> {
+        let (mut tx, _guard) = self.begin_write().await?;
+        let now = chrono::Utc::now();
+        let lock = if self.backend == Backend::Postgres { "FOR UPDATE SKIP LOCKED" } else { "" };
+        let rows = sqlx::query(&format!(
+            "SELECT * FROM subscriptions WHERE status = 'pending' AND verification_due_at IS NOT NULL \
+             AND verification_due_at <= $1 ORDER BY verification_due_at LIMIT 64 {lock}"
+        ))
+        .bind(timestamp_text(now))
+        .fetch_all(&mut *tx)
+        .await?;
+        let subs = rows.iter().map(from_row).collect::<sqlx::Result<Vec<_>>>()?;
+        let lease = timestamp_text(now + chrono::Duration::seconds(lease_seconds));
+        for sub in &subs {
+            sqlx::query("UPDATE subscriptions SET verification_due_at = $1 WHERE id = $2")
+                .bind(&lease)
+                .bind(&sub.id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(subs)
+    }
+
+    /// Records a verification's outcome: success makes a `pending` subscription `active` (its held
+    /// deliveries, the ping first, then flow); failure keeps it `pending` with the reason shown.
+    pub async fn record_verification(&self, id: &str, outcome: Result<(), String>) -> sqlx::Result<()> {
+        let (mut tx, _guard) = self.begin_write().await?;
+        let now = now_text();
+        match outcome {
+            Ok(()) => {
+                sqlx::query(
+                    "UPDATE subscriptions SET status = 'active', verified_at = $1, verification_error = NULL, \
+                     verification_due_at = NULL, last_success_at = $1, updated_at = $1 \
+                     WHERE id = $2 AND status = 'pending'",
+                )
+                .bind(&now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            }
+            Err(reason) => {
+                sqlx::query(
+                    "UPDATE subscriptions SET verification_error = $1, verification_due_at = NULL, \
+                     last_failure_at = $2, updated_at = $2 WHERE id = $3 AND status = 'pending'",
+                )
+                .bind(&reason)
+                .bind(&now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        self.notify_changed();
+        Ok(())
+    }
+
+    /// Puts a subscription back to `pending` and asks the worker to send it a challenge now.
+    pub async fn request_verification(&self, id: &str) -> sqlx::Result<()> {
+        let (mut tx, _guard) = self.begin_write().await?;
+        let now = now_text();
+        sqlx::query(
+            "UPDATE subscriptions SET status = 'pending', verification_due_at = $1, verification_error = NULL, \
+             verified_at = NULL, disabled_reason = NULL, updated_at = $1 WHERE id = $2",
+        )
+        .bind(&now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.notify_changed();
+        Ok(())
     }
 }

@@ -38,11 +38,13 @@ pub enum ScheduleError {
         /// The refused text.
         text: String,
     },
-    /// Shorter than a minute.
-    #[error("`{text}` is shorter than the minimum digest interval of one minute")]
+    /// Shorter than the minimum interval (one minute unless the operator lowered it).
+    #[error("`{text}` is shorter than the minimum digest interval of {minimum} seconds")]
     TooShort {
         /// The refused text.
         text: String,
+        /// The minimum in seconds.
+        minimum: i64,
     },
     /// Longer than 366 days.
     #[error("`{text}` is longer than the maximum digest interval of 366 days")]
@@ -92,12 +94,18 @@ pub struct DigestSchedule {
 impl DigestSchedule {
     /// Parses an ISO-8601 duration (starting with `P`) or a five-field cron expression.
     pub fn parse(text: &str) -> Result<Self, ScheduleError> {
+        Self::parse_with_minimum(text, MIN_INTERVAL_SECONDS)
+    }
+
+    /// Like [`DigestSchedule::parse`], with another minimum interval for durations (at least one second).
+    /// Operators lower it for tests (`min_digest_seconds`); cron expressions fire at most once a minute anyway.
+    pub fn parse_with_minimum(text: &str, minimum_seconds: i64) -> Result<Self, ScheduleError> {
         let text = text.trim();
         if text.is_empty() {
             return Err(ScheduleError::Empty);
         }
         let kind = if text.starts_with(['P', 'p']) {
-            Kind::Every(parse_interval(text)?)
+            Kind::Every(parse_interval(text, minimum_seconds.max(1))?)
         } else {
             Kind::Cron(Box::new(parse_cron(text)?))
         };
@@ -146,7 +154,7 @@ impl fmt::Display for DigestSchedule {
 
 /// Reads `P[nW][nD][T[nH][nM][nS]]` with whole numbers, each unit at most once and in that order, into
 /// seconds between the bounds.
-fn parse_interval(text: &str) -> Result<i64, ScheduleError> {
+fn parse_interval(text: &str, minimum: i64) -> Result<i64, ScheduleError> {
     let invalid = || ScheduleError::InvalidDuration { text: text.to_owned() };
     let upper = text.to_ascii_uppercase();
     let rest = upper.strip_prefix('P').ok_or_else(invalid)?;
@@ -164,8 +172,8 @@ fn parse_interval(text: &str) -> Result<i64, ScheduleError> {
         return Err(invalid());
     }
     let total = date_secs.checked_add(time_secs).ok_or_else(|| ScheduleError::TooLong { text: text.to_owned() })?;
-    if total < MIN_INTERVAL_SECONDS {
-        return Err(ScheduleError::TooShort { text: text.to_owned() });
+    if total < minimum {
+        return Err(ScheduleError::TooShort { text: text.to_owned(), minimum });
     }
     if total > MAX_INTERVAL_SECONDS {
         return Err(ScheduleError::TooLong { text: text.to_owned() });
@@ -282,6 +290,14 @@ mod tests {
             assert!(expected(&err), "{text:?} gave {err:?}");
             assert!(!err.to_string().is_empty());
         }
+    }
+
+    #[test]
+    fn a_lowered_minimum_admits_second_intervals_but_not_zero() {
+        let fast = DigestSchedule::parse_with_minimum("PT2S", 1).expect("parses");
+        assert_eq!(fast.interval_seconds(), Some(2));
+        assert!(matches!(DigestSchedule::parse("PT2S"), Err(ScheduleError::TooShort { minimum: 60, .. })));
+        assert!(matches!(DigestSchedule::parse_with_minimum("PT0S", 0), Err(ScheduleError::TooShort { .. })));
     }
 
     #[test]

@@ -1,16 +1,20 @@
-//! The webhook worker: the dispatcher turns new events into deliveries (one per matching subscription),
-//! and the delivery loop claims due deliveries and attempts them — each subscription with its own bounded
-//! concurrency, so a slow or hanging target only ever holds its own slots. Woken by commits (no polling
-//! sleeps in the hot path); a one-second fallback tick covers changes made by other processes.
+//! The webhook worker: the dispatcher turns new events into deliveries (one per matching immediate
+//! subscription), the digest builder turns a scheduled subscription's events into one delivery per period,
+//! pending subscriptions are sent their verification challenge, and the delivery loop claims due deliveries
+//! and attempts them — each subscription with its own bounded concurrency and optional rate limit, so a
+//! slow, hanging or throttled target only ever holds its own slots. Woken by commits (no polling sleeps in
+//! the hot path); a one-second fallback tick covers changes made by other processes.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::client::WebhookClient;
+use super::rate::{Decision, RateLimiter};
 use super::retry::{RetrySchedule, retry_after};
 use super::signature::{Ed25519SigningKey, Signer, WebhookSecret, signature_header};
 use crate::store::webhooks::{Attempt, AttemptOutcome, AttemptRecord, Delivery, Subscription};
@@ -47,6 +51,7 @@ pub struct Worker {
     client: WebhookClient,
     config: WorkerConfig,
     per_subscription: Mutex<HashMap<String, Arc<Semaphore>>>,
+    limiter: Mutex<RateLimiter>,
     in_flight: Arc<Semaphore>,
     /// Attempt results on their way to the recorder, which commits them in batches.
     results: tokio::sync::mpsc::UnboundedSender<(Delivery, AttemptRecord)>,
@@ -68,6 +73,7 @@ impl Worker {
             in_flight,
             results,
             results_rx: Mutex::new(Some(results_rx)),
+            limiter: Mutex::new(RateLimiter::default()),
         })
     }
 
@@ -115,10 +121,23 @@ impl Worker {
         }
     }
 
-    /// One round: dispatch new events, then claim and start due deliveries. True if there may be more.
+    /// One round: dispatch new events, build due digests, start due verifications, then claim and start
+    /// due deliveries (deferring those a rate limit holds back). True if there may be more.
     pub async fn step(self: &Arc<Self>) -> anyhow::Result<bool> {
-        let subscriptions = self.db.live_subscriptions().await?;
-        let (read, _) = self.db.dispatch_batch(&subscriptions, &self.config.public_url, DISPATCH_BATCH).await?;
+        let (read, _) = self.db.dispatch_batch(&self.config.public_url, DISPATCH_BATCH).await?;
+        for id in self.db.due_digests(&now_text()).await? {
+            self.db.build_digest(&id, &self.config.public_url, next_digest_at).await?;
+        }
+        for sub in self.db.claim_verifications(self.config.lease_seconds).await? {
+            let Ok(permit) = self.in_flight.clone().acquire_owned().await else { break };
+            let worker = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = verify(&worker.db, &worker.client, &sub).await {
+                    tracing::warn!(error = %e, subscription = %sub.id, "recording a verification failed");
+                }
+                drop(permit);
+            });
+        }
         let free = self.in_flight.available_permits() as i64;
         let claimed = if free > 0 {
             self.db.claim_due(free.min(CLAIM_BATCH), self.config.lease_seconds).await?
@@ -126,14 +145,42 @@ impl Worker {
             Vec::new()
         };
         let count = claimed.len() as i64;
-        for delivery in claimed {
+        let rates = if claimed.is_empty() { HashMap::new() } else { self.db.rate_limits().await? };
+        let mut starts = Vec::with_capacity(claimed.len());
+        let mut deferred = Vec::new();
+        {
+            let mut limiter = self.limiter.lock().unwrap_or_else(|p| p.into_inner());
+            let mut deferred_of: HashMap<String, u32> = HashMap::new();
+            let now = std::time::Instant::now();
+            for delivery in claimed {
+                let Some(rate) = rates.get(&delivery.subscription_id) else {
+                    starts.push((delivery, None));
+                    continue;
+                };
+                let before = deferred_of.entry(delivery.subscription_id.clone()).or_default();
+                match limiter.decide(&delivery.subscription_id, (*rate).clamp(1, 10_000) as u32, now, *before) {
+                    Decision::StartAt(at) => starts.push((delivery, Some(tokio::time::Instant::from_std(at)))),
+                    Decision::Defer(delay) => {
+                        *before += 1;
+                        let at = chrono::Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+                        deferred.push((delivery.id, timestamp_text(at)));
+                    }
+                }
+            }
+        }
+        for (delivery, start_at) in starts {
             let Ok(permit) = self.in_flight.clone().acquire_owned().await else { break };
             let worker = self.clone();
             tokio::spawn(async move {
+                if let Some(at) = start_at {
+                    tokio::time::sleep_until(at).await;
+                }
                 worker.attempt(delivery).await;
                 drop(permit);
             });
         }
+        // A failure here leaves them leased: they are retried when the lease expires.
+        self.db.defer_deliveries(&deferred).await?;
         Ok(read as i64 == DISPATCH_BATCH || count == CLAIM_BATCH)
     }
 
@@ -215,6 +262,61 @@ impl Worker {
     }
 }
 
+/// When a digest subscription fires next after `now` (None if its schedule never fires again).
+pub fn next_digest_at(sub: &Subscription, now: chrono::DateTime<chrono::Utc>) -> Option<String> {
+    // The text was validated at subscription time (against the configured minimum); any positive interval
+    // is accepted here.
+    let schedule = super::schedule::DigestSchedule::parse_with_minimum(sub.schedule.as_deref()?, 1).ok()?;
+    let next = schedule.next_after(now);
+    (next != chrono::DateTime::<chrono::Utc>::MAX_UTC).then(|| timestamp_text(next))
+}
+
+/// The `type` of the challenge sent to a subscription created with `verify: true`.
+pub const VERIFICATION_TYPE: &str = "webhook.verification";
+
+/// Sends a subscription its verification challenge and records the outcome (see [`Db::record_verification`]).
+/// The body is signed like any delivery:
+/// `{"id", "type": "webhook.verification", "timestamp", "challenge", "data": {"id", "url", "challenge"}}`;
+/// the target proves it wants the events by answering 2xx with the JSON body `{"challenge": "<same>"}`.
+pub async fn verify(db: &Db, client: &WebhookClient, sub: &Subscription) -> sqlx::Result<Result<(), String>> {
+    let challenge = hex::encode(rand::random::<[u8; 24]>());
+    let id = format!("msg_vrf_{}", uuid::Uuid::new_v4().simple());
+    let body = json!({
+        "id": id,
+        "type": VERIFICATION_TYPE,
+        "timestamp": now_text(),
+        "challenge": challenge,
+        "data": { "id": sub.id, "url": sub.url, "challenge": challenge },
+    })
+    .to_string();
+    let response = send(client, sub, &id, &body).await;
+    let outcome = check_echo(&response, &challenge);
+    db.record_verification(&sub.id, outcome.clone()).await?;
+    Ok(outcome)
+}
+
+/// Whether a target's answer to a challenge echoes it: 2xx and `{"challenge": "<same>"}`.
+fn check_echo(r: &super::client::Response, challenge: &str) -> Result<(), String> {
+    match r.status_code {
+        Some(code) if (200..300).contains(&code) => {}
+        Some(code) => return Err(format!("the target answered {code} to the verification challenge")),
+        None => {
+            let why = r.error.as_deref().unwrap_or("no answer");
+            return Err(format!("the verification challenge could not be delivered: {why}"));
+        }
+    }
+    let echoed = r
+        .body_excerpt
+        .as_deref()
+        .and_then(|b| serde_json::from_str::<Value>(b).ok())
+        .and_then(|v| v.get("challenge").and_then(Value::as_str).map(str::to_string));
+    match echoed {
+        Some(e) if e == challenge => Ok(()),
+        Some(_) => Err("the target echoed a different challenge".into()),
+        None => Err("the target's answer is not the JSON object {\"challenge\": \"<the challenge sent>\"}".into()),
+    }
+}
+
 /// The signers of a subscription right now: its secret, plus the previous one during a rotation's grace.
 pub fn signers(sub: &Subscription) -> Vec<Signer> {
     let mut out = Vec::new();
@@ -277,5 +379,31 @@ async fn record_in_batches(
         if stop {
             break;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(status: Option<u16>, body: &str) -> super::super::client::Response {
+        super::super::client::Response {
+            status_code: status,
+            duration: Duration::ZERO,
+            error_class: None,
+            error: status.is_none().then(|| "connection refused".to_string()),
+            body_excerpt: Some(body.to_string()),
+            retry_after: None,
+        }
+    }
+
+    #[test]
+    fn only_a_2xx_json_echo_of_the_same_challenge_verifies() {
+        assert_eq!(check_echo(&answer(Some(200), r#"{"challenge":"abc"}"#), "abc"), Ok(()));
+        assert_eq!(check_echo(&answer(Some(201), r#"{"challenge":"abc","x":1}"#), "abc"), Ok(()));
+        assert!(check_echo(&answer(Some(200), r#"{"challenge":"abd"}"#), "abc").unwrap_err().contains("different"));
+        assert!(check_echo(&answer(Some(200), "abc"), "abc").is_err());
+        assert!(check_echo(&answer(Some(500), r#"{"challenge":"abc"}"#), "abc").unwrap_err().contains("500"));
+        assert!(check_echo(&answer(None, ""), "abc").unwrap_err().contains("connection refused"));
     }
 }

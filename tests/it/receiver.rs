@@ -1,10 +1,11 @@
-//! A real HTTP receiver on 127.0.0.1 for webhook tests: records every request and answers with a
-//! scripted sequence of statuses (then 200). Signatures are checked with the independent
-//! `standardwebhooks` crate, never with hsda's own signing code.
+//! A real HTTP receiver on 127.0.0.1 for webhook tests: records every request (with its arrival time) and
+//! answers with a scripted sequence of statuses (then 200). Verification challenges
+//! (`webhook.verification`) are answered as [`Challenges`] says. Signatures are checked with the
+//! independent `standardwebhooks` crate, never with hsda's own signing code.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -18,6 +19,7 @@ use serde_json::Value;
 pub struct Received {
     pub headers: HeaderMap,
     pub body: Bytes,
+    pub at: Instant,
 }
 
 impl Received {
@@ -36,10 +38,23 @@ impl Received {
     }
 }
 
+/// How the receiver answers a `webhook.verification` challenge.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Challenges {
+    /// Like any request: the script, then 200 "ok" (which does not verify).
+    #[default]
+    Ignore,
+    /// 200 with `{"challenge": "<the challenge>"}`.
+    Echo,
+    /// 200 with a different challenge.
+    EchoWrong,
+}
+
 #[derive(Default)]
 struct Inner {
     received: Vec<Received>,
     script: VecDeque<(u16, Option<String>)>,
+    challenges: Challenges,
 }
 
 #[derive(Clone)]
@@ -50,7 +65,18 @@ pub struct Receiver {
 
 async fn record(State(inner): State<Arc<Mutex<Inner>>>, headers: HeaderMap, body: Bytes) -> impl IntoResponse {
     let mut guard = inner.lock().unwrap();
-    guard.received.push(Received { headers, body });
+    let challenge = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .filter(|v| v["type"] == "webhook.verification")
+        .and_then(|v| v["challenge"].as_str().map(str::to_string));
+    guard.received.push(Received { headers, body, at: Instant::now() });
+    match (guard.challenges, challenge) {
+        (Challenges::Echo, Some(c)) => return axum::Json(serde_json::json!({ "challenge": c })).into_response(),
+        (Challenges::EchoWrong, Some(_)) => {
+            return axum::Json(serde_json::json!({ "challenge": "not-the-one" })).into_response();
+        }
+        _ => {}
+    }
     let (status, retry_after) = guard.script.pop_front().unwrap_or((200, None));
     let mut response = (StatusCode::from_u16(status).unwrap(), "ok").into_response();
     if let Some(v) = retry_after {
@@ -73,6 +99,10 @@ impl Receiver {
     pub fn script(&self, statuses: &[(u16, Option<&str>)]) {
         let mut guard = self.inner.lock().unwrap();
         guard.script = statuses.iter().map(|(s, r)| (*s, r.map(str::to_string))).collect();
+    }
+
+    pub fn answer_challenges(&self, how: Challenges) {
+        self.inner.lock().unwrap().challenges = how;
     }
 
     pub fn received(&self) -> Vec<Received> {

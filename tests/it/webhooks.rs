@@ -1,10 +1,11 @@
 //! The webhook engine end to end against a real receiver: subscriptions, signed deliveries verified
-//! independently, retries, 410, tenant isolation, validation, SSRF refusal, filters and thin payloads.
+//! independently, retries, 410, tenant isolation, validation, SSRF refusal, filters and thin payloads,
+//! rate limits, ordered delivery, intent verification and digests.
 
 use serde_json::{Value, json};
 
 use crate::helpers::{Store, TestApp};
-use crate::receiver::Receiver;
+use crate::receiver::{Challenges, Receiver};
 
 const O1: &str = "00000000-0000-4000-8000-000000000001";
 const O2: &str = "00000000-0000-4000-8000-000000000002";
@@ -14,7 +15,11 @@ async fn subscribe(app: &TestApp, key: &str, body: Value) -> reqwest::Response {
 }
 
 async fn spawn(store: Store) -> Option<TestApp> {
-    TestApp::spawn_with(store, |c| c.retry_schedule = Some("0.2,0.2,0.2".into())).await
+    TestApp::spawn_with(store, |c| {
+        c.retry_schedule = Some("0.2,0.2,0.2".into());
+        c.min_digest_seconds = 1;
+    })
+    .await
 }
 
 async fn put_org(app: &TestApp, id: &str, name: &str) {
@@ -381,4 +386,192 @@ webhook_test!(test_endpoint_sends_now_and_reports_the_attempt, |app| async move 
     let t = got.iter().find(|x| x.header("webhook-id").starts_with("msg_test_")).unwrap();
     assert_eq!(t.json()["data"]["name"], "Food Bank", "a real object");
     assert!(t.verify(sub["secret"].as_str().unwrap()));
+});
+
+/// Creates a subscription, asserting 201.
+async fn create(app: &TestApp, body: Value) -> Value {
+    let r = subscribe(app, &app.subscribe_key, body.clone()).await;
+    let status = r.status();
+    let text = r.text().await.unwrap();
+    assert_eq!(status, 201, "{body}: {text}");
+    serde_json::from_str(&text).unwrap()
+}
+
+async fn show(app: &TestApp, id: &str) -> Value {
+    app.client
+        .get(app.url(&format!("/webhooks/{id}")))
+        .bearer_auth(&app.subscribe_key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+fn org(i: usize) -> String {
+    format!("00000000-0000-4000-8000-{:012}", 100 + i)
+}
+
+fn has_ping(r: &[crate::receiver::Received]) -> bool {
+    !Receiver::of_type(r, "webhook.ping").is_empty()
+}
+
+webhook_test!(a_rate_limit_spaces_out_one_subscription_without_slowing_others, |app| async move {
+    let slow = Receiver::start().await;
+    let fast = Receiver::start().await;
+    create(&app, json!({"url": slow.url, "events": ["organization.*"], "rate_limit_per_second": 5})).await;
+    create(&app, json!({"url": fast.url, "events": ["organization.*"]})).await;
+    slow.wait_for("the ping", has_ping).await;
+    fast.wait_for("the ping", has_ping).await;
+    let app = &app;
+    futures::future::join_all((0..10).map(|i| async move { put_org(app, &org(i), "Org").await })).await;
+    let ten = |r: &[crate::receiver::Received]| Receiver::of_type(r, "organization.created").len() == 10;
+    let fast_got = Receiver::of_type(&fast.wait_for("ten events, unlimited", ten).await, "organization.created");
+    let slow_got = Receiver::of_type(&slow.wait_for("ten events, limited", ten).await, "organization.created");
+    let spread = slow_got[9].at - slow_got[0].at;
+    assert!(spread >= std::time::Duration::from_millis(1600), "5/s: 10 starts take >= 1.8 s, got {spread:?}");
+    assert!(
+        fast_got[9].at < slow_got[5].at,
+        "the unlimited subscription is not held back: its last arrived {:?} after the limited one's first",
+        fast_got[9].at.saturating_duration_since(slow_got[0].at)
+    );
+});
+
+webhook_test!(an_ordered_subscription_holds_later_events_until_the_earlier_one_succeeds, |app| async move {
+    let rx = Receiver::start().await;
+    create(&app, json!({"url": rx.url, "events": ["organization.*"], "ordered": true})).await;
+    rx.wait_for("the ping", has_ping).await;
+    rx.script(&[(500, None), (500, None)]);
+    for i in 0..5 {
+        put_org(&app, &org(i), "Org").await;
+    }
+    let seven = |r: &[crate::receiver::Received]| Receiver::of_type(r, "organization.created").len() >= 7;
+    rx.wait_for("the first event three times, then the other four", seven).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let sequences: Vec<i64> = Receiver::of_type(&rx.received(), "organization.created")
+        .iter()
+        .map(|r| r.json()["sequence"].as_i64().unwrap())
+        .collect();
+    assert_eq!(sequences.len(), 7, "{sequences:?}");
+    assert!(sequences[0] == sequences[1] && sequences[1] == sequences[2], "retried first: {sequences:?}");
+    assert!(sequences[2..].windows(2).all(|w| w[0] < w[1]), "then in sequence order: {sequences:?}");
+});
+
+webhook_test!(verify_holds_a_subscription_until_the_target_echoes_the_challenge, |app| async move {
+    let rx = Receiver::start().await;
+    rx.answer_challenges(Challenges::EchoWrong);
+    let sub = create(&app, json!({"url": rx.url, "events": ["organization.*"], "verify": true})).await;
+    assert_eq!(sub["status"], "pending");
+    let id = sub["id"].as_str().unwrap().to_string();
+    let secret = sub["secret"].as_str().unwrap().to_string();
+    let got = rx.wait_for("the challenge", |r| !Receiver::of_type(r, "webhook.verification").is_empty()).await;
+    let challenge = &Receiver::of_type(&got, "webhook.verification")[0];
+    assert!(challenge.verify(&secret), "the challenge is signed like any delivery");
+    assert!(challenge.json()["challenge"].as_str().unwrap().len() >= 32);
+
+    // A wrong echo leaves it pending, with the reason shown.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let shown = loop {
+        let shown = show(&app, &id).await;
+        if shown["verification_error"].is_string() {
+            break shown;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no verification error shown: {shown}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(shown["status"], "pending");
+    assert!(shown["verification_error"].as_str().unwrap().contains("different challenge"), "{shown}");
+    assert!(shown["last_failure_at"].is_string());
+    let r = app
+        .client
+        .patch(app.url(&format!("/webhooks/{id}")))
+        .bearer_auth(&app.subscribe_key)
+        .json(&json!({"status": "active"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422, "cannot skip verification");
+    let r =
+        app.client.post(app.url(&format!("/webhooks/{id}/test"))).bearer_auth(&app.subscribe_key).send().await.unwrap();
+    assert_eq!(r.status(), 409, "no test sends to an unverified target");
+
+    // Events while pending are held, not dropped.
+    put_org(&app, O1, "Food Bank").await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let types: Vec<Value> = rx.received().iter().map(|r| r.json()["type"].clone()).collect();
+    assert!(types.iter().all(|t| t == "webhook.verification"), "nothing but challenges while pending: {types:?}");
+
+    rx.answer_challenges(Challenges::Echo);
+    let r = app
+        .client
+        .post(app.url(&format!("/webhooks/{id}/verify")))
+        .bearer_auth(&app.subscribe_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let verified: Value = r.json().await.unwrap();
+    assert_eq!(verified["status"], "active", "{verified}");
+    assert_eq!(verified["verification"]["success"], true);
+    assert!(verified["verification_error"].is_null());
+    assert!(verified["verified_at"].is_string());
+    let got = rx
+        .wait_for("the held ping and event", |r| {
+            has_ping(r) && !Receiver::of_type(r, "organization.created").is_empty()
+        })
+        .await;
+    let created = &Receiver::of_type(&got, "organization.created")[0];
+    assert!(created.verify(&secret));
+    assert_eq!(created.json()["data"]["name"], "Food Bank");
+    let r = app
+        .client
+        .post(app.url(&format!("/webhooks/{id}/verify")))
+        .bearer_auth(&app.subscribe_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409, "already verified");
+});
+
+webhook_test!(a_digest_subscription_gets_one_delivery_per_period_and_nothing_when_quiet, |app| async move {
+    let rx = Receiver::start().await;
+    let sub =
+        create(&app, json!({"url": rx.url, "events": ["organization.*"], "schedule": "PT1S", "payload": "thin"})).await;
+    assert_eq!(sub["schedule"], "PT1S");
+    assert!(sub["next_digest_at"].is_string(), "{sub}");
+    let secret = sub["secret"].as_str().unwrap().to_string();
+    rx.wait_for("the ping", has_ping).await;
+    put_org(&app, O1, "One").await;
+    put_org(&app, O2, "Two").await;
+    put_org(&app, O1, "One again").await;
+    let covered = |r: &[crate::receiver::Received]| -> usize {
+        Receiver::of_type(r, "webhook.digest")
+            .iter()
+            .map(|d| d.json()["data"]["events"].as_array().unwrap().len())
+            .sum()
+    };
+    rx.wait_for("digests covering the three events", |r| covered(r) >= 3).await;
+    // A quiet period sends nothing; the events are never sent one by one.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let received = rx.received();
+    assert_eq!(covered(&received), 3);
+    assert!(Receiver::of_type(&received, "organization.created").is_empty());
+    assert!(Receiver::of_type(&received, "organization.updated").is_empty());
+    let digests = Receiver::of_type(&received, "webhook.digest");
+    assert!((1..=3).contains(&digests.len()), "one digest per period with events: {}", digests.len());
+    let mut events = Vec::new();
+    for digest in &digests {
+        assert!(digest.verify(&secret));
+        let body = digest.json();
+        let data = &body["data"];
+        assert!(data["since"].as_str().unwrap() < data["until"].as_str().unwrap(), "{body}");
+        assert!(body["timestamp"].is_string());
+        events.extend(data["events"].as_array().unwrap().iter().cloned());
+    }
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["organization.created", "organization.created", "organization.updated"]);
+    assert!(events.windows(2).all(|w| w[0]["sequence"].as_i64() < w[1]["sequence"].as_i64()));
+    assert_eq!(events[0]["data"]["object"], "organization", "thin, as it would have been sent");
+    assert_eq!(events[0]["data"]["id"], O1);
 });
