@@ -663,11 +663,12 @@ async fn delivery(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let principal = caller.require(&[Scope::Subscribe])?;
+    // Attempts first: the delivery read after them is at least as new, so its status never lags the log.
+    let attempts = state.db.attempts(&id).await?;
     let d = state.db.delivery(&id).await?.ok_or_else(|| ApiError::NotFound(format!("delivery {id}")))?;
     if principal.scope != Scope::Admin && d.tenant != principal.tenant {
         return Err(ApiError::NotFound(format!("delivery {id}")));
     }
-    let attempts = state.db.attempts(&id).await?;
     let mut out = serde_json::to_value(&d).map_err(anyhow::Error::from)?;
     out["payload"] = serde_json::from_str(&d.body).unwrap_or(Value::Null);
     out["attempts"] = serde_json::to_value(attempts).map_err(anyhow::Error::from)?;

@@ -7,5 +7,6 @@ mod api;
 mod bulk;
 mod cli;
 mod crash;
+mod delivery;
 mod directory;
 mod webhooks;

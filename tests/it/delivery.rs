@@ -1,0 +1,290 @@
+//! How deliveries behave against awkward targets: a hanging target does not hold up a healthy one,
+//! timeouts / redirects / huge bodies are recorded as such, ed25519 signatures verify with the public key,
+//! a target that keeps failing gets its subscription disabled, and two processes on one PostgreSQL share
+//! the work without sending anything twice.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::post;
+use serde_json::{Value, json};
+
+use crate::helpers::{Store, TestApp, fresh_database};
+use crate::receiver::Receiver;
+
+type Hits = Arc<Mutex<HashMap<&'static str, usize>>>;
+
+/// Targets that misbehave on purpose: `/hang` never answers in time, `/redirect` points elsewhere,
+/// `/big` answers with a megabyte, `/fail` always 500, `/elsewhere` counts visits (redirects must not come).
+async fn awkward_targets() -> (String, Hits) {
+    let hits: Hits = Arc::default();
+    async fn hit(State(h): State<Hits>, name: &'static str) {
+        *h.lock().unwrap().entry(name).or_default() += 1;
+    }
+    let app = Router::new()
+        .route(
+            "/hang",
+            post(|State(h): State<Hits>| async move {
+                hit(State(h), "hang").await;
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                "late"
+            }),
+        )
+        .route(
+            "/redirect",
+            post(|State(h): State<Hits>| async move {
+                hit(State(h), "redirect").await;
+                (StatusCode::FOUND, [("location", "/elsewhere")], "moved")
+            }),
+        )
+        .route(
+            "/elsewhere",
+            post(|State(h): State<Hits>| async move {
+                hit(State(h), "elsewhere").await;
+                "followed"
+            }),
+        )
+        .route(
+            "/big",
+            post(|State(h): State<Hits>| async move {
+                hit(State(h), "big").await;
+                "x".repeat(1 << 20)
+            }),
+        )
+        .route(
+            "/fail",
+            post(|State(h): State<Hits>, _h: HeaderMap, _b: Bytes| async move {
+                hit(State(h), "fail").await;
+                StatusCode::INTERNAL_SERVER_ERROR.into_response()
+            }),
+        )
+        .with_state(hits.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (base, hits)
+}
+
+async fn subscribe(app: &TestApp, body: Value) -> Value {
+    let r = app.client.post(app.url("/webhooks")).bearer_auth(&app.subscribe_key).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    r.json().await.unwrap()
+}
+
+async fn get_as(app: &TestApp, path: &str) -> Value {
+    app.client.get(app.url(path)).bearer_auth(&app.subscribe_key).send().await.unwrap().json().await.unwrap()
+}
+
+/// Waits (bounded) until a delivery of `sub` for the ping has `attempts` recorded; returns its details.
+async fn ping_delivery(app: &TestApp, sub: &str, attempts: u64) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let page = get_as(app, &format!("/webhooks/{sub}/deliveries?event_type=webhook.ping")).await;
+        if let Some(id) = page["contents"][0]["id"].as_str() {
+            let d = get_as(app, &format!("/deliveries/{id}")).await;
+            if d["attempts"].as_array().map(Vec::len).unwrap_or(0) as u64 >= attempts {
+                return d;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no attempt recorded for {sub}: {page}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+macro_rules! both_stores {
+    ($name:ident, $configure:expr, |$app:ident| $body:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                if let Some($app) = TestApp::spawn_with(Store::Sqlite, $configure).await {
+                    $body.await;
+                }
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if let Some($app) = TestApp::spawn_with(Store::Postgres, $configure).await {
+                    $body.await;
+                }
+            }
+        }
+    };
+}
+
+both_stores!(
+    a_hanging_target_does_not_hold_up_a_healthy_one,
+    |c| {
+        c.retry_schedule = Some("60".into());
+        c.delivery_timeout_seconds = 30;
+    },
+    |app| async move {
+        let (base, hits) = awkward_targets().await;
+        let rx = Receiver::start().await;
+        subscribe(&app, json!({"url": format!("{base}/hang"), "events": ["organization.*"], "max_concurrency": 2}))
+            .await;
+        subscribe(&app, json!({"url": rx.url, "events": ["organization.*"]})).await;
+        for i in 0..20 {
+            let id = format!("00000000-0000-4000-8000-{:012}", i + 1);
+            app.put_ok(&format!("/organizations/{id}"), &json!({"name": format!("Org {i}"), "description": "x"})).await;
+        }
+        // All 20 reach the healthy target while the hanging one still holds its two slots (it answers after 30 s).
+        rx.wait_for("20 organization.created", |r| Receiver::of_type(r, "organization.created").len() >= 20).await;
+        let hanging = hits.lock().unwrap().get("hang").copied().unwrap_or(0);
+        assert!(hanging <= 2 + 1, "the hanging target got at most its own slots (and the ping): {hanging}");
+    }
+);
+
+both_stores!(
+    timeouts_redirects_and_huge_bodies_are_recorded_as_such,
+    |c| {
+        c.retry_schedule = Some("60".into());
+        c.delivery_timeout_seconds = 1;
+    },
+    |app| async move {
+        let (base, hits) = awkward_targets().await;
+        let hang = subscribe(&app, json!({"url": format!("{base}/hang"), "events": ["webhook.ping"]})).await;
+        let redirect = subscribe(&app, json!({"url": format!("{base}/redirect"), "events": ["webhook.ping"]})).await;
+        let big = subscribe(&app, json!({"url": format!("{base}/big"), "events": ["webhook.ping"]})).await;
+
+        let d = ping_delivery(&app, hang["id"].as_str().unwrap(), 1).await;
+        assert_eq!(d["attempts"][0]["error_class"], "timeout", "{d}");
+        assert!(d["attempts"][0]["status_code"].is_null());
+        assert_eq!(d["status"], "retrying");
+
+        let d = ping_delivery(&app, redirect["id"].as_str().unwrap(), 1).await;
+        assert_eq!(d["attempts"][0]["status_code"], 302, "{d}");
+        assert_eq!(d["status"], "retrying", "a redirect is not a success");
+        assert_eq!(hits.lock().unwrap().get("elsewhere").copied().unwrap_or(0), 0, "redirects are not followed");
+
+        let d = ping_delivery(&app, big["id"].as_str().unwrap(), 1).await;
+        assert_eq!(d["status"], "succeeded");
+        let excerpt = d["attempts"][0]["response_body"].as_str().unwrap();
+        assert!(!excerpt.is_empty() && excerpt.len() <= 4096, "response body truncated: {} bytes", excerpt.len());
+    }
+);
+
+both_stores!(
+    a_target_failing_past_the_limit_gets_its_subscription_disabled,
+    |c| {
+        c.retry_schedule = Some("0.3,0.3,0.3,0.3,0.3,0.3,0.3,0.3".into());
+        c.disable_after_seconds = 1;
+    },
+    |app| async move {
+        let (base, _hits) = awkward_targets().await;
+        let sub = subscribe(&app, json!({"url": format!("{base}/fail")})).await;
+        let id = sub["id"].as_str().unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let shown = get_as(&app, &format!("/webhooks/{id}")).await;
+            if shown["status"] == "disabled" {
+                assert!(shown["disabled_reason"].as_str().unwrap().contains("failing for more than"), "{shown}");
+                assert!(shown["consecutive_failures"].as_i64().unwrap() >= 2);
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "never disabled: {shown}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let types: Vec<String> =
+            app.events_after(0).await.iter().map(|e| e["type"].as_str().unwrap().to_string()).collect();
+        assert!(types.contains(&"webhook.failing".to_string()), "{types:?}");
+        assert!(types.contains(&"webhook.disabled".to_string()), "{types:?}");
+    }
+);
+
+both_stores!(ed25519_subscriptions_sign_v1a_with_a_retrievable_public_key, |_| {}, |app| async move {
+    use base64::Engine;
+    use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+    let rx = Receiver::start().await;
+    let sub = subscribe(&app, json!({"url": rx.url, "signing": "ed25519"})).await;
+    assert!(sub["secret"].as_str().unwrap().starts_with("whsk_"));
+    let public = get_as(&app, &format!("/webhooks/{}", sub["id"].as_str().unwrap())).await["public_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let key_bytes: [u8; 32] = b64.decode(public.strip_prefix("whpk_").unwrap()).unwrap().try_into().unwrap();
+    let key = VerifyingKey::from_bytes(&key_bytes).unwrap();
+    let got = rx.wait_for("the ping", |r| !r.is_empty()).await;
+    let ping = &got[0];
+    let signed = format!(
+        "{}.{}.{}",
+        ping.header("webhook-id"),
+        ping.header("webhook-timestamp"),
+        String::from_utf8_lossy(&ping.body)
+    );
+    let header = ping.header("webhook-signature");
+    let sig = header.strip_prefix("v1a,").expect("v1a signature");
+    let sig: [u8; 64] = b64.decode(sig).unwrap().try_into().unwrap();
+    key.verify(signed.as_bytes(), &Signature::from_bytes(&sig))
+        .expect("ed25519 signature verifies with the public key");
+});
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_on_one_postgres_share_the_work_without_double_sending() {
+    let Some((url, _)) = fresh_database(Store::Postgres).await else { return };
+    let rx = Receiver::start().await;
+    let mut apps = Vec::new();
+    for _ in 0..2 {
+        let config = hsda::config::Config {
+            database_url: url.clone(),
+            bind: "127.0.0.1:0".parse().unwrap(),
+            allow_targets: "127.0.0.0/8".into(),
+            ..Default::default()
+        };
+        let app = hsda::startup::Application::build(config).await.unwrap();
+        let base = format!("http://{}", app.local_addr());
+        let token = app.shutdown_token();
+        let db = app.db().clone();
+        tokio::spawn(app.run());
+        apps.push((base, token, db));
+    }
+    let key = apps[0].2.create_key("acme", hsda::store::keys::Scope::Admin).await.unwrap().secret;
+    let client = reqwest::Client::new();
+    let r = client
+        .post(format!("{}/webhooks", apps[0].0))
+        .bearer_auth(&key)
+        .json(&json!({"url": rx.url, "events": ["organization.created"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    const N: usize = 100;
+    let writes = (0..N).map(|i| {
+        let base = apps[i % 2].0.clone();
+        let client = client.clone();
+        let key = key.clone();
+        async move {
+            let id = format!("00000000-0000-4000-8000-{:012}", i + 1);
+            let r = client
+                .put(format!("{base}/organizations/{id}"))
+                .bearer_auth(&key)
+                .json(&json!({"name": format!("Org {i}"), "description": "x"}))
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success());
+        }
+    });
+    futures::future::join_all(writes).await;
+    let got =
+        rx.wait_for("every organization.created", |r| Receiver::of_type(r, "organization.created").len() >= N).await;
+    tokio::time::sleep(Duration::from_millis(500)).await; // room for a duplicate to show, if there were one
+    let created = Receiver::of_type(&rx.received(), "organization.created");
+    let mut ids: Vec<String> = created.iter().map(|r| r.header("webhook-id")).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), N, "{} deliveries", got.len());
+    assert_eq!(created.len(), N, "no delivery sent twice");
+    for (_, token, _) in &apps {
+        token.cancel();
+    }
+}
