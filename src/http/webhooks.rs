@@ -335,6 +335,7 @@ async fn create(State(state): State<AppState>, caller: Caller, JsonBody(body): J
         last_failure_at: None,
         consecutive_failures: 0,
         failing_since: None,
+        disabled_at: None,
         start_sequence: 0,
         next_digest_at: None,
         digest_after_sequence: 0,

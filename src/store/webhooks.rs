@@ -46,6 +46,8 @@ pub struct Subscription {
     #[serde(skip)]
     pub failing_since: Option<String>,
     #[serde(skip)]
+    pub disabled_at: Option<String>,
+    #[serde(skip)]
     pub start_sequence: i64,
     /// When a digest subscription next fires.
     pub next_digest_at: Option<String>,
@@ -97,6 +99,7 @@ fn from_row(row: &AnyRow) -> sqlx::Result<Subscription> {
         last_failure_at: row.try_get("last_failure_at")?,
         consecutive_failures: row.try_get("consecutive_failures")?,
         failing_since: row.try_get("failing_since")?,
+        disabled_at: row.try_get("disabled_at")?,
         start_sequence: row.try_get("start_sequence")?,
         next_digest_at: row.try_get("next_digest_at")?,
         digest_after_sequence: row.try_get("digest_after_sequence")?,
@@ -376,7 +379,8 @@ impl Db {
             "UPDATE subscriptions SET url = $1, events = $2, payload = $3, filter = $4, schedule = $5, description = $6, \
              secret = $7, previous_secret = $8, previous_secret_until = $9, max_concurrency = $10, \
              rate_limit_per_second = $11, ordered = $12, headers = $13, metadata = $14, status = $15, \
-             disabled_reason = $16, consecutive_failures = $17, failing_since = $18, updated_at = $19 WHERE id = $20",
+             disabled_reason = $16, consecutive_failures = $17, failing_since = $18, updated_at = $19, \
+             disabled_at = $21 WHERE id = $20",
         )
         .bind(&s.url)
         .bind(json_text(&s.events))
@@ -398,6 +402,12 @@ impl Db {
         .bind(&s.failing_since)
         .bind(now_text())
         .bind(&s.id)
+        // When the subscription stopped receiving events: kept while disabled, for `enable` to replay from.
+        .bind(match (before.status.as_str(), s.status.as_str()) {
+            ("disabled", "disabled") => before.disabled_at.clone(),
+            (_, "disabled") => Some(now_text()),
+            _ => None,
+        })
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;

@@ -575,3 +575,79 @@ webhook_test!(a_digest_subscription_gets_one_delivery_per_period_and_nothing_whe
     assert_eq!(events[0]["data"]["object"], "organization", "thin, as it would have been sent");
     assert_eq!(events[0]["data"]["id"], O1);
 });
+
+webhook_test!(replay_requeues_a_time_range_and_enable_replays_what_was_missed, |app| async move {
+    let rx = Receiver::start().await;
+    let sub: Value = subscribe(&app, &app.subscribe_key, json!({"url": rx.url, "events": ["organization.*"]}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = sub["id"].as_str().unwrap().to_string();
+    let since = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    put_org(&app, O1, "One").await;
+    rx.wait_for("organization.created", |r| Receiver::of_type(r, "organization.created").len() == 1).await;
+    // Wait until the recorder has marked it succeeded, then replay the range: it is sent once more.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let page: Value = app
+            .client
+            .get(app.url(&format!("/webhooks/{id}/deliveries?status=succeeded&event_type=organization.created")))
+            .bearer_auth(&app.subscribe_key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if page["total_items"] == 1 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{page}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let replay = |only_failed: bool| {
+        app.client
+            .post(app.url(&format!("/webhooks/{id}/replay")))
+            .bearer_auth(&app.subscribe_key)
+            .json(&json!({"since": since, "only_failed": only_failed}))
+            .send()
+    };
+    let r: Value = replay(true).await.unwrap().json().await.unwrap();
+    assert_eq!(r["requeued"], 0, "nothing failed");
+    let r: Value = replay(false).await.unwrap().json().await.unwrap();
+    assert!(r["requeued"].as_u64().unwrap() >= 1, "{r}");
+    let got = rx.wait_for("the replay", |r| Receiver::of_type(r, "organization.created").len() == 2).await;
+    let sent = Receiver::of_type(&got, "organization.created");
+    assert_eq!(sent[0].header("webhook-id"), sent[1].header("webhook-id"), "a replay is the same message");
+
+    // Disabled by its owner, the subscription misses an event; enabling with replay_missed sends it.
+    let r = app
+        .client
+        .patch(app.url(&format!("/webhooks/{id}")))
+        .bearer_auth(&app.subscribe_key)
+        .json(&json!({"status": "disabled"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    put_org(&app, O2, "Two").await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(Receiver::of_type(&rx.received(), "organization.created").iter().all(|r| r.json()["data"]["id"] != O2));
+    let r: Value = app
+        .client
+        .post(app.url(&format!("/webhooks/{id}/enable")))
+        .bearer_auth(&app.subscribe_key)
+        .json(&json!({"replay_missed": true}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["status"], "active", "{r}");
+    rx.wait_for("the missed event", |r| {
+        Receiver::of_type(r, "organization.created").iter().any(|x| x.json()["data"]["id"] == O2)
+    })
+    .await;
+});
