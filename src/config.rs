@@ -51,6 +51,9 @@ pub struct ServeFlags {
     /// Seconds to wait for a webhook target's answer (default 15).
     #[arg(long, env = "HSDA_DELIVERY_TIMEOUT_SECONDS")]
     pub delivery_timeout_seconds: Option<u64>,
+    /// Webhook deliveries in flight at once in this process, over all subscriptions (default 512).
+    #[arg(long, env = "HSDA_MAX_IN_FLIGHT")]
+    pub max_in_flight: Option<usize>,
     /// Shortest digest `schedule` interval accepted, in seconds (default 60; lower it only for tests).
     #[arg(long, env = "HSDA_MIN_DIGEST_SECONDS")]
     pub min_digest_seconds: Option<i64>,
@@ -72,6 +75,7 @@ struct FileConfig {
     disable_after_seconds: Option<i64>,
     delivery_timeout_seconds: Option<u64>,
     min_digest_seconds: Option<i64>,
+    max_in_flight: Option<usize>,
 }
 
 /// The resolved configuration.
@@ -88,6 +92,7 @@ pub struct Config {
     pub public_url: Option<String>,
     pub disable_after_seconds: i64,
     pub delivery_timeout_seconds: u64,
+    pub max_in_flight: usize,
     pub min_digest_seconds: i64,
 }
 
@@ -105,6 +110,7 @@ impl Default for Config {
             public_url: None,
             disable_after_seconds: 5 * 24 * 3600,
             delivery_timeout_seconds: 15,
+            max_in_flight: 512,
             min_digest_seconds: crate::webhook::schedule::MIN_INTERVAL_SECONDS,
         }
     }
@@ -144,6 +150,7 @@ impl Config {
                 .delivery_timeout_seconds
                 .or(file.delivery_timeout_seconds)
                 .unwrap_or(d.delivery_timeout_seconds),
+            max_in_flight: serve.max_in_flight.or(file.max_in_flight).unwrap_or(d.max_in_flight).clamp(1, 100_000),
             min_digest_seconds: serve.min_digest_seconds.or(file.min_digest_seconds).unwrap_or(d.min_digest_seconds),
         };
         crate::webhook::ssrf::AllowList::parse(&config.allow_targets).context("allow_targets")?;

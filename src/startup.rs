@@ -50,6 +50,7 @@ impl Application {
             // Long enough to cover one attempt (its timeout) and recording it, short enough that the work of
             // a crashed process is picked up soon.
             lease_seconds: config.delivery_timeout_seconds as i64 + 15,
+            max_in_flight: config.max_in_flight,
             ..WorkerConfig::default()
         };
         let worker = Worker::new(db.clone(), client.clone(), worker_config);

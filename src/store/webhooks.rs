@@ -3,6 +3,8 @@
 //! cursor over the event log, and claimed by delivery workers with a lease (and `FOR UPDATE SKIP LOCKED`
 //! on PostgreSQL), so a crash at any point loses nothing and several processes share the work.
 
+use std::collections::HashMap;
+
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 use sqlx::Row as _;
@@ -530,22 +532,56 @@ impl Db {
     }
 
     /// Claims up to `limit` due deliveries for `lease_seconds`; each is then attempted by this process only.
-    pub async fn claim_due(&self, limit: i64, lease_seconds: i64) -> sqlx::Result<Vec<Delivery>> {
+    ///
+    /// Deliveries of the subscriptions in `busy` (those whose every slot this process already uses) are left
+    /// for later, so a hanging target's backlog never fills this process's in-flight capacity.
+    pub async fn claim_due(&self, limit: i64, lease_seconds: i64, busy: &[String]) -> sqlx::Result<Vec<Delivery>> {
         let now = chrono::Utc::now();
         let now_s = timestamp_text(now);
         let lease = timestamp_text(now + chrono::Duration::seconds(lease_seconds));
         let lock = if self.backend == Backend::Postgres { "FOR UPDATE OF d SKIP LOCKED" } else { "" };
+        let skip = if busy.is_empty() {
+            String::new()
+        } else {
+            format!("AND d.subscription_id NOT IN ({})", super::placeholders(2, busy.len()))
+        };
         let sql = format!(
             "UPDATE deliveries SET lease_until = $1 WHERE id IN (SELECT d.id FROM {CLAIMABLE} \
-             AND d.next_attempt_at <= $2 AND (d.lease_until IS NULL OR d.lease_until < $2) \
-             ORDER BY d.next_attempt_at LIMIT $3 {lock}) RETURNING {DELIVERY_COLUMNS}"
+             AND d.next_attempt_at <= $2 AND (d.lease_until IS NULL OR d.lease_until < $2) {skip} \
+             ORDER BY d.next_attempt_at LIMIT ${} {lock}) RETURNING {DELIVERY_COLUMNS}",
+            3 + busy.len()
         );
         let _guard = match &self.write_lock {
             Some(lock) => Some(lock.lock().await),
             None => None,
         };
-        let rows = sqlx::query(&sql).bind(&lease).bind(&now_s).bind(limit).fetch_all(&self.pool).await?;
+        let mut query = sqlx::query(&sql).bind(&lease).bind(&now_s);
+        for id in busy {
+            query = query.bind(id);
+        }
+        let rows = query.bind(limit).fetch_all(&self.pool).await?;
         rows.iter().map(delivery_from_row).collect()
+    }
+
+    /// Gives claimed deliveries back unattempted (their lease is cleared; they stay due).
+    pub async fn release_claims(&self, ids: &[String]) -> sqlx::Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let (mut tx, _guard) = self.begin_write().await?;
+        for id in ids {
+            sqlx::query("UPDATE deliveries SET lease_until = NULL WHERE id = $1").bind(id).execute(&mut *tx).await?;
+        }
+        tx.commit().await
+    }
+
+    /// The `max_concurrency` of every subscription that receives deliveries.
+    pub async fn concurrency_limits(&self) -> sqlx::Result<HashMap<String, i64>> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT id, max_concurrency FROM subscriptions WHERE status IN ('active', 'failing')")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().collect())
     }
 
     /// On SQLite one process owns the file, so leases found at start-up were left by a crashed run and are

@@ -139,8 +139,12 @@ impl Worker {
             });
         }
         let free = self.in_flight.available_permits() as i64;
+        let busy: Vec<String> = {
+            let map = self.per_subscription.lock().unwrap_or_else(|p| p.into_inner());
+            map.iter().filter(|(_, slots)| slots.available_permits() == 0).map(|(id, _)| id.clone()).collect()
+        };
         let claimed = if free > 0 {
-            self.db.claim_due(free.min(CLAIM_BATCH), self.config.lease_seconds).await?
+            self.db.claim_due(free.min(CLAIM_BATCH), self.config.lease_seconds, &busy).await?
         } else {
             Vec::new()
         };
@@ -168,17 +172,28 @@ impl Worker {
                 }
             }
         }
+        // Each start takes one of its subscription's slots and one in-flight permit up front; a delivery that
+        // cannot have both now goes back to the queue instead of waiting (and holding capacity) here.
+        let limits = if starts.is_empty() { HashMap::new() } else { self.db.concurrency_limits().await? };
+        let mut give_back = Vec::new();
         for (delivery, start_at) in starts {
-            let Ok(permit) = self.in_flight.clone().acquire_owned().await else { break };
+            let max = limits.get(&delivery.subscription_id).copied().unwrap_or(1);
+            let slots = self.slots_for(&delivery.subscription_id, max);
+            let (Ok(slot), Ok(permit)) = (slots.try_acquire_owned(), self.in_flight.clone().try_acquire_owned()) else {
+                give_back.push(delivery.id);
+                continue;
+            };
             let worker = self.clone();
             tokio::spawn(async move {
                 if let Some(at) = start_at {
                     tokio::time::sleep_until(at).await;
                 }
                 worker.attempt(delivery).await;
+                drop(slot);
                 drop(permit);
             });
         }
+        self.db.release_claims(&give_back).await?;
         // A failure here leaves them leased: they are retried when the lease expires.
         self.db.defer_deliveries(&deferred).await?;
         Ok(read as i64 == DISPATCH_BATCH || count == CLAIM_BATCH)
@@ -195,11 +210,16 @@ impl Worker {
         }
     }
 
-    fn slots_of(&self, sub: &Subscription) -> Arc<Semaphore> {
+    /// The slots of a subscription in this process (`max_concurrency` of them; a changed limit takes effect
+    /// when the old slots are all free).
+    fn slots_for(&self, subscription_id: &str, max_concurrency: i64) -> Arc<Semaphore> {
+        let size = max_concurrency.clamp(1, 1000) as usize;
         let mut map = self.per_subscription.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(sub.id.clone())
-            .or_insert_with(|| Arc::new(Semaphore::new(sub.max_concurrency.clamp(1, 1000) as usize)))
-            .clone()
+        let entry = map.entry(subscription_id.to_string()).or_insert_with(|| Arc::new(Semaphore::new(size)));
+        if Arc::strong_count(entry) == 1 && entry.available_permits() != size {
+            *entry = Arc::new(Semaphore::new(size));
+        }
+        entry.clone()
     }
 
     /// Attempts one claimed delivery and records the outcome.
@@ -216,8 +236,6 @@ impl Worker {
             // Held until the owner enables (or verifies) it; the lease expiring makes it claimable again.
             return;
         }
-        let slots = self.slots_of(&sub);
-        let Ok(_slot) = slots.acquire().await else { return };
         let response = send(&self.client, &sub, &delivery.id, &delivery.body).await;
         let record = self.judge(&delivery, response);
         if self.results.send((delivery, record)).is_err() {
