@@ -51,7 +51,6 @@ impl Application {
             // a crashed process is picked up soon.
             lease_seconds: config.delivery_timeout_seconds as i64 + 15,
             max_in_flight: config.max_in_flight,
-            ..WorkerConfig::default()
         };
         let worker = Worker::new(db.clone(), client.clone(), worker_config);
         let state = AppState { db, config: Arc::new(config), guard: Arc::new(guard), webhook_client: client };
