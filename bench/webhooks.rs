@@ -1,0 +1,691 @@
+//! Webhook delivery benchmark: hsda in-process (real HTTP API, real worker, signatures on, every attempt
+//! recorded), a real axum receiver on 127.0.0.1, and a keep-alive reqwest driver, all in one tokio runtime.
+//!
+//! `cargo bench --bench webhooks -- [--store sqlite|postgres|both] [--workload W1|W2|W3|W4|W0|all]
+//! [--max-concurrency N]`
+//!
+//! - W0: writes only, no subscription (the write path's own ceiling).
+//! - W1: one subscription, 20k changes from 50 concurrent writers -> deliveries/s and writes/s.
+//! - W2: ten subscriptions, 2k changes -> deliveries/s (20k deliveries).
+//! - W3: 100 changes/s for 10 s -> end-to-end latency (just before the PUT -> arrival at the receiver).
+//! - W4: W3 beside a second subscription whose target fails (500) or hangs (30 s) -> the healthy p99.
+//! - ceiling: the same driver POSTing 1 KB JSON straight to the same receiver, same concurrency.
+//!
+//! The machine is shared, so every figure is printed beside the loopback ceiling measured in the same run.
+//! For W1 and W2 a sampler reads the pipeline's progress from the database every 100 ms (events written,
+//! dispatch cursor, deliveries succeeded) so the report shows which phase finishes last.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use hsda::config::Config;
+use hsda::startup::Application;
+use hsda::store::keys::Scope;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sqlx::Connection;
+
+const WRITERS: usize = 50;
+const W1_CHANGES: usize = 20_000;
+const W2_CHANGES: usize = 2_000;
+const W2_SUBSCRIPTIONS: usize = 10;
+const PACED_RATE: u64 = 100;
+const PACED_SECONDS: u64 = 10;
+const CEILING_REQUESTS: usize = 20_000;
+const WORKLOAD_LIMIT: Duration = Duration::from_secs(120);
+const POSTGRES_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+// ---------------------------------------------------------------------------------------------------------
+// The receiver
+
+/// What one receiver path has seen.
+#[derive(Default)]
+struct PathStats {
+    /// Distinct `webhook-id`s of `organization.*` deliveries (at-least-once: duplicates are not counted).
+    unique: Mutex<HashSet<String>>,
+    arrivals: AtomicU64,
+    last_arrival: Mutex<Option<Instant>>,
+    pings: AtomicU64,
+    secret: Mutex<Option<String>>,
+    verified: AtomicU64,
+    bad_signatures: AtomicU64,
+}
+
+#[derive(Default)]
+struct Receiver {
+    paths: Mutex<HashMap<usize, Arc<PathStats>>>,
+    /// W3/W4: write-start instants by organization id, and the latencies of arrivals on path 0.
+    started: Mutex<HashMap<String, Instant>>,
+    latencies: Mutex<Vec<Duration>>,
+    ceiling: AtomicU64,
+    failed: AtomicU64,
+    hung: AtomicU64,
+}
+
+#[derive(Deserialize)]
+struct Probe {
+    #[serde(rename = "type")]
+    event_type: String,
+    data: ProbeData,
+}
+
+#[derive(Deserialize)]
+struct ProbeData {
+    id: Option<String>,
+}
+
+impl Receiver {
+    fn path(&self, n: usize) -> Arc<PathStats> {
+        self.paths.lock().unwrap().entry(n).or_default().clone()
+    }
+}
+
+async fn hook(State(rx): State<Arc<Receiver>>, Path(n): Path<usize>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    let now = Instant::now();
+    let stats = rx.path(n);
+    let Ok(probe) = serde_json::from_slice::<Probe>(&body) else { return StatusCode::BAD_REQUEST };
+    if probe.event_type == "webhook.ping" {
+        stats.pings.fetch_add(1, Ordering::Relaxed);
+        return StatusCode::OK;
+    }
+    if !probe.event_type.starts_with("organization.") {
+        return StatusCode::OK;
+    }
+    if n == 0
+        && let Some(id) = &probe.data.id
+        && let Some(start) = rx.started.lock().unwrap().remove(id)
+    {
+        rx.latencies.lock().unwrap().push(now - start);
+    }
+    let arrivals = stats.arrivals.fetch_add(1, Ordering::Relaxed);
+    // Check a sample of signatures with the independent `standardwebhooks` crate.
+    if arrivals % 1000 == 0 {
+        let secret = stats.secret.lock().unwrap().clone();
+        if let Some(secret) = secret {
+            let ok = standardwebhooks::Webhook::new(&secret).is_ok_and(|wh| wh.verify(&body, &headers).is_ok());
+            let counter = if ok { &stats.verified } else { &stats.bad_signatures };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    let id = headers.get("webhook-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    if stats.unique.lock().unwrap().insert(id) {
+        *stats.last_arrival.lock().unwrap() = Some(now);
+    }
+    StatusCode::OK
+}
+
+async fn ceiling(State(rx): State<Arc<Receiver>>, _body: Bytes) -> StatusCode {
+    rx.ceiling.fetch_add(1, Ordering::Relaxed);
+    StatusCode::OK
+}
+
+async fn fail(State(rx): State<Arc<Receiver>>, _body: Bytes) -> StatusCode {
+    rx.failed.fetch_add(1, Ordering::Relaxed);
+    StatusCode::INTERNAL_SERVER_ERROR
+}
+
+async fn hang(State(rx): State<Arc<Receiver>>, _body: Bytes) -> StatusCode {
+    rx.hung.fetch_add(1, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    StatusCode::OK
+}
+
+async fn start_receiver() -> (Arc<Receiver>, String) {
+    let rx = Arc::new(Receiver::default());
+    let app = Router::new()
+        .route("/hook/{n}", post(hook))
+        .route("/ceiling", post(ceiling))
+        .route("/fail", post(fail))
+        .route("/hang", post(hang))
+        .with_state(rx.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the receiver");
+    let base = format!("http://{}", listener.local_addr().expect("receiver address"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (rx, base)
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// hsda under test
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Store {
+    Sqlite,
+    Postgres,
+}
+
+struct Hsda {
+    base: String,
+    database_url: String,
+    publish_key: String,
+    subscribe_key: String,
+    shutdown: tokio_util::sync::CancellationToken,
+    server: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _dir: Option<tempfile::TempDir>,
+    pg_name: Option<String>,
+}
+
+impl Hsda {
+    async fn start(store: Store) -> anyhow::Result<Hsda> {
+        let (database_url, dir, pg_name) = match store {
+            Store::Sqlite => {
+                let dir = tempfile::tempdir()?;
+                let url = format!("sqlite://{}", dir.path().join("bench.db").display());
+                (url, Some(dir), None)
+            }
+            Store::Postgres => {
+                let name = format!("hsda_bench_{}", uuid::Uuid::new_v4().simple());
+                let mut conn = sqlx::PgConnection::connect(POSTGRES_ADMIN_URL).await?;
+                sqlx::Executor::execute(&mut conn, format!("CREATE DATABASE {name}").as_str()).await?;
+                let base = POSTGRES_ADMIN_URL.rsplit_once('/').map(|(b, _)| b).unwrap_or(POSTGRES_ADMIN_URL);
+                (format!("{base}/{name}"), None, Some(name))
+            }
+        };
+        let config = Config {
+            database_url: database_url.clone(),
+            bind: "127.0.0.1:0".parse()?,
+            allow_targets: "127.0.0.0/8".into(),
+            retry_schedule: Some("1,1,1".into()),
+            ..Config::default()
+        };
+        let app = Application::build(config).await?;
+        let db = app.db().clone();
+        let base = format!("http://{}", app.local_addr());
+        let shutdown = app.shutdown_token();
+        let server = tokio::spawn(app.run());
+        let publish_key = db.create_key("bench", Scope::Publish).await?.secret;
+        let subscribe_key = db.create_key("bench", Scope::Subscribe).await?.secret;
+        Ok(Hsda { base, database_url, publish_key, subscribe_key, shutdown, server, _dir: dir, pg_name })
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        // A hanging target keeps deliveries in flight for up to the delivery timeout: do not wait for it.
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.server).await;
+        if let Some(name) = self.pg_name
+            && let Ok(mut conn) = sqlx::PgConnection::connect(POSTGRES_ADMIN_URL).await
+        {
+            let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+            if let Err(e) = sqlx::Executor::execute(&mut conn, sql.as_str()).await {
+                eprintln!("warning: could not drop {name}: {e}");
+            }
+        }
+    }
+
+    /// Creates a subscription to `url`; returns its secret.
+    async fn subscribe(&self, client: &reqwest::Client, url: &str, max_concurrency: Option<i64>) -> String {
+        let mut body = json!({"url": url, "events": ["organization.*"]});
+        if let Some(n) = max_concurrency {
+            body["max_concurrency"] = json!(n);
+        }
+        let r = client
+            .post(format!("{}/webhooks", self.base))
+            .bearer_auth(&self.subscribe_key)
+            .json(&body)
+            .send()
+            .await
+            .expect("POST /webhooks");
+        assert_eq!(r.status(), 201, "creating a subscription");
+        let v: Value = r.json().await.expect("subscription JSON");
+        v["secret"].as_str().expect("secret").to_string()
+    }
+
+    async fn put_org(&self, client: &reqwest::Client, id: &str, i: usize) {
+        let body = json!({"id": id, "name": format!("Organization {i}"), "description": "bench"});
+        let r = client
+            .put(format!("{}/organizations/{id}", self.base))
+            .bearer_auth(&self.publish_key)
+            .json(&body)
+            .send()
+            .await
+            .expect("PUT /organizations");
+        assert!(r.status().is_success(), "PUT -> {}", r.status());
+    }
+}
+
+fn driver() -> reqwest::Client {
+    reqwest::Client::builder().pool_max_idle_per_host(WRITERS * 2).build().expect("HTTP client")
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Progress sampler (phase timings)
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Progress {
+    written: i64,
+    dispatched: i64,
+    succeeded: i64,
+}
+
+async fn progress(conn: &mut sqlx::AnyConnection) -> Progress {
+    let row: Result<(i64, i64, i64), _> = sqlx::query_as(
+        "SELECT (SELECT value FROM counters WHERE name = 'event_sequence'), \
+         (SELECT value FROM counters WHERE name = 'dispatch_cursor'), \
+         (SELECT COUNT(*) FROM deliveries WHERE status = 'succeeded')",
+    )
+    .fetch_one(&mut *conn)
+    .await;
+    row.map(|(written, dispatched, succeeded)| Progress { written, dispatched, succeeded }).unwrap_or_default()
+}
+
+/// When each phase completed, in seconds after t0.
+#[derive(Debug, Default, Clone, Copy)]
+struct Phases {
+    written: Option<f64>,
+    dispatched: Option<f64>,
+    recorded: Option<f64>,
+}
+
+/// Samples the pipeline every 100 ms until `stop`; a phase is complete when `events` more events were written,
+/// the dispatch cursor passed them all and `deliveries` more deliveries succeeded than at the start.
+fn sample(
+    database_url: String,
+    t0: Instant,
+    events: i64,
+    deliveries: i64,
+    stop: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<Phases> {
+    tokio::spawn(async move {
+        let mut phases = Phases::default();
+        let Ok(mut conn) = sqlx::AnyConnection::connect(&database_url).await else { return phases };
+        let base = progress(&mut conn).await;
+        loop {
+            let p = progress(&mut conn).await;
+            let at = t0.elapsed().as_secs_f64();
+            if phases.written.is_none() && p.written - base.written >= events {
+                phases.written = Some(at);
+            }
+            if phases.dispatched.is_none() && p.dispatched >= base.written + events {
+                phases.dispatched = Some(at);
+            }
+            if phases.recorded.is_none() && p.succeeded - base.succeeded >= deliveries {
+                phases.recorded = Some(at);
+            }
+            if phases.recorded.is_some() || stop.is_cancelled() {
+                return phases;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Workloads
+
+/// `n` PUTs of new organizations from `WRITERS` concurrent writers; returns when all were answered.
+async fn write_concurrently(hsda: &Arc<Hsda>, client: &reqwest::Client, n: usize) {
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..WRITERS {
+        let (hsda, client, next) = (hsda.clone(), client.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    break;
+                }
+                hsda.put_org(&client, &uuid::Uuid::new_v4().to_string(), i).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("writer");
+    }
+}
+
+/// Waits (bounded by `deadline`) until every path in `paths` saw `n` distinct deliveries; returns the
+/// instant of the last new arrival and how many arrived in all.
+async fn wait_for_arrivals(rx: &Receiver, paths: &[usize], n: usize, deadline: Instant) -> (Option<Instant>, usize) {
+    loop {
+        let stats: Vec<_> = paths.iter().map(|p| rx.path(*p)).collect();
+        let got: usize = stats.iter().map(|s| s.unique.lock().unwrap().len()).sum();
+        if got >= n * paths.len() || Instant::now() >= deadline {
+            let last = stats.iter().filter_map(|s| *s.last_arrival.lock().unwrap()).max();
+            return (last, got);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn wait_for_pings(rx: &Receiver, paths: &[usize]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline && paths.iter().any(|p| rx.path(*p).pings.load(Ordering::Relaxed) == 0) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+struct Throughput {
+    deliveries: usize,
+    arrived: usize,
+    deliveries_per_s: f64,
+    writes_per_s: f64,
+    phases: Phases,
+    seconds: f64,
+    verified: u64,
+    bad: u64,
+}
+
+/// W1 (one subscription) and W2 (several), and W0 (none: writes only).
+async fn throughput(
+    store: Store,
+    subscriptions: usize,
+    changes: usize,
+    max_concurrency: Option<i64>,
+) -> anyhow::Result<Throughput> {
+    let (rx, rx_base) = start_receiver().await;
+    let hsda = Arc::new(Hsda::start(store).await?);
+    let client = driver();
+    let paths: Vec<usize> = (0..subscriptions).collect();
+    for &p in &paths {
+        let secret = hsda.subscribe(&client, &format!("{rx_base}/hook/{p}"), max_concurrency).await;
+        *rx.path(p).secret.lock().unwrap() = Some(secret);
+    }
+    wait_for_pings(&rx, &paths).await;
+
+    let t0 = Instant::now();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let total = (changes * subscriptions) as i64;
+    let sampler = sample(hsda.database_url.clone(), t0, changes as i64, total, stop.clone());
+    write_concurrently(&hsda, &client, changes).await;
+    let written = t0.elapsed();
+    let (last, arrived) = wait_for_arrivals(&rx, &paths, changes, t0 + WORKLOAD_LIMIT).await;
+    // Give the recorder (bounded) time to commit the last batch, so the phase table is complete.
+    let record_deadline = Instant::now() + Duration::from_secs(if subscriptions == 0 { 1 } else { 15 });
+    while !sampler.is_finished() && Instant::now() < record_deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.cancel();
+    let phases = sampler.await.unwrap_or_default();
+    let end = last.map(|l| l - t0).unwrap_or(t0.elapsed());
+    let (verified, bad) = paths.iter().fold((0, 0), |(v, b), p| {
+        let s = rx.path(*p);
+        (v + s.verified.load(Ordering::Relaxed), b + s.bad_signatures.load(Ordering::Relaxed))
+    });
+    if let Ok(hsda) = Arc::try_unwrap(hsda) {
+        hsda.stop().await;
+    }
+    Ok(Throughput {
+        deliveries: changes * subscriptions,
+        arrived,
+        deliveries_per_s: arrived as f64 / end.as_secs_f64(),
+        writes_per_s: changes as f64 / written.as_secs_f64(),
+        phases,
+        seconds: end.as_secs_f64(),
+        verified,
+        bad,
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Beside {
+    Nothing,
+    Failing,
+    Hanging,
+}
+
+struct Latency {
+    p50: Duration,
+    p99: Duration,
+    max: Duration,
+    arrived: usize,
+    sent: usize,
+    write_p50: Duration,
+    write_p99: Duration,
+    bad_target_hits: u64,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+/// W3 (nothing beside) and W4 (a failing or hanging subscription beside the healthy one).
+async fn latency(store: Store, beside: Beside, max_concurrency: Option<i64>) -> anyhow::Result<Latency> {
+    let (rx, rx_base) = start_receiver().await;
+    let hsda = Arc::new(Hsda::start(store).await?);
+    let client = driver();
+    let secret = hsda.subscribe(&client, &format!("{rx_base}/hook/0"), max_concurrency).await;
+    *rx.path(0).secret.lock().unwrap() = Some(secret);
+    match beside {
+        Beside::Nothing => {}
+        Beside::Failing => drop(hsda.subscribe(&client, &format!("{rx_base}/fail"), max_concurrency).await),
+        Beside::Hanging => drop(hsda.subscribe(&client, &format!("{rx_base}/hang"), max_concurrency).await),
+    }
+    wait_for_pings(&rx, &[0]).await;
+
+    let n = (PACED_RATE * PACED_SECONDS) as usize;
+    let write_times = Arc::new(Mutex::new(Vec::with_capacity(n)));
+    let mut ticker = tokio::time::interval(Duration::from_micros(1_000_000 / PACED_RATE));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut tasks = Vec::with_capacity(n);
+    let t0 = Instant::now();
+    for i in 0..n {
+        ticker.tick().await;
+        let (hsda, client, rx, write_times) = (hsda.clone(), client.clone(), rx.clone(), write_times.clone());
+        tasks.push(tokio::spawn(async move {
+            let id = uuid::Uuid::new_v4().to_string();
+            let start = Instant::now();
+            rx.started.lock().unwrap().insert(id.clone(), start);
+            hsda.put_org(&client, &id, i).await;
+            write_times.lock().unwrap().push(start.elapsed());
+        }));
+    }
+    for t in tasks {
+        t.await.expect("paced writer");
+    }
+    let (_, arrived) = wait_for_arrivals(&rx, &[0], n, t0 + WORKLOAD_LIMIT).await;
+    let mut lat = rx.latencies.lock().unwrap().clone();
+    lat.sort();
+    let mut writes = write_times.lock().unwrap().clone();
+    writes.sort();
+    let bad_target_hits = rx.failed.load(Ordering::Relaxed) + rx.hung.load(Ordering::Relaxed);
+    if let Ok(hsda) = Arc::try_unwrap(hsda) {
+        hsda.stop().await;
+    }
+    Ok(Latency {
+        p50: percentile(&lat, 0.50),
+        p99: percentile(&lat, 0.99),
+        max: lat.last().copied().unwrap_or_default(),
+        arrived,
+        sent: n,
+        write_p50: percentile(&writes, 0.50),
+        write_p99: percentile(&writes, 0.99),
+        bad_target_hits,
+    })
+}
+
+/// The loopback ceiling: the same driver POSTing 1 KB of JSON to the same kind of receiver.
+async fn loopback_ceiling() -> f64 {
+    let (rx, rx_base) = start_receiver().await;
+    let client = driver();
+    let body = Bytes::from(json!({"type": "ceiling", "data": {"pad": "x".repeat(1000)}}).to_string());
+    let url = format!("{rx_base}/ceiling");
+    let next = Arc::new(AtomicUsize::new(0));
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..WRITERS {
+        let (client, next, body, url) = (client.clone(), next.clone(), body.clone(), url.clone());
+        tasks.push(tokio::spawn(async move {
+            while next.fetch_add(1, Ordering::Relaxed) < CEILING_REQUESTS {
+                let r = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .expect("POST");
+                assert!(r.status().is_success());
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("ceiling task");
+    }
+    let got = rx.ceiling.load(Ordering::Relaxed) as f64;
+    got / t0.elapsed().as_secs_f64()
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Report
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn at(s: Option<f64>) -> String {
+    s.map(|s| format!("{s:.2} s")).unwrap_or_else(|| "not reached".into())
+}
+
+struct Args {
+    stores: Vec<Store>,
+    workloads: Vec<String>,
+    max_concurrency: Option<i64>,
+}
+
+fn parse_args() -> Args {
+    let mut args = Args { stores: vec![Store::Sqlite], workloads: vec!["all".into()], max_concurrency: None };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--store" => {
+                args.stores = match it.next().as_deref() {
+                    Some("postgres") => vec![Store::Postgres],
+                    Some("both") => vec![Store::Sqlite, Store::Postgres],
+                    _ => vec![Store::Sqlite],
+                }
+            }
+            "--workload" => args.workloads = it.next().into_iter().map(|w| w.to_uppercase()).collect(),
+            "--max-concurrency" => args.max_concurrency = it.next().and_then(|n| n.parse().ok()),
+            _ => {} // `cargo bench` passes `--bench`
+        }
+    }
+    if args.workloads.iter().any(|w| w == "ALL") {
+        args.workloads = ["W0", "W1", "W2", "W3", "W4"].map(String::from).to_vec();
+    }
+    args
+}
+
+fn throughput_rows(name: &str, t: &Throughput, ceiling: f64, rows: &mut Vec<String>, phases: &mut Vec<String>) {
+    if t.deliveries == 0 {
+        rows.push(format!(
+            "| {name} writes only | writes/s | {:.0} | {:.0} | {:.2} |",
+            t.writes_per_s,
+            ceiling,
+            t.writes_per_s / ceiling
+        ));
+        return;
+    }
+    let partial = if t.arrived < t.deliveries {
+        format!(" (only {}/{} arrived)", t.arrived, t.deliveries)
+    } else {
+        String::new()
+    };
+    rows.push(format!(
+        "| {name} | deliveries/s{partial} | {:.0} | {:.0} | {:.2} |",
+        t.deliveries_per_s,
+        ceiling,
+        t.deliveries_per_s / ceiling
+    ));
+    rows.push(format!(
+        "| {name} | writes/s | {:.0} | {:.0} | {:.2} |",
+        t.writes_per_s,
+        ceiling,
+        t.writes_per_s / ceiling
+    ));
+    phases.push(format!(
+        "| {name} | {} | {} | {:.2} s | {} | signatures checked {} ok, {} bad |",
+        at(t.phases.written),
+        at(t.phases.dispatched),
+        t.seconds,
+        at(t.phases.recorded),
+        t.verified,
+        t.bad
+    ));
+}
+
+fn latency_row(name: &str, l: &Latency, ceiling: f64) -> String {
+    let partial = if l.arrived < l.sent { format!(" (only {}/{} arrived)", l.arrived, l.sent) } else { String::new() };
+    format!(
+        "| {name} | p50 / p99 / max{partial} | {} / {} / {} (PUT p50 {} p99 {}; bad target hit {}x) | {:.0} | - |",
+        ms(l.p50),
+        ms(l.p99),
+        ms(l.max),
+        ms(l.write_p50),
+        ms(l.write_p99),
+        l.bad_target_hits,
+        ceiling
+    )
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = parse_args();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    println!("# hsda webhook delivery bench ({cores} cores; {})", chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"));
+    for store in args.stores.clone() {
+        let label = format!("{store:?}").to_lowercase();
+        let ceiling = loopback_ceiling().await;
+        eprintln!("[{label}] loopback ceiling {ceiling:.0} req/s");
+        let mut rows = vec![format!("| ceiling | loopback requests/s | {ceiling:.0} | {ceiling:.0} | 1.00 |")];
+        let mut phases = Vec::new();
+        let mc = args.max_concurrency;
+        for w in &args.workloads {
+            eprintln!("[{label}] {w} ...");
+            match w.as_str() {
+                "W0" => {
+                    throughput_rows("W0", &throughput(store, 0, W1_CHANGES, mc).await?, ceiling, &mut rows, &mut phases)
+                }
+                "W1" => {
+                    throughput_rows("W1", &throughput(store, 1, W1_CHANGES, mc).await?, ceiling, &mut rows, &mut phases)
+                }
+                "W2" => throughput_rows(
+                    "W2",
+                    &throughput(store, W2_SUBSCRIPTIONS, W2_CHANGES, mc).await?,
+                    ceiling,
+                    &mut rows,
+                    &mut phases,
+                ),
+                "W3" => rows.push(latency_row("W3", &latency(store, Beside::Nothing, mc).await?, ceiling)),
+                "W4" => {
+                    rows.push(latency_row(
+                        "W4 failing (500) beside",
+                        &latency(store, Beside::Failing, mc).await?,
+                        ceiling,
+                    ));
+                    rows.push(latency_row(
+                        "W4 hanging (30 s) beside",
+                        &latency(store, Beside::Hanging, mc).await?,
+                        ceiling,
+                    ));
+                }
+                other => eprintln!("unknown workload {other}"),
+            }
+            eprintln!("{}", rows.last().cloned().unwrap_or_default());
+        }
+        let concurrency = mc.map(|n| n.to_string()).unwrap_or_else(|| "default".into());
+        println!("\n## {label} (per-subscription max_concurrency: {concurrency})\n");
+        println!("| workload | measure | value | loopback ceiling (req/s) | ratio |");
+        println!("|---|---|---|---|---|");
+        for r in &rows {
+            println!("{r}");
+        }
+        if !phases.is_empty() {
+            println!("\nPhase completion after the first write (database sampled every 100 ms):\n");
+            println!("| workload | all written | all dispatched | last arrival | all recorded | |");
+            println!("|---|---|---|---|---|---|");
+            for p in &phases {
+                println!("{p}");
+            }
+        }
+    }
+    Ok(())
+}
