@@ -651,3 +651,59 @@ webhook_test!(replay_requeues_a_time_range_and_enable_replays_what_was_missed, |
     })
     .await;
 });
+
+webhook_test!(authorization_matrix_of_the_webhook_endpoints, |app| async move {
+    let rx = Receiver::start().await;
+    let sub: Value = subscribe(&app, &app.subscribe_key, json!({"url": rx.url})).await.json().await.unwrap();
+    let id = sub["id"].as_str().unwrap().to_string();
+    let delivery = rx.wait_for("ping", |r| !r.is_empty()).await[0].header("webhook-id");
+    let other = app.db.create_key("globex", hsda::store::keys::Scope::Subscribe).await.unwrap().secret;
+    let other_admin = app.db.create_key("globex", hsda::store::keys::Scope::Admin).await.unwrap().secret;
+    // (method, path, body) for every endpoint that names a subscription or a delivery
+    let endpoints: Vec<(&str, String, Value)> = vec![
+        ("GET", format!("/webhooks/{id}"), Value::Null),
+        ("PATCH", format!("/webhooks/{id}"), json!({"description": "x"})),
+        ("GET", format!("/webhooks/{id}/deliveries"), Value::Null),
+        ("POST", format!("/webhooks/{id}/test"), json!({})),
+        ("POST", format!("/webhooks/{id}/rotate-secret"), json!({"grace_seconds": 0})),
+        ("POST", format!("/webhooks/{id}/replay"), json!({"since": "2020-01-01T00:00:00Z"})),
+        ("POST", format!("/webhooks/{id}/enable"), json!({})),
+        ("GET", format!("/deliveries/{delivery}"), Value::Null),
+        ("POST", format!("/deliveries/{delivery}/retry"), Value::Null),
+    ];
+    let call = |method: &str, path: &str, body: &Value, key: Option<&str>| {
+        let mut rq = app.client.request(method.parse().unwrap(), app.url(path));
+        if let Some(key) = key {
+            rq = rq.bearer_auth(key);
+        }
+        if !body.is_null() {
+            rq = rq.json(body);
+        }
+        rq.send()
+    };
+    for (method, path, body) in &endpoints {
+        let code = |r: reqwest::Response| r.status().as_u16();
+        assert_eq!(code(call(method, path, body, None).await.unwrap()), 401, "{method} {path} without a key");
+        assert_eq!(
+            code(call(method, path, body, Some(&app.publish_key)).await.unwrap()),
+            403,
+            "{method} {path} publish"
+        );
+        let r = call(method, path, body, Some(&other)).await.unwrap();
+        assert_eq!(r.status(), 404, "{method} {path} other tenant");
+        let text = r.text().await.unwrap();
+        assert!(!text.contains("whsec_") && !text.contains(&rx.url), "nothing of the subscription leaks: {text}");
+        // An admin key is admin of every tenant.
+        let r = call(method, path, body, Some(&other_admin)).await.unwrap();
+        assert!(r.status().is_success(), "{method} {path} admin: {}", r.status());
+        let r = call(method, path, body, Some(&app.subscribe_key)).await.unwrap();
+        assert!(r.status().is_success(), "{method} {path} owner: {}", r.status());
+    }
+    // Deleting: other tenants cannot, the owner can.
+    let r = call("DELETE", &format!("/webhooks/{id}"), &Value::Null, Some(&other)).await.unwrap();
+    assert_eq!(r.status(), 404);
+    let r = call("DELETE", &format!("/webhooks/{id}"), &Value::Null, Some(&app.subscribe_key)).await.unwrap();
+    assert_eq!(r.status(), 204);
+    let r = call("GET", &format!("/deliveries/{delivery}"), &Value::Null, Some(&app.subscribe_key)).await.unwrap();
+    assert_eq!(r.status(), 404, "history goes with the subscription");
+});
