@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures::StreamExt;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::ApiError;
@@ -90,7 +90,7 @@ pub fn parse_timestamp(name: &str, v: &str) -> Result<String, ApiError> {
     Err(ApiError::parameter(name, "must be an RFC 3339 date-time such as 2024-05-01T00:00:00Z, or a date"))
 }
 
-fn parse_list_params(table: &'static Table, params: &HashMap<String, String>) -> Result<ListParams, ApiError> {
+fn parse_list_params(params: &HashMap<String, String>) -> Result<ListParams, ApiError> {
     let minimal = parse_bool(params, "minimal")?;
     let per_page_max = if minimal { 100_000 } else { MAX_PER_PAGE };
     let format = params.get("format").map(String::as_str).unwrap_or("json");
@@ -115,7 +115,6 @@ fn parse_list_params(table: &'static Table, params: &HashMap<String, String>) ->
         Some(v) if !v.is_empty() => Some(parse_timestamp("modified_after", v)?),
         _ => None,
     };
-    let _ = table;
     Ok(ListParams {
         query: ListQuery {
             search,
@@ -177,7 +176,7 @@ async fn list(
 ) -> Result<Response, ApiError> {
     state.check_read_access(&headers).await?;
     let table = table_of(&plural)?;
-    let p = parse_list_params(table, &params)?;
+    let p = parse_list_params(&params)?;
     respond_list(state, table, p).await
 }
 
@@ -207,7 +206,7 @@ async fn search(
             params.insert(k, text);
         }
     }
-    let p = parse_list_params(table, &params)?;
+    let p = parse_list_params(&params)?;
     respond_list(state, table, p).await
 }
 
@@ -400,9 +399,4 @@ async fn remove(
     let options = WriteOptions { if_match: if_match(table, &id, &headers), ..WriteOptions::default() };
     state.db.apply(vec![Op::Delete { table, id }], options).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-#[allow(dead_code)]
-fn object(map: Map<String, Value>) -> Value {
-    Value::Object(map)
 }

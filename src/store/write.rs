@@ -473,10 +473,11 @@ impl Writer<'_> {
             });
         }
         for ((kind, id), doc) in &docs {
+            let Some(root) = table_of(kind) else { continue };
             if announced.contains(&(*kind, id.clone())) {
                 continue;
             }
-            let facets = document::facets(table_of(kind).unwrap_or(&TABLES[0]), doc);
+            let facets = document::facets(root, doc);
             events.push(NewEvent {
                 event_type: format!("{kind}.updated"),
                 object: kind,
