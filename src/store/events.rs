@@ -53,24 +53,35 @@ pub(crate) async fn append_events(
             .fetch_one(&mut *conn)
             .await?;
     let first = last - count + 1;
-    for (offset, event) in events.into_iter().enumerate() {
-        let sequence = first + offset as i64;
-        let facets: Vec<[&str; 2]> = event.facets.iter().map(|(k, v)| [k.as_str(), v.as_str()]).collect();
-        sqlx::query(
-            "INSERT INTO events (sequence, id, type, object, object_id, occurred_at, origin, data, facets) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(sequence)
-        .bind(format!("evt_{}", uuid::Uuid::new_v4().simple()))
-        .bind(&event.event_type)
-        .bind(event.object)
-        .bind(&event.object_id)
-        .bind(occurred_at)
-        .bind(origin)
-        .bind(event.data.to_string())
-        .bind(serde_json::to_string(&facets).unwrap_or_else(|_| "[]".into()))
-        .execute(&mut *conn)
-        .await?;
+    // Multi-row inserts: one statement per 50 events instead of one per event.
+    let mut sequence = first;
+    let mut events = events.into_iter().peekable();
+    while events.peek().is_some() {
+        let chunk: Vec<NewEvent> = events.by_ref().take(50).collect();
+        let values: Vec<String> = (0..chunk.len())
+            .map(|i| {
+                let b = 3 + 7 * i;
+                format!("(${}, ${}, ${}, ${}, ${}, $1, $2, ${}, ${})", b, b + 1, b + 2, b + 3, b + 4, b + 5, b + 6)
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO events (sequence, id, type, object, object_id, occurred_at, origin, data, facets) VALUES {}",
+            values.join(", ")
+        );
+        let mut query = sqlx::query(&sql).bind(occurred_at).bind(origin);
+        for event in chunk {
+            let facets: Vec<[&str; 2]> = event.facets.iter().map(|(k, v)| [k.as_str(), v.as_str()]).collect();
+            query = query
+                .bind(sequence)
+                .bind(format!("evt_{}", uuid::Uuid::new_v4().simple()))
+                .bind(event.event_type)
+                .bind(event.object)
+                .bind(event.object_id)
+                .bind(event.data.to_string())
+                .bind(serde_json::to_string(&facets).unwrap_or_else(|_| "[]".into()));
+            sequence += 1;
+        }
+        query.execute(&mut *conn).await?;
     }
     Ok((first, last))
 }

@@ -527,16 +527,20 @@ impl Writer<'_> {
             .bind(id)
             .execute(&mut *self.conn)
             .await?;
-        for (facet, value) in document::facets(table, doc) {
-            sqlx::query(
-                "INSERT INTO record_facets (kind, facet, value, id) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-            )
-            .bind(table.name)
-            .bind(facet)
-            .bind(value)
-            .bind(id)
-            .execute(&mut *self.conn)
-            .await?;
+        // One multi-row statement per document (a few hundred facets at most), not one per facet.
+        let facets: Vec<(String, String)> = document::facets(table, doc).into_iter().collect();
+        for chunk in facets.chunks(200) {
+            let values: Vec<String> =
+                (0..chunk.len()).map(|i| format!("($1, ${}, ${}, $2)", 3 + 2 * i, 4 + 2 * i)).collect();
+            let sql = format!(
+                "INSERT INTO record_facets (kind, facet, value, id) VALUES {} ON CONFLICT DO NOTHING",
+                values.join(", ")
+            );
+            let mut query = sqlx::query(&sql).bind(table.name).bind(id);
+            for (facet, value) in chunk {
+                query = query.bind(facet).bind(value);
+            }
+            query.execute(&mut *self.conn).await?;
         }
         Ok(())
     }
