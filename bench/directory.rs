@@ -270,9 +270,8 @@ async fn explain_search(url: &str, word: &str) -> anyhow::Result<String> {
     let mut lines = Vec::new();
     if url.starts_with("sqlite:") {
         let mut conn = sqlx::SqliteConnection::connect(url).await?;
-        // The page query as `store::read` builds it for a search (rows chosen first, documents read after).
-        let sql = "EXPLAIN QUERY PLAN SELECT r.rid FROM records r \
-                   WHERE +r.kind = $1 AND r.rid IN (SELECT rowid FROM records_fts WHERE records_fts MATCH $2) \
+        let sql = "EXPLAIN QUERY PLAN SELECT r.id, r.modified_at, COALESCE(r.doc, r.data) FROM records r \
+                   WHERE r.kind = $1 AND r.rid IN (SELECT rowid FROM records_fts WHERE records_fts MATCH $2) \
                    ORDER BY r.sort_key, r.id LIMIT $3 OFFSET $4";
         let rows = sqlx::query(sql)
             .bind("service")

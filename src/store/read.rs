@@ -125,9 +125,6 @@ impl Db {
                 Backend::Sqlite => {
                     let expr = words.iter().map(|w| format!("\"{w}\"")).collect::<Vec<_>>().join(" ");
                     let p = sql.push(Param::Text(expr));
-                    // `+r.kind` keeps SQLite from walking the whole (kind, sort_key) index and probing the
-                    // match list per row: the plan starts from the full-text matches instead.
-                    sql.text = sql.text.replacen("r.kind =", "+r.kind =", 1);
                     sql.text += &format!(" AND r.rid IN (SELECT rowid FROM records_fts WHERE records_fts MATCH {p})");
                 }
                 Backend::Postgres => {
