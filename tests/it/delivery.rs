@@ -77,17 +77,13 @@ async fn subscribe(app: &TestApp, body: Value) -> Value {
     r.json().await.unwrap()
 }
 
-async fn get_as(app: &TestApp, path: &str) -> Value {
-    app.client.get(app.url(path)).bearer_auth(&app.subscribe_key).send().await.unwrap().json().await.unwrap()
-}
-
 /// Waits (bounded) until a delivery of `sub` for the ping has `attempts` recorded; returns its details.
 async fn ping_delivery(app: &TestApp, sub: &str, attempts: u64) -> Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let page = get_as(app, &format!("/webhooks/{sub}/deliveries?event_type=webhook.ping")).await;
+        let page = app.get_as(&app.subscribe_key, &format!("/webhooks/{sub}/deliveries?event_type=webhook.ping")).await;
         if let Some(id) = page["contents"][0]["id"].as_str() {
-            let d = get_as(app, &format!("/deliveries/{id}")).await;
+            let d = app.get_as(&app.subscribe_key, &format!("/deliveries/{id}")).await;
             if d["attempts"].as_array().map(Vec::len).unwrap_or(0) as u64 >= attempts {
                 return d;
             }
@@ -184,7 +180,7 @@ both_stores!(
         let id = sub["id"].as_str().unwrap();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
-            let shown = get_as(&app, &format!("/webhooks/{id}")).await;
+            let shown = app.get_as(&app.subscribe_key, &format!("/webhooks/{id}")).await;
             if shown["status"] == "disabled" {
                 assert!(shown["disabled_reason"].as_str().unwrap().contains("failing for more than"), "{shown}");
                 assert!(shown["consecutive_failures"].as_i64().unwrap() >= 2);
@@ -206,10 +202,11 @@ both_stores!(ed25519_subscriptions_sign_v1a_with_a_retrievable_public_key, |_| {
     let rx = Receiver::start().await;
     let sub = subscribe(&app, json!({"url": rx.url, "signing": "ed25519"})).await;
     assert!(sub["secret"].as_str().unwrap().starts_with("whsk_"));
-    let public = get_as(&app, &format!("/webhooks/{}", sub["id"].as_str().unwrap())).await["public_key"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let public =
+        app.get_as(&app.subscribe_key, &format!("/webhooks/{}", sub["id"].as_str().unwrap())).await["public_key"]
+            .as_str()
+            .unwrap()
+            .to_string();
     let b64 = base64::engine::general_purpose::STANDARD;
     let key_bytes: [u8; 32] = b64.decode(public.strip_prefix("whpk_").unwrap()).unwrap().try_into().unwrap();
     let key = VerifyingKey::from_bytes(&key_bytes).unwrap();

@@ -111,6 +111,12 @@ impl TestApp {
         r.json().await.expect("json")
     }
 
+    /// `GET path` with `key`, as JSON (whatever the status).
+    pub async fn get_as(&self, key: &str, path: impl AsRef<str>) -> Value {
+        let r = self.client.get(self.url(path.as_ref())).bearer_auth(key).send().await.expect("GET");
+        r.json().await.expect("json")
+    }
+
     pub async fn put(&self, path: &str, body: &Value) -> reqwest::Response {
         self.client.put(self.url(path)).bearer_auth(&self.publish_key).json(body).send().await.expect("PUT")
     }

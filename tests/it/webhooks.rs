@@ -76,30 +76,12 @@ webhook_test!(a_subscription_gets_a_ping_then_signed_events, |app| async move {
     assert!(body["timestamp"].is_string());
 
     // The secret is not shown again; history shows the deliveries with their attempts.
-    let shown: Value = app
-        .client
-        .get(app.url(&format!("/webhooks/{id}")))
-        .bearer_auth(&app.subscribe_key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let shown: Value = app.get_as(&app.subscribe_key, &format!("/webhooks/{id}")).await;
     assert!(shown.get("secret").is_none());
     // Attempts are recorded in batches just after they are made: wait (bounded) for both to show.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     let page = loop {
-        let page: Value = app
-            .client
-            .get(app.url(&format!("/webhooks/{id}/deliveries?status=succeeded")))
-            .bearer_auth(&app.subscribe_key)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page: Value = app.get_as(&app.subscribe_key, &format!("/webhooks/{id}/deliveries?status=succeeded")).await;
         if page["total_items"].as_u64().unwrap() >= 2 && page["size"].as_u64().unwrap() >= 2 {
             break page;
         }
@@ -107,16 +89,7 @@ webhook_test!(a_subscription_gets_a_ping_then_signed_events, |app| async move {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     };
     let delivery_id = page["contents"][0]["id"].as_str().unwrap();
-    let d: Value = app
-        .client
-        .get(app.url(&format!("/deliveries/{delivery_id}")))
-        .bearer_auth(&app.subscribe_key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let d: Value = app.get_as(&app.subscribe_key, &format!("/deliveries/{delivery_id}")).await;
     assert_eq!(d["attempts"][0]["status_code"], 200);
     assert!(d["attempts"][0]["duration_ms"].is_number());
 });
@@ -135,16 +108,7 @@ webhook_test!(failures_are_retried_with_the_same_webhook_id_until_success, |app|
     let id = sub["id"].as_str().unwrap();
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let page: Value = app
-            .client
-            .get(app.url(&format!("/webhooks/{id}/deliveries")))
-            .bearer_auth(&app.subscribe_key)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page: Value = app.get_as(&app.subscribe_key, &format!("/webhooks/{id}/deliveries")).await;
         if page["contents"][0]["status"] == "succeeded" {
             assert_eq!(page["contents"][0]["attempts"], 3);
             break;
@@ -152,16 +116,7 @@ webhook_test!(failures_are_retried_with_the_same_webhook_id_until_success, |app|
         assert!(tokio::time::Instant::now() < deadline, "delivery never succeeded: {page}");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    let shown: Value = app
-        .client
-        .get(app.url(&format!("/webhooks/{id}")))
-        .bearer_auth(&app.subscribe_key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let shown: Value = app.get_as(&app.subscribe_key, &format!("/webhooks/{id}")).await;
     assert_eq!(shown["status"], "active", "recovered after success: {shown}");
     assert_eq!(shown["consecutive_failures"], 0);
     assert!(shown["last_failure_at"].is_string());
@@ -175,16 +130,7 @@ webhook_test!(gone_disables_the_subscription_and_says_so_as_an_event, |app| asyn
     rx.wait_for("the ping", |r| !r.is_empty()).await;
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let shown: Value = app
-            .client
-            .get(app.url(&format!("/webhooks/{id}")))
-            .bearer_auth(&app.subscribe_key)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let shown: Value = app.get_as(&app.subscribe_key, &format!("/webhooks/{id}")).await;
         if shown["status"] == "disabled" {
             assert!(shown["disabled_reason"].as_str().unwrap().contains("410"));
             break;
@@ -221,8 +167,7 @@ webhook_test!(tenants_never_see_each_other, |app| async move {
     let r =
         app.client.post(app.url(&format!("/webhooks/{id}/rotate-secret"))).bearer_auth(&other).send().await.unwrap();
     assert_eq!(r.status(), 404);
-    let list: Value =
-        app.client.get(app.url("/webhooks")).bearer_auth(&other).send().await.unwrap().json().await.unwrap();
+    let list: Value = app.get_as(&other, "/webhooks").await;
     assert_eq!(list["total_items"], 0);
     let delivery = rx.wait_for("ping", |r| !r.is_empty()).await[0].header("webhook-id");
     let r = app.client.get(app.url(&format!("/deliveries/{delivery}"))).bearer_auth(&other).send().await.unwrap();
@@ -235,8 +180,7 @@ webhook_test!(tenants_never_see_each_other, |app| async move {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let admin: Value =
-        app.client.get(app.url("/webhooks")).bearer_auth(&app.admin_key).send().await.unwrap().json().await.unwrap();
+    let admin: Value = app.get_as(&app.admin_key, "/webhooks").await;
     assert_eq!(admin["total_items"], 1);
     let r = app.client.get(app.url("/webhooks")).bearer_auth(&app.publish_key).send().await.unwrap();
     assert_eq!(r.status(), 403, "a publish key cannot manage subscriptions");
@@ -264,16 +208,7 @@ webhook_test!(bad_subscriptions_are_422_naming_the_field_and_create_nothing, |ap
             problem["errors"].as_array().unwrap().iter().map(|e| e["pointer"].as_str().unwrap()).collect();
         assert!(pointers.contains(&pointer), "{body}: {problem}");
     }
-    let list: Value = app
-        .client
-        .get(app.url("/webhooks"))
-        .bearer_auth(&app.subscribe_key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = app.get_as(&app.subscribe_key, "/webhooks").await;
     assert_eq!(list["total_items"], 0);
 });
 
@@ -398,15 +333,7 @@ async fn create(app: &TestApp, body: Value) -> Value {
 }
 
 async fn show(app: &TestApp, id: &str) -> Value {
-    app.client
-        .get(app.url(&format!("/webhooks/{id}")))
-        .bearer_auth(&app.subscribe_key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    app.get_as(&app.subscribe_key, &format!("/webhooks/{id}")).await
 }
 
 fn org(i: usize) -> String {
@@ -591,15 +518,11 @@ webhook_test!(replay_requeues_a_time_range_and_enable_replays_what_was_missed, |
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let page: Value = app
-            .client
-            .get(app.url(&format!("/webhooks/{id}/deliveries?status=succeeded&event_type=organization.created")))
-            .bearer_auth(&app.subscribe_key)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            .get_as(
+                &app.subscribe_key,
+                &format!("/webhooks/{id}/deliveries?status=succeeded&event_type=organization.created"),
+            )
+            .await;
         if page["total_items"] == 1 {
             break;
         }
