@@ -11,7 +11,21 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::ApiError;
-use crate::store::events::TypeFilter;
+use crate::store::events::{Event, TypeFilter};
+use crate::store::keys::{Principal, Scope};
+
+/// Directory events are public; operational `webhook.*` events describe a tenant's subscriptions, so only
+/// that tenant's keys and admin keys see them.
+fn visible(event: &Event, viewer: Option<&Principal>) -> bool {
+    if !event.event_type.starts_with("webhook.") {
+        return true;
+    }
+    match viewer {
+        Some(p) if p.scope == Scope::Admin => true,
+        Some(p) => event.facets.iter().any(|(k, v)| k == "tenant" && *v == p.tenant),
+        None => false,
+    }
+}
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/events", get(feed)).route("/events/{id}", get(one))
@@ -48,8 +62,10 @@ async fn feed(
             return Err(ApiError::parameter("types", format!("{t} is not a known event type or pattern")));
         }
     }
+    let viewer = state.principal(&headers).await?;
     let events = state.db.events_after(after, &TypeFilter(types), limit).await?;
     let next_after = events.last().map(|e| e.sequence).unwrap_or(after);
+    let events: Vec<Event> = events.into_iter().filter(|e| visible(e, viewer.as_ref())).collect();
     Ok(Json(json!({ "events": events, "next_after": next_after })))
 }
 
@@ -59,6 +75,12 @@ async fn one(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     state.check_read_access(&headers).await?;
-    let event = state.db.event(&id).await?.ok_or_else(|| ApiError::NotFound(format!("event {id}")))?;
+    let viewer = state.principal(&headers).await?;
+    let event = state
+        .db
+        .event(&id)
+        .await?
+        .filter(|e| visible(e, viewer.as_ref()))
+        .ok_or_else(|| ApiError::NotFound(format!("event {id}")))?;
     Ok(Json(serde_json::to_value(event).map_err(anyhow::Error::from)?))
 }

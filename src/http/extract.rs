@@ -65,12 +65,7 @@ where
 
 /// The caller if a key was presented; an invalid key is an error, no key is `None`.
 pub async fn optional_principal(parts: &Parts, state: &AppState) -> Result<Option<Principal>, ApiError> {
-    let Some(value) = parts.headers.get(header::AUTHORIZATION) else { return Ok(None) };
-    let value = value.to_str().map_err(|_| ApiError::Unauthorized)?;
-    let Some(token) = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")) else {
-        return Err(ApiError::Unauthorized);
-    };
-    state.db.authenticate(token.trim()).await?.map(Some).ok_or(ApiError::Unauthorized)
+    state.principal(&parts.headers).await
 }
 
 impl Caller {

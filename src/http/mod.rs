@@ -32,16 +32,19 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// The caller if a key was presented (an invalid key is refused, no key is `None`).
+    pub async fn principal(&self, headers: &HeaderMap) -> Result<Option<crate::store::keys::Principal>, ApiError> {
+        let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else { return Ok(None) };
+        let token = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).ok_or(ApiError::Unauthorized)?;
+        self.db.authenticate(token.trim()).await?.map(Some).ok_or(ApiError::Unauthorized)
+    }
+
     /// Reads are public unless the operator requires a key for them.
     pub async fn check_read_access(&self, headers: &HeaderMap) -> Result<(), ApiError> {
         if !self.config.require_key_for_reads {
             return Ok(());
         }
-        let Some(value) = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
-            return Err(ApiError::Unauthorized);
-        };
-        let token = value.strip_prefix("Bearer ").ok_or(ApiError::Unauthorized)?;
-        self.db.authenticate(token.trim()).await?.map(|_| ()).ok_or(ApiError::Unauthorized)
+        self.principal(headers).await?.map(|_| ()).ok_or(ApiError::Unauthorized)
     }
 }
 

@@ -144,9 +144,9 @@ impl TestApp {
         self.client.delete(self.url(path)).bearer_auth(&self.publish_key).send().await.expect("DELETE")
     }
 
-    /// All events after `after`.
+    /// All events after `after`, as an admin sees them (operational `webhook.*` events included).
     pub async fn events_after(&self, after: i64) -> Vec<Value> {
-        let v = self.get_json(&format!("/events?after={after}&limit=1000")).await;
+        let v = self.get_as(&self.admin_key, format!("/events?after={after}&limit=1000")).await;
         v["events"].as_array().cloned().unwrap_or_default()
     }
 

@@ -630,3 +630,33 @@ webhook_test!(authorization_matrix_of_the_webhook_endpoints, |app| async move {
     let r = call("GET", &format!("/deliveries/{delivery}"), &Value::Null, Some(&app.subscribe_key)).await.unwrap();
     assert_eq!(r.status(), 404, "history goes with the subscription");
 });
+
+webhook_test!(operational_events_are_visible_only_to_their_tenant_and_admins, |app| async move {
+    let rx = Receiver::start().await;
+    rx.script(&[(410, None)]);
+    let sub: Value = subscribe(&app, &app.subscribe_key, json!({"url": rx.url})).await.json().await.unwrap();
+    let id = sub["id"].as_str().unwrap().to_string();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let disabled = loop {
+        let events = app.events_after(0).await;
+        if let Some(e) = events.iter().find(|e| e["type"] == "webhook.disabled") {
+            break e.clone();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no webhook.disabled event");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(disabled["object_id"], id.as_str());
+    let event_id = disabled["id"].as_str().unwrap();
+    let other = app.db.create_key("globex", hsda::store::keys::Scope::Subscribe).await.unwrap().secret;
+    let public = app.get_json("/events?after=0&limit=1000").await;
+    let as_other = app.get_as(&other, "/events?after=0&limit=1000").await;
+    let as_owner = app.get_as(&app.subscribe_key, "/events?after=0&limit=1000").await;
+    let has = |page: &Value| page["events"].as_array().unwrap().iter().any(|e| e["type"] == "webhook.disabled");
+    assert!(!has(&public), "the public feed does not show a tenant's subscriptions");
+    assert!(!has(&as_other), "another tenant does not see them");
+    assert!(has(&as_owner), "the owner does");
+    assert_eq!(app.get(&format!("/events/{event_id}")).await.status(), 404);
+    let r =
+        app.client.get(app.url(&format!("/events/{event_id}"))).bearer_auth(&app.subscribe_key).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+});
