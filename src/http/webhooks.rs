@@ -368,21 +368,34 @@ async fn create(State(state): State<AppState>, caller: Caller, JsonBody(body): J
         }
     }
     state.db.insert_subscription(&sub).await?;
-    let ping = Event {
-        id: format!("evt_ping_{}", uuid::Uuid::new_v4().simple()),
-        sequence: 0,
-        event_type: "webhook.ping".into(),
-        occurred_at: now_text(),
-        object: "webhook".into(),
-        object_id: sub.id.clone(),
-        origin: state.db.instance_id().to_string(),
-        data: json!({ "id": sub.id, "url": sub.url, "events": sub.events, "message": "hsda will send the events you subscribed to here" }),
-        facets: Vec::new(),
-    };
+    let data = json!({ "id": sub.id, "url": sub.url, "events": sub.events, "message": "hsda will send the events you subscribed to here" });
+    let ping = synthetic_event(&state, "evt_ping", "webhook.ping".into(), "webhook".into(), sub.id.clone(), data);
     state.db.queue_delivery(&sub, &ping, &state.config.public_url()).await?;
     let secret = sub.secret.clone();
     let stored = state.db.subscription(&sub.id).await?.unwrap_or(sub);
     Ok((StatusCode::CREATED, Json(output(&stored, Some(&secret)))).into_response())
+}
+
+/// An event that is sent but never written to the event log (pings, tests): sequence 0, a prefixed id.
+fn synthetic_event(
+    state: &AppState,
+    id_prefix: &str,
+    event_type: String,
+    object: String,
+    object_id: String,
+    data: Value,
+) -> Event {
+    Event {
+        id: format!("{id_prefix}_{}", uuid::Uuid::new_v4().simple()),
+        sequence: 0,
+        event_type,
+        occurred_at: now_text(),
+        object,
+        object_id,
+        origin: state.db.instance_id().to_string(),
+        data,
+        facets: Vec::new(),
+    }
 }
 
 fn page_params(params: &HashMap<String, String>) -> Result<(u64, u64), ApiError> {
@@ -605,17 +618,7 @@ async fn test(
             (id.clone(), json!({ "id": id, "name": format!("Sample {object}"), "sample": true }))
         }
     };
-    let event = Event {
-        id: format!("evt_test_{}", uuid::Uuid::new_v4().simple()),
-        sequence: 0,
-        event_type,
-        occurred_at: now_text(),
-        object,
-        object_id,
-        origin: state.db.instance_id().to_string(),
-        data,
-        facets: Vec::new(),
-    };
+    let event = synthetic_event(&state, "evt_test", event_type, object, object_id, data);
     let payload = crate::store::webhooks::delivery_body(&event, &sub.payload, &state.config.public_url());
     let message_id = format!("msg_test_{}", uuid::Uuid::new_v4().simple());
     let r = crate::webhook::worker::send(&state.webhook_client, &sub, &message_id, &payload).await;

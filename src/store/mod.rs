@@ -40,19 +40,20 @@ pub struct Db {
     pub(crate) changed: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
-// Migrations whose SQL is the same on both engines live in one file used by both lists. Version 3 was
-// never released (the digest migration landed as 5).
-const SQLITE_MIGRATIONS: &[(i64, &str)] = &[
-    (1, include_str!("migrations/sqlite.sql")),
-    (2, include_str!("migrations/2_webhooks.sql")),
-    (4, include_str!("migrations/4_summaries.sql")),
-    (5, include_str!("migrations/5_digests.sql")),
+// Each migration is one or more SQL files applied in order. Files shared by both engines appear in both lists;
+// only the `records` table and its full-text index differ. Version 3 was never released (the digest migration
+// landed as 5).
+const SQLITE_MIGRATIONS: &[(i64, &[&str])] = &[
+    (1, &[include_str!("migrations/1_records_sqlite.sql"), include_str!("migrations/1_schema.sql")]),
+    (2, &[include_str!("migrations/2_webhooks.sql")]),
+    (4, &[include_str!("migrations/4_summaries.sql")]),
+    (5, &[include_str!("migrations/5_digests.sql")]),
 ];
-const POSTGRES_MIGRATIONS: &[(i64, &str)] = &[
-    (1, include_str!("migrations/postgres.sql")),
-    (2, include_str!("migrations/2_webhooks.sql")),
-    (4, include_str!("migrations/4_summaries.sql")),
-    (5, include_str!("migrations/5_digests.sql")),
+const POSTGRES_MIGRATIONS: &[(i64, &[&str])] = &[
+    (1, &[include_str!("migrations/1_records_postgres.sql"), include_str!("migrations/1_schema.sql")]),
+    (2, &[include_str!("migrations/2_webhooks.sql")]),
+    (4, &[include_str!("migrations/4_summaries.sql")]),
+    (5, &[include_str!("migrations/5_digests.sql")]),
 ];
 
 impl Db {
@@ -132,8 +133,10 @@ impl Db {
                 .fetch_optional(&mut *conn)
                 .await?;
             let current: i64 = current.as_deref().unwrap_or("0").parse().unwrap_or(0);
-            for (version, sql) in migrations.iter().filter(|(v, _)| *v > current) {
-                conn.execute(*sql).await.with_context(|| format!("applying migration {version}"))?;
+            for (version, parts) in migrations.iter().filter(|(v, _)| *v > current) {
+                for sql in *parts {
+                    conn.execute(*sql).await.with_context(|| format!("applying migration {version}"))?;
+                }
                 sqlx::query(
                     "INSERT INTO meta (key, value) VALUES ('schema_version', $1) \
                      ON CONFLICT (key) DO UPDATE SET value = excluded.value",

@@ -1,26 +1,7 @@
--- hsda schema, PostgreSQL flavour. Kept in step with sqlite.sql: same tables, same columns.
+-- hsda schema, shared by SQLite and PostgreSQL. The engine files (1_records_*.sql) hold `records` and its search index.
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value BIGINT NOT NULL);
 
--- One row per HSDS row of any table. `data` holds the row's own fields; `doc` the compiled document of
--- root tables (service, organization, location, service_at_location), kept current on every write.
-CREATE TABLE IF NOT EXISTS records (
-    rid BIGSERIAL PRIMARY KEY,
-    kind TEXT NOT NULL,
-    id TEXT NOT NULL,
-    data TEXT NOT NULL,
-    doc TEXT,
-    sort_key TEXT NOT NULL,
-    search_text TEXT NOT NULL DEFAULT '',
-    modified_at TEXT NOT NULL,
-    origin TEXT NOT NULL,
-    latitude DOUBLE PRECISION,
-    longitude DOUBLE PRECISION,
-    UNIQUE (kind, id)
-);
-CREATE INDEX IF NOT EXISTS records_by_sort ON records (kind, sort_key, id);
-CREATE INDEX IF NOT EXISTS records_by_modified ON records (kind, modified_at);
-CREATE INDEX IF NOT EXISTS records_by_id ON records (id);
 
 -- Every reference field of every row: who points at whom, for cascades, compiled documents and filters.
 CREATE TABLE IF NOT EXISTS record_refs (
@@ -77,7 +58,3 @@ CREATE TABLE IF NOT EXISTS api_keys (
     created_at TEXT NOT NULL,
     revoked_at TEXT
 );
-
-ALTER TABLE records ADD COLUMN IF NOT EXISTS search_vector tsvector
-    GENERATED ALWAYS AS (to_tsvector('simple', search_text)) STORED;
-CREATE INDEX IF NOT EXISTS records_search ON records USING GIN (search_vector);
