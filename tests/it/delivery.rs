@@ -72,7 +72,7 @@ async fn awkward_targets() -> (String, Hits) {
 }
 
 async fn subscribe(app: &TestApp, body: Value) -> Value {
-    let r = app.client.post(app.url("/webhooks")).bearer_auth(&app.subscribe_key).json(&body).send().await.unwrap();
+    let r = app.post_as(&app.subscribe_key, "/webhooks", Some(&body)).await;
     assert_eq!(r.status(), 201);
     r.json().await.unwrap()
 }

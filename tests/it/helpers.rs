@@ -117,6 +117,15 @@ impl TestApp {
         r.json().await.expect("json")
     }
 
+    /// `POST path` with `key` and an optional JSON body.
+    pub async fn post_as(&self, key: &str, path: impl AsRef<str>, body: Option<&Value>) -> reqwest::Response {
+        let mut request = self.client.post(self.url(path.as_ref())).bearer_auth(key);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        request.send().await.expect("POST")
+    }
+
     pub async fn put(&self, path: &str, body: &Value) -> reqwest::Response {
         self.client.put(self.url(path)).bearer_auth(&self.publish_key).json(body).send().await.expect("PUT")
     }

@@ -11,7 +11,7 @@ const O1: &str = "00000000-0000-4000-8000-000000000001";
 const O2: &str = "00000000-0000-4000-8000-000000000002";
 
 async fn subscribe(app: &TestApp, key: &str, body: Value) -> reqwest::Response {
-    app.client.post(app.url("/webhooks")).bearer_auth(key).json(&body).send().await.unwrap()
+    app.post_as(key, "/webhooks", Some(&body)).await
 }
 
 async fn spawn(store: Store) -> Option<TestApp> {
@@ -141,13 +141,7 @@ webhook_test!(gone_disables_the_subscription_and_says_so_as_an_event, |app| asyn
     let events = app.events_after(0).await;
     assert!(events.iter().any(|e| e["type"] == "webhook.disabled" && e["object_id"] == id.as_str()));
     // Re-enabling works and the subscription is live again.
-    let r = app
-        .client
-        .post(app.url(&format!("/webhooks/{id}/enable")))
-        .bearer_auth(&app.subscribe_key)
-        .send()
-        .await
-        .unwrap();
+    let r = app.post_as(&app.subscribe_key, &format!("/webhooks/{id}/enable"), None).await;
     assert_eq!(r.status(), 200);
     let shown: Value = r.json().await.unwrap();
     assert_eq!(shown["status"], "active");
@@ -164,8 +158,7 @@ webhook_test!(tenants_never_see_each_other, |app| async move {
     }
     let r = app.client.delete(app.url(&format!("/webhooks/{id}"))).bearer_auth(&other).send().await.unwrap();
     assert_eq!(r.status(), 404);
-    let r =
-        app.client.post(app.url(&format!("/webhooks/{id}/rotate-secret"))).bearer_auth(&other).send().await.unwrap();
+    let r = app.post_as(&other, &format!("/webhooks/{id}/rotate-secret"), None).await;
     assert_eq!(r.status(), 404);
     let list: Value = app.get_as(&other, "/webhooks").await;
     assert_eq!(list["total_items"], 0);
@@ -269,13 +262,8 @@ webhook_test!(rotation_signs_with_both_secrets_during_the_grace_period, |app| as
     let id = sub["id"].as_str().unwrap();
     let old = sub["secret"].as_str().unwrap().to_string();
     let rotated: Value = app
-        .client
-        .post(app.url(&format!("/webhooks/{id}/rotate-secret")))
-        .bearer_auth(&app.subscribe_key)
-        .json(&json!({"grace_seconds": 3600}))
-        .send()
+        .post_as(&app.subscribe_key, &format!("/webhooks/{id}/rotate-secret"), Some(&json!({"grace_seconds": 3600})))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -300,13 +288,12 @@ webhook_test!(test_endpoint_sends_now_and_reports_the_attempt, |app| async move 
     put_org(&app, O1, "Food Bank").await;
     rx.script(&[(202, None)]);
     let result: Value = app
-        .client
-        .post(app.url(&format!("/webhooks/{id}/test")))
-        .bearer_auth(&app.subscribe_key)
-        .json(&json!({"event_type": "organization.updated", "object_id": O1}))
-        .send()
+        .post_as(
+            &app.subscribe_key,
+            &format!("/webhooks/{id}/test"),
+            Some(&json!({"event_type": "organization.updated", "object_id": O1})),
+        )
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -419,8 +406,7 @@ webhook_test!(verify_holds_a_subscription_until_the_target_echoes_the_challenge,
         .await
         .unwrap();
     assert_eq!(r.status(), 422, "cannot skip verification");
-    let r =
-        app.client.post(app.url(&format!("/webhooks/{id}/test"))).bearer_auth(&app.subscribe_key).send().await.unwrap();
+    let r = app.post_as(&app.subscribe_key, &format!("/webhooks/{id}/test"), None).await;
     assert_eq!(r.status(), 409, "no test sends to an unverified target");
 
     // Events while pending are held, not dropped.
@@ -430,13 +416,7 @@ webhook_test!(verify_holds_a_subscription_until_the_target_echoes_the_challenge,
     assert!(types.iter().all(|t| t == "webhook.verification"), "nothing but challenges while pending: {types:?}");
 
     rx.answer_challenges(Challenges::Echo);
-    let r = app
-        .client
-        .post(app.url(&format!("/webhooks/{id}/verify")))
-        .bearer_auth(&app.subscribe_key)
-        .send()
-        .await
-        .unwrap();
+    let r = app.post_as(&app.subscribe_key, &format!("/webhooks/{id}/verify"), None).await;
     assert_eq!(r.status(), 200);
     let verified: Value = r.json().await.unwrap();
     assert_eq!(verified["status"], "active", "{verified}");
@@ -451,13 +431,7 @@ webhook_test!(verify_holds_a_subscription_until_the_target_echoes_the_challenge,
     let created = &Receiver::of_type(&got, "organization.created")[0];
     assert!(created.verify(&secret));
     assert_eq!(created.json()["data"]["name"], "Food Bank");
-    let r = app
-        .client
-        .post(app.url(&format!("/webhooks/{id}/verify")))
-        .bearer_auth(&app.subscribe_key)
-        .send()
-        .await
-        .unwrap();
+    let r = app.post_as(&app.subscribe_key, &format!("/webhooks/{id}/verify"), None).await;
     assert_eq!(r.status(), 409, "already verified");
 });
 
@@ -558,13 +532,8 @@ webhook_test!(replay_requeues_a_time_range_and_enable_replays_what_was_missed, |
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert!(Receiver::of_type(&rx.received(), "organization.created").iter().all(|r| r.json()["data"]["id"] != O2));
     let r: Value = app
-        .client
-        .post(app.url(&format!("/webhooks/{id}/enable")))
-        .bearer_auth(&app.subscribe_key)
-        .json(&json!({"replay_missed": true}))
-        .send()
+        .post_as(&app.subscribe_key, &format!("/webhooks/{id}/enable"), Some(&json!({"replay_missed": true})))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
