@@ -538,7 +538,7 @@ async fn enable(
     let principal = caller.require(&[Scope::Subscribe])?;
     let mut sub = owned(&state, principal, &id).await?;
     let replay_missed = optional_json(&body)?.get("replay_missed").and_then(Value::as_bool).unwrap_or(false);
-    let disabled_at = state.db.disabled_at(&sub.id).await?;
+    let disabled_at = sub.disabled_at.clone();
     if sub.status == "pending" {
         return Err(conflict("this subscription is awaiting verification: POST /webhooks/{id}/verify"));
     }

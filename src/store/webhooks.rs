@@ -953,14 +953,6 @@ impl Db {
         Ok(())
     }
 
-    pub async fn disabled_at(&self, id: &str) -> sqlx::Result<Option<String>> {
-        let v: Option<Option<String>> = sqlx::query_scalar("SELECT disabled_at FROM subscriptions WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(v.flatten())
-    }
-
     /// Queues deliveries of the events that occurred since `since` and that `sub` wants (after re-enabling).
     pub async fn queue_missed(&self, sub: &Subscription, since: &str, public_url: &str) -> sqlx::Result<usize> {
         if sub.schedule.is_some() {
