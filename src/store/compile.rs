@@ -65,6 +65,44 @@ pub async fn load_children(
     Ok(out)
 }
 
+/// Loads, for each `(kind, field)` pair, the rows of `kind` whose reference `field` points at one of
+/// `parent_ids`, as (parent id, row) ordered by row id — all pairs in one query per chunk of parents.
+pub async fn load_children_of_kinds(
+    conn: &mut AnyConnection,
+    pairs: &[(&'static str, &'static str)],
+    parent_ids: &[String],
+) -> sqlx::Result<HashMap<(&'static str, &'static str), Vec<(String, Row)>>> {
+    let mut out: HashMap<(&'static str, &'static str), Vec<(String, Row)>> = HashMap::new();
+    if pairs.is_empty() || parent_ids.is_empty() {
+        return Ok(out);
+    }
+    let mut kinds: Vec<&str> = pairs.iter().map(|(k, _)| *k).collect();
+    kinds.sort_unstable();
+    kinds.dedup();
+    for chunk in parent_ids.chunks(CHUNK) {
+        let sql = format!(
+            "SELECT f.kind, f.field, f.target_id, r.data FROM record_refs f JOIN records r ON r.rid = f.rid \
+             WHERE f.target_id IN ({}) AND f.kind IN ({}) ORDER BY f.id",
+            placeholders(0, chunk.len()),
+            placeholders(chunk.len(), kinds.len())
+        );
+        let mut query = sqlx::query_as::<_, (String, String, String, String)>(&sql);
+        for id in chunk {
+            query = query.bind(id);
+        }
+        for kind in &kinds {
+            query = query.bind(*kind);
+        }
+        for (kind, field, parent, data) in query.fetch_all(&mut *conn).await? {
+            // Only the asked-for pairs: a row may point at the parent through a field that does not nest it.
+            if let Some(pair) = pairs.iter().find(|(k, f)| *k == kind && *f == field) {
+                out.entry(*pair).or_default().push((parent, parse_row(&data)));
+            }
+        }
+    }
+    Ok(out)
+}
+
 pub(crate) fn parse_row(text: &str) -> Row {
     match serde_json::from_str(text) {
         Ok(Value::Object(map)) => map,
@@ -92,6 +130,15 @@ pub fn compile_many<'a>(
             return Ok(Vec::new());
         }
         let ids: Vec<String> = rows.iter().filter_map(id_of).collect();
+        // Every `Many` child of every row in one query (a write touching an organization would otherwise ask
+        // once per nested table, mostly for nothing).
+        let many: Vec<(&'static str, &'static str)> = table
+            .nested
+            .iter()
+            .filter(|n| n.kind == NestedKind::Many)
+            .filter_map(|n| Some((n.table, table.back_reference(n)?.name)))
+            .collect();
+        let mut children_of = load_children_of_kinds(conn, &many, &ids).await?;
         // nested key -> parent id -> value, filled in the catalog's order
         let mut nested_values: Vec<(&'static str, HashMap<String, Value>)> = Vec::new();
         for nested in table.nested {
@@ -100,7 +147,7 @@ pub fn compile_many<'a>(
             match nested.kind {
                 NestedKind::Many => {
                     let Some(back) = table.back_reference(nested) else { continue };
-                    let children = load_children(conn, child_table.name, back.name, &ids).await?;
+                    let children = children_of.remove(&(child_table.name, back.name)).unwrap_or_default();
                     let (parents, child_rows): (Vec<String>, Vec<Row>) = children.into_iter().unzip();
                     let compiled = compile_many(conn, child_table, child_rows, Form::Nested).await?;
                     let mut grouped: BTreeMap<String, Vec<Value>> = BTreeMap::new();

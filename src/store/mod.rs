@@ -7,6 +7,7 @@
 
 pub mod compile;
 pub mod events;
+pub mod group_commit;
 pub mod keys;
 pub mod read;
 pub mod webhooks;
@@ -38,6 +39,11 @@ pub struct Db {
     instance_id: Arc<str>,
     /// Woken after every commit that appended events or deliveries, so workers need not poll.
     pub(crate) changed: Arc<tokio::sync::watch::Sender<u64>>,
+    /// The group-commit queue directory writes go through (`None` inside the committers themselves).
+    writes: Option<group_commit::Queue>,
+    group_stats: Arc<group_commit::GroupStats>,
+    /// Every subscription as last read, for the webhook worker's hot paths.
+    pub(crate) subscription_cache: Arc<webhooks::SubscriptionCache>,
 }
 
 // Each migration is one or more SQL files applied in order. Files shared by both engines appear in both lists;
@@ -102,9 +108,13 @@ impl Db {
             write_lock: (backend == Backend::Sqlite).then(|| Arc::new(Mutex::new(()))),
             instance_id: Arc::from(""),
             changed: Arc::new(tokio::sync::watch::channel(0).0),
+            writes: None,
+            group_stats: Arc::default(),
+            subscription_cache: Arc::default(),
         };
         db.migrate().await?;
         db.instance_id = Arc::from(db.load_instance_id().await?);
+        db.writes = Some(group_commit::start(&db));
         Ok(db)
     }
 
@@ -180,6 +190,11 @@ impl Db {
 
     pub(crate) fn notify_changed(&self) {
         self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Directory write transactions committed by this process and the writes they carried.
+    pub fn group_commit_stats(&self) -> (u64, u64) {
+        self.group_stats.read()
     }
 
     pub async fn close(&self) {

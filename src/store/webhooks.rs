@@ -4,6 +4,9 @@
 //! on PostgreSQL), so a crash at any point loses nothing and several processes share the work.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde_json::{Map, Value, json};
@@ -71,6 +74,13 @@ pub struct Subscription {
 
 fn json_text(v: &impl Serialize) -> String {
     serde_json::to_string(v).unwrap_or_else(|_| "null".into())
+}
+
+impl Subscription {
+    /// Whether deliveries are sent to it now (not while `pending` verification or `disabled`).
+    pub fn receives_deliveries(&self) -> bool {
+        self.status == "active" || self.status == "failing"
+    }
 }
 
 fn from_row(row: &AnyRow) -> sqlx::Result<Subscription> {
@@ -292,6 +302,52 @@ pub fn wants(sub: &Subscription, event: &Event) -> bool {
     })
 }
 
+/// Every subscription as last read from the store, shared by the worker's hot paths (one query per change
+/// instead of several per delivery). On SQLite this process makes every change, each of which bumps the
+/// generation, so the snapshot is exact; on PostgreSQL other processes' changes are seen within
+/// [`SNAPSHOT_MAX_AGE`].
+#[derive(Default)]
+pub struct SubscriptionCache {
+    generation: AtomicU64,
+    snapshot: std::sync::Mutex<Option<Snapshot>>,
+}
+
+type Snapshot = (u64, Instant, Arc<HashMap<String, Subscription>>);
+
+const SNAPSHOT_MAX_AGE: Duration = Duration::from_secs(1);
+
+impl Db {
+    /// Every subscription, keyed by id, from the cache when it is current.
+    pub async fn subscription_snapshot(&self) -> sqlx::Result<Arc<HashMap<String, Subscription>>> {
+        let cache = &self.subscription_cache;
+        // Read before the query: a change committed meanwhile bumps it, and the next call reloads.
+        let generation = cache.generation.load(Ordering::Acquire);
+        if let Some((seen, at, snapshot)) = cache.snapshot.lock().unwrap_or_else(|p| p.into_inner()).as_ref()
+            && *seen == generation
+            && (self.backend == Backend::Sqlite || at.elapsed() < SNAPSHOT_MAX_AGE)
+        {
+            return Ok(snapshot.clone());
+        }
+        let rows = sqlx::query("SELECT * FROM subscriptions").fetch_all(&self.pool).await?;
+        let all: HashMap<String, Subscription> =
+            rows.iter().map(from_row).map(|s| s.map(|s| (s.id.clone(), s))).collect::<sqlx::Result<_>>()?;
+        let snapshot = Arc::new(all);
+        *cache.snapshot.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((generation, Instant::now(), snapshot.clone()));
+        Ok(snapshot)
+    }
+
+    /// Makes the next [`Db::subscription_snapshot`] read the store.
+    pub fn forget_subscription_snapshot(&self) {
+        self.subscriptions_changed();
+    }
+
+    /// Called after every committed change of a subscription row.
+    fn subscriptions_changed(&self) {
+        self.subscription_cache.generation.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
 impl Db {
     pub async fn insert_subscription(&self, s: &Subscription) -> sqlx::Result<()> {
         sqlx::query(
@@ -327,6 +383,7 @@ impl Db {
         .bind(&s.verification_due_at)
         .execute(&self.pool)
         .await?;
+        self.subscriptions_changed();
         Ok(())
     }
 
@@ -413,6 +470,7 @@ impl Db {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        self.subscriptions_changed();
         self.notify_changed();
         Ok(())
     }
@@ -456,7 +514,9 @@ impl Db {
             .await?;
         sqlx::query("DELETE FROM deliveries WHERE subscription_id = $1").bind(id).execute(&mut *tx).await?;
         sqlx::query("DELETE FROM subscriptions WHERE id = $1").bind(id).execute(&mut *tx).await?;
-        tx.commit().await
+        tx.commit().await?;
+        self.subscriptions_changed();
+        Ok(())
     }
 
     /// The rate limit of every subscription that has one.
@@ -479,15 +539,24 @@ impl Db {
             sqlx::query_scalar("UPDATE counters SET value = value WHERE name = 'dispatch_cursor' RETURNING value")
                 .fetch_one(&mut *tx)
                 .await?;
-        // Read under the cursor lock, so a schedule change (which takes it too) is seen by the next batch.
-        let subscriptions = sqlx::query(
-            "SELECT * FROM subscriptions WHERE status IN ('pending', 'active', 'failing') AND schedule IS NULL",
-        )
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(from_row)
-        .collect::<sqlx::Result<Vec<_>>>()?;
+        // Read under the cursor lock, so a schedule change (which takes it too) is seen by the next batch. On
+        // SQLite the snapshot is exact (every change is this process's and bumps it; the lock is held here).
+        let immediate = |s: &Subscription| s.status != "disabled" && s.schedule.is_none();
+        let subscriptions: Vec<Subscription> = match self.backend {
+            Backend::Sqlite => {
+                let mut subs: Vec<Subscription> =
+                    self.subscription_snapshot().await?.values().filter(|s| immediate(s)).cloned().collect();
+                subs.sort_by(|a, b| (&a.created_at, &a.id).cmp(&(&b.created_at, &b.id)));
+                subs
+            }
+            Backend::Postgres => sqlx::query("SELECT * FROM subscriptions ORDER BY created_at, id")
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(from_row)
+                .filter(|s| s.as_ref().map_or(true, immediate))
+                .collect::<sqlx::Result<Vec<_>>>()?,
+        };
         let rows = sqlx::query(
             "SELECT sequence, id, type, object, object_id, occurred_at, origin, data, facets FROM events \
              WHERE sequence > $1 ORDER BY sequence LIMIT $2",
@@ -497,16 +566,17 @@ impl Db {
         .fetch_all(&mut *tx)
         .await?;
         let mut last = cursor;
-        let mut created = 0usize;
         let now = now_text();
+        let mut queued: Vec<(&Subscription, Event, String)> = Vec::new();
         for row in &rows {
             let event = super::events::event_from_any_row(row)?;
             last = event.sequence;
             for sub in subscriptions.iter().filter(|s| wants(s, &event)) {
                 let body = delivery_body(&event, &sub.payload, public_url);
-                created += insert_delivery(&mut tx, sub, &event, &body, &now).await?;
+                queued.push((sub, event.clone(), body));
             }
         }
+        let created = insert_deliveries(&mut tx, &queued, &now).await?;
         if last != cursor {
             sqlx::query("UPDATE counters SET value = $1 WHERE name = 'dispatch_cursor'")
                 .bind(last)
@@ -654,39 +724,60 @@ impl Db {
             return Ok(());
         }
         let (mut tx, _guard) = self.begin_write().await?;
-        for (delivery, record) in batch {
-            let a = &record.attempt;
-            sqlx::query(
+        // Multi-row statements: a batch costs a few statements, not two per attempt.
+        for chunk in batch.chunks(100) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let b = 1 + 8 * i;
+                    let p: Vec<String> = (b..b + 8).map(|n| format!("${n}")).collect();
+                    format!("({})", p.join(", "))
+                })
+                .collect();
+            let sql = format!(
                 "INSERT INTO attempts (id, delivery_id, at, status_code, duration_ms, error, error_class, response_body) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            )
-            .bind(format!("att_{}", uuid::Uuid::new_v4().simple()))
-            .bind(&delivery.id)
-            .bind(&a.at)
-            .bind(a.status_code)
-            .bind(a.duration_ms)
-            .bind(&a.error)
-            .bind(&a.error_class)
-            .bind(&a.response_body)
-            .execute(&mut *tx)
-            .await?;
-            let (status, next) = match &record.outcome {
-                AttemptOutcome::Succeeded => ("succeeded", a.at.clone()),
-                AttemptOutcome::Retry { at } => ("retrying", at.clone()),
-                AttemptOutcome::Failed | AttemptOutcome::Gone => ("failed", a.at.clone()),
-            };
-            sqlx::query(
-                "UPDATE deliveries SET status = $1, attempts = attempts + 1, next_attempt_at = $2, lease_until = NULL, \
-                 last_status_code = $3, last_error = $4, updated_at = $5 WHERE id = $6",
-            )
-            .bind(status)
-            .bind(&next)
-            .bind(a.status_code)
-            .bind(&a.error)
-            .bind(&a.at)
-            .bind(&delivery.id)
-            .execute(&mut *tx)
-            .await?;
+                 VALUES {}",
+                values.join(", ")
+            );
+            let mut query = sqlx::query(&sql);
+            for (delivery, record) in chunk {
+                let a = &record.attempt;
+                query = query
+                    .bind(format!("att_{}", uuid::Uuid::new_v4().simple()))
+                    .bind(&delivery.id)
+                    .bind(&a.at)
+                    .bind(a.status_code)
+                    .bind(a.duration_ms)
+                    .bind(&a.error)
+                    .bind(&a.error_class)
+                    .bind(&a.response_body);
+            }
+            query.execute(&mut *tx).await?;
+
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let b = 1 + 6 * i;
+                    let p: Vec<String> = (b..b + 6).map(|n| format!("${n}")).collect();
+                    format!("({})", p.join(", "))
+                })
+                .collect();
+            let sql = format!(
+                "WITH v (id, status, next_at, code, error, at) AS (VALUES {}) \
+                 UPDATE deliveries SET status = v.status, attempts = attempts + 1, next_attempt_at = v.next_at, \
+                 lease_until = NULL, last_status_code = v.code, last_error = v.error, updated_at = v.at \
+                 FROM v WHERE deliveries.id = v.id",
+                values.join(", ")
+            );
+            let mut query = sqlx::query(&sql);
+            for (delivery, record) in chunk {
+                let a = &record.attempt;
+                let (status, next) = match &record.outcome {
+                    AttemptOutcome::Succeeded => ("succeeded", a.at.clone()),
+                    AttemptOutcome::Retry { at } => ("retrying", at.clone()),
+                    AttemptOutcome::Failed | AttemptOutcome::Gone => ("failed", a.at.clone()),
+                };
+                query = query.bind(&delivery.id).bind(status).bind(next).bind(a.status_code).bind(&a.error).bind(&a.at);
+            }
+            query.execute(&mut *tx).await?;
         }
 
         // Each subscription once, its attempts applied in order.
@@ -786,6 +877,7 @@ impl Db {
             append_events(&mut tx, events, self.instance_id(), &now_text()).await?;
         }
         tx.commit().await?;
+        self.subscriptions_changed();
         self.notify_changed();
         Ok(())
     }
@@ -917,6 +1009,52 @@ pub fn delivery_id(subscription_id: &str, event_id: &str) -> String {
     format!("msg_{}", hex::encode(&digest[..16]))
 }
 
+/// Inserts deliveries (skipping any that exist) with multi-row statements; returns how many were new.
+async fn insert_deliveries(
+    conn: &mut sqlx::AnyConnection,
+    deliveries: &[(&Subscription, Event, String)],
+    now: &str,
+) -> sqlx::Result<usize> {
+    let mut created = 0;
+    for chunk in deliveries.chunks(50) {
+        let values: Vec<String> = (0..chunk.len())
+            .map(|i| {
+                let b = 2 + 8 * i;
+                format!(
+                    "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, 'pending', $1, $1, $1)",
+                    b,
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4,
+                    b + 5,
+                    b + 6,
+                    b + 7
+                )
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO deliveries (id, subscription_id, tenant, event_id, event_sequence, event_type, object_id, \
+             body, status, next_attempt_at, created_at, updated_at) VALUES {} ON CONFLICT DO NOTHING",
+            values.join(", ")
+        );
+        let mut query = sqlx::query(&sql).bind(now);
+        for (sub, event, body) in chunk {
+            query = query
+                .bind(delivery_id(&sub.id, &event.id))
+                .bind(&sub.id)
+                .bind(&sub.tenant)
+                .bind(&event.id)
+                .bind(event.sequence)
+                .bind(&event.event_type)
+                .bind(&event.object_id)
+                .bind(body);
+        }
+        created += query.execute(&mut *conn).await?.rows_affected() as usize;
+    }
+    Ok(created)
+}
+
 async fn insert_delivery(
     conn: &mut sqlx::AnyConnection,
     sub: &Subscription,
@@ -950,6 +1088,7 @@ impl Db {
             .bind(id)
             .execute(&self.pool)
             .await?;
+        self.subscriptions_changed();
         Ok(())
     }
 
@@ -1022,6 +1161,7 @@ impl Db {
         .await?;
         let Some(sub) = row.as_ref().map(from_row).transpose()? else {
             tx.commit().await?;
+            self.subscriptions_changed();
             return Ok(None); // Another worker built it, or it changed meanwhile.
         };
         let rows = sqlx::query(
@@ -1107,6 +1247,9 @@ impl Db {
                 .await?;
         }
         tx.commit().await?;
+        if !subs.is_empty() {
+            self.subscriptions_changed();
+        }
         Ok(subs)
     }
 
@@ -1140,6 +1283,7 @@ impl Db {
             }
         }
         tx.commit().await?;
+        self.subscriptions_changed();
         self.notify_changed();
         Ok(())
     }
@@ -1157,6 +1301,7 @@ impl Db {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        self.subscriptions_changed();
         self.notify_changed();
         Ok(())
     }

@@ -109,9 +109,20 @@ impl Db {
         Ok((tx, guard))
     }
 
-    /// Applies `ops` and their events in one transaction.
+    /// Applies `ops` and their events in one transaction, shared with whatever other writes are waiting at
+    /// the same moment (see [`super::group_commit`]); the outcome is this write's alone.
     pub async fn apply(&self, ops: Vec<Op>, options: WriteOptions) -> Result<WriteOutcome, WriteError> {
-        let (mut tx, _guard) = self.begin_write().await?;
+        super::group_commit::submit(self, ops, options).await
+    }
+
+    /// Applies `ops` inside `tx` and returns their events, not yet appended: the caller appends every
+    /// write's events of one transaction just before committing it, so the counter row is held briefly.
+    pub(crate) async fn apply_in(
+        &self,
+        tx: &mut AnyConnection,
+        ops: Vec<Op>,
+        options: &WriteOptions,
+    ) -> Result<PendingWrite, WriteError> {
         let origin = options.origin.clone().unwrap_or_else(|| self.instance_id().to_string());
         let now = options.at.clone().unwrap_or_else(now_text);
         if let Some((table, id, etag)) = &options.if_match {
@@ -124,21 +135,39 @@ impl Db {
                     .execute(&mut *tx)
                     .await?;
             }
-            let current = super::read::representation(&mut tx, table, id).await?;
+            let current = super::read::representation(tx, table, id).await?;
             match current {
                 Some(value) if document::etag(&value) == *etag || etag == "*" => {}
                 _ => return Err(WriteError::PreconditionFailed),
             }
         }
-        let mut writer = Writer { conn: &mut tx, origin: &origin, now: &now, touched: Vec::new(), bulk: false };
+        let mut writer = Writer { conn: tx, origin: &origin, now: &now, touched: Vec::new(), bulk: false };
         for op in ops {
             writer.apply_op(op).await?;
         }
         writer.check_references().await?;
-        let outcome = writer.finish().await?;
-        tx.commit().await?;
-        if outcome.events > 0 {
-            self.notify_changed();
+        let (rows_changed, events) = writer.finish().await?;
+        Ok(PendingWrite { rows_changed, events, origin, now })
+    }
+}
+
+/// A write applied inside a transaction whose events still have to be appended.
+pub(crate) struct PendingWrite {
+    pub rows_changed: usize,
+    pub events: Vec<NewEvent>,
+    pub origin: String,
+    pub now: String,
+}
+
+impl PendingWrite {
+    /// Appends the events (taking their sequence numbers) and tells what the write did.
+    pub(crate) async fn append(self, conn: &mut AnyConnection) -> sqlx::Result<WriteOutcome> {
+        let mut outcome = WriteOutcome { rows_changed: self.rows_changed, ..WriteOutcome::default() };
+        if !self.events.is_empty() {
+            outcome.events = self.events.len();
+            let (first, last) = append_events(conn, self.events, &self.origin, &self.now).await?;
+            outcome.first_sequence = Some(first);
+            outcome.last_sequence = Some(last);
         }
         Ok(outcome)
     }
@@ -408,9 +437,9 @@ impl Writer<'_> {
     }
 
     /// Recompiles the root documents this write touched or that embed what it touched, and appends events.
-    async fn finish(mut self) -> Result<WriteOutcome, WriteError> {
+    async fn finish(mut self) -> Result<(usize, Vec<NewEvent>), WriteError> {
         if self.touched.is_empty() {
-            return Ok(WriteOutcome::default());
+            return Ok((0, Vec::new()));
         }
         // Roots each touched row belongs to (for event facets), and all roots to recompile.
         let mut roots_of: Vec<BTreeSet<(&'static str, String)>> = Vec::with_capacity(self.touched.len());
@@ -486,16 +515,7 @@ impl Writer<'_> {
                 facets,
             });
         }
-        let rows_changed = touched.len();
-        let count = events.len();
-        let (first, last) = append_events(self.conn, events, self.origin, self.now).await?;
-        Ok(WriteOutcome {
-            first_sequence: Some(first),
-            last_sequence: Some(last),
-            events: count,
-            rows_changed,
-            warnings: Vec::new(),
-        })
+        Ok((touched.len(), events))
     }
 
     /// Stores a root's compiled document and what lists and filters need of it.

@@ -125,10 +125,22 @@ impl Worker {
     /// due deliveries (deferring those a rate limit holds back). True if there may be more.
     pub async fn step(self: &Arc<Self>) -> anyhow::Result<bool> {
         let (read, _) = self.db.dispatch_batch(&self.config.public_url, DISPATCH_BATCH).await?;
-        for id in self.db.due_digests(&now_text()).await? {
-            self.db.build_digest(&id, &self.config.public_url, next_digest_at).await?;
+        // The snapshot tells whether a digest or a challenge is due at all, sparing the store a query
+        // (and a write transaction) per round when none is.
+        let subscriptions = self.db.subscription_snapshot().await?;
+        let now = now_text();
+        let due = |at: &Option<String>| at.as_deref().is_some_and(|at| at <= now.as_str());
+        if subscriptions.values().any(|s| s.schedule.is_some() && due(&s.next_digest_at)) {
+            for id in self.db.due_digests(&now).await? {
+                self.db.build_digest(&id, &self.config.public_url, next_digest_at).await?;
+            }
         }
-        for sub in self.db.claim_verifications(self.config.lease_seconds).await? {
+        let verifications = if subscriptions.values().any(|s| s.status == "pending" && due(&s.verification_due_at)) {
+            self.db.claim_verifications(self.config.lease_seconds).await?
+        } else {
+            Vec::new()
+        };
+        for sub in verifications {
             let Ok(permit) = self.in_flight.clone().acquire_owned().await else { break };
             let worker = self.clone();
             tokio::spawn(async move {
@@ -149,7 +161,17 @@ impl Worker {
             Vec::new()
         };
         let count = claimed.len() as i64;
-        let rates = if claimed.is_empty() { HashMap::new() } else { self.db.rate_limits().await? };
+        let stale =
+            claimed.iter().any(|d| !subscriptions.get(&d.subscription_id).is_some_and(|s| s.receives_deliveries()));
+        let subscriptions = if stale {
+            // The claim saw the subscription receiving; another process changed it after our snapshot.
+            self.db.forget_subscription_snapshot();
+            self.db.subscription_snapshot().await?
+        } else {
+            subscriptions
+        };
+        let rates: HashMap<&str, i64> =
+            subscriptions.values().filter_map(|s| Some((s.id.as_str(), s.rate_limit_per_second?))).collect();
         let mut starts = Vec::with_capacity(claimed.len());
         let mut deferred = Vec::new();
         {
@@ -157,7 +179,7 @@ impl Worker {
             let mut deferred_of: HashMap<String, u32> = HashMap::new();
             let now = std::time::Instant::now();
             for delivery in claimed {
-                let Some(rate) = rates.get(&delivery.subscription_id) else {
+                let Some(rate) = rates.get(delivery.subscription_id.as_str()) else {
                     starts.push((delivery, None));
                     continue;
                 };
@@ -174,21 +196,26 @@ impl Worker {
         }
         // Each start takes one of its subscription's slots and one in-flight permit up front; a delivery that
         // cannot have both now goes back to the queue instead of waiting (and holding capacity) here.
-        let limits = if starts.is_empty() { HashMap::new() } else { self.db.concurrency_limits().await? };
         let mut give_back = Vec::new();
         for (delivery, start_at) in starts {
-            let max = limits.get(&delivery.subscription_id).copied().unwrap_or(1);
+            let Some(sub) = subscriptions.get(&delivery.subscription_id).filter(|s| s.receives_deliveries()) else {
+                // Deleted, disabled or held for verification just now: the lease runs out, and the delivery is
+                // claimable again once the subscription receives (or gone with it).
+                continue;
+            };
+            let max = sub.max_concurrency;
             let slots = self.slots_for(&delivery.subscription_id, max);
             let (Ok(slot), Ok(permit)) = (slots.try_acquire_owned(), self.in_flight.clone().try_acquire_owned()) else {
                 give_back.push(delivery.id);
                 continue;
             };
             let worker = self.clone();
+            let sub = sub.clone();
             tokio::spawn(async move {
                 if let Some(at) = start_at {
                     tokio::time::sleep_until(at).await;
                 }
-                worker.attempt(delivery).await;
+                worker.attempt(&sub, delivery).await;
                 drop(slot);
                 drop(permit);
             });
@@ -222,21 +249,9 @@ impl Worker {
         entry.clone()
     }
 
-    /// Attempts one claimed delivery and records the outcome.
-    async fn attempt(&self, delivery: Delivery) {
-        let sub = match self.db.subscription(&delivery.subscription_id).await {
-            Ok(Some(sub)) => sub,
-            Ok(None) => return, // deleted meanwhile; its deliveries went with it
-            Err(e) => {
-                tracing::warn!(error = %e, "loading subscription failed");
-                return;
-            }
-        };
-        if sub.status == "disabled" || sub.status == "pending" {
-            // Held until the owner enables (or verifies) it; the lease expiring makes it claimable again.
-            return;
-        }
-        let response = send(&self.client, &sub, &delivery.id, &delivery.body).await;
+    /// Attempts one claimed delivery to `sub` (as it stood when claimed) and records the outcome.
+    async fn attempt(&self, sub: &Subscription, delivery: Delivery) {
+        let response = send(&self.client, sub, &delivery.id, &delivery.body).await;
         let record = self.judge(&delivery, response);
         if self.results.send((delivery, record)).is_err() {
             tracing::error!("the attempt recorder stopped; the lease will expire and the delivery will be retried");

@@ -331,3 +331,57 @@ store_test!(generated_directory_is_served_per_the_compiled_schemas, |app| async 
     let every = app.get_json("/services?per_page=100").await;
     assert!(tagged["total_items"].as_u64().unwrap() <= every["total_items"].as_u64().unwrap());
 });
+
+store_test!(concurrent_writes_share_commits_and_a_refused_one_fails_alone, |app| async move {
+    // 60 writers at once: every third PUTs a service of an organization that does not exist. The writes share
+    // transactions (group commit); each refused one must roll back alone and leave its neighbours intact.
+    let before = app.db.last_sequence().await.unwrap();
+    let (transactions_before, _) = app.db.group_commit_stats();
+    let id = |i: usize| format!("00000000-0000-4000-8000-{:012}", 1000 + i);
+    let missing_org = "00000000-0000-4000-8000-999999999999";
+    let answers = futures::future::join_all((0..60).map(|i| {
+        let app = &app;
+        async move {
+            let r = if i % 3 == 0 {
+                app.put(&format!("/services/{}", id(i)), &service_body(&id(i), missing_org, "Orphan")).await
+            } else {
+                app.put(&format!("/organizations/{}", id(i)), &org_body(&id(i), &format!("Org {i}"))).await
+            };
+            (i, r.status().as_u16(), r.text().await.unwrap())
+        }
+    }))
+    .await;
+    for (i, status, body) in &answers {
+        if i % 3 == 0 {
+            assert_eq!(*status, 422, "write {i}: {body}");
+            assert!(body.contains("/organization_id"), "write {i}: {body}");
+        } else {
+            assert_eq!(*status, 201, "write {i}: {body}");
+        }
+    }
+    let (transactions_after, _) = app.db.group_commit_stats();
+    assert!(
+        transactions_after - transactions_before < 40,
+        "40 accepted writes took {} transactions: none were grouped",
+        transactions_after - transactions_before
+    );
+
+    // Exactly one `organization.created` per accepted write, nothing of the refused ones, no gap.
+    let events = app.events_after(before).await;
+    let sequences: Vec<i64> = events.iter().map(|e| e["sequence"].as_i64().unwrap()).collect();
+    assert_eq!(sequences, (before + 1..=before + 40).collect::<Vec<_>>(), "gap-free, in order");
+    let mut created: Vec<String> = events
+        .iter()
+        .filter(|e| e["type"] == "organization.created")
+        .map(|e| e["object_id"].as_str().unwrap().to_string())
+        .collect();
+    created.sort();
+    let expected: Vec<String> = (0..60).filter(|i| i % 3 != 0).map(id).collect();
+    assert_eq!(created, expected);
+    // A refused write left no row behind: once its organization exists, the same PUT creates (201).
+    app.put_ok(&format!("/organizations/{missing_org}"), &org_body(missing_org, "Late")).await;
+    for i in (0..60).filter(|i| i % 3 == 0) {
+        let r = app.put(&format!("/services/{}", id(i)), &service_body(&id(i), missing_org, "Orphan")).await;
+        assert_eq!(r.status(), 201, "refused write {i} left a row behind");
+    }
+});

@@ -1,0 +1,174 @@
+//! Group commit: directory writes that arrive while a transaction is being committed share the next one.
+//!
+//! A commit costs a WAL flush (SQLite) or a WAL flush plus the event-counter row lock held across it
+//! (PostgreSQL), and every write must take the counter so that sequences are gap-free and commit in order.
+//! One write per transaction therefore caps writes per second at commits per second. Here each write is a
+//! job on a queue; a committer takes every job waiting (up to [`MAX_GROUP`]), applies each inside its own
+//! savepoint — a refused write rolls back alone and gets its own error — appends all their events at the end
+//! and commits once. Each caller still gets exactly its own outcome, and nothing is acknowledged before the
+//! commit that made it durable.
+//!
+//! A job that failed for a database reason inside a shared transaction (a PostgreSQL deadlock with another
+//! committer, say), and every job of a group whose commit failed, is run again alone, so a caller only ever
+//! sees an error its own write caused.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use super::write::{Op, PendingWrite, WriteError, WriteOptions, WriteOutcome};
+use super::{Backend, Db};
+
+/// The most writes one transaction takes.
+const MAX_GROUP: usize = 64;
+/// Writes waiting beyond this make their callers wait to enqueue (back-pressure, not unbounded memory).
+const QUEUE_DEPTH: usize = 4096;
+
+pub(crate) struct Job {
+    ops: Vec<Op>,
+    options: WriteOptions,
+    reply: oneshot::Sender<Result<WriteOutcome, WriteError>>,
+}
+
+pub(crate) type Queue = mpsc::Sender<Job>;
+
+/// How many transactions carried how many writes, since start (for operators and tests).
+#[derive(Debug, Default)]
+pub struct GroupStats {
+    transactions: AtomicU64,
+    writes: AtomicU64,
+}
+
+impl GroupStats {
+    /// (transactions committed, writes they carried).
+    pub fn read(&self) -> (u64, u64) {
+        (self.transactions.load(Ordering::Relaxed), self.writes.load(Ordering::Relaxed))
+    }
+
+    fn count(&self, writes: usize) {
+        self.transactions.fetch_add(1, Ordering::Relaxed);
+        self.writes.fetch_add(writes as u64, Ordering::Relaxed);
+    }
+}
+
+/// Starts the committers of `db` and returns the queue they serve. SQLite has one writer at a time, so one
+/// committer; PostgreSQL gets several, which prepare their groups in parallel and serialise only on the
+/// counter row at the end.
+pub(crate) fn start(db: &Db) -> Queue {
+    let (queue, rx) = mpsc::channel(QUEUE_DEPTH);
+    let rx = Arc::new(Mutex::new(rx));
+    let committers = match db.backend {
+        Backend::Sqlite => 1,
+        Backend::Postgres => 4,
+    };
+    for _ in 0..committers {
+        // The committers' handle has no queue of its own, so the channel closes when the last user handle
+        // is dropped and the committers end.
+        let db = Db { writes: None, ..db.clone() };
+        tokio::spawn(run(db, rx.clone()));
+    }
+    queue
+}
+
+/// Queues one write and waits for its outcome (applied directly when `db` has no queue).
+pub(crate) async fn submit(db: &Db, ops: Vec<Op>, options: WriteOptions) -> Result<WriteOutcome, WriteError> {
+    let Some(queue) = &db.writes else {
+        return commit_alone(db, ops, &options).await;
+    };
+    let (reply, answer) = oneshot::channel();
+    if queue.send(Job { ops, options, reply }).await.is_err() {
+        return Err(WriteError::Database(sqlx::Error::PoolClosed));
+    }
+    answer.await.unwrap_or(Err(WriteError::Database(sqlx::Error::PoolClosed)))
+}
+
+async fn run(db: Db, rx: Arc<Mutex<mpsc::Receiver<Job>>>) {
+    loop {
+        let mut jobs = Vec::new();
+        {
+            let mut rx = rx.lock().await;
+            let Some(first) = rx.recv().await else { return };
+            jobs.push(first);
+            while jobs.len() < MAX_GROUP
+                && let Ok(next) = rx.try_recv()
+            {
+                jobs.push(next);
+            }
+        }
+        if jobs.len() == 1 {
+            let job = jobs.pop().expect("one job");
+            let _ = job.reply.send(commit_alone(&db, job.ops, &job.options).await);
+        } else {
+            commit_group(&db, jobs).await;
+        }
+    }
+}
+
+/// One write in its own transaction.
+async fn commit_alone(db: &Db, ops: Vec<Op>, options: &WriteOptions) -> Result<WriteOutcome, WriteError> {
+    let (mut tx, _guard) = db.begin_write().await?;
+    let pending = db.apply_in(&mut tx, ops, options).await?;
+    let outcome = pending.append(&mut tx).await?;
+    tx.commit().await?;
+    db.group_stats.count(1);
+    if outcome.events > 0 {
+        db.notify_changed();
+    }
+    Ok(outcome)
+}
+
+/// Several writes in one transaction, each behind a savepoint.
+async fn commit_group(db: &Db, jobs: Vec<Job>) {
+    let mut waiting: VecDeque<Job> = jobs.into();
+    let mut applied: Vec<(Job, Result<PendingWrite, WriteError>)> = Vec::with_capacity(waiting.len());
+    let mut outcomes: Vec<(Job, Result<WriteOutcome, WriteError>)> = Vec::with_capacity(waiting.len());
+    let mut again: Vec<Job> = Vec::new();
+    let committed: sqlx::Result<()> = async {
+        let (mut tx, _guard) = db.begin_write().await?;
+        while let Some(job) = waiting.pop_front() {
+            sqlx::query("SAVEPOINT grouped_write").execute(&mut *tx).await?;
+            // The ops are kept in case this write has to be run again alone.
+            let result = db.apply_in(&mut tx, job.ops.clone(), &job.options).await;
+            if result.is_err() {
+                sqlx::query("ROLLBACK TO SAVEPOINT grouped_write").execute(&mut *tx).await?;
+            }
+            sqlx::query("RELEASE SAVEPOINT grouped_write").execute(&mut *tx).await?;
+            applied.push((job, result));
+        }
+        for (job, result) in applied.drain(..) {
+            match result {
+                Ok(pending) => {
+                    let outcome = pending.append(&mut tx).await;
+                    outcomes.push((job, Ok(outcome?)));
+                }
+                Err(WriteError::Database(_)) => again.push(job),
+                Err(refused) => outcomes.push((job, Err(refused))),
+            }
+        }
+        tx.commit().await
+    }
+    .await;
+    match committed {
+        Ok(()) => {
+            db.group_stats.count(outcomes.len());
+            if outcomes.iter().any(|(_, r)| matches!(r, Ok(o) if o.events > 0)) {
+                db.notify_changed();
+            }
+            for (job, result) in outcomes {
+                let _ = job.reply.send(result);
+            }
+        }
+        Err(e) => {
+            // Nothing of this group was committed: every write is tried again on its own.
+            tracing::warn!(error = %e, "a group commit failed; its writes run again one by one");
+            again.extend(outcomes.into_iter().map(|(job, _)| job));
+            again.extend(applied.into_iter().map(|(job, _)| job));
+            again.extend(waiting);
+        }
+    }
+    for job in again {
+        let _ = job.reply.send(commit_alone(db, job.ops, &job.options).await);
+    }
+}
