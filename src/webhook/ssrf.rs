@@ -212,17 +212,25 @@ pub enum SsrfError {
     },
 }
 
-/// The address policy for outgoing deliveries: forbidden ranges, minus the operator's allow-list.
+/// The address policy for outgoing deliveries: forbidden ranges, minus the operator's allow-list, and where
+/// target names are looked up.
 #[derive(Debug, Clone, Default)]
 pub struct Guard {
     /// Networks exempted from the forbidden ranges.
     pub allow: AllowList,
+    /// The DNS server target names are resolved at (`dns_server`); `None` means the system resolver.
+    pub dns_server: Option<SocketAddr>,
 }
 
 impl Guard {
-    /// A guard exempting the networks of `allow`.
+    /// A guard exempting the networks of `allow`, resolving names with the system resolver.
     pub fn new(allow: AllowList) -> Self {
-        Self { allow }
+        Self { allow, dns_server: None }
+    }
+
+    /// The same guard, resolving target names at `server` instead of the system resolver (when `Some`).
+    pub fn with_dns_server(self, server: Option<SocketAddr>) -> Self {
+        Self { dns_server: server, ..self }
     }
 
     /// Accepts `ip` unless it is forbidden and not allow-listed.
@@ -289,15 +297,20 @@ pub enum TargetError {
 /// Resolves `host` (a name, an IP literal, or a bracketed IPv6 literal as in [`Url::host_str`]) and
 /// returns its socket addresses on `port`, refusing the lot if ANY of them is forbidden and not
 /// allow-listed — a name mixing public and private addresses is how DNS rebinding slips through. Callers
-/// connect to one of the returned addresses rather than resolving the name again.
+/// connect to one of the returned addresses rather than resolving the name again. Names are looked up at the
+/// guard's `dns_server` when it has one, else with the system resolver.
 pub async fn resolve_checked(guard: &Guard, host: &str, port: u16) -> Result<Vec<SocketAddr>, SsrfError> {
     let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
-    let addrs: Vec<SocketAddr> = match bare.parse::<IpAddr>() {
-        Ok(ip) => vec![SocketAddr::new(ip, port)],
-        Err(_) => tokio::net::lookup_host((bare, port))
+    let resolve_error = |source| SsrfError::Resolve { host: host.to_owned(), source };
+    let addrs: Vec<SocketAddr> = match (bare.parse::<IpAddr>(), guard.dns_server) {
+        (Ok(ip), _) => vec![SocketAddr::new(ip, port)],
+        (Err(_), Some(server)) => super::dns::lookup(server, bare)
             .await
-            .map_err(|source| SsrfError::Resolve { host: host.to_owned(), source })?
+            .map_err(resolve_error)?
+            .into_iter()
+            .map(|ip| SocketAddr::new(ip, port))
             .collect(),
+        (Err(_), None) => tokio::net::lookup_host((bare, port)).await.map_err(resolve_error)?.collect(),
     };
     if addrs.is_empty() {
         return Err(SsrfError::NoAddress { host: host.to_owned() });

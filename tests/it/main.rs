@@ -1,5 +1,6 @@
 //! hsda's integration tests: one binary that starts the real server over real SQLite and PostgreSQL.
 
+mod dns;
 mod helpers;
 mod receiver;
 
@@ -9,4 +10,5 @@ mod cli;
 mod crash;
 mod delivery;
 mod directory;
+mod ssrf;
 mod webhooks;
