@@ -5,6 +5,7 @@ mod helpers;
 mod receiver;
 
 mod api;
+mod authz;
 mod bulk;
 mod cli;
 mod crash;
