@@ -217,6 +217,8 @@ async fn every_forbidden_target_form_is_refused_at_creation_and_on_update() {
         ("IPv4-mapped", "http://[::ffff:10.0.0.1]/".into()),
         ("IPv4-mapped", "http://[::ffff:a9fe:a9fe]/".into()),
         ("IPv4-mapped by name", "http://mapped.test/".into()),
+        ("IPv4-translated", "http://[::ffff:0:a00:1]/".into()),
+        ("IPv4-translated", "http://[::ffff:0:127.0.0.2]/".into()),
         ("IPv4-compatible", "http://[::127.0.0.2]/".into()),
         ("IPv4-compatible", "http://[::a00:1]/".into()),
         ("NAT64", "http://[64:ff9b::10.0.0.1]/".into()),
