@@ -233,6 +233,10 @@ impl World {
         assert_eq!(r.status(), 201);
         let sub: Value = r.json().await.unwrap();
         let id = sub["id"].as_str().unwrap().to_string();
+        // A subscription logged by accident shows neither its secret nor its custom headers.
+        let stored = self.app.db.subscription(&id).await.unwrap().expect("stored");
+        let shown = format!("{stored:?}");
+        assert!(shown.contains(&id) && !shown.contains(&stored.secret) && !shown.contains("x-acme-token"), "{shown}");
         self.private.push(id.clone());
         self.private.push(sub["secret"].as_str().unwrap().to_string());
         id
