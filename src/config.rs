@@ -39,6 +39,9 @@ pub struct ServeFlags {
     /// Comma-separated CIDRs exempt from the SSRF guard, e.g. `127.0.0.0/8,::1/128`.
     #[arg(long, env = "HSDA_ALLOW_TARGETS")]
     pub allow_targets: Option<String>,
+    /// DNS server (IP:port) that webhook target names are resolved at, instead of the system resolver.
+    #[arg(long, env = "HSDA_DNS_SERVER")]
+    pub dns_server: Option<SocketAddr>,
     /// Comma-separated webhook retry delays in seconds (default 5,300,1800,7200,18000,36000,50400,72000,86400).
     #[arg(long, env = "HSDA_RETRY_SCHEDULE")]
     pub retry_schedule: Option<String>,
@@ -70,6 +73,7 @@ struct FileConfig {
     require_key_for_reads: Option<bool>,
     max_body_bytes: Option<usize>,
     allow_targets: Option<String>,
+    dns_server: Option<SocketAddr>,
     retry_schedule: Option<String>,
     public_url: Option<String>,
     disable_after_seconds: Option<i64>,
@@ -88,6 +92,8 @@ pub struct Config {
     pub require_key_for_reads: bool,
     pub max_body_bytes: usize,
     pub allow_targets: String,
+    /// Where webhook target names are resolved; `None` is the system resolver.
+    pub dns_server: Option<SocketAddr>,
     pub retry_schedule: Option<String>,
     pub public_url: Option<String>,
     pub disable_after_seconds: i64,
@@ -106,6 +112,7 @@ impl Default for Config {
             require_key_for_reads: false,
             max_body_bytes: 4 * 1024 * 1024,
             allow_targets: String::new(),
+            dns_server: None,
             retry_schedule: None,
             public_url: None,
             disable_after_seconds: 5 * 24 * 3600,
@@ -140,6 +147,7 @@ impl Config {
             require_key_for_reads: serve.require_key_for_reads || file.require_key_for_reads.unwrap_or(false),
             max_body_bytes: serve.max_body_bytes.or(file.max_body_bytes).unwrap_or(d.max_body_bytes),
             allow_targets: serve.allow_targets.clone().or(file.allow_targets).unwrap_or(d.allow_targets),
+            dns_server: serve.dns_server.or(file.dns_server),
             retry_schedule: serve.retry_schedule.clone().or(file.retry_schedule),
             public_url: serve.public_url.clone().or(file.public_url),
             disable_after_seconds: serve

@@ -37,7 +37,7 @@ impl Application {
             config.public_url = Some(format!("http://{}", listener.local_addr()?));
         }
         let allow = AllowList::parse(&config.allow_targets).context("allow_targets")?;
-        let guard = Guard::new(allow);
+        let guard = Guard::new(allow).with_dns_server(config.dns_server);
         let client = WebhookClient::new(guard.clone(), Duration::from_secs(config.delivery_timeout_seconds))?;
         let retry = match &config.retry_schedule {
             Some(s) => RetrySchedule::parse(s).context("retry_schedule")?,

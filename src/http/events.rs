@@ -36,7 +36,7 @@ async fn feed(
     Query(params): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    state.check_read_access(&headers).await?;
+    let viewer = state.check_read_access(&headers).await?;
     let after = match params.get("after") {
         None => 0,
         Some(v) => v
@@ -62,7 +62,6 @@ async fn feed(
             return Err(ApiError::parameter("types", format!("{t} is not a known event type or pattern")));
         }
     }
-    let viewer = state.principal(&headers).await?;
     let events = state.db.events_after(after, &TypeFilter(types), limit).await?;
     let next_after = events.last().map(|e| e.sequence).unwrap_or(after);
     let events: Vec<Event> = events.into_iter().filter(|e| visible(e, viewer.as_ref())).collect();
@@ -74,8 +73,7 @@ async fn one(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    state.check_read_access(&headers).await?;
-    let viewer = state.principal(&headers).await?;
+    let viewer = state.check_read_access(&headers).await?;
     let event = state
         .db
         .event(&id)

@@ -39,12 +39,16 @@ impl AppState {
         self.db.authenticate(token.trim()).await?.map(Some).ok_or(ApiError::Unauthorized)
     }
 
-    /// Reads are public unless the operator requires a key for them.
-    pub async fn check_read_access(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        if !self.config.require_key_for_reads {
-            return Ok(());
+    /// The reader of a read request. Reads are public unless the operator requires a key for them; a key that
+    /// is presented must be valid either way, so a mistyped key is told rather than silently read as anonymous.
+    pub async fn check_read_access(
+        &self,
+        headers: &HeaderMap,
+    ) -> Result<Option<crate::store::keys::Principal>, ApiError> {
+        match self.principal(headers).await? {
+            None if self.config.require_key_for_reads => Err(ApiError::Unauthorized),
+            reader => Ok(reader),
         }
-        self.principal(headers).await?.map(|_| ()).ok_or(ApiError::Unauthorized)
     }
 }
 

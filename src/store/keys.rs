@@ -41,12 +41,18 @@ pub struct Principal {
     pub scope: Scope,
 }
 
-/// A key just created: the secret exists only here.
-#[derive(Debug, Clone)]
+/// A key just created: the secret exists only here (and its `Debug` form leaves it out).
+#[derive(Clone)]
 pub struct NewKey {
     pub id: String,
     pub secret: String,
     pub principal: Principal,
+}
+
+impl std::fmt::Debug for NewKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewKey").field("id", &self.id).field("principal", &self.principal).finish_non_exhaustive()
+    }
 }
 
 fn hash(secret: &str) -> String {
@@ -81,5 +87,19 @@ impl Db {
                 .fetch_optional(&self.pool)
                 .await?;
         Ok(row.and_then(|(key_id, tenant, scope)| Some(Principal { key_id, tenant, scope: Scope::parse(&scope)? })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_key_debug_form_leaves_the_secret_out() {
+        let principal = Principal { key_id: "key_1".into(), tenant: "acme".into(), scope: Scope::Admin };
+        let key = NewKey { id: "key_1".into(), secret: "hsda_admin_0123456789abcdef".into(), principal };
+        let shown = format!("{key:?}");
+        assert!(shown.contains("key_1") && shown.contains("acme"), "{shown}");
+        assert!(!shown.contains("0123456789abcdef"), "{shown}");
     }
 }

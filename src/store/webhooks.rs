@@ -16,8 +16,9 @@ use sqlx::any::AnyRow;
 use super::events::{Event, NewEvent, append_events};
 use super::{Backend, Db, now_text, timestamp_text};
 
-/// A subscription as stored.
-#[derive(Debug, Clone, Serialize)]
+/// A subscription as stored. Its `Debug` form leaves out the signing secrets and the custom headers (which
+/// may carry the target's credentials), so that logging one by accident leaks neither.
+#[derive(Clone, Serialize)]
 pub struct Subscription {
     pub id: String,
     #[serde(skip)]
@@ -70,6 +71,19 @@ pub struct Subscription {
     pub verified_at: Option<String>,
     pub created_at: String,
     pub updated_at: String,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("id", &self.id)
+            .field("tenant", &self.tenant)
+            .field("url", &self.url)
+            .field("events", &self.events)
+            .field("signing", &self.signing)
+            .field("status", &self.status)
+            .finish_non_exhaustive()
+    }
 }
 
 fn json_text(v: &impl Serialize) -> String {

@@ -5,9 +5,11 @@
 //! [`ssrf`] decides which target addresses may be called, before and after DNS resolution; [`retry`]
 //! spaces out attempts and reads `Retry-After`; [`pattern`] matches event types against a subscription's
 //! `events`; [`schedule`] says when a digest subscription is next due; [`rate`] spaces out the deliveries of
-//! rate-limited subscriptions. [`client`] and [`worker`] make the calls.
+//! rate-limited subscriptions. [`client`] and [`worker`] make the calls; [`dns`] looks target names up at an
+//! operator-chosen DNS server.
 
 pub mod client;
+pub mod dns;
 pub mod pattern;
 pub mod rate;
 pub mod retry;

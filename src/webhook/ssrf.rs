@@ -75,7 +75,8 @@ const FORBIDDEN_V6: &[Ipv6Net] = &[
 /// Whether `ip` lies in a range hsda never delivers to on its own accord: loopback, unspecified,
 /// private, carrier-grade NAT, link-local (cloud metadata), multicast, broadcast, reserved, benchmarking
 /// and documentation ranges. An IPv6 address that embeds an IPv4 one (IPv4-mapped `::ffff:a.b.c.d`,
-/// IPv4-compatible `::a.b.c.d`, NAT64 `64:ff9b::/96`, 6to4 `2002::/16`) is judged by the embedded address.
+/// IPv4-compatible `::a.b.c.d`, IPv4-translated `::ffff:0:a.b.c.d`, NAT64 `64:ff9b::/96`, 6to4 `2002::/16`)
+/// is judged by the embedded address.
 pub fn is_forbidden(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => is_forbidden_v4(v4),
@@ -97,14 +98,15 @@ fn is_forbidden_v6(ip: Ipv6Addr) -> bool {
     FORBIDDEN_V6.iter().any(|net| net.contains(&ip))
 }
 
-/// The IPv4 address embedded in an IPv4-mapped, IPv4-compatible, NAT64 (well-known prefix) or 6to4
-/// address. `::` and `::1` are not treated as IPv4-compatible.
+/// The IPv4 address embedded in an IPv4-mapped, IPv4-compatible, IPv4-translated, NAT64 (well-known prefix)
+/// or 6to4 address. `::` and `::1` are not treated as IPv4-compatible.
 fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     let seg = ip.segments();
     let low = Ipv4Addr::new((seg[6] >> 8) as u8, seg[6] as u8, (seg[7] >> 8) as u8, seg[7] as u8);
     match seg {
-        // ::ffff:a.b.c.d (mapped) and ::a.b.c.d (compatible, deprecated)
-        [0, 0, 0, 0, 0, 0xffff, _, _] | [0, 0, 0, 0, 0, 0, _, _] => Some(low),
+        // ::ffff:a.b.c.d (mapped), ::a.b.c.d (compatible, deprecated) and ::ffff:0:a.b.c.d (IPv4-translated,
+        // RFC 2765: a SIIT translator turns it into a.b.c.d)
+        [0, 0, 0, 0, 0, 0xffff, _, _] | [0, 0, 0, 0, 0, 0, _, _] | [0, 0, 0, 0, 0xffff, 0, _, _] => Some(low),
         // 64:ff9b::a.b.c.d (NAT64 well-known prefix, RFC 6052)
         [0x64, 0xff9b, 0, 0, 0, 0, _, _] => Some(low),
         // 2002:aabb:ccdd::/48 (6to4, RFC 3056)
@@ -212,17 +214,25 @@ pub enum SsrfError {
     },
 }
 
-/// The address policy for outgoing deliveries: forbidden ranges, minus the operator's allow-list.
+/// The address policy for outgoing deliveries: forbidden ranges, minus the operator's allow-list, and where
+/// target names are looked up.
 #[derive(Debug, Clone, Default)]
 pub struct Guard {
     /// Networks exempted from the forbidden ranges.
     pub allow: AllowList,
+    /// The DNS server target names are resolved at (`dns_server`); `None` means the system resolver.
+    pub dns_server: Option<SocketAddr>,
 }
 
 impl Guard {
-    /// A guard exempting the networks of `allow`.
+    /// A guard exempting the networks of `allow`, resolving names with the system resolver.
     pub fn new(allow: AllowList) -> Self {
-        Self { allow }
+        Self { allow, dns_server: None }
+    }
+
+    /// The same guard, resolving target names at `server` instead of the system resolver (when `Some`).
+    pub fn with_dns_server(self, server: Option<SocketAddr>) -> Self {
+        Self { dns_server: server, ..self }
     }
 
     /// Accepts `ip` unless it is forbidden and not allow-listed.
@@ -289,15 +299,20 @@ pub enum TargetError {
 /// Resolves `host` (a name, an IP literal, or a bracketed IPv6 literal as in [`Url::host_str`]) and
 /// returns its socket addresses on `port`, refusing the lot if ANY of them is forbidden and not
 /// allow-listed — a name mixing public and private addresses is how DNS rebinding slips through. Callers
-/// connect to one of the returned addresses rather than resolving the name again.
+/// connect to one of the returned addresses rather than resolving the name again. Names are looked up at the
+/// guard's `dns_server` when it has one, else with the system resolver.
 pub async fn resolve_checked(guard: &Guard, host: &str, port: u16) -> Result<Vec<SocketAddr>, SsrfError> {
     let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
-    let addrs: Vec<SocketAddr> = match bare.parse::<IpAddr>() {
-        Ok(ip) => vec![SocketAddr::new(ip, port)],
-        Err(_) => tokio::net::lookup_host((bare, port))
+    let resolve_error = |source| SsrfError::Resolve { host: host.to_owned(), source };
+    let addrs: Vec<SocketAddr> = match (bare.parse::<IpAddr>(), guard.dns_server) {
+        (Ok(ip), _) => vec![SocketAddr::new(ip, port)],
+        (Err(_), Some(server)) => super::dns::lookup(server, bare)
             .await
-            .map_err(|source| SsrfError::Resolve { host: host.to_owned(), source })?
+            .map_err(resolve_error)?
+            .into_iter()
+            .map(|ip| SocketAddr::new(ip, port))
             .collect(),
+        (Err(_), None) => tokio::net::lookup_host((bare, port)).await.map_err(resolve_error)?.collect(),
     };
     if addrs.is_empty() {
         return Err(SsrfError::NoAddress { host: host.to_owned() });
@@ -368,6 +383,9 @@ mod tests {
         "::ffff:169.254.169.254",
         "::127.0.0.1",
         "::10.0.0.1",
+        "::ffff:0:127.0.0.1",
+        "::ffff:0:a00:1",
+        "::ffff:0:a9fe:a9fe",
         "64:ff9b::127.0.0.1",
         "64:ff9b::a9fe:a9fe",
         "2002:7f00:1::1",
@@ -401,6 +419,7 @@ mod tests {
         "fe00::1",
         "::ffff:8.8.8.8",
         "::8.8.8.8",
+        "::ffff:0:8.8.8.8",
         "64:ff9b::8.8.8.8",
         "2002:0808:0808::1",
     ];

@@ -17,6 +17,8 @@ pub enum Store {
 
 pub struct TestApp {
     pub base: String,
+    /// The database the server runs on (a fresh SQLite file or PostgreSQL database).
+    pub database_url: String,
     pub client: reqwest::Client,
     pub db: Db,
     pub admin_key: String,
@@ -87,6 +89,7 @@ impl TestApp {
         let subscribe_key = db.create_key("acme", Scope::Subscribe).await.expect("key").secret;
         Some(TestApp {
             base,
+            database_url,
             client: reqwest::Client::new(),
             db,
             admin_key,
