@@ -563,7 +563,9 @@ fn parse_args() -> Args {
                     _ => vec![Store::Sqlite],
                 }
             }
-            "--workload" => args.workloads = it.next().into_iter().map(|w| w.to_uppercase()).collect(),
+            "--workload" => {
+                args.workloads = it.next().unwrap_or_default().split(',').map(|w| w.trim().to_uppercase()).collect()
+            }
             "--max-concurrency" => args.max_concurrency = it.next().and_then(|n| n.parse().ok()),
             _ => {} // `cargo bench` passes `--bench`
         }

@@ -22,7 +22,7 @@ use super::write::{Op, PendingWrite, WriteError, WriteOptions, WriteOutcome};
 use super::{Backend, Db};
 
 /// The most writes one transaction takes.
-const MAX_GROUP: usize = 64;
+const MAX_GROUP: usize = 32;
 /// Writes waiting beyond this make their callers wait to enqueue (back-pressure, not unbounded memory).
 const QUEUE_DEPTH: usize = 4096;
 

@@ -158,6 +158,9 @@ pub struct Delivery {
     pub updated_at: String,
     #[serde(skip)]
     pub body: String,
+    /// Set on deliveries handed straight to the worker by the dispatcher (see [`Db::dispatch_batch`]).
+    #[serde(skip)]
+    pub lease_until: Option<String>,
 }
 
 const DELIVERY_COLUMNS: &str = "id, subscription_id, tenant, event_id, event_sequence, event_type, object_id, status, \
@@ -182,6 +185,7 @@ fn delivery_from_row(row: &AnyRow) -> sqlx::Result<Delivery> {
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
         body: row.try_get("body")?,
+        lease_until: row.try_get("lease_until").ok().flatten(),
     })
 }
 
@@ -204,6 +208,7 @@ impl Delivery {
             created_at: String::new(),
             updated_at: String::new(),
             body: String::new(),
+            lease_until: None,
         }
     }
 }
@@ -543,10 +548,17 @@ impl Db {
     }
 
     /// Fans the next events out into deliveries and advances the dispatch cursor, in one transaction.
-    /// Returns how many events were read (0 when the log is drained).
+    /// Returns how many events were read (0 when the log is drained) and the new deliveries already leased
+    /// to the caller for `lease_seconds`, so it can send them at once without claiming them first. Deliveries
+    /// of `ordered` subscriptions are left unleased: they go through [`Db::claim_due`], which keeps the order.
     /// Immediate subscriptions get deliveries; pending ones too (held until verified); digest subscriptions
     /// are served by [`Db::build_digest`] instead.
-    pub async fn dispatch_batch(&self, public_url: &str, limit: i64) -> sqlx::Result<(usize, usize)> {
+    pub async fn dispatch_batch(
+        &self,
+        public_url: &str,
+        limit: i64,
+        lease_seconds: i64,
+    ) -> sqlx::Result<(usize, Vec<Delivery>)> {
         let (mut tx, _guard) = self.begin_write().await?;
         // Updating the cursor row first takes its lock (PostgreSQL): one dispatcher at a time, any process.
         let cursor: i64 =
@@ -590,7 +602,8 @@ impl Db {
                 queued.push((sub, event.clone(), body));
             }
         }
-        let created = insert_deliveries(&mut tx, &queued, &now).await?;
+        let lease = timestamp_text(chrono::Utc::now() + chrono::Duration::seconds(lease_seconds));
+        let created = insert_deliveries(&mut tx, &queued, &now, &lease).await?;
         if last != cursor {
             sqlx::query("UPDATE counters SET value = $1 WHERE name = 'dispatch_cursor'")
                 .bind(last)
@@ -598,10 +611,11 @@ impl Db {
                 .await?;
         }
         tx.commit().await?;
-        if created > 0 {
+        if !created.is_empty() {
             self.notify_changed();
         }
-        Ok((rows.len(), created))
+        let leased = created.into_iter().filter(|d| d.lease_until.is_some()).collect();
+        Ok((rows.len(), leased))
     }
 
     /// Queues one delivery of `event` to `sub` outside the dispatcher (pings, tests, replays).
@@ -1023,37 +1037,32 @@ pub fn delivery_id(subscription_id: &str, event_id: &str) -> String {
     format!("msg_{}", hex::encode(&digest[..16]))
 }
 
-/// Inserts deliveries (skipping any that exist) with multi-row statements; returns how many were new.
+/// Inserts deliveries (skipping any that exist) with multi-row statements; returns the new ones. Those of
+/// subscriptions that are not `ordered` and are receiving are leased until `lease_until`.
 async fn insert_deliveries(
     conn: &mut sqlx::AnyConnection,
     deliveries: &[(&Subscription, Event, String)],
     now: &str,
-) -> sqlx::Result<usize> {
-    let mut created = 0;
+    lease_until: &str,
+) -> sqlx::Result<Vec<Delivery>> {
+    let mut created = Vec::new();
     for chunk in deliveries.chunks(50) {
         let values: Vec<String> = (0..chunk.len())
             .map(|i| {
-                let b = 2 + 8 * i;
-                format!(
-                    "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, 'pending', $1, $1, $1)",
-                    b,
-                    b + 1,
-                    b + 2,
-                    b + 3,
-                    b + 4,
-                    b + 5,
-                    b + 6,
-                    b + 7
-                )
+                let b = 3 + 9 * i;
+                let p: Vec<String> = (b..b + 9).map(|n| format!("${n}")).collect();
+                format!("({}, 'pending', $1, $1, $1)", p.join(", "))
             })
             .collect();
         let sql = format!(
             "INSERT INTO deliveries (id, subscription_id, tenant, event_id, event_sequence, event_type, object_id, \
-             body, status, next_attempt_at, created_at, updated_at) VALUES {} ON CONFLICT DO NOTHING",
+             body, lease_until, status, next_attempt_at, created_at, updated_at) VALUES {} ON CONFLICT DO NOTHING \
+             RETURNING {DELIVERY_COLUMNS}, lease_until",
             values.join(", ")
         );
-        let mut query = sqlx::query(&sql).bind(now);
+        let mut query = sqlx::query(&sql).bind(now).bind(lease_until);
         for (sub, event, body) in chunk {
+            let leased = !sub.ordered && sub.receives_deliveries();
             query = query
                 .bind(delivery_id(&sub.id, &event.id))
                 .bind(&sub.id)
@@ -1062,9 +1071,12 @@ async fn insert_deliveries(
                 .bind(event.sequence)
                 .bind(&event.event_type)
                 .bind(&event.object_id)
-                .bind(body);
+                .bind(body)
+                .bind(leased.then_some(lease_until));
         }
-        created += query.execute(&mut *conn).await?.rows_affected() as usize;
+        for row in query.fetch_all(&mut *conn).await? {
+            created.push(delivery_from_row(&row)?);
+        }
     }
     Ok(created)
 }

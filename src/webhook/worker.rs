@@ -50,7 +50,10 @@ pub struct Worker {
     db: Db,
     client: WebhookClient,
     config: WorkerConfig,
-    per_subscription: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Each subscription's deliveries in this process: its slots and its claimed deliveries waiting for one.
+    lanes: Mutex<HashMap<String, Lane>>,
+    /// Set when the worker stops: lanes start nothing more.
+    stopping: std::sync::atomic::AtomicBool,
     limiter: Mutex<RateLimiter>,
     in_flight: Arc<Semaphore>,
     /// Attempt results on their way to the recorder, which commits them in batches.
@@ -59,6 +62,28 @@ pub struct Worker {
 }
 
 const CLAIM_BATCH: i64 = 256;
+/// A lane keeps at most this many times its `max_concurrency` claimed deliveries waiting for a slot.
+const LANE_DEPTH: usize = 4;
+/// A delivery that waited in its lane longer than this after its claim is not started: its lease (the
+/// delivery timeout plus 15 s) could run out mid-attempt and another process could send it too. It is left
+/// to be claimed again when the lease expires.
+const START_WITHIN: Duration = Duration::from_secs(10);
+
+/// A subscription's deliveries in this process: at most `max_concurrency` in flight, the next few claimed ones
+/// waiting, so that a finished attempt starts the next at once instead of after another claim.
+struct Lane {
+    slots: Arc<Semaphore>,
+    size: usize,
+    waiting: std::collections::VecDeque<Waiting>,
+}
+
+struct Waiting {
+    delivery: Delivery,
+    sub: Subscription,
+    /// When the rate limiter lets it start (None: now).
+    start_at: Option<tokio::time::Instant>,
+    claimed_at: tokio::time::Instant,
+}
 const DISPATCH_BATCH: i64 = 500;
 
 impl Worker {
@@ -69,7 +94,8 @@ impl Worker {
             db,
             client,
             config,
-            per_subscription: Mutex::new(HashMap::new()),
+            lanes: Mutex::new(HashMap::new()),
+            stopping: std::sync::atomic::AtomicBool::new(false),
             in_flight,
             results,
             results_rx: Mutex::new(Some(results_rx)),
@@ -113,7 +139,9 @@ impl Worker {
                 _ = stop.cancelled() => break,
             }
         }
-        // Drain: every permit back means nothing is in flight; then the recorder writes what is left.
+        // Drain: lanes start nothing more; every permit back means nothing is in flight; then the recorder
+        // writes what is left. Deliveries still waiting in lanes stay leased and are sent after a restart.
+        self.stopping.store(true, std::sync::atomic::Ordering::Release);
         let _ = self.in_flight.acquire_many(self.config.max_in_flight as u32).await;
         if let Some(recorder) = recorder {
             let _ = self.results.send((Delivery::stop_marker(), AttemptRecord::stop_marker()));
@@ -124,7 +152,9 @@ impl Worker {
     /// One round: dispatch new events, build due digests, start due verifications, then claim and start
     /// due deliveries (deferring those a rate limit holds back). True if there may be more.
     pub async fn step(self: &Arc<Self>) -> anyhow::Result<bool> {
-        let (read, _) = self.db.dispatch_batch(&self.config.public_url, DISPATCH_BATCH).await?;
+        // New deliveries come back already leased to this process: they start below without a claim.
+        let (read, fresh) =
+            self.db.dispatch_batch(&self.config.public_url, DISPATCH_BATCH, self.config.lease_seconds).await?;
         // The snapshot tells whether a digest or a challenge is due at all, sparing the store a query
         // (and a write transaction) per round when none is.
         let subscriptions = self.db.subscription_snapshot().await?;
@@ -150,17 +180,25 @@ impl Worker {
                 drop(permit);
             });
         }
-        let free = self.in_flight.available_permits() as i64;
-        let busy: Vec<String> = {
-            let map = self.per_subscription.lock().unwrap_or_else(|p| p.into_inner());
-            map.iter().filter(|(_, slots)| slots.available_permits() == 0).map(|(id, _)| id.clone()).collect()
+        // Claim what lanes have room for: a subscription whose lane is full is left out (a hanging target's
+        // backlog never fills this process), and all lanes together wait for at most `max_in_flight`.
+        let (busy, waiting): (Vec<String>, usize) = {
+            let lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+            let busy = lanes
+                .iter()
+                .filter(|(_, lane)| lane.waiting.len() >= lane.size * LANE_DEPTH)
+                .map(|(id, _)| id.clone())
+                .collect();
+            (busy, lanes.values().map(|l| l.waiting.len()).sum())
         };
-        let claimed = if free > 0 {
+        let free = self.config.max_in_flight as i64 - waiting as i64 - fresh.len() as i64;
+        let mut claimed = if free > 0 {
             self.db.claim_due(free.min(CLAIM_BATCH), self.config.lease_seconds, &busy).await?
         } else {
             Vec::new()
         };
         let count = claimed.len() as i64;
+        claimed.splice(0..0, fresh);
         let stale =
             claimed.iter().any(|d| !subscriptions.get(&d.subscription_id).is_some_and(|s| s.receives_deliveries()));
         let subscriptions = if stale {
@@ -194,33 +232,38 @@ impl Worker {
                 }
             }
         }
-        // Each start takes one of its subscription's slots and one in-flight permit up front; a delivery that
-        // cannot have both now goes back to the queue instead of waiting (and holding capacity) here.
-        let mut give_back = Vec::new();
-        for (delivery, start_at) in starts {
-            let Some(sub) = subscriptions.get(&delivery.subscription_id).filter(|s| s.receives_deliveries()) else {
-                // Deleted, disabled or held for verification just now: the lease runs out, and the delivery is
-                // claimable again once the subscription receives (or gone with it).
-                continue;
-            };
-            let max = sub.max_concurrency;
-            let slots = self.slots_for(&delivery.subscription_id, max);
-            let (Ok(slot), Ok(permit)) = (slots.try_acquire_owned(), self.in_flight.clone().try_acquire_owned()) else {
-                give_back.push(delivery.id);
-                continue;
-            };
-            let worker = self.clone();
-            let sub = sub.clone();
-            tokio::spawn(async move {
-                if let Some(at) = start_at {
-                    tokio::time::sleep_until(at).await;
+        let claimed_at = tokio::time::Instant::now();
+        let mut touched: Vec<String> = Vec::new();
+        {
+            let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+            for (delivery, start_at) in starts {
+                let Some(sub) = subscriptions.get(&delivery.subscription_id).filter(|s| s.receives_deliveries()) else {
+                    // Deleted, disabled or held for verification just now: the lease runs out, and the delivery is
+                    // claimable again once the subscription receives (or gone with it).
+                    continue;
+                };
+                let size = sub.max_concurrency.clamp(1, 1000) as usize;
+                let lane = lanes.entry(sub.id.clone()).or_insert_with(|| Lane {
+                    slots: Arc::new(Semaphore::new(size)),
+                    size,
+                    waiting: Default::default(),
+                });
+                if lane.size != size && lane.slots.available_permits() == lane.size {
+                    // A changed limit takes effect once the lane's old slots are all free.
+                    lane.slots = Arc::new(Semaphore::new(size));
+                    lane.size = size;
                 }
-                worker.attempt(&sub, delivery).await;
-                drop(slot);
-                drop(permit);
-            });
+                lane.waiting.push_back(Waiting { delivery, sub: sub.clone(), start_at, claimed_at });
+                if !touched.contains(&sub.id) {
+                    touched.push(sub.id.clone());
+                }
+            }
         }
-        self.db.release_claims(&give_back).await?;
+        // Every lane, not only those that got deliveries: one may have waited for an in-flight permit.
+        let all: Vec<String> = self.lanes.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
+        for id in all {
+            self.pump(&id);
+        }
         // A failure here leaves them leased: they are retried when the lease expires.
         self.db.defer_deliveries(&deferred).await?;
         Ok(read as i64 == DISPATCH_BATCH || count == CLAIM_BATCH)
@@ -237,16 +280,36 @@ impl Worker {
         }
     }
 
-    /// The slots of a subscription in this process (`max_concurrency` of them; a changed limit takes effect
-    /// when the old slots are all free).
-    fn slots_for(&self, subscription_id: &str, max_concurrency: i64) -> Arc<Semaphore> {
-        let size = max_concurrency.clamp(1, 1000) as usize;
-        let mut map = self.per_subscription.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = map.entry(subscription_id.to_string()).or_insert_with(|| Arc::new(Semaphore::new(size)));
-        if Arc::strong_count(entry) == 1 && entry.available_permits() != size {
-            *entry = Arc::new(Semaphore::new(size));
+    /// Starts as many of a lane's waiting deliveries as it has free slots (and the process in-flight permits).
+    /// Each finished attempt pumps its lane again.
+    fn pump(self: &Arc<Self>, subscription_id: &str) {
+        if self.stopping.load(std::sync::atomic::Ordering::Acquire) {
+            return;
         }
-        entry.clone()
+        let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(lane) = lanes.get_mut(subscription_id) else { return };
+        while !lane.waiting.is_empty() {
+            let Ok(slot) = lane.slots.clone().try_acquire_owned() else { break };
+            let Ok(permit) = self.in_flight.clone().try_acquire_owned() else { break };
+            let Some(next) = lane.waiting.pop_front() else { break };
+            if next.claimed_at.elapsed() > START_WITHIN {
+                continue; // its lease may run out mid-attempt: left to expire and be claimed again
+            }
+            let worker = self.clone();
+            tokio::spawn(async move {
+                if let Some(at) = next.start_at {
+                    tokio::time::sleep_until(at).await;
+                }
+                let id = next.sub.id.clone();
+                worker.attempt(&next.sub, next.delivery).await;
+                drop(slot);
+                drop(permit);
+                worker.pump(&id);
+            });
+        }
+        if lane.waiting.is_empty() && lane.slots.available_permits() == lane.size {
+            lanes.remove(subscription_id);
+        }
     }
 
     /// Attempts one claimed delivery to `sub` (as it stood when claimed) and records the outcome.
