@@ -328,11 +328,13 @@ async fn put(
     caller.require(&[Scope::Publish])?;
     let table = table_of(&plural)?;
     check_id(&id)?;
-    let existed = state.db.get(table, &id).await?.is_some();
     let ops = body_to_ops(table, &id, body)?;
     let options = WriteOptions { if_match: if_match(table, &id, &headers), ..WriteOptions::default() };
-    state.db.apply(ops, options).await?;
-    written(&state, table, &id, if existed { StatusCode::OK } else { StatusCode::CREATED }).await
+    // Created or replaced is decided inside the write's transaction, so two racing PUTs of a new id get one
+    // 201 and one 200.
+    let outcome = state.db.apply(ops, options).await?;
+    let created = outcome.created.iter().any(|(kind, created)| *kind == table.name && *created == id);
+    written(&state, table, &id, if created { StatusCode::CREATED } else { StatusCode::OK }).await
 }
 
 async fn written(state: &AppState, table: &'static Table, id: &str, status: StatusCode) -> Result<Response, ApiError> {

@@ -106,8 +106,30 @@ async fn run(db: Db, rx: Arc<Mutex<mpsc::Receiver<Job>>>) {
     }
 }
 
-/// One write in its own transaction.
+/// One write in its own transaction; tried again (up to three times in all) when it lost a race with a
+/// concurrent transaction on PostgreSQL — two PUTs creating the same new row, a deadlock — so that the
+/// loser is applied on top of the winner instead of failing.
 async fn commit_alone(db: &Db, ops: Vec<Op>, options: &WriteOptions) -> Result<WriteOutcome, WriteError> {
+    for _ in 1..3 {
+        match commit_once(db, ops.clone(), options).await {
+            Err(e) if lost_a_race(&e) => tracing::debug!(error = %e, "a write lost a race; trying it again"),
+            result => return result,
+        }
+    }
+    commit_once(db, ops, options).await
+}
+
+/// A unique violation, deadlock or serialization failure: another transaction got there first.
+fn lost_a_race(e: &WriteError) -> bool {
+    match e {
+        WriteError::Database(sqlx::Error::Database(db)) => {
+            matches!(db.code().as_deref(), Some("23505" | "40P01" | "40001"))
+        }
+        _ => false,
+    }
+}
+
+async fn commit_once(db: &Db, ops: Vec<Op>, options: &WriteOptions) -> Result<WriteOutcome, WriteError> {
     let (mut tx, _guard) = db.begin_write().await?;
     let pending = db.apply_in(&mut tx, ops, options).await?;
     let outcome = pending.append(&mut tx).await?;

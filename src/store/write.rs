@@ -60,6 +60,8 @@ pub struct WriteOutcome {
     pub last_sequence: Option<i64>,
     pub events: usize,
     pub rows_changed: usize,
+    /// The rows this write created (table, id), as opposed to replaced or deleted.
+    pub created: Vec<(&'static str, String)>,
     /// Problems accepted by a lenient import (references to rows the package does not contain).
     pub warnings: Vec<FieldError>,
 }
@@ -146,14 +148,15 @@ impl Db {
             writer.apply_op(op).await?;
         }
         writer.check_references().await?;
-        let (rows_changed, events) = writer.finish().await?;
-        Ok(PendingWrite { rows_changed, events, origin, now })
+        let (created, rows_changed, events) = writer.finish().await?;
+        Ok(PendingWrite { rows_changed, created, events, origin, now })
     }
 }
 
 /// A write applied inside a transaction whose events still have to be appended.
 pub(crate) struct PendingWrite {
     pub rows_changed: usize,
+    pub created: Vec<(&'static str, String)>,
     pub events: Vec<NewEvent>,
     pub origin: String,
     pub now: String,
@@ -162,7 +165,8 @@ pub(crate) struct PendingWrite {
 impl PendingWrite {
     /// Appends the events (taking their sequence numbers) and tells what the write did.
     pub(crate) async fn append(self, conn: &mut AnyConnection) -> sqlx::Result<WriteOutcome> {
-        let mut outcome = WriteOutcome { rows_changed: self.rows_changed, ..WriteOutcome::default() };
+        let mut outcome =
+            WriteOutcome { rows_changed: self.rows_changed, created: self.created, ..WriteOutcome::default() };
         if !self.events.is_empty() {
             outcome.events = self.events.len();
             let (first, last) = append_events(conn, self.events, &self.origin, &self.now).await?;
@@ -437,9 +441,9 @@ impl Writer<'_> {
     }
 
     /// Recompiles the root documents this write touched or that embed what it touched, and appends events.
-    async fn finish(mut self) -> Result<(usize, Vec<NewEvent>), WriteError> {
+    async fn finish(mut self) -> Result<(Vec<(&'static str, String)>, usize, Vec<NewEvent>), WriteError> {
         if self.touched.is_empty() {
-            return Ok((0, Vec::new()));
+            return Ok((Vec::new(), 0, Vec::new()));
         }
         // Roots each touched row belongs to (for event facets), and all roots to recompile.
         let mut roots_of: Vec<BTreeSet<(&'static str, String)>> = Vec::with_capacity(self.touched.len());
@@ -515,7 +519,9 @@ impl Writer<'_> {
                 facets,
             });
         }
-        Ok((touched.len(), events))
+        let created =
+            touched.iter().filter(|t| t.action == Action::Created).map(|t| (t.table.name, t.id.clone())).collect();
+        Ok((created, touched.len(), events))
     }
 
     /// Stores a root's compiled document and what lists and filters need of it.

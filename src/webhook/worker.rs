@@ -149,15 +149,16 @@ impl Worker {
         }
     }
 
-    /// One round: dispatch new events, build due digests, start due verifications, then claim and start
-    /// due deliveries (deferring those a rate limit holds back). True if there may be more.
+    /// One round: dispatch new events (and start them), build due digests, start due verifications, then
+    /// claim and start due deliveries (deferring those a rate limit holds back). True if there may be more.
     pub async fn step(self: &Arc<Self>) -> anyhow::Result<bool> {
-        // New deliveries come back already leased to this process: they start below without a claim.
+        // New deliveries come back already leased to this process: they start at once, without a claim.
         let (read, fresh) =
             self.db.dispatch_batch(&self.config.public_url, DISPATCH_BATCH, self.config.lease_seconds).await?;
+        let subscriptions = self.db.subscription_snapshot().await?;
+        self.start(fresh, subscriptions.clone()).await?;
         // The snapshot tells whether a digest or a challenge is due at all, sparing the store a query
         // (and a write transaction) per round when none is.
-        let subscriptions = self.db.subscription_snapshot().await?;
         let now = now_text();
         let due = |at: &Option<String>| at.as_deref().is_some_and(|at| at <= now.as_str());
         if subscriptions.values().any(|s| s.schedule.is_some() && due(&s.next_digest_at)) {
@@ -191,16 +192,29 @@ impl Worker {
                 .collect();
             (busy, lanes.values().map(|l| l.waiting.len()).sum())
         };
-        let free = self.config.max_in_flight as i64 - waiting as i64 - fresh.len() as i64;
-        let mut claimed = if free > 0 {
+        let free = self.config.max_in_flight as i64 - waiting as i64;
+        let claimed = if free > 0 {
             self.db.claim_due(free.min(CLAIM_BATCH), self.config.lease_seconds, &busy).await?
         } else {
             Vec::new()
         };
         let count = claimed.len() as i64;
-        claimed.splice(0..0, fresh);
+        self.start(claimed, subscriptions).await?;
+        Ok(read as i64 == DISPATCH_BATCH || count == CLAIM_BATCH)
+    }
+
+    /// Puts deliveries leased to this process into their subscriptions' lanes (deferring those the rate
+    /// limiter holds back) and starts what the lanes have slots for.
+    async fn start(
+        self: &Arc<Self>,
+        leased: Vec<Delivery>,
+        subscriptions: Arc<HashMap<String, Subscription>>,
+    ) -> anyhow::Result<()> {
+        if leased.is_empty() {
+            return Ok(());
+        }
         let stale =
-            claimed.iter().any(|d| !subscriptions.get(&d.subscription_id).is_some_and(|s| s.receives_deliveries()));
+            leased.iter().any(|d| !subscriptions.get(&d.subscription_id).is_some_and(|s| s.receives_deliveries()));
         let subscriptions = if stale {
             // The claim saw the subscription receiving; another process changed it after our snapshot.
             self.db.forget_subscription_snapshot();
@@ -210,13 +224,13 @@ impl Worker {
         };
         let rates: HashMap<&str, i64> =
             subscriptions.values().filter_map(|s| Some((s.id.as_str(), s.rate_limit_per_second?))).collect();
-        let mut starts = Vec::with_capacity(claimed.len());
+        let mut starts = Vec::with_capacity(leased.len());
         let mut deferred = Vec::new();
         {
             let mut limiter = self.limiter.lock().unwrap_or_else(|p| p.into_inner());
             let mut deferred_of: HashMap<String, u32> = HashMap::new();
             let now = std::time::Instant::now();
-            for delivery in claimed {
+            for delivery in leased {
                 let Some(rate) = rates.get(delivery.subscription_id.as_str()) else {
                     starts.push((delivery, None));
                     continue;
@@ -266,7 +280,7 @@ impl Worker {
         }
         // A failure here leaves them leased: they are retried when the lease expires.
         self.db.defer_deliveries(&deferred).await?;
-        Ok(read as i64 == DISPATCH_BATCH || count == CLAIM_BATCH)
+        Ok(())
     }
 
     async fn until_next_due(&self) -> Duration {

@@ -385,3 +385,18 @@ store_test!(concurrent_writes_share_commits_and_a_refused_one_fails_alone, |app|
         assert_eq!(r.status(), 201, "refused write {i} left a row behind");
     }
 });
+
+store_test!(racing_puts_of_a_new_id_create_it_once, |app| async move {
+    // Whether a PUT created its row is decided inside the write's transaction: one 201, the rest 200.
+    let id = "00000000-0000-4000-8000-000000000777";
+    let statuses = futures::future::join_all((0..8).map(|i| {
+        let app = &app;
+        async move { app.put(&format!("/organizations/{id}"), &org_body(id, &format!("Racer {i}"))).await }
+    }))
+    .await
+    .into_iter()
+    .map(|r| r.status().as_u16())
+    .collect::<Vec<_>>();
+    assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 1, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 7, "{statuses:?}");
+});
