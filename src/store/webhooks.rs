@@ -473,6 +473,11 @@ impl Db {
     /// Immediate subscriptions get deliveries; pending ones too (held until verified); digest subscriptions
     /// are served by [`Db::build_digest`] instead.
     pub async fn dispatch_batch(&self, public_url: &str, limit: i64) -> sqlx::Result<(usize, usize)> {
+        let result = self.dispatch_in_tx(public_url, limit).await;
+        self.condition.observe(result)
+    }
+
+    async fn dispatch_in_tx(&self, public_url: &str, limit: i64) -> sqlx::Result<(usize, usize)> {
         let (mut tx, _guard) = self.begin_write().await?;
         // Updating the cursor row first takes its lock (PostgreSQL): one dispatcher at a time, any process.
         let cursor: i64 =
@@ -653,6 +658,15 @@ impl Db {
         if batch.is_empty() {
             return Ok(());
         }
+        let result = self.record_attempts_in_tx(batch, disable_after_seconds).await;
+        self.condition.observe(result)
+    }
+
+    async fn record_attempts_in_tx(
+        &self,
+        batch: &[(Delivery, AttemptRecord)],
+        disable_after_seconds: i64,
+    ) -> sqlx::Result<()> {
         let (mut tx, _guard) = self.begin_write().await?;
         for (delivery, record) in batch {
             let a = &record.attempt;

@@ -1,6 +1,7 @@
 //! hsda's integration tests: one binary that starts the real server over real SQLite and PostgreSQL.
 
 mod helpers;
+mod process;
 mod receiver;
 
 mod api;
@@ -9,4 +10,5 @@ mod cli;
 mod crash;
 mod delivery;
 mod directory;
+mod faults;
 mod webhooks;
