@@ -265,8 +265,8 @@ async fn sqlite_disk_full_refuses_writes_keeps_reads_and_recovers() {
         }
     }
     let (refused_id, refusal) = refusal.expect("a write is refused once the disk is full");
-    assert_eq!(refusal.status, 507, "{refusal:?}\n{}", hsda.log());
     refusal.assert_fault(507, "storage_full");
+    let after_fill = acknowledged.len() - 20;
 
     // Reads go on; /health and the log say what is wrong.
     assert_eq!(get(&client, &hsda, &key, &format!("/organizations/{}", acknowledged[0])).await.status, 200);
@@ -281,22 +281,27 @@ async fn sqlite_disk_full_refuses_writes_keeps_reads_and_recovers() {
     // Space comes back: writes go on without a restart.
     std::fs::remove_file(&filler).unwrap();
     let mut recovered = false;
+    let mut tries = 0;
     for _ in 0..50 {
+        tries += 1;
         let a = put_org(&client, &hsda, &key, &refused_id, &description).await.expect("an answer");
         if a.ok() {
             recovered = true;
             break;
         }
-        assert_eq!(a.status, 507, "{a:?}\n{}", hsda.log());
         a.assert_fault(507, "storage_full");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(recovered, "writes succeed once space is freed");
+    eprintln!(
+        "disk full: {filled} filler bytes, then {after_fill} writes acknowledged before the first 507; \
+         after freeing, write {tries} succeeded"
+    );
     acknowledged.push(refused_id);
     for n in 0..5 {
         let id = org_id(5, n);
         let a = put_org(&client, &hsda, &key, &id, &description).await.unwrap();
-        assert!(a.ok(), "{a:?}\n{}", hsda.log());
+        assert!(a.ok(), "{a:?}");
         acknowledged.push(id);
     }
     let (_, h) = health(&client, &hsda).await;
