@@ -19,6 +19,8 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once per run: the size of the `serve` variant costs nothing worth a Box.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Run the HTTP server.
     Serve(ServeFlags),
@@ -103,19 +105,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(_) => serve(config).await,
         Command::Migrate => {
-            Db::connect(&config.database_url).await?;
+            Db::connect_with(&config.database_url, config.store_options()).await?;
             println!("database at {} is up to date", config.database_url);
             Ok(())
         }
         Command::Import { path, quiet, strict_references } => {
-            let db = Db::connect(&config.database_url).await?;
+            let db = Db::connect_with(&config.database_url, config.store_options()).await?;
             let options = crate::bulk::import::ImportOptions { progress: !quiet, strict_references };
             let report = crate::bulk::import::import_path(&db, &path, options).await?;
             println!("{report}");
             Ok(())
         }
         Command::Export { format, out } => {
-            let db = Db::connect(&config.database_url).await?;
+            let db = Db::connect_with(&config.database_url, config.store_options()).await?;
             let report = match format {
                 ExportFormat::Datapackage => crate::bulk::export::export_datapackage(&db, &out).await?,
                 ExportFormat::Ndjson => crate::bulk::export::export_ndjson(&db, &out).await?,
@@ -124,7 +126,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Keys { command: KeysCommand::Create { scope, tenant } } => {
-            let db = Db::connect(&config.database_url).await?;
+            let db = Db::connect_with(&config.database_url, config.store_options()).await?;
             let key = db.create_key(&tenant, scope.into()).await?;
             println!("created {} key {} for tenant {}", key.principal.scope.as_str(), key.id, tenant);
             println!("{}", key.secret);
@@ -141,7 +143,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    let db = Db::connect(&config.database_url).await?;
+    let db = Db::connect_with(&config.database_url, config.store_options()).await?;
     if config.demo {
         eprintln!(
             "loading the demo directory ({} generated services) if the directory is empty ...",

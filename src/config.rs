@@ -60,6 +60,10 @@ pub struct ServeFlags {
     /// Shortest digest `schedule` interval accepted, in seconds (default 60; lower it only for tests).
     #[arg(long, env = "HSDA_MIN_DIGEST_SECONDS")]
     pub min_digest_seconds: Option<i64>,
+    /// Milliseconds a request waits for a database lock held by another process (SQLite) or for a connection
+    /// (PostgreSQL) before it fails with 503 (default 10000).
+    #[arg(long, env = "HSDA_BUSY_TIMEOUT_MS")]
+    pub busy_timeout_ms: Option<u64>,
 }
 
 /// The file form of the settings.
@@ -80,6 +84,7 @@ struct FileConfig {
     delivery_timeout_seconds: Option<u64>,
     min_digest_seconds: Option<i64>,
     max_in_flight: Option<usize>,
+    busy_timeout_ms: Option<u64>,
 }
 
 /// The resolved configuration.
@@ -100,6 +105,7 @@ pub struct Config {
     pub delivery_timeout_seconds: u64,
     pub max_in_flight: usize,
     pub min_digest_seconds: i64,
+    pub busy_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -119,6 +125,7 @@ impl Default for Config {
             delivery_timeout_seconds: 15,
             max_in_flight: 512,
             min_digest_seconds: crate::webhook::schedule::MIN_INTERVAL_SECONDS,
+            busy_timeout_ms: 10_000,
         }
     }
 }
@@ -127,6 +134,11 @@ impl Config {
     /// The base URL of this server as clients see it.
     pub fn public_url(&self) -> String {
         self.public_url.clone().unwrap_or_else(|| format!("http://{}", self.bind)).trim_end_matches('/').to_string()
+    }
+
+    /// How the store waits for the database.
+    pub fn store_options(&self) -> crate::store::StoreOptions {
+        crate::store::StoreOptions { busy_timeout: std::time::Duration::from_millis(self.busy_timeout_ms) }
     }
 
     /// Resolves flags (and their environment twins) over the config file over defaults.
@@ -160,6 +172,7 @@ impl Config {
                 .unwrap_or(d.delivery_timeout_seconds),
             max_in_flight: serve.max_in_flight.or(file.max_in_flight).unwrap_or(d.max_in_flight).clamp(1, 100_000),
             min_digest_seconds: serve.min_digest_seconds.or(file.min_digest_seconds).unwrap_or(d.min_digest_seconds),
+            busy_timeout_ms: serve.busy_timeout_ms.or(file.busy_timeout_ms).unwrap_or(d.busy_timeout_ms),
         };
         crate::webhook::ssrf::AllowList::parse(&config.allow_targets).context("allow_targets")?;
         if let Some(schedule) = &config.retry_schedule {
@@ -167,6 +180,9 @@ impl Config {
         }
         if !(1..=crate::webhook::schedule::MIN_INTERVAL_SECONDS).contains(&config.min_digest_seconds) {
             anyhow::bail!("min_digest_seconds must be from 1 to 60");
+        }
+        if !(100..=600_000).contains(&config.busy_timeout_ms) {
+            anyhow::bail!("busy_timeout_ms must be from 100 to 600000");
         }
         if config.max_body_bytes < 1024 {
             anyhow::bail!("max_body_bytes must be at least 1024");

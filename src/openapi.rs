@@ -189,7 +189,8 @@ pub fn document(server: &str) -> Value {
                        "409": problem_response("The subscription is not pending verification.") } } }),
     );
     paths.insert("/health".into(), json!({ "get": { "operationId": "health", "summary": "Liveness and database reachability",
-        "responses": { "200": { "description": "Healthy." }, "503": { "description": "The database does not answer." } } } }));
+        "responses": { "200": { "description": "`status` is `ok`, or `degraded` while writes fail with a database fault (locked, disk full, unreachable): `fault` has its `kind`, `detail`, `since`, `last_seen` and `failures`; `last_fault` is the previous one, with `recovered_at`." },
+                       "503": { "description": "`status: unavailable`: the database does not answer." } } } }));
 
     add_webhook_paths(&mut paths, &mut schemas);
 

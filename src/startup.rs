@@ -26,7 +26,7 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Application> {
-        let db = Db::connect(&config.database_url).await?;
+        let db = Db::connect_with(&config.database_url, config.store_options()).await?;
         Self::build_with_db(config, db).await
     }
 

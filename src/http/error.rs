@@ -6,6 +6,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use crate::hsds::validate::FieldError;
+use crate::store::fault::{self, FaultKind};
 use crate::store::write::WriteError;
 
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +79,34 @@ pub fn problem(status: StatusCode, title: &str, detail: &str, extra: Value) -> R
     response
 }
 
+/// A database fault as the client sees it: what happened, that nothing was changed, when to try again.
+/// A full disk is 507 (it needs an operator); a locked or unreachable database is 503.
+fn fault_response(kind: FaultKind) -> Response {
+    let (status, title, detail, retry_after) = match kind {
+        FaultKind::Busy => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Database busy",
+            "the database is locked by another process and did not free it in time; nothing was changed, retry shortly",
+            "2",
+        ),
+        FaultKind::StorageFull => (
+            StatusCode::INSUFFICIENT_STORAGE,
+            "Insufficient storage",
+            "the database's disk is full, so nothing was changed; reads still work, and writes resume once space is freed",
+            "30",
+        ),
+        FaultKind::Unavailable => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Database unavailable",
+            "the database cannot be reached or is restarting; retry shortly",
+            "2",
+        ),
+    };
+    let mut response = problem(status, title, detail, json!({ "fault": kind.as_str() }));
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(retry_after));
+    response
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match self {
@@ -134,6 +163,10 @@ impl IntoResponse for ApiError {
                 problem(StatusCode::UNPROCESSABLE_ENTITY, "Validation failed", &detail, json!({ "errors": list }))
             }
             ApiError::Internal(e) => {
+                if let Some(kind) = e.chain().find_map(|c| c.downcast_ref::<sqlx::Error>()).and_then(fault::classify) {
+                    tracing::warn!(fault = kind.as_str(), error = %format!("{e:#}"), "request failed: database fault");
+                    return fault_response(kind);
+                }
                 tracing::error!(error = ?e, "internal error");
                 problem(
                     StatusCode::INTERNAL_SERVER_ERROR,

@@ -44,10 +44,22 @@ async fn event_types() -> Json<Value> {
     Json(crate::events::catalog())
 }
 
+/// `ok`; `degraded` (200: reads work, writes fail with the `fault` shown); or 503 `unavailable` when the
+/// database does not answer at all. `last_fault` is the previous fault, once it is over.
 async fn health(State(state): State<AppState>) -> impl IntoResponse {
-    if state.db.ping().await {
-        (StatusCode::OK, Json(json!({ "status": "ok" })))
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "database unavailable" })))
+    let answers = state.db.ping().await;
+    let (current, last) = state.db.condition().snapshot();
+    let (status, label) = match (answers, &current) {
+        (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        (true, Some(_)) => (StatusCode::OK, "degraded"),
+        (true, None) => (StatusCode::OK, "ok"),
+    };
+    let mut body = json!({ "status": label, "database": if answers { "answers" } else { "does not answer" } });
+    if let Some(fault) = current {
+        body["fault"] = json!(fault);
     }
+    if let Some(fault) = last {
+        body["last_fault"] = json!(fault);
+    }
+    (status, Json(body))
 }

@@ -150,24 +150,43 @@ async fn commit_group(db: &Db, jobs: Vec<Job>) {
     let committed: sqlx::Result<()> = async {
         let (mut tx, _guard) = db.begin_write().await?;
         while let Some(job) = waiting.pop_front() {
-            sqlx::query("SAVEPOINT grouped_write").execute(&mut *tx).await?;
+            if let Err(e) = sqlx::query("SAVEPOINT grouped_write").execute(&mut *tx).await {
+                waiting.push_front(job);
+                return Err(e);
+            }
             // The ops are kept in case this write has to be run again alone.
             let result = db.apply_in(&mut tx, job.ops.clone(), &job.options).await;
-            if result.is_err() {
+            let refused = result.is_err();
+            applied.push((job, result));
+            if refused {
                 sqlx::query("ROLLBACK TO SAVEPOINT grouped_write").execute(&mut *tx).await?;
             }
             sqlx::query("RELEASE SAVEPOINT grouped_write").execute(&mut *tx).await?;
-            applied.push((job, result));
         }
-        for (job, result) in applied.drain(..) {
-            match result {
-                Ok(pending) => {
-                    let outcome = pending.append(&mut tx).await;
-                    outcomes.push((job, Ok(outcome?)));
+        let mut done = std::mem::take(&mut applied).into_iter();
+        while let Some((job, result)) = done.next() {
+            let failed = match result {
+                Ok(pending) => match pending.append(&mut tx).await {
+                    Ok(outcome) => {
+                        outcomes.push((job, Ok(outcome)));
+                        continue;
+                    }
+                    Err(e) => e,
+                },
+                // A fault of the store fails the whole group; any other database error may be this write's own.
+                Err(WriteError::Database(e)) if super::fault::classify(&e).is_some() => e,
+                Err(WriteError::Database(_)) => {
+                    again.push(job);
+                    continue;
                 }
-                Err(WriteError::Database(_)) => again.push(job),
-                Err(refused) => outcomes.push((job, Err(refused))),
-            }
+                Err(refused) => {
+                    outcomes.push((job, Err(refused)));
+                    continue;
+                }
+            };
+            again.push(job);
+            applied.extend(done);
+            return Err(failed);
         }
         tx.commit().await
     }
@@ -183,11 +202,19 @@ async fn commit_group(db: &Db, jobs: Vec<Job>) {
             }
         }
         Err(e) => {
-            // Nothing of this group was committed: every write is tried again on its own.
-            tracing::warn!(error = %e, "a group commit failed; its writes run again one by one");
             again.extend(outcomes.into_iter().map(|(job, _)| job));
             again.extend(applied.into_iter().map(|(job, _)| job));
             again.extend(waiting);
+            if super::fault::classify(&e).is_some() {
+                // The store itself is failing (locked by another process, full, unreachable): trying each
+                // write again alone would only make every caller wait that much longer for the same answer.
+                for job in again {
+                    let _ = job.reply.send(Err(WriteError::Database(super::fault::copy_of(&e))));
+                }
+                return;
+            }
+            // Nothing of this group was committed: every write is tried again on its own.
+            tracing::warn!(error = %e, "a group commit failed; its writes run again one by one");
         }
     }
     for job in again {

@@ -7,6 +7,7 @@
 
 pub mod compile;
 pub mod events;
+pub mod fault;
 pub mod group_commit;
 pub mod keys;
 pub mod read;
@@ -44,6 +45,24 @@ pub struct Db {
     group_stats: Arc<group_commit::GroupStats>,
     /// Every subscription as last read, for the webhook worker's hot paths.
     pub(crate) subscription_cache: Arc<webhooks::SubscriptionCache>,
+    /// How long a write waits for the write lock (SQLite: this process's and another process's) or for a
+    /// connection (PostgreSQL) before it fails with a busy or unavailable fault.
+    busy_timeout: Duration,
+    /// Whether writes are failing with a fault right now (shown by `/health`).
+    condition: Arc<fault::Condition>,
+}
+
+/// How the store waits for the database.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreOptions {
+    /// See [`Db`]'s `busy_timeout`; default 10 s.
+    pub busy_timeout: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions { busy_timeout: Duration::from_secs(10) }
+    }
 }
 
 // Each migration is one or more SQL files applied in order. Files shared by both engines appear in both lists;
@@ -65,7 +84,13 @@ const POSTGRES_MIGRATIONS: &[(i64, &[&str])] = &[
 impl Db {
     /// Connects to `sqlite://path` (created if missing) or `postgres://...` and runs pending migrations.
     pub async fn connect(url: &str) -> anyhow::Result<Db> {
+        Self::connect_with(url, StoreOptions::default()).await
+    }
+
+    /// [`Db::connect`] with other waiting times.
+    pub async fn connect_with(url: &str, options: StoreOptions) -> anyhow::Result<Db> {
         sqlx::any::install_default_drivers();
+        let busy_ms = options.busy_timeout.as_millis().clamp(1, i32::MAX as u128);
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
@@ -79,13 +104,18 @@ impl Db {
                 let options = AnyConnectOptions::from_str(&url).context("parsing the SQLite URL")?;
                 AnyPoolOptions::new()
                     .max_connections(8)
-                    .after_connect(|conn, _| {
+                    .before_acquire(|conn, _| Box::pin(async move { Ok(still_usable(conn)) }))
+                    .after_connect(move |conn, _| {
                         Box::pin(async move {
                             // WAL lets readers run beside the writer; FULL sync makes each commit survive a
                             // power cut, not only a crash of the process.
                             conn.execute(
-                                "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-                                 PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = OFF; PRAGMA cache_size = -32768;",
+                                format!(
+                                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                                     PRAGMA busy_timeout = {busy_ms}; PRAGMA foreign_keys = OFF; \
+                                     PRAGMA cache_size = -32768;"
+                                )
+                                .as_str(),
                             )
                             .await?;
                             Ok(())
@@ -97,7 +127,8 @@ impl Db {
             }
             Backend::Postgres => AnyPoolOptions::new()
                 .max_connections(16)
-                .acquire_timeout(Duration::from_secs(10))
+                .before_acquire(|conn, _| Box::pin(async move { Ok(still_usable(conn)) }))
+                .acquire_timeout(options.busy_timeout.max(Duration::from_secs(1)))
                 .connect(url)
                 .await
                 .context("connecting to PostgreSQL")?,
@@ -111,6 +142,8 @@ impl Db {
             writes: None,
             group_stats: Arc::default(),
             subscription_cache: Arc::default(),
+            busy_timeout: options.busy_timeout,
+            condition: Arc::new(fault::Condition::default()),
         };
         db.migrate().await?;
         db.instance_id = Arc::from(db.load_instance_id().await?);
@@ -182,6 +215,11 @@ impl Db {
         sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
     }
 
+    /// Whether writes are failing with a fault right now, and the last fault that ended.
+    pub fn condition(&self) -> &fault::Condition {
+        &self.condition
+    }
+
     /// A receiver that sees a new value whenever something was committed that the dispatcher or the
     /// delivery workers may act on (events appended, deliveries queued), so they need not poll.
     pub fn watch_changes(&self) -> tokio::sync::watch::Receiver<u64> {
@@ -200,6 +238,19 @@ impl Db {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// Whether an idle pooled connection may be handed out: not if it is still inside a transaction. That happens
+/// when SQLite rolls a transaction back by itself (a COMMIT failing with "disk full" or an I/O error does): the
+/// driver's own ROLLBACK then fails and it keeps counting the transaction as open, so every later BEGIN on that
+/// connection would fail. Such a connection is closed and replaced.
+fn still_usable(conn: &sqlx::AnyConnection) -> bool {
+    use sqlx::Connection;
+    if conn.is_in_transaction() {
+        tracing::warn!("closing a pooled database connection left inside a transaction by a failed commit");
+        return false;
+    }
+    true
 }
 
 /// `$1, $2, ...` placeholders for an `IN (...)` list starting after `offset` earlier parameters.

@@ -559,6 +559,16 @@ impl Db {
         limit: i64,
         lease_seconds: i64,
     ) -> sqlx::Result<(usize, Vec<Delivery>)> {
+        let result = self.dispatch_in_tx(public_url, limit, lease_seconds).await;
+        self.condition.observe(result)
+    }
+
+    async fn dispatch_in_tx(
+        &self,
+        public_url: &str,
+        limit: i64,
+        lease_seconds: i64,
+    ) -> sqlx::Result<(usize, Vec<Delivery>)> {
         let (mut tx, _guard) = self.begin_write().await?;
         // Updating the cursor row first takes its lock (PostgreSQL): one dispatcher at a time, any process.
         let cursor: i64 =
@@ -751,6 +761,15 @@ impl Db {
         if batch.is_empty() {
             return Ok(());
         }
+        let result = self.record_attempts_in_tx(batch, disable_after_seconds).await;
+        self.condition.observe(result)
+    }
+
+    async fn record_attempts_in_tx(
+        &self,
+        batch: &[(Delivery, AttemptRecord)],
+        disable_after_seconds: i64,
+    ) -> sqlx::Result<()> {
         let (mut tx, _guard) = self.begin_write().await?;
         // Multi-row statements: a batch costs a few statements, not two per attempt.
         for chunk in batch.chunks(100) {

@@ -98,8 +98,13 @@ impl Db {
     pub(crate) async fn begin_write(
         &self,
     ) -> sqlx::Result<(Transaction<'static, Any>, Option<tokio::sync::OwnedMutexGuard<()>>)> {
+        // The in-process lock is waited for no longer than SQLite's busy timeout: while another process holds
+        // the file's lock, each queued writer would otherwise wait its turn and then the whole timeout again.
         let guard = match &self.write_lock {
-            Some(lock) => Some(lock.clone().lock_owned().await),
+            Some(lock) => match tokio::time::timeout(self.busy_timeout, lock.clone().lock_owned()).await {
+                Ok(guard) => Some(guard),
+                Err(_) => return Err(super::fault::write_lock_timeout()),
+            },
             None => None,
         };
         // IMMEDIATE takes SQLite's write lock at BEGIN, so a transaction that reads first never fails to
@@ -114,7 +119,20 @@ impl Db {
     /// Applies `ops` and their events in one transaction, shared with whatever other writes are waiting at
     /// the same moment (see [`super::group_commit`]); the outcome is this write's alone.
     pub async fn apply(&self, ops: Vec<Op>, options: WriteOptions) -> Result<WriteOutcome, WriteError> {
-        super::group_commit::submit(self, ops, options).await
+        let result = super::group_commit::submit(self, ops, options).await;
+        self.observe_write(&result);
+        result
+    }
+
+    /// Records a store fault (or the end of one) from the outcome of a write.
+    fn observe_write<T>(&self, result: &Result<T, WriteError>) {
+        match result {
+            Ok(_) => self.condition.committed(),
+            Err(WriteError::Database(e)) => {
+                self.condition.failed(e);
+            }
+            Err(_) => {}
+        }
     }
 
     /// Applies `ops` inside `tx` and returns their events, not yet appended: the caller appends every
@@ -676,6 +694,17 @@ impl Db {
     /// fails the import; without, it is imported as is and reported in [`WriteOutcome::warnings`] (the
     /// official HSDS example package itself has such references).
     pub async fn import(
+        &self,
+        rows: Vec<(&'static Table, Row, String)>,
+        strict_references: bool,
+        progress: Progress<'_>,
+    ) -> Result<WriteOutcome, WriteError> {
+        let result = self.import_in_tx(rows, strict_references, progress).await;
+        self.observe_write(&result);
+        result
+    }
+
+    async fn import_in_tx(
         &self,
         rows: Vec<(&'static Table, Row, String)>,
         strict_references: bool,

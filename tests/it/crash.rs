@@ -3,60 +3,21 @@
 //! duplicates counted) and the event log has no gap.
 
 use std::collections::{HashMap, HashSet};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use crate::helpers::{Store, fresh_database};
+use crate::process::Hsda;
 use crate::receiver::Receiver;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-struct Server {
-    child: Child,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn start(database_url: &str, port: u16) -> Server {
-    let server = Server {
-        child: Command::new(env!("CARGO_BIN_EXE_hsda"))
-            .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
-            .env("HSDA_DATABASE_URL", database_url)
-            .env("HSDA_ALLOW_TARGETS", "127.0.0.0/8")
-            .env("HSDA_RETRY_SCHEDULE", "0.2,0.2,0.5,1")
-            .env("HSDA_DELIVERY_TIMEOUT_SECONDS", "5")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start hsda"),
-    };
-    let client = reqwest::Client::new();
-    for _ in 0..200 {
-        if client.get(format!("http://127.0.0.1:{port}/health")).send().await.is_ok_and(|r| r.status() == 200) {
-            return server;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("hsda did not start");
-}
 
 async fn kill9_mid_burst(store: Store) {
     let Some((database_url, _dir)) = fresh_database(store).await else { return };
-    let port = free_port();
     let rx = Receiver::start().await;
-    let mut server = start(&database_url, port).await;
+    let mut server = Hsda::start(&database_url, &[]).await;
     let db = hsda::store::Db::connect(&database_url).await.unwrap();
     let key = db.create_key("acme", hsda::store::keys::Scope::Admin).await.unwrap().secret;
-    let base = format!("http://127.0.0.1:{port}");
+    let base = server.url("");
     let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
     let sub: Value = client
         .post(format!("{base}/webhooks"))
@@ -75,11 +36,9 @@ async fn kill9_mid_burst(store: Store) {
     let mut kills = 0;
     for (i, id) in ids.iter().enumerate() {
         if i == 60 || i == 140 {
-            // SIGKILL: no shutdown hook runs.
-            server.child.kill().unwrap();
-            server.child.wait().unwrap();
+            server.kill9();
             kills += 1;
-            server = start(&database_url, port).await;
+            server.restart().await;
         }
         let body = json!({"name": format!("Org {i}"), "description": "crash test"});
         // A write whose answer was lost may or may not have committed; PUT is idempotent, so retry.

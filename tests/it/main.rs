@@ -2,6 +2,7 @@
 
 mod dns;
 mod helpers;
+mod process;
 mod receiver;
 
 mod api;
@@ -11,5 +12,6 @@ mod cli;
 mod crash;
 mod delivery;
 mod directory;
+mod faults;
 mod ssrf;
 mod webhooks;
