@@ -9,4 +9,5 @@ mod cli;
 mod crash;
 mod delivery;
 mod directory;
+mod fuzz;
 mod webhooks;
