@@ -12,7 +12,7 @@ fn param(name: &str, schema: Value, description: &str) -> Value {
 
 fn list_parameters(table: &Table) -> Vec<Value> {
     let mut out = vec![
-        param("page", json!({"type": "integer", "minimum": 1}), "Page number, from 1."),
+        param("page", json!({"type": "integer", "minimum": 1, "maximum": u32::MAX}), "Page number, from 1."),
         param("per_page", json!({"type": "integer", "minimum": 1, "maximum": 1000}), "Items per page (default 50)."),
         param(
             "format",
@@ -282,7 +282,7 @@ fn add_webhook_paths(paths: &mut Map<String, Value>, schemas: &mut Map<String, V
             "responses": { "201": ok("The subscription, with its secret (shown only now).", sub_ref.clone()),
                            "422": problem_response("A field is invalid; errors[].pointer names it.") } },
         "get": { "operationId": "listWebhooks", "summary": "The caller's subscriptions (admin: all)", "tags": ["webhooks"], "security": security,
-            "parameters": [ param("page", json!({"type": "integer"}), "Page, from 1."), param("per_page", json!({"type": "integer"}), "Items per page.") ],
+            "parameters": [ param("page", json!({"type": "integer", "minimum": 1, "maximum": u32::MAX}), "Page, from 1."), param("per_page", json!({"type": "integer", "minimum": 1, "maximum": 1000}), "Items per page.") ],
             "responses": { "200": ok("A page of subscriptions.", json!({"$ref": "#/components/schemas/Page"})) } } }));
     paths.insert("/webhooks/{id}".into(), json!({ "parameters": id_param,
         "get": { "operationId": "getWebhook", "tags": ["webhooks"], "security": security, "responses": { "200": ok("The subscription.", sub_ref.clone()), "404": not_found } },
@@ -325,7 +325,7 @@ fn add_webhook_paths(paths: &mut Map<String, Value>, schemas: &mut Map<String, V
         "parameters": [ param("status", json!({"type": "string", "enum": ["pending", "succeeded", "failed", "retrying"]}), "Only deliveries in this state."),
                         param("event_type", json!({"type": "string"}), "Only this event type."), param("object_id", json!({"type": "string"}), "Only events about this object."),
                         param("since", json!({"type": "string", "format": "date-time"}), "Created at or after."), param("until", json!({"type": "string", "format": "date-time"}), "Created before."),
-                        param("page", json!({"type": "integer"}), "Page, from 1."), param("per_page", json!({"type": "integer"}), "Items per page.") ],
+                        param("page", json!({"type": "integer", "minimum": 1, "maximum": u32::MAX}), "Page, from 1."), param("per_page", json!({"type": "integer", "minimum": 1, "maximum": 1000}), "Items per page.") ],
         "responses": { "200": ok("A page of deliveries.", json!({"$ref": "#/components/schemas/Page"})), "404": not_found } } }));
     paths.insert("/deliveries/{id}".into(), json!({ "parameters": id_param, "get": { "operationId": "getDelivery", "tags": ["webhooks"], "security": security,
         "responses": { "200": ok("The delivery with its payload and attempts.", json!({"$ref": "#/components/schemas/Delivery"})), "404": not_found } } }));

@@ -107,3 +107,76 @@ mod tests {
         assert_eq!(err.line, Some(2));
     }
 }
+
+/// Properties: what is written as JSON lines or a JSON array reads back the same, labelled by its real line
+/// or item; arbitrary bytes give documents or an error naming the file, never a panic.
+#[cfg(test)]
+mod properties {
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+    use serde_json::{Map, Value};
+
+    use super::*;
+    use crate::hsds::strategies::json_object;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn json_lines_read_back_with_their_line_numbers(
+            documents in vec((json_object(), 0usize..3, any::<bool>()), 0..8),
+            bom in any::<bool>(),
+        ) {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let mut text = String::from(if bom { "\u{feff}" } else { "" });
+            let mut expected = Vec::new();
+            let mut line = 1;
+            for (document, blanks, crlf) in &documents {
+                for _ in 0..*blanks {
+                    text += if *crlf { " \r\n" } else { "\n" };
+                    line += 1;
+                }
+                text += &Value::Object(document.clone()).to_string();
+                text += if *crlf { "\r\n" } else { "\n" };
+                expected.push((format!("line {line}"), Value::Object(document.clone())));
+                line += 1;
+            }
+            let path = dir.path().join("rows.ndjson");
+            fs::write(&path, &text).expect("write");
+            prop_assert_eq!(read_json_documents(&path).expect("reads"), expected);
+        }
+
+        #[test]
+        fn a_json_array_reads_back_item_by_item(documents in vec(json_object(), 0..6)) {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("many.json");
+            let array = Value::Array(documents.iter().cloned().map(Value::Object).collect());
+            fs::write(&path, serde_json::to_string_pretty(&array).expect("json")).expect("write");
+            let read = read_json_documents(&path).expect("reads");
+            let expected: Vec<(String, Value)> = documents
+                .into_iter()
+                .enumerate()
+                .map(|(i, d): (usize, Map<String, Value>)| (format!("item {}", i + 1), Value::Object(d)))
+                .collect();
+            prop_assert_eq!(read, expected);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(
+            bytes in prop_oneof![vec(any::<u8>(), 0..256), "[{}\\[\\]\":,a0-9 \n\r]{0,80}".prop_map(String::into_bytes)],
+            extension in prop::sample::select(vec!["json", "ndjson", "jsonl", "txt"]),
+        ) {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join(format!("input.{extension}"));
+            fs::write(&path, &bytes).expect("write");
+            match read_json_documents(&path) {
+                Ok(documents) => prop_assert!(documents.iter().all(|(_, d)| d.is_object())),
+                Err(error) => {
+                    prop_assert_eq!(&error.file, &format!("input.{extension}"));
+                    let lines = bytes.iter().filter(|&&b| b == b'\n').count() as u64 + 1;
+                    prop_assert!(error.line.is_none_or(|l| (1..=lines).contains(&l)), "{error}");
+                }
+            }
+        }
+    }
+}

@@ -154,7 +154,7 @@ pub fn flatten(table: &'static Table, body: &Value, pointer: &str) -> Result<Fla
 
 fn flatten_into(table: &'static Table, body: &Value, pointer: &str, out: &mut Flattened, errors: &mut Vec<FieldError>) {
     let Some(map) = body.as_object() else {
-        errors.push(FieldError::new(if pointer.is_empty() { "/" } else { pointer }, "must be a JSON object"));
+        errors.push(FieldError::new(pointer, "must be a JSON object"));
         return;
     };
     let mut row = Map::new();
@@ -187,10 +187,12 @@ fn flatten_into(table: &'static Table, body: &Value, pointer: &str, out: &mut Fl
         for (i, item) in items.iter().enumerate() {
             let item_pointer = format!("{child_pointer}/{i}");
             let mut item = item.clone();
+            let mut filled_in = false;
             if let Some(obj) = item.as_object_mut() {
                 match obj.get(back.name) {
                     None | Some(Value::Null) => {
                         obj.insert(back.name.to_string(), Value::String(id.clone()));
+                        filled_in = true;
                     }
                     Some(Value::String(s)) if *s == id => {}
                     Some(_) => errors.push(FieldError::new(
@@ -209,7 +211,15 @@ fn flatten_into(table: &'static Table, body: &Value, pointer: &str, out: &mut Fl
                     keep.push(child_id.to_string());
                 }
             }
+            let before = errors.len();
             flatten_into(child_table, &item, &item_pointer, out, errors);
+            if filled_in {
+                // The back reference came from the parent's id: if that id is bad, it is reported where the
+                // client wrote it, not again at a field the client never sent.
+                let filled_pointer = format!("{item_pointer}/{}", back.name);
+                let child_errors = errors.split_off(before);
+                errors.extend(child_errors.into_iter().filter(|e| e.pointer != filled_pointer));
+            }
         }
         out.child_sets.push(ChildSet { table: child_table, field: back.name, parent_id: id.clone(), keep });
     }
@@ -256,6 +266,20 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_parent_id_is_reported_once_where_it_was_written() {
+        let body = json!({
+            "id": SERVICE, "name": "Food", "status": "active",
+            "phones": [{"id": "not-a-uuid", "number": "555", "languages": [{"id": ORG, "name": "English"}]}]
+        });
+        let errors = flatten(table("service").unwrap(), &body, "").unwrap_err();
+        let pointers: Vec<&str> = errors.iter().map(|e| e.pointer.as_str()).collect();
+        assert_eq!(pointers, ["/phones/0/id"], "{errors:?}");
+
+        let errors = flatten(table("service").unwrap(), &json!(["not", "an", "object"]), "").unwrap_err();
+        assert_eq!(errors, vec![FieldError::new("", "must be a JSON object")]);
+    }
+
+    #[test]
     fn facets_collect_ids_and_postcodes() {
         let doc = json!({"id": "s1", "organization_id": "o1",
             "attributes": [{"taxonomy_term_id": "t1", "taxonomy_term": {"id": "t1", "taxonomy_id": "x1"}}],
@@ -277,5 +301,91 @@ mod tests {
     fn etag_changes_with_content() {
         assert_ne!(etag(&json!({"a": 1})), etag(&json!({"a": 2})));
         assert_eq!(etag(&json!({"a": 1})), etag(&json!({"a": 1})));
+    }
+}
+
+/// Properties over arbitrary bodies: flattening never panics, every error points into the body (or names a
+/// required field missing from an object of the body), and every flattened row comes from an object of it.
+#[cfg(test)]
+mod properties {
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+    use serde_json::{Map, Value};
+
+    use super::*;
+    use crate::hsds::catalog::{TABLES, table};
+    use crate::hsds::strategies::{any_table, json_object, json_value, valid_row};
+
+    /// A body of `table`: a valid row overlaid with arbitrary members, with one of its nested arrays holding
+    /// valid child rows overlaid the same way.
+    fn body(parent: &'static Table) -> BoxedStrategy<Value> {
+        let overlay = |row: BoxedStrategy<Map<String, Value>>| {
+            let bad_id = "[a-z0-9-]{0,12}".prop_map(|id| [("id".to_owned(), Value::String(id))].into_iter().collect());
+            (row, prop_oneof![Just(Map::new()), json_object(), bad_id])
+                .prop_map(|(mut row, extra)| {
+                    row.extend(extra);
+                    row
+                })
+                .boxed()
+        };
+        let many: Vec<_> = parent.nested.iter().filter(|n| n.kind == NestedKind::Many).collect();
+        let root = overlay(valid_row(parent));
+        if many.is_empty() {
+            return root.prop_map(Value::Object).boxed();
+        }
+        let children = proptest::sample::select(many).prop_flat_map(move |nested| {
+            let child = table(nested.table).unwrap_or(&TABLES[0]);
+            (Just(nested.key), vec(overlay(valid_row(child)).prop_map(Value::Object), 0..3))
+        });
+        (root, proptest::option::of(children))
+            .prop_map(|(mut row, children)| {
+                if let Some((key, items)) = children {
+                    row.insert(key.to_owned(), Value::Array(items));
+                }
+                Value::Object(row)
+            })
+            .boxed()
+    }
+
+    /// The pointer without its last reference token.
+    fn parent_pointer(pointer: &str) -> &str {
+        pointer.rsplit_once('/').map_or("", |(parent, _)| parent)
+    }
+
+    fn located(body: &Value, error: &FieldError) -> bool {
+        body.pointer(&error.pointer).is_some()
+            || (error.detail == "is required"
+                && body.pointer(parent_pointer(&error.pointer)).is_some_and(Value::is_object))
+    }
+
+    proptest! {
+        #[test]
+        fn errors_point_into_the_body_and_rows_come_from_it(
+            (table, body) in any_table().prop_flat_map(|t| (Just(t), body(t))),
+        ) {
+            match flatten(table, &body, "") {
+                Ok(flat) => {
+                    prop_assert_eq!(flat.rows[0].pointer.as_str(), "");
+                    for row in &flat.rows {
+                        prop_assert!(body.pointer(&row.pointer).is_some_and(Value::is_object), "{}", row.pointer);
+                    }
+                }
+                Err(errors) => {
+                    prop_assert!(!errors.is_empty());
+                    for error in &errors {
+                        prop_assert!(located(&body, error), "{error} in {body}");
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn any_json_value_is_refused_or_flattened_without_panic(table in any_table(), body in json_value()) {
+            if let Err(errors) = flatten(table, &body, "") {
+                for error in &errors {
+                    prop_assert!(located(&body, error), "{error} in {body}");
+                }
+            }
+        }
     }
 }

@@ -93,3 +93,90 @@ mod tests {
         assert_eq!(patched(target.clone(), json!({})), target);
     }
 }
+
+/// The laws of RFC 7396 over arbitrary JSON targets and patches.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    use super::*;
+    use crate::hsds::strategies::{json_object, json_value};
+
+    fn patched(target: &Value, patch: &Value) -> Value {
+        let mut out = target.clone();
+        merge_patch(&mut out, patch);
+        out
+    }
+
+    /// Whether a value holds a `null` inside any object, at any depth (arrays are opaque to merge patch,
+    /// but nulls at the top level of nested objects are removals).
+    fn has_object_nulls(value: &Value) -> bool {
+        match value {
+            Value::Object(map) => map.values().any(|v| v.is_null() || has_object_nulls(v)),
+            _ => false,
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn a_patch_that_is_not_an_object_replaces_the_target(target in json_value(), patch in json_value()) {
+            prop_assume!(!patch.is_object());
+            prop_assert_eq!(patched(&target, &patch), patch);
+        }
+
+        #[test]
+        fn applying_a_patch_twice_changes_nothing_more(target in json_value(), patch in json_value()) {
+            let once = patched(&target, &patch);
+            prop_assert_eq!(patched(&once, &patch), once);
+        }
+
+        #[test]
+        fn members_follow_the_patch_and_others_stay(target in json_object(), patch in json_object()) {
+            let target = Value::Object(target);
+            let out = patched(&target, &Value::Object(patch.clone()));
+            let out_members = out.as_object().expect("an object patch gives an object");
+            for (key, value) in &patch {
+                if value.is_null() {
+                    prop_assert!(!out_members.contains_key(key), "{key} was set to null");
+                } else {
+                    let before = target.get(key).cloned().unwrap_or(Value::Null);
+                    prop_assert_eq!(&out_members[key], &patched(&before, value), "member {}", key);
+                }
+            }
+            for (key, value) in target.as_object().into_iter().flatten() {
+                if !patch.contains_key(key) {
+                    prop_assert_eq!(&out_members[key], value, "untouched member {}", key);
+                }
+            }
+            prop_assert!(out_members.keys().all(|k| patch.contains_key(k) || target.get(k).is_some()));
+        }
+
+        #[test]
+        fn the_empty_patch_is_the_identity_on_objects(target in json_object()) {
+            let target = Value::Object(target);
+            prop_assert_eq!(patched(&target, &serde_json::json!({})), target);
+        }
+
+        #[test]
+        fn a_null_free_patch_applied_to_nothing_is_itself(patch in json_value()) {
+            prop_assume!(!has_object_nulls(&patch));
+            prop_assert_eq!(patched(&Value::Null, &patch), patch.clone());
+            prop_assert_eq!(patched(&serde_json::json!({}), &patch), patch);
+        }
+
+        #[test]
+        fn the_result_holds_no_null_the_patch_asked_to_remove(target in json_value(), patch in json_object()) {
+            let out = patched(&target, &Value::Object(patch.clone()));
+            // Every member the patch sets to null is gone; nested objects likewise.
+            fn removed(out: &Value, patch: &serde_json::Map<String, Value>) -> bool {
+                patch.iter().all(|(k, v)| match v {
+                    Value::Null => out.get(k).is_none(),
+                    Value::Object(inner) => out.get(k).is_some_and(|o| removed(o, inner)),
+                    _ => true,
+                })
+            }
+            prop_assert!(removed(&out, &patch), "{out}");
+        }
+    }
+}

@@ -6,4 +6,6 @@ mod catalog_data;
 pub mod document;
 pub mod merge_patch;
 pub mod schema;
+#[cfg(test)]
+pub(crate) mod strategies;
 pub mod validate;

@@ -483,3 +483,78 @@ mod tests {
         }
     }
 }
+
+/// Properties over arbitrary JSON: validation never panics, and every error points into the row or names
+/// a required field that is missing.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+    use serde_json::{Map, Value};
+
+    use super::*;
+    use crate::hsds::strategies::{any_table, json_object, valid_row};
+
+    /// Whether `error` points at a value of `input`, or says that a required field of `table` is absent
+    /// (or null) where the pointer's parent is `input` itself.
+    fn located(table: &Table, input: &Value, error: &FieldError) -> bool {
+        if input.pointer(&error.pointer).is_some() {
+            return true;
+        }
+        let name = error.pointer.strip_prefix('/').unwrap_or_default().replace("~1", "/").replace("~0", "~");
+        error.detail == "is required" && table.field(&name).is_some_and(|f| f.required)
+    }
+
+    proptest! {
+        #[test]
+        fn every_error_points_into_the_row_or_names_a_missing_required_field(
+            table in any_table(),
+            row in json_object(),
+        ) {
+            let errors = validate_row(table, &row, "");
+            let input = Value::Object(row.clone());
+            for error in &errors {
+                prop_assert!(located(table, &input, error), "{error} in {input}");
+            }
+            // One error for each unknown key and each bad value, none for nested keys.
+            for (key, value) in &row {
+                let expected = match table.field(key) {
+                    Some(field) if value.is_null() => field.required,
+                    Some(field) => check_value(field.ty, value).is_err(),
+                    None => !table.nested.iter().any(|n| n.key == key),
+                };
+                let at = pointer_join("", key);
+                prop_assert_eq!(errors.iter().filter(|e| e.pointer == at).count(), usize::from(expected), "key {:?}", key);
+            }
+        }
+
+        #[test]
+        fn a_base_pointer_only_prefixes_the_pointers(table in any_table(), row in json_object(), base in "(/[a-z0-9~]{1,5}){0,3}") {
+            let bare = validate_row(table, &row, "");
+            let based = validate_row(table, &row, &base);
+            prop_assert_eq!(bare.len(), based.len());
+            for (a, b) in bare.iter().zip(&based) {
+                prop_assert_eq!(format!("{base}{}", a.pointer), b.pointer.clone());
+                prop_assert_eq!(&a.detail, &b.detail);
+            }
+        }
+
+        #[test]
+        fn rows_of_valid_values_are_valid(row in any_table().prop_flat_map(|t| (Just(t), valid_row(t)))) {
+            let (table, row) = row;
+            prop_assert_eq!(validate_row(table, &row, ""), vec![]);
+        }
+
+        #[test]
+        fn a_wrong_type_is_reported_at_its_field(
+            row in any_table().prop_flat_map(|t| (Just(t), valid_row(t), 0..t.fields.len())),
+        ) {
+            let (table, mut row, index): (&Table, Map<String, Value>, usize) = row;
+            let field = &table.fields[index];
+            // An object is never a valid scalar.
+            row.insert(field.name.to_owned(), serde_json::json!({"not": "a scalar"}));
+            let errors = validate_row(table, &row, "");
+            prop_assert_eq!(errors.len(), 1);
+            prop_assert_eq!(&errors[0].pointer, &pointer_join("", field.name));
+        }
+    }
+}

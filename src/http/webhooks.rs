@@ -398,14 +398,18 @@ fn synthetic_event(
     }
 }
 
+/// The last page number a list accepts, as on the directory's lists: the row offset it leads to,
+/// `(page - 1) * per_page`, stays far inside the database's 64-bit signed range.
+const MAX_PAGE: u64 = u32::MAX as u64;
+
 fn page_params(params: &HashMap<String, String>) -> Result<(u64, u64), ApiError> {
     let page = match params.get("page") {
         None => 1,
         Some(v) => v
             .parse::<u64>()
             .ok()
-            .filter(|n| *n >= 1)
-            .ok_or_else(|| ApiError::parameter("page", "must be an integer from 1"))?,
+            .filter(|n| (1..=MAX_PAGE).contains(n))
+            .ok_or_else(|| ApiError::parameter("page", format!("must be an integer from 1 to {MAX_PAGE}")))?,
     };
     let per_page = match params.get("per_page") {
         None => 50,

@@ -204,3 +204,62 @@ mod tests {
         assert!(!matches_any(&[], "phone.deleted"));
     }
 }
+
+/// Properties over the real event catalog and arbitrary text.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// The catalog's event types plus the operational ones, as the subscriptions API passes them.
+    fn known() -> Vec<String> {
+        let mut types = crate::events::event_types();
+        types.extend(crate::events::OPERATIONAL.iter().map(|(name, _)| (*name).to_owned()));
+        types
+    }
+
+    fn object_of(event_type: &str) -> &str {
+        event_type.split_once('.').map_or(event_type, |(object, _)| object)
+    }
+
+    proptest! {
+        #[test]
+        fn parsing_any_text_never_panics_and_round_trips(text in prop_oneof![
+            any::<String>(),
+            "[a-z_*. ]{0,20}",
+            "[a-z_]{1,12}\\.(\\*|[a-z_]{1,10})",
+        ]) {
+            let types = known();
+            let known: Vec<&str> = types.iter().map(String::as_str).collect();
+            if let Ok(pattern) = EventPattern::parse(&text, &known) {
+                prop_assert_eq!(pattern.to_string(), text.trim());
+                prop_assert_eq!(EventPattern::parse(&pattern.to_string(), &known), Ok(pattern.clone()));
+                // A pattern that parsed covers at least one known type.
+                prop_assert!(known.iter().any(|t| pattern.matches(t)), "{pattern} matches nothing");
+            }
+        }
+
+        #[test]
+        fn each_form_matches_exactly_what_it_says(
+            pick in 0usize..1000,
+            event in prop_oneof![any::<String>(), "[a-z_]{1,12}\\.[a-z_.]{1,10}"],
+        ) {
+            let types = known();
+            let known: Vec<&str> = types.iter().map(String::as_str).collect();
+            let chosen = known[pick % known.len()];
+            let exact = EventPattern::parse(chosen, &known).expect("a known type parses");
+            let object = EventPattern::parse(&format!("{}.*", object_of(chosen)), &known).expect("its object parses");
+            let all = EventPattern::parse("*", &known).expect("* parses");
+            for candidate in known.iter().copied().chain([event.as_str()]) {
+                prop_assert_eq!(exact.matches(candidate), candidate == chosen);
+                prop_assert_eq!(
+                    object.matches(candidate),
+                    candidate.split_once('.').is_some_and(|(o, _)| o == object_of(chosen)),
+                    "{} vs {}", object, candidate
+                );
+                prop_assert!(all.matches(candidate));
+            }
+        }
+    }
+}

@@ -359,3 +359,107 @@ mod tests {
         }
     }
 }
+
+/// Properties over arbitrary text, durations, cron fields and instants.
+#[cfg(test)]
+mod properties {
+    use chrono::{Datelike as _, Timelike as _};
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// An instant between 1970 and 2100.
+    fn instant() -> impl Strategy<Value = DateTime<Utc>> {
+        (0i64..4_102_444_800).prop_map(|secs| DateTime::from_timestamp(secs, 0).unwrap_or_default())
+    }
+
+    /// `P[nW][nD][T[nH][nM][nS]]` built from optional components, and the seconds it stands for.
+    fn duration() -> impl Strategy<Value = (String, Option<i128>)> {
+        let part = || proptest::option::of(prop_oneof![0u64..100, 0u64..100_000, any::<u64>()]);
+        (part(), part(), part(), part(), part(), any::<bool>()).prop_map(|(w, d, h, m, s, lower)| {
+            let mut text = String::from("P");
+            let mut seconds: i128 = 0;
+            for (value, unit, length) in [(w, 'W', 604_800), (d, 'D', 86_400)] {
+                if let Some(v) = value {
+                    text += &format!("{v}{unit}");
+                    seconds += i128::from(v) * length;
+                }
+            }
+            if h.is_some() || m.is_some() || s.is_some() {
+                text.push('T');
+            }
+            for (value, unit, length) in [(h, 'H', 3_600), (m, 'M', 60), (s, 'S', 1)] {
+                if let Some(v) = value {
+                    text += &format!("{v}{unit}");
+                    seconds += i128::from(v) * length;
+                }
+            }
+            let any_part = [w, d, h, m, s].iter().any(Option::is_some);
+            (if lower { text.to_lowercase() } else { text }, any_part.then_some(seconds))
+        })
+    }
+
+    /// A five-field cron expression with a fixed minute and hour and a weekday list, and those values.
+    fn cron() -> impl Strategy<Value = (String, u32, u32, Vec<u32>)> {
+        (0u32..60, 0u32..24, proptest::collection::btree_set(0u32..7, 1..4)).prop_map(|(minute, hour, days)| {
+            let list = days.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+            (format!("{minute} {hour} * * {list}"), minute, hour, days.into_iter().collect())
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn parsing_any_text_never_panics(text in prop_oneof![
+            any::<String>(),
+            "[pPtTwWdDhHmMsSyY0-9.-]{0,12}",
+            "([0-9*/,-]{1,5} ){4}[0-9*/,-]{1,5}",
+            "@[a-z]{0,8}",
+        ]) {
+            if let Ok(schedule) = DigestSchedule::parse(&text) {
+                prop_assert_eq!(schedule.as_str(), text.trim());
+                if let Some(secs) = schedule.interval_seconds() {
+                    prop_assert!((MIN_INTERVAL_SECONDS..=MAX_INTERVAL_SECONDS).contains(&secs));
+                }
+            }
+        }
+
+        #[test]
+        fn durations_add_up_or_are_refused_for_their_length((text, seconds) in duration()) {
+            match (DigestSchedule::parse(&text), seconds) {
+                (Ok(schedule), Some(secs)) => {
+                    prop_assert!((i128::from(MIN_INTERVAL_SECONDS)..=i128::from(MAX_INTERVAL_SECONDS)).contains(&secs));
+                    prop_assert_eq!(schedule.interval_seconds().map(i128::from), Some(secs));
+                }
+                (Err(ScheduleError::TooShort { .. }), Some(secs)) => prop_assert!(secs < i128::from(MIN_INTERVAL_SECONDS)),
+                (Err(ScheduleError::TooLong { .. }), Some(secs)) => prop_assert!(secs > i128::from(MAX_INTERVAL_SECONDS)),
+                (Err(ScheduleError::InvalidDuration { .. }), None) => {}
+                (other, secs) => prop_assert!(false, "{text}: {other:?} for {secs:?} seconds"),
+            }
+        }
+
+        #[test]
+        fn durations_fire_next_on_a_multiple_within_one_interval(
+            secs in MIN_INTERVAL_SECONDS..=MAX_INTERVAL_SECONDS,
+            after in instant(),
+        ) {
+            let schedule = DigestSchedule::parse(&format!("PT{secs}S")).expect("in bounds");
+            let next = schedule.next_after(after);
+            prop_assert!(next > after);
+            prop_assert!(next - after <= chrono::Duration::seconds(secs));
+            prop_assert_eq!(next.timestamp() % secs, 0);
+        }
+
+        #[test]
+        fn cron_fires_next_at_its_minute_hour_and_weekday((text, minute, hour, days) in cron(), after in instant()) {
+            let schedule = DigestSchedule::parse(&text).expect("a valid cron expression");
+            let next = schedule.next_after(after);
+            prop_assert!(next > after);
+            prop_assert!(next - after <= chrono::Duration::days(7));
+            prop_assert_eq!((next.minute(), next.hour(), next.second()), (minute, hour, 0));
+            prop_assert!(days.contains(&next.weekday().num_days_from_sunday()), "{next} for {text}");
+            // Monotonic: a later instant never fires earlier.
+            let later = after + chrono::Duration::seconds(61);
+            prop_assert!(schedule.next_after(later) >= next);
+        }
+    }
+}

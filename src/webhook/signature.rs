@@ -519,3 +519,111 @@ mod tests {
         assert!(key.public_key().verify_v1a("msg_x", 5, b"body", &header));
     }
 }
+
+/// Properties against the independent `standardwebhooks` implementation, for arbitrary secrets, message ids
+/// and bodies; and header and key parsing over arbitrary text.
+#[cfg(test)]
+mod properties {
+    use axum::http::{HeaderMap, HeaderValue};
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn secret() -> impl Strategy<Value = WebhookSecret> {
+        vec(any::<u8>(), SECRET_MIN_BYTES..=SECRET_MAX_BYTES).prop_map(|bytes| {
+            WebhookSecret::parse(&format!("{SECRET_PREFIX}{}", BASE64.encode(bytes))).expect("in bounds")
+        })
+    }
+
+    /// A message id as it can travel in a header: visible ASCII without spaces.
+    fn msg_id() -> impl Strategy<Value = String> {
+        "[!-~]{1,40}"
+    }
+
+    fn headers(id: &str, ts: i64, signature: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert("webhook-id", HeaderValue::from_str(id).expect("visible ASCII"));
+        headers.insert("webhook-timestamp", HeaderValue::from(ts));
+        headers.insert("webhook-signature", HeaderValue::from_str(signature).expect("base64"));
+        headers
+    }
+
+    proptest! {
+        #[test]
+        fn standardwebhooks_verifies_what_we_sign(
+            secret in secret(),
+            id in msg_id(),
+            body in any::<String>().prop_map(String::into_bytes),
+            flip in any::<prop::sample::Index>(),
+        ) {
+            // The reference verifier refuses timestamps more than five minutes away from now.
+            let ts = chrono::Utc::now().timestamp();
+            let ours = sign_v1(&secret, &id, ts, &body);
+            let theirs = standardwebhooks::Webhook::new(&secret.expose()).expect("their parser takes our secret");
+            prop_assert_eq!(theirs.sign(&id, ts, &body).expect("their signer"), ours.clone());
+            prop_assert!(theirs.verify(&body, &headers(&id, ts, &ours)).is_ok());
+            prop_assert!(verify_v1(&secret, &id, ts, &body, &ours));
+
+            let mut changed = body.clone();
+            if changed.is_empty() {
+                changed.push(b'x');
+            } else {
+                let at = flip.index(changed.len());
+                changed[at] ^= 0x01;
+            }
+            prop_assert!(theirs.verify(&changed, &headers(&id, ts, &ours)).is_err());
+            prop_assert!(!verify_v1(&secret, &id, ts, &changed, &ours));
+        }
+
+        #[test]
+        fn a_rotation_header_verifies_with_each_secret(
+            old in secret(),
+            new in secret(),
+            id in msg_id(),
+            body in any::<String>().prop_map(String::into_bytes),
+        ) {
+            let ts = chrono::Utc::now().timestamp();
+            let header = signature_header(&[Signer::Hmac(new.clone()), Signer::Hmac(old.clone())], &id, ts, &body);
+            for secret in [&old, &new] {
+                let theirs = standardwebhooks::Webhook::new(&secret.expose()).expect("parser");
+                prop_assert!(theirs.verify(&body, &headers(&id, ts, &header)).is_ok());
+                prop_assert!(verify_v1(secret, &id, ts, &body, &header));
+            }
+        }
+
+        #[test]
+        fn parsing_headers_and_keys_never_panics(
+            secret in secret(),
+            header in prop_oneof![any::<String>(), "((v1|v1a|v2),[A-Za-z0-9+/=]{0,90} ?){0,4}"],
+            key_text in prop_oneof![any::<String>(), "(whsec_|whsk_|whpk_)[A-Za-z0-9+/=]{0,100}"],
+            body in vec(any::<u8>(), 0..64),
+            ts in any::<i64>(),
+        ) {
+            let _ = verify_v1(&secret, "msg_x", ts, &body, &header);
+            let _ = WebhookSecret::parse(&key_text);
+            let _ = Ed25519SigningKey::parse(&key_text);
+            if let Ok(public) = Ed25519PublicKey::parse(&key_text) {
+                let _ = public.verify_v1a("msg_x", ts, &body, &header);
+                prop_assert_eq!(Ed25519PublicKey::parse(&public.to_string()), Ok(public));
+            }
+            if let Ok(parsed) = WebhookSecret::parse(&key_text) {
+                prop_assert_eq!(WebhookSecret::parse(&parsed.expose()), Ok(parsed));
+            }
+        }
+
+        #[test]
+        fn ed25519_signatures_verify_only_the_signed_message(
+            seed in any::<[u8; 32]>(),
+            id in msg_id(),
+            ts in any::<i64>(),
+            body in vec(any::<u8>(), 0..256),
+        ) {
+            let key = Ed25519SigningKey::parse(&format!("{PRIVATE_KEY_PREFIX}{}", BASE64.encode(seed))).expect("seed");
+            let header = sign_v1a(&key, &id, ts, &body);
+            let public = key.public_key();
+            prop_assert!(public.verify_v1a(&id, ts, &body, &header));
+            prop_assert!(!public.verify_v1a(&id, ts.wrapping_add(1), &body, &header));
+        }
+    }
+}

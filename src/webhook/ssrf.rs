@@ -581,3 +581,118 @@ mod tests {
         assert!(matches!(err, SsrfError::Resolve { .. }), "{err:?}");
     }
 }
+
+/// Properties: every spelling of an IPv4 address that URL parsers accept (decimal, octal, hex, short forms,
+/// IPv4-mapped and NAT64 IPv6) is judged exactly as the canonical address; parsing never panics.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// One number spelled in decimal, octal (leading `0`) or hex (`0x`, either case).
+    fn spell(value: u32, style: u8) -> String {
+        match style % 4 {
+            0 => value.to_string(),
+            1 => format!("0{value:o}"),
+            2 => format!("0x{value:x}"),
+            _ => format!("0X{value:X}"),
+        }
+    }
+
+    /// The host forms of one IPv4 address: one, two, three or four dotted parts, the last part holding the
+    /// remaining bits, each part in its own base.
+    fn ipv4_host(ip: Ipv4Addr, parts: u8, styles: [u8; 4]) -> String {
+        let [a, b, c, d] = ip.octets().map(u32::from);
+        let numbers: Vec<u32> = match parts % 4 {
+            0 => vec![u32::from(ip)],
+            1 => vec![a, (b << 16) | (c << 8) | d],
+            2 => vec![a, b, (c << 8) | d],
+            _ => vec![a, b, c, d],
+        };
+        numbers.iter().zip(styles).map(|(n, style)| spell(*n, style)).collect::<Vec<_>>().join(".")
+    }
+
+    /// An address near the interesting ranges as often as anywhere.
+    fn ipv4() -> impl Strategy<Value = Ipv4Addr> {
+        prop_oneof![
+            any::<u32>().prop_map(Ipv4Addr::from),
+            (proptest::sample::select(FORBIDDEN_V4.to_vec()), any::<u32>()).prop_map(|(net, bits)| {
+                let host_mask = !u32::from(net.netmask());
+                Ipv4Addr::from(u32::from(net.network()) | (bits & host_mask))
+            }),
+        ]
+    }
+
+    fn allow_list() -> impl Strategy<Value = AllowList> {
+        prop_oneof![
+            Just(AllowList::default()),
+            (ipv4(), 0u8..=32).prop_map(|(ip, len)| {
+                AllowList::parse(&Ipv4Net::new(ip, len).map(|n| n.trunc().to_string()).unwrap_or_default())
+                    .expect("a network")
+            }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn every_ipv4_spelling_is_judged_as_the_address(
+            ip in ipv4(),
+            parts in any::<u8>(),
+            styles in any::<[u8; 4]>(),
+            allow in allow_list(),
+        ) {
+            let guard = Guard::new(allow);
+            let canonical = guard.check_ip(IpAddr::V4(ip)).is_ok();
+            let host = ipv4_host(ip, parts, styles);
+            let url = format!("http://{host}:8080/hook");
+            match guard.parse_target_url(&url) {
+                Ok(parsed) => {
+                    prop_assert!(canonical, "{url} accepted but {ip} is refused");
+                    prop_assert_eq!(parsed.host(), Some(Host::Ipv4(ip)));
+                }
+                Err(TargetError::Forbidden { ip: refused }) => {
+                    prop_assert!(!canonical, "{url} refused but {ip} is accepted");
+                    prop_assert_eq!(refused, IpAddr::V4(ip));
+                }
+                Err(other) => prop_assert!(false, "{url}: {other}"),
+            }
+        }
+
+        #[test]
+        fn ipv6_forms_embedding_an_ipv4_address_are_judged_by_it(ip in ipv4(), allow in allow_list()) {
+            let guard = Guard::new(allow);
+            let canonical = guard.check_ip(IpAddr::V4(ip)).is_ok();
+            let [a, b, c, d] = ip.octets();
+            let embedded = [
+                format!("::ffff:{ip}"),
+                format!("::ffff:{:x}:{:x}", u16::from_be_bytes([a, b]), u16::from_be_bytes([c, d])),
+                format!("64:ff9b::{ip}"),
+            ];
+            for text in embedded {
+                let v6: Ipv6Addr = text.parse().expect("an IPv6 address");
+                prop_assert_eq!(is_forbidden(IpAddr::V6(v6)), is_forbidden(IpAddr::V4(ip)), "{}", text);
+                prop_assert_eq!(guard.check_ip(IpAddr::V6(v6)).is_ok(), canonical, "{}", text);
+                let url = format!("https://[{text}]/");
+                prop_assert_eq!(guard.parse_target_url(&url).is_ok(), canonical, "{}", url);
+            }
+            // 6to4 carries the address in its second and third groups.
+            let six_to_four = Ipv6Addr::new(0x2002, u16::from_be_bytes([a, b]), u16::from_be_bytes([c, d]), 0, 0, 0, 0, 1);
+            prop_assert_eq!(is_forbidden(IpAddr::V6(six_to_four)), is_forbidden(IpAddr::V4(ip)));
+        }
+
+        #[test]
+        fn parsing_any_text_never_panics(
+            text in prop_oneof![
+                any::<String>(),
+                "(https?|ftp|file)://[a-zA-Z0-9.:@\\[\\]%-]{0,30}(/[a-z]{0,5})?",
+            ],
+            allow_text in prop_oneof![any::<String>(), "([0-9a-f.:]{1,20}(/[0-9]{1,3})?,?){0,3}"],
+        ) {
+            let _ = Guard::default().parse_target_url(&text);
+            if let Ok(list) = AllowList::parse(&allow_text) {
+                prop_assert_eq!(AllowList::parse(&list.to_string()), Ok(list));
+            }
+        }
+    }
+}

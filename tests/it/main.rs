@@ -13,5 +13,6 @@ mod crash;
 mod delivery;
 mod directory;
 mod faults;
+mod fuzz;
 mod ssrf;
 mod webhooks;
