@@ -53,6 +53,8 @@ pub struct Worker {
     per_subscription: Mutex<HashMap<String, Arc<Semaphore>>>,
     limiter: Mutex<RateLimiter>,
     in_flight: Arc<Semaphore>,
+    /// Woken whenever an attempt gives back its slot and in-flight permit: what waited for them may start.
+    slot_freed: tokio::sync::Notify,
     /// Attempt results on their way to the recorder, which commits them in batches.
     results: tokio::sync::mpsc::UnboundedSender<(Delivery, AttemptRecord)>,
     results_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<(Delivery, AttemptRecord)>>>,
@@ -71,6 +73,7 @@ impl Worker {
             config,
             per_subscription: Mutex::new(HashMap::new()),
             in_flight,
+            slot_freed: tokio::sync::Notify::new(),
             results,
             results_rx: Mutex::new(Some(results_rx)),
             limiter: Mutex::new(RateLimiter::default()),
@@ -109,6 +112,7 @@ impl Worker {
             let wait = self.until_next_due().await;
             tokio::select! {
                 _ = changes.changed() => {}
+                _ = self.slot_freed.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
                 _ = stop.cancelled() => break,
             }
@@ -136,13 +140,11 @@ impl Worker {
                     tracing::warn!(error = %e, subscription = %sub.id, "recording a verification failed");
                 }
                 drop(permit);
+                worker.slot_freed.notify_one();
             });
         }
         let free = self.in_flight.available_permits() as i64;
-        let busy: Vec<String> = {
-            let map = self.per_subscription.lock().unwrap_or_else(|p| p.into_inner());
-            map.iter().filter(|(_, slots)| slots.available_permits() == 0).map(|(id, _)| id.clone()).collect()
-        };
+        let busy = self.busy_subscriptions();
         let claimed = if free > 0 {
             self.db.claim_due(free.min(CLAIM_BATCH), self.config.lease_seconds, &busy).await?
         } else {
@@ -191,6 +193,7 @@ impl Worker {
                 worker.attempt(delivery).await;
                 drop(slot);
                 drop(permit);
+                worker.slot_freed.notify_one();
             });
         }
         self.db.release_claims(&give_back).await?;
@@ -199,9 +202,21 @@ impl Worker {
         Ok(read as i64 == DISPATCH_BATCH || count == CLAIM_BATCH)
     }
 
+    /// The subscriptions whose every slot this process uses: nothing of theirs can start before one is freed.
+    fn busy_subscriptions(&self) -> Vec<String> {
+        let map = self.per_subscription.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter().filter(|(_, slots)| slots.available_permits() == 0).map(|(id, _)| id.clone()).collect()
+    }
+
+    /// How long the loop may sleep: until the next delivery it could start is due (deliveries of busy
+    /// subscriptions, or any while every in-flight permit is taken, wait for a freed slot instead, which
+    /// wakes the loop), at most a second.
     async fn until_next_due(&self) -> Duration {
         let fallback = Duration::from_secs(1);
-        let Ok(Some(next)) = self.db.next_due().await else { return fallback };
+        if self.in_flight.available_permits() == 0 {
+            return fallback;
+        }
+        let Ok(Some(next)) = self.db.next_due(&self.busy_subscriptions()).await else { return fallback };
         match chrono::DateTime::parse_from_rfc3339(&next) {
             Ok(t) => {
                 (t.with_timezone(&chrono::Utc) - chrono::Utc::now()).to_std().unwrap_or(Duration::ZERO).min(fallback)

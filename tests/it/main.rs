@@ -1,10 +1,13 @@
 //! hsda's integration tests: one binary that starts the real server over real SQLite and PostgreSQL.
 
+mod chaos_targets;
 mod helpers;
+mod real_server;
 mod receiver;
 
 mod api;
 mod bulk;
+mod chaos;
 mod cli;
 mod crash;
 mod delivery;
