@@ -457,6 +457,10 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     let outcome = run(&args, &server, &received, &hook_url).await;
+    if let Some(path) = database_url.strip_prefix("sqlite://") {
+        let size = |p: &str| std::fs::metadata(p).map(|m| m.len() as f64 / (1024.0 * 1024.0)).unwrap_or(0.0);
+        println!("SQLite file {:.0} MiB (+ WAL {:.0} MiB)", size(path), size(&format!("{path}-wal")));
+    }
     server.stop().await;
     receiver_task.abort();
     if let Some(name) = pg_name {
