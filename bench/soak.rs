@@ -5,7 +5,8 @@
 //! p99s. Exits non-zero on any error or if the deliveries do not drain.
 //!
 //! `cargo bench --bench soak -- [--minutes 10] [--store sqlite|postgres] [--interval-seconds 60]
-//! [--write-rate 20] [--read-rate 100] [--writers 8] [--readers 8] [--demo-services 2000] [--log FILE]`
+//! [--write-rate 20] [--read-rate 100] [--writers 8] [--readers 8] [--demo-services 2000] [--log FILE]
+//! [--env NAME=VALUE]...`
 //!
 //! - writers (paced, seeded): PUT new organizations and services (a service with a nested phone), PATCH
 //!   services and organizations (merge patch), PUT existing organizations again, DELETE services and, once
@@ -320,6 +321,8 @@ struct Args {
     read_rate: f64,
     demo_services: usize,
     log: Option<std::path::PathBuf>,
+    /// Extra environment of the hsda process (`--env NAME=VALUE`, repeatable), e.g. `MALLOC_ARENA_MAX=2`.
+    env: Vec<(String, String)>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -333,6 +336,7 @@ fn parse_args() -> anyhow::Result<Args> {
         read_rate: 100.0,
         demo_services: 2000,
         log: None,
+        env: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -347,6 +351,11 @@ fn parse_args() -> anyhow::Result<Args> {
             "--read-rate" => args.read_rate = value()?.parse()?,
             "--demo-services" => args.demo_services = value()?.parse()?,
             "--log" => args.log = Some(value()?.into()),
+            "--env" => {
+                let pair = value()?;
+                let (k, v) = pair.split_once('=').ok_or_else(|| anyhow::anyhow!("--env wants NAME=VALUE"))?;
+                args.env.push((k.to_string(), v.to_string()));
+            }
             _ => {} // `cargo bench` passes `--bench`
         }
     }
@@ -442,12 +451,13 @@ async fn main() -> anyhow::Result<()> {
     );
     let (database_url, _dir, pg_name) = database(args.postgres).await?;
     let (received, hook_url, receiver_task) = start_receiver().await?;
-    let env = [
+    let mut env = vec![
         ("HSDA_ALLOW_TARGETS", "127.0.0.0/8".to_string()),
         ("HSDA_RETRY_SCHEDULE", "1,2,5".to_string()),
         ("HSDA_DEMO", "true".to_string()),
         ("HSDA_DEMO_SERVICES", args.demo_services.to_string()),
     ];
+    env.extend(args.env.iter().map(|(k, v)| (k.as_str(), v.clone())));
     let server = RealServer::start(
         env!("CARGO_BIN_EXE_hsda"),
         &database_url,
