@@ -707,18 +707,27 @@ impl Db {
     }
 
     /// The earliest time the worker has something to do: a claimable delivery becomes due (or its lease
-    /// expires), a digest fires, or a verification challenge is due.
-    pub async fn next_due(&self) -> sqlx::Result<Option<String>> {
-        sqlx::query_scalar(&format!(
+    /// expires), a digest fires, or a verification challenge is due. Deliveries of the subscriptions in `busy`
+    /// are left out, as [`Db::claim_due`] leaves them: they wait for a slot, not for a time.
+    pub async fn next_due(&self, busy: &[String]) -> sqlx::Result<Option<String>> {
+        let skip = if busy.is_empty() {
+            String::new()
+        } else {
+            format!("AND d.subscription_id NOT IN ({})", super::placeholders(0, busy.len()))
+        };
+        let sql = format!(
             "SELECT MIN(t) FROM (\
              SELECT MIN(CASE WHEN d.lease_until IS NOT NULL AND d.lease_until > d.next_attempt_at \
-             THEN d.lease_until ELSE d.next_attempt_at END) AS t FROM {CLAIMABLE} \
+             THEN d.lease_until ELSE d.next_attempt_at END) AS t FROM {CLAIMABLE} {skip} \
              UNION ALL SELECT MIN(next_digest_at) AS t FROM subscriptions \
              WHERE schedule IS NOT NULL AND status IN ('active', 'failing') \
              UNION ALL SELECT MIN(verification_due_at) AS t FROM subscriptions WHERE status = 'pending') due"
-        ))
-        .fetch_one(&self.pool)
-        .await
+        );
+        let mut query = sqlx::query_scalar(&sql);
+        for id in busy {
+            query = query.bind(id);
+        }
+        query.fetch_one(&self.pool).await
     }
 
     /// Moves deliveries the rate limiter could not start yet to a later time, releasing their lease.

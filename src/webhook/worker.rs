@@ -56,6 +56,8 @@ pub struct Worker {
     stopping: std::sync::atomic::AtomicBool,
     limiter: Mutex<RateLimiter>,
     in_flight: Arc<Semaphore>,
+    /// Woken whenever an attempt gives back its slot and in-flight permit: what waited for them may start.
+    slot_freed: tokio::sync::Notify,
     /// Attempt results on their way to the recorder, which commits them in batches.
     results: tokio::sync::mpsc::UnboundedSender<(Delivery, AttemptRecord)>,
     results_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<(Delivery, AttemptRecord)>>>,
@@ -97,6 +99,7 @@ impl Worker {
             lanes: Mutex::new(HashMap::new()),
             stopping: std::sync::atomic::AtomicBool::new(false),
             in_flight,
+            slot_freed: tokio::sync::Notify::new(),
             results,
             results_rx: Mutex::new(Some(results_rx)),
             limiter: Mutex::new(RateLimiter::default()),
@@ -135,6 +138,7 @@ impl Worker {
             let wait = self.until_next_due().await;
             tokio::select! {
                 _ = changes.changed() => {}
+                _ = self.slot_freed.notified() => {}
                 _ = tokio::time::sleep(wait) => {}
                 _ = stop.cancelled() => break,
             }
@@ -179,19 +183,14 @@ impl Worker {
                     tracing::warn!(error = %e, subscription = %sub.id, "recording a verification failed");
                 }
                 drop(permit);
+                worker.slot_freed.notify_one();
             });
         }
         // Claim what lanes have room for: a subscription whose lane is full is left out (a hanging target's
         // backlog never fills this process), and all lanes together wait for at most `max_in_flight`.
-        let (busy, waiting): (Vec<String>, usize) = {
-            let lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
-            let busy = lanes
-                .iter()
-                .filter(|(_, lane)| lane.waiting.len() >= lane.size * LANE_DEPTH)
-                .map(|(id, _)| id.clone())
-                .collect();
-            (busy, lanes.values().map(|l| l.waiting.len()).sum())
-        };
+        let busy = self.busy_subscriptions();
+        let waiting: usize =
+            self.lanes.lock().unwrap_or_else(|p| p.into_inner()).values().map(|l| l.waiting.len()).sum();
         let free = self.config.max_in_flight as i64 - waiting as i64;
         let claimed = if free > 0 {
             self.db.claim_due(free.min(CLAIM_BATCH), self.config.lease_seconds, &busy).await?
@@ -283,9 +282,25 @@ impl Worker {
         Ok(())
     }
 
+    /// The subscriptions whose lane is full: nothing more of theirs is claimed before one of its slots frees.
+    fn busy_subscriptions(&self) -> Vec<String> {
+        let lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+        lanes
+            .iter()
+            .filter(|(_, lane)| lane.waiting.len() >= lane.size * LANE_DEPTH)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// How long the loop may sleep: until the next delivery it could start is due (deliveries of busy
+    /// subscriptions, or any while every in-flight permit is taken, wait for a freed slot instead, which
+    /// wakes the loop), at most a second.
     async fn until_next_due(&self) -> Duration {
         let fallback = Duration::from_secs(1);
-        let Ok(Some(next)) = self.db.next_due().await else { return fallback };
+        if self.in_flight.available_permits() == 0 {
+            return fallback;
+        }
+        let Ok(Some(next)) = self.db.next_due(&self.busy_subscriptions()).await else { return fallback };
         match chrono::DateTime::parse_from_rfc3339(&next) {
             Ok(t) => {
                 (t.with_timezone(&chrono::Utc) - chrono::Utc::now()).to_std().unwrap_or(Duration::ZERO).min(fallback)
@@ -319,6 +334,7 @@ impl Worker {
                 drop(slot);
                 drop(permit);
                 worker.pump(&id);
+                worker.slot_freed.notify_one();
             });
         }
         if lane.waiting.is_empty() && lane.slots.available_permits() == lane.size {
