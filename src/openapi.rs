@@ -193,6 +193,7 @@ pub fn document(server: &str) -> Value {
                        "503": { "description": "`status: unavailable`: the database does not answer." } } } }));
 
     add_webhook_paths(&mut paths, &mut schemas);
+    add_common_errors(&mut paths);
 
     let mut webhooks = Map::new();
     for (name, description) in crate::events::OPERATIONAL {
@@ -227,6 +228,29 @@ pub fn document(server: &str) -> Value {
         "components": { "schemas": schemas,
             "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer", "description": "An hsda API key." } } }
     })
+}
+
+/// The problem answers any operation can give, added where an operation does not list them already: a bad
+/// parameter or malformed body (400), an invalid key, or none where one is needed (401), an object that
+/// does not exist (404, on paths with an id), and on deletes an `If-Match` that does not match (412).
+fn add_common_errors(paths: &mut Map<String, Value>) {
+    for (path, item) in paths.iter_mut() {
+        let Some(operations) = item.as_object_mut() else { continue };
+        for (method, operation) in operations.iter_mut() {
+            let Some(responses) = operation.get_mut("responses").and_then(Value::as_object_mut) else { continue };
+            let mut add = |status: &str, description: &str| {
+                responses.entry(status).or_insert_with(|| problem_response(description));
+            };
+            add("400", "A parameter or the body is malformed.");
+            add("401", "The API key is not valid, or the operation needs one.");
+            if path.contains('{') {
+                add("404", "No such object.");
+            }
+            if method == "delete" {
+                add("412", "If-Match did not match.");
+            }
+        }
+    }
 }
 
 /// The subscriptions API and delivery history.

@@ -28,8 +28,9 @@ store_test!(fuzz_numbers_are_stored_exactly_as_sent, |app| async move {
     assert_eq!(location["longitude"].as_f64().map(f64::to_bits), Some(longitude.to_bits()), "{location}");
 });
 
-// Found by reading the code behind schemathesis' huge `page` numbers: `(page - 1) * per_page` overflowed
-// (a panic in debug builds, a negative OFFSET and a 500 on PostgreSQL in release builds).
+// Found reading the list handlers while preparing the schemathesis run (whose integer generator tries
+// huge values): `(page - 1) * per_page` overflowed, a panic in debug builds and a negative OFFSET in
+// release builds.
 store_test!(fuzz_huge_subscription_pages_are_refused_or_empty, |app| async move {
     let huge = app.get_as(&app.subscribe_key, format!("/webhooks?page={}&per_page=1000", u64::MAX)).await;
     assert_eq!(huge["status"], 400, "{huge}");
@@ -37,4 +38,37 @@ store_test!(fuzz_huge_subscription_pages_are_refused_or_empty, |app| async move 
     let last = app.get_as(&app.subscribe_key, format!("/webhooks?page={}&per_page=1000", u32::MAX)).await;
     assert_eq!(last["contents"], serde_json::json!([]), "{last}");
     assert_eq!(last["page_number"], u32::MAX, "{last}");
+});
+
+// Found by schemathesis' status-code check: 400, 401 and 412 answers that the OpenAPI document did not list.
+store_test!(fuzz_every_operation_documents_its_common_errors, |app| async move {
+    let doc = app.get_json("/openapi.json").await;
+    let paths = doc["paths"].as_object().expect("paths");
+    for (path, item) in paths {
+        for (method, operation) in item.as_object().expect("a path item") {
+            if !["get", "put", "post", "patch", "delete"].contains(&method.as_str()) {
+                continue;
+            }
+            let responses = &operation["responses"];
+            for status in ["400", "401"] {
+                assert!(responses.get(status).is_some(), "{method} {path} does not document {status}");
+            }
+            if method == "delete" {
+                assert!(responses.get("412").is_some(), "{method} {path} does not document 412");
+            }
+        }
+    }
+    // A bad key really is a 401, even on the public event feed, and an If-Match on a delete of nothing a 412.
+    let bad_key = app.client.get(app.url("/events")).bearer_auth("not-a-key").send().await.expect("GET");
+    assert_eq!(bad_key.status(), 401);
+    let missing = "0b0a7b8e-7d1c-4f5e-9a3b-000000000000";
+    let gone = app
+        .client
+        .delete(app.url(&format!("/phones/{missing}")))
+        .bearer_auth(&app.publish_key)
+        .header("if-match", "*")
+        .send()
+        .await
+        .expect("DELETE");
+    assert_eq!(gone.status(), 412);
 });
