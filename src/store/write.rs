@@ -115,8 +115,20 @@ impl Db {
     }
 
     /// Applies `ops` and their events in one transaction.
+    ///
+    /// Two concurrent PUTs creating the same id on PostgreSQL both find no row and both insert; the one that
+    /// commits second fails on the unique key. Its transaction rolled back, so it is run again (at most twice):
+    /// now it finds the row and replaces it, as a PUT after the other would have.
     pub async fn apply(&self, ops: Vec<Op>, options: WriteOptions) -> Result<WriteOutcome, WriteError> {
-        let result = self.apply_in_tx(ops, options).await;
+        let mut tries = 0;
+        let result = loop {
+            tries += 1;
+            let result = self.apply_in_tx(ops.clone(), options.clone()).await;
+            match &result {
+                Err(WriteError::Database(sqlx::Error::Database(e))) if e.is_unique_violation() && tries < 3 => {}
+                _ => break result,
+            }
+        };
         self.observe_write(&result);
         result
     }
