@@ -400,3 +400,20 @@ store_test!(racing_puts_of_a_new_id_create_it_once, |app| async move {
     assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 1, "{statuses:?}");
     assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 7, "{statuses:?}");
 });
+
+store_test!(concurrent_puts_creating_the_same_id_all_succeed, |app| async move {
+    // Eight clients PUT the same new organization at once, for ten ids: each PUT is a create or a replace,
+    // never a 500 (on PostgreSQL the losers of the insert race used to fail on the unique key).
+    for n in 0..10 {
+        let id = format!("00000000-0000-4000-8000-0000000c{n:04}");
+        let body = json!({ "name": "Raced", "description": "eight writers at once" });
+        let path = format!("/organizations/{id}");
+        let answers = futures::future::join_all((0..8).map(|_| app.put(&path, &body))).await;
+        for r in answers {
+            assert!(r.status().is_success(), "PUT {id} -> {}", r.status());
+        }
+        let created = app.events_after(0).await;
+        let created = created.iter().filter(|e| e["type"] == "organization.created" && e["object_id"] == id.as_str());
+        assert_eq!(created.count(), 1, "one organization.created for {id}");
+    }
+});
