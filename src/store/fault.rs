@@ -69,46 +69,10 @@ fn classify_postgres(sqlstate: &str) -> Option<FaultKind> {
 /// (the writer ahead of it was itself waiting for another process). It carries SQLite's `SQLITE_BUSY` code,
 /// so it is the same fault as the database's own busy error.
 pub(crate) fn write_lock_timeout() -> sqlx::Error {
-    sqlx::Error::Database(Box::new(WriteLockTimeout))
-}
-
-#[derive(Debug)]
-struct WriteLockTimeout;
-
-impl std::fmt::Display for WriteLockTimeout {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(
-            "(code: 5) timed out waiting for the write lock: the write ahead of this one is waiting for the database",
-        )
-    }
-}
-
-impl std::error::Error for WriteLockTimeout {}
-
-impl sqlx::error::DatabaseError for WriteLockTimeout {
-    fn message(&self) -> &str {
-        "timed out waiting for the write lock: the write ahead of this one is waiting for the database"
-    }
-
-    fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
-        Some("5".into())
-    }
-
-    fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
-        self
-    }
-
-    fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
-        self
-    }
-
-    fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
-        self
-    }
-
-    fn kind(&self) -> sqlx::error::ErrorKind {
-        sqlx::error::ErrorKind::Other
-    }
+    sqlx::Error::Database(Box::new(StoreError {
+        code: Some("5".into()),
+        message: "timed out waiting for the write lock: the write ahead of this one is waiting for the database".into(),
+    }))
 }
 
 /// The same failure again, for each of several writes that shared the transaction it stopped (sqlx errors
@@ -118,7 +82,7 @@ pub(crate) fn copy_of(e: &sqlx::Error) -> sqlx::Error {
         sqlx::Error::PoolTimedOut => sqlx::Error::PoolTimedOut,
         sqlx::Error::PoolClosed => sqlx::Error::PoolClosed,
         sqlx::Error::Io(io) => sqlx::Error::Io(std::io::Error::new(io.kind(), io.to_string())),
-        sqlx::Error::Database(db) => sqlx::Error::Database(Box::new(CopiedError {
+        sqlx::Error::Database(db) => sqlx::Error::Database(Box::new(StoreError {
             code: db.code().map(|c| c.into_owned()),
             message: db.message().to_string(),
         })),
@@ -126,13 +90,14 @@ pub(crate) fn copy_of(e: &sqlx::Error) -> sqlx::Error {
     }
 }
 
+/// A database error made by hsda: a copy of one, or the write-lock timeout (SQLite's busy code).
 #[derive(Debug)]
-struct CopiedError {
+struct StoreError {
     code: Option<String>,
     message: String,
 }
 
-impl std::fmt::Display for CopiedError {
+impl std::fmt::Display for StoreError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.code {
             Some(code) => write!(f, "(code: {code}) {}", self.message),
@@ -141,9 +106,9 @@ impl std::fmt::Display for CopiedError {
     }
 }
 
-impl std::error::Error for CopiedError {}
+impl std::error::Error for StoreError {}
 
-impl sqlx::error::DatabaseError for CopiedError {
+impl sqlx::error::DatabaseError for StoreError {
     fn message(&self) -> &str {
         &self.message
     }
