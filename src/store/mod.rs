@@ -258,6 +258,12 @@ pub(crate) fn placeholders(offset: usize, count: usize) -> String {
     (offset + 1..=offset + count).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
 }
 
+/// The placeholders of a multi-row `VALUES` list: `rows` comma-separated runs of `per_row` numbered
+/// parameters each, the first run starting at `$first` (callers put parentheses and constants around them).
+pub(crate) fn row_placeholders(first: usize, rows: usize, per_row: usize) -> Vec<String> {
+    (0..rows).map(|r| placeholders(first - 1 + r * per_row, per_row)).collect()
+}
+
 /// The current time as stored: RFC 3339 UTC with microseconds, so that text order is time order.
 pub fn now_text() -> String {
     timestamp_text(chrono::Utc::now())
@@ -265,4 +271,13 @@ pub fn now_text() -> String {
 
 pub fn timestamp_text(t: chrono::DateTime<chrono::Utc>) -> String {
     t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn row_placeholders_number_every_row_after_the_leading_parameters() {
+        assert_eq!(super::row_placeholders(3, 2, 2), vec!["$3, $4", "$5, $6"]);
+        assert_eq!(super::row_placeholders(1, 1, 3), vec!["$1, $2, $3"]);
+    }
 }

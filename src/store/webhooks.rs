@@ -538,15 +538,6 @@ impl Db {
         Ok(())
     }
 
-    /// The rate limit of every subscription that has one.
-    pub async fn rate_limits(&self) -> sqlx::Result<std::collections::HashMap<String, i64>> {
-        let rows =
-            sqlx::query("SELECT id, rate_limit_per_second FROM subscriptions WHERE rate_limit_per_second IS NOT NULL")
-                .fetch_all(&self.pool)
-                .await?;
-        rows.iter().map(|r| Ok((r.try_get("id")?, r.try_get("rate_limit_per_second")?))).collect()
-    }
-
     /// Fans the next events out into deliveries and advances the dispatch cursor, in one transaction.
     /// Returns how many events were read (0 when the log is drained) and the new deliveries already leased
     /// to the caller for `lease_seconds`, so it can send them at once without claiming them first. Deliveries
@@ -671,27 +662,6 @@ impl Db {
         rows.iter().map(delivery_from_row).collect()
     }
 
-    /// Gives claimed deliveries back unattempted (their lease is cleared; they stay due).
-    pub async fn release_claims(&self, ids: &[String]) -> sqlx::Result<()> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let (mut tx, _guard) = self.begin_write().await?;
-        for id in ids {
-            sqlx::query("UPDATE deliveries SET lease_until = NULL WHERE id = $1").bind(id).execute(&mut *tx).await?;
-        }
-        tx.commit().await
-    }
-
-    /// The `max_concurrency` of every subscription that receives deliveries.
-    pub async fn concurrency_limits(&self) -> sqlx::Result<HashMap<String, i64>> {
-        let rows: Vec<(String, i64)> =
-            sqlx::query_as("SELECT id, max_concurrency FROM subscriptions WHERE status IN ('active', 'failing')")
-                .fetch_all(&self.pool)
-                .await?;
-        Ok(rows.into_iter().collect())
-    }
-
     /// On SQLite one process owns the file, so leases found at start-up were left by a crashed run and are
     /// released at once (its claimed deliveries are sent again now rather than when the lease runs out).
     /// On PostgreSQL other live processes may hold leases; those of a crashed one simply expire.
@@ -749,16 +719,6 @@ impl Db {
         tx.commit().await
     }
 
-    /// Records one attempt; see [`Db::record_attempts`].
-    pub async fn record_attempt(
-        &self,
-        delivery: &Delivery,
-        record: &AttemptRecord,
-        disable_after_seconds: i64,
-    ) -> sqlx::Result<()> {
-        self.record_attempts(&[(delivery.clone(), record.clone())], disable_after_seconds).await
-    }
-
     /// Records a batch of attempts and their consequences for the deliveries and their subscriptions in ONE
     /// transaction (one commit, one fsync, however many attempts); appends `webhook.failing|recovered|disabled`
     /// events when a subscription's status changes.
@@ -782,13 +742,8 @@ impl Db {
         let (mut tx, _guard) = self.begin_write().await?;
         // Multi-row statements: a batch costs a few statements, not two per attempt.
         for chunk in batch.chunks(100) {
-            let values: Vec<String> = (0..chunk.len())
-                .map(|i| {
-                    let b = 1 + 8 * i;
-                    let p: Vec<String> = (b..b + 8).map(|n| format!("${n}")).collect();
-                    format!("({})", p.join(", "))
-                })
-                .collect();
+            let values: Vec<String> =
+                super::row_placeholders(1, chunk.len(), 8).into_iter().map(|p| format!("({p})")).collect();
             let sql = format!(
                 "INSERT INTO attempts (id, delivery_id, at, status_code, duration_ms, error, error_class, response_body) \
                  VALUES {}",
@@ -809,13 +764,8 @@ impl Db {
             }
             query.execute(&mut *tx).await?;
 
-            let values: Vec<String> = (0..chunk.len())
-                .map(|i| {
-                    let b = 1 + 6 * i;
-                    let p: Vec<String> = (b..b + 6).map(|n| format!("${n}")).collect();
-                    format!("({})", p.join(", "))
-                })
-                .collect();
+            let values: Vec<String> =
+                super::row_placeholders(1, chunk.len(), 6).into_iter().map(|p| format!("({p})")).collect();
             let sql = format!(
                 "WITH v (id, status, next_at, code, error, at) AS (VALUES {}) \
                  UPDATE deliveries SET status = v.status, attempts = attempts + 1, next_attempt_at = v.next_at, \
@@ -1075,12 +1025,9 @@ async fn insert_deliveries(
 ) -> sqlx::Result<Vec<Delivery>> {
     let mut created = Vec::new();
     for chunk in deliveries.chunks(50) {
-        let values: Vec<String> = (0..chunk.len())
-            .map(|i| {
-                let b = 3 + 9 * i;
-                let p: Vec<String> = (b..b + 9).map(|n| format!("${n}")).collect();
-                format!("({}, 'pending', $1, $1, $1)", p.join(", "))
-            })
+        let values: Vec<String> = super::row_placeholders(3, chunk.len(), 9)
+            .into_iter()
+            .map(|p| format!("({p}, 'pending', $1, $1, $1)"))
             .collect();
         let sql = format!(
             "INSERT INTO deliveries (id, subscription_id, tenant, event_id, event_sequence, event_type, object_id, \
