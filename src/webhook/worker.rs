@@ -246,7 +246,6 @@ impl Worker {
             }
         }
         let claimed_at = tokio::time::Instant::now();
-        let mut touched: Vec<String> = Vec::new();
         {
             let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
             for (delivery, start_at) in starts {
@@ -267,9 +266,6 @@ impl Worker {
                     lane.size = size;
                 }
                 lane.waiting.push_back(Waiting { delivery, sub: sub.clone(), start_at, claimed_at });
-                if !touched.contains(&sub.id) {
-                    touched.push(sub.id.clone());
-                }
             }
         }
         // Every lane, not only those that got deliveries: one may have waited for an in-flight permit.
