@@ -21,7 +21,7 @@ use crate::hsds::merge_patch::merge_patch;
 use crate::store::compile::list_form;
 use crate::store::keys::Scope;
 use crate::store::read::{ListQuery, Listed};
-use crate::store::write::{Op, WriteOptions};
+use crate::store::write::{Op, WriteOptions, WriteOutcome};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -332,13 +332,24 @@ async fn put(
     let options = WriteOptions { if_match: if_match(table, &id, &headers), ..WriteOptions::default() };
     // Created or replaced is decided inside the write's transaction, so two racing PUTs of a new id get one
     // 201 and one 200.
-    let outcome = state.db.apply(ops, options).await?;
+    let mut outcome = state.db.apply(ops, options).await?;
     let created = outcome.created.iter().any(|(kind, created)| *kind == table.name && *created == id);
-    written(&state, table, &id, if created { StatusCode::CREATED } else { StatusCode::OK }).await
+    written(&state, table, &id, if created { StatusCode::CREATED } else { StatusCode::OK }, &mut outcome).await
 }
 
-async fn written(state: &AppState, table: &'static Table, id: &str, status: StatusCode) -> Result<Response, ApiError> {
-    let doc = state.db.get(table, id).await?.ok_or_else(|| ApiError::NotFound(format!("{} {id}", table.name)))?;
+/// The answer to a write: the row as the write left it (read again only when the write changed nothing).
+async fn written(
+    state: &AppState,
+    table: &'static Table,
+    id: &str,
+    status: StatusCode,
+    outcome: &mut WriteOutcome,
+) -> Result<Response, ApiError> {
+    let mine = outcome.documents.iter().position(|(t, i, _)| *t == table.name && i == id);
+    let doc = match mine {
+        Some(at) => outcome.documents.swap_remove(at).2,
+        None => state.db.get(table, id).await?.ok_or_else(|| ApiError::NotFound(format!("{} {id}", table.name)))?,
+    };
     let tag = etag(&doc);
     let mut r = with_etag(status, doc, &tag);
     if status == StatusCode::CREATED {
@@ -374,8 +385,8 @@ async fn patch(
     let ops = body_to_ops(table, &id, current)?;
     // The write re-checks the ETag read above inside its transaction, so a concurrent change is a 412.
     let options = WriteOptions { if_match: Some((table, id.clone(), read_tag)), ..WriteOptions::default() };
-    state.db.apply(ops, options).await?;
-    written(&state, table, &id, StatusCode::OK).await
+    let mut outcome = state.db.apply(ops, options).await?;
+    written(&state, table, &id, StatusCode::OK, &mut outcome).await
 }
 
 /// Drops the read-only views a document carries so that it can be written back.

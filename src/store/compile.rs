@@ -14,9 +14,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use futures::future::BoxFuture;
 use serde_json::{Map, Value};
-use sqlx::AnyConnection;
 
 use super::placeholders;
+use super::sql::{Arg, Conn};
 use crate::hsds::catalog::{NestedKind, Table, table};
 
 pub type Row = Map<String, Value>;
@@ -24,15 +24,12 @@ pub type Row = Map<String, Value>;
 const CHUNK: usize = 500;
 
 /// Loads the rows of `kind` with these ids (missing ids are skipped), keyed by id.
-pub async fn load_rows(conn: &mut AnyConnection, kind: &str, ids: &[String]) -> sqlx::Result<HashMap<String, Row>> {
+pub(crate) async fn load_rows(conn: &mut Conn<'_>, kind: &str, ids: &[String]) -> sqlx::Result<HashMap<String, Row>> {
     let mut out = HashMap::with_capacity(ids.len());
     for chunk in ids.chunks(CHUNK) {
         let sql = format!("SELECT id, data FROM records WHERE kind = $1 AND id IN ({})", placeholders(1, chunk.len()));
-        let mut query = sqlx::query_as::<_, (String, String)>(&sql).bind(kind);
-        for id in chunk {
-            query = query.bind(id);
-        }
-        for (id, data) in query.fetch_all(&mut *conn).await? {
+        let args: Vec<Arg> = std::iter::once(kind.into()).chain(chunk.iter().map(Arg::from)).collect();
+        for (id, data) in conn.fetch_all::<(String, String)>(&sql, &args).await? {
             out.insert(id, parse_row(&data));
         }
     }
@@ -41,8 +38,8 @@ pub async fn load_rows(conn: &mut AnyConnection, kind: &str, ids: &[String]) -> 
 
 /// Loads the rows of `kind` whose reference `field` points at one of `parent_ids`, as (parent id, row),
 /// ordered by row id.
-pub async fn load_children(
-    conn: &mut AnyConnection,
+pub(crate) async fn load_children(
+    conn: &mut Conn<'_>,
     kind: &str,
     field: &str,
     parent_ids: &[String],
@@ -54,11 +51,8 @@ pub async fn load_children(
              WHERE f.kind = $1 AND f.field = $2 AND f.target_id IN ({}) ORDER BY f.id",
             placeholders(2, chunk.len())
         );
-        let mut query = sqlx::query_as::<_, (String, String)>(&sql).bind(kind).bind(field);
-        for id in chunk {
-            query = query.bind(id);
-        }
-        for (parent, data) in query.fetch_all(&mut *conn).await? {
+        let args: Vec<Arg> = [kind.into(), field.into()].into_iter().chain(chunk.iter().map(Arg::from)).collect();
+        for (parent, data) in conn.fetch_all::<(String, String)>(&sql, &args).await? {
             out.push((parent, parse_row(&data)));
         }
     }
@@ -67,8 +61,8 @@ pub async fn load_children(
 
 /// Loads, for each `(kind, field)` pair, the rows of `kind` whose reference `field` points at one of
 /// `parent_ids`, as (parent id, row) ordered by row id — all pairs in one query per chunk of parents.
-pub async fn load_children_of_kinds(
-    conn: &mut AnyConnection,
+pub(crate) async fn load_children_of_kinds(
+    conn: &mut Conn<'_>,
     pairs: &[(&'static str, &'static str)],
     parent_ids: &[String],
 ) -> sqlx::Result<HashMap<(&'static str, &'static str), Vec<(String, Row)>>> {
@@ -86,14 +80,8 @@ pub async fn load_children_of_kinds(
             placeholders(0, chunk.len()),
             placeholders(chunk.len(), kinds.len())
         );
-        let mut query = sqlx::query_as::<_, (String, String, String, String)>(&sql);
-        for id in chunk {
-            query = query.bind(id);
-        }
-        for kind in &kinds {
-            query = query.bind(*kind);
-        }
-        for (kind, field, parent, data) in query.fetch_all(&mut *conn).await? {
+        let args: Vec<Arg> = chunk.iter().map(Arg::from).chain(kinds.iter().map(|k| Arg::from(*k))).collect();
+        for (kind, field, parent, data) in conn.fetch_all::<(String, String, String, String)>(&sql, &args).await? {
             // Only the asked-for pairs: a row may point at the parent through a field that does not nest it.
             if let Some(pair) = pairs.iter().find(|(k, f)| *k == kind && *f == field) {
                 out.entry(*pair).or_default().push((parent, parse_row(&data)));
@@ -119,8 +107,8 @@ pub enum Form {
 
 /// Compiles rows of one table with everything they nest; batched: one query per nested table, whatever
 /// the number of rows.
-pub fn compile_many<'a>(
-    conn: &'a mut AnyConnection,
+pub(crate) fn compile_many<'a, 'c>(
+    conn: &'a mut Conn<'c>,
     table: &'static Table,
     rows: Vec<Row>,
     form: Form,
@@ -217,7 +205,7 @@ pub fn compile_many<'a>(
 
 /// The part only a root document has: an organization's services, a service_at_location's service.
 async fn root_extra(
-    conn: &mut AnyConnection,
+    conn: &mut Conn<'_>,
     table: &'static Table,
     ids: &[String],
 ) -> sqlx::Result<Option<(&'static str, HashMap<String, Value>)>> {
@@ -264,11 +252,7 @@ async fn root_extra(
 /// The compiled documents of these service rows, in the same order: read from `records.doc` where stored
 /// (writers refresh service documents before the organization and service_at_location documents that embed
 /// them, see [`ROOT_ORDER`]), compiled where missing.
-async fn service_documents(
-    conn: &mut AnyConnection,
-    service: &'static Table,
-    rows: Vec<Row>,
-) -> sqlx::Result<Vec<Value>> {
+async fn service_documents(conn: &mut Conn<'_>, service: &'static Table, rows: Vec<Row>) -> sqlx::Result<Vec<Value>> {
     let ids: Vec<String> = rows.iter().filter_map(id_of).collect();
     let mut stored: HashMap<String, Value> = HashMap::with_capacity(ids.len());
     for chunk in ids.chunks(CHUNK) {
@@ -276,11 +260,8 @@ async fn service_documents(
             "SELECT id, doc FROM records WHERE kind = 'service' AND doc IS NOT NULL AND id IN ({})",
             placeholders(0, chunk.len())
         );
-        let mut query = sqlx::query_as::<_, (String, String)>(&sql);
-        for id in chunk {
-            query = query.bind(id);
-        }
-        for (id, doc) in query.fetch_all(&mut *conn).await? {
+        let args: Vec<Arg> = chunk.iter().map(Arg::from).collect();
+        for (id, doc) in conn.fetch_all::<(String, String)>(&sql, &args).await? {
             if let Ok(value) = serde_json::from_str::<Value>(&doc) {
                 stored.insert(id, value);
             }

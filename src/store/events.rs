@@ -5,9 +5,9 @@
 
 use std::collections::BTreeSet;
 
+use super::sql::{Arg, Conn};
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::AnyConnection;
 
 use super::Db;
 
@@ -40,24 +40,23 @@ pub struct Event {
 
 /// Appends events with the next sequence numbers; returns the first and last sequence used.
 pub(crate) async fn append_events(
-    conn: &mut AnyConnection,
-    events: Vec<NewEvent>,
+    conn: &mut Conn<'_>,
+    events: &[NewEvent],
     origin: &str,
     occurred_at: &str,
 ) -> sqlx::Result<(i64, i64)> {
     let count = events.len() as i64;
     // Taking the counter row last keeps the time it is locked (PostgreSQL) short.
-    let last: i64 =
-        sqlx::query_scalar("UPDATE counters SET value = value + $1 WHERE name = 'event_sequence' RETURNING value")
-            .bind(count)
-            .fetch_one(&mut *conn)
-            .await?;
+    let (last,): (i64,) = conn
+        .fetch_one(
+            "UPDATE counters SET value = value + $1 WHERE name = 'event_sequence' RETURNING value",
+            &[count.into()],
+        )
+        .await?;
     let first = last - count + 1;
     // Multi-row inserts: one statement per 50 events instead of one per event.
     let mut sequence = first;
-    let mut events = events.into_iter().peekable();
-    while events.peek().is_some() {
-        let chunk: Vec<NewEvent> = events.by_ref().take(50).collect();
+    for chunk in events.chunks(50) {
         let values: Vec<String> = (0..chunk.len())
             .map(|i| {
                 let b = 3 + 7 * i;
@@ -68,20 +67,33 @@ pub(crate) async fn append_events(
             "INSERT INTO events (sequence, id, type, object, object_id, occurred_at, origin, data, facets) VALUES {}",
             values.join(", ")
         );
-        let mut query = sqlx::query(&sql).bind(occurred_at).bind(origin);
-        for event in chunk {
-            let facets: Vec<[&str; 2]> = event.facets.iter().map(|(k, v)| [k.as_str(), v.as_str()]).collect();
-            query = query
-                .bind(sequence)
-                .bind(format!("evt_{}", uuid::Uuid::new_v4().simple()))
-                .bind(event.event_type)
-                .bind(event.object)
-                .bind(event.object_id)
-                .bind(event.data.to_string())
-                .bind(serde_json::to_string(&facets).unwrap_or_else(|_| "[]".into()));
+        // The texts are made first: the arguments only borrow them.
+        let texts: Vec<[String; 3]> = chunk
+            .iter()
+            .map(|event| {
+                let facets: Vec<[&str; 2]> = event.facets.iter().map(|(k, v)| [k.as_str(), v.as_str()]).collect();
+                [
+                    format!("evt_{}", uuid::Uuid::new_v4().simple()),
+                    event.data.to_string(),
+                    serde_json::to_string(&facets).unwrap_or_else(|_| "[]".into()),
+                ]
+            })
+            .collect();
+        let mut args: Vec<Arg> = Vec::with_capacity(2 + 7 * chunk.len());
+        args.extend([Arg::from(occurred_at), Arg::from(origin)]);
+        for (event, [id, data, facets]) in chunk.iter().zip(&texts) {
+            args.extend([
+                Arg::from(sequence),
+                id.into(),
+                event.event_type.as_str().into(),
+                event.object.into(),
+                event.object_id.as_str().into(),
+                data.into(),
+                facets.into(),
+            ]);
             sequence += 1;
         }
-        query.execute(&mut *conn).await?;
+        conn.execute(&sql, &args).await?;
     }
     Ok((first, last))
 }

@@ -90,6 +90,11 @@ pub(crate) fn copy_of(e: &sqlx::Error) -> sqlx::Error {
     }
 }
 
+/// A database error with SQLite's or PostgreSQL's `code`, made outside sqlx (the rusqlite write path).
+pub(crate) fn database_error(code: Option<String>, message: String) -> sqlx::Error {
+    sqlx::Error::Database(Box::new(StoreError { code, message }))
+}
+
 /// A database error made by hsda: a copy of one, or the write-lock timeout (SQLite's busy code).
 #[derive(Debug)]
 struct StoreError {

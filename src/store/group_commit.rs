@@ -11,13 +11,19 @@
 //! A job that failed for a database reason inside a shared transaction (a PostgreSQL deadlock with another
 //! committer, say), and every job of a group whose commit failed, is run again alone, so a caller only ever
 //! sees an error its own write caused.
+//!
+//! On a SQLite file the committer runs each group on a blocking thread over its own rusqlite connection
+//! (see [`super::sql`] for why): the group's statements then cost no thread hand-offs. It takes this
+//! process's write lock first, like every other SQLite writer.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tokio::sync::{Mutex, mpsc, oneshot};
+use sqlx::{Any, Transaction};
+use tokio::sync::{Mutex, OwnedMutexGuard, mpsc, oneshot};
 
+use super::sql::{Conn, from_rusqlite};
 use super::write::{Op, PendingWrite, WriteError, WriteOptions, WriteOutcome};
 use super::{Backend, Db};
 
@@ -54,20 +60,21 @@ impl GroupStats {
 }
 
 /// Starts the committers of `db` and returns the queue they serve. SQLite has one writer at a time, so one
-/// committer; PostgreSQL gets several, which prepare their groups in parallel and serialise only on the
-/// counter row at the end.
-pub(crate) fn start(db: &Db) -> Queue {
+/// committer (on `direct`, the committer's own connection to the file, when there is one); PostgreSQL gets
+/// several, which prepare their groups in parallel and serialise only on the counter row at the end.
+pub(crate) fn start(db: &Db, direct: Option<rusqlite::Connection>) -> Queue {
     let (queue, rx) = mpsc::channel(QUEUE_DEPTH);
     let rx = Arc::new(Mutex::new(rx));
     let committers = match db.backend {
         Backend::Sqlite => 1,
         Backend::Postgres => 4,
     };
+    let mut direct = direct;
     for _ in 0..committers {
         // The committers' handle has no queue of its own, so the channel closes when the last user handle
         // is dropped and the committers end.
         let db = Db { writes: None, ..db.clone() };
-        tokio::spawn(run(db, rx.clone()));
+        tokio::spawn(run(db, rx.clone(), direct.take()));
     }
     queue
 }
@@ -75,7 +82,7 @@ pub(crate) fn start(db: &Db) -> Queue {
 /// Queues one write and waits for its outcome (applied directly when `db` has no queue).
 pub(crate) async fn submit(db: &Db, ops: Vec<Op>, options: WriteOptions) -> Result<WriteOutcome, WriteError> {
     let Some(queue) = &db.writes else {
-        return commit_alone(db, ops, &options).await;
+        return commit_alone(db, &mut Opener::Pool, ops, &options).await;
     };
     let (reply, answer) = oneshot::channel();
     if queue.send(Job { ops, options, reply }).await.is_err() {
@@ -84,7 +91,7 @@ pub(crate) async fn submit(db: &Db, ops: Vec<Op>, options: WriteOptions) -> Resu
     answer.await.unwrap_or(Err(WriteError::Database(sqlx::Error::PoolClosed)))
 }
 
-async fn run(db: Db, rx: Arc<Mutex<mpsc::Receiver<Job>>>) {
+async fn run(db: Db, rx: Arc<Mutex<mpsc::Receiver<Job>>>, mut direct: Option<rusqlite::Connection>) {
     loop {
         let mut jobs = Vec::new();
         {
@@ -97,11 +104,109 @@ async fn run(db: Db, rx: Arc<Mutex<mpsc::Receiver<Job>>>) {
                 jobs.push(next);
             }
         }
-        if jobs.len() == 1 {
-            let job = jobs.pop().expect("one job");
-            let _ = job.reply.send(commit_alone(&db, job.ops, &job.options).await);
-        } else {
-            commit_group(&db, jobs).await;
+        match direct.take() {
+            Some(conn) => direct = commit_on_thread(&db, conn, jobs).await,
+            None => commit_jobs(&db, &mut Opener::Pool, jobs).await,
+        }
+    }
+}
+
+/// Commits `jobs` over the committer's own SQLite connection on a blocking thread, holding this process's
+/// write lock; gives the connection back (lost only if the thread panicked: the pool takes over then).
+async fn commit_on_thread(db: &Db, mut conn: rusqlite::Connection, jobs: Vec<Job>) -> Option<rusqlite::Connection> {
+    let guard = match db.lock_for_write().await {
+        Ok(guard) => guard,
+        Err(e) => {
+            for job in jobs {
+                let _ = job.reply.send(Err(WriteError::Database(super::fault::copy_of(&e))));
+            }
+            return Some(conn);
+        }
+    };
+    let db = db.clone();
+    let done = tokio::task::spawn_blocking(move || {
+        // Every await below completes at once (the connection is synchronous): this only drives the shared
+        // async write path to its end on this thread.
+        futures::executor::block_on(commit_jobs(&db, &mut Opener::Direct(&mut conn), jobs));
+        drop(guard);
+        conn
+    })
+    .await;
+    match done {
+        Ok(conn) => Some(conn),
+        Err(e) => {
+            tracing::error!(error = %e, "the SQLite committer thread failed; writes go through the pool from now on");
+            None
+        }
+    }
+}
+
+async fn commit_jobs(db: &Db, opener: &mut Opener<'_>, mut jobs: Vec<Job>) {
+    if jobs.len() == 1 {
+        let job = jobs.pop().expect("one job");
+        let _ = job.reply.send(commit_alone(db, opener, job.ops, &job.options).await);
+    } else {
+        commit_group(db, opener, jobs).await;
+    }
+}
+
+/// Where a committer's transactions run: a pooled connection, or the committer's own SQLite connection
+/// (whose write lock the committer already holds).
+enum Opener<'c> {
+    Pool,
+    Direct(&'c mut rusqlite::Connection),
+}
+
+impl Opener<'_> {
+    async fn begin(&mut self, db: &Db) -> sqlx::Result<Tx<'_>> {
+        match self {
+            Opener::Pool => {
+                let (tx, guard) = db.begin_write().await?;
+                Ok(Tx::Pooled(tx, guard))
+            }
+            Opener::Direct(conn) => {
+                // IMMEDIATE takes the file's write lock now (waiting up to the busy timeout for another
+                // process), as `Db::begin_write` does.
+                conn.execute_batch("BEGIN IMMEDIATE").map_err(from_rusqlite)?;
+                Ok(Tx::Direct(DirectTx(conn)))
+            }
+        }
+    }
+}
+
+/// One open transaction; dropped without [`Tx::commit`], it rolls back.
+enum Tx<'c> {
+    Pooled(Transaction<'static, Any>, Option<OwnedMutexGuard<()>>),
+    Direct(DirectTx<'c>),
+}
+
+impl Tx<'_> {
+    fn conn(&mut self) -> Conn<'_> {
+        match self {
+            Tx::Pooled(tx, _) => Conn::Pooled(tx),
+            Tx::Direct(DirectTx(conn)) => Conn::Direct(conn),
+        }
+    }
+
+    async fn commit(self) -> sqlx::Result<()> {
+        match self {
+            Tx::Pooled(tx, _guard) => tx.commit().await,
+            Tx::Direct(tx) => tx.0.execute_batch("COMMIT").map_err(from_rusqlite),
+        }
+    }
+}
+
+/// A transaction on the committer's own connection.
+struct DirectTx<'c>(&'c mut rusqlite::Connection);
+
+impl Drop for DirectTx<'_> {
+    fn drop(&mut self) {
+        // Still inside a transaction: never committed, or its COMMIT failed (a full disk, say). Rolling back
+        // leaves the connection usable for the next group.
+        if !self.0.is_autocommit()
+            && let Err(e) = self.0.execute_batch("ROLLBACK")
+        {
+            tracing::warn!(error = %e, "rolling back a failed SQLite write transaction");
         }
     }
 }
@@ -109,14 +214,19 @@ async fn run(db: Db, rx: Arc<Mutex<mpsc::Receiver<Job>>>) {
 /// One write in its own transaction; tried again (up to three times in all) when it lost a race with a
 /// concurrent transaction on PostgreSQL — two PUTs creating the same new row, a deadlock — so that the
 /// loser is applied on top of the winner instead of failing.
-async fn commit_alone(db: &Db, ops: Vec<Op>, options: &WriteOptions) -> Result<WriteOutcome, WriteError> {
+async fn commit_alone(
+    db: &Db,
+    opener: &mut Opener<'_>,
+    ops: Vec<Op>,
+    options: &WriteOptions,
+) -> Result<WriteOutcome, WriteError> {
     for _ in 1..3 {
-        match commit_once(db, ops.clone(), options).await {
+        match commit_once(db, opener, ops.clone(), options).await {
             Err(e) if lost_a_race(&e) => tracing::debug!(error = %e, "a write lost a race; trying it again"),
             result => return result,
         }
     }
-    commit_once(db, ops, options).await
+    commit_once(db, opener, ops, options).await
 }
 
 /// A unique violation, deadlock or serialization failure: another transaction got there first.
@@ -129,10 +239,16 @@ fn lost_a_race(e: &WriteError) -> bool {
     }
 }
 
-async fn commit_once(db: &Db, ops: Vec<Op>, options: &WriteOptions) -> Result<WriteOutcome, WriteError> {
-    let (mut tx, _guard) = db.begin_write().await?;
-    let pending = db.apply_in(&mut tx, ops, options).await?;
-    let outcome = pending.append(&mut tx).await?;
+async fn commit_once(
+    db: &Db,
+    opener: &mut Opener<'_>,
+    ops: Vec<Op>,
+    options: &WriteOptions,
+) -> Result<WriteOutcome, WriteError> {
+    let mut tx = opener.begin(db).await?;
+    let mut conn = tx.conn();
+    let pending = db.apply_in(&mut conn, ops, options).await?;
+    let outcome = pending.append(&mut conn).await?;
     tx.commit().await?;
     db.group_stats.count(1);
     if outcome.events > 0 {
@@ -142,31 +258,32 @@ async fn commit_once(db: &Db, ops: Vec<Op>, options: &WriteOptions) -> Result<Wr
 }
 
 /// Several writes in one transaction, each behind a savepoint.
-async fn commit_group(db: &Db, jobs: Vec<Job>) {
+async fn commit_group(db: &Db, opener: &mut Opener<'_>, jobs: Vec<Job>) {
     let mut waiting: VecDeque<Job> = jobs.into();
     let mut applied: Vec<(Job, Result<PendingWrite, WriteError>)> = Vec::with_capacity(waiting.len());
     let mut outcomes: Vec<(Job, Result<WriteOutcome, WriteError>)> = Vec::with_capacity(waiting.len());
     let mut again: Vec<Job> = Vec::new();
     let committed: sqlx::Result<()> = async {
-        let (mut tx, _guard) = db.begin_write().await?;
+        let mut tx = opener.begin(db).await?;
+        let mut conn = tx.conn();
         while let Some(job) = waiting.pop_front() {
-            if let Err(e) = sqlx::query("SAVEPOINT grouped_write").execute(&mut *tx).await {
+            if let Err(e) = conn.execute("SAVEPOINT grouped_write", &[]).await {
                 waiting.push_front(job);
                 return Err(e);
             }
             // The ops are kept in case this write has to be run again alone.
-            let result = db.apply_in(&mut tx, job.ops.clone(), &job.options).await;
+            let result = db.apply_in(&mut conn, job.ops.clone(), &job.options).await;
             let refused = result.is_err();
             applied.push((job, result));
             if refused {
-                sqlx::query("ROLLBACK TO SAVEPOINT grouped_write").execute(&mut *tx).await?;
+                conn.execute("ROLLBACK TO SAVEPOINT grouped_write", &[]).await?;
             }
-            sqlx::query("RELEASE SAVEPOINT grouped_write").execute(&mut *tx).await?;
+            conn.execute("RELEASE SAVEPOINT grouped_write", &[]).await?;
         }
         let mut done = std::mem::take(&mut applied).into_iter();
         while let Some((job, result)) = done.next() {
             let failed = match result {
-                Ok(pending) => match pending.append(&mut tx).await {
+                Ok(pending) => match pending.append(&mut conn).await {
                     Ok(outcome) => {
                         outcomes.push((job, Ok(outcome)));
                         continue;
@@ -218,6 +335,6 @@ async fn commit_group(db: &Db, jobs: Vec<Job>) {
         }
     }
     for job in again {
-        let _ = job.reply.send(commit_alone(db, job.ops, &job.options).await);
+        let _ = job.reply.send(commit_alone(db, opener, job.ops, &job.options).await);
     }
 }

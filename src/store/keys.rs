@@ -1,6 +1,10 @@
 //! API keys: random secrets shown once, stored as SHA-256 hashes. A fast hash is enough because keys are
 //! 192-bit random strings, not passwords: nobody can guess one from its hash by trying candidates.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
@@ -79,20 +83,78 @@ impl Db {
         Ok(NewKey { id: id.clone(), secret, principal: Principal { key_id: id, tenant: tenant.to_string(), scope } })
     }
 
-    /// The principal of a presented key, if it is known and not revoked.
+    /// The principal of a presented key, if it is known and not revoked. Known keys are remembered for
+    /// [`KEY_CACHE_TTL`], so a busy client costs no query per request; unknown keys are asked every time, so
+    /// a key works the moment it is created.
     pub async fn authenticate(&self, secret: &str) -> sqlx::Result<Option<Principal>> {
+        let key_hash = hash(secret);
+        if let Some(principal) = self.key_cache.get(&key_hash) {
+            return Ok(Some(principal));
+        }
         let row: Option<(String, String, String)> =
             sqlx::query_as("SELECT id, tenant, scope FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL")
-                .bind(hash(secret))
+                .bind(&key_hash)
                 .fetch_optional(&self.pool)
                 .await?;
-        Ok(row.and_then(|(key_id, tenant, scope)| Some(Principal { key_id, tenant, scope: Scope::parse(&scope)? })))
+        let principal =
+            row.and_then(|(key_id, tenant, scope)| Some(Principal { key_id, tenant, scope: Scope::parse(&scope)? }));
+        if let Some(p) = &principal {
+            self.key_cache.put(key_hash, p.clone());
+        }
+        Ok(principal)
+    }
+}
+
+/// How long a known key is trusted without asking the database again. Keys are never revoked through hsda
+/// yet; whatever revokes one must also call [`KeyCache::clear`] (and other processes notice within this).
+pub const KEY_CACHE_TTL: Duration = Duration::from_secs(5);
+/// Beyond this many remembered keys the cache starts over (bounded memory whatever the callers do).
+const KEY_CACHE_CAPACITY: usize = 10_000;
+
+/// Recently authenticated keys, by hash.
+#[derive(Debug, Default)]
+pub struct KeyCache {
+    known: Mutex<HashMap<String, (Principal, Instant)>>,
+}
+
+impl KeyCache {
+    fn get(&self, key_hash: &str) -> Option<Principal> {
+        let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        let (principal, at) = known.get(key_hash)?;
+        (at.elapsed() < KEY_CACHE_TTL).then(|| principal.clone())
+    }
+
+    fn put(&self, key_hash: String, principal: Principal) {
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        if known.len() >= KEY_CACHE_CAPACITY {
+            known.clear();
+        }
+        known.insert(key_hash, (principal, Instant::now()));
+    }
+
+    /// Forgets every key (after a revocation).
+    pub fn clear(&self) {
+        self.known.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_key_cache_forgets_after_its_ttl_and_on_clear() {
+        let cache = KeyCache::default();
+        let principal = Principal { key_id: "key_1".into(), tenant: "acme".into(), scope: Scope::Publish };
+        cache.put("h".into(), principal.clone());
+        assert_eq!(cache.get("h"), Some(principal.clone()));
+        assert_eq!(cache.get("other"), None);
+        cache.known.lock().unwrap().get_mut("h").unwrap().1 -= KEY_CACHE_TTL;
+        assert_eq!(cache.get("h"), None, "an entry older than the TTL is not trusted");
+        cache.put("h".into(), principal);
+        cache.clear();
+        assert_eq!(cache.get("h"), None);
+    }
 
     #[test]
     fn a_new_key_debug_form_leaves_the_secret_out() {

@@ -11,6 +11,7 @@ pub mod fault;
 pub mod group_commit;
 pub mod keys;
 pub mod read;
+pub(crate) mod sql;
 pub mod webhooks;
 pub mod write;
 
@@ -50,6 +51,8 @@ pub struct Db {
     busy_timeout: Duration,
     /// Whether writes are failing with a fault right now (shown by `/health`).
     condition: Arc<fault::Condition>,
+    /// Recently authenticated API keys.
+    key_cache: Arc<keys::KeyCache>,
 }
 
 /// How the store waits for the database.
@@ -144,10 +147,15 @@ impl Db {
             subscription_cache: Arc::default(),
             busy_timeout: options.busy_timeout,
             condition: Arc::new(fault::Condition::default()),
+            key_cache: Arc::default(),
         };
         db.migrate().await?;
         db.instance_id = Arc::from(db.load_instance_id().await?);
-        db.writes = Some(group_commit::start(&db));
+        let direct = match backend {
+            Backend::Sqlite => sqlite_file(url).map(|path| open_direct(&path, busy_ms)).transpose()?,
+            Backend::Postgres => None,
+        };
+        db.writes = Some(group_commit::start(&db, direct));
         Ok(db)
     }
 
@@ -244,6 +252,26 @@ impl Db {
 /// when SQLite rolls a transaction back by itself (a COMMIT failing with "disk full" or an I/O error does): the
 /// driver's own ROLLBACK then fails and it keeps counting the transaction as open, so every later BEGIN on that
 /// connection would fail. Such a connection is closed and replaced.
+/// The file a `sqlite:` URL names (`None` for an in-memory database, which only the pool can reach).
+fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or_default();
+    (!path.is_empty() && !path.starts_with(":memory:")).then(|| std::path::PathBuf::from(path))
+}
+
+/// The group committer's own connection to the SQLite file, set up like the pool's connections.
+fn open_direct(path: &std::path::Path, busy_ms: u128) -> anyhow::Result<rusqlite::Connection> {
+    let conn = rusqlite::Connection::open(path).with_context(|| format!("opening {} for writing", path.display()))?;
+    conn.execute_batch(&format!(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = {busy_ms}; \
+         PRAGMA foreign_keys = OFF; PRAGMA cache_size = -32768;"
+    ))
+    .with_context(|| format!("setting up {}", path.display()))?;
+    // Facet and event inserts vary in their number of rows, so a write uses a few dozen statement texts.
+    conn.set_prepared_statement_cache_capacity(256);
+    Ok(conn)
+}
+
 fn still_usable(conn: &sqlx::AnyConnection) -> bool {
     use sqlx::Connection;
     if conn.is_in_transaction() {

@@ -4,22 +4,24 @@
 use futures::Stream;
 use futures::StreamExt;
 use serde_json::Value;
-use sqlx::AnyConnection;
 
 use super::compile::{Form, compile_many, load_rows, parse_row};
+use super::sql::Conn;
 use super::{Backend, Db};
 use crate::hsds::catalog::Table;
 
 /// The representation `GET /{table}/{id}` serves (before view options such as `full_service`), which
 /// ETags are computed from.
-pub async fn representation(conn: &mut AnyConnection, table: &'static Table, id: &str) -> sqlx::Result<Option<Value>> {
+pub(crate) async fn representation(
+    conn: &mut Conn<'_>,
+    table: &'static Table,
+    id: &str,
+) -> sqlx::Result<Option<Value>> {
     if table.is_root() {
-        let doc: Option<Option<String>> = sqlx::query_scalar("SELECT doc FROM records WHERE kind = $1 AND id = $2")
-            .bind(table.name)
-            .bind(id)
-            .fetch_optional(&mut *conn)
+        let doc: Option<(Option<String>,)> = conn
+            .fetch_optional("SELECT doc FROM records WHERE kind = $1 AND id = $2", &[table.name.into(), id.into()])
             .await?;
-        return Ok(doc.flatten().and_then(|d| serde_json::from_str(&d).ok()));
+        return Ok(doc.and_then(|(d,)| d).and_then(|d| serde_json::from_str(&d).ok()));
     }
     let rows = load_rows(conn, table.name, &[id.to_string()]).await?;
     match rows.into_values().next() {
@@ -109,7 +111,7 @@ impl Db {
     /// One row or document, or `None`.
     pub async fn get(&self, table: &'static Table, id: &str) -> sqlx::Result<Option<Value>> {
         let mut conn = self.pool.acquire().await?;
-        representation(&mut conn, table, id).await
+        representation(&mut Conn::from(&mut *conn), table, id).await
     }
 
     async fn where_clause(&self, table: &'static Table, q: &ListQuery) -> sqlx::Result<Option<Sql>> {

@@ -14,6 +14,7 @@ use sqlx::Row as _;
 use sqlx::any::AnyRow;
 
 use super::events::{Event, NewEvent, append_events};
+use super::sql::Conn;
 use super::{Backend, Db, now_text, timestamp_text};
 
 /// A subscription as stored. Its `Debug` form leaves out the signing secrets and the custom headers (which
@@ -880,7 +881,7 @@ impl Db {
             .await?;
         }
         if !events.is_empty() {
-            append_events(&mut tx, events, self.instance_id(), &now_text()).await?;
+            append_events(&mut Conn::from(&mut *tx), &events, self.instance_id(), &now_text()).await?;
         }
         tx.commit().await?;
         self.subscriptions_changed();

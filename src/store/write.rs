@@ -6,10 +6,11 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use serde_json::{Value, json};
-use sqlx::{Any, AnyConnection, Transaction};
+use sqlx::{Any, Transaction};
 
 use super::compile::{Form, Row, compile_many, id_of, load_rows, parse_row};
 use super::events::{NewEvent, append_events};
+use super::sql::{Arg, Conn};
 use super::{Db, now_text};
 use crate::hsds::catalog::{NestedKind, TABLES, Table, table};
 use crate::hsds::document;
@@ -64,6 +65,9 @@ pub struct WriteOutcome {
     pub created: Vec<(&'static str, String)>,
     /// Problems accepted by a lenient import (references to rows the package does not contain).
     pub warnings: Vec<FieldError>,
+    /// (table, id, representation) of every row and root document this write left changed, as
+    /// `GET /{table}/{id}` would now serve it (not filled by bulk imports).
+    pub documents: Vec<(&'static str, String, Value)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,15 +102,7 @@ impl Db {
     pub(crate) async fn begin_write(
         &self,
     ) -> sqlx::Result<(Transaction<'static, Any>, Option<tokio::sync::OwnedMutexGuard<()>>)> {
-        // The in-process lock is waited for no longer than SQLite's busy timeout: while another process holds
-        // the file's lock, each queued writer would otherwise wait its turn and then the whole timeout again.
-        let guard = match &self.write_lock {
-            Some(lock) => match tokio::time::timeout(self.busy_timeout, lock.clone().lock_owned()).await {
-                Ok(guard) => Some(guard),
-                Err(_) => return Err(super::fault::write_lock_timeout()),
-            },
-            None => None,
-        };
+        let guard = self.lock_for_write().await?;
         // IMMEDIATE takes SQLite's write lock at BEGIN, so a transaction that reads first never fails to
         // upgrade later because another process (an import, say) committed in between.
         let tx = match self.backend {
@@ -114,6 +110,19 @@ impl Db {
             super::Backend::Postgres => self.pool.begin().await?,
         };
         Ok((tx, guard))
+    }
+
+    /// Takes this process's SQLite write lock (`None` on PostgreSQL). It is waited for no longer than
+    /// SQLite's busy timeout: while another process holds the file's lock, each queued writer would otherwise
+    /// wait its turn and then the whole timeout again.
+    pub(crate) async fn lock_for_write(&self) -> sqlx::Result<Option<tokio::sync::OwnedMutexGuard<()>>> {
+        match &self.write_lock {
+            Some(lock) => match tokio::time::timeout(self.busy_timeout, lock.clone().lock_owned()).await {
+                Ok(guard) => Ok(Some(guard)),
+                Err(_) => Err(super::fault::write_lock_timeout()),
+            },
+            None => Ok(None),
+        }
     }
 
     /// Applies `ops` and their events in one transaction, shared with whatever other writes are waiting at
@@ -139,7 +148,7 @@ impl Db {
     /// write's events of one transaction just before committing it, so the counter row is held briefly.
     pub(crate) async fn apply_in(
         &self,
-        tx: &mut AnyConnection,
+        tx: &mut Conn<'_>,
         ops: Vec<Op>,
         options: &WriteOptions,
     ) -> Result<PendingWrite, WriteError> {
@@ -149,11 +158,11 @@ impl Db {
             if self.backend == super::Backend::Postgres {
                 // Concurrent writers of this row queue here, so each compares against what the one
                 // before it committed (SQLite writers are already serialised by the write lock).
-                sqlx::query("SELECT rid FROM records WHERE kind = $1 AND id = $2 FOR UPDATE")
-                    .bind(table.name)
-                    .bind(id.as_str())
-                    .execute(&mut *tx)
-                    .await?;
+                tx.execute(
+                    "SELECT rid FROM records WHERE kind = $1 AND id = $2 FOR UPDATE",
+                    &[table.name.into(), id.into()],
+                )
+                .await?;
             }
             let current = super::read::representation(tx, table, id).await?;
             match current {
@@ -182,21 +191,28 @@ pub(crate) struct PendingWrite {
 
 impl PendingWrite {
     /// Appends the events (taking their sequence numbers) and tells what the write did.
-    pub(crate) async fn append(self, conn: &mut AnyConnection) -> sqlx::Result<WriteOutcome> {
+    pub(crate) async fn append(self, conn: &mut Conn<'_>) -> sqlx::Result<WriteOutcome> {
         let mut outcome =
             WriteOutcome { rows_changed: self.rows_changed, created: self.created, ..WriteOutcome::default() };
         if !self.events.is_empty() {
             outcome.events = self.events.len();
-            let (first, last) = append_events(conn, self.events, &self.origin, &self.now).await?;
+            let (first, last) = append_events(conn, &self.events, &self.origin, &self.now).await?;
             outcome.first_sequence = Some(first);
             outcome.last_sequence = Some(last);
         }
+        // What each changed row reads as now is its event's data: handed back, so the caller need not read it.
+        outcome.documents = self
+            .events
+            .into_iter()
+            .filter(|e| !e.event_type.ends_with(".deleted") && !e.data.is_null())
+            .map(|e| (e.object, e.object_id, e.data))
+            .collect();
         Ok(outcome)
     }
 }
 
-struct Writer<'a> {
-    conn: &'a mut AnyConnection,
+struct Writer<'a, 'c> {
+    conn: &'a mut Conn<'c>,
     origin: &'a str,
     now: &'a str,
     touched: Vec<Touched>,
@@ -204,7 +220,7 @@ struct Writer<'a> {
     bulk: bool,
 }
 
-impl Writer<'_> {
+impl Writer<'_, '_> {
     async fn apply_op(&mut self, op: Op) -> Result<(), WriteError> {
         match op {
             Op::Upsert { table, row, pointer } => self.upsert(table, row, pointer).await,
@@ -215,15 +231,15 @@ impl Writer<'_> {
                 self.delete_cascade(table, id).await
             }
             Op::KeepChildren { table, field, parent_id, keep } => {
-                let existing: Vec<String> =
-                    sqlx::query_scalar("SELECT id FROM record_refs WHERE target_id = $1 AND kind = $2 AND field = $3")
-                        .bind(&parent_id)
-                        .bind(table.name)
-                        .bind(field)
-                        .fetch_all(&mut *self.conn)
-                        .await?;
+                let existing: Vec<(String,)> = self
+                    .conn
+                    .fetch_all(
+                        "SELECT id FROM record_refs WHERE target_id = $1 AND kind = $2 AND field = $3",
+                        &[(&parent_id).into(), table.name.into(), field.into()],
+                    )
+                    .await?;
                 let keep: HashSet<String> = keep.into_iter().collect();
-                for id in existing.into_iter().filter(|id| !keep.contains(id)) {
+                for (id,) in existing.into_iter().filter(|(id,)| !keep.contains(id)) {
                     if self.exists(table.name, &id).await? {
                         self.delete_cascade(table, id).await?;
                     }
@@ -234,10 +250,9 @@ impl Writer<'_> {
     }
 
     async fn exists(&mut self, kind: &str, id: &str) -> sqlx::Result<bool> {
-        let found: Option<i64> = sqlx::query_scalar("SELECT rid FROM records WHERE kind = $1 AND id = $2")
-            .bind(kind)
-            .bind(id)
-            .fetch_optional(&mut *self.conn)
+        let found: Option<(i64,)> = self
+            .conn
+            .fetch_optional("SELECT rid FROM records WHERE kind = $1 AND id = $2", &[kind.into(), id.into()])
             .await?;
         Ok(found.is_some())
     }
@@ -246,10 +261,12 @@ impl Writer<'_> {
         let Some(id) = id_of(&row) else {
             return Err(WriteError::Invalid(vec![FieldError::new(format!("{pointer}/id"), "is required")]));
         };
-        let before: Option<(i64, String)> = sqlx::query_as("SELECT rid, data FROM records WHERE kind = $1 AND id = $2")
-            .bind(table.name)
-            .bind(&id)
-            .fetch_optional(&mut *self.conn)
+        let before: Option<(i64, String)> = self
+            .conn
+            .fetch_optional(
+                "SELECT rid, data FROM records WHERE kind = $1 AND id = $2",
+                &[table.name.into(), (&id).into()],
+            )
             .await?;
         let before_row = before.as_ref().map(|(_, data)| parse_row(data));
         if before_row.as_ref() == Some(&row) {
@@ -261,55 +278,55 @@ impl Writer<'_> {
             if table.is_root() { String::new() } else { document::search_text(table, &Value::Object(row.clone())) };
         let rid: i64 = match &before {
             Some((rid, _)) => {
-                sqlx::query(
-                    "UPDATE records SET data = $1, sort_key = $2, search_text = $3, modified_at = $4, origin = $5 \
-                     WHERE rid = $6",
-                )
-                .bind(&data)
-                .bind(&sort_key)
-                .bind(&search_text)
-                .bind(self.now)
-                .bind(self.origin)
-                .bind(rid)
-                .execute(&mut *self.conn)
-                .await?;
-                sqlx::query("DELETE FROM record_refs WHERE rid = $1").bind(rid).execute(&mut *self.conn).await?;
+                self.conn
+                    .execute(
+                        "UPDATE records SET data = $1, sort_key = $2, search_text = $3, modified_at = $4, origin = $5 \
+                         WHERE rid = $6",
+                        &[
+                            (&data).into(),
+                            (&sort_key).into(),
+                            (&search_text).into(),
+                            self.now.into(),
+                            self.origin.into(),
+                            (*rid).into(),
+                        ],
+                    )
+                    .await?;
+                self.conn.execute("DELETE FROM record_refs WHERE rid = $1", &[(*rid).into()]).await?;
                 *rid
             }
             None => {
-                sqlx::query("DELETE FROM tombstones WHERE kind = $1 AND id = $2")
-                    .bind(table.name)
-                    .bind(&id)
-                    .execute(&mut *self.conn)
+                self.conn
+                    .execute("DELETE FROM tombstones WHERE kind = $1 AND id = $2", &[table.name.into(), (&id).into()])
                     .await?;
-                sqlx::query_scalar(
-                    "INSERT INTO records (kind, id, data, sort_key, search_text, modified_at, origin) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING rid",
-                )
-                .bind(table.name)
-                .bind(&id)
-                .bind(&data)
-                .bind(&sort_key)
-                .bind(&search_text)
-                .bind(self.now)
-                .bind(self.origin)
-                .fetch_one(&mut *self.conn)
-                .await?
+                let (rid,): (i64,) = self
+                    .conn
+                    .fetch_one(
+                        "INSERT INTO records (kind, id, data, sort_key, search_text, modified_at, origin) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING rid",
+                        &[
+                            table.name.into(),
+                            (&id).into(),
+                            (&data).into(),
+                            (&sort_key).into(),
+                            (&search_text).into(),
+                            self.now.into(),
+                            self.origin.into(),
+                        ],
+                    )
+                    .await?;
+                rid
             }
         };
         for field in table.reference_fields() {
             if let Some(target) = row.get(field.name).and_then(Value::as_str) {
-                sqlx::query(
-                    "INSERT INTO record_refs (target_id, kind, field, id, rid) VALUES ($1, $2, $3, $4, $5) \
-                     ON CONFLICT DO NOTHING",
-                )
-                .bind(target)
-                .bind(table.name)
-                .bind(field.name)
-                .bind(&id)
-                .bind(rid)
-                .execute(&mut *self.conn)
-                .await?;
+                self.conn
+                    .execute(
+                        "INSERT INTO record_refs (target_id, kind, field, id, rid) VALUES ($1, $2, $3, $4, $5) \
+                         ON CONFLICT DO NOTHING",
+                        &[target.into(), table.name.into(), field.name.into(), (&id).into(), rid.into()],
+                    )
+                    .await?;
             }
         }
         let action = if before.is_some() { Action::Updated } else { Action::Created };
@@ -349,11 +366,10 @@ impl Writer<'_> {
                 continue;
             }
             order.push((t, row_id.clone()));
-            let referrers: Vec<(String, String, String)> =
-                sqlx::query_as("SELECT kind, field, id FROM record_refs WHERE target_id = $1")
-                    .bind(&row_id)
-                    .fetch_all(&mut *self.conn)
-                    .await?;
+            let referrers: Vec<(String, String, String)> = self
+                .conn
+                .fetch_all("SELECT kind, field, id FROM record_refs WHERE target_id = $1", &[(&row_id).into()])
+                .await?;
             for (kind, field, child_id) in referrers {
                 let Some(child) = table_of(&kind) else { continue };
                 let Some(child_field) = child.field(&field) else { continue };
@@ -384,30 +400,26 @@ impl Writer<'_> {
             });
         }
         for (t, row_id) in order.into_iter().rev() {
-            let before: Option<(i64, String)> =
-                sqlx::query_as("SELECT rid, data FROM records WHERE kind = $1 AND id = $2")
-                    .bind(t.name)
-                    .bind(&row_id)
-                    .fetch_optional(&mut *self.conn)
-                    .await?;
-            let Some((rid, data)) = before else { continue };
-            sqlx::query("DELETE FROM record_refs WHERE rid = $1").bind(rid).execute(&mut *self.conn).await?;
-            sqlx::query("DELETE FROM record_facets WHERE kind = $1 AND id = $2")
-                .bind(t.name)
-                .bind(&row_id)
-                .execute(&mut *self.conn)
+            let before: Option<(i64, String)> = self
+                .conn
+                .fetch_optional(
+                    "SELECT rid, data FROM records WHERE kind = $1 AND id = $2",
+                    &[t.name.into(), (&row_id).into()],
+                )
                 .await?;
-            sqlx::query("DELETE FROM records WHERE rid = $1").bind(rid).execute(&mut *self.conn).await?;
-            sqlx::query(
-                "INSERT INTO tombstones (kind, id, deleted_at, origin) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (kind, id) DO UPDATE SET deleted_at = excluded.deleted_at, origin = excluded.origin",
-            )
-            .bind(t.name)
-            .bind(&row_id)
-            .bind(self.now)
-            .bind(self.origin)
-            .execute(&mut *self.conn)
-            .await?;
+            let Some((rid, data)) = before else { continue };
+            self.conn.execute("DELETE FROM record_refs WHERE rid = $1", &[rid.into()]).await?;
+            self.conn
+                .execute("DELETE FROM record_facets WHERE kind = $1 AND id = $2", &[t.name.into(), (&row_id).into()])
+                .await?;
+            self.conn.execute("DELETE FROM records WHERE rid = $1", &[rid.into()]).await?;
+            self.conn
+                .execute(
+                    "INSERT INTO tombstones (kind, id, deleted_at, origin) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (kind, id) DO UPDATE SET deleted_at = excluded.deleted_at, origin = excluded.origin",
+                    &[t.name.into(), (&row_id).into(), self.now.into(), self.origin.into()],
+                )
+                .await?;
             self.record_touch(Touched {
                 table: t,
                 id: row_id,
@@ -548,28 +560,31 @@ impl Writer<'_> {
         // Coordinates are bound as plain f64 with a has-value flag, never as `Option<f64>`: sqlx 0.8's Any
         // driver sends a NULL f64 as a float4 parameter on PostgreSQL, the prepared statement keeps that
         // type, and the next real coordinate on that connection then fails ("incorrect binary data format").
-        sqlx::query(
-            "UPDATE records SET doc = $1, search_text = $2, sort_key = $3, modified_at = $4, \
-             latitude = CASE WHEN $5 THEN $6 ELSE NULL END, longitude = CASE WHEN $7 THEN $8 ELSE NULL END, \
-             summary = $11 WHERE kind = $9 AND id = $10",
-        )
-        .bind(doc.to_string())
-        .bind(document::search_text(table, doc))
-        .bind(document::sort_key(table, doc))
-        .bind(self.now)
-        .bind(latitude.is_some())
-        .bind(latitude.unwrap_or(0.0))
-        .bind(longitude.is_some())
-        .bind(longitude.unwrap_or(0.0))
-        .bind(table.name)
-        .bind(id)
-        .bind(super::compile::list_form(doc).to_string())
-        .execute(&mut *self.conn)
-        .await?;
-        sqlx::query("DELETE FROM record_facets WHERE kind = $1 AND id = $2")
-            .bind(table.name)
-            .bind(id)
-            .execute(&mut *self.conn)
+        let (text, search_text, sort_key) =
+            (doc.to_string(), document::search_text(table, doc), document::sort_key(table, doc));
+        let summary = super::compile::list_form(doc).to_string();
+        self.conn
+            .execute(
+                "UPDATE records SET doc = $1, search_text = $2, sort_key = $3, modified_at = $4, \
+                 latitude = CASE WHEN $5 THEN $6 ELSE NULL END, longitude = CASE WHEN $7 THEN $8 ELSE NULL END, \
+                 summary = $11 WHERE kind = $9 AND id = $10",
+                &[
+                    (&text).into(),
+                    (&search_text).into(),
+                    (&sort_key).into(),
+                    self.now.into(),
+                    latitude.is_some().into(),
+                    latitude.unwrap_or(0.0).into(),
+                    longitude.is_some().into(),
+                    longitude.unwrap_or(0.0).into(),
+                    table.name.into(),
+                    id.into(),
+                    (&summary).into(),
+                ],
+            )
+            .await?;
+        self.conn
+            .execute("DELETE FROM record_facets WHERE kind = $1 AND id = $2", &[table.name.into(), id.into()])
             .await?;
         // One multi-row statement per document (a few hundred facets at most), not one per facet.
         let facets: Vec<(String, String)> = document::facets(table, doc).into_iter().collect();
@@ -580,11 +595,11 @@ impl Writer<'_> {
                 "INSERT INTO record_facets (kind, facet, value, id) VALUES {} ON CONFLICT DO NOTHING",
                 values.join(", ")
             );
-            let mut query = sqlx::query(&sql).bind(table.name).bind(id);
+            let mut args: Vec<Arg> = vec![table.name.into(), id.into()];
             for (facet, value) in chunk {
-                query = query.bind(facet).bind(value);
+                args.extend([Arg::from(facet), Arg::from(value)]);
             }
-            query.execute(&mut *self.conn).await?;
+            self.conn.execute(&sql, &args).await?;
         }
         Ok(())
     }
@@ -643,11 +658,10 @@ impl Writer<'_> {
                 }
             }
             // Sideways: rows that nest this one as a `One` see its own fields only.
-            let referrers: Vec<(String, String, String)> =
-                sqlx::query_as("SELECT kind, field, id FROM record_refs WHERE target_id = $1")
-                    .bind(&id)
-                    .fetch_all(&mut *self.conn)
-                    .await?;
+            let referrers: Vec<(String, String, String)> = self
+                .conn
+                .fetch_all("SELECT kind, field, id FROM record_refs WHERE target_id = $1", &[(&id).into()])
+                .await?;
             for (kind, field, referrer_id) in referrers {
                 let Some(referrer) = table_of(&kind) else { continue };
                 let nests_one = referrer.nested.iter().any(|n| {
@@ -671,15 +685,13 @@ fn table_of(name: &str) -> Option<&'static Table> {
 }
 
 /// The table of the row with this id, for polymorphic references (`attribute.link_id`).
-async fn parent_table_of(conn: &mut AnyConnection, id: &str) -> sqlx::Result<Option<&'static Table>> {
-    let kind: Option<String> = sqlx::query_scalar("SELECT kind FROM records WHERE id = $1 LIMIT 1")
-        .bind(id)
-        .fetch_optional(&mut *conn)
-        .await?;
-    Ok(kind.and_then(|k| table(&k)))
+async fn parent_table_of(conn: &mut Conn<'_>, id: &str) -> sqlx::Result<Option<&'static Table>> {
+    let kind: Option<(String,)> =
+        conn.fetch_optional("SELECT kind FROM records WHERE id = $1 LIMIT 1", &[id.into()]).await?;
+    Ok(kind.and_then(|(k,)| table(&k)))
 }
 
-async fn load_ids(conn: &mut AnyConnection, kind: &str, ids: &[String]) -> sqlx::Result<HashSet<String>> {
+async fn load_ids(conn: &mut Conn<'_>, kind: &str, ids: &[String]) -> sqlx::Result<HashSet<String>> {
     Ok(load_rows(conn, kind, ids).await?.into_keys().collect())
 }
 
@@ -714,7 +726,8 @@ impl Db {
         let origin = self.instance_id().to_string();
         let now = now_text();
         let total = rows.len() as u64;
-        let mut writer = Writer { conn: &mut tx, origin: &origin, now: &now, touched: Vec::new(), bulk: true };
+        let mut conn = Conn::from(&mut *tx);
+        let mut writer = Writer { conn: &mut conn, origin: &origin, now: &now, touched: Vec::new(), bulk: true };
         for (i, (table, row, pointer)) in rows.into_iter().enumerate() {
             writer.upsert(table, row, pointer).await?;
             if i % 1000 == 0 {
@@ -734,7 +747,7 @@ impl Db {
     }
 }
 
-impl Writer<'_> {
+impl Writer<'_, '_> {
     /// References of imported rows to rows that do not exist.
     async fn dangling_references(&mut self) -> Result<Vec<FieldError>, WriteError> {
         let pointers: HashMap<(&str, &str), &str> =
@@ -743,15 +756,14 @@ impl Writer<'_> {
         for t in TABLES {
             for field in t.reference_fields() {
                 let Some(target) = field.references.filter(|r| *r != "*") else { continue };
-                let missing: Vec<(String, String)> = sqlx::query_as(
-                    "SELECT f.id, f.target_id FROM record_refs f WHERE f.kind = $1 AND f.field = $2 \
-                     AND NOT EXISTS (SELECT 1 FROM records r WHERE r.kind = $3 AND r.id = f.target_id) LIMIT 1000",
-                )
-                .bind(t.name)
-                .bind(field.name)
-                .bind(target)
-                .fetch_all(&mut *self.conn)
-                .await?;
+                let missing: Vec<(String, String)> = self
+                    .conn
+                    .fetch_all(
+                        "SELECT f.id, f.target_id FROM record_refs f WHERE f.kind = $1 AND f.field = $2 \
+                         AND NOT EXISTS (SELECT 1 FROM records r WHERE r.kind = $3 AND r.id = f.target_id) LIMIT 1000",
+                        &[t.name.into(), field.name.into(), target.into()],
+                    )
+                    .await?;
                 for (id, target_id) in missing {
                     // Only rows of this import are reported; older dangling rows were accepted before.
                     let Some(at) = pointers.get(&(t.name, id.as_str())) else { continue };
@@ -799,11 +811,10 @@ impl Writer<'_> {
         let actions: HashMap<(&'static str, String), Action> =
             touched.iter().map(|t| ((t.table.name, t.id.clone()), t.action)).collect();
         for t in super::compile::ROOT_ORDER.iter().filter_map(|name| table(name)) {
-            let all: Vec<(String, Option<String>)> =
-                sqlx::query_as("SELECT id, doc FROM records WHERE kind = $1 ORDER BY id")
-                    .bind(t.name)
-                    .fetch_all(&mut *self.conn)
-                    .await?;
+            let all: Vec<(String, Option<String>)> = self
+                .conn
+                .fetch_all("SELECT id, doc FROM records WHERE kind = $1 ORDER BY id", &[t.name.into()])
+                .await?;
             let total = all.len() as u64;
             for (n, chunk) in all.chunks(500).enumerate() {
                 let ids: Vec<String> = chunk.iter().map(|(id, _)| id.clone()).collect();
@@ -844,7 +855,7 @@ impl Writer<'_> {
             return Ok(());
         }
         let count = events.len();
-        let (first, last) = append_events(self.conn, events, self.origin, self.now).await?;
+        let (first, last) = append_events(self.conn, &events, self.origin, self.now).await?;
         outcome.first_sequence.get_or_insert(first);
         outcome.last_sequence = Some(last);
         outcome.events += count;
