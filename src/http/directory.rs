@@ -351,7 +351,9 @@ async fn written(
         None => state.db.get(table, id).await?.ok_or_else(|| ApiError::NotFound(format!("{} {id}", table.name)))?,
     };
     let tag = etag(&doc);
-    let mut r = with_etag(status, doc, &tag);
+    // The same view a plain GET serves.
+    let view = if table.is_root() { view_document(table, doc, false) } else { doc };
+    let mut r = with_etag(status, view, &tag);
     if status == StatusCode::CREATED {
         r.headers_mut().insert(header::LOCATION, header_value(&format!("/{}/{id}", table.plural)));
     }

@@ -613,9 +613,8 @@ impl Db {
                 .await?;
         }
         tx.commit().await?;
-        if !created.is_empty() {
-            self.notify_changed();
-        }
+        // No wake-up for the worker: the deliveries go back to the worker that dispatched them, and ones it
+        // must claim (ordered subscriptions) are claimed in the same round.
         let leased = created.into_iter().filter(|d| d.lease_until.is_some()).collect();
         Ok((rows.len(), leased))
     }
@@ -795,6 +794,7 @@ impl Db {
             }
         }
         let mut events = Vec::new();
+        let mut statuses_changed = false;
         for sub_id in order {
             let row =
                 sqlx::query("SELECT * FROM subscriptions WHERE id = $1").bind(sub_id).fetch_optional(&mut *tx).await?;
@@ -862,6 +862,7 @@ impl Db {
                     });
                 }
             }
+            statuses_changed |= status != sub.status || reason != sub.disabled_reason;
             sqlx::query(
                 "UPDATE subscriptions SET status = $1, disabled_reason = $2, consecutive_failures = $3, \
                  failing_since = $4, last_success_at = $5, last_failure_at = $6, \
@@ -884,8 +885,15 @@ impl Db {
             append_events(&mut Conn::from(&mut *tx), &events, self.instance_id(), &now_text()).await?;
         }
         tx.commit().await?;
-        self.subscriptions_changed();
-        self.notify_changed();
+        // The worker's snapshot routes by status (counters do not matter to it), and the worker needs waking
+        // only for new events or a retry to schedule: a batch of plain successes changes neither.
+        if statuses_changed {
+            self.subscriptions_changed();
+        }
+        let retries = batch.iter().any(|(_, record)| record.outcome != AttemptOutcome::Succeeded);
+        if statuses_changed || retries || !events.is_empty() {
+            self.notify_changed();
+        }
         Ok(())
     }
 

@@ -88,6 +88,15 @@ struct Waiting {
 }
 const DISPATCH_BATCH: i64 = 500;
 
+/// Why the worker loop woke up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wake {
+    /// A commit, a timer or more work: dispatch new events and claim due deliveries.
+    Everything,
+    /// An attempt finished and freed capacity: only claiming can find something new.
+    SlotFreed,
+}
+
 impl Worker {
     pub fn new(db: Db, client: WebhookClient, config: WorkerConfig) -> Arc<Worker> {
         let in_flight = Arc::new(Semaphore::new(config.max_in_flight));
@@ -121,27 +130,29 @@ impl Worker {
             tracing::warn!(error = %e, "could not release leases left by a previous run");
         }
         let mut changes = self.db.watch_changes();
+        let mut wake = Wake::Everything;
         loop {
             if stop.is_cancelled() {
                 break;
             }
-            let busy = match self.step().await {
-                Ok(busy) => busy,
+            let (more, next_due) = match self.step(wake).await {
+                Ok(round) => round,
                 Err(e) => {
                     tracing::warn!(error = %e, "webhook worker step failed; retrying shortly");
-                    false
+                    (false, None)
                 }
             };
-            if busy {
+            if more {
+                wake = Wake::Everything;
                 continue;
             }
-            let wait = self.until_next_due().await;
-            tokio::select! {
-                _ = changes.changed() => {}
-                _ = self.slot_freed.notified() => {}
-                _ = tokio::time::sleep(wait) => {}
+            let wait = self.wait_until(next_due);
+            wake = tokio::select! {
+                _ = changes.changed() => Wake::Everything,
+                _ = self.slot_freed.notified() => Wake::SlotFreed,
+                _ = tokio::time::sleep(wait) => Wake::Everything,
                 _ = stop.cancelled() => break,
-            }
+            };
         }
         // Drain: lanes start nothing more; every permit back means nothing is in flight; then the recorder
         // writes what is left. Deliveries still waiting in lanes stay leased and are sent after a restart.
@@ -154,11 +165,17 @@ impl Worker {
     }
 
     /// One round: dispatch new events (and start them), build due digests, start due verifications, then
-    /// claim and start due deliveries (deferring those a rate limit holds back). True if there may be more.
-    pub async fn step(self: &Arc<Self>) -> anyhow::Result<bool> {
-        // New deliveries come back already leased to this process: they start at once, without a claim.
-        let (read, fresh) =
-            self.db.dispatch_batch(&self.config.public_url, DISPATCH_BATCH, self.config.lease_seconds).await?;
+    /// claim and start due deliveries (deferring those a rate limit holds back). Returns whether there may be
+    /// more right away, and when the next claimable delivery is due (as last read).
+    async fn step(self: &Arc<Self>, wake: Wake) -> anyhow::Result<(bool, Option<String>)> {
+        // New deliveries come back already leased to this process: they start at once, without a claim. A
+        // freed slot brings no new events, so it costs no dispatch transaction.
+        let (read, fresh) = match wake {
+            Wake::Everything => {
+                self.db.dispatch_batch(&self.config.public_url, DISPATCH_BATCH, self.config.lease_seconds).await?
+            }
+            Wake::SlotFreed => (0, Vec::new()),
+        };
         let subscriptions = self.db.subscription_snapshot().await?;
         self.start(fresh, subscriptions.clone()).await?;
         // The snapshot tells whether a digest or a challenge is due at all, sparing the store a query
@@ -187,19 +204,23 @@ impl Worker {
             });
         }
         // Claim what lanes have room for: a subscription whose lane is full is left out (a hanging target's
-        // backlog never fills this process), and all lanes together wait for at most `max_in_flight`.
+        // backlog never fills this process), and all lanes together wait for at most `max_in_flight`. A read
+        // tells first whether anything is due at all, so a round with nothing to claim takes no write lock.
         let busy = self.busy_subscriptions();
         let waiting: usize =
             self.lanes.lock().unwrap_or_else(|p| p.into_inner()).values().map(|l| l.waiting.len()).sum();
         let free = self.config.max_in_flight as i64 - waiting as i64;
-        let claimed = if free > 0 {
+        let next_due = self.db.next_due(&busy).await?;
+        let due_now = next_due.as_deref().is_some_and(|at| at <= now_text().as_str());
+        let claimed = if free > 0 && due_now {
             self.db.claim_due(free.min(CLAIM_BATCH), self.config.lease_seconds, &busy).await?
         } else {
             Vec::new()
         };
         let count = claimed.len() as i64;
         self.start(claimed, subscriptions).await?;
-        Ok(read as i64 == DISPATCH_BATCH || count == CLAIM_BATCH)
+        self.pump_all();
+        Ok((read as i64 == DISPATCH_BATCH || count == CLAIM_BATCH, next_due))
     }
 
     /// Puts deliveries leased to this process into their subscriptions' lanes (deferring those the rate
@@ -268,11 +289,7 @@ impl Worker {
                 lane.waiting.push_back(Waiting { delivery, sub: sub.clone(), start_at, claimed_at });
             }
         }
-        // Every lane, not only those that got deliveries: one may have waited for an in-flight permit.
-        let all: Vec<String> = self.lanes.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
-        for id in all {
-            self.pump(&id);
-        }
+        self.pump_all();
         // A failure here leaves them leased: they are retried when the lease expires.
         self.db.defer_deliveries(&deferred).await?;
         Ok(())
@@ -288,15 +305,23 @@ impl Worker {
             .collect()
     }
 
-    /// How long the loop may sleep: until the next delivery it could start is due (deliveries of busy
-    /// subscriptions, or any while every in-flight permit is taken, wait for a freed slot instead, which
-    /// wakes the loop), at most a second.
-    async fn until_next_due(&self) -> Duration {
+    /// Every lane, not only those that got deliveries: one may have waited for an in-flight permit.
+    fn pump_all(self: &Arc<Self>) {
+        let all: Vec<String> = self.lanes.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
+        for id in all {
+            self.pump(&id);
+        }
+    }
+
+    /// How long the loop may sleep: until `next_due`, when the next delivery it could start is due
+    /// (deliveries of busy subscriptions, or any while every in-flight permit is taken, wait for a freed slot
+    /// instead, which wakes the loop), at most a second.
+    fn wait_until(&self, next_due: Option<String>) -> Duration {
         let fallback = Duration::from_secs(1);
         if self.in_flight.available_permits() == 0 {
             return fallback;
         }
-        let Ok(Some(next)) = self.db.next_due(&self.busy_subscriptions()).await else { return fallback };
+        let Some(next) = next_due else { return fallback };
         match chrono::DateTime::parse_from_rfc3339(&next) {
             Ok(t) => {
                 (t.with_timezone(&chrono::Utc) - chrono::Utc::now()).to_std().unwrap_or(Duration::ZERO).min(fallback)
@@ -306,13 +331,13 @@ impl Worker {
     }
 
     /// Starts as many of a lane's waiting deliveries as it has free slots (and the process in-flight permits).
-    /// Each finished attempt pumps its lane again.
-    fn pump(self: &Arc<Self>, subscription_id: &str) {
+    /// Each finished attempt pumps its lane again. Returns whether the lane has nothing left waiting.
+    fn pump(self: &Arc<Self>, subscription_id: &str) -> bool {
         if self.stopping.load(std::sync::atomic::Ordering::Acquire) {
-            return;
+            return false;
         }
         let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(lane) = lanes.get_mut(subscription_id) else { return };
+        let Some(lane) = lanes.get_mut(subscription_id) else { return true };
         while !lane.waiting.is_empty() {
             let Ok(slot) = lane.slots.clone().try_acquire_owned() else { break };
             let Ok(permit) = self.in_flight.clone().try_acquire_owned() else { break };
@@ -328,14 +353,22 @@ impl Worker {
                 let id = next.sub.id.clone();
                 worker.attempt(&next.sub, next.delivery).await;
                 drop(slot);
+                let permits_were_exhausted = worker.in_flight.available_permits() == 0;
                 drop(permit);
-                worker.pump(&id);
-                worker.slot_freed.notify_one();
+                let drained = worker.pump(&id);
+                // The loop needs to hear of it only when it may now claim more: this lane ran dry (more of its
+                // deliveries may wait in the store), or other lanes waited for an in-flight permit. A lane
+                // with work waiting pumps itself.
+                if drained || permits_were_exhausted {
+                    worker.slot_freed.notify_one();
+                }
             });
         }
-        if lane.waiting.is_empty() && lane.slots.available_permits() == lane.size {
+        let drained = lane.waiting.is_empty();
+        if drained && lane.slots.available_permits() == lane.size {
             lanes.remove(subscription_id);
         }
+        drained
     }
 
     /// Attempts one claimed delivery to `sub` (as it stood when claimed) and records the outcome.

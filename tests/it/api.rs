@@ -410,3 +410,34 @@ store_test!(concurrent_patches_with_one_etag_let_exactly_one_through, |app| asyn
     let events = app.events_after(before).await;
     assert_eq!(types_of(&events), vec!["organization.updated"], "one write, one event");
 });
+
+store_test!(a_write_answers_with_exactly_what_a_read_serves_next, |app| async move {
+    fixtures(&app).await;
+    let same_as_get = |path: String, r: reqwest::Response| {
+        let app = &app;
+        async move {
+            assert!(r.status().is_success(), "{path}: {}", r.status());
+            let tag = r.headers()["etag"].to_str().unwrap().to_string();
+            let body: Value = r.json().await.unwrap();
+            let read = app.get(&path).await;
+            assert_eq!(read.headers()["etag"].to_str().unwrap(), tag, "{path}: the ETag of the write's answer");
+            assert_eq!(read.json::<Value>().await.unwrap(), body, "{path}: the body of the write's answer");
+        }
+    };
+    // Roots (answered from their compiled document) and a detail row (compiled on the fly), created,
+    // replaced, patched and re-put unchanged (nothing written: read back).
+    let org = format!("/organizations/{ORG}");
+    same_as_get(org.clone(), app.put(&org, &json!({"name": "Food Bank", "description": "Now bigger"})).await).await;
+    same_as_get(org.clone(), app.put(&org, &json!({"name": "Food Bank", "description": "Now bigger"})).await).await;
+    same_as_get(org.clone(), app.patch(&org, &json!({"email": "hi@example.org"})).await).await;
+    let service = format!("/services/{SERVICE}");
+    let body = json!({"organization_id": ORG, "name": "Pantry", "status": "active",
+                      "phones": [{"id": "00000000-0000-4000-8000-0000000000f1", "number": "555-0199"}]});
+    same_as_get(service.clone(), app.put(&service, &body).await).await;
+    let phone = format!("/phones/{PHONE}");
+    same_as_get(phone.clone(), app.put(&phone, &json!({"service_id": SERVICE, "number": "555-0101"})).await).await;
+    let new_phone = "/phones/00000000-0000-4000-8000-0000000000f2".to_string();
+    let created = app.put(&new_phone, &json!({"service_id": SERVICE, "number": "555-0102"})).await;
+    assert_eq!(created.status(), 201);
+    same_as_get(new_phone, created).await;
+});
