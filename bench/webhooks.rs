@@ -32,6 +32,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use sqlx::Connection;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const WRITERS: usize = 50;
 const W1_CHANGES: usize = 20_000;
 const W2_CHANGES: usize = 2_000;
