@@ -73,7 +73,8 @@ pub(crate) async fn append_events(
             .map(|event| {
                 let facets: Vec<[&str; 2]> = event.facets.iter().map(|(k, v)| [k.as_str(), v.as_str()]).collect();
                 [
-                    format!("evt_{}", uuid::Uuid::new_v4().simple()),
+                    // Time-ordered (UUIDv7): a new id lands on the id index's last page, not a random one.
+                    format!("evt_{}", uuid::Uuid::now_v7().simple()),
                     event.data.to_string(),
                     serde_json::to_string(&facets).unwrap_or_else(|_| "[]".into()),
                 ]
