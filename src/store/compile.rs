@@ -36,29 +36,6 @@ pub(crate) async fn load_rows(conn: &mut Conn<'_>, kind: &str, ids: &[String]) -
     Ok(out)
 }
 
-/// Loads the rows of `kind` whose reference `field` points at one of `parent_ids`, as (parent id, row),
-/// ordered by row id.
-pub(crate) async fn load_children(
-    conn: &mut Conn<'_>,
-    kind: &str,
-    field: &str,
-    parent_ids: &[String],
-) -> sqlx::Result<Vec<(String, Row)>> {
-    let mut out = Vec::new();
-    for chunk in parent_ids.chunks(CHUNK) {
-        let sql = format!(
-            "SELECT f.target_id, r.data FROM record_refs f JOIN records r ON r.rid = f.rid \
-             WHERE f.kind = $1 AND f.field = $2 AND f.target_id IN ({}) ORDER BY f.id",
-            placeholders(2, chunk.len())
-        );
-        let args: Vec<Arg> = [kind.into(), field.into()].into_iter().chain(chunk.iter().map(Arg::from)).collect();
-        for (parent, data) in conn.fetch_all::<(String, String)>(&sql, &args).await? {
-            out.push((parent, parse_row(&data)));
-        }
-    }
-    Ok(out)
-}
-
 /// Loads, for each `(kind, field)` pair, the rows of `kind` whose reference `field` points at one of
 /// `parent_ids`, as (parent id, row) ordered by row id — all pairs in one query per chunk of parents.
 pub(crate) async fn load_children_of_kinds(
@@ -120,12 +97,16 @@ pub(crate) fn compile_many<'a, 'c>(
         let ids: Vec<String> = rows.iter().filter_map(id_of).collect();
         // Every `Many` child of every row in one query (a write touching an organization would otherwise ask
         // once per nested table, mostly for nothing).
-        let many: Vec<(&'static str, &'static str)> = table
+        let mut many: Vec<(&'static str, &'static str)> = table
             .nested
             .iter()
             .filter(|n| n.kind == NestedKind::Many)
             .filter_map(|n| Some((n.table, table.back_reference(n)?.name)))
             .collect();
+        // An organization root's services come in the same query.
+        if form == Form::Root && table.name == "organization" {
+            many.push(ORGANIZATION_SERVICES);
+        }
         let mut children_of = load_children_of_kinds(conn, &many, &ids).await?;
         // nested key -> parent id -> value, filled in the catalog's order
         let mut nested_values: Vec<(&'static str, HashMap<String, Value>)> = Vec::new();
@@ -177,7 +158,7 @@ pub(crate) fn compile_many<'a, 'c>(
             nested_values.push((nested.key, by_parent));
         }
 
-        let extra = if form == Form::Root { root_extra(conn, table, &ids).await? } else { None };
+        let extra = if form == Form::Root { root_extra(conn, table, &ids, &mut children_of).await? } else { None };
 
         let mut out = Vec::with_capacity(rows.len());
         for mut row in rows {
@@ -203,16 +184,21 @@ pub(crate) fn compile_many<'a, 'c>(
     })
 }
 
+/// The services of an organization: (table, reference field).
+const ORGANIZATION_SERVICES: (&str, &str) = ("service", "organization_id");
+
 /// The part only a root document has: an organization's services, a service_at_location's service.
 async fn root_extra(
     conn: &mut Conn<'_>,
     table: &'static Table,
     ids: &[String],
+    loaded: &mut HashMap<(&'static str, &'static str), Vec<(String, Row)>>,
 ) -> sqlx::Result<Option<(&'static str, HashMap<String, Value>)>> {
     let service = table_static("service");
     match table.name {
         "organization" => {
-            let children = load_children(conn, "service", "organization_id", ids).await?;
+            // Loaded with the nested children (see `compile_many`); absent means none.
+            let children = loaded.remove(&ORGANIZATION_SERVICES).unwrap_or_default();
             let (parents, rows): (Vec<String>, Vec<Row>) = children.into_iter().unzip();
             let compiled = service_documents(conn, service, rows).await?;
             let mut grouped: HashMap<String, Vec<Value>> = HashMap::new();

@@ -486,6 +486,8 @@ impl Writer<'_, '_> {
         }
         let deleted: HashSet<(&'static str, String)> =
             touched.iter().filter(|t| t.action == Action::Deleted).map(|t| (t.table.name, t.id.clone())).collect();
+        let created: HashSet<(&'static str, String)> =
+            touched.iter().filter(|t| t.action == Action::Created).map(|t| (t.table.name, t.id.clone())).collect();
         all_roots.retain(|r| !deleted.contains(r));
 
         // Recompile every live root, grouped by table.
@@ -496,11 +498,25 @@ impl Writer<'_, '_> {
             if ids.is_empty() {
                 continue;
             }
-            let rows = load_rows(self.conn, root_table.name, &ids).await?;
-            let compiled = compile_many(self.conn, root_table, rows.into_values().collect(), Form::Root).await?;
+            // Roots this write itself wrote are compiled from the rows it holds; only the others are read.
+            let mut rows: Vec<Row> = Vec::with_capacity(ids.len());
+            let mut unknown: Vec<String> = Vec::new();
+            for id in ids {
+                match touched
+                    .iter()
+                    .find(|t| t.table.name == root_table.name && t.id == id)
+                    .and_then(|t| t.after.clone())
+                {
+                    Some(row) => rows.push(row),
+                    None => unknown.push(id),
+                }
+            }
+            rows.extend(load_rows(self.conn, root_table.name, &unknown).await?.into_values());
+            let compiled = compile_many(self.conn, root_table, rows, Form::Root).await?;
             for doc in compiled {
                 let Some(id) = doc.get("id").and_then(Value::as_str).map(str::to_string) else { continue };
-                self.store_doc(root_table, &id, &doc).await?;
+                let fresh = created.contains(&(root_table.name, id.clone()));
+                self.store_doc(root_table, &id, &doc, fresh).await?;
                 docs.insert((root_table.name, id), doc);
             }
         }
@@ -554,8 +570,9 @@ impl Writer<'_, '_> {
         Ok((created, touched.len(), events))
     }
 
-    /// Stores a root's compiled document and what lists and filters need of it.
-    async fn store_doc(&mut self, table: &'static Table, id: &str, doc: &Value) -> sqlx::Result<()> {
+    /// Stores a root's compiled document and what lists and filters need of it. A `fresh` row (created by
+    /// this write: a deleted row's facets went with it) has no facets to delete first.
+    async fn store_doc(&mut self, table: &'static Table, id: &str, doc: &Value, fresh: bool) -> sqlx::Result<()> {
         let (latitude, longitude) = document::coordinates(table, doc);
         // Coordinates are bound as plain f64 with a has-value flag, never as `Option<f64>`: sqlx 0.8's Any
         // driver sends a NULL f64 as a float4 parameter on PostgreSQL, the prepared statement keeps that
@@ -583,9 +600,11 @@ impl Writer<'_, '_> {
                 ],
             )
             .await?;
-        self.conn
-            .execute("DELETE FROM record_facets WHERE kind = $1 AND id = $2", &[table.name.into(), id.into()])
-            .await?;
+        if !fresh {
+            self.conn
+                .execute("DELETE FROM record_facets WHERE kind = $1 AND id = $2", &[table.name.into(), id.into()])
+                .await?;
+        }
         // One multi-row statement per document (a few hundred facets at most), not one per facet.
         let facets: Vec<(String, String)> = document::facets(table, doc).into_iter().collect();
         for chunk in facets.chunks(200) {
@@ -832,7 +851,7 @@ impl Writer<'_, '_> {
                         continue;
                     }
                     if !unchanged {
-                        self.store_doc(t, &id, &doc).await?;
+                        self.store_doc(t, &id, &doc, false).await?;
                     }
                     let action = actions.get(&key).copied().unwrap_or(Action::Updated);
                     events.push(NewEvent {
