@@ -38,13 +38,42 @@ pub struct Event {
     pub facets: Vec<(String, String)>,
 }
 
-/// Appends events with the next sequence numbers; returns the first and last sequence used.
+/// What [`append_events`] appended: the sequences it used and the ids it gave, in order.
+pub(crate) struct Appended {
+    pub first: i64,
+    pub last: i64,
+    pub ids: Vec<String>,
+}
+
+impl Appended {
+    /// The appended events as the log now holds them (`events` as given to [`append_events`]).
+    pub(crate) fn into_events(self, events: Vec<NewEvent>, origin: &str, occurred_at: &str) -> Vec<Event> {
+        events
+            .into_iter()
+            .zip(self.ids)
+            .zip(self.first..)
+            .map(|((e, id), sequence)| Event {
+                id,
+                sequence,
+                event_type: e.event_type,
+                occurred_at: occurred_at.to_string(),
+                object: e.object.to_string(),
+                object_id: e.object_id,
+                origin: origin.to_string(),
+                data: e.data,
+                facets: e.facets.into_iter().collect(),
+            })
+            .collect()
+    }
+}
+
+/// Appends events with the next sequence numbers.
 pub(crate) async fn append_events(
     conn: &mut Conn<'_>,
     events: &[NewEvent],
     origin: &str,
     occurred_at: &str,
-) -> sqlx::Result<(i64, i64)> {
+) -> sqlx::Result<Appended> {
     let count = events.len() as i64;
     // Taking the counter row last keeps the time it is locked (PostgreSQL) short.
     let (last,): (i64,) = conn
@@ -56,6 +85,7 @@ pub(crate) async fn append_events(
     let first = last - count + 1;
     // Multi-row inserts: one statement per 50 events instead of one per event.
     let mut sequence = first;
+    let mut ids = Vec::with_capacity(events.len());
     for chunk in events.chunks(50) {
         let values: Vec<String> = (0..chunk.len())
             .map(|i| {
@@ -95,8 +125,9 @@ pub(crate) async fn append_events(
             sequence += 1;
         }
         conn.execute(&sql, &args).await?;
+        ids.extend(texts.into_iter().map(|[id, _, _]| id));
     }
-    Ok((first, last))
+    Ok(Appended { first, last, ids })
 }
 
 type EventRow = (i64, String, String, String, String, String, String, String, String);

@@ -16,14 +16,16 @@
 //! (see [`super::sql`] for why): the group's statements then cost no thread hand-offs. It takes this
 //! process's write lock first, like every other SQLite writer.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use sqlx::{Any, Transaction};
 use tokio::sync::{Mutex, OwnedMutexGuard, mpsc, oneshot};
 
+use super::events::Event;
 use super::sql::{Conn, from_rusqlite};
+use super::webhooks::{CommitDispatch, Delivery, Subscription, dispatch_appended};
 use super::write::{Op, PendingWrite, WriteError, WriteOptions, WriteOutcome};
 use super::{Backend, Db};
 
@@ -123,11 +125,23 @@ async fn commit_on_thread(db: &Db, mut conn: rusqlite::Connection, jobs: Vec<Job
             return Some(conn);
         }
     };
+    // Read under the write lock, so no subscription change can commit between it and the dispatch.
+    let dispatch = match db.commit_dispatch() {
+        Some(settings) => match db.subscription_snapshot().await {
+            Ok(subscriptions) => Some(Dispatch { settings, subscriptions }),
+            Err(e) => {
+                tracing::warn!(error = %e, "no subscriptions to dispatch at commit; the worker dispatches");
+                None
+            }
+        },
+        None => None,
+    };
     let db = db.clone();
     let done = tokio::task::spawn_blocking(move || {
         // Every await below completes at once (the connection is synchronous): this only drives the shared
         // async write path to its end on this thread.
-        futures::executor::block_on(commit_jobs(&db, &mut Opener::Direct(&mut conn), jobs));
+        let mut opener = Opener::Direct(&mut conn, dispatch);
+        futures::executor::block_on(commit_jobs(&db, &mut opener, jobs));
         drop(guard);
         conn
     })
@@ -154,7 +168,13 @@ async fn commit_jobs(db: &Db, opener: &mut Opener<'_>, mut jobs: Vec<Job>) {
 /// (whose write lock the committer already holds).
 enum Opener<'c> {
     Pool,
-    Direct(&'c mut rusqlite::Connection),
+    Direct(&'c mut rusqlite::Connection, Option<Dispatch>),
+}
+
+/// What the SQLite committer dispatches with (see [`webhooks::dispatch_appended`]).
+struct Dispatch {
+    settings: Arc<CommitDispatch>,
+    subscriptions: Arc<HashMap<String, Subscription>>,
 }
 
 impl Opener<'_> {
@@ -164,11 +184,11 @@ impl Opener<'_> {
                 let (tx, guard) = db.begin_write().await?;
                 Ok(Tx::Pooled(tx, guard))
             }
-            Opener::Direct(conn) => {
+            Opener::Direct(conn, dispatch) => {
                 // IMMEDIATE takes the file's write lock now (waiting up to the busy timeout for another
                 // process), as `Db::begin_write` does.
                 conn.execute_batch("BEGIN IMMEDIATE").map_err(from_rusqlite)?;
-                Ok(Tx::Direct(DirectTx(conn)))
+                Ok(Tx::Direct(DirectTx(conn), dispatch.as_ref()))
             }
         }
     }
@@ -177,21 +197,48 @@ impl Opener<'_> {
 /// One open transaction; dropped without [`Tx::commit`], it rolls back.
 enum Tx<'c> {
     Pooled(Transaction<'static, Any>, Option<OwnedMutexGuard<()>>),
-    Direct(DirectTx<'c>),
+    Direct(DirectTx<'c>, Option<&'c Dispatch>),
 }
 
 impl Tx<'_> {
     fn conn(&mut self) -> Conn<'_> {
         match self {
             Tx::Pooled(tx, _) => Conn::Pooled(tx),
-            Tx::Direct(DirectTx(conn)) => Conn::Direct(conn),
+            Tx::Direct(DirectTx(conn), _) => Conn::Direct(conn),
         }
+    }
+
+    /// Whether the events this transaction appends should be dispatched in it too.
+    fn dispatches(&self) -> bool {
+        matches!(self, Tx::Direct(_, Some(_)))
+    }
+
+    /// Dispatches `events` (appended in this transaction) inside it, behind a savepoint: should that fail,
+    /// the writes still commit and the worker dispatches their events later. Returns the deliveries to hand
+    /// to the worker once committed.
+    async fn dispatch(&mut self, events: &[Event]) -> Option<(i64, Vec<Delivery>)> {
+        let Tx::Direct(DirectTx(conn), Some(dispatch)) = self else { return None };
+        let mut conn = Conn::Direct(conn);
+        let result = async {
+            conn.execute("SAVEPOINT dispatch", &[]).await?;
+            let dispatched = dispatch_appended(&mut conn, events, &dispatch.subscriptions, &dispatch.settings).await;
+            if dispatched.is_err() {
+                conn.execute("ROLLBACK TO SAVEPOINT dispatch", &[]).await?;
+            }
+            conn.execute("RELEASE SAVEPOINT dispatch", &[]).await?;
+            dispatched
+        }
+        .await;
+        result.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "dispatching at commit failed; the worker dispatches these events");
+            None
+        })
     }
 
     async fn commit(self) -> sqlx::Result<()> {
         match self {
             Tx::Pooled(tx, _guard) => tx.commit().await,
-            Tx::Direct(tx) => tx.0.execute_batch("COMMIT").map_err(from_rusqlite),
+            Tx::Direct(tx, _) => tx.0.execute_batch("COMMIT").map_err(from_rusqlite),
         }
     }
 }
@@ -246,15 +293,25 @@ async fn commit_once(
     options: &WriteOptions,
 ) -> Result<WriteOutcome, WriteError> {
     let mut tx = opener.begin(db).await?;
+    let keep_events = tx.dispatches();
     let mut conn = tx.conn();
     let pending = db.apply_in(&mut conn, ops, options).await?;
-    let outcome = pending.append(&mut conn).await?;
+    let (outcome, events) = pending.append(&mut conn, keep_events).await?;
+    let dispatched = tx.dispatch(&events).await;
     tx.commit().await?;
     db.group_stats.count(1);
-    if outcome.events > 0 {
-        db.notify_changed();
-    }
+    committed(db, outcome.last_sequence, dispatched);
     Ok(outcome)
+}
+
+/// After a commit that appended events up to `last`: the worker is told, and given what was dispatched.
+fn committed(db: &Db, last: Option<i64>, dispatched: Option<(i64, Vec<Delivery>)>) {
+    let Some(last) = last else { return };
+    db.events_appended(last);
+    if let Some((through, deliveries)) = dispatched {
+        db.hand_over(through, deliveries);
+    }
+    db.notify_changed();
 }
 
 /// Several writes in one transaction, each behind a savepoint.
@@ -263,8 +320,10 @@ async fn commit_group(db: &Db, opener: &mut Opener<'_>, jobs: Vec<Job>) {
     let mut applied: Vec<(Job, Result<PendingWrite, WriteError>)> = Vec::with_capacity(waiting.len());
     let mut outcomes: Vec<(Job, Result<WriteOutcome, WriteError>)> = Vec::with_capacity(waiting.len());
     let mut again: Vec<Job> = Vec::new();
-    let committed: sqlx::Result<()> = async {
+    let mut events: Vec<Event> = Vec::new();
+    let result: sqlx::Result<Option<(i64, Vec<Delivery>)>> = async {
         let mut tx = opener.begin(db).await?;
+        let keep_events = tx.dispatches();
         let mut conn = tx.conn();
         while let Some(job) = waiting.pop_front() {
             if let Err(e) = conn.execute("SAVEPOINT grouped_write", &[]).await {
@@ -283,8 +342,9 @@ async fn commit_group(db: &Db, opener: &mut Opener<'_>, jobs: Vec<Job>) {
         let mut done = std::mem::take(&mut applied).into_iter();
         while let Some((job, result)) = done.next() {
             let failed = match result {
-                Ok(pending) => match pending.append(&mut conn).await {
-                    Ok(outcome) => {
+                Ok(pending) => match pending.append(&mut conn, keep_events).await {
+                    Ok((outcome, appended)) => {
+                        events.extend(appended);
                         outcomes.push((job, Ok(outcome)));
                         continue;
                     }
@@ -305,15 +365,16 @@ async fn commit_group(db: &Db, opener: &mut Opener<'_>, jobs: Vec<Job>) {
             applied.extend(done);
             return Err(failed);
         }
-        tx.commit().await
+        let dispatched = tx.dispatch(&events).await;
+        tx.commit().await?;
+        Ok(dispatched)
     }
     .await;
-    match committed {
-        Ok(()) => {
+    match result {
+        Ok(dispatched) => {
             db.group_stats.count(outcomes.len());
-            if outcomes.iter().any(|(_, r)| matches!(r, Ok(o) if o.events > 0)) {
-                db.notify_changed();
-            }
+            let last = outcomes.iter().filter_map(|(_, r)| r.as_ref().ok()?.last_sequence).max();
+            committed(db, last, dispatched);
             for (job, result) in outcomes {
                 let _ = job.reply.send(result);
             }

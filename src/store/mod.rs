@@ -53,6 +53,8 @@ pub struct Db {
     condition: Arc<fault::Condition>,
     /// Recently authenticated API keys.
     key_cache: Arc<keys::KeyCache>,
+    /// Dispatching at commit and the worker's hints (see [`webhooks::DispatchState`]).
+    pub(crate) dispatch: Arc<webhooks::DispatchState>,
 }
 
 /// How the store waits for the database.
@@ -148,6 +150,7 @@ impl Db {
             busy_timeout: options.busy_timeout,
             condition: Arc::new(fault::Condition::default()),
             key_cache: Arc::default(),
+            dispatch: Arc::default(),
         };
         db.migrate().await?;
         db.instance_id = Arc::from(db.load_instance_id().await?);

@@ -19,6 +19,7 @@ pub(crate) enum Arg<'a> {
     Int(i64),
     Real(f64),
     Bool(bool),
+    Null,
 }
 
 impl<'a> From<&'a str> for Arg<'a> {
@@ -59,6 +60,7 @@ impl rusqlite::ToSql for Arg<'_> {
             Arg::Int(i) => ToSqlOutput::from(i),
             Arg::Real(f) => ToSqlOutput::from(f),
             Arg::Bool(b) => ToSqlOutput::from(b),
+            Arg::Null => ToSqlOutput::Owned(rusqlite::types::Value::Null),
         })
     }
 }
@@ -163,6 +165,7 @@ fn pooled<'q>(sql: &'q str, args: &[Arg<'q>]) -> sqlx::query::Query<'q, sqlx::An
             Arg::Int(i) => query.bind(i),
             Arg::Real(f) => query.bind(f),
             Arg::Bool(b) => query.bind(b),
+            Arg::Null => query.bind(None::<String>),
         };
     }
     query

@@ -5,7 +5,8 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -14,7 +15,7 @@ use sqlx::Row as _;
 use sqlx::any::AnyRow;
 
 use super::events::{Event, NewEvent, append_events};
-use super::sql::Conn;
+use super::sql::{Arg, Conn};
 use super::{Backend, Db, now_text, timestamp_text};
 
 /// A subscription as stored. Its `Debug` form leaves out the signing secrets and the custom headers (which
@@ -613,6 +614,7 @@ impl Db {
                 .await?;
         }
         tx.commit().await?;
+        self.dispatch.dispatched_through.fetch_max(last, Ordering::AcqRel);
         // No wake-up for the worker: the deliveries go back to the worker that dispatched them, and ones it
         // must claim (ordered subscriptions) are claimed in the same round.
         let leased = created.into_iter().filter(|d| d.lease_until.is_some()).collect();
@@ -882,10 +884,14 @@ impl Db {
             .execute(&mut *tx)
             .await?;
         }
-        if !events.is_empty() {
-            append_events(&mut Conn::from(&mut *tx), &events, self.instance_id(), &now_text()).await?;
-        }
+        let appended = match events.is_empty() {
+            true => None,
+            false => Some(append_events(&mut Conn::from(&mut *tx), &events, self.instance_id(), &now_text()).await?),
+        };
         tx.commit().await?;
+        if let Some(appended) = appended {
+            self.events_appended(appended.last);
+        }
         // The worker's snapshot routes by status (counters do not matter to it), and the worker needs waking
         // only for new events or a retry to schedule: a batch of plain successes changes neither.
         if statuses_changed {
@@ -1346,4 +1352,142 @@ mod tests {
         assert_eq!(odd, delivery_id(sub_a, "evt_with spaces/and;semicolons"));
         assert!(odd.starts_with("msg_") && odd[4..].bytes().all(|b| b.is_ascii_hexdigit()), "{odd}");
     }
+}
+
+/// Dispatching in the transaction that appends the events (SQLite's group committer), and the hints that let
+/// the worker skip a dispatch transaction that would find nothing.
+///
+/// Why: dispatching afterwards costs the worker a second transaction (and a second WAL flush) per group of
+/// writes, and puts it on the path of every change to its subscribers. Done at commit, a change's deliveries
+/// are durable with the change itself and go to the worker's lanes the moment the commit returns.
+#[derive(Default)]
+pub(crate) struct DispatchState {
+    settings: Mutex<Option<Arc<CommitDispatch>>>,
+    /// Deliveries dispatched at commit, leased to this process, waiting for the worker to take them.
+    handed: Mutex<Vec<Delivery>>,
+    /// The last event sequence this process appended, and the last one either dispatcher covered.
+    appended_through: AtomicI64,
+    dispatched_through: AtomicI64,
+}
+
+/// What dispatching needs that the store does not know: how thin payloads link back, and the lease.
+#[derive(Debug, Clone)]
+pub(crate) struct CommitDispatch {
+    pub public_url: String,
+    pub lease_seconds: i64,
+}
+
+impl Db {
+    /// Lets the SQLite group committer dispatch each group's events in the group's own transaction; called
+    /// by the webhook worker when it starts (without a worker, events wait in the log for one).
+    pub fn dispatch_at_commit(&self, public_url: &str, lease_seconds: i64) {
+        if self.backend == Backend::Sqlite {
+            let settings = CommitDispatch { public_url: public_url.to_string(), lease_seconds };
+            *self.dispatch.settings.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(settings));
+        }
+    }
+
+    pub(crate) fn commit_dispatch(&self) -> Option<Arc<CommitDispatch>> {
+        self.dispatch.settings.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Records that this process committed events up to `last`.
+    pub(crate) fn events_appended(&self, last: i64) {
+        self.dispatch.appended_through.fetch_max(last, Ordering::AcqRel);
+    }
+
+    /// Whether this process committed events no dispatcher has covered yet. Only a hint: events of other
+    /// processes do not show here (the worker dispatches on its timer too).
+    pub(crate) fn dispatch_pending(&self) -> bool {
+        self.dispatch.appended_through.load(Ordering::Acquire)
+            > self.dispatch.dispatched_through.load(Ordering::Acquire)
+    }
+
+    /// Hands deliveries dispatched at commit (covering events up to `last`) to the worker.
+    pub(crate) fn hand_over(&self, last: i64, deliveries: Vec<Delivery>) {
+        if !deliveries.is_empty() {
+            self.dispatch.handed.lock().unwrap_or_else(|p| p.into_inner()).extend(deliveries);
+        }
+        self.dispatch.dispatched_through.fetch_max(last, Ordering::AcqRel);
+    }
+
+    /// The deliveries dispatched at commit since the last call.
+    pub(crate) fn take_handed_over(&self) -> Vec<Delivery> {
+        std::mem::take(&mut *self.dispatch.handed.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// Dispatches `events`, just appended in this transaction, as [`Db::dispatch_batch`] would: one delivery per
+/// matching immediate subscription, the cursor moved past them. Does nothing (returns `None`) unless the
+/// cursor stands right before them: older undispatched events are the worker's, in order. Returns the last
+/// sequence covered and the deliveries leased to this process.
+pub(crate) async fn dispatch_appended(
+    conn: &mut Conn<'_>,
+    events: &[Event],
+    subscriptions: &HashMap<String, Subscription>,
+    settings: &CommitDispatch,
+) -> sqlx::Result<Option<(i64, Vec<Delivery>)>> {
+    let (Some(first), Some(last)) = (events.first(), events.last()) else { return Ok(None) };
+    let (cursor,): (i64,) = conn.fetch_one("SELECT value FROM counters WHERE name = 'dispatch_cursor'", &[]).await?;
+    if cursor != first.sequence - 1 {
+        return Ok(None);
+    }
+    let mut subs: Vec<&Subscription> =
+        subscriptions.values().filter(|s| s.status != "disabled" && s.schedule.is_none()).collect();
+    subs.sort_by(|a, b| (&a.created_at, &a.id).cmp(&(&b.created_at, &b.id)));
+    let now = now_text();
+    let lease = timestamp_text(chrono::Utc::now() + chrono::Duration::seconds(settings.lease_seconds));
+    let mut created = Vec::new();
+    for event in events {
+        for sub in subs.iter().filter(|s| wants(s, event)) {
+            let leased = !sub.ordered && sub.receives_deliveries();
+            created.push(Delivery {
+                id: delivery_id(&sub.id, &event.id),
+                subscription_id: sub.id.clone(),
+                tenant: sub.tenant.clone(),
+                event_id: event.id.clone(),
+                event_sequence: event.sequence,
+                event_type: event.event_type.clone(),
+                object_id: event.object_id.clone(),
+                status: "pending".into(),
+                attempts: 0,
+                next_attempt_at: Some(now.clone()),
+                last_status_code: None,
+                last_error: None,
+                created_at: now.clone(),
+                updated_at: now.clone(),
+                body: delivery_body(event, &sub.payload, &settings.public_url),
+                lease_until: leased.then(|| lease.clone()),
+            });
+        }
+    }
+    for chunk in created.chunks(50) {
+        let values: Vec<String> = super::row_placeholders(2, chunk.len(), 9)
+            .into_iter()
+            .map(|p| format!("({p}, 'pending', $1, $1, $1)"))
+            .collect();
+        let sql = format!(
+            "INSERT INTO deliveries (id, subscription_id, tenant, event_id, event_sequence, event_type, object_id, \
+             body, lease_until, status, next_attempt_at, created_at, updated_at) VALUES {}",
+            values.join(", ")
+        );
+        let mut args: Vec<Arg> = Vec::with_capacity(1 + 9 * chunk.len());
+        args.push(now.as_str().into());
+        for d in chunk {
+            args.extend([
+                Arg::from(&d.id),
+                (&d.subscription_id).into(),
+                (&d.tenant).into(),
+                (&d.event_id).into(),
+                d.event_sequence.into(),
+                (&d.event_type).into(),
+                (&d.object_id).into(),
+                (&d.body).into(),
+                d.lease_until.as_deref().map_or(Arg::Null, Arg::from),
+            ]);
+        }
+        conn.execute(&sql, &args).await?;
+    }
+    conn.execute("UPDATE counters SET value = $1 WHERE name = 'dispatch_cursor'", &[last.sequence.into()]).await?;
+    Ok(Some((last.sequence, created.into_iter().filter(|d| d.lease_until.is_some()).collect())))
 }

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use sqlx::{Any, Transaction};
 
 use super::compile::{Form, Row, compile_many, id_of, load_rows, parse_row};
-use super::events::{NewEvent, append_events};
+use super::events::{Event, NewEvent, append_events};
 use super::sql::{Arg, Conn};
 use super::{Db, now_text};
 use crate::hsds::catalog::{NestedKind, TABLES, Table, table};
@@ -190,24 +190,36 @@ pub(crate) struct PendingWrite {
 }
 
 impl PendingWrite {
-    /// Appends the events (taking their sequence numbers) and tells what the write did.
-    pub(crate) async fn append(self, conn: &mut Conn<'_>) -> sqlx::Result<WriteOutcome> {
+    /// Appends the events (taking their sequence numbers) and tells what the write did; with `keep_events`,
+    /// also returns the events as appended (for dispatching them in the same transaction).
+    pub(crate) async fn append(
+        self,
+        conn: &mut Conn<'_>,
+        keep_events: bool,
+    ) -> sqlx::Result<(WriteOutcome, Vec<Event>)> {
         let mut outcome =
             WriteOutcome { rows_changed: self.rows_changed, created: self.created, ..WriteOutcome::default() };
-        if !self.events.is_empty() {
-            outcome.events = self.events.len();
-            let (first, last) = append_events(conn, &self.events, &self.origin, &self.now).await?;
-            outcome.first_sequence = Some(first);
-            outcome.last_sequence = Some(last);
+        if self.events.is_empty() {
+            return Ok((outcome, Vec::new()));
         }
+        outcome.events = self.events.len();
+        let appended = append_events(conn, &self.events, &self.origin, &self.now).await?;
+        outcome.first_sequence = Some(appended.first);
+        outcome.last_sequence = Some(appended.last);
         // What each changed row reads as now is its event's data: handed back, so the caller need not read it.
-        outcome.documents = self
-            .events
-            .into_iter()
-            .filter(|e| !e.event_type.ends_with(".deleted") && !e.data.is_null())
-            .map(|e| (e.object, e.object_id, e.data))
-            .collect();
-        Ok(outcome)
+        let document = |e: &NewEvent| !e.event_type.ends_with(".deleted") && !e.data.is_null();
+        if keep_events {
+            outcome.documents = self
+                .events
+                .iter()
+                .filter(|e| document(e))
+                .map(|e| (e.object, e.object_id.clone(), e.data.clone()))
+                .collect();
+            return Ok((outcome, appended.into_events(self.events, &self.origin, &self.now)));
+        }
+        outcome.documents =
+            self.events.into_iter().filter(|e| document(e)).map(|e| (e.object, e.object_id, e.data)).collect();
+        Ok((outcome, Vec::new()))
     }
 }
 
@@ -761,6 +773,9 @@ impl Db {
         let mut outcome = writer.finish_bulk(progress).await?;
         outcome.warnings = dangling;
         tx.commit().await?;
+        if let Some(last) = outcome.last_sequence {
+            self.events_appended(last);
+        }
         self.notify_changed();
         Ok(outcome)
     }
@@ -874,9 +889,9 @@ impl Writer<'_, '_> {
             return Ok(());
         }
         let count = events.len();
-        let (first, last) = append_events(self.conn, &events, self.origin, self.now).await?;
-        outcome.first_sequence.get_or_insert(first);
-        outcome.last_sequence = Some(last);
+        let appended = append_events(self.conn, &events, self.origin, self.now).await?;
+        outcome.first_sequence.get_or_insert(appended.first);
+        outcome.last_sequence = Some(appended.last);
         outcome.events += count;
         Ok(())
     }

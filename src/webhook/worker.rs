@@ -91,8 +91,12 @@ const DISPATCH_BATCH: i64 = 500;
 /// Why the worker loop woke up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Wake {
-    /// A commit, a timer or more work: dispatch new events and claim due deliveries.
+    /// The timer, the start, or more work than one round took: dispatch whatever the log holds (another
+    /// process's events too) and claim due deliveries.
     Everything,
+    /// A commit in this process: take what was dispatched at commit, dispatch only if some events of this
+    /// process are not yet, and claim.
+    Commit,
     /// An attempt finished and freed capacity: only claiming can find something new.
     SlotFreed,
 }
@@ -130,6 +134,8 @@ impl Worker {
             tracing::warn!(error = %e, "could not release leases left by a previous run");
         }
         let mut changes = self.db.watch_changes();
+        // From now on, SQLite's group committer dispatches each group's events in its own transaction.
+        self.db.dispatch_at_commit(&self.config.public_url, self.config.lease_seconds);
         let mut wake = Wake::Everything;
         loop {
             if stop.is_cancelled() {
@@ -148,7 +154,7 @@ impl Worker {
             }
             let wait = self.wait_until(next_due);
             wake = tokio::select! {
-                _ = changes.changed() => Wake::Everything,
+                _ = changes.changed() => Wake::Commit,
                 _ = self.slot_freed.notified() => Wake::SlotFreed,
                 _ = tokio::time::sleep(wait) => Wake::Everything,
                 _ = stop.cancelled() => break,
@@ -170,12 +176,17 @@ impl Worker {
     async fn step(self: &Arc<Self>, wake: Wake) -> anyhow::Result<(bool, Option<String>)> {
         // New deliveries come back already leased to this process: they start at once, without a claim. A
         // freed slot brings no new events, so it costs no dispatch transaction.
-        let (read, fresh) = match wake {
-            Wake::Everything => {
-                self.db.dispatch_batch(&self.config.public_url, DISPATCH_BATCH, self.config.lease_seconds).await?
-            }
-            Wake::SlotFreed => (0, Vec::new()),
+        let dispatch = match wake {
+            Wake::Everything => true,
+            Wake::Commit => self.db.dispatch_pending(),
+            Wake::SlotFreed => false,
         };
+        let (read, mut fresh) = if dispatch {
+            self.db.dispatch_batch(&self.config.public_url, DISPATCH_BATCH, self.config.lease_seconds).await?
+        } else {
+            (0, Vec::new())
+        };
+        fresh.extend(self.db.take_handed_over());
         let subscriptions = self.db.subscription_snapshot().await?;
         self.start(fresh, subscriptions.clone()).await?;
         // The snapshot tells whether a digest or a challenge is due at all, sparing the store a query
