@@ -84,7 +84,7 @@ pub(crate) fn start(db: &Db, direct: Option<rusqlite::Connection>) -> Queue {
 /// Queues one write and waits for its outcome (applied directly when `db` has no queue).
 pub(crate) async fn submit(db: &Db, ops: Vec<Op>, options: WriteOptions) -> Result<WriteOutcome, WriteError> {
     let Some(queue) = &db.writes else {
-        return commit_alone(db, &mut Opener::Pool, ops, &options).await;
+        return commit_alone(db, &mut Opener::Pool(None), ops, &options).await;
     };
     let (reply, answer) = oneshot::channel();
     if queue.send(Job { ops, options, reply }).await.is_err() {
@@ -108,7 +108,12 @@ async fn run(db: Db, rx: Arc<Mutex<mpsc::Receiver<Job>>>, mut direct: Option<rus
         }
         match direct.take() {
             Some(conn) => direct = commit_on_thread(&db, conn, jobs).await,
-            None => commit_jobs(&db, &mut Opener::Pool, jobs).await,
+            None => {
+                // PostgreSQL dispatches at commit too (SQLite only on the committer's own connection, whose
+                // snapshot of subscriptions is taken under the write lock).
+                let dispatch = if db.backend == Backend::Postgres { db.commit_dispatch() } else { None };
+                commit_jobs(&db, &mut Opener::Pool(dispatch), jobs).await
+            }
         }
     }
 }
@@ -167,11 +172,12 @@ async fn commit_jobs(db: &Db, opener: &mut Opener<'_>, mut jobs: Vec<Job>) {
 /// Where a committer's transactions run: a pooled connection, or the committer's own SQLite connection
 /// (whose write lock the committer already holds).
 enum Opener<'c> {
-    Pool,
+    /// A pooled connection; dispatching at commit (PostgreSQL) reads the subscriptions in the transaction.
+    Pool(Option<Arc<CommitDispatch>>),
     Direct(&'c mut rusqlite::Connection, Option<Dispatch>),
 }
 
-/// What the SQLite committer dispatches with (see [`webhooks::dispatch_appended`]).
+/// What the SQLite committer dispatches with (see [`dispatch_appended`]).
 struct Dispatch {
     settings: Arc<CommitDispatch>,
     subscriptions: Arc<HashMap<String, Subscription>>,
@@ -180,9 +186,9 @@ struct Dispatch {
 impl Opener<'_> {
     async fn begin(&mut self, db: &Db) -> sqlx::Result<Tx<'_>> {
         match self {
-            Opener::Pool => {
+            Opener::Pool(dispatch) => {
                 let (tx, guard) = db.begin_write().await?;
-                Ok(Tx::Pooled(tx, guard))
+                Ok(Tx::Pooled(tx, guard, dispatch.clone()))
             }
             Opener::Direct(conn, dispatch) => {
                 // IMMEDIATE takes the file's write lock now (waiting up to the busy timeout for another
@@ -196,32 +202,35 @@ impl Opener<'_> {
 
 /// One open transaction; dropped without [`Tx::commit`], it rolls back.
 enum Tx<'c> {
-    Pooled(Transaction<'static, Any>, Option<OwnedMutexGuard<()>>),
+    Pooled(Transaction<'static, Any>, Option<OwnedMutexGuard<()>>, Option<Arc<CommitDispatch>>),
     Direct(DirectTx<'c>, Option<&'c Dispatch>),
 }
 
 impl Tx<'_> {
     fn conn(&mut self) -> Conn<'_> {
         match self {
-            Tx::Pooled(tx, _) => Conn::Pooled(tx),
+            Tx::Pooled(tx, _, _) => Conn::Pooled(tx),
             Tx::Direct(DirectTx(conn), _) => Conn::Direct(conn),
         }
     }
 
     /// Whether the events this transaction appends should be dispatched in it too.
     fn dispatches(&self) -> bool {
-        matches!(self, Tx::Direct(_, Some(_)))
+        matches!(self, Tx::Direct(_, Some(_)) | Tx::Pooled(_, _, Some(_)))
     }
 
     /// Dispatches `events` (appended in this transaction) inside it, behind a savepoint: should that fail,
     /// the writes still commit and the worker dispatches their events later. Returns the deliveries to hand
     /// to the worker once committed.
     async fn dispatch(&mut self, events: &[Event]) -> Option<(i64, Vec<Delivery>)> {
-        let Tx::Direct(DirectTx(conn), Some(dispatch)) = self else { return None };
-        let mut conn = Conn::Direct(conn);
+        let (mut conn, subscriptions, settings) = match self {
+            Tx::Direct(DirectTx(conn), Some(d)) => (Conn::Direct(conn), Some(&d.subscriptions), d.settings.clone()),
+            Tx::Pooled(tx, _, Some(settings)) => (Conn::Pooled(tx), None, settings.clone()),
+            _ => return None,
+        };
         let result = async {
             conn.execute("SAVEPOINT dispatch", &[]).await?;
-            let dispatched = dispatch_appended(&mut conn, events, &dispatch.subscriptions, &dispatch.settings).await;
+            let dispatched = dispatch_appended(&mut conn, events, subscriptions.map(|s| &**s), &settings).await;
             if dispatched.is_err() {
                 conn.execute("ROLLBACK TO SAVEPOINT dispatch", &[]).await?;
             }
@@ -237,7 +246,7 @@ impl Tx<'_> {
 
     async fn commit(self) -> sqlx::Result<()> {
         match self {
-            Tx::Pooled(tx, _guard) => tx.commit().await,
+            Tx::Pooled(tx, _guard, _) => tx.commit().await,
             Tx::Direct(tx, _) => tx.0.execute_batch("COMMIT").map_err(from_rusqlite),
         }
     }

@@ -1354,7 +1354,7 @@ mod tests {
     }
 }
 
-/// Dispatching in the transaction that appends the events (SQLite's group committer), and the hints that let
+/// Dispatching in the transaction that appends the events (the group committers), and the hints that let
 /// the worker skip a dispatch transaction that would find nothing.
 ///
 /// Why: dispatching afterwards costs the worker a second transaction (and a second WAL flush) per group of
@@ -1378,13 +1378,11 @@ pub(crate) struct CommitDispatch {
 }
 
 impl Db {
-    /// Lets the SQLite group committer dispatch each group's events in the group's own transaction; called
-    /// by the webhook worker when it starts (without a worker, events wait in the log for one).
+    /// Lets the group committers dispatch each group's events in the group's own transaction; called by the
+    /// webhook worker when it starts (without a worker, events wait in the log for one).
     pub fn dispatch_at_commit(&self, public_url: &str, lease_seconds: i64) {
-        if self.backend == Backend::Sqlite {
-            let settings = CommitDispatch { public_url: public_url.to_string(), lease_seconds };
-            *self.dispatch.settings.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(settings));
-        }
+        let settings = CommitDispatch { public_url: public_url.to_string(), lease_seconds };
+        *self.dispatch.settings.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(settings));
     }
 
     pub(crate) fn commit_dispatch(&self) -> Option<Arc<CommitDispatch>> {
@@ -1421,17 +1419,37 @@ impl Db {
 /// matching immediate subscription, the cursor moved past them. Does nothing (returns `None`) unless the
 /// cursor stands right before them: older undispatched events are the worker's, in order. Returns the last
 /// sequence covered and the deliveries leased to this process.
+///
+/// `subscriptions` is the caller's exact snapshot (SQLite, under the write lock); without one they are read
+/// here, under the cursor's row lock, as the worker's dispatcher does (PostgreSQL: other processes change
+/// them too).
 pub(crate) async fn dispatch_appended(
     conn: &mut Conn<'_>,
     events: &[Event],
-    subscriptions: &HashMap<String, Subscription>,
+    subscriptions: Option<&HashMap<String, Subscription>>,
     settings: &CommitDispatch,
 ) -> sqlx::Result<Option<(i64, Vec<Delivery>)>> {
     let (Some(first), Some(last)) = (events.first(), events.last()) else { return Ok(None) };
-    let (cursor,): (i64,) = conn.fetch_one("SELECT value FROM counters WHERE name = 'dispatch_cursor'", &[]).await?;
+    // Updating the cursor row takes its lock (PostgreSQL), after the event counter's: the same order for
+    // every transaction that takes both.
+    let (cursor,): (i64,) =
+        conn.fetch_one("UPDATE counters SET value = value WHERE name = 'dispatch_cursor' RETURNING value", &[]).await?;
     if cursor != first.sequence - 1 {
         return Ok(None);
     }
+    let read;
+    let subscriptions = match (subscriptions, &mut *conn) {
+        (Some(subscriptions), _) => subscriptions,
+        (None, Conn::Pooled(pooled)) => {
+            let rows = sqlx::query("SELECT * FROM subscriptions").fetch_all(&mut **pooled).await?;
+            read = rows
+                .iter()
+                .map(|row| from_row(row).map(|s| (s.id.clone(), s)))
+                .collect::<sqlx::Result<HashMap<String, Subscription>>>()?;
+            &read
+        }
+        (None, Conn::Direct(_)) => return Ok(None),
+    };
     let mut subs: Vec<&Subscription> =
         subscriptions.values().filter(|s| s.status != "disabled" && s.schedule.is_none()).collect();
     subs.sort_by(|a, b| (&a.created_at, &a.id).cmp(&(&b.created_at, &b.id)));

@@ -134,7 +134,7 @@ impl Worker {
             tracing::warn!(error = %e, "could not release leases left by a previous run");
         }
         let mut changes = self.db.watch_changes();
-        // From now on, SQLite's group committer dispatches each group's events in its own transaction.
+        // From now on, the group committers dispatch each group's events in the group's own transaction.
         self.db.dispatch_at_commit(&self.config.public_url, self.config.lease_seconds);
         let mut wake = Wake::Everything;
         loop {

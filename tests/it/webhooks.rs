@@ -630,7 +630,7 @@ webhook_test!(operational_events_are_visible_only_to_their_tenant_and_admins, |a
     assert_eq!(r.status(), 200);
 });
 
-webhook_test!(on_sqlite_a_change_and_its_deliveries_commit_together, |app| async move {
+webhook_test!(a_change_and_its_deliveries_commit_together, |app| async move {
     let rx = Receiver::start().await;
     let sub: Value = subscribe(&app, &app.subscribe_key, json!({"url": rx.url, "events": ["organization.*"]}))
         .await
@@ -641,12 +641,10 @@ webhook_test!(on_sqlite_a_change_and_its_deliveries_commit_together, |app| async
     rx.wait_for("the ping", |r| !Receiver::of_type(r, "webhook.ping").is_empty()).await;
     put_org(&app, O1, "Food Bank").await;
     let history = format!("/webhooks/{id}/deliveries?object_id={O1}");
-    if app.db.backend() == hsda::store::Backend::Sqlite {
-        // The group committer dispatched the event in the write's own transaction: the delivery exists the
-        // moment the write is acknowledged, with no worker round in between.
-        let page: Value = app.get_as(&app.subscribe_key, &history).await;
-        assert_eq!(page["total_items"], 1, "{page}");
-    }
+    // The group committer dispatched the event in the write's own transaction: the delivery exists the
+    // moment the write is acknowledged, with no worker round in between.
+    let page: Value = app.get_as(&app.subscribe_key, &history).await;
+    assert_eq!(page["total_items"], 1, "{page}");
     let got = rx.wait_for("organization.created", |r| !Receiver::of_type(r, "organization.created").is_empty()).await;
     let page: Value = app.get_as(&app.subscribe_key, &history).await;
     assert_eq!(page["total_items"], 1, "one delivery per event and subscription: {page}");
