@@ -288,9 +288,14 @@ async fn commit_alone(
 /// A unique violation, deadlock or serialization failure: another transaction got there first.
 fn lost_a_race(e: &WriteError) -> bool {
     match e {
-        WriteError::Database(sqlx::Error::Database(db)) => {
-            matches!(db.code().as_deref(), Some("23505" | "40P01" | "40001"))
-        }
+        WriteError::Database(e) => raced(e),
+        _ => false,
+    }
+}
+
+fn raced(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => matches!(db.code().as_deref(), Some("23505" | "40P01" | "40001")),
         _ => false,
     }
 }
@@ -360,7 +365,7 @@ async fn commit_group(db: &Db, opener: &mut Opener<'_>, jobs: Vec<Job>) {
                     Err(e) => e,
                 },
                 // A fault of the store fails the whole group; any other database error may be this write's own.
-                Err(WriteError::Database(e)) if super::fault::classify(&e).is_some() => e,
+                Err(WriteError::Database(e)) if super::fault::classify(&e).is_some() && !raced(&e) => e,
                 Err(WriteError::Database(_)) => {
                     again.push(job);
                     continue;
@@ -392,7 +397,7 @@ async fn commit_group(db: &Db, opener: &mut Opener<'_>, jobs: Vec<Job>) {
             again.extend(outcomes.into_iter().map(|(job, _)| job));
             again.extend(applied.into_iter().map(|(job, _)| job));
             again.extend(waiting);
-            if super::fault::classify(&e).is_some() {
+            if super::fault::classify(&e).is_some() && !raced(&e) {
                 // The store itself is failing (locked by another process, full, unreachable): trying each
                 // write again alone would only make every caller wait that much longer for the same answer.
                 for job in again {

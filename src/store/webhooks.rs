@@ -1430,10 +1430,15 @@ pub(crate) async fn dispatch_appended(
     settings: &CommitDispatch,
 ) -> sqlx::Result<Option<(i64, Vec<Delivery>)>> {
     let (Some(first), Some(last)) = (events.first(), events.last()) else { return Ok(None) };
-    // Updating the cursor row takes its lock (PostgreSQL), after the event counter's: the same order for
-    // every transaction that takes both.
-    let (cursor,): (i64,) =
-        conn.fetch_one("UPDATE counters SET value = value WHERE name = 'dispatch_cursor' RETURNING value", &[]).await?;
+    // PostgreSQL: take the cursor's row lock only if it is free. Waiting for it here, with the event counter
+    // held, closes a deadlock cycle: the worker's dispatcher (holding the cursor) can wait on an attempt
+    // recorder's delivery rows, and the recorder waits for the event counter to append `webhook.*` events.
+    // A busy cursor leaves these events to the worker. SQLite: this committer holds the only write lock.
+    let lock = match conn {
+        Conn::Pooled(_) => "SELECT value FROM counters WHERE name = 'dispatch_cursor' FOR UPDATE SKIP LOCKED",
+        Conn::Direct(_) => "SELECT value FROM counters WHERE name = 'dispatch_cursor'",
+    };
+    let Some((cursor,)): Option<(i64,)> = conn.fetch_optional(lock, &[]).await? else { return Ok(None) };
     if cursor != first.sequence - 1 {
         return Ok(None);
     }
