@@ -8,13 +8,13 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::helpers::{Store, fresh_database};
-use crate::process::Hsda;
+use crate::real_server::RealServer;
 use crate::receiver::Receiver;
 
 async fn kill9_mid_burst(store: Store) {
     let Some((database_url, _dir)) = fresh_database(store).await else { return };
     let rx = Receiver::start().await;
-    let mut server = Hsda::start(&database_url, &[]).await;
+    let mut server = RealServer::start_for_test(&database_url, &[]).await;
     let db = hsda::store::Db::connect(&database_url).await.unwrap();
     let key = db.create_key("acme", hsda::store::keys::Scope::Admin).await.unwrap().secret;
     let base = server.url("");
@@ -36,7 +36,7 @@ async fn kill9_mid_burst(store: Store) {
     let mut kills = 0;
     for (i, id) in ids.iter().enumerate() {
         if i == 60 || i == 140 {
-            server.kill9();
+            server.kill9().await;
             kills += 1;
             server.restart().await;
         }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use sqlx::Connection;
 
-use crate::process::{Hsda, free_port};
+use crate::real_server::{RealServer, free_port};
 use crate::receiver::Receiver;
 
 /// What one write got back.
@@ -53,7 +53,13 @@ fn org_id(prefix: u32, n: usize) -> String {
     format!("00000000-0000-4000-{prefix:04}-{n:012}")
 }
 
-async fn put_org(client: &reqwest::Client, hsda: &Hsda, key: &str, id: &str, description: &str) -> Option<Answer> {
+async fn put_org(
+    client: &reqwest::Client,
+    hsda: &RealServer,
+    key: &str,
+    id: &str,
+    description: &str,
+) -> Option<Answer> {
     let body = json!({ "name": format!("Org {id}"), "description": description });
     let r = client.put(hsda.url(&format!("/organizations/{id}"))).bearer_auth(key).json(&body).send().await;
     match r {
@@ -62,12 +68,12 @@ async fn put_org(client: &reqwest::Client, hsda: &Hsda, key: &str, id: &str, des
     }
 }
 
-async fn get(client: &reqwest::Client, hsda: &Hsda, key: &str, path: &str) -> Answer {
+async fn get(client: &reqwest::Client, hsda: &RealServer, key: &str, path: &str) -> Answer {
     answer(client.get(hsda.url(path)).bearer_auth(key).send().await.expect("GET")).await
 }
 
 /// The whole event log as an admin reads it; asserts its sequences are 1, 2, 3, ... without a gap.
-async fn gap_free_log(client: &reqwest::Client, hsda: &Hsda, key: &str) -> Vec<Value> {
+async fn gap_free_log(client: &reqwest::Client, hsda: &RealServer, key: &str) -> Vec<Value> {
     let mut all: Vec<Value> = Vec::new();
     let mut after = 0;
     for _ in 0..1000 {
@@ -87,7 +93,7 @@ async fn gap_free_log(client: &reqwest::Client, hsda: &Hsda, key: &str) -> Vec<V
 }
 
 /// Asserts every id in `acknowledged` has its `organization.created` event and reads back with 200.
-async fn assert_kept(client: &reqwest::Client, hsda: &Hsda, key: &str, acknowledged: &[String]) {
+async fn assert_kept(client: &reqwest::Client, hsda: &RealServer, key: &str, acknowledged: &[String]) {
     let log = gap_free_log(client, hsda, key).await;
     let created: HashSet<&str> =
         log.iter().filter(|e| e["type"] == "organization.created").filter_map(|e| e["object_id"].as_str()).collect();
@@ -97,7 +103,7 @@ async fn assert_kept(client: &reqwest::Client, hsda: &Hsda, key: &str, acknowled
     }
 }
 
-async fn health(client: &reqwest::Client, hsda: &Hsda) -> (u16, Value) {
+async fn health(client: &reqwest::Client, hsda: &RealServer) -> (u16, Value) {
     let r = client.get(hsda.url("/health")).send().await.expect("GET /health");
     (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
 }
@@ -117,7 +123,7 @@ async fn sqlite_locked_by_another_process_fails_writes_cleanly_and_keeps_reads()
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("hsda.db").display());
     let key = admin_key(&url).await;
-    let hsda = Hsda::start(&url, &[("HSDA_BUSY_TIMEOUT_MS", "1000")]).await;
+    let hsda = RealServer::start_for_test(&url, &[("HSDA_BUSY_TIMEOUT_MS", "1000")]).await;
     let client = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
     let mut acknowledged = Vec::new();
     for n in 0..5 {
@@ -230,7 +236,7 @@ async fn sqlite_disk_full_refuses_writes_keeps_reads_and_recovers() {
     let url = format!("sqlite://{}", db_path.display());
     let key = admin_key(&url).await;
     let rx = Receiver::start().await;
-    let hsda = Hsda::start(&url, &[]).await;
+    let hsda = RealServer::start_for_test(&url, &[]).await;
     let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
     let sub = client
         .post(hsda.url("/webhooks"))
@@ -351,7 +357,8 @@ impl Cluster {
                 return Err(format!("chown to postgres: {}", String::from_utf8_lossy(&out.stderr).trim()));
             }
         }
-        let cluster = Cluster { data: dir.path().join("data"), port: free_port(), as_postgres: root, dir };
+        let cluster =
+            Cluster { data: dir.path().join("data"), port: free_port().expect("a free port"), as_postgres: root, dir };
         let data = cluster.data.display().to_string();
         cluster.pg("initdb", &["-D", &data, "-U", "postgres", "--auth=trust", "-N"])?;
         cluster.pg_ctl("start")?;
@@ -401,7 +408,7 @@ impl Drop for Cluster {
 
 /// Writes `ids` one after the other, sending each again until it is acknowledged (PUT is idempotent);
 /// returns every answer that was not 2xx. Bounded: each write gives up after 60 s.
-async fn write_all(client: &reqwest::Client, hsda: &Hsda, key: &str, ids: &[String]) -> Vec<Answer> {
+async fn write_all(client: &reqwest::Client, hsda: &RealServer, key: &str, ids: &[String]) -> Vec<Answer> {
     let mut refusals = Vec::new();
     for id in ids {
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -433,7 +440,9 @@ async fn postgres_restart_and_outage_are_reported_and_survived() {
     let url = cluster.url("hsda_test_restart");
     let key = admin_key(&url).await;
     let rx = Receiver::start().await;
-    let hsda = Hsda::start(&url, &[("HSDA_BUSY_TIMEOUT_MS", "2000"), ("HSDA_DELIVERY_TIMEOUT_SECONDS", "2")]).await;
+    let hsda =
+        RealServer::start_for_test(&url, &[("HSDA_BUSY_TIMEOUT_MS", "2000"), ("HSDA_DELIVERY_TIMEOUT_SECONDS", "2")])
+            .await;
     let client = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
     let sub = client
         .post(hsda.url("/webhooks"))

@@ -3,7 +3,6 @@
 mod chaos_targets;
 mod dns;
 mod helpers;
-mod process;
 mod real_server;
 mod receiver;
 

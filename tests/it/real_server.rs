@@ -1,19 +1,53 @@
-//! The real `hsda` binary as a child process, for the suites that measure the process itself (memory, CPU):
-//! started with `hsda serve` on a free 127.0.0.1 port, its admin key read from its standard output, its
-//! resident memory and CPU time read from `/proc`. Also used by `bench/chaos.rs` and `bench/soak.rs`.
+//! The real `hsda` binary as a child process, for the suites that need the process itself: started with
+//! `hsda serve` on a free 127.0.0.1 port, SIGKILLed (no shutdown hook runs) and restarted on the same port
+//! and database, its log kept in a file, its resident memory and CPU time read from `/proc`. Used by the
+//! crash, fault and chaos tests and by `bench/chaos.rs` and `bench/soak.rs`.
 
-use std::path::Path;
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+/// How the process is started, kept for restarts.
+struct Launch {
+    binary: PathBuf,
+    port: u16,
+    database_url: String,
+    env: Vec<(String, String)>,
+    log: Option<PathBuf>,
+    /// Whether the first start reads the admin key the server prints (stdout is discarded otherwise).
+    read_admin_key: bool,
+}
+
+impl Launch {
+    fn spawn(&self, read_admin_key: bool) -> std::io::Result<Child> {
+        let stderr = match &self.log {
+            Some(path) => Stdio::from(OpenOptions::new().create(true).append(true).open(path)?),
+            None => Stdio::null(),
+        };
+        Command::new(&self.binary)
+            .args(["serve", "--bind", &format!("127.0.0.1:{}", self.port)])
+            .env("HSDA_DATABASE_URL", &self.database_url)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(if read_admin_key { Stdio::piped() } else { Stdio::null() })
+            .stderr(stderr)
+            .kill_on_drop(true)
+            .spawn()
+    }
+}
+
 pub struct RealServer {
     child: Child,
     pid: u32,
+    launch: Launch,
     pub base: String,
+    /// The admin key the server printed at its first start (empty when not asked for).
     pub admin_key: String,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Drop for RealServer {
@@ -22,7 +56,8 @@ impl Drop for RealServer {
     }
 }
 
-fn free_port() -> std::io::Result<u16> {
+/// A port of 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
@@ -36,39 +71,78 @@ impl RealServer {
         log: Option<&Path>,
         limit: Duration,
     ) -> anyhow::Result<RealServer> {
-        let port = free_port()?;
-        let stderr = match log {
-            Some(path) => Stdio::from(std::fs::File::create(path)?),
-            None => Stdio::null(),
+        let launch = Launch {
+            binary: binary.into(),
+            port: free_port()?,
+            database_url: database_url.to_string(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+            log: log.map(Path::to_path_buf),
+            read_admin_key: true,
         };
-        let mut command = Command::new(binary);
-        command
-            .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
-            .env("HSDA_DATABASE_URL", database_url)
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .kill_on_drop(true);
-        let mut child = command.spawn()?;
+        Self::launch(launch, None, limit).await
+    }
+
+    /// For tests: this build's `hsda` over `database_url`, webhook targets on 127.0.0.0/8 allowed, short
+    /// retries and a 5 s delivery timeout, its log in a temporary file ([`RealServer::log`]); `env` adds or
+    /// overrides `HSDA_*` settings. Waits (bounded) until `/health` answers.
+    pub async fn start_for_test(database_url: &str, env: &[(&str, &str)]) -> RealServer {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut settings: Vec<(String, String)> = [
+            ("HSDA_ALLOW_TARGETS", "127.0.0.0/8"),
+            ("HSDA_RETRY_SCHEDULE", "0.2,0.2,0.5,1"),
+            ("HSDA_DELIVERY_TIMEOUT_SECONDS", "5"),
+            ("RUST_LOG", "hsda=info,tower_http=warn"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        settings.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let launch = Launch {
+            binary: env!("CARGO_BIN_EXE_hsda").into(),
+            port: free_port().expect("a free port"),
+            database_url: database_url.to_string(),
+            env: settings,
+            log: Some(dir.path().join("hsda.log")),
+            read_admin_key: false,
+        };
+        let log = launch.log.clone();
+        match Self::launch(launch, Some(dir), Duration::from_secs(20)).await {
+            Ok(server) => server,
+            Err(e) => panic!("hsda did not start ({e}); its log:\n{}", read_log(log.as_deref())),
+        }
+    }
+
+    async fn launch(launch: Launch, dir: Option<tempfile::TempDir>, limit: Duration) -> anyhow::Result<RealServer> {
+        let mut child = launch.spawn(launch.read_admin_key)?;
         let pid = child.id().ok_or_else(|| anyhow::anyhow!("hsda exited at once"))?;
-        let stdout = child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?;
-        let mut lines = BufReader::new(stdout).lines();
-        let read_key = async {
-            while let Some(line) = lines.next_line().await? {
-                if let Some(key) = line.strip_prefix("admin API key (shown once): ") {
-                    return Ok(key.trim().to_string());
-                }
+        let admin_key = match child.stdout.take() {
+            Some(stdout) if launch.read_admin_key => {
+                let mut lines = BufReader::new(stdout).lines();
+                let read_key = async {
+                    while let Some(line) = lines.next_line().await? {
+                        if let Some(key) = line.strip_prefix("admin API key (shown once): ") {
+                            return Ok(key.trim().to_string());
+                        }
+                    }
+                    anyhow::bail!("hsda closed its output without printing an admin key")
+                };
+                tokio::time::timeout(limit, read_key).await.map_err(|_| anyhow::anyhow!("hsda start"))??
             }
-            anyhow::bail!("hsda closed its output without printing an admin key")
+            _ => String::new(),
         };
-        let admin_key = tokio::time::timeout(limit, read_key).await.map_err(|_| anyhow::anyhow!("hsda start"))??;
-        let server = RealServer { child, pid, base: format!("http://127.0.0.1:{port}"), admin_key };
+        let base = format!("http://127.0.0.1:{}", launch.port);
+        let server = RealServer { child, pid, launch, base, admin_key, _dir: dir };
+        server.wait_healthy(limit).await?;
+        Ok(server)
+    }
+
+    async fn wait_healthy(&self, limit: Duration) -> anyhow::Result<()> {
         let client = reqwest::Client::new();
-        for _ in 0..200 {
-            let health = client.get(format!("{}/health", server.base)).send().await;
+        let deadline = tokio::time::Instant::now() + limit;
+        while tokio::time::Instant::now() < deadline {
+            let health = client.get(self.url("/health")).send().await;
             if health.is_ok_and(|r| r.status().is_success()) {
-                return Ok(server);
+                return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -79,15 +153,42 @@ impl RealServer {
         self.pid
     }
 
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Everything the process (and its earlier runs) logged, when it logs to a file.
+    pub fn log(&self) -> String {
+        read_log(self.launch.log.as_deref())
+    }
+
     /// CPU time used so far.
     pub fn cpu_time(&self) -> Option<Duration> {
         cpu_time(self.pid)
+    }
+
+    /// SIGKILL: the process gets no chance to finish anything.
+    pub async fn kill9(&mut self) {
+        self.child.kill().await.expect("SIGKILL hsda");
+    }
+
+    /// Starts it again (after [`RealServer::kill9`]) on the same port and database; waits for `/health`.
+    pub async fn restart(&mut self) {
+        self.child = self.launch.spawn(false).expect("restart hsda");
+        self.pid = self.child.id().unwrap_or_default();
+        if let Err(e) = self.wait_healthy(Duration::from_secs(20)).await {
+            panic!("hsda did not restart ({e}); its log:\n{}", self.log());
+        }
     }
 
     /// SIGKILLs the process and waits for it.
     pub async fn stop(mut self) {
         let _ = self.child.kill().await;
     }
+}
+
+fn read_log(path: Option<&Path>) -> String {
+    path.and_then(|p| std::fs::read_to_string(p).ok()).unwrap_or_default()
 }
 
 /// Resident memory of process `pid` (`VmRSS` in `/proc/PID/status`), in KiB.
