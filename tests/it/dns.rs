@@ -111,3 +111,21 @@ fn answer(table: &Mutex<Table>, query: &[u8]) -> Option<Vec<u8>> {
     }
     Some(out)
 }
+
+/// hsda's DNS client (`webhook::dns`, used with `dns_server`) against this responder: every address of
+/// both record types, nothing for an unknown name, and every lookup asked again (no cache).
+#[tokio::test]
+async fn the_dns_client_returns_every_address_and_nothing_for_unknown_names() {
+    let server = DnsServer::start().await;
+    let v4: IpAddr = [127, 0, 0, 9].into();
+    let v6: IpAddr = std::net::Ipv6Addr::LOCALHOST.into();
+    server.set("both.test", &[&[v4, v6]]);
+    let mut found = hsda::webhook::dns::lookup(server.addr, "both.test").await.expect("lookup");
+    found.sort();
+    assert_eq!(found, vec![v4, v6]);
+    let again = hsda::webhook::dns::lookup(server.addr, "both.test").await.expect("second lookup");
+    assert_eq!(again.len(), 2);
+    assert_eq!(server.lookups("both.test"), 2, "the second lookup asked the server again");
+    let unknown = hsda::webhook::dns::lookup(server.addr, "nobody.test").await.expect("NXDOMAIN is an answer");
+    assert!(unknown.is_empty(), "{unknown:?}");
+}
