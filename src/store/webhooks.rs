@@ -1040,6 +1040,18 @@ pub fn delivery_id(subscription_id: &str, event_id: &str) -> String {
     format!("msg_{}", hex::encode(&digest[..16]))
 }
 
+/// The multi-row insert of `rows` new deliveries: `$1` is the time; each row's nine values (id, subscription,
+/// tenant, event id, sequence, type, object id, body, lease) are numbered from `$first` on.
+fn insert_deliveries_sql(rows: usize, first: usize) -> String {
+    let values: Vec<String> =
+        super::row_placeholders(first, rows, 9).into_iter().map(|p| format!("({p}, 'pending', $1, $1, $1)")).collect();
+    format!(
+        "INSERT INTO deliveries (id, subscription_id, tenant, event_id, event_sequence, event_type, object_id, \
+         body, lease_until, status, next_attempt_at, created_at, updated_at) VALUES {}",
+        values.join(", ")
+    )
+}
+
 /// Inserts deliveries (skipping any that exist) with multi-row statements; returns the new ones. Those of
 /// subscriptions that are not `ordered` and are receiving are leased until `lease_until`.
 async fn insert_deliveries(
@@ -1050,15 +1062,9 @@ async fn insert_deliveries(
 ) -> sqlx::Result<Vec<Delivery>> {
     let mut created = Vec::new();
     for chunk in deliveries.chunks(50) {
-        let values: Vec<String> = super::row_placeholders(3, chunk.len(), 9)
-            .into_iter()
-            .map(|p| format!("({p}, 'pending', $1, $1, $1)"))
-            .collect();
         let sql = format!(
-            "INSERT INTO deliveries (id, subscription_id, tenant, event_id, event_sequence, event_type, object_id, \
-             body, lease_until, status, next_attempt_at, created_at, updated_at) VALUES {} ON CONFLICT DO NOTHING \
-             RETURNING {DELIVERY_COLUMNS}, lease_until",
-            values.join(", ")
+            "{} ON CONFLICT DO NOTHING RETURNING {DELIVERY_COLUMNS}, lease_until",
+            insert_deliveries_sql(chunk.len(), 3)
         );
         let mut query = sqlx::query(&sql).bind(now).bind(lease_until);
         for (sub, event, body) in chunk {
@@ -1485,15 +1491,7 @@ pub(crate) async fn dispatch_appended(
         }
     }
     for chunk in created.chunks(50) {
-        let values: Vec<String> = super::row_placeholders(2, chunk.len(), 9)
-            .into_iter()
-            .map(|p| format!("({p}, 'pending', $1, $1, $1)"))
-            .collect();
-        let sql = format!(
-            "INSERT INTO deliveries (id, subscription_id, tenant, event_id, event_sequence, event_type, object_id, \
-             body, lease_until, status, next_attempt_at, created_at, updated_at) VALUES {}",
-            values.join(", ")
-        );
+        let sql = insert_deliveries_sql(chunk.len(), 2);
         let mut args: Vec<Arg> = Vec::with_capacity(1 + 9 * chunk.len());
         args.push(now.as_str().into());
         for d in chunk {
