@@ -221,11 +221,17 @@ async fn write_once(t: &Target, own: &mut WorkingSet, rng: &mut StdRng, n: u64) 
     }
 }
 
+/// A ticker at `per_second` that skips the ticks a slow round missed (a steady rate, no bursts).
+fn paced(per_second: f64) -> tokio::time::Interval {
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / per_second));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    ticker
+}
+
 async fn writer(t: Arc<Target>, seed: u64, per_second: f64, stop: CancellationToken, counter: Arc<AtomicU64>) {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut own = WorkingSet::default();
-    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / per_second));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut ticker = paced(per_second);
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -239,8 +245,7 @@ async fn writer(t: Arc<Target>, seed: u64, per_second: f64, stop: CancellationTo
 async fn reader(t: Arc<Target>, seed: u64, per_second: f64, ids: Arc<Vec<String>>, stop: CancellationToken) {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut after: i64 = 0;
-    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / per_second));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut ticker = paced(per_second);
     loop {
         tokio::select! {
             _ = ticker.tick() => {}

@@ -59,10 +59,7 @@ async fn kill9_mid_burst(store: Store) {
         // A lease held by the killed process runs out after the delivery timeout + 15 s (PostgreSQL); the
         // test server uses a 5 s timeout.
         .wait_for_within("every organization.created", Duration::from_secs(60), |r| {
-            let seen: HashSet<String> = Receiver::of_type(r, "organization.created")
-                .iter()
-                .filter_map(|x| x.json()["data"]["id"].as_str().map(str::to_string))
-                .collect();
+            let seen = Receiver::object_ids(r, "organization.created");
             want.iter().all(|id| seen.contains(*id))
         })
         .await;

@@ -103,6 +103,18 @@ async fn assert_kept(client: &reqwest::Client, hsda: &RealServer, key: &str, ack
     }
 }
 
+/// Subscribes `url` to `organization.created`.
+async fn subscribe_to_created(client: &reqwest::Client, hsda: &RealServer, key: &str, url: &str) {
+    let sub = client
+        .post(hsda.url("/webhooks"))
+        .bearer_auth(key)
+        .json(&json!({ "url": url, "events": ["organization.created"] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sub.status(), 201);
+}
+
 async fn health(client: &reqwest::Client, hsda: &RealServer) -> (u16, Value) {
     let r = client.get(hsda.url("/health")).send().await.expect("GET /health");
     (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
@@ -238,14 +250,7 @@ async fn sqlite_disk_full_refuses_writes_keeps_reads_and_recovers() {
     let rx = Receiver::start().await;
     let hsda = RealServer::start_for_test(&url, &[]).await;
     let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
-    let sub = client
-        .post(hsda.url("/webhooks"))
-        .bearer_auth(&key)
-        .json(&json!({ "url": rx.url, "events": ["organization.created"] }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(sub.status(), 201);
+    subscribe_to_created(&client, &hsda, &key, &rx.url).await;
     let description = "x".repeat(3000);
     let mut acknowledged = Vec::new();
     for n in 0..20 {
@@ -315,10 +320,7 @@ async fn sqlite_disk_full_refuses_writes_keeps_reads_and_recovers() {
     assert_kept(&client, &hsda, &key, &acknowledged).await;
     let want: HashSet<&str> = acknowledged.iter().map(String::as_str).collect();
     rx.wait_for("every acknowledged organization.created", |r| {
-        let seen: HashSet<String> = Receiver::of_type(r, "organization.created")
-            .iter()
-            .filter_map(|x| x.json()["data"]["id"].as_str().map(str::to_string))
-            .collect();
+        let seen = Receiver::object_ids(r, "organization.created");
         want.iter().all(|id| seen.contains(*id))
     })
     .await;
@@ -444,14 +446,7 @@ async fn postgres_restart_and_outage_are_reported_and_survived() {
         RealServer::start_for_test(&url, &[("HSDA_BUSY_TIMEOUT_MS", "2000"), ("HSDA_DELIVERY_TIMEOUT_SECONDS", "2")])
             .await;
     let client = reqwest::Client::builder().timeout(Duration::from_secs(20)).build().unwrap();
-    let sub = client
-        .post(hsda.url("/webhooks"))
-        .bearer_auth(&key)
-        .json(&json!({ "url": rx.url, "events": ["organization.created"] }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(sub.status(), 201);
+    subscribe_to_created(&client, &hsda, &key, &rx.url).await;
 
     // Four writers; PostgreSQL restarts (disconnecting everyone) while they write and deliveries go out.
     let batches: Vec<Vec<String>> = (0..4).map(|w| (0..30).map(|n| org_id(10 + w, n)).collect()).collect();
@@ -493,10 +488,7 @@ async fn postgres_restart_and_outage_are_reported_and_survived() {
     // A delivery whose result could not be recorded during the restart is sent again when its lease runs out
     // (delivery timeout + 15 s).
     rx.wait_for_within("every organization.created", Duration::from_secs(60), |r| {
-        let seen: HashSet<String> = Receiver::of_type(r, "organization.created")
-            .iter()
-            .filter_map(|x| x.json()["data"]["id"].as_str().map(str::to_string))
-            .collect();
+        let seen = Receiver::object_ids(r, "organization.created");
         want.iter().all(|id| seen.contains(*id))
     })
     .await;

@@ -138,4 +138,12 @@ impl Receiver {
     pub fn of_type(received: &[Received], event_type: &str) -> Vec<Received> {
         received.iter().filter(|r| r.json()["type"] == event_type).cloned().collect()
     }
+
+    /// The `data.id`s of the received events of `event_type`.
+    pub fn object_ids(received: &[Received], event_type: &str) -> std::collections::HashSet<String> {
+        Receiver::of_type(received, event_type)
+            .iter()
+            .filter_map(|x| x.json()["data"]["id"].as_str().map(str::to_string))
+            .collect()
+    }
 }

@@ -14,6 +14,11 @@ async fn subscribe(app: &TestApp, key: &str, body: Value) -> reqwest::Response {
     app.post_as(key, "/webhooks", Some(&body)).await
 }
 
+/// The subscription `body` creates for the test's subscribe key, as answered.
+async fn subscribed(app: &TestApp, body: Value) -> Value {
+    subscribe(app, &app.subscribe_key, body).await.json().await.unwrap()
+}
+
 async fn spawn(store: Store) -> Option<TestApp> {
     TestApp::spawn_with(store, |c| {
         c.retry_schedule = Some("0.2,0.2,0.2".into());
@@ -97,11 +102,7 @@ webhook_test!(a_subscription_gets_a_ping_then_signed_events, |app| async move {
 webhook_test!(failures_are_retried_with_the_same_webhook_id_until_success, |app| async move {
     let rx = Receiver::start().await;
     rx.script(&[(500, None), (503, Some("0")), (200, None)]);
-    let sub: Value = subscribe(&app, &app.subscribe_key, json!({"url": rx.url, "events": ["webhook.ping"]}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let sub: Value = subscribed(&app, json!({"url": rx.url, "events": ["webhook.ping"]})).await;
     let got = rx.wait_for("three attempts", |r| r.len() >= 3).await;
     let ids: Vec<String> = got.iter().map(|r| r.header("webhook-id")).collect();
     assert!(ids.iter().all(|i| *i == ids[0]), "stable webhook-id: {ids:?}");
@@ -125,7 +126,7 @@ webhook_test!(failures_are_retried_with_the_same_webhook_id_until_success, |app|
 webhook_test!(gone_disables_the_subscription_and_says_so_as_an_event, |app| async move {
     let rx = Receiver::start().await;
     rx.script(&[(410, None)]);
-    let sub: Value = subscribe(&app, &app.subscribe_key, json!({"url": rx.url})).await.json().await.unwrap();
+    let sub: Value = subscribed(&app, json!({"url": rx.url})).await;
     let id = sub["id"].as_str().unwrap().to_string();
     rx.wait_for("the ping", |r| !r.is_empty()).await;
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -149,7 +150,7 @@ webhook_test!(gone_disables_the_subscription_and_says_so_as_an_event, |app| asyn
 
 webhook_test!(tenants_never_see_each_other, |app| async move {
     let rx = Receiver::start().await;
-    let sub: Value = subscribe(&app, &app.subscribe_key, json!({"url": rx.url})).await.json().await.unwrap();
+    let sub: Value = subscribed(&app, json!({"url": rx.url})).await;
     let id = sub["id"].as_str().unwrap();
     let other = app.db.create_key("globex", hsda::store::keys::Scope::Subscribe).await.unwrap().secret;
     for path in [format!("/webhooks/{id}"), format!("/webhooks/{id}/deliveries")] {
@@ -254,11 +255,7 @@ webhook_test!(filters_and_thin_payloads, |app| async move {
 
 webhook_test!(rotation_signs_with_both_secrets_during_the_grace_period, |app| async move {
     let rx = Receiver::start().await;
-    let sub: Value = subscribe(&app, &app.subscribe_key, json!({"url": rx.url, "events": ["organization.*"]}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let sub: Value = subscribed(&app, json!({"url": rx.url, "events": ["organization.*"]})).await;
     let id = sub["id"].as_str().unwrap();
     let old = sub["secret"].as_str().unwrap().to_string();
     let rotated: Value = app
@@ -279,11 +276,7 @@ webhook_test!(rotation_signs_with_both_secrets_during_the_grace_period, |app| as
 
 webhook_test!(test_endpoint_sends_now_and_reports_the_attempt, |app| async move {
     let rx = Receiver::start().await;
-    let sub: Value = subscribe(&app, &app.subscribe_key, json!({"url": rx.url, "events": ["organization.*"]}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let sub: Value = subscribed(&app, json!({"url": rx.url, "events": ["organization.*"]})).await;
     let id = sub["id"].as_str().unwrap();
     put_org(&app, O1, "Food Bank").await;
     rx.script(&[(202, None)]);
@@ -479,11 +472,7 @@ webhook_test!(a_digest_subscription_gets_one_delivery_per_period_and_nothing_whe
 
 webhook_test!(replay_requeues_a_time_range_and_enable_replays_what_was_missed, |app| async move {
     let rx = Receiver::start().await;
-    let sub: Value = subscribe(&app, &app.subscribe_key, json!({"url": rx.url, "events": ["organization.*"]}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let sub: Value = subscribed(&app, json!({"url": rx.url, "events": ["organization.*"]})).await;
     let id = sub["id"].as_str().unwrap().to_string();
     let since = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     put_org(&app, O1, "One").await;
@@ -546,7 +535,7 @@ webhook_test!(replay_requeues_a_time_range_and_enable_replays_what_was_missed, |
 
 webhook_test!(authorization_matrix_of_the_webhook_endpoints, |app| async move {
     let rx = Receiver::start().await;
-    let sub: Value = subscribe(&app, &app.subscribe_key, json!({"url": rx.url})).await.json().await.unwrap();
+    let sub: Value = subscribed(&app, json!({"url": rx.url})).await;
     let id = sub["id"].as_str().unwrap().to_string();
     let delivery = rx.wait_for("ping", |r| !r.is_empty()).await[0].header("webhook-id");
     let other = app.db.create_key("globex", hsda::store::keys::Scope::Subscribe).await.unwrap().secret;
@@ -603,7 +592,7 @@ webhook_test!(authorization_matrix_of_the_webhook_endpoints, |app| async move {
 webhook_test!(operational_events_are_visible_only_to_their_tenant_and_admins, |app| async move {
     let rx = Receiver::start().await;
     rx.script(&[(410, None)]);
-    let sub: Value = subscribe(&app, &app.subscribe_key, json!({"url": rx.url})).await.json().await.unwrap();
+    let sub: Value = subscribed(&app, json!({"url": rx.url})).await;
     let id = sub["id"].as_str().unwrap().to_string();
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     let disabled = loop {
@@ -632,11 +621,7 @@ webhook_test!(operational_events_are_visible_only_to_their_tenant_and_admins, |a
 
 webhook_test!(a_change_and_its_deliveries_commit_together, |app| async move {
     let rx = Receiver::start().await;
-    let sub: Value = subscribe(&app, &app.subscribe_key, json!({"url": rx.url, "events": ["organization.*"]}))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let sub: Value = subscribed(&app, json!({"url": rx.url, "events": ["organization.*"]})).await;
     let id = sub["id"].as_str().unwrap().to_string();
     rx.wait_for("the ping", |r| !Receiver::of_type(r, "webhook.ping").is_empty()).await;
     put_org(&app, O1, "Food Bank").await;
