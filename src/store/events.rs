@@ -87,14 +87,10 @@ pub(crate) async fn append_events(
     let mut sequence = first;
     let mut ids = Vec::with_capacity(events.len());
     for chunk in events.chunks(50) {
-        let values: Vec<String> = (0..chunk.len())
-            .map(|i| {
-                let b = 3 + 7 * i;
-                format!("(${}, ${}, ${}, ${}, ${}, $1, $2, ${}, ${})", b, b + 1, b + 2, b + 3, b + 4, b + 5, b + 6)
-            })
-            .collect();
+        let values: Vec<String> =
+            super::row_placeholders(3, chunk.len(), 7).into_iter().map(|p| format!("($1, $2, {p})")).collect();
         let sql = format!(
-            "INSERT INTO events (sequence, id, type, object, object_id, occurred_at, origin, data, facets) VALUES {}",
+            "INSERT INTO events (occurred_at, origin, sequence, id, type, object, object_id, data, facets) VALUES {}",
             values.join(", ")
         );
         // The texts are made first: the arguments only borrow them.

@@ -293,6 +293,12 @@ fn lost_a_race(e: &WriteError) -> bool {
     }
 }
 
+/// A fault of the store itself (locked, full, unreachable) answers every write of a group at once; a lost
+/// race is one transaction's bad luck, and its writes run again alone.
+fn fails_the_group(e: &sqlx::Error) -> bool {
+    super::fault::classify(e).is_some() && !raced(e)
+}
+
 fn raced(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Database(db) => matches!(db.code().as_deref(), Some("23505" | "40P01" | "40001")),
@@ -365,7 +371,7 @@ async fn commit_group(db: &Db, opener: &mut Opener<'_>, jobs: Vec<Job>) {
                     Err(e) => e,
                 },
                 // A fault of the store fails the whole group; any other database error may be this write's own.
-                Err(WriteError::Database(e)) if super::fault::classify(&e).is_some() && !raced(&e) => e,
+                Err(WriteError::Database(e)) if fails_the_group(&e) => e,
                 Err(WriteError::Database(_)) => {
                     again.push(job);
                     continue;
@@ -397,7 +403,7 @@ async fn commit_group(db: &Db, opener: &mut Opener<'_>, jobs: Vec<Job>) {
             again.extend(outcomes.into_iter().map(|(job, _)| job));
             again.extend(applied.into_iter().map(|(job, _)| job));
             again.extend(waiting);
-            if super::fault::classify(&e).is_some() && !raced(&e) {
+            if fails_the_group(&e) {
                 // The store itself is failing (locked by another process, full, unreachable): trying each
                 // write again alone would only make every caller wait that much longer for the same answer.
                 for job in again {

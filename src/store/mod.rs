@@ -112,17 +112,7 @@ impl Db {
                     .before_acquire(|conn, _| Box::pin(async move { Ok(still_usable(conn)) }))
                     .after_connect(move |conn, _| {
                         Box::pin(async move {
-                            // WAL lets readers run beside the writer; FULL sync makes each commit survive a
-                            // power cut, not only a crash of the process.
-                            conn.execute(
-                                format!(
-                                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-                                     PRAGMA busy_timeout = {busy_ms}; PRAGMA foreign_keys = OFF; \
-                                     PRAGMA cache_size = -32768; PRAGMA temp_store = MEMORY;"
-                                )
-                                .as_str(),
-                            )
-                            .await?;
+                            conn.execute(sqlite_pragmas(busy_ms).as_str()).await?;
                             Ok(())
                         })
                     })
@@ -251,10 +241,6 @@ impl Db {
     }
 }
 
-/// Whether an idle pooled connection may be handed out: not if it is still inside a transaction. That happens
-/// when SQLite rolls a transaction back by itself (a COMMIT failing with "disk full" or an I/O error does): the
-/// driver's own ROLLBACK then fails and it keeps counting the transaction as open, so every later BEGIN on that
-/// connection would fail. Such a connection is closed and replaced.
 /// The file a `sqlite:` URL names (`None` for an in-memory database, which only the pool can reach).
 fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
     let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
@@ -262,22 +248,30 @@ fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
     (!path.is_empty() && !path.starts_with(":memory:")).then(|| std::path::PathBuf::from(path))
 }
 
+/// How every SQLite connection (the pool's and the group committer's) is set up. WAL lets readers run beside
+/// the writer; FULL sync makes each commit survive a power cut, not only a crash of the process;
+/// `temp_store = MEMORY` keeps the savepoints' statement journal (one savepoint per write of a group) off the
+/// disk: in a temp file it was a tenth of all cycles of a write-heavy run.
+fn sqlite_pragmas(busy_ms: u128) -> String {
+    format!(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = {busy_ms}; \
+         PRAGMA foreign_keys = OFF; PRAGMA cache_size = -32768; PRAGMA temp_store = MEMORY;"
+    )
+}
+
 /// The group committer's own connection to the SQLite file, set up like the pool's connections.
 fn open_direct(path: &std::path::Path, busy_ms: u128) -> anyhow::Result<rusqlite::Connection> {
     let conn = rusqlite::Connection::open(path).with_context(|| format!("opening {} for writing", path.display()))?;
-    conn.execute_batch(&format!(
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = {busy_ms}; \
-         PRAGMA foreign_keys = OFF; PRAGMA cache_size = -32768; \
-         PRAGMA temp_store = MEMORY;"
-    ))
-    .with_context(|| format!("setting up {}", path.display()))?;
-    // `temp_store = MEMORY` keeps the savepoints' statement journal (one savepoint per write of a group) off
-    // the disk: in a temp file it was a tenth of all cycles of a write-heavy run.
+    conn.execute_batch(&sqlite_pragmas(busy_ms)).with_context(|| format!("setting up {}", path.display()))?;
     // Facet and event inserts vary in their number of rows, so a write uses a few dozen statement texts.
     conn.set_prepared_statement_cache_capacity(256);
     Ok(conn)
 }
 
+/// Whether an idle pooled connection may be handed out: not if it is still inside a transaction. That happens
+/// when SQLite rolls a transaction back by itself (a COMMIT failing with "disk full" or an I/O error does): the
+/// driver's own ROLLBACK then fails and it keeps counting the transaction as open, so every later BEGIN on that
+/// connection would fail. Such a connection is closed and replaced.
 fn still_usable(conn: &sqlx::AnyConnection) -> bool {
     use sqlx::Connection;
     if conn.is_in_transaction() {

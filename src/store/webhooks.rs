@@ -166,7 +166,7 @@ pub struct Delivery {
 }
 
 const DELIVERY_COLUMNS: &str = "id, subscription_id, tenant, event_id, event_sequence, event_type, object_id, status, \
-     attempts, next_attempt_at, last_status_code, last_error, created_at, updated_at, body";
+     attempts, next_attempt_at, last_status_code, last_error, created_at, updated_at, body, lease_until";
 
 fn delivery_from_row(row: &AnyRow) -> sqlx::Result<Delivery> {
     let status: String = row.try_get("status")?;
@@ -187,7 +187,7 @@ fn delivery_from_row(row: &AnyRow) -> sqlx::Result<Delivery> {
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
         body: row.try_get("body")?,
-        lease_until: row.try_get("lease_until").ok().flatten(),
+        lease_until: row.try_get("lease_until")?,
     })
 }
 
@@ -898,7 +898,8 @@ impl Db {
             self.subscriptions_changed();
         }
         let retries = batch.iter().any(|(_, record)| record.outcome != AttemptOutcome::Succeeded);
-        if statuses_changed || retries || !events.is_empty() {
+        // (`webhook.*` events only come with a status change.)
+        if statuses_changed || retries {
             self.notify_changed();
         }
         Ok(())
@@ -1062,10 +1063,8 @@ async fn insert_deliveries(
 ) -> sqlx::Result<Vec<Delivery>> {
     let mut created = Vec::new();
     for chunk in deliveries.chunks(50) {
-        let sql = format!(
-            "{} ON CONFLICT DO NOTHING RETURNING {DELIVERY_COLUMNS}, lease_until",
-            insert_deliveries_sql(chunk.len(), 3)
-        );
+        let sql =
+            format!("{} ON CONFLICT DO NOTHING RETURNING {DELIVERY_COLUMNS}", insert_deliveries_sql(chunk.len(), 3));
         let mut query = sqlx::query(&sql).bind(now).bind(lease_until);
         for (sub, event, body) in chunk {
             let leased = !sub.ordered && sub.receives_deliveries();

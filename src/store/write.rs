@@ -621,9 +621,9 @@ impl Writer<'_, '_> {
         let facets: Vec<(String, String)> = document::facets(table, doc).into_iter().collect();
         for chunk in facets.chunks(200) {
             let values: Vec<String> =
-                (0..chunk.len()).map(|i| format!("($1, ${}, ${}, $2)", 3 + 2 * i, 4 + 2 * i)).collect();
+                super::row_placeholders(3, chunk.len(), 2).into_iter().map(|p| format!("($1, $2, {p})")).collect();
             let sql = format!(
-                "INSERT INTO record_facets (kind, facet, value, id) VALUES {} ON CONFLICT DO NOTHING",
+                "INSERT INTO record_facets (kind, id, facet, value) VALUES {} ON CONFLICT DO NOTHING",
                 values.join(", ")
             );
             let mut args: Vec<Arg> = vec![table.name.into(), id.into()];

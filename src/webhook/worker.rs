@@ -300,7 +300,7 @@ impl Worker {
                 lane.waiting.push_back(Waiting { delivery, sub: sub.clone(), start_at, claimed_at });
             }
         }
-        self.pump_all();
+        // Pumped by the caller, once per round.
         // A failure here leaves them leased: they are retried when the lease expires.
         self.db.defer_deliveries(&deferred).await?;
         Ok(())
