@@ -300,7 +300,8 @@ impl Worker {
                 lane.waiting.push_back(Waiting { delivery, sub: sub.clone(), start_at, claimed_at });
             }
         }
-        // Pumped by the caller, once per round.
+        // At once, not at the end of the round: what was just handed over must not wait for the claim's query.
+        self.pump_all();
         // A failure here leaves them leased: they are retried when the lease expires.
         self.db.defer_deliveries(&deferred).await?;
         Ok(())
