@@ -24,8 +24,9 @@ use sqlx::{Any, Transaction};
 use tokio::sync::{Mutex, OwnedMutexGuard, mpsc, oneshot};
 
 use super::events::Event;
+use super::events::append_events;
 use super::sql::{Conn, from_rusqlite};
-use super::webhooks::{CommitDispatch, Delivery, Subscription, dispatch_appended};
+use super::webhooks::{AttemptRecord, CommitDispatch, Delivery, Recorded, Subscription, dispatch_appended, record_in};
 use super::write::{Op, PendingWrite, WriteError, WriteOptions, WriteOutcome};
 use super::{Backend, Db};
 
@@ -40,7 +41,22 @@ pub(crate) struct Job {
     reply: oneshot::Sender<Result<WriteOutcome, WriteError>>,
 }
 
-pub(crate) type Queue = mpsc::Sender<Job>;
+/// A batch of webhook attempt results to record (see [`super::webhooks::record_in`]). On the SQLite
+/// committer it shares the group's transaction: the deliveries it finishes were mostly created by the
+/// groups just before, so their pages are written once more in a commit that happens anyway, instead of in
+/// a transaction (and a WAL flush) of their own.
+pub(crate) struct RecordJob {
+    batch: Vec<(Delivery, AttemptRecord)>,
+    disable_after_seconds: i64,
+    reply: oneshot::Sender<sqlx::Result<()>>,
+}
+
+pub(crate) enum Work {
+    Write(Job),
+    Record(RecordJob),
+}
+
+pub(crate) type Queue = mpsc::Sender<Work>;
 
 /// How many transactions carried how many writes, since start (for operators and tests).
 #[derive(Debug, Default)]
@@ -87,28 +103,62 @@ pub(crate) async fn submit(db: &Db, ops: Vec<Op>, options: WriteOptions) -> Resu
         return commit_alone(db, &mut Opener::Pool(None), ops, &options).await;
     };
     let (reply, answer) = oneshot::channel();
-    if queue.send(Job { ops, options, reply }).await.is_err() {
+    if queue.send(Work::Write(Job { ops, options, reply })).await.is_err() {
         return Err(WriteError::Database(sqlx::Error::PoolClosed));
     }
     answer.await.unwrap_or(Err(WriteError::Database(sqlx::Error::PoolClosed)))
 }
 
-async fn run(db: Db, rx: Arc<Mutex<mpsc::Receiver<Job>>>, mut direct: Option<rusqlite::Connection>) {
+/// Whether attempt results go to the committer ([`submit_record`]): on SQLite, where it saves a transaction
+/// of their own. (On PostgreSQL the recorder commits on its own: its transactions run beside the committers'.)
+pub(crate) fn records_attempts(db: &Db) -> bool {
+    db.writes.is_some() && db.backend == Backend::Sqlite
+}
+
+/// Queues a batch of attempt results for the committer, which records it in its next group's transaction.
+pub(crate) async fn submit_record(
+    db: &Db,
+    batch: Vec<(Delivery, AttemptRecord)>,
+    disable_after_seconds: i64,
+) -> sqlx::Result<()> {
+    let Some(queue) = &db.writes else { return Err(sqlx::Error::PoolClosed) };
+    let (reply, answer) = oneshot::channel();
+    if queue.send(Work::Record(RecordJob { batch, disable_after_seconds, reply })).await.is_err() {
+        return Err(sqlx::Error::PoolClosed);
+    }
+    answer.await.unwrap_or(Err(sqlx::Error::PoolClosed))
+}
+
+async fn run(db: Db, rx: Arc<Mutex<mpsc::Receiver<Work>>>, mut direct: Option<rusqlite::Connection>) {
     loop {
         let mut jobs = Vec::new();
+        let mut records = Vec::new();
         {
             let mut rx = rx.lock().await;
             let Some(first) = rx.recv().await else { return };
-            jobs.push(first);
-            while jobs.len() < MAX_GROUP
+            let mut take = |work| match work {
+                Work::Write(job) => jobs.push(job),
+                Work::Record(record) => records.push(record),
+            };
+            take(first);
+            let mut taken = 1;
+            while taken < MAX_GROUP
                 && let Ok(next) = rx.try_recv()
             {
-                jobs.push(next);
+                take(next);
+                taken += 1;
             }
         }
         match direct.take() {
-            Some(conn) => direct = commit_on_thread(&db, conn, jobs).await,
+            Some(conn) => direct = commit_on_thread(&db, conn, jobs, records).await,
             None => {
+                for record in records {
+                    let result = db.record_attempts_alone(&record.batch, record.disable_after_seconds).await;
+                    let _ = record.reply.send(result);
+                }
+                if jobs.is_empty() {
+                    continue;
+                }
                 // PostgreSQL dispatches at commit too (SQLite only on the committer's own connection, whose
                 // snapshot of subscriptions is taken under the write lock).
                 let dispatch = if db.backend == Backend::Postgres { db.commit_dispatch() } else { None };
@@ -120,12 +170,20 @@ async fn run(db: Db, rx: Arc<Mutex<mpsc::Receiver<Job>>>, mut direct: Option<rus
 
 /// Commits `jobs` over the committer's own SQLite connection on a blocking thread, holding this process's
 /// write lock; gives the connection back (lost only if the thread panicked: the pool takes over then).
-async fn commit_on_thread(db: &Db, mut conn: rusqlite::Connection, jobs: Vec<Job>) -> Option<rusqlite::Connection> {
+async fn commit_on_thread(
+    db: &Db,
+    mut conn: rusqlite::Connection,
+    jobs: Vec<Job>,
+    records: Vec<RecordJob>,
+) -> Option<rusqlite::Connection> {
     let guard = match db.lock_for_write().await {
         Ok(guard) => guard,
         Err(e) => {
             for job in jobs {
                 let _ = job.reply.send(Err(WriteError::Database(super::fault::copy_of(&e))));
+            }
+            for record in records {
+                let _ = record.reply.send(Err(super::fault::copy_of(&e)));
             }
             return Some(conn);
         }
@@ -146,7 +204,12 @@ async fn commit_on_thread(db: &Db, mut conn: rusqlite::Connection, jobs: Vec<Job
         // Every await below completes at once (the connection is synchronous): this only drives the shared
         // async write path to its end on this thread.
         let mut opener = Opener::Direct(&mut conn, dispatch);
-        futures::executor::block_on(commit_jobs(&db, &mut opener, jobs));
+        futures::executor::block_on(async {
+            match records.is_empty() {
+                true => commit_jobs(&db, &mut opener, jobs).await,
+                false => commit_group(&db, &mut opener, jobs, records).await,
+            }
+        });
         drop(guard);
         conn
     })
@@ -165,7 +228,7 @@ async fn commit_jobs(db: &Db, opener: &mut Opener<'_>, mut jobs: Vec<Job>) {
         let job = jobs.pop().expect("one job");
         let _ = job.reply.send(commit_alone(db, opener, job.ops, &job.options).await);
     } else {
-        commit_group(db, opener, jobs).await;
+        commit_group(db, opener, jobs, Vec::new()).await;
     }
 }
 
@@ -334,8 +397,11 @@ fn committed(db: &Db, last: Option<i64>, dispatched: Option<(i64, Vec<Delivery>)
     db.notify_changed();
 }
 
-/// Several writes in one transaction, each behind a savepoint.
-async fn commit_group(db: &Db, opener: &mut Opener<'_>, jobs: Vec<Job>) {
+/// Several writes (and batches of attempt results) in one transaction, each behind a savepoint.
+async fn commit_group(db: &Db, opener: &mut Opener<'_>, jobs: Vec<Job>, records: Vec<RecordJob>) {
+    let mut recorded: Vec<(RecordJob, sqlx::Result<Recorded>)> = Vec::with_capacity(records.len());
+    let mut records: VecDeque<RecordJob> = records.into();
+    let mut record_last: Option<i64> = None;
     let mut waiting: VecDeque<Job> = jobs.into();
     let mut applied: Vec<(Job, Result<PendingWrite, WriteError>)> = Vec::with_capacity(waiting.len());
     let mut outcomes: Vec<(Job, Result<WriteOutcome, WriteError>)> = Vec::with_capacity(waiting.len());
@@ -343,8 +409,24 @@ async fn commit_group(db: &Db, opener: &mut Opener<'_>, jobs: Vec<Job>) {
     let mut events: Vec<Event> = Vec::new();
     let result: sqlx::Result<Option<(i64, Vec<Delivery>)>> = async {
         let mut tx = opener.begin(db).await?;
-        let keep_events = tx.dispatches();
+        let mut keep_events = tx.dispatches();
         let mut conn = tx.conn();
+        while let Some(job) = records.pop_front() {
+            if let Err(e) = conn.execute("SAVEPOINT recorded_attempts", &[]).await {
+                records.push_front(job);
+                return Err(e);
+            }
+            let result = record_in(&mut conn, &job.batch, job.disable_after_seconds).await;
+            if result.is_err() {
+                conn.execute("ROLLBACK TO SAVEPOINT recorded_attempts", &[]).await?;
+            }
+            conn.execute("RELEASE SAVEPOINT recorded_attempts", &[]).await?;
+            // The subscriptions this group would dispatch to were read before a status changed here.
+            if result.as_ref().is_ok_and(|r| r.statuses_changed) {
+                keep_events = false;
+            }
+            recorded.push((job, result));
+        }
         while let Some(job) = waiting.pop_front() {
             if let Err(e) = conn.execute("SAVEPOINT grouped_write", &[]).await {
                 waiting.push_front(job);
@@ -385,7 +467,20 @@ async fn commit_group(db: &Db, opener: &mut Opener<'_>, jobs: Vec<Job>) {
             applied.extend(done);
             return Err(failed);
         }
-        let dispatched = tx.dispatch(&events).await;
+        for (_, result) in &mut recorded {
+            let Ok(r) = result else { continue };
+            if r.events.is_empty() {
+                continue;
+            }
+            let (origin, now) = (db.instance_id().to_string(), super::now_text());
+            let appended = append_events(&mut conn, &r.events, &origin, &now).await?;
+            record_last = Some(appended.last);
+            events.extend(appended.into_events(std::mem::take(&mut r.events), &origin, &now));
+        }
+        let dispatched = match keep_events && !events.is_empty() {
+            true => tx.dispatch(&events).await,
+            false => None,
+        };
         tx.commit().await?;
         Ok(dispatched)
     }
@@ -393,13 +488,25 @@ async fn commit_group(db: &Db, opener: &mut Opener<'_>, jobs: Vec<Job>) {
     match result {
         Ok(dispatched) => {
             db.group_stats.count(outcomes.len());
-            let last = outcomes.iter().filter_map(|(_, r)| r.as_ref().ok()?.last_sequence).max();
+            let last = outcomes.iter().filter_map(|(_, r)| r.as_ref().ok()?.last_sequence).chain(record_last).max();
             committed(db, last, dispatched);
             for (job, result) in outcomes {
                 let _ = job.reply.send(result);
             }
+            for (job, result) in recorded {
+                if let Ok(r) = &result {
+                    db.attempts_recorded(r, None);
+                }
+                let _ = job.reply.send(result.map(|_| ()));
+            }
         }
         Err(e) => {
+            // Attempt results are not run again: their deliveries' leases expire and they are sent again
+            // (at-least-once), as when the recorder's own transaction fails.
+            let records = recorded.into_iter().map(|(job, _)| job).chain(records);
+            for job in records {
+                let _ = job.reply.send(Err(super::fault::copy_of(&e)));
+            }
             again.extend(outcomes.into_iter().map(|(job, _)| job));
             again.extend(applied.into_iter().map(|(job, _)| job));
             again.extend(waiting);

@@ -147,8 +147,13 @@ impl Db {
             if table.is_root() {
                 let f = sql.push(Param::Text(facet.to_string()));
                 let v = sql.push(Param::Text(value.clone()));
+                // A root's own id is not stored as a facet of its own (see `store::write::stored_facets`).
+                let itself = match facet == format!("{}_id", table.name) {
+                    true => format!("r.id = {v} OR "),
+                    false => String::new(),
+                };
                 sql.text += &format!(
-                    " AND r.id IN (SELECT id FROM record_facets WHERE kind = {kind} AND facet = {f} AND value = {v})"
+                    " AND ({itself}r.id IN (SELECT id FROM record_facets WHERE kind = {kind} AND facet = {f} AND value = {v}))"
                 );
             } else {
                 let f = sql.push(Param::Text(facet.to_string()));

@@ -19,7 +19,10 @@ pub(crate) enum Arg<'a> {
     Int(i64),
     Real(f64),
     Bool(bool),
+    /// A NULL text (PostgreSQL types each parameter by what is bound to it).
     Null,
+    /// A NULL integer.
+    NullInt,
 }
 
 impl<'a> From<&'a str> for Arg<'a> {
@@ -31,6 +34,18 @@ impl<'a> From<&'a str> for Arg<'a> {
 impl<'a> From<&'a String> for Arg<'a> {
     fn from(v: &'a String) -> Self {
         Arg::Text(v)
+    }
+}
+
+impl<'a> From<Option<&'a str>> for Arg<'a> {
+    fn from(v: Option<&'a str>) -> Self {
+        v.map_or(Arg::Null, Arg::Text)
+    }
+}
+
+impl From<Option<i64>> for Arg<'_> {
+    fn from(v: Option<i64>) -> Self {
+        v.map_or(Arg::NullInt, Arg::Int)
     }
 }
 
@@ -60,7 +75,7 @@ impl rusqlite::ToSql for Arg<'_> {
             Arg::Int(i) => ToSqlOutput::from(i),
             Arg::Real(f) => ToSqlOutput::from(f),
             Arg::Bool(b) => ToSqlOutput::from(b),
-            Arg::Null => ToSqlOutput::Owned(rusqlite::types::Value::Null),
+            Arg::Null | Arg::NullInt => ToSqlOutput::Owned(rusqlite::types::Value::Null),
         })
     }
 }
@@ -107,6 +122,10 @@ tuple!(A 0);
 tuple!(A 0, B 1);
 tuple!(A 0, B 1, C 2);
 tuple!(A 0, B 1, C 2, D 3);
+tuple!(A 0, B 1, C 2, D 3, E 4);
+tuple!(A 0, B 1, C 2, D 3, E 4, F 5);
+tuple!(A 0, B 1, C 2, D 3, E 4, F 5, G 6);
+tuple!(A 0, B 1, C 2, D 3, E 4, F 5, G 6, H 7);
 
 /// Where the write path's statements run.
 pub(crate) enum Conn<'c> {
@@ -166,6 +185,7 @@ fn pooled<'q>(sql: &'q str, args: &[Arg<'q>]) -> sqlx::query::Query<'q, sqlx::An
             Arg::Real(f) => query.bind(f),
             Arg::Bool(b) => query.bind(b),
             Arg::Null => query.bind(None::<String>),
+            Arg::NullInt => query.bind(None::<i64>),
         };
     }
     query

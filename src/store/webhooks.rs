@@ -726,183 +726,51 @@ impl Db {
     /// events when a subscription's status changes.
     pub async fn record_attempts(
         &self,
-        batch: &[(Delivery, AttemptRecord)],
+        batch: Vec<(Delivery, AttemptRecord)>,
         disable_after_seconds: i64,
     ) -> sqlx::Result<()> {
         if batch.is_empty() {
             return Ok(());
         }
-        let result = self.record_attempts_in_tx(batch, disable_after_seconds).await;
+        let result = match super::group_commit::records_attempts(self) {
+            true => super::group_commit::submit_record(self, batch, disable_after_seconds).await,
+            false => self.record_attempts_alone(&batch, disable_after_seconds).await,
+        };
         self.condition.observe(result)
     }
 
-    async fn record_attempts_in_tx(
+    /// Records a batch in a transaction of its own (PostgreSQL, or without a SQLite committer).
+    pub(crate) async fn record_attempts_alone(
         &self,
         batch: &[(Delivery, AttemptRecord)],
         disable_after_seconds: i64,
     ) -> sqlx::Result<()> {
         let (mut tx, _guard) = self.begin_write().await?;
-        // Multi-row statements: a batch costs a few statements, not two per attempt.
-        for chunk in batch.chunks(100) {
-            let values: Vec<String> =
-                super::row_placeholders(1, chunk.len(), 8).into_iter().map(|p| format!("({p})")).collect();
-            let sql = format!(
-                "INSERT INTO attempts (id, delivery_id, at, status_code, duration_ms, error, error_class, response_body) \
-                 VALUES {}",
-                values.join(", ")
-            );
-            let mut query = sqlx::query(&sql);
-            for (delivery, record) in chunk {
-                let a = &record.attempt;
-                query = query
-                    // Time-ordered, like event ids: appended to the index, not scattered through it.
-                    .bind(format!("att_{}", uuid::Uuid::now_v7().simple()))
-                    .bind(&delivery.id)
-                    .bind(&a.at)
-                    .bind(a.status_code)
-                    .bind(a.duration_ms)
-                    .bind(&a.error)
-                    .bind(&a.error_class)
-                    .bind(&a.response_body);
-            }
-            query.execute(&mut *tx).await?;
-
-            let values: Vec<String> =
-                super::row_placeholders(1, chunk.len(), 6).into_iter().map(|p| format!("({p})")).collect();
-            let sql = format!(
-                "WITH v (id, status, next_at, code, error, at) AS (VALUES {}) \
-                 UPDATE deliveries SET status = v.status, attempts = attempts + 1, next_attempt_at = v.next_at, \
-                 lease_until = NULL, last_status_code = v.code, last_error = v.error, updated_at = v.at \
-                 FROM v WHERE deliveries.id = v.id",
-                values.join(", ")
-            );
-            let mut query = sqlx::query(&sql);
-            for (delivery, record) in chunk {
-                let a = &record.attempt;
-                let (status, next) = match &record.outcome {
-                    AttemptOutcome::Succeeded => ("succeeded", a.at.clone()),
-                    AttemptOutcome::Retry { at } => ("retrying", at.clone()),
-                    AttemptOutcome::Failed | AttemptOutcome::Gone => ("failed", a.at.clone()),
-                };
-                query = query.bind(&delivery.id).bind(status).bind(next).bind(a.status_code).bind(&a.error).bind(&a.at);
-            }
-            query.execute(&mut *tx).await?;
-        }
-
-        // Each subscription once, its attempts applied in order.
-        let mut order: Vec<&str> = Vec::new();
-        for (d, _) in batch {
-            if !order.contains(&d.subscription_id.as_str()) {
-                order.push(&d.subscription_id);
-            }
-        }
-        let mut events = Vec::new();
-        let mut statuses_changed = false;
-        for sub_id in order {
-            let row =
-                sqlx::query("SELECT * FROM subscriptions WHERE id = $1").bind(sub_id).fetch_optional(&mut *tx).await?;
-            let Some(sub) = row.as_ref().map(from_row).transpose()? else { continue };
-            let mut status = sub.status.clone();
-            let mut reason = sub.disabled_reason.clone();
-            let mut failures = sub.consecutive_failures;
-            let mut failing_since = sub.failing_since.clone();
-            let mut success_at = sub.last_success_at.clone();
-            let mut failure_at = sub.last_failure_at.clone();
-            for (_, record) in batch.iter().filter(|(d, _)| d.subscription_id == sub_id) {
-                let a = &record.attempt;
-                let before = status.clone();
-                if record.outcome == AttemptOutcome::Succeeded {
-                    failures = 0;
-                    failing_since = None;
-                    if status == "failing" {
-                        status = "active".into();
-                    }
-                    success_at = Some(a.at.clone());
-                } else {
-                    failures += 1;
-                    failing_since.get_or_insert_with(|| a.at.clone());
-                    if status == "active" {
-                        status = "failing".into();
-                    }
-                    failure_at = Some(a.at.clone());
-                }
-                if record.outcome == AttemptOutcome::Gone && status != "disabled" {
-                    status = "disabled".into();
-                    reason = Some("the target answered 410 Gone".into());
-                } else if status == "failing"
-                    && failing_since.as_deref().is_some_and(|since| {
-                        chrono::DateTime::parse_from_rfc3339(since)
-                            .map(|t| {
-                                (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_seconds()
-                                    >= disable_after_seconds
-                            })
-                            .unwrap_or(false)
-                    })
-                {
-                    status = "disabled".into();
-                    reason = Some(format!("failing for more than {disable_after_seconds} seconds"));
-                }
-                let change = match (before.as_str(), status.as_str()) {
-                    ("active", "failing") => Some("webhook.failing"),
-                    ("failing", "active") => Some("webhook.recovered"),
-                    (from, "disabled") if from != "disabled" => Some("webhook.disabled"),
-                    _ => None,
-                };
-                if let Some(event_type) = change {
-                    let mut facets = std::collections::BTreeSet::new();
-                    facets.insert(("tenant".to_string(), sub.tenant.clone()));
-                    facets.insert(("subscription_id".to_string(), sub.id.clone()));
-                    let data = json!({
-                        "id": sub.id, "url": sub.url, "status": status, "disabled_reason": reason,
-                        "consecutive_failures": failures, "last_error": a.error,
-                    });
-                    events.push(NewEvent {
-                        event_type: event_type.into(),
-                        object: "webhook",
-                        object_id: sub.id.clone(),
-                        data,
-                        facets,
-                    });
-                }
-            }
-            statuses_changed |= status != sub.status || reason != sub.disabled_reason;
-            sqlx::query(
-                "UPDATE subscriptions SET status = $1, disabled_reason = $2, consecutive_failures = $3, \
-                 failing_since = $4, last_success_at = $5, last_failure_at = $6, \
-                 disabled_at = CASE WHEN $7 = 'disabled' AND status <> 'disabled' THEN $8 ELSE disabled_at END \
-                 WHERE id = $9",
-            )
-            .bind(&status)
-            .bind(&reason)
-            .bind(failures)
-            .bind(&failing_since)
-            .bind(&success_at)
-            .bind(&failure_at)
-            .bind(&status)
-            .bind(now_text())
-            .bind(&sub.id)
-            .execute(&mut *tx)
-            .await?;
-        }
-        let appended = match events.is_empty() {
+        let mut conn = Conn::from(&mut *tx);
+        let recorded = record_in(&mut conn, batch, disable_after_seconds).await?;
+        let appended = match recorded.events.is_empty() {
             true => None,
-            false => Some(append_events(&mut Conn::from(&mut *tx), &events, self.instance_id(), &now_text()).await?),
+            false => Some(append_events(&mut conn, &recorded.events, self.instance_id(), &now_text()).await?),
         };
         tx.commit().await?;
-        if let Some(appended) = appended {
-            self.events_appended(appended.last);
+        self.attempts_recorded(&recorded, appended.map(|a| a.last));
+        Ok(())
+    }
+
+    /// After a commit that recorded attempts (and appended their `webhook.*` events up to `last`).
+    pub(crate) fn attempts_recorded(&self, recorded: &Recorded, last: Option<i64>) {
+        if let Some(last) = last {
+            self.events_appended(last);
         }
         // The worker's snapshot routes by status (counters do not matter to it), and the worker needs waking
         // only for new events or a retry to schedule: a batch of plain successes changes neither.
-        if statuses_changed {
+        if recorded.statuses_changed {
             self.subscriptions_changed();
         }
-        let retries = batch.iter().any(|(_, record)| record.outcome != AttemptOutcome::Succeeded);
         // (`webhook.*` events only come with a status change.)
-        if statuses_changed || retries {
+        if recorded.statuses_changed || recorded.retries {
             self.notify_changed();
         }
-        Ok(())
     }
 
     /// A page of a subscription's deliveries, newest first.
@@ -1024,6 +892,182 @@ const CLAIMABLE: &str = "deliveries d JOIN subscriptions s ON s.id = d.subscript
      AND (s.ordered = 0 OR NOT EXISTS (SELECT 1 FROM deliveries e WHERE e.subscription_id = d.subscription_id \
      AND e.status IN ('pending', 'retrying') \
      AND (e.event_sequence < d.event_sequence OR (e.event_sequence = d.event_sequence AND e.id < d.id))))";
+
+/// What recording a batch of attempts did: the `webhook.*` events it still has to append (in the same
+/// transaction), and whom to tell once committed.
+pub(crate) struct Recorded {
+    pub events: Vec<NewEvent>,
+    pub statuses_changed: bool,
+    retries: bool,
+}
+
+/// Records a batch of attempt results in the open transaction on `conn`: the attempt rows, each delivery's
+/// new state, and each subscription's status and counters (applied in order). Multi-row statements: a batch
+/// costs a few statements, not two per attempt.
+pub(crate) async fn record_in(
+    conn: &mut Conn<'_>,
+    batch: &[(Delivery, AttemptRecord)],
+    disable_after_seconds: i64,
+) -> sqlx::Result<Recorded> {
+    for chunk in batch.chunks(100) {
+        let values: Vec<String> =
+            super::row_placeholders(1, chunk.len(), 8).into_iter().map(|p| format!("({p})")).collect();
+        let sql = format!(
+            "INSERT INTO attempts (id, delivery_id, at, status_code, duration_ms, error, error_class, response_body) \
+             VALUES {}",
+            values.join(", ")
+        );
+        // Time-ordered, like event ids: appended to the index, not scattered through it.
+        let ids: Vec<String> = chunk.iter().map(|_| format!("att_{}", uuid::Uuid::now_v7().simple())).collect();
+        let mut args: Vec<Arg> = Vec::with_capacity(8 * chunk.len());
+        for ((delivery, record), id) in chunk.iter().zip(&ids) {
+            let a = &record.attempt;
+            args.extend([
+                Arg::from(id),
+                (&delivery.id).into(),
+                (&a.at).into(),
+                a.status_code.into(),
+                a.duration_ms.into(),
+                a.error.as_deref().into(),
+                a.error_class.as_deref().into(),
+                a.response_body.as_deref().into(),
+            ]);
+        }
+        conn.execute(&sql, &args).await?;
+
+        let values: Vec<String> =
+            super::row_placeholders(1, chunk.len(), 6).into_iter().map(|p| format!("({p})")).collect();
+        let sql = format!(
+            "WITH v (id, status, next_at, code, error, at) AS (VALUES {}) \
+             UPDATE deliveries SET status = v.status, attempts = attempts + 1, next_attempt_at = v.next_at, \
+             lease_until = NULL, last_status_code = v.code, last_error = v.error, updated_at = v.at \
+             FROM v WHERE deliveries.id = v.id",
+            values.join(", ")
+        );
+        let mut args: Vec<Arg> = Vec::with_capacity(6 * chunk.len());
+        for (delivery, record) in chunk {
+            let a = &record.attempt;
+            let (status, next) = match &record.outcome {
+                AttemptOutcome::Succeeded => ("succeeded", &a.at),
+                AttemptOutcome::Retry { at } => ("retrying", at),
+                AttemptOutcome::Failed | AttemptOutcome::Gone => ("failed", &a.at),
+            };
+            args.extend([
+                Arg::from(&delivery.id),
+                status.into(),
+                next.into(),
+                a.status_code.into(),
+                a.error.as_deref().into(),
+                (&a.at).into(),
+            ]);
+        }
+        conn.execute(&sql, &args).await?;
+    }
+
+    // Each subscription once, its attempts applied in order.
+    let mut order: Vec<&str> = Vec::new();
+    for (d, _) in batch {
+        if !order.contains(&d.subscription_id.as_str()) {
+            order.push(&d.subscription_id);
+        }
+    }
+    let mut events = Vec::new();
+    let mut statuses_changed = false;
+    for sub_id in order {
+        type StatusRow = (String, String, String, Option<String>, i64, Option<String>, Option<String>, Option<String>);
+        let row: Option<StatusRow> = conn
+            .fetch_optional(
+                "SELECT tenant, url, status, disabled_reason, consecutive_failures, failing_since, last_success_at, \
+                 last_failure_at FROM subscriptions WHERE id = $1",
+                &[sub_id.into()],
+            )
+            .await?;
+        let Some((tenant, url, was, was_reason, mut failures, mut failing_since, mut success_at, mut failure_at)) = row
+        else {
+            continue;
+        };
+        let mut status = was.clone();
+        let mut reason = was_reason.clone();
+        for (_, record) in batch.iter().filter(|(d, _)| d.subscription_id == sub_id) {
+            let a = &record.attempt;
+            let before = status.clone();
+            if record.outcome == AttemptOutcome::Succeeded {
+                failures = 0;
+                failing_since = None;
+                if status == "failing" {
+                    status = "active".into();
+                }
+                success_at = Some(a.at.clone());
+            } else {
+                failures += 1;
+                failing_since.get_or_insert_with(|| a.at.clone());
+                if status == "active" {
+                    status = "failing".into();
+                }
+                failure_at = Some(a.at.clone());
+            }
+            if record.outcome == AttemptOutcome::Gone && status != "disabled" {
+                status = "disabled".into();
+                reason = Some("the target answered 410 Gone".into());
+            } else if status == "failing"
+                && failing_since.as_deref().is_some_and(|since| {
+                    chrono::DateTime::parse_from_rfc3339(since)
+                        .map(|t| {
+                            (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_seconds() >= disable_after_seconds
+                        })
+                        .unwrap_or(false)
+                })
+            {
+                status = "disabled".into();
+                reason = Some(format!("failing for more than {disable_after_seconds} seconds"));
+            }
+            let change = match (before.as_str(), status.as_str()) {
+                ("active", "failing") => Some("webhook.failing"),
+                ("failing", "active") => Some("webhook.recovered"),
+                (from, "disabled") if from != "disabled" => Some("webhook.disabled"),
+                _ => None,
+            };
+            if let Some(event_type) = change {
+                let mut facets = std::collections::BTreeSet::new();
+                facets.insert(("tenant".to_string(), tenant.clone()));
+                facets.insert(("subscription_id".to_string(), sub_id.to_string()));
+                let data = json!({
+                    "id": sub_id, "url": url, "status": status, "disabled_reason": reason,
+                    "consecutive_failures": failures, "last_error": a.error,
+                });
+                events.push(NewEvent {
+                    event_type: event_type.into(),
+                    object: "webhook",
+                    object_id: sub_id.to_string(),
+                    data,
+                    facets,
+                });
+            }
+        }
+        statuses_changed |= status != was || reason != was_reason;
+        let now = now_text();
+        conn.execute(
+            "UPDATE subscriptions SET status = $1, disabled_reason = $2, consecutive_failures = $3, \
+             failing_since = $4, last_success_at = $5, last_failure_at = $6, \
+             disabled_at = CASE WHEN $7 = 'disabled' AND status <> 'disabled' THEN $8 ELSE disabled_at END \
+             WHERE id = $9",
+            &[
+                (&status).into(),
+                reason.as_deref().into(),
+                failures.into(),
+                failing_since.as_deref().into(),
+                success_at.as_deref().into(),
+                failure_at.as_deref().into(),
+                (&status).into(),
+                (&now).into(),
+                sub_id.into(),
+            ],
+        )
+        .await?;
+    }
+    let retries = batch.iter().any(|(_, record)| record.outcome != AttemptOutcome::Succeeded);
+    Ok(Recorded { events, statuses_changed, retries })
+}
 
 /// Deliveries have stable ids derived from (subscription, event), so a replayed dispatch cannot duplicate.
 pub fn delivery_id(subscription_id: &str, event_id: &str) -> String {

@@ -412,18 +412,19 @@ impl Writer<'_, '_> {
             });
         }
         for (t, row_id) in order.into_iter().rev() {
-            let before: Option<(i64, String)> = self
+            let before: Option<(i64, String, Option<String>)> = self
                 .conn
                 .fetch_optional(
-                    "SELECT rid, data FROM records WHERE kind = $1 AND id = $2",
+                    "SELECT rid, data, doc FROM records WHERE kind = $1 AND id = $2",
                     &[t.name.into(), (&row_id).into()],
                 )
                 .await?;
-            let Some((rid, data)) = before else { continue };
+            let Some((rid, data, doc)) = before else { continue };
             self.conn.execute("DELETE FROM record_refs WHERE rid = $1", &[rid.into()]).await?;
-            self.conn
-                .execute("DELETE FROM record_facets WHERE kind = $1 AND id = $2", &[t.name.into(), (&row_id).into()])
-                .await?;
+            if t.is_root() {
+                let gone = doc.as_deref().map(|text| stored_facets_of_text(t, &row_id, text)).unwrap_or_default();
+                self.delete_facets(t, &row_id, gone.iter()).await?;
+            }
             self.conn.execute("DELETE FROM records WHERE rid = $1", &[rid.into()]).await?;
             self.conn
                 .execute(
@@ -592,6 +593,14 @@ impl Writer<'_, '_> {
         let (text, search_text, sort_key) =
             (doc.to_string(), document::search_text(table, doc), document::sort_key(table, doc));
         let summary = super::compile::list_form(doc).to_string();
+        let previous: Option<String> = match fresh {
+            true => None,
+            false => self
+                .conn
+                .fetch_optional("SELECT doc FROM records WHERE kind = $1 AND id = $2", &[table.name.into(), id.into()])
+                .await?
+                .and_then(|(doc,): (Option<String>,)| doc),
+        };
         self.conn
             .execute(
                 "UPDATE records SET doc = $1, search_text = $2, sort_key = $3, modified_at = $4, \
@@ -612,13 +621,16 @@ impl Writer<'_, '_> {
                 ],
             )
             .await?;
+        // Only the facets that changed are written: most updates change none, and each facet is a page of a
+        // random-keyed index.
+        let mut facets = stored_facets(table, id, doc);
         if !fresh {
-            self.conn
-                .execute("DELETE FROM record_facets WHERE kind = $1 AND id = $2", &[table.name.into(), id.into()])
-                .await?;
+            let before = previous.as_deref().map(|text| stored_facets_of_text(table, id, text)).unwrap_or_default();
+            self.delete_facets(table, id, before.difference(&facets)).await?;
+            facets.retain(|f| !before.contains(f));
         }
         // One multi-row statement per document (a few hundred facets at most), not one per facet.
-        let facets: Vec<(String, String)> = document::facets(table, doc).into_iter().collect();
+        let facets: Vec<(String, String)> = facets.into_iter().collect();
         for chunk in facets.chunks(200) {
             let values: Vec<String> =
                 super::row_placeholders(3, chunk.len(), 2).into_iter().map(|p| format!("($1, $2, {p})")).collect();
@@ -631,6 +643,23 @@ impl Writer<'_, '_> {
                 args.extend([Arg::from(facet), Arg::from(value)]);
             }
             self.conn.execute(&sql, &args).await?;
+        }
+        Ok(())
+    }
+
+    async fn delete_facets(
+        &mut self,
+        table: &Table,
+        id: &str,
+        facets: impl Iterator<Item = &(String, String)>,
+    ) -> sqlx::Result<()> {
+        for (facet, value) in facets {
+            self.conn
+                .execute(
+                    "DELETE FROM record_facets WHERE kind = $1 AND facet = $2 AND value = $3 AND id = $4",
+                    &[table.name.into(), facet.into(), value.into(), id.into()],
+                )
+                .await?;
         }
         Ok(())
     }
@@ -668,7 +697,7 @@ impl Writer<'_, '_> {
                 for row in &rows {
                     let Some(target_id) = row.get(field.name).and_then(Value::as_str) else { continue };
                     let parents: Vec<&'static Table> = match field.references {
-                        Some("*") => match parent_table_of(self.conn, target_id).await? {
+                        Some("*") => match parent_table_of(self.conn, target_id, t, field.name).await? {
                             Some(p) => vec![p],
                             None => vec![],
                         },
@@ -715,10 +744,49 @@ fn table_of(name: &str) -> Option<&'static Table> {
     table(name)
 }
 
-/// The table of the row with this id, for polymorphic references (`attribute.link_id`).
-async fn parent_table_of(conn: &mut Conn<'_>, id: &str) -> sqlx::Result<Option<&'static Table>> {
-    let kind: Option<(String,)> =
-        conn.fetch_optional("SELECT kind FROM records WHERE id = $1 LIMIT 1", &[id.into()]).await?;
+/// The facets `record_facets` holds for a root document (`doc`, as stored): all of [`document::facets`] but
+/// the root's own id, which list filters match on the id itself (see `store::read`). The facets to delete
+/// are derived from the stored document the same way, so a change to what counts as a facet must come with a
+/// migration that rebuilds `record_facets`.
+fn stored_facets(table: &Table, id: &str, doc: &Value) -> BTreeSet<(String, String)> {
+    let own = format!("{}_id", table.name);
+    let mut facets = document::facets(table, doc);
+    facets.retain(|(facet, value)| !(*facet == own && value == id));
+    facets
+}
+
+fn stored_facets_of_text(table: &Table, id: &str, doc: &str) -> BTreeSet<(String, String)> {
+    serde_json::from_str::<Value>(doc).map(|doc| stored_facets(table, id, &doc)).unwrap_or_default()
+}
+
+/// The table of the row with this id, for polymorphic references (`attribute.link_id`): only tables that
+/// nest `child` rows through `field` can be the parent, and each is probed on its `(kind, id)` key (there
+/// is no index on the id alone: it would cost a random page write on every insert to save this rare read).
+async fn parent_table_of(
+    conn: &mut Conn<'_>,
+    id: &str,
+    child: &Table,
+    field: &str,
+) -> sqlx::Result<Option<&'static Table>> {
+    let candidates: Vec<&'static Table> = TABLES
+        .iter()
+        .filter(|parent| {
+            parent
+                .nested
+                .iter()
+                .any(|n| n.table == child.name && parent.back_reference(n).map(|f| f.name) == Some(field))
+        })
+        .collect();
+    if candidates.is_empty() {
+        return Ok(None);
+    }
+    let mut args: Vec<Arg> = vec![id.into()];
+    args.extend(candidates.iter().map(|t| Arg::from(t.name)));
+    let sql = format!(
+        "SELECT kind FROM records WHERE id = $1 AND kind IN ({}) LIMIT 1",
+        super::placeholders(1, candidates.len())
+    );
+    let kind: Option<(String,)> = conn.fetch_optional(&sql, &args).await?;
     Ok(kind.and_then(|(k,)| table(&k)))
 }
 

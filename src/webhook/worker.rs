@@ -524,7 +524,7 @@ async fn record_in_batches(
     disable_after_seconds: i64,
 ) {
     const MAX_BATCH: usize = 1000;
-    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut batch = Vec::new();
     while let Some(first) = rx.recv().await {
         let mut stop = first.0.id.is_empty();
         if !stop {
@@ -539,10 +539,10 @@ async fn record_in_batches(
             }
             batch.push(next);
         }
-        if let Err(e) = db.record_attempts(&batch, disable_after_seconds).await {
-            tracing::error!(error = %e, attempts = batch.len(), "recording attempts failed; their deliveries will be retried");
+        let count = batch.len();
+        if let Err(e) = db.record_attempts(std::mem::take(&mut batch), disable_after_seconds).await {
+            tracing::error!(error = %e, attempts = count, "recording attempts failed; their deliveries will be retried");
         }
-        batch.clear();
         if stop {
             break;
         }

@@ -403,3 +403,65 @@ store_test!(concurrent_puts_creating_the_same_id_all_succeed, |app| async move {
         assert_eq!(created.count(), 1, "one organization.created for {id}");
     }
 });
+
+/// The ids of the services a filtered list page shows.
+async fn service_ids(app: &crate::helpers::TestApp, query: &str) -> Vec<String> {
+    let page = app.get_json(&format!("/services?{query}&per_page=50")).await;
+    page["contents"].as_array().expect("contents").iter().map(|s| s["id"].as_str().unwrap().to_string()).collect()
+}
+
+store_test!(filters_follow_a_document_as_it_changes_and_goes, |app| async move {
+    let o2 = "00000000-0000-4000-8000-000000000002";
+    app.put_ok(&format!("/organizations/{O1}"), &org_body(O1, "Food Bank")).await;
+    app.put_ok(&format!("/organizations/{o2}"), &org_body(o2, "Legal Aid Society")).await;
+    app.put_ok(&format!("/services/{S1}"), &service_body(S1, O1, "Community Pantry")).await;
+    assert_eq!(service_ids(&app, &format!("organization_id={O1}")).await, [S1]);
+
+    // A root matches a filter on its own id (not stored as a facet of itself).
+    let page = app.get_json(&format!("/organizations?organization_id={O1}")).await;
+    assert_eq!(page["total_items"], 1);
+    assert_eq!(page["contents"][0]["id"], O1);
+    assert_eq!(service_ids(&app, &format!("service_id={S1}")).await, [S1]);
+
+    // Moving the service: the old organization's filter loses it, the new one's finds it.
+    app.put_ok(&format!("/services/{S1}"), &service_body(S1, o2, "Community Pantry")).await;
+    assert!(service_ids(&app, &format!("organization_id={O1}")).await.is_empty());
+    assert_eq!(service_ids(&app, &format!("organization_id={o2}")).await, [S1]);
+    // An update that changes no facet keeps them.
+    app.put_ok(&format!("/services/{S1}"), &service_body(S1, o2, "Community Pantry, renamed")).await;
+    assert_eq!(service_ids(&app, &format!("organization_id={o2}")).await, [S1]);
+
+    // Deleted and created again under the first organization: nothing of its old facets is left behind.
+    assert_eq!(app.delete(&format!("/services/{S1}")).await.status(), 204);
+    app.put_ok(&format!("/services/{S1}"), &service_body(S1, O1, "Community Pantry")).await;
+    assert!(service_ids(&app, &format!("organization_id={o2}")).await.is_empty());
+    assert_eq!(service_ids(&app, &format!("organization_id={O1}")).await, [S1]);
+});
+
+store_test!(upgrading_a_store_drops_stored_self_facets_and_filters_still_match, |app| async move {
+    app.put_ok(&format!("/organizations/{O1}"), &org_body(O1, "Food Bank")).await;
+    // A store written before migration 6 held every root's own id as a facet of itself.
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&app.database_url).await.expect("connect to the test database");
+    sqlx::query(
+        "INSERT INTO record_facets (kind, facet, value, id) VALUES ('organization', 'organization_id', $1, $1)",
+    )
+    .bind(O1)
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE meta SET value = '5' WHERE key = 'schema_version'").execute(&pool).await.unwrap();
+    let upgraded = hsda::store::Db::connect(&app.database_url).await.expect("migrate to the current schema");
+    upgraded.close().await;
+    let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM record_facets WHERE facet = kind || '_id' AND value = id")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "self facets are gone");
+    let version: String =
+        sqlx::query_scalar("SELECT value FROM meta WHERE key = 'schema_version'").fetch_one(&pool).await.unwrap();
+    assert_eq!(version, "6");
+    pool.close().await;
+    let page = app.get_json(&format!("/organizations?organization_id={O1}")).await;
+    assert_eq!(page["total_items"], 1);
+});
