@@ -12,9 +12,10 @@
 //! committer, say), and every job of a group whose commit failed, is run again alone, so a caller only ever
 //! sees an error its own write caused.
 //!
-//! On a SQLite file the committer runs each group on a blocking thread over its own rusqlite connection
-//! (see [`super::sql`] for why): the group's statements then cost no thread hand-offs. It takes this
-//! process's write lock first, like every other SQLite writer.
+//! On a SQLite file the committer is a thread of its own with its own rusqlite connection (see
+//! [`super::sql`] for why): the group's statements then cost no thread hand-offs, and under load it goes
+//! from one group to the next without any. It takes this process's write lock first, like every other
+//! SQLite writer. Batches of webhook attempt results join its groups too ([`RecordJob`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -82,17 +83,24 @@ impl GroupStats {
 /// several, which prepare their groups in parallel and serialise only on the counter row at the end.
 pub(crate) fn start(db: &Db, direct: Option<rusqlite::Connection>) -> Queue {
     let (queue, rx) = mpsc::channel(QUEUE_DEPTH);
+    // The committers' handle has no queue of its own, so the channel closes when the last user handle is
+    // dropped and the committers end.
+    let committer_db = Db { writes: None, ..db.clone() };
+    let rx = match direct {
+        Some(conn) => match start_thread(committer_db, rx, conn) {
+            Ok(()) => return queue,
+            Err(rx) => rx,
+        },
+        None => rx,
+    };
     let rx = Arc::new(Mutex::new(rx));
     let committers = match db.backend {
         Backend::Sqlite => 1,
         Backend::Postgres => 4,
     };
-    let mut direct = direct;
     for _ in 0..committers {
-        // The committers' handle has no queue of its own, so the channel closes when the last user handle
-        // is dropped and the committers end.
         let db = Db { writes: None, ..db.clone() };
-        tokio::spawn(run(db, rx.clone(), direct.take()));
+        tokio::spawn(run(db, rx.clone()));
     }
     queue
 }
@@ -129,54 +137,97 @@ pub(crate) async fn submit_record(
     answer.await.unwrap_or(Err(sqlx::Error::PoolClosed))
 }
 
-async fn run(db: Db, rx: Arc<Mutex<mpsc::Receiver<Work>>>, mut direct: Option<rusqlite::Connection>) {
+/// `first` and whatever else is waiting (up to [`MAX_GROUP`]), as writes and attempt batches.
+fn take_group(first: Work, rx: &mut mpsc::Receiver<Work>) -> (Vec<Job>, Vec<RecordJob>) {
+    let (mut jobs, mut records) = (Vec::new(), Vec::new());
+    let mut take = |work| match work {
+        Work::Write(job) => jobs.push(job),
+        Work::Record(record) => records.push(record),
+    };
+    take(first);
+    let mut taken = 1;
+    while taken < MAX_GROUP
+        && let Ok(next) = rx.try_recv()
+    {
+        take(next);
+        taken += 1;
+    }
+    (jobs, records)
+}
+
+/// The committers over pooled connections (PostgreSQL; SQLite without a connection of its own).
+async fn run(db: Db, rx: Arc<Mutex<mpsc::Receiver<Work>>>) {
     loop {
-        let mut jobs = Vec::new();
-        let mut records = Vec::new();
-        {
+        let (jobs, records) = {
             let mut rx = rx.lock().await;
             let Some(first) = rx.recv().await else { return };
-            let mut take = |work| match work {
-                Work::Write(job) => jobs.push(job),
-                Work::Record(record) => records.push(record),
-            };
-            take(first);
-            let mut taken = 1;
-            while taken < MAX_GROUP
-                && let Ok(next) = rx.try_recv()
-            {
-                take(next);
-                taken += 1;
-            }
+            take_group(first, &mut rx)
+        };
+        for record in records {
+            let result = db.record_attempts_alone(&record.batch, record.disable_after_seconds).await;
+            let _ = record.reply.send(result);
         }
-        match direct.take() {
-            Some(conn) => direct = commit_on_thread(&db, conn, jobs, records).await,
-            None => {
-                for record in records {
-                    let result = db.record_attempts_alone(&record.batch, record.disable_after_seconds).await;
-                    let _ = record.reply.send(result);
-                }
-                if jobs.is_empty() {
-                    continue;
-                }
-                // PostgreSQL dispatches at commit too (SQLite only on the committer's own connection, whose
-                // snapshot of subscriptions is taken under the write lock).
-                let dispatch = if db.backend == Backend::Postgres { db.commit_dispatch() } else { None };
-                commit_jobs(&db, &mut Opener::Pool(dispatch), jobs).await
-            }
+        if jobs.is_empty() {
+            continue;
+        }
+        // PostgreSQL dispatches at commit too (SQLite only on the committer's own connection, whose snapshot
+        // of subscriptions is taken under the write lock).
+        let dispatch = if db.backend == Backend::Postgres { db.commit_dispatch() } else { None };
+        commit_jobs(&db, &mut Opener::Pool(dispatch), jobs).await
+    }
+}
+
+/// Starts the SQLite committer on a thread of its own, over its own connection. Under load it goes from one
+/// group straight to the next: handing each group to a blocking task and back cost two thread wake-ups per
+/// group. Gives the queue back if no thread could be started.
+fn start_thread(db: Db, rx: mpsc::Receiver<Work>, conn: rusqlite::Connection) -> Result<(), mpsc::Receiver<Work>> {
+    let runtime = tokio::runtime::Handle::current();
+    // The receiver comes back through this slot if the thread cannot be spawned.
+    let slot = Arc::new(std::sync::Mutex::new(Some(rx)));
+    let taken = slot.clone();
+    let spawned = std::thread::Builder::new().name("hsda-sqlite-committer".into()).spawn(move || {
+        let Some(mut rx) = taken.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
+        // In the runtime's context, as a blocking task would be: what a commit wakes may use it.
+        let _context = runtime.enter();
+        run_on_thread(&db, &mut rx, conn, &runtime);
+    });
+    match spawned {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            tracing::error!(error = %e, "no thread for the SQLite committer; writes go through the pool");
+            Err(slot.lock().unwrap_or_else(|p| p.into_inner()).take().expect("the thread never ran"))
         }
     }
 }
 
-/// Commits `jobs` over the committer's own SQLite connection on a blocking thread, holding this process's
-/// write lock; gives the connection back (lost only if the thread panicked: the pool takes over then).
-async fn commit_on_thread(
+fn run_on_thread(
     db: &Db,
+    rx: &mut mpsc::Receiver<Work>,
     mut conn: rusqlite::Connection,
+    runtime: &tokio::runtime::Handle,
+) {
+    while let Some(first) = rx.blocking_recv() {
+        let (jobs, records) = take_group(first, rx);
+        let group = std::panic::AssertUnwindSafe(|| commit_direct(db, &mut conn, jobs, records, runtime));
+        // A panic drops the group's reply channels (its callers see the store as unavailable) and rolls its
+        // transaction back (`DirectTx`'s drop); the connection serves the next group.
+        if std::panic::catch_unwind(group).is_err() {
+            tracing::error!("a SQLite group commit panicked; its writes were not applied");
+        }
+    }
+}
+
+/// Commits `jobs` and `records` over the committer's own SQLite connection, holding this process's write
+/// lock. Every await inside the write path completes at once (the connection is synchronous): it is only
+/// driven to its end on this thread.
+fn commit_direct(
+    db: &Db,
+    conn: &mut rusqlite::Connection,
     jobs: Vec<Job>,
     records: Vec<RecordJob>,
-) -> Option<rusqlite::Connection> {
-    let guard = match db.lock_for_write().await {
+    runtime: &tokio::runtime::Handle,
+) {
+    let guard = match runtime.block_on(db.lock_for_write()) {
         Ok(guard) => guard,
         Err(e) => {
             for job in jobs {
@@ -185,12 +236,12 @@ async fn commit_on_thread(
             for record in records {
                 let _ = record.reply.send(Err(super::fault::copy_of(&e)));
             }
-            return Some(conn);
+            return;
         }
     };
     // Read under the write lock, so no subscription change can commit between it and the dispatch.
     let dispatch = match db.commit_dispatch() {
-        Some(settings) => match db.subscription_snapshot().await {
+        Some(settings) => match runtime.block_on(db.subscription_snapshot()) {
             Ok(subscriptions) => Some(Dispatch { settings, subscriptions }),
             Err(e) => {
                 tracing::warn!(error = %e, "no subscriptions to dispatch at commit; the worker dispatches");
@@ -199,28 +250,14 @@ async fn commit_on_thread(
         },
         None => None,
     };
-    let db = db.clone();
-    let done = tokio::task::spawn_blocking(move || {
-        // Every await below completes at once (the connection is synchronous): this only drives the shared
-        // async write path to its end on this thread.
-        let mut opener = Opener::Direct(&mut conn, dispatch);
-        futures::executor::block_on(async {
-            match records.is_empty() {
-                true => commit_jobs(&db, &mut opener, jobs).await,
-                false => commit_group(&db, &mut opener, jobs, records).await,
-            }
-        });
-        drop(guard);
-        conn
-    })
-    .await;
-    match done {
-        Ok(conn) => Some(conn),
-        Err(e) => {
-            tracing::error!(error = %e, "the SQLite committer thread failed; writes go through the pool from now on");
-            None
+    let mut opener = Opener::Direct(conn, dispatch);
+    futures::executor::block_on(async {
+        match records.is_empty() {
+            true => commit_jobs(db, &mut opener, jobs).await,
+            false => commit_group(db, &mut opener, jobs, records).await,
         }
-    }
+    });
+    drop(guard);
 }
 
 async fn commit_jobs(db: &Db, opener: &mut Opener<'_>, mut jobs: Vec<Job>) {
