@@ -436,6 +436,36 @@ fn committed(db: &Db, last: Option<i64>, dispatched: Option<(i64, Vec<Delivery>)
 
 /// Several writes (and batches of attempt results) in one transaction, each behind a savepoint.
 async fn commit_group(db: &Db, opener: &mut Opener<'_>, jobs: Vec<Job>, records: Vec<RecordJob>) {
+    // First without a savepoint around each write: on SQLite each one costs a flush of the full-text index's
+    // pending terms (a new index segment per write, merged again later) and a copy of every page the write
+    // touches first. Writes are rarely refused inside the transaction (bodies are validated before); when
+    // one is, the whole group is rolled back and run again with a savepoint around each write.
+    if let Some((jobs, records)) = run_group(db, opener, jobs, records, false).await {
+        run_group(db, opener, jobs, records, true).await;
+    }
+}
+
+/// Why a group's transaction stopped.
+enum Stop {
+    Failed(sqlx::Error),
+    /// A write without a savepoint of its own failed: the group runs again, each write behind one.
+    Unguarded,
+}
+
+impl From<sqlx::Error> for Stop {
+    fn from(e: sqlx::Error) -> Self {
+        Stop::Failed(e)
+    }
+}
+
+/// Runs a group; gives its jobs back, untouched, if it has to run again with `guard_each`.
+async fn run_group(
+    db: &Db,
+    opener: &mut Opener<'_>,
+    jobs: Vec<Job>,
+    records: Vec<RecordJob>,
+    guard_each: bool,
+) -> Option<(Vec<Job>, Vec<RecordJob>)> {
     let mut recorded: Vec<(RecordJob, sqlx::Result<Recorded>)> = Vec::with_capacity(records.len());
     let mut records: VecDeque<RecordJob> = records.into();
     let mut record_last: Option<i64> = None;
@@ -444,14 +474,14 @@ async fn commit_group(db: &Db, opener: &mut Opener<'_>, jobs: Vec<Job>, records:
     let mut outcomes: Vec<(Job, Result<WriteOutcome, WriteError>)> = Vec::with_capacity(waiting.len());
     let mut again: Vec<Job> = Vec::new();
     let mut events: Vec<Event> = Vec::new();
-    let result: sqlx::Result<Option<(i64, Vec<Delivery>)>> = async {
+    let result: Result<Option<(i64, Vec<Delivery>)>, Stop> = async {
         let mut tx = opener.begin(db).await?;
         let mut keep_events = tx.dispatches();
         let mut conn = tx.conn();
         while let Some(job) = records.pop_front() {
             if let Err(e) = conn.execute("SAVEPOINT recorded_attempts", &[]).await {
                 records.push_front(job);
-                return Err(e);
+                return Err(e.into());
             }
             let result = record_in(&mut conn, &job.batch, job.disable_after_seconds).await;
             if result.is_err() {
@@ -465,9 +495,20 @@ async fn commit_group(db: &Db, opener: &mut Opener<'_>, jobs: Vec<Job>, records:
             recorded.push((job, result));
         }
         while let Some(job) = waiting.pop_front() {
+            if !guard_each {
+                // The ops are kept in case the group has to run again.
+                match db.apply_in(&mut conn, job.ops.clone(), &job.options).await {
+                    Ok(pending) => applied.push((job, Ok(pending))),
+                    Err(_) => {
+                        waiting.push_front(job);
+                        return Err(Stop::Unguarded);
+                    }
+                }
+                continue;
+            }
             if let Err(e) = conn.execute("SAVEPOINT grouped_write", &[]).await {
                 waiting.push_front(job);
-                return Err(e);
+                return Err(e.into());
             }
             // The ops are kept in case this write has to be run again alone.
             let result = db.apply_in(&mut conn, job.ops.clone(), &job.options).await;
@@ -502,7 +543,7 @@ async fn commit_group(db: &Db, opener: &mut Opener<'_>, jobs: Vec<Job>, records:
             };
             again.push(job);
             applied.extend(done);
-            return Err(failed);
+            return Err(failed.into());
         }
         for (_, result) in &mut recorded {
             let Ok(r) = result else { continue };
@@ -537,7 +578,13 @@ async fn commit_group(db: &Db, opener: &mut Opener<'_>, jobs: Vec<Job>, records:
                 let _ = job.reply.send(result.map(|_| ()));
             }
         }
-        Err(e) => {
+        Err(Stop::Unguarded) => {
+            // Nothing was committed, and nothing was answered: every job goes back as it came.
+            let jobs = applied.into_iter().map(|(job, _)| job).chain(waiting).collect();
+            let records = recorded.into_iter().map(|(job, _)| job).chain(records).collect();
+            return Some((jobs, records));
+        }
+        Err(Stop::Failed(e)) => {
             // Attempt results are not run again: their deliveries' leases expire and they are sent again
             // (at-least-once), as when the recorder's own transaction fails.
             let records = recorded.into_iter().map(|(job, _)| job).chain(records);
@@ -553,7 +600,7 @@ async fn commit_group(db: &Db, opener: &mut Opener<'_>, jobs: Vec<Job>, records:
                 for job in again {
                     let _ = job.reply.send(Err(WriteError::Database(super::fault::copy_of(&e))));
                 }
-                return;
+                return None;
             }
             // Nothing of this group was committed: every write is tried again on its own.
             tracing::warn!(error = %e, "a group commit failed; its writes run again one by one");
@@ -562,4 +609,5 @@ async fn commit_group(db: &Db, opener: &mut Opener<'_>, jobs: Vec<Job>, records:
     for job in again {
         let _ = job.reply.send(commit_alone(db, opener, job.ops, &job.options).await);
     }
+    None
 }
