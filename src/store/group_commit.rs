@@ -428,6 +428,7 @@ async fn commit_once(
 fn committed(db: &Db, last: Option<i64>, dispatched: Option<(i64, Vec<Delivery>)>) {
     let Some(last) = last else { return };
     db.events_appended(last);
+    db.keep_statistics_fresh(last);
     if let Some((through, deliveries)) = dispatched {
         db.hand_over(through, deliveries);
     }

@@ -24,6 +24,9 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 use tokio::sync::Mutex;
 
+/// The event sequence at which statistics are first refreshed (see [`Db::keep_statistics_fresh`]).
+const FIRST_ANALYZE: i64 = 200;
+
 /// Which SQL engine is behind the pool; the few statements that differ branch on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -55,6 +58,8 @@ pub struct Db {
     key_cache: Arc<keys::KeyCache>,
     /// Dispatching at commit and the worker's hints (see [`webhooks::DispatchState`]).
     pub(crate) dispatch: Arc<webhooks::DispatchState>,
+    /// PostgreSQL: the event sequence at which this process next refreshes the planner's statistics.
+    next_analyze: Arc<std::sync::atomic::AtomicI64>,
 }
 
 /// How the store waits for the database.
@@ -143,6 +148,7 @@ impl Db {
             condition: Arc::new(fault::Condition::default()),
             key_cache: Arc::default(),
             dispatch: Arc::default(),
+            next_analyze: Arc::new(std::sync::atomic::AtomicI64::new(FIRST_ANALYZE)),
         };
         db.migrate().await?;
         db.instance_id = Arc::from(db.load_instance_id().await?);
@@ -227,6 +233,30 @@ impl Db {
     /// delivery workers may act on (events appended, deliveries queued), so they need not poll.
     pub fn watch_changes(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changed.subscribe()
+    }
+
+    /// PostgreSQL plans a prepared statement once per connection and keeps that plan. Planned while a table
+    /// was empty, a lookup by key becomes a sequential scan, and stays one as the table grows until autovacuum
+    /// happens to analyze it (measured: 30 ms per lookup at 20k rows, writes down to a third). So while the
+    /// directory grows, each fourfold growth of the event log (from [`FIRST_ANALYZE`] events) refreshes the
+    /// statistics of the tables writes read, which also makes every connection plan its statements again.
+    pub(crate) fn keep_statistics_fresh(&self, last_sequence: i64) {
+        use std::sync::atomic::Ordering;
+        let due = self.next_analyze.load(Ordering::Relaxed);
+        if self.backend != Backend::Postgres || last_sequence < due {
+            return;
+        }
+        let next = last_sequence.saturating_mul(4);
+        if self.next_analyze.compare_exchange(due, next, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+            return;
+        }
+        let pool = self.pool.clone();
+        tokio::spawn(async move {
+            let analyze = "ANALYZE records, record_refs, record_facets, events, deliveries, attempts, subscriptions";
+            if let Err(e) = sqlx::query(analyze).execute(&pool).await {
+                tracing::warn!(error = %e, "refreshing the planner's statistics failed");
+            }
+        });
     }
 
     pub(crate) fn notify_changed(&self) {

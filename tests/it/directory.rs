@@ -465,3 +465,37 @@ store_test!(upgrading_a_store_drops_stored_self_facets_and_filters_still_match, 
     let page = app.get_json(&format!("/organizations?organization_id={O1}")).await;
     assert_eq!(page["total_items"], 1);
 });
+
+/// PostgreSQL keeps a connection's plan of a prepared statement; planned on an empty table, a lookup by key is
+/// a sequential scan for good. As the log grows past its first thresholds, the store refreshes the planner's
+/// statistics itself instead of waiting for autovacuum.
+#[tokio::test]
+async fn a_growing_postgres_directory_gets_fresh_planner_statistics() {
+    let Some(app) = crate::helpers::TestApp::spawn(crate::helpers::Store::Postgres).await else { return };
+    let analyzed = || async {
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::AnyPool::connect(&app.database_url).await.expect("connect to the test database");
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pg_stat_user_tables WHERE relname = 'records' AND last_analyze IS NOT NULL",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+        n == 1
+    };
+    assert!(!analyzed().await, "a new store has not been analyzed by hsda yet");
+    let writes = futures::future::join_all((0..210).map(|i| {
+        let app = &app;
+        async move {
+            let id = format!("00000000-0000-4000-8000-{:012}", 5000 + i);
+            app.put_ok(&format!("/organizations/{id}"), &org_body(&id, &format!("Org {i}"))).await;
+        }
+    }));
+    writes.await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !analyzed().await {
+        assert!(std::time::Instant::now() < deadline, "no ANALYZE of records after 210 writes");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
