@@ -270,7 +270,7 @@ async fn progress(conn: &mut sqlx::AnyConnection) -> Progress {
     let row: Result<(i64, i64, i64), _> = sqlx::query_as(
         "SELECT (SELECT value FROM counters WHERE name = 'event_sequence'), \
          (SELECT value FROM counters WHERE name = 'dispatch_cursor'), \
-         (SELECT COUNT(*) FROM deliveries WHERE status = 'succeeded')",
+         (SELECT COUNT(*) FROM deliveries) - (SELECT COUNT(*) FROM deliveries WHERE status IN ('pending', 'retrying'))",
     )
     .fetch_one(&mut *conn)
     .await;

@@ -1511,8 +1511,18 @@ pub(crate) async fn dispatch_appended(
     let lease = timestamp_text(chrono::Utc::now() + chrono::Duration::seconds(settings.lease_seconds));
     let mut created = Vec::new();
     for event in events {
+        // Subscriptions with the same payload form get the same bytes: serialized once per event.
+        let mut bodies: Vec<(&str, String)> = Vec::with_capacity(2);
         for sub in subs.iter().filter(|s| wants(s, event)) {
             let leased = !sub.ordered && sub.receives_deliveries();
+            let body = match bodies.iter().find(|(payload, _)| *payload == sub.payload) {
+                Some((_, body)) => body.clone(),
+                None => {
+                    let body = delivery_body(event, &sub.payload, &settings.public_url);
+                    bodies.push((&sub.payload, body.clone()));
+                    body
+                }
+            };
             created.push(Delivery {
                 id: delivery_id(&sub.id, &event.id),
                 subscription_id: sub.id.clone(),
@@ -1528,7 +1538,7 @@ pub(crate) async fn dispatch_appended(
                 last_error: None,
                 created_at: now.clone(),
                 updated_at: now.clone(),
-                body: delivery_body(event, &sub.payload, &settings.public_url),
+                body,
                 lease_until: leased.then(|| lease.clone()),
             });
         }

@@ -12,3 +12,11 @@ DROP INDEX IF EXISTS deliveries_once;
 DROP INDEX IF EXISTS record_facets_by_id;
 -- A root's own id is matched directly by list filters, not stored as a facet of itself.
 DELETE FROM record_facets WHERE facet = kind || '_id' AND value = id;
+-- Only unfinished deliveries are looked up by due time or by their place in an ordered subscription's queue:
+-- partial indexes hold just those, so a delivery leaves them when it finishes instead of moving within them,
+-- and they stay a few pages however long the history grows.
+DROP INDEX IF EXISTS deliveries_due;
+CREATE INDEX IF NOT EXISTS deliveries_open_due ON deliveries (next_attempt_at) WHERE status IN ('pending', 'retrying');
+DROP INDEX IF EXISTS deliveries_unfinished;
+CREATE INDEX IF NOT EXISTS deliveries_open_by_subscription ON deliveries (subscription_id, event_sequence)
+    WHERE status IN ('pending', 'retrying');
