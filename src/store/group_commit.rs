@@ -284,6 +284,14 @@ struct Dispatch {
 }
 
 impl Opener<'_> {
+    /// No more dispatching at commit on this opener (its snapshot of subscriptions is out of date).
+    fn forget_dispatch(&mut self) {
+        match self {
+            Opener::Pool(dispatch) => *dispatch = None,
+            Opener::Direct(_, dispatch) => *dispatch = None,
+        }
+    }
+
     async fn begin(&mut self, db: &Db) -> sqlx::Result<Tx<'_>> {
         match self {
             Opener::Pool(dispatch) => {
@@ -485,15 +493,17 @@ async fn run_group(
                 return Err(e.into());
             }
             let result = record_in(&mut conn, &job.batch, job.disable_after_seconds).await;
-            if result.is_err() {
-                conn.execute("ROLLBACK TO SAVEPOINT recorded_attempts", &[]).await?;
-            }
-            conn.execute("RELEASE SAVEPOINT recorded_attempts", &[]).await?;
+            let failed = result.is_err();
             // The subscriptions this group would dispatch to were read before a status changed here.
             if result.as_ref().is_ok_and(|r| r.statuses_changed) {
                 keep_events = false;
             }
+            // Kept before the savepoint is closed, so that a failure to close it still answers this batch.
             recorded.push((job, result));
+            if failed {
+                conn.execute("ROLLBACK TO SAVEPOINT recorded_attempts", &[]).await?;
+            }
+            conn.execute("RELEASE SAVEPOINT recorded_attempts", &[]).await?;
         }
         while let Some(job) = waiting.pop_front() {
             if !guard_each {
@@ -564,8 +574,14 @@ async fn run_group(
         Ok(dispatched)
     }
     .await;
+    let mut records_again: Vec<RecordJob> = Vec::new();
     match result {
         Ok(dispatched) => {
+            // The writes run again alone below must not dispatch with a snapshot older than a status this
+            // group changed; the worker's dispatcher covers their events.
+            if recorded.iter().any(|(_, r)| r.as_ref().is_ok_and(|r| r.statuses_changed)) {
+                opener.forget_dispatch();
+            }
             db.group_stats.count(outcomes.len());
             let last = outcomes.iter().filter_map(|(_, r)| r.as_ref().ok()?.last_sequence).chain(record_last).max();
             committed(db, last, dispatched);
@@ -586,11 +602,14 @@ async fn run_group(
             return Some((jobs, records));
         }
         Err(Stop::Failed(e)) => {
-            // Attempt results are not run again: their deliveries' leases expire and they are sent again
-            // (at-least-once), as when the recorder's own transaction fails.
             let records = recorded.into_iter().map(|(job, _)| job).chain(records);
-            for job in records {
-                let _ = job.reply.send(Err(super::fault::copy_of(&e)));
+            if fails_the_group(&e) {
+                // Not run again: their deliveries' leases expire and they are sent again (at-least-once).
+                for job in records {
+                    let _ = job.reply.send(Err(super::fault::copy_of(&e)));
+                }
+            } else {
+                records_again.extend(records);
             }
             again.extend(outcomes.into_iter().map(|(job, _)| job));
             again.extend(applied.into_iter().map(|(job, _)| job));
@@ -607,8 +626,31 @@ async fn run_group(
             tracing::warn!(error = %e, "a group commit failed; its writes run again one by one");
         }
     }
+    for job in records_again {
+        let result = record_alone(db, opener, &job).await;
+        let _ = job.reply.send(result);
+    }
     for job in again {
         let _ = job.reply.send(commit_alone(db, opener, job.ops, &job.options).await);
     }
     None
+}
+
+/// A batch of attempt results in a transaction of its own on the committer's connection (its group failed
+/// for a reason of another job's); its `webhook.*` events are left to the worker's dispatcher.
+async fn record_alone(db: &Db, opener: &mut Opener<'_>, job: &RecordJob) -> sqlx::Result<()> {
+    let mut tx = opener.begin(db).await?;
+    let mut conn = tx.conn();
+    let recorded = record_in(&mut conn, &job.batch, job.disable_after_seconds).await?;
+    let last = match recorded.events.is_empty() {
+        true => None,
+        false => Some(append_events(&mut conn, &recorded.events, db.instance_id(), &super::now_text()).await?.last),
+    };
+    tx.commit().await?;
+    committed(db, last, None);
+    db.attempts_recorded(&recorded, None);
+    if recorded.statuses_changed {
+        opener.forget_dispatch();
+    }
+    Ok(())
 }

@@ -148,12 +148,13 @@ impl Db {
                 let f = sql.push(Param::Text(facet.to_string()));
                 let v = sql.push(Param::Text(value.clone()));
                 // A root's own id is not stored as a facet of its own (see `store::write::stored_facets`).
+                // (A UNION, not `r.id = v OR ...`: inside an OR, PostgreSQL checks the subquery row by row.)
                 let itself = match facet == format!("{}_id", table.name) {
-                    true => format!("r.id = {v} OR "),
+                    true => format!("SELECT {v} UNION ALL "),
                     false => String::new(),
                 };
                 sql.text += &format!(
-                    " AND ({itself}r.id IN (SELECT id FROM record_facets WHERE kind = {kind} AND facet = {f} AND value = {v}))"
+                    " AND r.id IN ({itself}SELECT id FROM record_facets WHERE kind = {kind} AND facet = {f} AND value = {v})"
                 );
             } else {
                 let f = sql.push(Param::Text(facet.to_string()));
