@@ -15,7 +15,7 @@
 //! On a SQLite file the committer is a thread of its own with its own rusqlite connection (see
 //! [`super::sql`] for why): the group's statements then cost no thread hand-offs, and under load it goes
 //! from one group to the next without any. It takes this process's write lock first, like every other
-//! SQLite writer. Batches of webhook attempt results join its groups too ([`RecordJob`]).
+//! SQLite writer. On both stores, batches of webhook attempt results join the groups too ([`RecordJob`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -42,10 +42,11 @@ pub(crate) struct Job {
     reply: oneshot::Sender<Result<WriteOutcome, WriteError>>,
 }
 
-/// A batch of webhook attempt results to record (see [`super::webhooks::record_in`]). On the SQLite
-/// committer it shares the group's transaction: the deliveries it finishes were mostly created by the
-/// groups just before, so their pages are written once more in a commit that happens anyway, instead of in
-/// a transaction (and a WAL flush) of their own.
+/// A batch of webhook attempt results to record (see [`super::webhooks::record_in`]). It shares a group's
+/// transaction: the deliveries it finishes were mostly created by the groups just before, so their pages are
+/// written once more in a commit that happens anyway, instead of in a transaction (and a WAL flush) of their
+/// own. Lock order on PostgreSQL stays that of the recorder's own transactions: delivery and subscription
+/// rows, then the event counter (only one batch is in flight at a time: the recorder waits for each).
 pub(crate) struct RecordJob {
     batch: Vec<(Delivery, AttemptRecord)>,
     disable_after_seconds: i64,
@@ -117,10 +118,10 @@ pub(crate) async fn submit(db: &Db, ops: Vec<Op>, options: WriteOptions) -> Resu
     answer.await.unwrap_or(Err(WriteError::Database(sqlx::Error::PoolClosed)))
 }
 
-/// Whether attempt results go to the committer ([`submit_record`]): on SQLite, where it saves a transaction
-/// of their own. (On PostgreSQL the recorder commits on its own: its transactions run beside the committers'.)
+/// Whether attempt results go to the committers ([`submit_record`]), which record them in a group's
+/// transaction: one commit (and WAL flush) fewer per batch.
 pub(crate) fn records_attempts(db: &Db) -> bool {
-    db.writes.is_some() && db.backend == Backend::Sqlite
+    db.writes.is_some()
 }
 
 /// Queues a batch of attempt results for the committer, which records it in its next group's transaction.
@@ -163,17 +164,15 @@ async fn run(db: Db, rx: Arc<Mutex<mpsc::Receiver<Work>>>) {
             let Some(first) = rx.recv().await else { return };
             take_group(first, &mut rx)
         };
-        for record in records {
-            let result = db.record_attempts_alone(&record.batch, record.disable_after_seconds).await;
-            let _ = record.reply.send(result);
-        }
-        if jobs.is_empty() {
-            continue;
-        }
         // PostgreSQL dispatches at commit too (SQLite only on the committer's own connection, whose snapshot
         // of subscriptions is taken under the write lock).
         let dispatch = if db.backend == Backend::Postgres { db.commit_dispatch() } else { None };
-        commit_jobs(&db, &mut Opener::Pool(dispatch), jobs).await
+        let mut opener = Opener::Pool(dispatch);
+        match (records.is_empty(), jobs.is_empty()) {
+            (true, true) => {}
+            (true, false) => commit_jobs(&db, &mut opener, jobs).await,
+            (false, _) => commit_group(&db, &mut opener, jobs, records).await,
+        }
     }
 }
 
