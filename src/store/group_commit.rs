@@ -82,18 +82,14 @@ impl GroupStats {
 /// Starts the committers of `db` and returns the queue they serve. SQLite has one writer at a time, so one
 /// committer (on `direct`, the committer's own connection to the file, when there is one); PostgreSQL gets
 /// several, which prepare their groups in parallel and serialise only on the counter row at the end.
-pub(crate) fn start(db: &Db, direct: Option<rusqlite::Connection>) -> Queue {
+pub(crate) fn start(db: &Db, direct: Option<rusqlite::Connection>) -> std::io::Result<Queue> {
     let (queue, rx) = mpsc::channel(QUEUE_DEPTH);
     // The committers' handle has no queue of its own, so the channel closes when the last user handle is
     // dropped and the committers end.
-    let committer_db = Db { writes: None, ..db.clone() };
-    let rx = match direct {
-        Some(conn) => match start_thread(committer_db, rx, conn) {
-            Ok(()) => return queue,
-            Err(rx) => rx,
-        },
-        None => rx,
-    };
+    if let Some(conn) = direct {
+        start_thread(Db { writes: None, ..db.clone() }, rx, conn)?;
+        return Ok(queue);
+    }
     let rx = Arc::new(Mutex::new(rx));
     let committers = match db.backend {
         Backend::Sqlite => 1,
@@ -103,7 +99,7 @@ pub(crate) fn start(db: &Db, direct: Option<rusqlite::Connection>) -> Queue {
         let db = Db { writes: None, ..db.clone() };
         tokio::spawn(run(db, rx.clone()));
     }
-    queue
+    Ok(queue)
 }
 
 /// Queues one write and waits for its outcome (applied directly when `db` has no queue).
@@ -118,19 +114,16 @@ pub(crate) async fn submit(db: &Db, ops: Vec<Op>, options: WriteOptions) -> Resu
     answer.await.unwrap_or(Err(WriteError::Database(sqlx::Error::PoolClosed)))
 }
 
-/// Whether attempt results go to the committers ([`submit_record`]), which record them in a group's
-/// transaction: one commit (and WAL flush) fewer per batch.
-pub(crate) fn records_attempts(db: &Db) -> bool {
-    db.writes.is_some()
-}
-
-/// Queues a batch of attempt results for the committer, which records it in its next group's transaction.
+/// Queues a batch of attempt results for the committers, which record it in a group's transaction: one
+/// commit (and WAL flush) fewer per batch. Recorded directly when `db` has no queue.
 pub(crate) async fn submit_record(
     db: &Db,
     batch: Vec<(Delivery, AttemptRecord)>,
     disable_after_seconds: i64,
 ) -> sqlx::Result<()> {
-    let Some(queue) = &db.writes else { return Err(sqlx::Error::PoolClosed) };
+    let Some(queue) = &db.writes else {
+        return record_alone(db, &mut Opener::Pool(None), &batch, disable_after_seconds).await;
+    };
     let (reply, answer) = oneshot::channel();
     if queue.send(Work::Record(RecordJob { batch, disable_after_seconds, reply })).await.is_err() {
         return Err(sqlx::Error::PoolClosed);
@@ -167,36 +160,21 @@ async fn run(db: Db, rx: Arc<Mutex<mpsc::Receiver<Work>>>) {
         // PostgreSQL dispatches at commit too (SQLite only on the committer's own connection, whose snapshot
         // of subscriptions is taken under the write lock).
         let dispatch = if db.backend == Backend::Postgres { db.commit_dispatch() } else { None };
-        let mut opener = Opener::Pool(dispatch);
-        match (records.is_empty(), jobs.is_empty()) {
-            (true, true) => {}
-            (true, false) => commit_jobs(&db, &mut opener, jobs).await,
-            (false, _) => commit_group(&db, &mut opener, jobs, records).await,
-        }
+        commit_jobs(&db, &mut Opener::Pool(dispatch), jobs, records).await;
     }
 }
 
 /// Starts the SQLite committer on a thread of its own, over its own connection. Under load it goes from one
 /// group straight to the next: handing each group to a blocking task and back cost two thread wake-ups per
-/// group. Gives the queue back if no thread could be started.
-fn start_thread(db: Db, rx: mpsc::Receiver<Work>, conn: rusqlite::Connection) -> Result<(), mpsc::Receiver<Work>> {
+/// group.
+fn start_thread(db: Db, mut rx: mpsc::Receiver<Work>, conn: rusqlite::Connection) -> std::io::Result<()> {
     let runtime = tokio::runtime::Handle::current();
-    // The receiver comes back through this slot if the thread cannot be spawned.
-    let slot = Arc::new(std::sync::Mutex::new(Some(rx)));
-    let taken = slot.clone();
-    let spawned = std::thread::Builder::new().name("hsda-sqlite-committer".into()).spawn(move || {
-        let Some(mut rx) = taken.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
+    std::thread::Builder::new().name("hsda-sqlite-committer".into()).spawn(move || {
         // In the runtime's context, as a blocking task would be: what a commit wakes may use it.
         let _context = runtime.enter();
         run_on_thread(&db, &mut rx, conn, &runtime);
-    });
-    match spawned {
-        Ok(_) => Ok(()),
-        Err(e) => {
-            tracing::error!(error = %e, "no thread for the SQLite committer; writes go through the pool");
-            Err(slot.lock().unwrap_or_else(|p| p.into_inner()).take().expect("the thread never ran"))
-        }
-    }
+    })?;
+    Ok(())
 }
 
 fn run_on_thread(
@@ -250,21 +228,17 @@ fn commit_direct(
         None => None,
     };
     let mut opener = Opener::Direct(conn, dispatch);
-    futures::executor::block_on(async {
-        match records.is_empty() {
-            true => commit_jobs(db, &mut opener, jobs).await,
-            false => commit_group(db, &mut opener, jobs, records).await,
-        }
-    });
+    futures::executor::block_on(commit_jobs(db, &mut opener, jobs, records));
     drop(guard);
 }
 
-async fn commit_jobs(db: &Db, opener: &mut Opener<'_>, mut jobs: Vec<Job>) {
-    if jobs.len() == 1 {
+/// A lone write runs without the group machinery; anything more (or any attempt batch) as a group.
+async fn commit_jobs(db: &Db, opener: &mut Opener<'_>, mut jobs: Vec<Job>, records: Vec<RecordJob>) {
+    if jobs.len() == 1 && records.is_empty() {
         let job = jobs.pop().expect("one job");
         let _ = job.reply.send(commit_alone(db, opener, job.ops, &job.options).await);
-    } else {
-        commit_group(db, opener, jobs, Vec::new()).await;
+    } else if !jobs.is_empty() || !records.is_empty() {
+        commit_group(db, opener, jobs, records).await;
     }
 }
 
@@ -589,7 +563,7 @@ async fn run_group(
             }
             for (job, result) in recorded {
                 if let Ok(r) = &result {
-                    db.attempts_recorded(r, None);
+                    db.attempts_recorded(r);
                 }
                 let _ = job.reply.send(result.map(|_| ()));
             }
@@ -626,7 +600,7 @@ async fn run_group(
         }
     }
     for job in records_again {
-        let result = record_alone(db, opener, &job).await;
+        let result = record_alone(db, opener, &job.batch, job.disable_after_seconds).await;
         let _ = job.reply.send(result);
     }
     for job in again {
@@ -635,19 +609,24 @@ async fn run_group(
     None
 }
 
-/// A batch of attempt results in a transaction of its own on the committer's connection (its group failed
-/// for a reason of another job's); its `webhook.*` events are left to the worker's dispatcher.
-async fn record_alone(db: &Db, opener: &mut Opener<'_>, job: &RecordJob) -> sqlx::Result<()> {
+/// A batch of attempt results in a transaction of its own (its group failed for a reason of another job's,
+/// or there is no committer); its `webhook.*` events are left to the worker's dispatcher.
+async fn record_alone(
+    db: &Db,
+    opener: &mut Opener<'_>,
+    batch: &[(Delivery, AttemptRecord)],
+    disable_after_seconds: i64,
+) -> sqlx::Result<()> {
     let mut tx = opener.begin(db).await?;
     let mut conn = tx.conn();
-    let recorded = record_in(&mut conn, &job.batch, job.disable_after_seconds).await?;
+    let recorded = record_in(&mut conn, batch, disable_after_seconds).await?;
     let last = match recorded.events.is_empty() {
         true => None,
         false => Some(append_events(&mut conn, &recorded.events, db.instance_id(), &super::now_text()).await?.last),
     };
     tx.commit().await?;
     committed(db, last, None);
-    db.attempts_recorded(&recorded, None);
+    db.attempts_recorded(&recorded);
     if recorded.statuses_changed {
         opener.forget_dispatch();
     }

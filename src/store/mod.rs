@@ -156,7 +156,7 @@ impl Db {
             Backend::Sqlite => sqlite_file(url).map(|path| open_direct(&path, busy_ms)).transpose()?,
             Backend::Postgres => None,
         };
-        db.writes = Some(group_commit::start(&db, direct));
+        db.writes = Some(group_commit::start(&db, direct).context("starting the SQLite committer thread")?);
         Ok(db)
     }
 

@@ -14,7 +14,7 @@ use serde_json::{Map, Value, json};
 use sqlx::Row as _;
 use sqlx::any::AnyRow;
 
-use super::events::{Event, NewEvent, append_events};
+use super::events::{Event, NewEvent};
 use super::sql::{Arg, Conn};
 use super::{Backend, Db, now_text, timestamp_text};
 
@@ -594,19 +594,13 @@ impl Db {
         .bind(limit)
         .fetch_all(&mut *tx)
         .await?;
-        let mut last = cursor;
+        let events: Vec<Event> = rows.iter().map(super::events::event_from_any_row).collect::<sqlx::Result<_>>()?;
+        let last = events.last().map_or(cursor, |e| e.sequence);
         let now = now_text();
-        let mut queued: Vec<(&Subscription, Event, String)> = Vec::new();
-        for row in &rows {
-            let event = super::events::event_from_any_row(row)?;
-            last = event.sequence;
-            for sub in subscriptions.iter().filter(|s| wants(s, &event)) {
-                let body = delivery_body(&event, &sub.payload, public_url);
-                queued.push((sub, event.clone(), body));
-            }
-        }
         let lease = timestamp_text(chrono::Utc::now() + chrono::Duration::seconds(lease_seconds));
-        let created = insert_deliveries(&mut tx, &queued, &now, &lease).await?;
+        let subscriptions: Vec<&Subscription> = subscriptions.iter().collect();
+        let deliveries = fan_out(&events, &subscriptions, public_url, &now, &lease);
+        let created = insert_new_deliveries(&mut Conn::from(&mut *tx), deliveries, &now).await?;
         if last != cursor {
             sqlx::query("UPDATE counters SET value = $1 WHERE name = 'dispatch_cursor'")
                 .bind(last)
@@ -732,36 +726,12 @@ impl Db {
         if batch.is_empty() {
             return Ok(());
         }
-        let result = match super::group_commit::records_attempts(self) {
-            true => super::group_commit::submit_record(self, batch, disable_after_seconds).await,
-            false => self.record_attempts_alone(&batch, disable_after_seconds).await,
-        };
+        let result = super::group_commit::submit_record(self, batch, disable_after_seconds).await;
         self.condition.observe(result)
     }
 
-    /// Records a batch in a transaction of its own (PostgreSQL, or without a SQLite committer).
-    pub(crate) async fn record_attempts_alone(
-        &self,
-        batch: &[(Delivery, AttemptRecord)],
-        disable_after_seconds: i64,
-    ) -> sqlx::Result<()> {
-        let (mut tx, _guard) = self.begin_write().await?;
-        let mut conn = Conn::from(&mut *tx);
-        let recorded = record_in(&mut conn, batch, disable_after_seconds).await?;
-        let appended = match recorded.events.is_empty() {
-            true => None,
-            false => Some(append_events(&mut conn, &recorded.events, self.instance_id(), &now_text()).await?),
-        };
-        tx.commit().await?;
-        self.attempts_recorded(&recorded, appended.map(|a| a.last));
-        Ok(())
-    }
-
-    /// After a commit that recorded attempts (and appended their `webhook.*` events up to `last`).
-    pub(crate) fn attempts_recorded(&self, recorded: &Recorded, last: Option<i64>) {
-        if let Some(last) = last {
-            self.events_appended(last);
-        }
+    /// After a commit that recorded attempts (their `webhook.*` events are announced with the commit's).
+    pub(crate) fn attempts_recorded(&self, recorded: &Recorded) {
         // The worker's snapshot routes by status (counters do not matter to it), and the worker needs waking
         // only for new events or a retry to schedule: a batch of plain successes changes neither.
         if recorded.statuses_changed {
@@ -1097,37 +1067,75 @@ fn insert_deliveries_sql(rows: usize, first: usize) -> String {
     )
 }
 
-/// Inserts deliveries (skipping any that exist) with multi-row statements; returns the new ones. Those of
-/// subscriptions that are not `ordered` and are receiving are leased until `lease_until`.
-async fn insert_deliveries(
-    conn: &mut sqlx::AnyConnection,
-    deliveries: &[(&Subscription, Event, String)],
-    now: &str,
-    lease_until: &str,
-) -> sqlx::Result<Vec<Delivery>> {
-    let mut created = Vec::new();
-    for chunk in deliveries.chunks(50) {
-        let sql =
-            format!("{} ON CONFLICT DO NOTHING RETURNING {DELIVERY_COLUMNS}", insert_deliveries_sql(chunk.len(), 3));
-        let mut query = sqlx::query(&sql).bind(now).bind(lease_until);
-        for (sub, event, body) in chunk {
+/// One delivery per event and subscription that wants it, in event order, then in the order of `subs`.
+/// Subscriptions with the same payload form get the same bytes, serialized once per event. Deliveries of
+/// subscriptions that are not `ordered` and are receiving are leased (until `lease`) to the caller.
+fn fan_out(events: &[Event], subs: &[&Subscription], public_url: &str, now: &str, lease: &str) -> Vec<Delivery> {
+    let mut out = Vec::new();
+    for event in events {
+        let mut bodies: Vec<(&str, String)> = Vec::with_capacity(2);
+        for sub in subs.iter().filter(|s| wants(s, event)) {
+            let body = match bodies.iter().find(|(payload, _)| *payload == sub.payload) {
+                Some((_, body)) => body.clone(),
+                None => {
+                    let body = delivery_body(event, &sub.payload, public_url);
+                    bodies.push((&sub.payload, body.clone()));
+                    body
+                }
+            };
             let leased = !sub.ordered && sub.receives_deliveries();
-            query = query
-                .bind(delivery_id(&sub.id, &event.id))
-                .bind(&sub.id)
-                .bind(&sub.tenant)
-                .bind(&event.id)
-                .bind(event.sequence)
-                .bind(&event.event_type)
-                .bind(&event.object_id)
-                .bind(body)
-                .bind(leased.then_some(lease_until));
-        }
-        for row in query.fetch_all(&mut *conn).await? {
-            created.push(delivery_from_row(&row)?);
+            out.push(Delivery {
+                id: delivery_id(&sub.id, &event.id),
+                subscription_id: sub.id.clone(),
+                tenant: sub.tenant.clone(),
+                event_id: event.id.clone(),
+                event_sequence: event.sequence,
+                event_type: event.event_type.clone(),
+                object_id: event.object_id.clone(),
+                status: "pending".into(),
+                attempts: 0,
+                next_attempt_at: Some(now.to_string()),
+                last_status_code: None,
+                last_error: None,
+                created_at: now.to_string(),
+                updated_at: now.to_string(),
+                body,
+                lease_until: leased.then(|| lease.to_string()),
+            });
         }
     }
-    Ok(created)
+    out
+}
+
+/// Inserts `deliveries` (created at `now`) with multi-row statements, skipping any that exist (a dispatch
+/// run again after a crash); returns the ones inserted now.
+async fn insert_new_deliveries(
+    conn: &mut Conn<'_>,
+    deliveries: Vec<Delivery>,
+    now: &str,
+) -> sqlx::Result<Vec<Delivery>> {
+    let mut inserted = std::collections::HashSet::new();
+    for chunk in deliveries.chunks(50) {
+        let sql = format!("{} ON CONFLICT DO NOTHING RETURNING id", insert_deliveries_sql(chunk.len(), 2));
+        let mut args: Vec<Arg> = Vec::with_capacity(1 + 9 * chunk.len());
+        args.push(now.into());
+        for d in chunk {
+            args.extend([
+                Arg::from(&d.id),
+                (&d.subscription_id).into(),
+                (&d.tenant).into(),
+                (&d.event_id).into(),
+                d.event_sequence.into(),
+                (&d.event_type).into(),
+                (&d.object_id).into(),
+                (&d.body).into(),
+                d.lease_until.as_deref().into(),
+            ]);
+        }
+        let ids: Vec<(String,)> = conn.fetch_all(&sql, &args).await?;
+        inserted.extend(ids.into_iter().map(|(id,)| id));
+    }
+    Ok(deliveries.into_iter().filter(|d| inserted.contains(&d.id)).collect())
 }
 
 async fn insert_delivery(
@@ -1509,59 +1517,8 @@ pub(crate) async fn dispatch_appended(
     subs.sort_by(|a, b| (&a.created_at, &a.id).cmp(&(&b.created_at, &b.id)));
     let now = now_text();
     let lease = timestamp_text(chrono::Utc::now() + chrono::Duration::seconds(settings.lease_seconds));
-    let mut created = Vec::new();
-    for event in events {
-        // Subscriptions with the same payload form get the same bytes: serialized once per event.
-        let mut bodies: Vec<(&str, String)> = Vec::with_capacity(2);
-        for sub in subs.iter().filter(|s| wants(s, event)) {
-            let leased = !sub.ordered && sub.receives_deliveries();
-            let body = match bodies.iter().find(|(payload, _)| *payload == sub.payload) {
-                Some((_, body)) => body.clone(),
-                None => {
-                    let body = delivery_body(event, &sub.payload, &settings.public_url);
-                    bodies.push((&sub.payload, body.clone()));
-                    body
-                }
-            };
-            created.push(Delivery {
-                id: delivery_id(&sub.id, &event.id),
-                subscription_id: sub.id.clone(),
-                tenant: sub.tenant.clone(),
-                event_id: event.id.clone(),
-                event_sequence: event.sequence,
-                event_type: event.event_type.clone(),
-                object_id: event.object_id.clone(),
-                status: "pending".into(),
-                attempts: 0,
-                next_attempt_at: Some(now.clone()),
-                last_status_code: None,
-                last_error: None,
-                created_at: now.clone(),
-                updated_at: now.clone(),
-                body,
-                lease_until: leased.then(|| lease.clone()),
-            });
-        }
-    }
-    for chunk in created.chunks(50) {
-        let sql = insert_deliveries_sql(chunk.len(), 2);
-        let mut args: Vec<Arg> = Vec::with_capacity(1 + 9 * chunk.len());
-        args.push(now.as_str().into());
-        for d in chunk {
-            args.extend([
-                Arg::from(&d.id),
-                (&d.subscription_id).into(),
-                (&d.tenant).into(),
-                (&d.event_id).into(),
-                d.event_sequence.into(),
-                (&d.event_type).into(),
-                (&d.object_id).into(),
-                (&d.body).into(),
-                d.lease_until.as_deref().map_or(Arg::Null, Arg::from),
-            ]);
-        }
-        conn.execute(&sql, &args).await?;
-    }
+    let deliveries = fan_out(events, &subs, &settings.public_url, &now, &lease);
+    let created = insert_new_deliveries(conn, deliveries, &now).await?;
     conn.execute("UPDATE counters SET value = $1 WHERE name = 'dispatch_cursor'", &[last.sequence.into()]).await?;
     Ok(Some((last.sequence, created.into_iter().filter(|d| d.lease_until.is_some()).collect())))
 }
