@@ -2,7 +2,7 @@
 //! recorded), a real axum receiver on 127.0.0.1, and a keep-alive reqwest driver, all in one tokio runtime.
 //!
 //! `cargo bench --bench webhooks -- [--store sqlite|postgres|both] [--workload W1|W2|W3|W4|W0|all]
-//! [--max-concurrency N]`
+//! [--max-concurrency N] [--keep-db DIR]`
 //!
 //! - W0: writes only, no subscription (the write path's own ceiling).
 //! - W1: one subscription, 20k changes from 50 concurrent writers -> deliveries/s and writes/s.
@@ -13,7 +13,10 @@
 //!
 //! The machine is shared, so every figure is printed beside the loopback ceiling measured in the same run.
 //! For W1 and W2 a sampler reads the pipeline's progress from the database every 100 ms (events written,
-//! dispatch cursor, deliveries succeeded) so the report shows which phase finishes last.
+//! dispatch cursor, deliveries finished) so the report shows which phase finishes last, and the bytes this
+//! process wrote to disk meanwhile (`/proc/self/io`: with SQLite, the store's WAL and checkpoints).
+//! `--keep-db DIR` copies each SQLite W0-W2 database and its WAL there before stopping
+//! (`scripts/wal_pages.py` then tells which table or index the WAL's pages belong to).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -170,7 +173,7 @@ struct Hsda {
     subscribe_key: String,
     shutdown: tokio_util::sync::CancellationToken,
     server: tokio::task::JoinHandle<anyhow::Result<()>>,
-    _dir: Option<tempfile::TempDir>,
+    dir: Option<tempfile::TempDir>,
     pg_name: Option<String>,
 }
 
@@ -204,7 +207,7 @@ impl Hsda {
         let server = tokio::spawn(app.run());
         let publish_key = db.create_key("bench", Scope::Publish).await?.secret;
         let subscribe_key = db.create_key("bench", Scope::Subscribe).await?.secret;
-        Ok(Hsda { base, database_url, publish_key, subscribe_key, shutdown, server, _dir: dir, pg_name })
+        Ok(Hsda { base, database_url, publish_key, subscribe_key, shutdown, server, dir, pg_name })
     }
 
     async fn stop(self) {
@@ -263,7 +266,7 @@ fn driver() -> reqwest::Client {
 struct Progress {
     written: i64,
     dispatched: i64,
-    succeeded: i64,
+    finished: i64,
 }
 
 async fn progress(conn: &mut sqlx::AnyConnection) -> Progress {
@@ -274,7 +277,7 @@ async fn progress(conn: &mut sqlx::AnyConnection) -> Progress {
     )
     .fetch_one(&mut *conn)
     .await;
-    row.map(|(written, dispatched, succeeded)| Progress { written, dispatched, succeeded }).unwrap_or_default()
+    row.map(|(written, dispatched, finished)| Progress { written, dispatched, finished }).unwrap_or_default()
 }
 
 /// When each phase completed, in seconds after t0.
@@ -286,7 +289,7 @@ struct Phases {
 }
 
 /// Samples the pipeline every 100 ms until `stop`; a phase is complete when `events` more events were written,
-/// the dispatch cursor passed them all and `deliveries` more deliveries succeeded than at the start.
+/// the dispatch cursor passed them all and `deliveries` more deliveries finished than at the start.
 fn sample(
     database_url: String,
     t0: Instant,
@@ -307,7 +310,7 @@ fn sample(
             if phases.dispatched.is_none() && p.dispatched >= base.written + events {
                 phases.dispatched = Some(at);
             }
-            if phases.recorded.is_none() && p.succeeded - base.succeeded >= deliveries {
+            if phases.recorded.is_none() && p.finished - base.finished >= deliveries {
                 phases.recorded = Some(at);
             }
             if phases.recorded.is_some() || stop.is_cancelled() {
@@ -364,6 +367,8 @@ async fn wait_for_pings(rx: &Receiver, paths: &[usize]) {
 }
 
 struct Throughput {
+    /// Bytes this process wrote to disk from the first write until all was recorded (None off Linux).
+    disk_bytes: Option<u64>,
     deliveries: usize,
     arrived: usize,
     deliveries_per_s: f64,
@@ -392,6 +397,7 @@ async fn throughput(
     wait_for_pings(&rx, &paths).await;
 
     let t0 = Instant::now();
+    let written_before = disk_bytes_written();
     let stop = tokio_util::sync::CancellationToken::new();
     let total = (changes * subscriptions) as i64;
     let sampler = sample(hsda.database_url.clone(), t0, changes as i64, total, stop.clone());
@@ -405,6 +411,15 @@ async fn throughput(
     }
     stop.cancel();
     let phases = sampler.await.unwrap_or_default();
+    let disk_bytes = written_before.zip(disk_bytes_written()).map(|(before, after)| after - before);
+    if let (Some(to), Some(dir)) = (KEEP_DB.get(), hsda.dir.as_ref()) {
+        for (from, name) in [("bench.db", "db"), ("bench.db-wal", "db-wal")] {
+            let target = to.join(format!("subscriptions-{subscriptions}.{name}"));
+            if let Err(e) = std::fs::copy(dir.path().join(from), &target) {
+                eprintln!("could not keep {}: {e}", target.display());
+            }
+        }
+    }
     let end = last.map(|l| l - t0).unwrap_or(t0.elapsed());
     let (verified, bad) = paths.iter().fold((0, 0), |(v, b), p| {
         let s = rx.path(*p);
@@ -414,6 +429,7 @@ async fn throughput(
         hsda.stop().await;
     }
     Ok(Throughput {
+        disk_bytes,
         deliveries: changes * subscriptions,
         arrived,
         deliveries_per_s: arrived as f64 / end.as_secs_f64(),
@@ -548,6 +564,15 @@ fn at(s: Option<f64>) -> String {
     s.map(|s| format!("{s:.2} s")).unwrap_or_else(|| "not reached".into())
 }
 
+/// Where `--keep-db` copies the SQLite databases of W0-W2.
+static KEEP_DB: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// The bytes this process has written to storage so far (Linux `/proc/self/io`).
+fn disk_bytes_written() -> Option<u64> {
+    let io = std::fs::read_to_string("/proc/self/io").ok()?;
+    io.lines().find_map(|l| l.strip_prefix("write_bytes:")).and_then(|v| v.trim().parse().ok())
+}
+
 struct Args {
     stores: Vec<Store>,
     workloads: Vec<String>,
@@ -570,6 +595,11 @@ fn parse_args() -> Args {
                 args.workloads = it.next().unwrap_or_default().split(',').map(|w| w.trim().to_uppercase()).collect()
             }
             "--max-concurrency" => args.max_concurrency = it.next().and_then(|n| n.parse().ok()),
+            "--keep-db" => {
+                if let Some(dir) = it.next() {
+                    let _ = KEEP_DB.set(dir.into());
+                }
+            }
             _ => {} // `cargo bench` passes `--bench`
         }
     }
@@ -586,6 +616,11 @@ fn throughput_rows(name: &str, t: &Throughput, ceiling: f64, rows: &mut Vec<Stri
             t.writes_per_s,
             ceiling,
             t.writes_per_s / ceiling
+        ));
+        phases.push(format!(
+            "| {name} | {} | - | - | - | {} written to disk |",
+            at(t.phases.written),
+            megabytes(t.disk_bytes)
         ));
         return;
     }
@@ -607,14 +642,19 @@ fn throughput_rows(name: &str, t: &Throughput, ceiling: f64, rows: &mut Vec<Stri
         t.writes_per_s / ceiling
     ));
     phases.push(format!(
-        "| {name} | {} | {} | {:.2} s | {} | signatures checked {} ok, {} bad |",
+        "| {name} | {} | {} | {:.2} s | {} | signatures checked {} ok, {} bad; {} written to disk |",
         at(t.phases.written),
         at(t.phases.dispatched),
         t.seconds,
         at(t.phases.recorded),
         t.verified,
-        t.bad
+        t.bad,
+        megabytes(t.disk_bytes),
     ));
+}
+
+fn megabytes(bytes: Option<u64>) -> String {
+    bytes.map_or("?".into(), |b| format!("{:.0} MB", b as f64 / 1e6))
 }
 
 fn latency_row(name: &str, l: &Latency, ceiling: f64) -> String {
