@@ -617,11 +617,7 @@ fn throughput_rows(name: &str, t: &Throughput, ceiling: f64, rows: &mut Vec<Stri
             ceiling,
             t.writes_per_s / ceiling
         ));
-        phases.push(format!(
-            "| {name} | {} | - | - | - | {} written to disk |",
-            at(t.phases.written),
-            megabytes(t.disk_bytes)
-        ));
+        phases.push(format!("| {name} | - | - | - | - | {} written to disk |", megabytes(t.disk_bytes)));
         return;
     }
     let partial = if t.arrived < t.deliveries {
