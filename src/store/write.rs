@@ -504,7 +504,8 @@ impl Writer<'_, '_> {
         all_roots.retain(|r| !deleted.contains(r));
 
         // Recompile every live root, grouped by table.
-        let mut docs: HashMap<(&'static str, String), Value> = HashMap::new();
+        // Each recompiled root with its facets (derived once: stored, and carried by its events).
+        let mut docs: HashMap<(&'static str, String), (Value, Facets)> = HashMap::new();
         for root_table in super::compile::ROOT_ORDER.iter().filter_map(|name| table(name)) {
             let ids: Vec<String> =
                 all_roots.iter().filter(|(k, _)| *k == root_table.name).map(|(_, id)| id.clone()).collect();
@@ -529,8 +530,9 @@ impl Writer<'_, '_> {
             for doc in compiled {
                 let Some(id) = doc.get("id").and_then(Value::as_str).map(str::to_string) else { continue };
                 let fresh = created.contains(&(root_table.name, id.clone()));
-                self.store_doc(root_table, &id, &doc, fresh).await?;
-                docs.insert((root_table.name, id), doc);
+                let facets = document::facets(root_table, &doc);
+                self.store_doc(root_table, &id, &doc, &facets, fresh).await?;
+                docs.insert((root_table.name, id), (doc, facets));
             }
         }
 
@@ -538,20 +540,25 @@ impl Writer<'_, '_> {
         let mut announced: HashSet<(&'static str, String)> = HashSet::new();
         for (t, roots) in touched.iter().zip(&roots_of) {
             let key = (t.table.name, t.id.clone());
-            let data = match (&t.after, t.table.is_root()) {
-                (None, _) => json!({ "id": t.id, "deleted": true }),
-                (Some(_), true) => docs.get(&key).cloned().unwrap_or(Value::Null),
-                (Some(row), false) => compile_many(self.conn, t.table, vec![row.clone()], Form::Nested)
-                    .await?
-                    .pop()
-                    .unwrap_or(Value::Null),
+            let (data, mut facets) = match (&t.after, t.table.is_root()) {
+                (Some(_), true) => docs.get(&key).cloned().unwrap_or_default(),
+                (after, _) => {
+                    let data = match after {
+                        None => json!({ "id": t.id, "deleted": true }),
+                        Some(row) => compile_many(self.conn, t.table, vec![row.clone()], Form::Nested)
+                            .await?
+                            .pop()
+                            .unwrap_or(Value::Null),
+                    };
+                    let facets = document::facets(t.table, &data);
+                    (data, facets)
+                }
             };
-            let mut facets = document::facets(t.table, &data);
             if let Some(before) = &t.before {
                 facets.extend(document::facets(t.table, &Value::Object(before.clone())));
             }
             for (kind, id) in roots {
-                facets.extend(document::identity_facets(kind, id, docs.get(&(*kind, id.clone()))));
+                facets.extend(document::identity_facets(kind, id, docs.get(&(*kind, id.clone())).map(|(doc, _)| doc)));
             }
             if t.table.is_root() {
                 announced.insert(key.clone());
@@ -564,12 +571,11 @@ impl Writer<'_, '_> {
                 facets,
             });
         }
-        for ((kind, id), doc) in &docs {
-            let Some(root) = table_of(kind) else { continue };
+        for ((kind, id), (doc, facets)) in &docs {
             if announced.contains(&(*kind, id.clone())) {
                 continue;
             }
-            let facets = document::facets(root, doc);
+            let facets = facets.clone();
             events.push(NewEvent {
                 event_type: format!("{kind}.updated"),
                 object: kind,
@@ -585,7 +591,14 @@ impl Writer<'_, '_> {
 
     /// Stores a root's compiled document and what lists and filters need of it. A `fresh` row (created by
     /// this write: a deleted row's facets went with it) has no facets to delete first.
-    async fn store_doc(&mut self, table: &'static Table, id: &str, doc: &Value, fresh: bool) -> sqlx::Result<()> {
+    async fn store_doc(
+        &mut self,
+        table: &'static Table,
+        id: &str,
+        doc: &Value,
+        facets: &Facets,
+        fresh: bool,
+    ) -> sqlx::Result<()> {
         let (latitude, longitude) = document::coordinates(table, doc);
         // Coordinates are bound as plain f64 with a has-value flag, never as `Option<f64>`: sqlx 0.8's Any
         // driver sends a NULL f64 as a float4 parameter on PostgreSQL, the prepared statement keeps that
@@ -623,7 +636,7 @@ impl Writer<'_, '_> {
             .await?;
         // Only the facets that changed are written: most updates change none, and each facet is a page of a
         // random-keyed index.
-        let mut facets = stored_facets(table, id, doc);
+        let mut facets = stored_facets(table, id, facets.clone());
         if !fresh {
             let before = previous.as_deref().map(|text| stored_facets_of_text(table, id, text)).unwrap_or_default();
             self.delete_facets(table, id, before.difference(&facets)).await?;
@@ -744,19 +757,24 @@ fn table_of(name: &str) -> Option<&'static Table> {
     table(name)
 }
 
-/// The facets `record_facets` holds for a root document (`doc`, as stored): all of [`document::facets`] but
-/// the root's own id, which list filters match on the id itself (see `store::read`). The facets to delete
-/// are derived from the stored document the same way, so a change to what counts as a facet must come with a
-/// migration that rebuilds `record_facets`.
-fn stored_facets(table: &Table, id: &str, doc: &Value) -> BTreeSet<(String, String)> {
+/// A document's `(facet, value)` pairs (see [`document::facets`]).
+type Facets = BTreeSet<(String, String)>;
+
+/// The facets `record_facets` holds for a root document: all of its [`document::facets`] but the root's own
+/// id, which list filters match on the id itself (see `store::read`). The facets to delete are derived from
+/// the stored document the same way, so a change to what counts as a facet must come with a migration that
+/// rebuilds `record_facets`.
+fn stored_facets(table: &Table, id: &str, mut facets: Facets) -> Facets {
     let own = format!("{}_id", table.name);
-    let mut facets = document::facets(table, doc);
     facets.retain(|(facet, value)| !(*facet == own && value == id));
     facets
 }
 
-fn stored_facets_of_text(table: &Table, id: &str, doc: &str) -> BTreeSet<(String, String)> {
-    serde_json::from_str::<Value>(doc).map(|doc| stored_facets(table, id, &doc)).unwrap_or_default()
+/// [`stored_facets`] of a document as stored (its JSON text).
+fn stored_facets_of_text(table: &Table, id: &str, doc: &str) -> Facets {
+    serde_json::from_str::<Value>(doc)
+        .map(|doc| stored_facets(table, id, document::facets(table, &doc)))
+        .unwrap_or_default()
 }
 
 /// The table of the row with this id, for polymorphic references (`attribute.link_id`): only tables that
@@ -933,15 +951,16 @@ impl Writer<'_, '_> {
                     if unchanged && !touched_roots.contains(&key) {
                         continue;
                     }
+                    let facets = document::facets(t, &doc);
                     if !unchanged {
-                        self.store_doc(t, &id, &doc, false).await?;
+                        self.store_doc(t, &id, &doc, &facets, false).await?;
                     }
                     let action = actions.get(&key).copied().unwrap_or(Action::Updated);
                     events.push(NewEvent {
                         event_type: format!("{}.{}", t.name, action.as_str()),
                         object: t.name,
                         object_id: id,
-                        facets: document::facets(t, &doc),
+                        facets,
                         data: doc,
                     });
                 }
