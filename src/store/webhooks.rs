@@ -252,9 +252,11 @@ pub struct AttemptRecord {
 #[derive(Debug, Clone, PartialEq)]
 pub enum AttemptOutcome {
     Succeeded,
-    /// Try again at this time.
+    /// Try again at this time. With `held_until`, the process that made the attempt keeps the delivery's
+    /// lease until then and sends the retry itself (see `webhook::worker`), so no claim is needed for it.
     Retry {
         at: String,
+        held_until: Option<String>,
     },
     /// Give up (schedule exhausted).
     Failed,
@@ -906,21 +908,23 @@ pub(crate) async fn record_in(
         conn.execute(&sql, &args).await?;
 
         let values: Vec<String> =
-            super::row_placeholders(1, chunk.len(), 6).into_iter().map(|p| format!("({p})")).collect();
+            super::row_placeholders(1, chunk.len(), 7).into_iter().map(|p| format!("({p})")).collect();
+        // Only an unfinished delivery takes the outcome: a late attempt (sent twice because a retry was
+        // asked for while it was in flight, say) never turns a delivery that succeeded back into a retry.
         let sql = format!(
-            "WITH v (id, status, next_at, code, error, at) AS (VALUES {}) \
+            "WITH v (id, status, next_at, code, error, at, lease) AS (VALUES {}) \
              UPDATE deliveries SET status = v.status, attempts = attempts + 1, next_attempt_at = v.next_at, \
-             lease_until = NULL, last_status_code = v.code, last_error = v.error, updated_at = v.at \
-             FROM v WHERE deliveries.id = v.id",
+             lease_until = v.lease, last_status_code = v.code, last_error = v.error, updated_at = v.at \
+             FROM v WHERE deliveries.id = v.id AND deliveries.status IN ('pending', 'retrying')",
             values.join(", ")
         );
-        let mut args: Vec<Arg> = Vec::with_capacity(6 * chunk.len());
+        let mut args: Vec<Arg> = Vec::with_capacity(7 * chunk.len());
         for (delivery, record) in chunk {
             let a = &record.attempt;
-            let (status, next) = match &record.outcome {
-                AttemptOutcome::Succeeded => ("succeeded", &a.at),
-                AttemptOutcome::Retry { at } => ("retrying", at),
-                AttemptOutcome::Failed | AttemptOutcome::Gone => ("failed", &a.at),
+            let (status, next, lease) = match &record.outcome {
+                AttemptOutcome::Succeeded => ("succeeded", &a.at, None),
+                AttemptOutcome::Retry { at, held_until } => ("retrying", at, held_until.as_deref()),
+                AttemptOutcome::Failed | AttemptOutcome::Gone => ("failed", &a.at, None),
             };
             args.extend([
                 Arg::from(&delivery.id),
@@ -929,6 +933,7 @@ pub(crate) async fn record_in(
                 a.status_code.into(),
                 a.error.as_deref().into(),
                 (&a.at).into(),
+                lease.into(),
             ]);
         }
         conn.execute(&sql, &args).await?;

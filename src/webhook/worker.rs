@@ -63,6 +63,9 @@ pub struct Worker {
     results_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<(Delivery, AttemptRecord)>>>,
     /// When this worker last claimed (see [`CLAIM_SPACING`]).
     last_claim: Mutex<Option<tokio::time::Instant>>,
+    /// Retries this process keeps to send itself (see [`HOLD_RETRIES_WITHIN`]), reserved when an attempt
+    /// is judged and released when the retry starts (or its recording failed).
+    held: std::sync::atomic::AtomicUsize,
 }
 
 const CLAIM_BATCH: i64 = 256;
@@ -71,6 +74,14 @@ const CLAIM_BATCH: i64 = 256;
 /// transaction per retry, each one holding up the writes beside it (a failing target's 340 retries a second
 /// raised a healthy target's p99 by half). A retry starting up to this much later costs nothing.
 const CLAIM_SPACING: Duration = Duration::from_millis(25);
+/// A retry due within this long is kept by the process whose attempt failed: recording the failure leases
+/// the delivery to it until the retry is due plus a lease, and it sends the retry from memory when due. A
+/// claim is a write transaction (holding SQLite's write lock, and an fsync on both stores), and a failing
+/// target's jittered retries came due one by one, each wanting a claim. Should the process die, the lease
+/// runs out and any process claims the retry then (on SQLite, the next start releases it at once).
+const HOLD_RETRIES_WITHIN: Duration = Duration::from_secs(60);
+/// At most this many retries are held in memory at once; the rest are left to claims.
+const MAX_HELD: usize = 10_000;
 /// A lane keeps at most this many times its `max_concurrency` claimed deliveries waiting for a slot.
 const LANE_DEPTH: usize = 4;
 /// A delivery that waited in its lane longer than this after its claim is not started: its lease (the
@@ -121,6 +132,7 @@ impl Worker {
             in_flight,
             slot_freed: tokio::sync::Notify::new(),
             last_claim: Mutex::new(None),
+            held: std::sync::atomic::AtomicUsize::new(0),
             results,
             results_rx: Mutex::new(Some(results_rx)),
             limiter: Mutex::new(RateLimiter::default()),
@@ -133,11 +145,12 @@ impl Worker {
 
     /// Runs until `stop` is cancelled, then waits for deliveries in flight to finish.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
-        let recorder = self.results_rx.lock().unwrap_or_else(|p| p.into_inner()).take().map(|rx| {
-            let db = self.db.clone();
-            let disable_after = self.config.disable_after_seconds;
-            tokio::spawn(record_in_batches(db, rx, disable_after))
-        });
+        let recorder = self
+            .results_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .map(|rx| tokio::spawn(record_in_batches(self.clone(), rx)));
         if let Err(e) = self.db.release_leases_if_sole_worker().await {
             tracing::warn!(error = %e, "could not release leases left by a previous run");
         }
@@ -437,16 +450,80 @@ impl Worker {
                     _ => self.config.retry.next_delay(made, &mut rand::thread_rng()),
                 };
                 match delay {
-                    Some(d) => AttemptOutcome::Retry {
-                        at: timestamp_text(
-                            now + chrono::Duration::from_std(d).unwrap_or_else(|_| chrono::Duration::seconds(1)),
-                        ),
-                    },
+                    Some(d) => {
+                        let at = now + chrono::Duration::from_std(d).unwrap_or_else(|_| chrono::Duration::seconds(1));
+                        let held_until = (d <= HOLD_RETRIES_WITHIN && self.reserve_hold())
+                            .then(|| timestamp_text(at + chrono::Duration::seconds(self.config.lease_seconds)));
+                        AttemptOutcome::Retry { at: timestamp_text(at), held_until }
+                    }
                     None => AttemptOutcome::Failed,
                 }
             }
         };
         AttemptRecord { attempt, outcome }
+    }
+}
+
+impl Worker {
+    /// Reserves room for one more held retry (none while stopping: nothing would send it).
+    fn reserve_hold(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        if self.stopping.load(Ordering::Acquire) {
+            return false;
+        }
+        self.held.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < MAX_HELD).then_some(n + 1)).is_ok()
+    }
+
+    fn release_holds(&self, n: usize) {
+        self.held.fetch_sub(n, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// Sends a held retry (`delivery` as recorded, its lease ours) when it is due, through its lane like a
+    /// claimed delivery.
+    fn hold(self: &Arc<Self>, delivery: Delivery) {
+        let due_in = delivery
+            .next_attempt_at
+            .as_deref()
+            .and_then(|at| chrono::DateTime::parse_from_rfc3339(at).ok())
+            .and_then(|at| (at.with_timezone(&chrono::Utc) - chrono::Utc::now()).to_std().ok())
+            .unwrap_or(Duration::ZERO);
+        let worker = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(due_in).await;
+            worker.release_holds(1);
+            if worker.stopping.load(std::sync::atomic::Ordering::Acquire) {
+                return; // leased still: released at the next start (SQLite) or when the lease runs out
+            }
+            let subscriptions = match worker.db.subscription_snapshot().await {
+                Ok(subscriptions) => subscriptions,
+                Err(e) => {
+                    tracing::warn!(error = %e, delivery = %delivery.id, "a held retry waits for its lease to run out");
+                    return;
+                }
+            };
+            // Disabled or deleted meanwhile: nothing to send now (its lease runs out; it is claimable again
+            // only if the subscription receives again).
+            if !subscriptions.get(&delivery.subscription_id).is_some_and(|s| s.receives_deliveries()) {
+                return;
+            }
+            if let Err(e) = worker.start(vec![delivery], subscriptions).await {
+                tracing::warn!(error = %e, "starting a held retry failed; it is claimed again when its lease runs out");
+            }
+        });
+    }
+}
+
+/// A held retry's delivery as its failed attempt left it in the store.
+fn as_recorded(delivery: &Delivery, record: &AttemptRecord, at: &str, held_until: &str) -> Delivery {
+    Delivery {
+        status: "retrying".into(),
+        attempts: delivery.attempts + 1,
+        next_attempt_at: Some(at.to_string()),
+        last_status_code: record.attempt.status_code,
+        last_error: record.attempt.error.clone(),
+        updated_at: record.attempt.at.clone(),
+        lease_until: Some(held_until.to_string()),
+        ..delivery.clone()
     }
 }
 
@@ -538,12 +615,12 @@ pub async fn send(client: &WebhookClient, sub: &Subscription, message_id: &str, 
 
 /// Commits attempt results in batches: whatever arrived while the previous batch was being written goes
 /// into the next transaction. A failed batch is not retried here: its deliveries' leases expire and they
-/// are attempted again (at-least-once).
+/// are attempted again (at-least-once). Once a batch is committed, the retries it holds are scheduled.
 async fn record_in_batches(
-    db: Db,
+    worker: Arc<Worker>,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<(Delivery, AttemptRecord)>,
-    disable_after_seconds: i64,
 ) {
+    let disable_after_seconds = worker.config.disable_after_seconds;
     const MAX_BATCH: usize = 1000;
     let mut batch = Vec::new();
     while let Some(first) = rx.recv().await {
@@ -561,8 +638,19 @@ async fn record_in_batches(
             batch.push(next);
         }
         let count = batch.len();
-        if let Err(e) = db.record_attempts(std::mem::take(&mut batch), disable_after_seconds).await {
-            tracing::error!(error = %e, attempts = count, "recording attempts failed; their deliveries will be retried");
+        let held: Vec<Delivery> = batch
+            .iter()
+            .filter_map(|(delivery, record)| match &record.outcome {
+                AttemptOutcome::Retry { at, held_until: Some(until) } => Some(as_recorded(delivery, record, at, until)),
+                _ => None,
+            })
+            .collect();
+        match worker.db.record_attempts(std::mem::take(&mut batch), disable_after_seconds).await {
+            Ok(()) => held.into_iter().for_each(|delivery| worker.hold(delivery)),
+            Err(e) => {
+                worker.release_holds(held.len());
+                tracing::error!(error = %e, attempts = count, "recording attempts failed; their deliveries will be retried");
+            }
         }
         if stop {
             break;

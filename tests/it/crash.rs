@@ -97,3 +97,43 @@ async fn kill9_mid_burst_loses_nothing_sqlite() {
 async fn kill9_mid_burst_loses_nothing_postgres() {
     kill9_mid_burst(Store::Postgres).await;
 }
+
+/// A retry the failing process kept for itself (its delivery leased to it past the retry's time) is not lost
+/// with the process: the next start on the same SQLite file releases the lease and sends it when due.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_retry_survives_kill9_sqlite() {
+    let Some((database_url, _dir)) = fresh_database(Store::Sqlite).await else { return };
+    let rx = Receiver::start().await;
+    rx.script(&[(500, None)]);
+    let mut server = RealServer::start_for_test(&database_url, &[("HSDA_RETRY_SCHEDULE", "2")]).await;
+    let db = hsda::store::Db::connect(&database_url).await.unwrap();
+    let key = db.create_key("acme", hsda::store::keys::Scope::Admin).await.unwrap().secret;
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+    let sub: Value = client
+        .post(server.url("/webhooks"))
+        .bearer_auth(&key)
+        .json(&json!({"url": rx.url, "events": ["webhook.ping"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let sub_id = sub["id"].as_str().expect("subscription id").to_string();
+    // Killed once the failed attempt is recorded and its retry held (due 1.6-2.4 s later).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let held = loop {
+        let (_, page) = db.deliveries(&sub_id, &Default::default(), 1, 10).await.unwrap();
+        if let Some(d) = page.into_iter().find(|d| d.attempts == 1) {
+            break d;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the first attempt was never recorded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    server.kill9().await;
+    let lease = db.delivery(&held.id).await.unwrap().unwrap().lease_until;
+    assert!(lease.is_some(), "the killed process held the retry");
+    server.restart().await;
+    let got = rx.wait_for("the held retry, sent after the restart", |r| r.len() >= 2).await;
+    assert_eq!(got[1].header("webhook-id"), held.id, "the same delivery");
+}

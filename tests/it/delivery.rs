@@ -196,6 +196,60 @@ both_stores!(
     }
 );
 
+both_stores!(
+    a_failed_attempt_keeps_its_retry_leased_and_the_same_process_sends_it_when_due,
+    |c| c.retry_schedule = Some("2".into()),
+    |app| async move {
+        let rx = Receiver::start().await;
+        rx.script(&[(500, None)]);
+        let sub = subscribe(&app, json!({"url": rx.url, "events": ["webhook.ping"]})).await;
+        let sub_id = sub["id"].as_str().unwrap();
+        let failed = ping_delivery(&app, sub_id, 1).await;
+        let id = failed["id"].as_str().unwrap();
+        // The retry is due in 1.6-2.4 s; until well past then the delivery stays leased to this process, so
+        // no claim (no write transaction) is needed to send it, and no other process can take it.
+        let held = app.db.delivery(id).await.unwrap().expect("the delivery");
+        assert_eq!((held.status.as_str(), held.attempts), ("retrying", 1), "{held:?}");
+        let (retry_at, lease) = (held.next_attempt_at.clone().unwrap(), held.lease_until.clone().expect("leased"));
+        assert!(lease > retry_at, "held past its retry time: lease {lease}, retry {retry_at}");
+        assert!(app.db.claim_due(10, 60, &[]).await.unwrap().is_empty(), "nothing is claimable meanwhile");
+
+        let got = rx.wait_for("the retry", |r| r.len() >= 2).await;
+        assert_eq!(got[0].header("webhook-id"), got[1].header("webhook-id"), "a retry keeps its webhook-id");
+        let done = ping_delivery(&app, sub_id, 2).await;
+        assert_eq!(done["status"], "succeeded", "{done}");
+        assert!(app.db.delivery(id).await.unwrap().unwrap().lease_until.is_none(), "released once done");
+    }
+);
+
+both_stores!(a_late_failed_attempt_never_reopens_a_delivery_that_succeeded, |_| {}, |app| async move {
+    use hsda::store::webhooks::{Attempt, AttemptOutcome, AttemptRecord};
+    let rx = Receiver::start().await;
+    let sub = subscribe(&app, json!({"url": rx.url, "events": ["webhook.ping"]})).await;
+    let done = ping_delivery(&app, sub["id"].as_str().unwrap(), 1).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let id = done["id"].as_str().unwrap();
+    let delivery = app.db.delivery(id).await.unwrap().unwrap();
+    // An attempt that was still in flight when the delivery was sent again (a retry asked for meanwhile, say)
+    // fails after the other one succeeded: it is recorded, and the delivery stays done.
+    let at = hsda::store::now_text();
+    let late = AttemptRecord {
+        attempt: Attempt {
+            at: at.clone(),
+            status_code: Some(500),
+            duration_ms: 3,
+            error: Some("HTTP 500".into()),
+            error_class: Some("http_status".into()),
+            response_body: None,
+        },
+        outcome: AttemptOutcome::Retry { at, held_until: None },
+    };
+    app.db.record_attempts(vec![(delivery, late)], 3600).await.unwrap();
+    let after = app.get_as(&app.subscribe_key, &format!("/deliveries/{id}")).await;
+    assert_eq!(after["status"], "succeeded", "{after}");
+    assert_eq!(after["attempts"].as_array().map(Vec::len), Some(2), "the late attempt is in the history: {after}");
+});
+
 both_stores!(ed25519_subscriptions_sign_v1a_with_a_retrievable_public_key, |_| {}, |app| async move {
     use base64::Engine;
     use ed25519_dalek::{Signature, Verifier, VerifyingKey};
