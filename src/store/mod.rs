@@ -84,6 +84,7 @@ const SQLITE_MIGRATIONS: &[(i64, &[&str])] = &[
     (4, &[include_str!("migrations/4_summaries.sql")]),
     (5, &[include_str!("migrations/5_digests.sql")]),
     (6, &[include_str!("migrations/6_fewer_indexes.sql")]),
+    (7, &[include_str!("migrations/7_search_text_unchanged_sqlite.sql")]),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &[&str])] = &[
     (1, &[include_str!("migrations/1_records_postgres.sql"), include_str!("migrations/1_schema.sql")]),

@@ -286,8 +286,11 @@ impl Writer<'_, '_> {
         }
         let data = Value::Object(row.clone()).to_string();
         let sort_key = document::sort_key(table, &Value::Object(row.clone()));
-        let search_text =
-            if table.is_root() { String::new() } else { document::search_text(table, &Value::Object(row.clone())) };
+        // A root's document is stored later in the write, with its search text and sort key; taken from the
+        // row now, they already are what the document gives (but for a service_at_location's, whose come from
+        // its service and location), so storing the document leaves them alone: no full-text index entry
+        // written twice, and on PostgreSQL an update that changes no indexed column (a HOT update).
+        let search_text = document::search_text(table, &Value::Object(row.clone()));
         let rid: i64 = match &before {
             Some((rid, _)) => {
                 self.conn
