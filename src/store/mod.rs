@@ -85,6 +85,7 @@ const SQLITE_MIGRATIONS: &[(i64, &[&str])] = &[
     (5, &[include_str!("migrations/5_digests.sql")]),
     (6, &[include_str!("migrations/6_fewer_indexes.sql")]),
     (7, &[include_str!("migrations/7_search_text_unchanged_sqlite.sql")]),
+    (8, &[include_str!("migrations/8_claimable_at.sql")]),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &[&str])] = &[
     (1, &[include_str!("migrations/1_records_postgres.sql"), include_str!("migrations/1_schema.sql")]),
@@ -92,6 +93,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &[&str])] = &[
     (4, &[include_str!("migrations/4_summaries.sql")]),
     (5, &[include_str!("migrations/5_digests.sql")]),
     (6, &[include_str!("migrations/6_fewer_indexes.sql")]),
+    (8, &[include_str!("migrations/8_claimable_at.sql")]),
 ];
 
 impl Db {

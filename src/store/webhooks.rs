@@ -644,8 +644,8 @@ impl Db {
         };
         let sql = format!(
             "UPDATE deliveries SET lease_until = $1 WHERE id IN (SELECT d.id FROM {CLAIMABLE} \
-             AND d.next_attempt_at <= $2 AND (d.lease_until IS NULL OR d.lease_until < $2) {skip} \
-             ORDER BY d.next_attempt_at LIMIT ${} {lock}) RETURNING {DELIVERY_COLUMNS}",
+             AND {CLAIMABLE_AT} <= $2 AND (d.lease_until IS NULL OR d.lease_until < $2) {skip} \
+             ORDER BY {CLAIMABLE_AT} LIMIT ${} {lock}) RETURNING {DELIVERY_COLUMNS}",
             3 + busy.len()
         );
         let _guard = match &self.write_lock {
@@ -683,10 +683,12 @@ impl Db {
         } else {
             format!("AND d.subscription_id NOT IN ({})", super::placeholders(0, busy.len()))
         };
+        // The first claimable delivery in the order of the index on that time, not the minimum over all of
+        // them: with 20 000 deliveries open (a backlog, or work in flight) that took 42 ms, and this runs
+        // every round of the worker.
         let sql = format!(
             "SELECT MIN(t) FROM (\
-             SELECT MIN(CASE WHEN d.lease_until IS NOT NULL AND d.lease_until > d.next_attempt_at \
-             THEN d.lease_until ELSE d.next_attempt_at END) AS t FROM {CLAIMABLE} {skip} \
+             SELECT * FROM (SELECT {CLAIMABLE_AT} AS t FROM {CLAIMABLE} {skip} ORDER BY {CLAIMABLE_AT} LIMIT 1) first \
              UNION ALL SELECT MIN(next_digest_at) AS t FROM subscriptions \
              WHERE schedule IS NOT NULL AND status IN ('active', 'failing') \
              UNION ALL SELECT MIN(verification_due_at) AS t FROM subscriptions WHERE status = 'pending') due"
@@ -864,6 +866,11 @@ const CLAIMABLE: &str = "deliveries d JOIN subscriptions s ON s.id = d.subscript
      AND (s.ordered = 0 OR NOT EXISTS (SELECT 1 FROM deliveries e WHERE e.subscription_id = d.subscription_id \
      AND e.status IN ('pending', 'retrying') \
      AND (e.event_sequence < d.event_sequence OR (e.event_sequence = d.event_sequence AND e.id < d.id))))";
+
+/// When a delivery can be claimed next: when due, or when its lease runs out if that is later. Written exactly
+/// as the expression of the partial index `deliveries_open_claimable_at` (migration 8), which serves the
+/// claim and [`Db::next_due`] in this order.
+const CLAIMABLE_AT: &str = "(CASE WHEN d.lease_until IS NOT NULL AND d.lease_until > d.next_attempt_at THEN d.lease_until ELSE d.next_attempt_at END)";
 
 /// What recording a batch of attempts did: the `webhook.*` events it still has to append (in the same
 /// transaction), and whom to tell once committed.
