@@ -339,3 +339,85 @@ async fn two_processes_on_one_postgres_share_the_work_without_double_sending() {
         token.cancel();
     }
 }
+
+/// The worker sleeps until the earliest time it can claim something: a due delivery that no process holds,
+/// or a lease that runs out. Deliveries held (leased), finished, or of subscriptions it leaves out (busy) do
+/// not count; and a claim takes only what is due and free, earliest first.
+async fn the_next_claimable_time_skips_held_finished_and_busy_deliveries(store: Store) {
+    let Some((url, _dir)) = fresh_database(store).await else { return };
+    let db = hsda::store::Db::connect(&url).await.unwrap();
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+    let at = |seconds: i64| hsda::store::timestamp_text(chrono::Utc::now() + chrono::Duration::seconds(seconds));
+    for sub in ["sub_a", "sub_b"] {
+        sqlx::query(
+            "INSERT INTO subscriptions (id, tenant, url, events, payload, filter, secret, signing, max_concurrency, \
+             headers, metadata, status, created_at, updated_at) \
+             VALUES ($1, 'acme', 'http://127.0.0.1:9/', '[\"*\"]', 'full', '{}', 'whsec_x', 'hmac-sha256', 10, \
+             '{}', '{}', 'active', $2, $2)",
+        )
+        .bind(sub)
+        .bind(at(0))
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    // (id, subscription, status, due in s, leased for s)
+    let rows: [(&str, &str, &str, i64, Option<i64>); 5] = [
+        ("msg_free_later", "sub_a", "pending", 10, None),
+        ("msg_held", "sub_a", "pending", -5, Some(60)),
+        ("msg_lease_over_soon", "sub_a", "retrying", -5, Some(30)),
+        ("msg_other", "sub_b", "retrying", 20, None),
+        ("msg_done", "sub_a", "succeeded", -100, None),
+    ];
+    for (i, (id, sub, status, due, lease)) in rows.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO deliveries (id, subscription_id, tenant, event_id, event_sequence, event_type, object_id, \
+             body, status, next_attempt_at, lease_until, created_at, updated_at) \
+             VALUES ($1, $2, 'acme', $3, $4, 'organization.created', 'o', '{}', $5, $6, $7, $6, $6)",
+        )
+        .bind(*id)
+        .bind(*sub)
+        .bind(format!("evt_{i}"))
+        .bind(i as i64)
+        .bind(*status)
+        .bind(at(*due))
+        .bind(lease.map(at))
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    let due_of = |id: &str| {
+        let (_, _, _, due, lease) = rows.iter().find(|r| r.0 == id).unwrap();
+        lease.unwrap_or(*due)
+    };
+    let next = db.next_due(&[]).await.unwrap().expect("something is claimable later");
+    let expected = at(due_of("msg_free_later"));
+    assert!(next <= expected && next > at(due_of("msg_free_later") - 2), "{next} vs {expected}");
+    let next = db.next_due(&["sub_a".to_string()]).await.unwrap().expect("sub_b's delivery");
+    assert!(next > at(due_of("msg_free_later") + 5) && next <= at(due_of("msg_other")), "{next}");
+    assert!(db.claim_due(10, 60, &[]).await.unwrap().is_empty(), "nothing due is free yet");
+
+    sqlx::query("UPDATE deliveries SET next_attempt_at = $1 WHERE id IN ('msg_free_later', 'msg_other')")
+        .bind(at(-1))
+        .execute(&pool)
+        .await
+        .unwrap();
+    let claimed: Vec<String> = db.claim_due(10, 60, &[]).await.unwrap().into_iter().map(|d| d.id).collect();
+    assert_eq!(claimed.len(), 2, "the two due and free ones: {claimed:?}");
+    assert!(claimed.contains(&"msg_free_later".to_string()) && claimed.contains(&"msg_other".to_string()));
+    // Now held in turn, they move to their lease's end; the earliest time left is the soonest lease's end.
+    let next = db.next_due(&[]).await.unwrap().unwrap();
+    assert!(next > at(25) && next <= at(30), "the lease of msg_lease_over_soon: {next}");
+    pool.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_claimable_time_skips_held_finished_and_busy_deliveries_sqlite() {
+    the_next_claimable_time_skips_held_finished_and_busy_deliveries(Store::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_claimable_time_skips_held_finished_and_busy_deliveries_postgres() {
+    the_next_claimable_time_skips_held_finished_and_busy_deliveries(Store::Postgres).await;
+}
