@@ -63,9 +63,10 @@ pub struct Worker {
     results_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<(Delivery, AttemptRecord)>>>,
     /// When this worker last claimed (see [`CLAIM_SPACING`]).
     last_claim: Mutex<Option<tokio::time::Instant>>,
-    /// Retries this process keeps to send itself (see [`HOLD_RETRIES_WITHIN`]), reserved when an attempt
-    /// is judged and released when the retry starts (or its recording failed).
-    held: std::sync::atomic::AtomicUsize,
+    /// Retries this process keeps to send itself (see [`HOLD_RETRIES_WITHIN`]): delivery id -> the lease
+    /// it holds. Reserved when an attempt is judged; gone when its timer fires, or when its result could not
+    /// be recorded; those left when the worker stops have their leases released.
+    held: Mutex<HashMap<String, String>>,
 }
 
 const CLAIM_BATCH: i64 = 256;
@@ -80,8 +81,8 @@ const CLAIM_SPACING: Duration = Duration::from_millis(25);
 /// target's jittered retries came due one by one, each wanting a claim. Should the process die, the lease
 /// runs out and any process claims the retry then (on SQLite, the next start releases it at once).
 const HOLD_RETRIES_WITHIN: Duration = Duration::from_secs(60);
-/// At most this many retries are held in memory at once; the rest are left to claims.
-const MAX_HELD: usize = 10_000;
+/// At most this many retries are held in memory at once (bodies included); the rest are left to claims.
+const MAX_HELD: usize = 4096;
 /// A lane keeps at most this many times its `max_concurrency` claimed deliveries waiting for a slot.
 const LANE_DEPTH: usize = 4;
 /// A delivery that waited in its lane longer than this after its claim is not started: its lease (the
@@ -132,7 +133,7 @@ impl Worker {
             in_flight,
             slot_freed: tokio::sync::Notify::new(),
             last_claim: Mutex::new(None),
-            held: std::sync::atomic::AtomicUsize::new(0),
+            held: Mutex::new(HashMap::new()),
             results,
             results_rx: Mutex::new(Some(results_rx)),
             limiter: Mutex::new(RateLimiter::default()),
@@ -188,6 +189,12 @@ impl Worker {
         if let Some(recorder) = recorder {
             let _ = self.results.send((Delivery::stop_marker(), AttemptRecord::stop_marker()));
             let _ = recorder.await;
+        }
+        // Retries held for later go back to the store now: another process (or the next start) claims them
+        // when due instead of when their lease would have run out.
+        let held: Vec<(String, String)> = self.held.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
+        if let Err(e) = self.db.release_held(&held).await {
+            tracing::warn!(error = %e, held = held.len(), "held retries wait for their leases to run out");
         }
     }
 
@@ -420,13 +427,14 @@ impl Worker {
     /// Attempts one claimed delivery to `sub` (as it stood when claimed) and records the outcome.
     async fn attempt(&self, sub: &Subscription, delivery: Delivery) {
         let response = send(&self.client, sub, &delivery.id, &delivery.body).await;
-        let record = self.judge(&delivery, response);
-        if self.results.send((delivery, record)).is_err() {
+        let record = self.judge(sub, &delivery, response);
+        if let Err(unsent) = self.results.send((delivery, record)) {
+            self.forget_hold(&unsent.0.0.id);
             tracing::error!("the attempt recorder stopped; the lease will expire and the delivery will be retried");
         }
     }
 
-    fn judge(&self, delivery: &Delivery, r: super::client::Response) -> AttemptRecord {
+    fn judge(&self, sub: &Subscription, delivery: &Delivery, r: super::client::Response) -> AttemptRecord {
         let now = chrono::Utc::now();
         let attempt = Attempt {
             at: timestamp_text(now),
@@ -452,8 +460,11 @@ impl Worker {
                 match delay {
                     Some(d) => {
                         let at = now + chrono::Duration::from_std(d).unwrap_or_else(|_| chrono::Duration::seconds(1));
-                        let held_until = (d <= HOLD_RETRIES_WITHIN && self.reserve_hold())
-                            .then(|| timestamp_text(at + chrono::Duration::seconds(self.config.lease_seconds)));
+                        // Ordered and rate-limited subscriptions go through claims, which keep their order
+                        // and spacing across processes.
+                        let holdable = d <= HOLD_RETRIES_WITHIN && !sub.ordered && sub.rate_limit_per_second.is_none();
+                        let until = timestamp_text(at + chrono::Duration::seconds(self.config.lease_seconds));
+                        let held_until = (holdable && self.reserve_hold(&delivery.id, &until)).then_some(until);
                         AttemptOutcome::Retry { at: timestamp_text(at), held_until }
                     }
                     None => AttemptOutcome::Failed,
@@ -465,21 +476,28 @@ impl Worker {
 }
 
 impl Worker {
-    /// Reserves room for one more held retry (none while stopping: nothing would send it).
-    fn reserve_hold(&self) -> bool {
-        use std::sync::atomic::Ordering;
-        if self.stopping.load(Ordering::Acquire) {
+    /// Reserves a place for one more held retry (none while stopping: nothing would send it).
+    fn reserve_hold(&self, id: &str, until: &str) -> bool {
+        if self.stopping.load(std::sync::atomic::Ordering::Acquire) {
             return false;
         }
-        self.held.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < MAX_HELD).then_some(n + 1)).is_ok()
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        if held.len() >= MAX_HELD {
+            return false;
+        }
+        held.insert(id.to_string(), until.to_string());
+        true
     }
 
-    fn release_holds(&self, n: usize) {
-        self.held.fetch_sub(n, std::sync::atomic::Ordering::AcqRel);
+    /// Whether `id` was still held (and is no longer).
+    fn forget_hold(&self, id: &str) -> bool {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).remove(id).is_some()
     }
 
     /// Sends a held retry (`delivery` as recorded, its lease ours) when it is due, through its lane like a
-    /// claimed delivery.
+    /// claimed delivery: if the store still has it unfinished under this lease. A retry asked for meanwhile
+    /// (`POST /deliveries/{id}/retry` releases the lease and a claim sends it), a late outcome the store did
+    /// not take, or a lease another process took over after it ran out: then this copy is dropped.
     fn hold(self: &Arc<Self>, delivery: Delivery) {
         let due_in = delivery
             .next_attempt_at
@@ -490,9 +508,17 @@ impl Worker {
         let worker = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(due_in).await;
-            worker.release_holds(1);
-            if worker.stopping.load(std::sync::atomic::Ordering::Acquire) {
-                return; // leased still: released at the next start (SQLite) or when the lease runs out
+            if worker.stopping.load(std::sync::atomic::Ordering::Acquire) || !worker.forget_hold(&delivery.id) {
+                return; // the stopping worker releases its lease
+            }
+            match worker.db.delivery_state(&delivery.id).await {
+                Ok(Some((status, lease)))
+                    if matches!(status.as_str(), "pending" | "retrying") && lease == delivery.lease_until => {}
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, delivery = %delivery.id, "a held retry waits for its lease to run out");
+                    return;
+                }
             }
             let subscriptions = match worker.db.subscription_snapshot().await {
                 Ok(subscriptions) => subscriptions,
@@ -648,7 +674,9 @@ async fn record_in_batches(
         match worker.db.record_attempts(std::mem::take(&mut batch), disable_after_seconds).await {
             Ok(()) => held.into_iter().for_each(|delivery| worker.hold(delivery)),
             Err(e) => {
-                worker.release_holds(held.len());
+                for delivery in &held {
+                    worker.forget_hold(&delivery.id);
+                }
                 tracing::error!(error = %e, attempts = count, "recording attempts failed; their deliveries will be retried");
             }
         }

@@ -105,7 +105,7 @@ async fn a_held_retry_survives_kill9_sqlite() {
     let Some((database_url, _dir)) = fresh_database(Store::Sqlite).await else { return };
     let rx = Receiver::start().await;
     rx.script(&[(500, None)]);
-    let mut server = RealServer::start_for_test(&database_url, &[("HSDA_RETRY_SCHEDULE", "2")]).await;
+    let mut server = RealServer::start_for_test(&database_url, &[("HSDA_RETRY_SCHEDULE", "5")]).await;
     let db = hsda::store::Db::connect(&database_url).await.unwrap();
     let key = db.create_key("acme", hsda::store::keys::Scope::Admin).await.unwrap().secret;
     let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
@@ -120,7 +120,7 @@ async fn a_held_retry_survives_kill9_sqlite() {
         .await
         .unwrap();
     let sub_id = sub["id"].as_str().expect("subscription id").to_string();
-    // Killed once the failed attempt is recorded and its retry held (due 1.6-2.4 s later).
+    // Killed once the failed attempt is recorded and its retry held (due 4-6 s later).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let held = loop {
         let (_, page) = db.deliveries(&sub_id, &Default::default(), 1, 10).await.unwrap();
@@ -131,6 +131,7 @@ async fn a_held_retry_survives_kill9_sqlite() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     server.kill9().await;
+    assert_eq!(rx.received().len(), 1, "killed before the held retry was due");
     let lease = db.delivery(&held.id).await.unwrap().unwrap().lease_until;
     assert!(lease.is_some(), "the killed process held the retry");
     server.restart().await;

@@ -198,7 +198,7 @@ both_stores!(
 
 both_stores!(
     a_failed_attempt_keeps_its_retry_leased_and_the_same_process_sends_it_when_due,
-    |c| c.retry_schedule = Some("2".into()),
+    |c| c.retry_schedule = Some("4".into()),
     |app| async move {
         let rx = Receiver::start().await;
         rx.script(&[(500, None)]);
@@ -206,7 +206,7 @@ both_stores!(
         let sub_id = sub["id"].as_str().unwrap();
         let failed = ping_delivery(&app, sub_id, 1).await;
         let id = failed["id"].as_str().unwrap();
-        // The retry is due in 1.6-2.4 s; until well past then the delivery stays leased to this process, so
+        // The retry is due in 3.2-4.8 s; until well past then the delivery stays leased to this process, so
         // no claim (no write transaction) is needed to send it, and no other process can take it.
         let held = app.db.delivery(id).await.unwrap().expect("the delivery");
         assert_eq!((held.status.as_str(), held.attempts), ("retrying", 1), "{held:?}");
@@ -248,7 +248,35 @@ both_stores!(a_late_failed_attempt_never_reopens_a_delivery_that_succeeded, |_| 
     let after = app.get_as(&app.subscribe_key, &format!("/deliveries/{id}")).await;
     assert_eq!(after["status"], "succeeded", "{after}");
     assert_eq!(after["attempts"].as_array().map(Vec::len), Some(2), "the late attempt is in the history: {after}");
+    let shown = app.get_as(&app.subscribe_key, &format!("/webhooks/{}", sub["id"].as_str().unwrap())).await;
+    assert_eq!(
+        (shown["status"].as_str(), shown["consecutive_failures"].as_i64()),
+        (Some("active"), Some(0)),
+        "{shown}"
+    );
 });
+
+both_stores!(
+    a_retry_asked_for_while_one_is_held_is_sent_once,
+    |c| c.retry_schedule = Some("3".into()),
+    |app| async move {
+        let rx = Receiver::start().await;
+        rx.script(&[(500, None)]);
+        let sub = subscribe(&app, json!({"url": rx.url, "events": ["webhook.ping"]})).await;
+        let failed = ping_delivery(&app, sub["id"].as_str().unwrap(), 1).await;
+        let id = failed["id"].as_str().unwrap();
+        assert!(app.db.delivery(id).await.unwrap().unwrap().lease_until.is_some(), "held");
+        // The target is fixed; the user asks for the retry now instead of in 2.4-3.6 s.
+        let r = app.post_as(&app.subscribe_key, format!("/deliveries/{id}/retry"), None).await;
+        assert!(r.status().is_success(), "{}", r.status());
+        rx.wait_for("the retry asked for", |r| r.len() >= 2).await;
+        // Past the held retry's time: the process that held it finds the delivery done and sends nothing.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(rx.received().len(), 2, "the failed attempt and the retry asked for, nothing more");
+        let done = app.get_as(&app.subscribe_key, &format!("/deliveries/{id}")).await;
+        assert_eq!(done["status"], "succeeded", "{done}");
+    }
+);
 
 both_stores!(ed25519_subscriptions_sign_v1a_with_a_retrievable_public_key, |_| {}, |app| async move {
     use base64::Engine;
