@@ -11,25 +11,40 @@ use crate::helpers::{Store, fresh_database};
 use crate::real_server::RealServer;
 use crate::receiver::Receiver;
 
-async fn kill9_mid_burst(store: Store) {
-    let Some((database_url, _dir)) = fresh_database(store).await else { return };
-    let rx = Receiver::start().await;
-    let mut server = RealServer::start_for_test(&database_url, &[]).await;
-    let db = hsda::store::Db::connect(&database_url).await.unwrap();
+/// A real server over `database_url` (with `env`), an admin key for it (made through the store, so it stays
+/// valid across restarts), and a client.
+async fn real_server(
+    database_url: &str,
+    env: &[(&str, &str)],
+) -> (RealServer, hsda::store::Db, String, reqwest::Client) {
+    let server = RealServer::start_for_test(database_url, env).await;
+    let db = hsda::store::Db::connect(database_url).await.unwrap();
     let key = db.create_key("acme", hsda::store::keys::Scope::Admin).await.unwrap().secret;
-    let base = server.url("");
     let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+    (server, db, key, client)
+}
+
+/// Subscribes `url` to `events`; returns the subscription's id.
+async fn subscribe(server: &RealServer, client: &reqwest::Client, key: &str, url: &str, events: &[&str]) -> String {
     let sub: Value = client
-        .post(format!("{base}/webhooks"))
-        .bearer_auth(&key)
-        .json(&json!({"url": rx.url, "events": ["organization.created"]}))
+        .post(server.url("/webhooks"))
+        .bearer_auth(key)
+        .json(&json!({"url": url, "events": events}))
         .send()
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
-    assert!(sub["id"].is_string(), "{sub}");
+    sub["id"].as_str().unwrap_or_else(|| panic!("no subscription: {sub}")).to_string()
+}
+
+async fn kill9_mid_burst(store: Store) {
+    let Some((database_url, _dir)) = fresh_database(store).await else { return };
+    let rx = Receiver::start().await;
+    let (mut server, db, key, client) = real_server(&database_url, &[]).await;
+    let base = server.url("");
+    subscribe(&server, &client, &key, &rx.url, &["organization.created"]).await;
 
     const WRITES: usize = 200;
     let ids: Vec<String> = (0..WRITES).map(|i| format!("00000000-0000-4000-8000-{:012}", i + 1)).collect();
@@ -105,21 +120,8 @@ async fn a_held_retry_survives_kill9_sqlite() {
     let Some((database_url, _dir)) = fresh_database(Store::Sqlite).await else { return };
     let rx = Receiver::start().await;
     rx.script(&[(500, None)]);
-    let mut server = RealServer::start_for_test(&database_url, &[("HSDA_RETRY_SCHEDULE", "5")]).await;
-    let db = hsda::store::Db::connect(&database_url).await.unwrap();
-    let key = db.create_key("acme", hsda::store::keys::Scope::Admin).await.unwrap().secret;
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
-    let sub: Value = client
-        .post(server.url("/webhooks"))
-        .bearer_auth(&key)
-        .json(&json!({"url": rx.url, "events": ["webhook.ping"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let sub_id = sub["id"].as_str().expect("subscription id").to_string();
+    let (mut server, db, key, client) = real_server(&database_url, &[("HSDA_RETRY_SCHEDULE", "5")]).await;
+    let sub_id = subscribe(&server, &client, &key, &rx.url, &["webhook.ping"]).await;
     // Killed once the failed attempt is recorded and its retry held (due 4-6 s later).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let held = loop {
