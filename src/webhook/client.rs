@@ -146,6 +146,12 @@ fn describe(e: &reqwest::Error) -> String {
     chain(e)
 }
 
+/// A connection the target reset or closed under the request (after the TCP connect succeeded): to the
+/// subscriber it is the same failure as a refused connection, so it is classed `connect` too, not `request`.
+fn connection_lost(text: &str) -> bool {
+    ["connection reset", "connection closed", "connection aborted", "broken pipe"].iter().any(|m| text.contains(m))
+}
+
 fn classify(e: &reqwest::Error) -> &'static str {
     let text = chain(e).to_lowercase();
     if e.is_timeout() {
@@ -156,7 +162,7 @@ fn classify(e: &reqwest::Error) -> &'static str {
         "dns"
     } else if text.contains("certificate") || text.contains("tls") || text.contains("handshake") {
         "tls"
-    } else if e.is_connect() {
+    } else if e.is_connect() || connection_lost(&text) {
         "connect"
     } else {
         "request"
