@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Store, fresh_database};
+use crate::helpers::{Store, first_attempt_recorded, fresh_database};
 use crate::real_server::RealServer;
 use crate::receiver::Receiver;
 
@@ -39,7 +39,7 @@ async fn subscribe(server: &RealServer, client: &reqwest::Client, key: &str, url
     sub["id"].as_str().unwrap_or_else(|| panic!("no subscription: {sub}")).to_string()
 }
 
-async fn kill9_mid_burst(store: Store) {
+async fn kill9_mid_burst_loses_nothing(store: Store) {
     let Some((database_url, _dir)) = fresh_database(store).await else { return };
     let rx = Receiver::start().await;
     let (mut server, db, key, client) = real_server(&database_url, &[]).await;
@@ -103,15 +103,7 @@ async fn kill9_mid_burst(store: Store) {
     assert_eq!(sequences, expected, "the event log has no gap");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill9_mid_burst_loses_nothing_sqlite() {
-    kill9_mid_burst(Store::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill9_mid_burst_loses_nothing_postgres() {
-    kill9_mid_burst(Store::Postgres).await;
-}
+crate::each_store!(kill9_mid_burst_loses_nothing);
 
 /// A retry the failing process kept for itself (its delivery leased to it past the retry's time) is not lost
 /// with the process: the next start on the same SQLite file releases the lease and sends it when due.
@@ -123,15 +115,7 @@ async fn a_held_retry_survives_kill9_sqlite() {
     let (mut server, db, key, client) = real_server(&database_url, &[("HSDA_RETRY_SCHEDULE", "5")]).await;
     let sub_id = subscribe(&server, &client, &key, &rx.url, &["webhook.ping"]).await;
     // Killed once the failed attempt is recorded and its retry held (due 4-6 s later).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let held = loop {
-        let (_, page) = db.deliveries(&sub_id, &Default::default(), 1, 10).await.unwrap();
-        if let Some(d) = page.into_iter().find(|d| d.attempts == 1) {
-            break d;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "the first attempt was never recorded");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let held = first_attempt_recorded(&db, &sub_id).await;
     server.kill9().await;
     assert_eq!(rx.received().len(), 1, "killed before the held retry was due");
     let lease = db.delivery(&held.id).await.unwrap().unwrap().lease_until;

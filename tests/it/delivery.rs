@@ -15,7 +15,7 @@ use axum::response::IntoResponse;
 use axum::routing::post;
 use serde_json::{Value, json};
 
-use crate::helpers::{Store, TestApp, fresh_database};
+use crate::helpers::{Store, TestApp, first_attempt_recorded, fresh_database};
 use crate::receiver::Receiver;
 
 type Hits = Arc<Mutex<HashMap<&'static str, usize>>>;
@@ -440,67 +440,23 @@ async fn the_next_claimable_time_skips_held_finished_and_busy_deliveries(store: 
     pool.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_next_claimable_time_skips_held_finished_and_busy_deliveries_sqlite() {
-    the_next_claimable_time_skips_held_finished_and_busy_deliveries(Store::Sqlite).await;
-}
+crate::each_store!(the_next_claimable_time_skips_held_finished_and_busy_deliveries);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_next_claimable_time_skips_held_finished_and_busy_deliveries_postgres() {
-    the_next_claimable_time_skips_held_finished_and_busy_deliveries(Store::Postgres).await;
-}
-
-/// A worker that stops gives the retries it held back to the store: their leases are released at once, so
-/// another process (or the next start) claims them when due rather than when the lease would have run out.
-async fn a_stopping_worker_releases_the_retries_it_held(store: Store) {
-    let Some((url, _dir)) = fresh_database(store).await else { return };
-    let rx = Receiver::start().await;
-    rx.script(&[(500, None)]);
-    let config = hsda::config::Config {
-        database_url: url.clone(),
-        bind: "127.0.0.1:0".parse().unwrap(),
-        allow_targets: "127.0.0.0/8".into(),
-        retry_schedule: Some("30".into()),
-        ..Default::default()
-    };
-    let app = hsda::startup::Application::build(config).await.unwrap();
-    let base = format!("http://{}", app.local_addr());
-    let token = app.shutdown_token();
-    let db = app.db().clone();
-    let running = tokio::spawn(app.run());
-    let key = db.create_key("acme", hsda::store::keys::Scope::Admin).await.unwrap().secret;
-    let r = reqwest::Client::new()
-        .post(format!("{base}/webhooks"))
-        .bearer_auth(&key)
-        .json(&json!({"url": rx.url, "events": ["webhook.ping"]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 201);
-    let sub: Value = r.json().await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let held = loop {
-        let (_, page) = db.deliveries(sub["id"].as_str().unwrap(), &Default::default(), 1, 10).await.unwrap();
-        if let Some(d) = page.into_iter().find(|d| d.attempts == 1) {
-            break d;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "the first attempt was never recorded");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert!(held.lease_until.is_some(), "held for its retry in 24-36 s: {held:?}");
-    token.cancel();
-    tokio::time::timeout(Duration::from_secs(20), running).await.expect("the server stops").unwrap().unwrap();
-    let db = hsda::store::Db::connect(&url).await.unwrap(); // the server closed its own pool
-    let after = db.delivery(&held.id).await.unwrap().unwrap();
-    assert_eq!((after.status.as_str(), after.lease_until.as_deref()), ("retrying", None), "released: {after:?}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stopping_worker_releases_the_retries_it_held_sqlite() {
-    a_stopping_worker_releases_the_retries_it_held(Store::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stopping_worker_releases_the_retries_it_held_postgres() {
-    a_stopping_worker_releases_the_retries_it_held(Store::Postgres).await;
-}
+both_stores!(
+    a_stopping_worker_releases_the_retries_it_held,
+    |c| c.retry_schedule = Some("30".into()),
+    |app| async move {
+        // Given back to the store at once, another process (or the next start) claims them when due rather
+        // than when the lease would have run out.
+        let mut app = app;
+        let rx = Receiver::start().await;
+        rx.script(&[(500, None)]);
+        let sub = subscribe(&app, json!({"url": rx.url, "events": ["webhook.ping"]})).await;
+        let held = first_attempt_recorded(&app.db, sub["id"].as_str().unwrap()).await;
+        assert!(held.lease_until.is_some(), "held for its retry in 24-36 s: {held:?}");
+        app.stop().await;
+        let db = hsda::store::Db::connect(&app.database_url).await.unwrap();
+        let after = db.delivery(&held.id).await.unwrap().unwrap();
+        assert_eq!((after.status.as_str(), after.lease_until.as_deref()), ("retrying", None), "released: {after:?}");
+    }
+);

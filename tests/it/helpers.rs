@@ -26,6 +26,7 @@ pub struct TestApp {
     pub subscribe_key: String,
     _dir: Option<tempfile::TempDir>,
     shutdown: tokio_util::sync::CancellationToken,
+    running: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
 impl Drop for TestApp {
@@ -83,7 +84,7 @@ impl TestApp {
         let db = app.db().clone();
         let base = format!("http://{}", app.local_addr());
         let shutdown = app.shutdown_token();
-        tokio::spawn(app.run());
+        let running = Some(tokio::spawn(app.run()));
         let admin_key = db.create_key("acme", Scope::Admin).await.expect("key").secret;
         let publish_key = db.create_key("acme", Scope::Publish).await.expect("key").secret;
         let subscribe_key = db.create_key("acme", Scope::Subscribe).await.expect("key").secret;
@@ -97,7 +98,21 @@ impl TestApp {
             subscribe_key,
             _dir: dir,
             shutdown,
+            running,
         })
+    }
+
+    /// Stops the server as a shutdown would, and waits (bounded) until it has; its database stays (its own
+    /// pool is closed: reconnect to look at it).
+    pub async fn stop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(running) = self.running.take() {
+            tokio::time::timeout(std::time::Duration::from_secs(20), running)
+                .await
+                .expect("the server stops")
+                .expect("the server task")
+                .expect("the server ends cleanly");
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -168,6 +183,38 @@ impl TestApp {
         hsda::bulk::import::import_path(&self.db, &path, Default::default()).await.expect("import example package");
         Some(())
     }
+}
+
+/// The first delivery of `subscription_id` with an attempt recorded, once there is one (waits up to 20 s).
+pub async fn first_attempt_recorded(db: &Db, subscription_id: &str) -> hsda::store::webhooks::Delivery {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (_, page) = db.deliveries(subscription_id, &Default::default(), 1, 10).await.expect("deliveries");
+        if let Some(d) = page.into_iter().find(|d| d.attempts >= 1) {
+            return d;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no attempt recorded for {subscription_id}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Runs `async fn name(store: Store)` as two tests, `name::sqlite` and `name::postgres` (the latter a no-op
+/// where PostgreSQL is not configured: `fresh_database` says so).
+#[macro_export]
+macro_rules! each_store {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name($crate::helpers::Store::Sqlite).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name($crate::helpers::Store::Postgres).await;
+            }
+        }
+    };
 }
 
 /// `../shared/hsds`, the official HSDS reference files, when present.
