@@ -923,7 +923,7 @@ pub(crate) async fn record_in(
     batch: &[(Delivery, AttemptRecord)],
     disable_after_seconds: i64,
 ) -> sqlx::Result<Recorded> {
-    let mut applied = std::collections::HashSet::new();
+    let mut applied_ids = std::collections::HashSet::new();
     for chunk in batch.chunks(100) {
         let values: Vec<String> =
             super::row_placeholders(1, chunk.len(), 8).into_iter().map(|p| format!("({p})")).collect();
@@ -985,13 +985,14 @@ pub(crate) async fn record_in(
             ]);
         }
         let taken: Vec<(String,)> = conn.fetch_all(&sql, &args).await?;
-        applied.extend(taken.into_iter().map(|(id,)| id));
+        applied_ids.extend(taken.into_iter().map(|(id,)| id));
     }
-    let batch: Vec<&(Delivery, AttemptRecord)> = batch.iter().filter(|(d, _)| applied.contains(&d.id)).collect();
+    // Only the outcomes the deliveries took count for their subscriptions.
+    let applied: Vec<&(Delivery, AttemptRecord)> = batch.iter().filter(|(d, _)| applied_ids.contains(&d.id)).collect();
 
     // Each subscription once, its attempts applied in order.
     let mut order: Vec<&str> = Vec::new();
-    for (d, _) in &batch {
+    for (d, _) in &applied {
         if !order.contains(&d.subscription_id.as_str()) {
             order.push(&d.subscription_id);
         }
@@ -1013,7 +1014,7 @@ pub(crate) async fn record_in(
         };
         let mut status = was.clone();
         let mut reason = was_reason.clone();
-        for (_, record) in batch.iter().filter(|(d, _)| d.subscription_id == sub_id) {
+        for (_, record) in applied.iter().filter(|(d, _)| d.subscription_id == sub_id) {
             let a = &record.attempt;
             let before = status.clone();
             if record.outcome == AttemptOutcome::Succeeded {
@@ -1090,7 +1091,7 @@ pub(crate) async fn record_in(
         )
         .await?;
     }
-    let retries = batch.iter().any(|(_, record)| record.outcome != AttemptOutcome::Succeeded);
+    let retries = applied.iter().any(|(_, record)| record.outcome != AttemptOutcome::Succeeded);
     Ok(Recorded { events, statuses_changed, retries })
 }
 

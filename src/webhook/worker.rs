@@ -473,9 +473,7 @@ impl Worker {
         };
         AttemptRecord { attempt, outcome }
     }
-}
 
-impl Worker {
     /// Reserves a place for one more held retry (none while stopping: nothing would send it).
     fn reserve_hold(&self, id: &str, until: &str) -> bool {
         if self.stopping.load(std::sync::atomic::Ordering::Acquire) {
