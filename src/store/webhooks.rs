@@ -683,8 +683,9 @@ impl Db {
             .await
     }
 
-    /// Releases the leases of retries a stopping worker held, where they are still the ones it set.
-    pub async fn release_held(&self, held: &[(String, String)]) -> sqlx::Result<()> {
+    /// Releases leases this process holds (`(delivery id, lease)`), where they are still the ones it set:
+    /// retries a stopping worker held, and deliveries that waited in their lane too long to be started.
+    pub async fn release_leases(&self, held: &[(String, String)]) -> sqlx::Result<()> {
         if held.is_empty() {
             return Ok(());
         }

@@ -86,8 +86,9 @@ const MAX_HELD: usize = 4096;
 /// A lane keeps at most this many times its `max_concurrency` claimed deliveries waiting for a slot.
 const LANE_DEPTH: usize = 4;
 /// A delivery that waited in its lane longer than this after its claim is not started: its lease (the
-/// delivery timeout plus 15 s) could run out mid-attempt and another process could send it too. It is left
-/// to be claimed again when the lease expires.
+/// delivery timeout plus 15 s) could run out mid-attempt and another process could send it too. Its lease is
+/// released instead, so it is claimable at once (by another process, or by this one when the lane has room)
+/// rather than when the lease would have run out: a held retry behind a slow target waited that long.
 const START_WITHIN: Duration = Duration::from_secs(10);
 
 /// A subscription's deliveries in this process: at most `max_concurrency` in flight, the next few claimed ones
@@ -193,7 +194,7 @@ impl Worker {
         // Retries held for later go back to the store now: another process (or the next start) claims them
         // when due instead of when their lease would have run out.
         let held: Vec<(String, String)> = self.held.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
-        if let Err(e) = self.db.release_held(&held).await {
+        if let Err(e) = self.db.release_leases(&held).await {
             tracing::warn!(error = %e, held = held.len(), "held retries wait for their leases to run out");
         }
     }
@@ -391,12 +392,17 @@ impl Worker {
         }
         let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
         let Some(lane) = lanes.get_mut(subscription_id) else { return true };
+        let mut expired = Vec::new();
         while !lane.waiting.is_empty() {
             let Ok(slot) = lane.slots.clone().try_acquire_owned() else { break };
             let Ok(permit) = self.in_flight.clone().try_acquire_owned() else { break };
             let Some(next) = lane.waiting.pop_front() else { break };
             if next.claimed_at.elapsed() > START_WITHIN {
-                continue; // its lease may run out mid-attempt: left to expire and be claimed again
+                // Its lease may run out mid-attempt: given back to the store instead, claimable at once.
+                if let Some(lease) = next.delivery.lease_until {
+                    expired.push((next.delivery.id, lease));
+                }
+                continue;
             }
             let worker = self.clone();
             tokio::spawn(async move {
@@ -420,6 +426,18 @@ impl Worker {
         let drained = lane.waiting.is_empty();
         if drained && lane.slots.available_permits() == lane.size {
             lanes.remove(subscription_id);
+        }
+        drop(lanes);
+        if !expired.is_empty() {
+            let worker = self.clone();
+            tokio::spawn(async move {
+                match worker.db.release_leases(&expired).await {
+                    Ok(()) => worker.slot_freed.notify_one(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "deliveries that waited too long keep their leases until they run out")
+                    }
+                }
+            });
         }
         drained
     }

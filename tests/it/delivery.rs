@@ -19,6 +19,8 @@ use crate::helpers::{Store, TestApp, first_attempt_recorded, fresh_database};
 use crate::receiver::Receiver;
 
 type Hits = Arc<Mutex<HashMap<&'static str, usize>>>;
+/// When each request reached a target, and what it carried.
+type Arrivals = Arc<Mutex<Vec<(tokio::time::Instant, String)>>>;
 
 /// Targets that misbehave on purpose: `/hang` never answers in time, `/redirect` points elsewhere,
 /// `/big` answers with a megabyte, `/fail` always 500, `/elsewhere` counts visits (redirects must not come).
@@ -458,5 +460,68 @@ both_stores!(
         let db = hsda::store::Db::connect(&app.database_url).await.unwrap();
         let after = db.delivery(&held.id).await.unwrap().unwrap();
         assert_eq!((after.status.as_str(), after.lease_until.as_deref()), ("retrying", None), "released: {after:?}");
+    }
+);
+
+both_stores!(
+    a_delivery_that_waited_too_long_in_its_lane_is_given_back_and_sent_soon,
+    |c| c.delivery_timeout_seconds = 20,
+    |app| async move {
+        // One slot, a target taking 6.5 s per request: the ping holds the slot, A waits 6.5 s (started), B
+        // waits 13 s, past the 10 s a delivery may wait before its lease could run out mid-attempt. B's lease
+        // is given back then, so it is claimed and sent at once instead of when its 35 s lease runs out.
+        let arrivals: Arrivals = Arc::default();
+        let target = Router::new()
+            .route(
+                "/slow",
+                post(|State(a): State<Arrivals>, body: Bytes| async move {
+                    let v: Value = serde_json::from_slice(&body).unwrap_or_default();
+                    let what = v["data"]["name"].as_str().unwrap_or("ping").to_string();
+                    a.lock().unwrap().push((tokio::time::Instant::now(), what));
+                    tokio::time::sleep(Duration::from_millis(6_500)).await;
+                    "ok"
+                }),
+            )
+            .with_state(arrivals.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, target).await });
+
+        subscribe(&app, json!({"url": format!("{base}/slow"), "events": ["organization.*"], "max_concurrency": 1}))
+            .await;
+        let arrived = |what: &str| -> Vec<tokio::time::Instant> {
+            arrivals.lock().unwrap().iter().filter(|(_, w)| w == what).map(|(t, _)| *t).collect()
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while arrived("ping").is_empty() {
+            assert!(tokio::time::Instant::now() < deadline, "the ping never arrived");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let written = tokio::time::Instant::now();
+        for name in ["A", "B"] {
+            let id = if name == "A" {
+                "00000000-0000-4000-8000-00000000000a"
+            } else {
+                "00000000-0000-4000-8000-00000000000b"
+            };
+            app.put_ok(&format!("/organizations/{id}"), &json!({"name": name, "description": "x"})).await;
+        }
+        let deadline = written + Duration::from_secs(30);
+        let b = loop {
+            let b = arrived("B");
+            if !b.is_empty() || tokio::time::Instant::now() > deadline {
+                break b;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let a = arrived("A");
+        assert_eq!(a.len(), 1, "A was started within its wait and sent once");
+        assert_eq!(b.len(), 1, "B arrived once within 30 s");
+        let waited = b[0] - written;
+        assert!(
+            waited < Duration::from_secs(20),
+            "B was sent {waited:?} after its write: given back when it had waited too long, not after its lease"
+        );
+        assert!(b[0] > a[0], "one slot: B after A");
     }
 );
