@@ -325,7 +325,9 @@ impl Tx<'_> {
         })
     }
 
-    async fn commit(self) -> sqlx::Result<()> {
+    /// Applies the search-index changes the transaction queued, then commits it.
+    async fn commit(mut self, db: &Db) -> sqlx::Result<()> {
+        super::write::apply_queued_search(&mut self.conn(), db.backend).await?;
         match self {
             Tx::Pooled(tx, _guard, _) => tx.commit().await,
             Tx::Direct(tx, _) => tx.0.execute_batch("COMMIT").map_err(from_rusqlite),
@@ -399,7 +401,7 @@ async fn commit_once(
     let pending = db.apply_in(&mut conn, ops, options).await?;
     let (outcome, events) = pending.append(&mut conn, keep_events).await?;
     let dispatched = tx.dispatch(&events).await;
-    tx.commit().await?;
+    tx.commit(db).await?;
     db.group_stats.count(1);
     committed(db, outcome.last_sequence, dispatched);
     Ok(outcome)
@@ -543,7 +545,7 @@ async fn run_group(
             true => tx.dispatch(&events).await,
             false => None,
         };
-        tx.commit().await?;
+        tx.commit(db).await?;
         Ok(dispatched)
     }
     .await;
@@ -624,7 +626,7 @@ async fn record_alone(
         true => None,
         false => Some(append_events(&mut conn, &recorded.events, db.instance_id(), &super::now_text()).await?.last),
     };
-    tx.commit().await?;
+    tx.commit(db).await?;
     committed(db, last, None);
     db.attempts_recorded(&recorded);
     if recorded.statuses_changed {

@@ -86,6 +86,7 @@ const SQLITE_MIGRATIONS: &[(i64, &[&str])] = &[
     (6, &[include_str!("migrations/6_fewer_indexes.sql")]),
     (7, &[include_str!("migrations/7_search_text_unchanged_sqlite.sql")]),
     (8, &[include_str!("migrations/8_claimable_at.sql")]),
+    (9, &[include_str!("migrations/9_search_index_at_commit_sqlite.sql")]),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &[&str])] = &[
     (1, &[include_str!("migrations/1_records_postgres.sql"), include_str!("migrations/1_schema.sql")]),

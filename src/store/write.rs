@@ -11,7 +11,7 @@ use sqlx::{Any, Transaction};
 use super::compile::{Form, Row, compile_many, id_of, load_rows, parse_row};
 use super::events::{Event, NewEvent, append_events};
 use super::sql::{Arg, Conn};
-use super::{Db, now_text};
+use super::{Backend, Db, now_text};
 use crate::hsds::catalog::{NestedKind, TABLES, Table, table};
 use crate::hsds::document;
 use crate::hsds::validate::FieldError;
@@ -861,6 +861,7 @@ impl Db {
         }
         let mut outcome = writer.finish_bulk(progress).await?;
         outcome.warnings = dangling;
+        apply_queued_search(&mut conn, self.backend).await?;
         tx.commit().await?;
         if let Some(last) = outcome.last_sequence {
             self.events_appended(last);
@@ -985,4 +986,22 @@ impl Writer<'_, '_> {
         outcome.events += count;
         Ok(())
     }
+}
+
+/// Brings SQLite's full-text index up to date with the changes this transaction queued (migration 9): every
+/// transaction that writes `records` runs it just before its COMMIT, so FTS5 writes one index segment per
+/// transaction instead of one at every statement savepoint after a change. In order, so a row inserted and
+/// then changed or deleted in the same transaction comes out right. (PostgreSQL's tsvector is a generated
+/// column, kept by the row itself.)
+pub(crate) async fn apply_queued_search(conn: &mut Conn<'_>, backend: Backend) -> sqlx::Result<()> {
+    if backend == Backend::Sqlite {
+        conn.execute(
+            "INSERT INTO records_fts (records_fts, rowid, search_text) \
+             SELECT op, rid, search_text FROM records_fts_queue ORDER BY seq",
+            &[],
+        )
+        .await?;
+        conn.execute("DELETE FROM records_fts_queue", &[]).await?;
+    }
+    Ok(())
 }
