@@ -626,7 +626,19 @@ async fn run_on(store: Store, o: &Options, db: &Database, rng: &mut ChaCha8Rng) 
             sub.name, d.expected, d.delivered, d.missing, d.duplicates, d.unexpected, d.pings, d.bad_signatures, queued
         );
     }
+    let search_ok = match store {
+        Store::Sqlite => {
+            let verdict = search_index_check(&db.url).await;
+            println!(
+                "  search index after the kills: {}",
+                verdict.as_ref().err().map_or("consistent, nothing queued", |e| e)
+            );
+            verdict.is_ok()
+        }
+        Store::Postgres => true, // a generated column of the row itself: nothing to fall out of step
+    };
     let ok = gaps == 0
+        && search_ok
         && lost.is_empty()
         && report.iter().all(|d| d.missing == 0 && d.unexpected == 0 && d.bad_signatures == 0)
         && restarts.len() == kill_points.len();
@@ -634,6 +646,24 @@ async fn run_on(store: Store, o: &Options, db: &Database, rng: &mut ChaCha8Rng) 
         println!("  FAILED ({store:?}); hsda's log: {}", hsda.log.display());
     }
     Ok(ok)
+}
+
+/// SQLite: FTS5's own check of its index against `records`, and no index change left queued (each commit
+/// applies its queue, so a kill can leave none behind).
+async fn search_index_check(database_url: &str) -> Result<(), String> {
+    let mut conn = sqlx::SqliteConnection::connect(database_url).await.map_err(|e| e.to_string())?;
+    sqlx::query("INSERT INTO records_fts (records_fts, rank) VALUES ('integrity-check', 1)")
+        .execute(&mut conn)
+        .await
+        .map_err(|e| format!("FTS5 integrity check failed: {e}"))?;
+    let queued: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM records_fts_queue")
+        .fetch_one(&mut conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    match queued {
+        0 => Ok(()),
+        n => Err(format!("{n} index changes left queued")),
+    }
 }
 
 fn median_ms(durations: &[Duration]) -> f64 {
