@@ -2,8 +2,8 @@
 //! reached through sqlx's `Any` driver so that both run the same queries. Holds HSDS rows and their
 //! compiled documents, the event log, API keys and (later) the webhook tables.
 //!
-//! Invariant: every write goes through [`write::WriteTx`], which appends the change's events in the same
-//! transaction; no other code mutates `records` or `events`.
+//! Invariant: every write goes through [`write`] (`Db::apply`, `Db::import`), which appends the change's events
+//! in the same transaction; no other code mutates `records` or `events`.
 
 pub mod compile;
 pub mod events;
@@ -189,6 +189,13 @@ impl Db {
                 .fetch_optional(&mut *conn)
                 .await?;
             let current: i64 = current.as_deref().unwrap_or("0").parse().unwrap_or(0);
+            let known = migrations.last().map_or(0, |(v, _)| *v);
+            // A newer hsda's schema may need things this build does not do (on SQLite, version 9 needs every
+            // commit to apply the search-index queue): writing to it could corrupt it quietly.
+            anyhow::ensure!(
+                current <= known,
+                "the database's schema version is {current}, newer than this hsda knows ({known}): run a newer hsda"
+            );
             for (version, parts) in migrations.iter().filter(|(v, _)| *v > current) {
                 for sql in *parts {
                     conn.execute(*sql).await.with_context(|| format!("applying migration {version}"))?;
@@ -206,6 +213,13 @@ impl Db {
             )
             .execute(&mut *conn)
             .await?;
+            if self.backend == Backend::Sqlite {
+                // Search-index changes left queued by a transaction that did not apply them: none are expected
+                // (every commit applies its own), but if any are, search is right again from now on.
+                conn.execute("BEGIN IMMEDIATE").await?;
+                write::apply_queued_search(&mut sql::Conn::from(&mut *conn), self.backend).await?;
+                conn.execute("COMMIT").await?;
+            }
             sqlx::query("INSERT INTO meta (key, value) VALUES ('instance_id', $1) ON CONFLICT (key) DO NOTHING")
                 .bind(format!("hsda_{}", uuid::Uuid::new_v4().simple()))
                 .execute(&mut *conn)

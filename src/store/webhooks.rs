@@ -683,14 +683,14 @@ impl Db {
             .await
     }
 
-    /// Releases leases this process holds (`(delivery id, lease)`), where they are still the ones it set:
-    /// retries a stopping worker held, and deliveries that waited in their lane too long to be started.
-    pub async fn release_leases(&self, held: &[(String, String)]) -> sqlx::Result<()> {
-        if held.is_empty() {
+    /// Releases leases this process holds (`(delivery id, lease)`), where they are still the ones it set: what
+    /// a stopping worker held for retries or had waiting in its lanes.
+    pub async fn release_own_leases(&self, leases: &[(String, String)]) -> sqlx::Result<()> {
+        if leases.is_empty() {
             return Ok(());
         }
         let (mut tx, _guard) = self.begin_write().await?;
-        for (id, until) in held {
+        for (id, until) in leases {
             sqlx::query("UPDATE deliveries SET lease_until = NULL WHERE id = $1 AND lease_until = $2")
                 .bind(id)
                 .bind(until)
@@ -698,6 +698,26 @@ impl Db {
                 .await?;
         }
         tx.commit().await
+    }
+
+    /// Extends this process's lease `held` on an unfinished delivery to `lease_seconds` from now; returns the
+    /// new lease, or None if the delivery is finished or no longer under that lease.
+    pub async fn renew_lease(&self, id: &str, held: Option<&str>, lease_seconds: i64) -> sqlx::Result<Option<String>> {
+        let Some(held) = held else { return Ok(None) };
+        let lease = timestamp_text(chrono::Utc::now() + chrono::Duration::seconds(lease_seconds));
+        let (mut tx, _guard) = self.begin_write().await?;
+        let renewed = sqlx::query(
+            "UPDATE deliveries SET lease_until = $1 \
+             WHERE id = $2 AND lease_until = $3 AND status IN ('pending', 'retrying')",
+        )
+        .bind(&lease)
+        .bind(id)
+        .bind(held)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok((renewed == 1).then_some(lease))
     }
 
     /// Moves deliveries the rate limiter could not start yet to a later time, releasing their lease.

@@ -989,19 +989,33 @@ impl Writer<'_, '_> {
 }
 
 /// Brings SQLite's full-text index up to date with the changes this transaction queued (migration 9): every
-/// transaction that writes `records` runs it just before its COMMIT, so FTS5 writes one index segment per
-/// transaction instead of one at every statement savepoint after a change. In order, so a row inserted and
-/// then changed or deleted in the same transaction comes out right. (PostgreSQL's tsvector is a generated
-/// column, kept by the row itself.)
+/// transaction that writes `records` runs it just before its COMMIT, so FTS5 does its index work once per
+/// transaction instead of at every statement savepoint after a change. Only each row's net change is applied
+/// (its first queued op if that removes the old entry, its last if that adds the new one), in row order:
+/// FTS5 also writes its pending entries out whenever the row id goes backwards, which the queue's own order
+/// (renames of older rows between new ones) would make it do again and again. (PostgreSQL's tsvector is a
+/// generated column, kept by the row itself.)
 pub(crate) async fn apply_queued_search(conn: &mut Conn<'_>, backend: Backend) -> sqlx::Result<()> {
-    if backend == Backend::Sqlite {
-        conn.execute(
-            "INSERT INTO records_fts (records_fts, rowid, search_text) \
-             SELECT op, rid, search_text FROM records_fts_queue ORDER BY seq",
-            &[],
-        )
-        .await?;
-        conn.execute("DELETE FROM records_fts_queue", &[]).await?;
+    if backend != Backend::Sqlite {
+        return Ok(());
     }
+    // Most transactions (attempt batches, subscription changes) queue nothing: one lookup, no FTS5 work.
+    let queued: Option<(i64,)> = conn.fetch_optional("SELECT 1 FROM records_fts_queue LIMIT 1", &[]).await?;
+    if queued.is_none() {
+        return Ok(());
+    }
+    conn.execute(
+        "INSERT INTO records_fts (records_fts, rowid, search_text) \
+         SELECT op, rid, search_text FROM ( \
+             SELECT op, rid, search_text, seq, \
+                 row_number() OVER (PARTITION BY rid ORDER BY seq) AS first, \
+                 row_number() OVER (PARTITION BY rid ORDER BY seq DESC) AS last \
+             FROM records_fts_queue) \
+         WHERE (first = 1 AND op = 'delete') OR (last = 1 AND op IS NULL) \
+         ORDER BY rid, seq",
+        &[],
+    )
+    .await?;
+    conn.execute("DELETE FROM records_fts_queue", &[]).await?;
     Ok(())
 }

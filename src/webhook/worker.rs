@@ -85,10 +85,10 @@ const HOLD_RETRIES_WITHIN: Duration = Duration::from_secs(60);
 const MAX_HELD: usize = 4096;
 /// A lane keeps at most this many times its `max_concurrency` claimed deliveries waiting for a slot.
 const LANE_DEPTH: usize = 4;
-/// A delivery that waited in its lane longer than this after its claim is not started: its lease (the
-/// delivery timeout plus 15 s) could run out mid-attempt and another process could send it too. Its lease is
-/// released instead, so it is claimable at once (by another process, or by this one when the lane has room)
-/// rather than when the lease would have run out: a held retry behind a slow target waited that long.
+/// A delivery that waited in its lane longer than this after its claim has its lease renewed before it is
+/// started: the lease (the delivery timeout plus 15 s) could otherwise run out mid-attempt and another process
+/// could send it too. (Dropping it instead left it to wait for the lease to run out: a held retry behind a
+/// slow target was sent about 30 s late.)
 const START_WITHIN: Duration = Duration::from_secs(10);
 
 /// A subscription's deliveries in this process: at most `max_concurrency` in flight, the next few claimed ones
@@ -184,18 +184,21 @@ impl Worker {
             };
         }
         // Drain: lanes start nothing more; every permit back means nothing is in flight; then the recorder
-        // writes what is left. Deliveries still waiting in lanes stay leased and are sent after a restart.
+        // writes what is left.
         self.stopping.store(true, std::sync::atomic::Ordering::Release);
         let _ = self.in_flight.acquire_many(self.config.max_in_flight as u32).await;
         if let Some(recorder) = recorder {
             let _ = self.results.send((Delivery::stop_marker(), AttemptRecord::stop_marker()));
             let _ = recorder.await;
         }
-        // Retries held for later go back to the store now: another process (or the next start) claims them
-        // when due instead of when their lease would have run out.
-        let held: Vec<(String, String)> = self.held.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
-        if let Err(e) = self.db.release_leases(&held).await {
-            tracing::warn!(error = %e, held = held.len(), "held retries wait for their leases to run out");
+        // Retries held for later and deliveries still waiting in lanes go back to the store now: another
+        // process (or the next start) claims them when due instead of when their leases would have run out.
+        let mut leases: Vec<(String, String)> = self.held.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
+        for (_, lane) in self.lanes.lock().unwrap_or_else(|p| p.into_inner()).drain() {
+            leases.extend(lane.waiting.into_iter().filter_map(|w| Some((w.delivery.id, w.delivery.lease_until?))));
+        }
+        if let Err(e) = self.db.release_own_leases(&leases).await {
+            tracing::warn!(error = %e, leases = leases.len(), "deliveries this worker had wait for their leases to run out");
         }
     }
 
@@ -392,25 +395,21 @@ impl Worker {
         }
         let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
         let Some(lane) = lanes.get_mut(subscription_id) else { return true };
-        let mut expired = Vec::new();
         while !lane.waiting.is_empty() {
             let Ok(slot) = lane.slots.clone().try_acquire_owned() else { break };
             let Ok(permit) = self.in_flight.clone().try_acquire_owned() else { break };
             let Some(next) = lane.waiting.pop_front() else { break };
-            if next.claimed_at.elapsed() > START_WITHIN {
-                // Its lease may run out mid-attempt: given back to the store instead, claimable at once.
-                if let Some(lease) = next.delivery.lease_until {
-                    expired.push((next.delivery.id, lease));
-                }
-                continue;
-            }
+            // Its lease may run out mid-attempt: it is renewed first (still in order, no new claim).
+            let late = next.claimed_at.elapsed() > START_WITHIN;
             let worker = self.clone();
             tokio::spawn(async move {
-                if let Some(at) = next.start_at {
-                    tokio::time::sleep_until(at).await;
-                }
                 let id = next.sub.id.clone();
-                worker.attempt(&next.sub, next.delivery).await;
+                if let Some(delivery) = worker.ready_to_start(next.delivery, late).await {
+                    if let Some(at) = next.start_at {
+                        tokio::time::sleep_until(at).await;
+                    }
+                    worker.attempt(&next.sub, delivery).await;
+                }
                 drop(slot);
                 let permits_were_exhausted = worker.in_flight.available_permits() == 0;
                 drop(permit);
@@ -427,19 +426,27 @@ impl Worker {
         if drained && lane.slots.available_permits() == lane.size {
             lanes.remove(subscription_id);
         }
-        drop(lanes);
-        if !expired.is_empty() {
-            let worker = self.clone();
-            tokio::spawn(async move {
-                match worker.db.release_leases(&expired).await {
-                    Ok(()) => worker.slot_freed.notify_one(),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "deliveries that waited too long keep their leases until they run out")
-                    }
-                }
-            });
-        }
         drained
+    }
+
+    /// `delivery`, ready to be sent: as it is, or (when it waited in its lane past [`START_WITHIN`]) under a
+    /// renewed lease. None if the store no longer has it unfinished under our lease: a retry asked for
+    /// meanwhile, or a lease that ran out and another process took.
+    async fn ready_to_start(&self, mut delivery: Delivery, late: bool) -> Option<Delivery> {
+        if !late {
+            return Some(delivery);
+        }
+        match self.db.renew_lease(&delivery.id, delivery.lease_until.as_deref(), self.config.lease_seconds).await {
+            Ok(Some(lease)) => {
+                delivery.lease_until = Some(lease);
+                Some(delivery)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, delivery = %delivery.id, "could not renew a lease; the delivery is sent once it runs out");
+                None
+            }
+        }
     }
 
     /// Attempts one claimed delivery to `sub` (as it stood when claimed) and records the outcome.

@@ -464,12 +464,12 @@ both_stores!(
 );
 
 both_stores!(
-    a_delivery_that_waited_too_long_in_its_lane_is_given_back_and_sent_soon,
+    a_delivery_that_waited_too_long_in_its_lane_renews_its_lease_and_goes_in_turn,
     |c| c.delivery_timeout_seconds = 20,
     |app| async move {
-        // One slot, a target taking 6.5 s per request: the ping holds the slot, A waits 6.5 s (started), B
-        // waits 13 s, past the 10 s a delivery may wait before its lease could run out mid-attempt. B's lease
-        // is given back then, so it is claimed and sent at once instead of when its 35 s lease runs out.
+        // One slot, a target taking 8 s per request: the ping holds the slot, A waits up to 8 s (started), B
+        // about 16 s, past the 10 s a delivery may wait before its lease could run out mid-attempt. B's lease
+        // is renewed then and B goes in its turn, instead of being dropped until its 35 s lease runs out.
         let arrivals: Arrivals = Arc::default();
         let target = Router::new()
             .route(
@@ -478,7 +478,7 @@ both_stores!(
                     let v: Value = serde_json::from_slice(&body).unwrap_or_default();
                     let what = v["data"]["name"].as_str().unwrap_or("ping").to_string();
                     a.lock().unwrap().push((tokio::time::Instant::now(), what));
-                    tokio::time::sleep(Duration::from_millis(6_500)).await;
+                    tokio::time::sleep(Duration::from_secs(8)).await;
                     "ok"
                 }),
             )
@@ -506,6 +506,7 @@ both_stores!(
             };
             app.put_ok(&format!("/organizations/{id}"), &json!({"name": name, "description": "x"})).await;
         }
+        let b_written = tokio::time::Instant::now();
         let deadline = written + Duration::from_secs(30);
         let b = loop {
             let b = arrived("B");
@@ -520,8 +521,46 @@ both_stores!(
         let waited = b[0] - written;
         assert!(
             waited < Duration::from_secs(20),
-            "B was sent {waited:?} after its write: given back when it had waited too long, not after its lease"
+            "B was sent {waited:?} after its write: in its turn, not after its lease ran out"
         );
         assert!(b[0] > a[0], "one slot: B after A");
+        // Otherwise B never waited long enough for this test to show anything (a machine too slow to PUT twice
+        // within 6 s).
+        assert!(b[0] - b_written >= Duration::from_secs(10), "B waited past the limit: {:?}", b[0] - b_written);
     }
 );
+
+both_stores!(a_stopping_worker_gives_back_the_deliveries_waiting_in_its_lanes, |_| {}, |app| async move {
+    // One slot, held by the ping for 2 s: the two changes wait in the lane, leased to this process. Stopped,
+    // it gives their leases back, so another process claims them at once rather than when they run out.
+    let mut app = app;
+    let target = Router::new().route(
+        "/slow",
+        post(|| async {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            "ok"
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, target).await });
+    let sub =
+        subscribe(&app, json!({"url": format!("{base}/slow"), "events": ["organization.*"], "max_concurrency": 1}))
+            .await;
+    for i in 1..=2 {
+        let id = format!("00000000-0000-4000-8000-{i:012}");
+        app.put_ok(&format!("/organizations/{id}"), &json!({"name": format!("Org {i}"), "description": "x"})).await;
+    }
+    let created =
+        hsda::store::webhooks::DeliveryQuery { event_type: Some("organization.created".into()), ..Default::default() };
+    let sub_id = sub["id"].as_str().unwrap();
+    let (_, waiting) = app.db.deliveries(sub_id, &created, 1, 10).await.unwrap();
+    assert_eq!(waiting.iter().filter(|d| d.lease_until.is_some()).count(), 2, "leased, waiting: {waiting:?}");
+    app.stop().await;
+    let db = hsda::store::Db::connect(&app.database_url).await.unwrap();
+    let (_, after) = db.deliveries(sub_id, &created, 1, 10).await.unwrap();
+    assert_eq!(after.len(), 2);
+    for d in after {
+        assert_eq!((d.status.as_str(), d.lease_until.as_deref()), ("pending", None), "given back: {d:?}");
+    }
+});

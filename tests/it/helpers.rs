@@ -80,6 +80,8 @@ impl TestApp {
             ..Config::default()
         };
         configure(&mut config);
+        // `configure` may point it at another database (one an earlier app left, say).
+        let database_url = config.database_url.clone();
         let app = Application::build(config).await.expect("build app");
         let db = app.db().clone();
         let base = format!("http://{}", app.local_addr());

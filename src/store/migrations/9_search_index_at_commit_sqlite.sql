@@ -2,11 +2,12 @@
 -- write's trigger. FTS5 writes its pending entries out as a new index segment at every statement savepoint
 -- that follows an FTS5 change, and a group commit runs dozens of statements with one (any insert that a
 -- trigger or a constraint may abort has one): that was a tenth of the SQLite committer's time. The triggers
--- now queue each index change here, in order; `store::search::APPLY_QUEUED` applies and empties the queue.
+-- now queue each index change here, in order; `store::write::apply_queued_search` applies and empties the
+-- queue.
 CREATE TABLE IF NOT EXISTS records_fts_queue (
     seq INTEGER PRIMARY KEY,
     rid INTEGER NOT NULL,
-    op TEXT,
+    op TEXT CHECK (op IS NULL OR op = 'delete'),
     search_text TEXT NOT NULL
 );
 DROP TRIGGER IF EXISTS records_fts_insert;
