@@ -31,16 +31,16 @@ pub enum Command {
         /// A folder or .zip with datapackage.json and CSVs, a .json file or a .ndjson file.
         path: PathBuf,
         /// Do not draw a progress bar.
-        #[arg(long)]
+        #[arg(long, env = "HSDA_QUIET")]
         quiet: bool,
         /// Refuse references to rows that are neither in the directory nor in the import (by default they
         /// are imported and listed as warnings).
-        #[arg(long)]
+        #[arg(long, env = "HSDA_STRICT_REFERENCES")]
         strict_references: bool,
     },
     /// Export the directory as a tabular data package (folder, or .zip if OUT ends in .zip) or as NDJSON.
     Export {
-        #[arg(long, value_enum, default_value_t = ExportFormat::Datapackage)]
+        #[arg(long, env = "HSDA_FORMAT", value_enum, default_value_t = ExportFormat::Datapackage)]
         format: ExportFormat,
         out: PathBuf,
     },
@@ -52,12 +52,12 @@ pub enum Command {
     /// Write a generated, realistic directory as a tabular data package (deterministic for a seed).
     Generate {
         /// Number of services.
-        #[arg(long, default_value_t = 1000)]
+        #[arg(long, env = "HSDA_SERVICES", default_value_t = 1000)]
         services: usize,
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, env = "HSDA_SEED", default_value_t = 1)]
         seed: u64,
         /// Output folder (or .zip).
-        #[arg(long, default_value = "generated")]
+        #[arg(long, env = "HSDA_OUT", default_value = "generated")]
         out: PathBuf,
     },
 }
@@ -72,9 +72,9 @@ pub enum ExportFormat {
 pub enum KeysCommand {
     /// Create a key; the key itself is printed alone on the last line and never shown again.
     Create {
-        #[arg(long, value_enum)]
+        #[arg(long, env = "HSDA_SCOPE", value_enum)]
         scope: ScopeArg,
-        #[arg(long, default_value = "default")]
+        #[arg(long, env = "HSDA_TENANT", default_value = "default")]
         tenant: String,
     },
 }

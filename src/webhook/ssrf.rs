@@ -297,10 +297,11 @@ pub enum TargetError {
 }
 
 /// Resolves `host` (a name, an IP literal, or a bracketed IPv6 literal as in [`Url::host_str`]) and
-/// returns its socket addresses on `port`, refusing the lot if ANY of them is forbidden and not
-/// allow-listed — a name mixing public and private addresses is how DNS rebinding slips through. Callers
-/// connect to one of the returned addresses rather than resolving the name again. Names are looked up at the
-/// guard's `dns_server` when it has one, else with the system resolver.
+/// returns those of its socket addresses on `port` that are permitted, refusing the name only if none is.
+/// Callers connect to one of the returned addresses rather than resolving the name again, so a forbidden
+/// address a name also has (`localhost` is often 127.0.0.1 and ::1; rebinding mixes public and private
+/// answers) is never connected to. Names are looked up at the guard's `dns_server` when it has one, else
+/// with the system resolver.
 pub async fn resolve_checked(guard: &Guard, host: &str, port: u16) -> Result<Vec<SocketAddr>, SsrfError> {
     let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
     let resolve_error = |source| SsrfError::Resolve { host: host.to_owned(), source };
@@ -317,10 +318,21 @@ pub async fn resolve_checked(guard: &Guard, host: &str, port: u16) -> Result<Vec
     if addrs.is_empty() {
         return Err(SsrfError::NoAddress { host: host.to_owned() });
     }
-    for addr in &addrs {
-        guard.check_ip(addr.ip())?;
+    let mut refused = None;
+    let permitted: Vec<SocketAddr> = addrs
+        .into_iter()
+        .filter(|addr| match guard.check_ip(addr.ip()) {
+            Ok(()) => true,
+            Err(e) => {
+                refused.get_or_insert(e);
+                false
+            }
+        })
+        .collect();
+    match refused {
+        Some(e) if permitted.is_empty() => Err(e),
+        _ => Ok(permitted),
     }
-    Ok(addrs)
 }
 
 #[cfg(test)]

@@ -82,18 +82,17 @@ async fn migrate_then_a_created_key_publishes() {
 }
 
 #[tokio::test]
-async fn the_database_url_has_an_environment_twin() {
+async fn the_database_url_and_the_key_flags_have_environment_twins() {
     let dir = tempfile::tempdir().unwrap();
     let url = sqlite_url(dir.path());
-    let out = ok(
-        &hsda(&["keys", "create", "--scope", "admin", "--tenant", "ops"], &[("HSDA_DATABASE_URL", &url)]).await,
-        "keys via env",
-    );
+    let env = [("HSDA_DATABASE_URL", url.as_str()), ("HSDA_SCOPE", "admin"), ("HSDA_TENANT", "ops")];
+    let out = ok(&hsda(&["keys", "create"], &env).await, "keys via env");
     let key = out.lines().last().unwrap().trim().to_string();
     assert!(dir.path().join("hsda.db").is_file(), "HSDA_DATABASE_URL was used");
     let db = hsda::store::Db::connect(&url).await.unwrap();
     let principal = db.authenticate(&key).await.unwrap().expect("the key is in that database");
     assert_eq!(principal.scope, hsda::store::keys::Scope::Admin);
+    assert_eq!(principal.tenant, "ops");
 }
 
 #[tokio::test]
@@ -108,8 +107,9 @@ async fn generate_import_and_export() {
     assert!(out.contains("imported"), "{out}");
 
     let ndjson = dir.path().join("out.ndjson");
+    // `--format` by its environment twin.
     let out = ok(
-        &hsda(&["--database-url", &url, "export", "--format", "ndjson", &ndjson.to_string_lossy()], &[]).await,
+        &hsda(&["--database-url", &url, "export", &ndjson.to_string_lossy()], &[("HSDA_FORMAT", "ndjson")]).await,
         "export",
     );
     assert!(out.contains("exported"), "{out}");

@@ -164,7 +164,7 @@ async fn every_forbidden_target_form_is_refused_at_creation_and_on_update() {
     dns.set("metadata.google.internal", &[&[ip("169.254.169.254")]]);
     dns.set("ula.test", &[&[ip("fd00::1")]]);
     dns.set("mapped.test", &[&[ip("::ffff:10.0.0.1")]]);
-    dns.set("mixed.test", &[&[ip("127.0.0.1"), ip("10.0.0.1")]]);
+    dns.set("forbidden-only.test", &[&[ip("127.0.0.2"), ip("10.0.0.1")]]);
     let Some(app) = spawn(Store::Sqlite, &dns).await else { return };
     let target = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let target = Target::from_listener(target, String::new());
@@ -188,6 +188,7 @@ async fn every_forbidden_target_form_is_refused_at_creation_and_on_update() {
         ("loopback", "http://127.255.255.254/".into()),
         ("loopback", format!("http://[::1]:{p}/hook")),
         ("loopback by name", format!("http://loopback2.test:{p}/hook")),
+        ("a name with only forbidden addresses", format!("http://forbidden-only.test:{p}/hook")),
         ("private", "http://10.0.0.1/".into()),
         ("private", "http://172.16.0.1/".into()),
         ("private", "http://172.31.255.255/".into()),
@@ -240,7 +241,6 @@ async fn every_forbidden_target_form_is_refused_at_creation_and_on_update() {
         ("trailing dot", format!("http://loopback2.test.:{p}/hook")),
         ("percent-encoded host", "http://%31%30.0.0.1/".into()),
         ("full-width digits", "http://１２７.０.０.２/".into()),
-        ("a name mixing allowed and forbidden addresses", format!("http://mixed.test:{p}/hook")),
         ("userinfo", "http://allowed@10.0.0.1/".into()),
         ("userinfo", "http://127.0.0.1@10.0.0.1/".into()),
         ("userinfo", format!("http://allowed.test@127.0.0.2:{p}/hook")),
@@ -276,7 +276,7 @@ async fn every_forbidden_target_form_is_refused_at_creation_and_on_update() {
     let list = app.get_as(&app.subscribe_key, "/webhooks").await;
     assert_eq!(list["total_items"], accepted.len(), "no refused subscription was stored");
     // Names were looked up at the configured DNS server (once at creation and once per update).
-    for name in ["metadata.google.internal", "private.test", "ula.test", "mapped.test", "mixed.test"] {
+    for name in ["metadata.google.internal", "private.test", "ula.test", "mapped.test", "forbidden-only.test"] {
         assert!(dns.lookups(name) >= 2, "{name} looked up {} times", dns.lookups(name));
     }
     eprintln!(
@@ -330,6 +330,37 @@ async fn dns_rebinding_is_refused_at_delivery(store: Store) {
         dns.lookups("rebind.test"),
         trap.connections()
     );
+}
+
+/// A name with a permitted and a forbidden address (as `localhost` is 127.0.0.1 and ::1 where only
+/// 127.0.0.0/8 is allowed) is accepted, and hsda connects only to the permitted one, whichever comes first.
+async fn a_name_with_a_forbidden_address_too_is_delivered_to_the_permitted_one(store: Store) {
+    let dns = DnsServer::start().await;
+    let (trap, target) = trap_and_target_on_one_port().await;
+    let port = trap.port;
+    dns.set("mixed.test", &[&[ip("127.0.0.2"), ip("127.0.0.1"), ip("10.0.0.1")]]);
+    let Some(app) = spawn(store, &dns).await else { return };
+    let sub = create_ok(&app, &format!("http://mixed.test:{port}/mixed")).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while target.hits("/mixed") == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the ping never reached 127.0.0.1");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = app.post_as(&app.subscribe_key, format!("/webhooks/{sub}/test"), Some(&json!({}))).await;
+    let outcome: Value = r.json().await.unwrap();
+    assert_eq!(outcome["success"], true, "{outcome}");
+    assert_eq!(target.hits("/mixed"), 2, "the ping and the test");
+    assert_eq!(trap.connections(), 0, "nothing reached the forbidden address");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_with_a_forbidden_address_too_is_delivered_to_the_permitted_one_sqlite() {
+    a_name_with_a_forbidden_address_too_is_delivered_to_the_permitted_one(Store::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_with_a_forbidden_address_too_is_delivered_to_the_permitted_one_postgres() {
+    a_name_with_a_forbidden_address_too_is_delivered_to_the_permitted_one(Store::Postgres).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
