@@ -57,7 +57,8 @@ pub struct ServeFlags {
     /// Webhook deliveries in flight at once in this process, over all subscriptions (default 512).
     #[arg(long, env = "HSDA_MAX_IN_FLIGHT")]
     pub max_in_flight: Option<usize>,
-    /// Shortest digest `schedule` interval accepted, in seconds (default 60; lower it only for tests).
+    /// Shortest digest `schedule` interval accepted, in seconds, from 1 to 60 (default 1: a subscriber may
+    /// ask for digests as often as every second; raise it to keep digests from running that often).
     #[arg(long, env = "HSDA_MIN_DIGEST_SECONDS")]
     pub min_digest_seconds: Option<i64>,
     /// Milliseconds a request waits for a database lock held by another process (SQLite) or for a connection
@@ -124,7 +125,7 @@ impl Default for Config {
             disable_after_seconds: 5 * 24 * 3600,
             delivery_timeout_seconds: 15,
             max_in_flight: 512,
-            min_digest_seconds: crate::webhook::schedule::MIN_INTERVAL_SECONDS,
+            min_digest_seconds: 1,
             busy_timeout_ms: 10_000,
         }
     }

@@ -275,8 +275,14 @@ fn awaiting_verification(sub: &Subscription) -> bool {
 
 fn output(sub: &Subscription, secret: Option<&str>) -> Value {
     let mut value = serde_json::to_value(sub).unwrap_or(Value::Null);
-    if let (Some(map), Some(secret)) = (value.as_object_mut(), secret) {
-        map.insert("secret".into(), Value::String(secret.to_string()));
+    if let Some(map) = value.as_object_mut() {
+        if let Some(secret) = secret {
+            map.insert("secret".into(), Value::String(secret.to_string()));
+        }
+        // During an ed25519 rotation's grace period the old key signs too: its public half stays retrievable.
+        if let Some(previous) = crate::webhook::worker::previous_ed25519_key(sub) {
+            map.insert("previous_public_key".into(), Value::String(previous.public_key().to_string()));
+        }
     }
     value
 }
@@ -484,15 +490,18 @@ async fn rotate(
             .filter(|n| (0..=7 * 86_400).contains(n))
             .ok_or_else(|| ApiError::invalid("/grace_seconds", "must be an integer from 0 to 604800"))?,
     };
-    if sub.signing == "ed25519" {
+    // Both keys sign until the grace period ends (`v1a,` signatures by the old and the new private key), so
+    // receivers can switch to the new public key whenever they like within it.
+    let new_secret = if sub.signing == "ed25519" {
         let key = Ed25519SigningKey::generate();
         sub.public_key = Some(key.public_key().to_string());
-        sub.secret = key.expose();
+        key.expose()
     } else {
-        let until = chrono::Utc::now() + chrono::Duration::seconds(grace);
-        sub.previous_secret = Some(std::mem::replace(&mut sub.secret, WebhookSecret::generate().expose()));
-        sub.previous_secret_until = Some(crate::store::timestamp_text(until));
-    }
+        WebhookSecret::generate().expose()
+    };
+    let until = chrono::Utc::now() + chrono::Duration::seconds(grace);
+    sub.previous_secret = Some(std::mem::replace(&mut sub.secret, new_secret));
+    sub.previous_secret_until = Some(crate::store::timestamp_text(until));
     state.db.update_subscription(&sub, &state.config.public_url()).await?;
     if sub.signing == "ed25519" {
         sqlx_update_public_key(&state, &sub).await?;

@@ -631,23 +631,36 @@ fn check_echo(r: &super::client::Response, challenge: &str) -> Result<(), String
     }
 }
 
-/// The signers of a subscription right now: its secret, plus the previous one during a rotation's grace.
+/// The signers of a subscription right now: its secret (or private key), plus the previous one during a
+/// rotation's grace period.
 pub fn signers(sub: &Subscription) -> Vec<Signer> {
     let mut out = Vec::new();
     if sub.signing == "ed25519" {
-        if let Ok(key) = Ed25519SigningKey::parse(&sub.secret) {
-            out.push(Signer::Ed25519(key));
-        }
+        out.extend(Ed25519SigningKey::parse(&sub.secret).ok().map(Signer::Ed25519));
+        out.extend(previous_ed25519_key(sub).map(Signer::Ed25519));
         return out;
     }
     if let Ok(secret) = WebhookSecret::parse(&sub.secret) {
         out.push(Signer::Hmac(secret));
     }
-    let in_grace = sub.previous_secret_until.as_deref().is_some_and(|until| until > now_text().as_str());
-    if in_grace && let Some(previous) = sub.previous_secret.as_deref().and_then(|s| WebhookSecret::parse(s).ok()) {
+    if in_grace(sub)
+        && let Some(previous) = sub.previous_secret.as_deref().and_then(|s| WebhookSecret::parse(s).ok())
+    {
         out.push(Signer::Hmac(previous));
     }
     out
+}
+
+/// An ed25519 subscription's previous private key, while its rotation's grace period lasts.
+pub fn previous_ed25519_key(sub: &Subscription) -> Option<Ed25519SigningKey> {
+    if sub.signing != "ed25519" || !in_grace(sub) {
+        return None;
+    }
+    Ed25519SigningKey::parse(sub.previous_secret.as_deref()?).ok()
+}
+
+fn in_grace(sub: &Subscription) -> bool {
+    sub.previous_secret_until.as_deref().is_some_and(|until| until > now_text().as_str())
 }
 
 /// Signs and POSTs one delivery body to a subscription's target.

@@ -564,3 +564,63 @@ both_stores!(a_stopping_worker_gives_back_the_deliveries_waiting_in_its_lanes, |
         assert_eq!((d.status.as_str(), d.lease_until.as_deref()), ("pending", None), "given back: {d:?}");
     }
 });
+
+both_stores!(an_ed25519_rotation_signs_with_both_keys_during_the_grace_period, |_| {}, |app| async move {
+    use base64::Engine;
+    use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let verifying_key = |public: &str| {
+        let bytes: [u8; 32] = b64.decode(public.strip_prefix("whpk_").unwrap()).unwrap().try_into().unwrap();
+        VerifyingKey::from_bytes(&bytes).unwrap()
+    };
+    let rx = Receiver::start().await;
+    let sub = subscribe(&app, json!({"url": rx.url, "events": ["webhook.ping"], "signing": "ed25519"})).await;
+    let id = sub["id"].as_str().unwrap();
+    rx.wait_for("the ping", |r| !r.is_empty()).await;
+    let old =
+        app.get_as(&app.subscribe_key, &format!("/webhooks/{id}")).await["public_key"].as_str().unwrap().to_string();
+    let r = app
+        .post_as(&app.subscribe_key, &format!("/webhooks/{id}/rotate-secret"), Some(&json!({"grace_seconds": 3600})))
+        .await;
+    assert_eq!(r.status(), 200);
+    let shown = app.get_as(&app.subscribe_key, &format!("/webhooks/{id}")).await;
+    let new = shown["public_key"].as_str().unwrap().to_string();
+    assert_ne!(new, old, "a new key pair");
+    assert_eq!(shown["previous_public_key"], old.as_str(), "the old public key stays retrievable meanwhile");
+
+    let r = app.post_as(&app.subscribe_key, &format!("/webhooks/{id}/test"), Some(&json!({}))).await;
+    assert_eq!(r.status(), 200);
+    let got = rx.wait_for("the test delivery", |r| r.len() >= 2).await;
+    let test = &got[1];
+    let signed = format!(
+        "{}.{}.{}",
+        test.header("webhook-id"),
+        test.header("webhook-timestamp"),
+        String::from_utf8_lossy(&test.body)
+    );
+    let signatures: Vec<Signature> = test
+        .header("webhook-signature")
+        .split(' ')
+        .map(|s| Signature::from_bytes(&b64.decode(s.strip_prefix("v1a,").expect("v1a")).unwrap().try_into().unwrap()))
+        .collect();
+    assert_eq!(signatures.len(), 2, "both keys sign: {}", test.header("webhook-signature"));
+    for (public, which) in [(&old, "old"), (&new, "new")] {
+        let key = verifying_key(public);
+        assert!(
+            signatures.iter().any(|s| key.verify(signed.as_bytes(), s).is_ok()),
+            "the {which} key's signature verifies"
+        );
+    }
+
+    // Without a grace period only the new key signs, and no previous key is shown.
+    let r = app
+        .post_as(&app.subscribe_key, &format!("/webhooks/{id}/rotate-secret"), Some(&json!({"grace_seconds": 0})))
+        .await;
+    assert_eq!(r.status(), 200);
+    let shown = app.get_as(&app.subscribe_key, &format!("/webhooks/{id}")).await;
+    assert!(shown.get("previous_public_key").is_none(), "{shown}");
+    let r = app.post_as(&app.subscribe_key, &format!("/webhooks/{id}/test"), Some(&json!({}))).await;
+    assert_eq!(r.status(), 200);
+    let got = rx.wait_for("the second test delivery", |r| r.len() >= 3).await;
+    assert_eq!(got[2].header("webhook-signature").split(' ').count(), 1);
+});

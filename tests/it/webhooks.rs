@@ -22,7 +22,6 @@ async fn subscribed(app: &TestApp, body: Value) -> Value {
 async fn spawn(store: Store) -> Option<TestApp> {
     TestApp::spawn_with(store, |c| {
         c.retry_schedule = Some("0.2,0.2,0.2".into());
-        c.min_digest_seconds = 1;
     })
     .await
 }
@@ -179,6 +178,18 @@ webhook_test!(tenants_never_see_each_other, |app| async move {
     let r = app.client.get(app.url("/webhooks")).bearer_auth(&app.publish_key).send().await.unwrap();
     assert_eq!(r.status(), 403, "a publish key cannot manage subscriptions");
 });
+
+/// Digests may come as often as every second by default; an operator's higher floor refuses shorter ones.
+#[tokio::test]
+async fn an_operators_digest_floor_refuses_shorter_schedules() {
+    let Some(app) = TestApp::spawn_with(Store::Sqlite, |c| c.min_digest_seconds = 60).await else { return };
+    let r = subscribe(&app, &app.subscribe_key, json!({"url": "http://127.0.0.1:9/x", "schedule": "PT30S"})).await;
+    assert_eq!(r.status(), 422);
+    let problem: Value = r.json().await.unwrap();
+    assert_eq!(problem["errors"][0]["pointer"], "/schedule", "{problem}");
+    let r = subscribe(&app, &app.subscribe_key, json!({"url": "http://127.0.0.1:9/x", "schedule": "PT1M"})).await;
+    assert_eq!(r.status(), 201);
+}
 
 webhook_test!(bad_subscriptions_are_422_naming_the_field_and_create_nothing, |app| async move {
     let cases = [
