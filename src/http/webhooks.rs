@@ -459,7 +459,7 @@ async fn update(
     if !errors.is_empty() {
         return Err(ApiError::Invalid(errors));
     }
-    state.db.update_subscription(&sub, &state.config.public_url()).await?;
+    state.db.update_subscription(&sub, body.contains_key("status"), &state.config.public_url()).await?;
     if sub.verify && sub.url != url_before && sub.status != "disabled" {
         // Intent verification is of a URL: a new one must prove it wants the events too.
         state.db.request_verification(&sub.id).await?;
@@ -502,7 +502,7 @@ async fn rotate(
     let until = chrono::Utc::now() + chrono::Duration::seconds(grace);
     sub.previous_secret = Some(std::mem::replace(&mut sub.secret, new_secret));
     sub.previous_secret_until = Some(crate::store::timestamp_text(until));
-    state.db.update_subscription(&sub, &state.config.public_url()).await?;
+    state.db.update_subscription(&sub, false, &state.config.public_url()).await?;
     if sub.signing == "ed25519" {
         sqlx_update_public_key(&state, &sub).await?;
     }
@@ -559,7 +559,7 @@ async fn enable(
     sub.failing_since = None;
     sub.disabled_reason = None;
     sub.status = "active".into();
-    state.db.update_subscription(&sub, &state.config.public_url()).await?;
+    state.db.update_subscription(&sub, true, &state.config.public_url()).await?;
     if awaiting_verification(&sub) {
         state.db.request_verification(&sub.id).await?;
     }

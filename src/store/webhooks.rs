@@ -410,11 +410,18 @@ impl Db {
         Ok(())
     }
 
-    /// Saves the owner-editable fields, secrets and status of a subscription. A change of `schedule` moves
+    /// Saves the owner-editable fields and secrets of a subscription, and its status with `status_edited`
+    /// (the owner disabled or enabled it). Otherwise the status, its reason and the failure counters stay as
+    /// stored now: attempts recorded since `s` was read keep their effect. A change of `schedule` moves
     /// the subscription between the dispatcher and the digest builder without losing or repeating events:
     /// it takes the dispatch cursor's lock, so no dispatch runs in between; events the digest had not yet
     /// covered when it turns immediate are queued as individual deliveries.
-    pub async fn update_subscription(&self, s: &Subscription, public_url: &str) -> sqlx::Result<()> {
+    pub async fn update_subscription(
+        &self,
+        s: &Subscription,
+        status_edited: bool,
+        public_url: &str,
+    ) -> sqlx::Result<()> {
         let (mut tx, _guard) = self.begin_write().await?;
         let cursor: i64 =
             sqlx::query_scalar("UPDATE counters SET value = value WHERE name = 'dispatch_cursor' RETURNING value")
@@ -457,6 +464,7 @@ impl Db {
         .bind(&s.id)
         .execute(&mut *tx)
         .await?;
+        let status = if status_edited { s } else { &before };
         sqlx::query(
             "UPDATE subscriptions SET url = $1, events = $2, payload = $3, filter = $4, schedule = $5, description = $6, \
              secret = $7, previous_secret = $8, previous_secret_until = $9, max_concurrency = $10, \
@@ -478,14 +486,14 @@ impl Db {
         .bind(s.ordered as i64)
         .bind(json_text(&s.headers))
         .bind(json_text(&s.metadata))
-        .bind(&s.status)
-        .bind(&s.disabled_reason)
-        .bind(s.consecutive_failures)
-        .bind(&s.failing_since)
+        .bind(&status.status)
+        .bind(&status.disabled_reason)
+        .bind(status.consecutive_failures)
+        .bind(&status.failing_since)
         .bind(now_text())
         .bind(&s.id)
         // When the subscription stopped receiving events: kept while disabled, for `enable` to replay from.
-        .bind(match (before.status.as_str(), s.status.as_str()) {
+        .bind(match (before.status.as_str(), status.status.as_str()) {
             ("disabled", "disabled") => before.disabled_at.clone(),
             (_, "disabled") => Some(now_text()),
             _ => None,

@@ -624,3 +624,42 @@ both_stores!(an_ed25519_rotation_signs_with_both_keys_during_the_grace_period, |
     let got = rx.wait_for("the second test delivery", |r| r.len() >= 3).await;
     assert_eq!(got[2].header("webhook-signature").split(' ').count(), 1);
 });
+
+both_stores!(
+    an_owners_edit_keeps_the_failures_recorded_while_it_was_made,
+    |c| c.retry_schedule = Some("60".into()),
+    |app| async move {
+        // The owner's PATCH read the subscription before an attempt failed and saves after: the failure's
+        // status and counters stay (only a status the owner set replaces them).
+        let rx = Receiver::start().await;
+        rx.script(&[(500, None)]);
+        let stale = {
+            let created =
+                subscribe(&app, json!({"url": rx.url, "events": ["webhook.ping"], "max_concurrency": 1})).await;
+            let id = created["id"].as_str().unwrap().to_string();
+            let mut stale = app.db.subscription(&id).await.unwrap().unwrap();
+            // As stored before the ping's attempt was recorded.
+            stale.status = "active".into();
+            stale.consecutive_failures = 0;
+            stale.failing_since = None;
+            first_attempt_recorded(&app.db, &id).await;
+            stale
+        };
+        let failing = app.db.subscription(&stale.id).await.unwrap().unwrap();
+        assert_eq!((failing.status.as_str(), failing.consecutive_failures), ("failing", 1));
+
+        let mut edit = stale.clone();
+        edit.description = "edited".into();
+        app.db.update_subscription(&edit, false, "http://127.0.0.1").await.unwrap();
+        let after = app.db.subscription(&stale.id).await.unwrap().unwrap();
+        assert_eq!(after.description, "edited");
+        assert_eq!((after.status.as_str(), after.consecutive_failures), ("failing", 1), "the failure stays");
+        assert_eq!(after.failing_since, failing.failing_since);
+
+        // `enable` (a status edit) does reset them.
+        let r = app.post_as(&app.subscribe_key, &format!("/webhooks/{}/enable", stale.id), None).await;
+        assert_eq!(r.status(), 200);
+        let enabled = app.db.subscription(&stale.id).await.unwrap().unwrap();
+        assert_eq!((enabled.status.as_str(), enabled.consecutive_failures), ("active", 0));
+    }
+);
