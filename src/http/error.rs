@@ -178,3 +178,25 @@ impl IntoResponse for ApiError {
         }
     }
 }
+
+/// Turns an error response in plain text or without a body (axum's own: 405 with its `Allow`, a query string
+/// or body it could not parse, a body over the size limit) into problem+json, keeping its status, headers and text as
+/// the detail: every error the API gives has the same shape.
+pub async fn plain_errors_as_problems(response: Response) -> Response {
+    let status = response.status();
+    // Only plain text or nothing: problems are already problems, and a JSON body (the health check's 503) is
+    // an answer of its own.
+    let plain = response.headers().get(header::CONTENT_TYPE).is_none_or(|v| v.as_bytes().starts_with(b"text/plain"));
+    if !(status.is_client_error() || status.is_server_error()) || !plain {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 16 * 1024).await.unwrap_or_default();
+    let detail = String::from_utf8_lossy(&text).trim().to_string();
+    let title = status.canonical_reason().unwrap_or("Error");
+    let detail = if detail.is_empty() { title.to_lowercase() } else { detail };
+    let problem = problem(status, title, &detail, json!({}));
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+    Response::from_parts(parts, problem.into_body())
+}

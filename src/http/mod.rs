@@ -35,7 +35,14 @@ impl AppState {
     /// The caller if a key was presented (an invalid key is refused, no key is `None`).
     pub async fn principal(&self, headers: &HeaderMap) -> Result<Option<crate::store::keys::Principal>, ApiError> {
         let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else { return Ok(None) };
-        let token = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).ok_or(ApiError::Unauthorized)?;
+        // The scheme is case-insensitive (RFC 9110, 11.1): `bearer` and `BEARER` are the same.
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token)
+            .ok_or(ApiError::Unauthorized)?;
         self.db.authenticate(token.trim()).await?.map(Some).ok_or(ApiError::Unauthorized)
     }
 
@@ -62,6 +69,7 @@ pub fn router(state: AppState) -> Router {
         .merge(directory::router())
         .fallback(|| async { ApiError::NotFound("this path".into()) })
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::map_response(error::plain_errors_as_problems))
         .layer(CorsLayer::permissive().expose_headers([axum::http::header::ETAG]))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
             let route = req

@@ -282,7 +282,8 @@ pub fn delivery_body(event: &Event, payload: &str, public_url: &str) -> String {
 /// [`delivery_body`] as a JSON value (digests embed it).
 pub fn delivery_value(event: &Event, payload: &str, public_url: &str) -> Value {
     let data = if payload == "thin" {
-        let plural = crate::hsds::catalog::table(&event.object).map(|t| t.plural).unwrap_or(event.object.as_str());
+        // Operational events are about a subscription, at `/webhooks/{id}`.
+        let plural = crate::hsds::catalog::table(&event.object).map_or("webhooks", |t| t.plural);
         json!({
             "object": event.object,
             "id": event.object_id,

@@ -441,3 +441,53 @@ store_test!(a_write_answers_with_exactly_what_a_read_serves_next, |app| async mo
     assert_eq!(created.status(), 201);
     same_as_get(new_phone, created).await;
 });
+
+/// Errors axum itself gives (a method a path does not have, a body over the limit on an endpoint that reads
+/// raw bytes) come as problem+json too, with their status and headers.
+#[tokio::test]
+async fn errors_from_the_framework_are_problems_too() {
+    let Some(app) =
+        crate::helpers::TestApp::spawn_with(crate::helpers::Store::Sqlite, |c| c.max_body_bytes = 4096).await
+    else {
+        return;
+    };
+    let r = app.client.put(app.url("/webhooks")).bearer_auth(&app.subscribe_key).send().await.unwrap();
+    let allow = r.headers().get("allow").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+    let body = assert_problem(r, 405).await;
+    assert!(allow.contains("POST") && allow.contains("GET"), "Allow: {allow}");
+    assert_eq!(body["title"], "Method Not Allowed", "{body}");
+
+    let created: Value = app
+        .post_as(&app.subscribe_key, "/webhooks", Some(&json!({"url": "http://127.0.0.1:9/x"})))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let huge = format!("{{\"grace_seconds\": 60, \"pad\": \"{}\"}}", "x".repeat(8192));
+    let r = app
+        .client
+        .post(app.url(&format!("/webhooks/{}/rotate-secret", created["id"].as_str().unwrap())))
+        .bearer_auth(&app.subscribe_key)
+        .header("content-type", "application/json")
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(r, 413).await;
+}
+
+store_test!(the_bearer_scheme_is_case_insensitive, |app| async move {
+    let path = app.url("/organizations/10000000-0000-4000-8000-0000000000f1");
+    let body = json!({"name": "Food Bank", "description": "x"});
+    for (scheme, status) in [("bearer", 201), ("BEARER", 200), ("Basic", 401)] {
+        let r = app
+            .client
+            .put(&path)
+            .header("authorization", format!("{scheme} {}", app.publish_key))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status, "{scheme}");
+    }
+});

@@ -262,6 +262,11 @@ webhook_test!(filters_and_thin_payloads, |app| async move {
     assert_eq!(data["id"], s2);
     assert!(data["url"].as_str().unwrap().ends_with(&format!("/services/{s2}")));
     assert!(data.get("name").is_none(), "thin payload has no object body");
+    // An operational event's thin link is the subscription's own path in the API.
+    let sub: Value = r.json().await.unwrap();
+    let ping = Receiver::of_type(&rx.received(), "webhook.ping");
+    let url = ping[0].json()["data"]["url"].as_str().unwrap().to_string();
+    assert!(url.ends_with(&format!("/webhooks/{}", sub["id"].as_str().unwrap())), "{url}");
 });
 
 webhook_test!(rotation_signs_with_both_secrets_during_the_grace_period, |app| async move {
