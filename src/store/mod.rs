@@ -183,7 +183,13 @@ impl Db {
                 POSTGRES_MIGRATIONS
             }
         };
+        let sqlite = self.backend == Backend::Sqlite;
         let result = async {
+            if sqlite {
+                // One transaction, holding the write lock from the start: another process migrating the same
+                // file waits, then finds the version already bumped; a failed migration leaves nothing behind.
+                conn.execute("BEGIN IMMEDIATE").await?;
+            }
             conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)").await?;
             let current: Option<String> = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'schema_version'")
                 .fetch_optional(&mut *conn)
@@ -213,22 +219,28 @@ impl Db {
             )
             .execute(&mut *conn)
             .await?;
-            if self.backend == Backend::Sqlite {
-                // Search-index changes left queued by a transaction that did not apply them: none are expected
-                // (every commit applies its own), but if any are, search is right again from now on.
-                conn.execute("BEGIN IMMEDIATE").await?;
-                write::apply_queued_search(&mut sql::Conn::from(&mut *conn), self.backend).await?;
-                conn.execute("COMMIT").await?;
-            }
+            // Search-index changes left queued by a transaction that did not apply them (SQLite): none are
+            // expected (every commit applies its own), but if any are, search is right again from now on.
+            write::apply_queued_search(&mut sql::Conn::from(&mut *conn), self.backend).await?;
             sqlx::query("INSERT INTO meta (key, value) VALUES ('instance_id', $1) ON CONFLICT (key) DO NOTHING")
                 .bind(format!("hsda_{}", uuid::Uuid::new_v4().simple()))
                 .execute(&mut *conn)
                 .await?;
+            if sqlite {
+                conn.execute("COMMIT").await?;
+            }
             anyhow::Ok(())
         }
         .await;
-        if self.backend == Backend::Postgres {
-            conn.execute("SELECT pg_advisory_unlock(7235001)").await?;
+        match self.backend {
+            Backend::Postgres => {
+                conn.execute("SELECT pg_advisory_unlock(7235001)").await?;
+            }
+            Backend::Sqlite if result.is_err() => {
+                // Nothing of a failed migration stays (DDL is transactional in SQLite).
+                let _ = conn.execute("ROLLBACK").await;
+            }
+            Backend::Sqlite => {}
         }
         result
     }

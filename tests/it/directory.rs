@@ -660,3 +660,26 @@ async fn a_growing_postgres_directory_gets_fresh_planner_statistics() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+/// Several stores opening one new SQLite file at once (as processes starting together would): each migration
+/// runs once, in one transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_migrating_one_sqlite_file_at_once_all_open_it() {
+    let Some((url, _dir)) = crate::helpers::fresh_database(crate::helpers::Store::Sqlite).await else { return };
+    let opened = futures::future::join_all((0..4).map(|_| hsda::store::Db::connect(&url))).await;
+    for db in opened {
+        db.expect("every one opens the file").close().await;
+    }
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&url).await.unwrap();
+    let version: String =
+        sqlx::query_scalar("SELECT value FROM meta WHERE key = 'schema_version'").fetch_one(&pool).await.unwrap();
+    assert_eq!(version, "9");
+    let triggers: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM sqlite_master WHERE type = 'trigger' AND name LIKE 'records_fts_%'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(triggers, 3);
+    pool.close().await;
+}
