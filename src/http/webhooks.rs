@@ -558,7 +558,9 @@ async fn enable(
     sub.consecutive_failures = 0;
     sub.failing_since = None;
     sub.disabled_reason = None;
-    sub.status = "active".into();
+    // A target that has not echoed a challenge (its URL changed while disabled) is asked first: nothing is
+    // sent to it before.
+    sub.status = if awaiting_verification(&sub) { "pending" } else { "active" }.into();
     state.db.update_subscription(&sub, true, &state.config.public_url()).await?;
     if awaiting_verification(&sub) {
         state.db.request_verification(&sub.id).await?;

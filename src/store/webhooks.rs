@@ -283,7 +283,11 @@ pub fn delivery_body(event: &Event, payload: &str, public_url: &str) -> String {
 pub fn delivery_value(event: &Event, payload: &str, public_url: &str) -> Value {
     let data = if payload == "thin" {
         // Operational events are about a subscription, at `/webhooks/{id}`.
-        let plural = crate::hsds::catalog::table(&event.object).map_or("webhooks", |t| t.plural);
+        let plural = match crate::hsds::catalog::table(&event.object) {
+            Some(t) => t.plural,
+            None if event.object == "webhook" => "webhooks",
+            None => event.object.as_str(),
+        };
         json!({
             "object": event.object,
             "id": event.object_id,
@@ -465,13 +469,21 @@ impl Db {
         .bind(&s.id)
         .execute(&mut *tx)
         .await?;
-        let status = if status_edited { s } else { &before };
+        // An owner's status never skips verification: a subscription waiting for its target's echo stays
+        // `pending` (the owner's copy may predate a URL change that asked for it).
+        let status = if status_edited && before.status != "pending" { s } else { &before };
+        // A verified target is a verified URL: a new one must echo a challenge before anything is sent to it,
+        // whatever the status now (a disabled subscription is asked when it is enabled).
+        let url_changed = s.url != before.url;
+        // ... and nothing goes to it meanwhile: held `pending` in this same transaction.
+        let status_text =
+            if url_changed && s.verify && status.status != "disabled" { "pending" } else { status.status.as_str() };
         sqlx::query(
             "UPDATE subscriptions SET url = $1, events = $2, payload = $3, filter = $4, schedule = $5, description = $6, \
              secret = $7, previous_secret = $8, previous_secret_until = $9, max_concurrency = $10, \
              rate_limit_per_second = $11, ordered = $12, headers = $13, metadata = $14, status = $15, \
              disabled_reason = $16, consecutive_failures = $17, failing_since = $18, updated_at = $19, \
-             disabled_at = $21 WHERE id = $20",
+             disabled_at = $21, verified_at = CASE WHEN $22 THEN NULL ELSE verified_at END WHERE id = $20",
         )
         .bind(&s.url)
         .bind(json_text(&s.events))
@@ -487,18 +499,19 @@ impl Db {
         .bind(s.ordered as i64)
         .bind(json_text(&s.headers))
         .bind(json_text(&s.metadata))
-        .bind(&status.status)
+        .bind(status_text)
         .bind(&status.disabled_reason)
         .bind(status.consecutive_failures)
         .bind(&status.failing_since)
         .bind(now_text())
         .bind(&s.id)
         // When the subscription stopped receiving events: kept while disabled, for `enable` to replay from.
-        .bind(match (before.status.as_str(), status.status.as_str()) {
+        .bind(match (before.status.as_str(), status_text) {
             ("disabled", "disabled") => before.disabled_at.clone(),
             (_, "disabled") => Some(now_text()),
             _ => None,
         })
+        .bind(url_changed && s.verify)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -710,14 +723,17 @@ impl Db {
     }
 
     /// Extends this process's lease `held` on an unfinished delivery to `lease_seconds` from now; returns the
-    /// new lease, or None if the delivery is finished or no longer under that lease.
+    /// new lease, or None if the delivery is finished, no longer under that lease, or its subscription does
+    /// not receive deliveries now (disabled, or waiting for verification).
     pub async fn renew_lease(&self, id: &str, held: Option<&str>, lease_seconds: i64) -> sqlx::Result<Option<String>> {
         let Some(held) = held else { return Ok(None) };
         let lease = timestamp_text(chrono::Utc::now() + chrono::Duration::seconds(lease_seconds));
         let (mut tx, _guard) = self.begin_write().await?;
         let renewed = sqlx::query(
             "UPDATE deliveries SET lease_until = $1 \
-             WHERE id = $2 AND lease_until = $3 AND status IN ('pending', 'retrying')",
+             WHERE id = $2 AND lease_until = $3 AND status IN ('pending', 'retrying') \
+             AND EXISTS (SELECT 1 FROM subscriptions s WHERE s.id = deliveries.subscription_id \
+                 AND s.status IN ('active', 'failing'))",
         )
         .bind(&lease)
         .bind(id)

@@ -52,6 +52,9 @@ impl WebhookClient {
         let guard = Arc::new(guard);
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            // Never through a proxy from HTTP_PROXY and the like: the proxy would resolve and connect to the
+            // target itself, past the SSRF guard's resolver.
+            .no_proxy()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             .pool_max_idle_per_host(64)

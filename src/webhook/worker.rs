@@ -404,11 +404,11 @@ impl Worker {
             let worker = self.clone();
             tokio::spawn(async move {
                 let id = next.sub.id.clone();
-                if let Some(delivery) = worker.ready_to_start(next.delivery, late).await {
+                if let Some((delivery, sub)) = worker.ready_to_start(next.delivery, next.sub, late).await {
                     if let Some(at) = next.start_at {
                         tokio::time::sleep_until(at).await;
                     }
-                    worker.attempt(&next.sub, delivery).await;
+                    worker.attempt(&sub, delivery).await;
                 }
                 drop(slot);
                 let permits_were_exhausted = worker.in_flight.available_permits() == 0;
@@ -430,16 +430,33 @@ impl Worker {
     }
 
     /// `delivery`, ready to be sent: as it is, or (when it waited in its lane past [`START_WITHIN`]) under a
-    /// renewed lease. None if the store no longer has it unfinished under our lease: a retry asked for
-    /// meanwhile, or a lease that ran out and another process took.
-    async fn ready_to_start(&self, mut delivery: Delivery, late: bool) -> Option<Delivery> {
+    /// renewed lease, with its subscription as it is now. None if the store no longer has it unfinished
+    /// under our lease (a retry asked for meanwhile, or a lease that ran out and another process took), or
+    /// the subscription stopped receiving while it waited.
+    async fn ready_to_start(
+        &self,
+        mut delivery: Delivery,
+        sub: Subscription,
+        late: bool,
+    ) -> Option<(Delivery, Subscription)> {
         if !late {
-            return Some(delivery);
+            return Some((delivery, sub));
         }
+        // Waiting may have taken long: the owner may have disabled the subscription or changed its URL,
+        // headers or secret meanwhile.
+        let sub = match self.db.subscription_snapshot().await {
+            Ok(subscriptions) => {
+                subscriptions.get(&delivery.subscription_id).filter(|s| s.receives_deliveries())?.clone()
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, delivery = %delivery.id, "no subscriptions to check a late delivery against; it is sent once its lease runs out");
+                return None;
+            }
+        };
         match self.db.renew_lease(&delivery.id, delivery.lease_until.as_deref(), self.config.lease_seconds).await {
             Ok(Some(lease)) => {
                 delivery.lease_until = Some(lease);
-                Some(delivery)
+                Some((delivery, sub))
             }
             Ok(None) => None,
             Err(e) => {

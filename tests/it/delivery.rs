@@ -487,8 +487,9 @@ both_stores!(
         let base = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, target).await });
 
-        subscribe(&app, json!({"url": format!("{base}/slow"), "events": ["organization.*"], "max_concurrency": 1}))
-            .await;
+        let sub =
+            subscribe(&app, json!({"url": format!("{base}/slow"), "events": ["organization.*"], "max_concurrency": 1}))
+                .await;
         let arrived = |what: &str| -> Vec<tokio::time::Instant> {
             arrivals.lock().unwrap().iter().filter(|(_, w)| w == what).map(|(t, _)| *t).collect()
         };
@@ -507,6 +508,15 @@ both_stores!(
             app.put_ok(&format!("/organizations/{id}"), &json!({"name": name, "description": "x"})).await;
         }
         let b_written = tokio::time::Instant::now();
+        let b_query = hsda::store::webhooks::DeliveryQuery {
+            object_id: Some("00000000-0000-4000-8000-00000000000b".into()),
+            ..Default::default()
+        };
+        let b_lease = || async {
+            let (_, found) = app.db.deliveries(sub["id"].as_str().unwrap(), &b_query, 1, 1).await.unwrap();
+            found[0].lease_until.clone().expect("B is leased")
+        };
+        let handed_over = b_lease().await;
         let deadline = written + Duration::from_secs(30);
         let b = loop {
             let b = arrived("B");
@@ -527,17 +537,21 @@ both_stores!(
         // Otherwise B never waited long enough for this test to show anything (a machine too slow to PUT twice
         // within 6 s).
         assert!(b[0] - b_written >= Duration::from_secs(10), "B waited past the limit: {:?}", b[0] - b_written);
+        // ... and went under a renewed lease (B is still at the target, 8 s per request).
+        let renewed = b_lease().await;
+        assert!(renewed > handed_over, "B's lease was renewed before it started: {handed_over} -> {renewed}");
     }
 );
 
 both_stores!(a_stopping_worker_gives_back_the_deliveries_waiting_in_its_lanes, |_| {}, |app| async move {
-    // One slot, held by the ping for 2 s: the two changes wait in the lane, leased to this process. Stopped,
+    // One slot, held by the ping for 5 s: the two changes wait in the lane, leased to this process. Stopped,
     // it gives their leases back, so another process claims them at once rather than when they run out.
     let mut app = app;
     let target = Router::new().route(
         "/slow",
         post(|| async {
-            tokio::time::sleep(Duration::from_secs(2)).await;
+            // Long enough that the writes and the look at their leases all happen while the ping holds the slot.
+            tokio::time::sleep(Duration::from_secs(5)).await;
             "ok"
         }),
     );

@@ -444,6 +444,45 @@ webhook_test!(verify_holds_a_subscription_until_the_target_echoes_the_challenge,
     assert_eq!(r.status(), 409, "already verified");
 });
 
+webhook_test!(a_new_url_is_verified_before_anything_is_sent_even_one_set_while_disabled, |app| async move {
+    let first = Receiver::start().await;
+    first.answer_challenges(Challenges::Echo);
+    let sub = create(&app, json!({"url": first.url, "events": ["organization.*"], "verify": true})).await;
+    let id = sub["id"].as_str().unwrap().to_string();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while show(&app, &id).await["status"] != "active" {
+        assert!(tokio::time::Instant::now() < deadline, "the first target was never verified");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // Moved to a target that never echoes, while disabled, then enabled: it must echo first.
+    let second = Receiver::start().await;
+    let patch = |body: Value| {
+        app.client.patch(app.url(&format!("/webhooks/{id}"))).bearer_auth(&app.subscribe_key).json(&body).send()
+    };
+    assert_eq!(patch(json!({"url": second.url, "status": "disabled"})).await.unwrap().status(), 200);
+    assert!(show(&app, &id).await["verified_at"].is_null(), "a new URL is not verified");
+    let r = app.post_as(&app.subscribe_key, &format!("/webhooks/{id}/enable"), None).await;
+    assert_eq!(r.status(), 200);
+    let enabled: Value = r.json().await.unwrap();
+    assert_eq!(enabled["status"], "pending", "{enabled}");
+    put_org(&app, O1, "Food Bank").await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let types: Vec<Value> = second.received().iter().map(|r| r.json()["type"].clone()).collect();
+    assert!(types.iter().all(|t| t == "webhook.verification"), "nothing but challenges before the echo: {types:?}");
+    // Moved again while active: held `pending` in the same step, nothing sent before the echo either.
+    second.answer_challenges(Challenges::Echo);
+    let r = app.post_as(&app.subscribe_key, &format!("/webhooks/{id}/verify"), None).await;
+    assert_eq!(r.status(), 200);
+    let third = Receiver::start().await;
+    let r = patch(json!({"url": third.url})).await.unwrap();
+    let shown: Value = r.json().await.unwrap();
+    assert_eq!(shown["status"], "pending", "{shown}");
+    put_org(&app, O2, "Legal Aid").await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let types: Vec<Value> = third.received().iter().map(|r| r.json()["type"].clone()).collect();
+    assert!(types.iter().all(|t| t == "webhook.verification"), "nothing but challenges: {types:?}");
+});
+
 webhook_test!(a_digest_subscription_gets_one_delivery_per_period_and_nothing_when_quiet, |app| async move {
     let rx = Receiver::start().await;
     let sub =
