@@ -1438,9 +1438,11 @@ impl Db {
         Ok(subs)
     }
 
-    /// Records a verification's outcome: success makes a `pending` subscription `active` (its held
-    /// deliveries, the ping first, then flow); failure keeps it `pending` with the reason shown.
-    pub async fn record_verification(&self, id: &str, outcome: Result<(), String>) -> sqlx::Result<()> {
+    /// Records the outcome of a verification challenge sent to `url`: success makes a `pending` subscription
+    /// `active` (its held deliveries, the ping first, then flow); failure keeps it `pending` with the reason
+    /// shown. Only while the subscription still has that URL: an echo from a URL it has just left verifies
+    /// nothing.
+    pub async fn record_verification(&self, id: &str, url: &str, outcome: Result<(), String>) -> sqlx::Result<()> {
         let (mut tx, _guard) = self.begin_write().await?;
         let now = now_text();
         match outcome {
@@ -1448,21 +1450,23 @@ impl Db {
                 sqlx::query(
                     "UPDATE subscriptions SET status = 'active', verified_at = $1, verification_error = NULL, \
                      verification_due_at = NULL, last_success_at = $1, updated_at = $1 \
-                     WHERE id = $2 AND status = 'pending'",
+                     WHERE id = $2 AND status = 'pending' AND url = $3",
                 )
                 .bind(&now)
                 .bind(id)
+                .bind(url)
                 .execute(&mut *tx)
                 .await?;
             }
             Err(reason) => {
                 sqlx::query(
                     "UPDATE subscriptions SET verification_error = $1, verification_due_at = NULL, \
-                     last_failure_at = $2, updated_at = $2 WHERE id = $3 AND status = 'pending'",
+                     last_failure_at = $2, updated_at = $2 WHERE id = $3 AND status = 'pending' AND url = $4",
                 )
                 .bind(&reason)
                 .bind(&now)
                 .bind(id)
+                .bind(url)
                 .execute(&mut *tx)
                 .await?;
             }

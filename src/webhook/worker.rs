@@ -622,7 +622,7 @@ pub async fn verify(db: &Db, client: &WebhookClient, sub: &Subscription) -> sqlx
     .to_string();
     let response = send(client, sub, &id, &body).await;
     let outcome = check_echo(&response, &challenge);
-    db.record_verification(&sub.id, outcome.clone()).await?;
+    db.record_verification(&sub.id, &sub.url, outcome.clone()).await?;
     Ok(outcome)
 }
 

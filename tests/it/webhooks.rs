@@ -483,6 +483,30 @@ webhook_test!(a_new_url_is_verified_before_anything_is_sent_even_one_set_while_d
     assert!(types.iter().all(|t| t == "webhook.verification"), "nothing but challenges: {types:?}");
 });
 
+webhook_test!(an_echo_from_a_url_the_subscription_left_verifies_nothing, |app| async move {
+    // The challenge went to the old URL; the owner moved the subscription before its echo was recorded.
+    let rx = Receiver::start().await;
+    let sub = create(&app, json!({"url": rx.url, "events": ["organization.*"], "verify": true})).await;
+    let id = sub["id"].as_str().unwrap().to_string();
+    let moved = Receiver::start().await;
+    let r = app
+        .client
+        .patch(app.url(&format!("/webhooks/{id}")))
+        .bearer_auth(&app.subscribe_key)
+        .json(&json!({"url": moved.url}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    app.db.record_verification(&id, &rx.url, Ok(())).await.unwrap();
+    let shown = show(&app, &id).await;
+    assert_eq!(shown["status"], "pending", "{shown}");
+    assert!(shown["verified_at"].is_null(), "{shown}");
+    // The echo of the URL it has now does verify it.
+    app.db.record_verification(&id, &moved.url, Ok(())).await.unwrap();
+    assert_eq!(show(&app, &id).await["status"], "active");
+});
+
 webhook_test!(a_digest_subscription_gets_one_delivery_per_period_and_nothing_when_quiet, |app| async move {
     let rx = Receiver::start().await;
     let sub =
