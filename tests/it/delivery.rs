@@ -73,6 +73,28 @@ async fn awkward_targets() -> (String, Hits) {
     (base, hits)
 }
 
+/// A target at `{base}/slow` that answers every request after `delay`, noting when each arrived and what it
+/// carried (the object's `name`, or "ping").
+async fn slow_target(delay: Duration) -> (String, Arrivals) {
+    let arrivals: Arrivals = Arc::default();
+    let target = Router::new()
+        .route(
+            "/slow",
+            post(move |State(a): State<Arrivals>, body: Bytes| async move {
+                let v: Value = serde_json::from_slice(&body).unwrap_or_default();
+                let what = v["data"]["name"].as_str().unwrap_or("ping").to_string();
+                a.lock().unwrap().push((tokio::time::Instant::now(), what));
+                tokio::time::sleep(delay).await;
+                "ok"
+            }),
+        )
+        .with_state(arrivals.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, target).await });
+    (base, arrivals)
+}
+
 async fn subscribe(app: &TestApp, body: Value) -> Value {
     let r = app.post_as(&app.subscribe_key, "/webhooks", Some(&body)).await;
     assert_eq!(r.status(), 201);
@@ -470,22 +492,7 @@ both_stores!(
         // One slot, a target taking 8 s per request: the ping holds the slot, A waits up to 8 s (started), B
         // about 16 s, past the 10 s a delivery may wait before its lease could run out mid-attempt. B's lease
         // is renewed then and B goes in its turn, instead of being dropped until its 35 s lease runs out.
-        let arrivals: Arrivals = Arc::default();
-        let target = Router::new()
-            .route(
-                "/slow",
-                post(|State(a): State<Arrivals>, body: Bytes| async move {
-                    let v: Value = serde_json::from_slice(&body).unwrap_or_default();
-                    let what = v["data"]["name"].as_str().unwrap_or("ping").to_string();
-                    a.lock().unwrap().push((tokio::time::Instant::now(), what));
-                    tokio::time::sleep(Duration::from_secs(8)).await;
-                    "ok"
-                }),
-            )
-            .with_state(arrivals.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, target).await });
+        let (base, arrivals) = slow_target(Duration::from_secs(8)).await;
 
         let sub =
             subscribe(&app, json!({"url": format!("{base}/slow"), "events": ["organization.*"], "max_concurrency": 1}))
@@ -547,17 +554,8 @@ both_stores!(a_stopping_worker_gives_back_the_deliveries_waiting_in_its_lanes, |
     // One slot, held by the ping for 5 s: the two changes wait in the lane, leased to this process. Stopped,
     // it gives their leases back, so another process claims them at once rather than when they run out.
     let mut app = app;
-    let target = Router::new().route(
-        "/slow",
-        post(|| async {
-            // Long enough that the writes and the look at their leases all happen while the ping holds the slot.
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            "ok"
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, target).await });
+    // Long enough that the writes and the look at their leases all happen while the ping holds the slot.
+    let (base, _) = slow_target(Duration::from_secs(5)).await;
     let sub =
         subscribe(&app, json!({"url": format!("{base}/slow"), "events": ["organization.*"], "max_concurrency": 1}))
             .await;

@@ -353,25 +353,9 @@ async fn a_name_with_a_forbidden_address_too_is_delivered_to_the_permitted_one(s
     assert_eq!(trap.connections(), 0, "nothing reached the forbidden address");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_name_with_a_forbidden_address_too_is_delivered_to_the_permitted_one_sqlite() {
-    a_name_with_a_forbidden_address_too_is_delivered_to_the_permitted_one(Store::Sqlite).await;
-}
+crate::each_store!(a_name_with_a_forbidden_address_too_is_delivered_to_the_permitted_one);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_name_with_a_forbidden_address_too_is_delivered_to_the_permitted_one_postgres() {
-    a_name_with_a_forbidden_address_too_is_delivered_to_the_permitted_one(Store::Postgres).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dns_rebinding_is_refused_at_delivery_sqlite() {
-    dns_rebinding_is_refused_at_delivery(Store::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dns_rebinding_is_refused_at_delivery_postgres() {
-    dns_rebinding_is_refused_at_delivery(Store::Postgres).await;
-}
+crate::each_store!(dns_rebinding_is_refused_at_delivery);
 
 async fn redirects_to_forbidden_addresses_are_not_followed(store: Store) {
     let trap = Trap::from_listener(TcpListener::bind("127.0.0.2:0").await.expect("bind 127.0.0.2"));
@@ -404,12 +388,4 @@ async fn redirects_to_forbidden_addresses_are_not_followed(store: Store) {
     eprintln!("redirects ({store:?}): {codes:?} recorded with their status, 0 connections to 127.0.0.2");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redirects_to_forbidden_addresses_are_not_followed_sqlite() {
-    redirects_to_forbidden_addresses_are_not_followed(Store::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redirects_to_forbidden_addresses_are_not_followed_postgres() {
-    redirects_to_forbidden_addresses_are_not_followed(Store::Postgres).await;
-}
+crate::each_store!(redirects_to_forbidden_addresses_are_not_followed);

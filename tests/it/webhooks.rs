@@ -26,6 +26,14 @@ async fn spawn(store: Store) -> Option<TestApp> {
     .await
 }
 
+/// Waits half a second for anything that should not come, then asserts `rx` got nothing but verification
+/// challenges: a subscription waiting for its target's echo sends nothing else.
+async fn only_challenges_arrive(rx: &Receiver, when: &str) {
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let types: Vec<Value> = rx.received().iter().map(|r| r.json()["type"].clone()).collect();
+    assert!(types.iter().all(|t| t == "webhook.verification"), "nothing but challenges {when}: {types:?}");
+}
+
 async fn put_org(app: &TestApp, id: &str, name: &str) {
     app.put_ok(&format!("/organizations/{id}"), &json!({"id": id, "name": name, "description": "helps"})).await;
 }
@@ -420,9 +428,7 @@ webhook_test!(verify_holds_a_subscription_until_the_target_echoes_the_challenge,
 
     // Events while pending are held, not dropped.
     put_org(&app, O1, "Food Bank").await;
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    let types: Vec<Value> = rx.received().iter().map(|r| r.json()["type"].clone()).collect();
-    assert!(types.iter().all(|t| t == "webhook.verification"), "nothing but challenges while pending: {types:?}");
+    only_challenges_arrive(&rx, "while pending").await;
 
     rx.answer_challenges(Challenges::Echo);
     let r = app.post_as(&app.subscribe_key, &format!("/webhooks/{id}/verify"), None).await;
@@ -466,9 +472,7 @@ webhook_test!(a_new_url_is_verified_before_anything_is_sent_even_one_set_while_d
     let enabled: Value = r.json().await.unwrap();
     assert_eq!(enabled["status"], "pending", "{enabled}");
     put_org(&app, O1, "Food Bank").await;
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    let types: Vec<Value> = second.received().iter().map(|r| r.json()["type"].clone()).collect();
-    assert!(types.iter().all(|t| t == "webhook.verification"), "nothing but challenges before the echo: {types:?}");
+    only_challenges_arrive(&second, "before the echo").await;
     // Moved again while active: held `pending` in the same step, nothing sent before the echo either.
     second.answer_challenges(Challenges::Echo);
     let r = app.post_as(&app.subscribe_key, &format!("/webhooks/{id}/verify"), None).await;
@@ -478,9 +482,7 @@ webhook_test!(a_new_url_is_verified_before_anything_is_sent_even_one_set_while_d
     let shown: Value = r.json().await.unwrap();
     assert_eq!(shown["status"], "pending", "{shown}");
     put_org(&app, O2, "Legal Aid").await;
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    let types: Vec<Value> = third.received().iter().map(|r| r.json()["type"].clone()).collect();
-    assert!(types.iter().all(|t| t == "webhook.verification"), "nothing but challenges: {types:?}");
+    only_challenges_arrive(&third, "after the move").await;
 });
 
 webhook_test!(an_echo_from_a_url_the_subscription_left_verifies_nothing, |app| async move {
