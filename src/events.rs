@@ -17,6 +17,21 @@ pub const OPERATIONAL: [(&str, &str); 4] = [
     ("webhook.disabled", "A subscription was disabled (410 Gone from its target, or failing for too long)."),
 ];
 
+/// Messages hsda sends that are not events of the log and cannot be subscribed to: they arrive because of how
+/// a subscription is set up (a `schedule`, `verify: true`).
+pub const SYSTEM_MESSAGES: [(&str, &str); 2] = [
+    (
+        "webhook.digest",
+        "A scheduled subscription's digest: every wanted event since the previous digest, sent instead of the \
+         events one by one (none when nothing changed). Not subscribable: it follows from `schedule`.",
+    ),
+    (
+        "webhook.verification",
+        "The challenge sent to a `verify: true` subscription's target before anything else; the target answers \
+         2xx with the JSON body {\"challenge\": \"<same>\"}. Not subscribable: it follows from `verify`.",
+    ),
+];
+
 /// Every HSDS event type name, in catalog order (operational `webhook.*` types are in [`OPERATIONAL`]).
 pub fn event_types() -> Vec<String> {
     TABLES.iter().flat_map(|t| ACTIONS.iter().map(move |a| format!("{}.{a}", t.name))).collect()
@@ -65,7 +80,55 @@ pub fn catalog() -> Value {
             "schema": operational_schema(),
         }));
     }
+    for entry in &mut out {
+        entry["subscribable"] = json!(true);
+    }
+    for (name, description) in SYSTEM_MESSAGES {
+        out.push(json!({
+            "name": name,
+            "object": "webhook",
+            "description": description,
+            "subscribable": false,
+            "schema": system_message_data_schema(name),
+        }));
+    }
     json!({ "event_types": out })
+}
+
+/// The `data` of a [`SYSTEM_MESSAGES`] entry.
+pub fn system_message_data_schema(name: &str) -> Value {
+    match name {
+        "webhook.digest" => json!({
+            "type": "object",
+            "properties": {
+                "since": { "type": "string", "format": "date-time" },
+                "until": { "type": "string", "format": "date-time" },
+                "events": {
+                    "type": "array",
+                    "description": "The events covered, oldest first, each as it would have been delivered alone \
+                        (id, sequence, type, timestamp, data; data full or thin as the subscription asks).",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "id": { "type": "string" }, "sequence": { "type": "integer" }, "type": { "type": "string" },
+                            "timestamp": { "type": "string", "format": "date-time" }, "data": { "type": "object" }
+                        },
+                        "required": ["id", "sequence", "type", "timestamp", "data"]
+                    }
+                }
+            },
+            "required": ["since", "until", "events"]
+        }),
+        _ => json!({
+            "type": "object",
+            "properties": {
+                "id": { "type": "string", "description": "The subscription's id." },
+                "url": { "type": "string" },
+                "challenge": { "type": "string", "description": "Also at the top level of the body." }
+            },
+            "required": ["id", "url", "challenge"]
+        }),
+    }
 }
 
 /// The payload of operational events: the subscription's id, target, status and latest error.

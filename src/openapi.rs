@@ -204,6 +204,20 @@ pub fn document(server: &str) -> Value {
                 "data": crate::events::operational_schema() } } } } },
             "responses": { "2XX": { "description": "Accepted by the subscriber." } } } }));
     }
+    for (name, description) in crate::events::SYSTEM_MESSAGES {
+        let mut properties = json!({
+            "id": {"type": "string"}, "type": {"const": name}, "timestamp": {"type": "string", "format": "date-time"},
+            "data": crate::events::system_message_data_schema(name) });
+        if name == crate::webhook::worker::VERIFICATION_TYPE {
+            properties["challenge"] = json!({"type": "string", "description": "Echo it: {\"challenge\": \"<same>\"}"});
+        } else {
+            properties["sequence"] = json!({"type": "integer", "description": "The last event the digest covers."});
+        }
+        webhooks.insert(name.to_string(), json!({ "post": {
+            "summary": description,
+            "requestBody": { "content": { "application/json": { "schema": { "type": "object", "properties": properties } } } },
+            "responses": { "2XX": { "description": "Accepted by the subscriber." } } } }));
+    }
     for event_type in crate::events::event_types() {
         let object = event_type.split('.').next().unwrap_or_default().to_string();
         webhooks.insert(
@@ -271,6 +285,8 @@ fn add_webhook_paths(paths: &mut Map<String, Value>, schemas: &mut Map<String, V
             "secret": {"type": "string", "description": "whsec_... (hmac-sha256) or whsk_... (ed25519); returned only at creation and rotation"},
             "signing": {"type": "string", "enum": ["hmac-sha256", "ed25519"]},
             "public_key": {"type": "string", "description": "whpk_... for ed25519 subscriptions"},
+            "previous_public_key": {"type": "string", "description": "During an ed25519 rotation's grace period: the old key's public half, which still signs"},
+            "previous_secret_expires_at": {"type": "string", "format": "date-time", "description": "During a rotation's grace period: when the previous secret stops signing"},
             "max_concurrency": {"type": "integer", "minimum": 1, "maximum": 100},
             "rate_limit_per_second": {"type": ["integer", "null"]},
             "ordered": {"type": "boolean"},
@@ -280,6 +296,9 @@ fn add_webhook_paths(paths: &mut Map<String, Value>, schemas: &mut Map<String, V
             "status": {"type": "string", "enum": ["pending", "active", "failing", "disabled"]},
             "last_success_at": {"type": ["string", "null"]}, "last_failure_at": {"type": ["string", "null"]},
             "consecutive_failures": {"type": "integer"}, "disabled_reason": {"type": ["string", "null"]},
+            "next_digest_at": {"type": ["string", "null"], "description": "When a digest subscription next fires"},
+            "verified_at": {"type": ["string", "null"], "description": "When the target echoed the verification challenge (verify: true)"},
+            "verification_error": {"type": ["string", "null"], "description": "Why the last verification failed; null once verified"},
             "created_at": {"type": "string"}, "updated_at": {"type": "string"} },
             "required": ["url"] }),
     );

@@ -283,6 +283,10 @@ fn output(sub: &Subscription, secret: Option<&str>) -> Value {
         if let Some(previous) = crate::webhook::worker::previous_ed25519_key(sub) {
             map.insert("previous_public_key".into(), Value::String(previous.public_key().to_string()));
         }
+        // Until when the previous secret still signs: receivers that have not switched yet know their deadline.
+        if crate::webhook::worker::in_grace(sub) {
+            map.insert("previous_secret_expires_at".into(), json!(sub.previous_secret_until));
+        }
     }
     value
 }
@@ -503,18 +507,11 @@ async fn rotate(
     sub.previous_secret = Some(std::mem::replace(&mut sub.secret, new_secret));
     sub.previous_secret_until = Some(crate::store::timestamp_text(until));
     state.db.update_subscription(&sub, false, &state.config.public_url()).await?;
-    if sub.signing == "ed25519" {
-        sqlx_update_public_key(&state, &sub).await?;
-    }
     let secret = sub.secret.clone();
     let mut out = output(&sub, Some(&secret));
+    // A grace of 0 s ends at once; the answer still says when.
     out["previous_secret_expires_at"] = json!(sub.previous_secret_until);
     Ok(Json(out))
-}
-
-async fn sqlx_update_public_key(state: &AppState, sub: &Subscription) -> Result<(), ApiError> {
-    state.db.set_public_key(&sub.id, sub.public_key.as_deref()).await?;
-    Ok(())
 }
 
 async fn replay(

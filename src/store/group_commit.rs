@@ -160,7 +160,13 @@ async fn run(db: Db, rx: Arc<Mutex<mpsc::Receiver<Work>>>) {
         // PostgreSQL dispatches at commit too (SQLite only on the committer's own connection, whose snapshot
         // of subscriptions is taken under the write lock).
         let dispatch = if db.backend == Backend::Postgres { db.commit_dispatch() } else { None };
-        commit_jobs(&db, &mut Opener::Pool(dispatch), jobs, records).await;
+        let mut opener = Opener::Pool(dispatch);
+        let group = std::panic::AssertUnwindSafe(commit_jobs(&db, &mut opener, jobs, records));
+        // As on the SQLite thread: a bug in one group fails that group's callers (their reply channels are
+        // dropped; the transaction rolls back when the pool takes its connection back), not the committer.
+        if futures::FutureExt::catch_unwind(group).await.is_err() {
+            tracing::error!("a group commit panicked; its writes were not applied");
+        }
     }
 }
 
@@ -328,6 +334,8 @@ impl Tx<'_> {
     /// Applies the search-index changes the transaction queued, then commits it.
     async fn commit(mut self, db: &Db) -> sqlx::Result<()> {
         super::write::apply_queued_search(&mut self.conn(), db.backend).await?;
+        #[cfg(test)]
+        tests::maybe_panic(db);
         match self {
             Tx::Pooled(tx, _guard, _) => tx.commit().await,
             Tx::Direct(tx, _) => tx.0.execute_batch("COMMIT").map_err(from_rusqlite),
@@ -633,4 +641,73 @@ async fn record_alone(
         opener.forget_dispatch();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use serde_json::json;
+
+    use super::super::write::{Op, WriteError, WriteOptions};
+    use super::Db;
+    use crate::hsds::catalog::table;
+    use crate::hsds::document;
+
+    /// The instances whose next commit panics (instances are per store, so tests running beside are spared).
+    static PANIC_AT_NEXT_COMMIT: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+    pub(super) fn maybe_panic(db: &Db) {
+        let mut targets = PANIC_AT_NEXT_COMMIT.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(at) = targets.iter().position(|id| id == db.instance_id()) {
+            targets.remove(at);
+            drop(targets);
+            panic!("a bug in a group commit, injected by a test");
+        }
+    }
+
+    fn organization(id: &str, name: &str) -> Vec<Op> {
+        let organization = table("organization").expect("organization");
+        let body = json!({"id": id, "name": name, "description": "d"});
+        let flat = document::flatten(organization, &body, "").expect("a valid organization");
+        flat.rows.into_iter().map(|r| Op::Upsert { table: r.table, row: r.row, pointer: r.pointer }).collect()
+    }
+
+    /// A panic inside a group commit fails that group's writes, as a store fault, and leaves nothing of them;
+    /// the committer goes on with the next write (on SQLite its own thread, on PostgreSQL a pooled task).
+    async fn a_panicking_group_fails_alone(database_url: &str) {
+        let db = Db::connect(database_url).await.expect("connect");
+        let (lost, kept) = ("00000000-0000-4000-8000-0000000000a1", "00000000-0000-4000-8000-0000000000a2");
+        // More panics than PostgreSQL has committers: each must survive its own.
+        for _ in 0..5 {
+            PANIC_AT_NEXT_COMMIT.lock().unwrap().push(db.instance_id().to_string());
+            let failed = db.apply(organization(lost, "Lost"), WriteOptions::default()).await;
+            assert!(matches!(failed, Err(WriteError::Database(_))), "{failed:?}");
+        }
+        let before = db.last_sequence().await.expect("sequence");
+        let done = db.apply(organization(kept, "Kept"), WriteOptions::default()).await.expect("the next write");
+        let organization = table("organization").unwrap();
+        assert!(db.get(organization, lost).await.unwrap().is_none(), "nothing of the panicked write");
+        assert_eq!(db.get(organization, kept).await.unwrap().expect("kept")["name"], "Kept");
+        assert_eq!(before, 0, "no events from the panicked writes");
+        assert_eq!(done.first_sequence, Some(1), "the sequence stays gap-free");
+        db.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_group_fails_alone_sqlite() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        a_panicking_group_fails_alone(&format!("sqlite://{}", dir.path().join("panic.db").display())).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_group_fails_alone_postgres() {
+        let Ok(admin_url) = std::env::var("HSDA_TEST_POSTGRES_URL") else { return };
+        let name = format!("hsda_test_{}", uuid::Uuid::new_v4().simple());
+        let admin = sqlx::PgPool::connect(&admin_url).await.expect("PostgreSQL");
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await.expect("create database");
+        let (base, _) = admin_url.rsplit_once('/').expect("a database in the URL");
+        a_panicking_group_fails_alone(&format!("{base}/{name}")).await;
+        let _ = sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)")).execute(&admin).await;
+    }
 }

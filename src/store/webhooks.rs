@@ -483,7 +483,8 @@ impl Db {
              secret = $7, previous_secret = $8, previous_secret_until = $9, max_concurrency = $10, \
              rate_limit_per_second = $11, ordered = $12, headers = $13, metadata = $14, status = $15, \
              disabled_reason = $16, consecutive_failures = $17, failing_since = $18, updated_at = $19, \
-             disabled_at = $21, verified_at = CASE WHEN $22 THEN NULL ELSE verified_at END WHERE id = $20",
+             disabled_at = $21, verified_at = CASE WHEN $22 THEN NULL ELSE verified_at END, public_key = $23 \
+             WHERE id = $20",
         )
         .bind(&s.url)
         .bind(json_text(&s.events))
@@ -512,6 +513,8 @@ impl Db {
             _ => None,
         })
         .bind(url_changed && s.verify)
+        // An ed25519 rotation changes the shown public key together with the private one.
+        .bind(&s.public_key)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -1267,16 +1270,6 @@ async fn insert_delivery(
 }
 
 impl Db {
-    pub async fn set_public_key(&self, id: &str, public_key: Option<&str>) -> sqlx::Result<()> {
-        sqlx::query("UPDATE subscriptions SET public_key = $1 WHERE id = $2")
-            .bind(public_key)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        self.subscriptions_changed();
-        Ok(())
-    }
-
     /// Queues deliveries of the events that occurred since `since` and that `sub` wants (after re-enabling).
     pub async fn queue_missed(&self, sub: &Subscription, since: &str, public_url: &str) -> sqlx::Result<usize> {
         if sub.schedule.is_some() {

@@ -676,7 +676,8 @@ pub fn previous_ed25519_key(sub: &Subscription) -> Option<Ed25519SigningKey> {
     Ed25519SigningKey::parse(sub.previous_secret.as_deref()?).ok()
 }
 
-fn in_grace(sub: &Subscription) -> bool {
+/// Whether a rotated-out secret still signs (its grace period has not ended).
+pub fn in_grace(sub: &Subscription) -> bool {
     sub.previous_secret_until.as_deref().is_some_and(|until| until > now_text().as_str())
 }
 

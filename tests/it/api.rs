@@ -57,7 +57,17 @@ store_test!(metadata_openapi_and_cors, |app| async move {
     let catalog = app.get_json("/event-types").await;
     let types: Vec<&str> =
         catalog["event_types"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
-    assert_eq!(types.len(), TABLES.len() * 3 + hsda::events::OPERATIONAL.len(), "HSDS and operational types");
+    assert_eq!(
+        types.len(),
+        TABLES.len() * 3 + hsda::events::OPERATIONAL.len() + hsda::events::SYSTEM_MESSAGES.len(),
+        "HSDS and operational types, and the digest and verification messages"
+    );
+    for entry in catalog["event_types"].as_array().unwrap() {
+        let name = entry["name"].as_str().unwrap();
+        let system = matches!(name, "webhook.digest" | "webhook.verification");
+        assert_eq!(entry["subscribable"], !system, "{name}");
+        assert!(entry["schema"]["type"] == "object", "{name} has a payload schema");
+    }
     let webhooks = doc["webhooks"].as_object().expect("webhooks key");
     for t in &types {
         assert!(webhooks.contains_key(*t), "webhooks lists {t}");

@@ -134,8 +134,13 @@ async fn receiver_chaos(store: Store) {
         ms(p99b) / ms(p99a).max(0.001),
     );
     assert!(peak > 0 && peak < RSS_LIMIT_KIB, "hsda's resident memory peaked at {peak} KiB");
-    // Loose on a shared CI machine: chaos may cost some latency, never seconds.
-    assert!(p99b < p99a * 5 + Duration::from_millis(500), "healthy p99 {p99b:?} beside chaos, {p99a:?} alone");
+    // Loose on a shared CI machine: chaos may cost some latency, never the chaos targets' seconds. The median
+    // carries the claim: a healthy delivery queued behind a hanging one would wait out its 1 s timeout, and
+    // that is systematic. The p99 of 20 samples is their maximum, which one stall of the machine (the rest of
+    // the suite runs beside this test) can push past any tight bound: it only has to stay short of waiting
+    // behind a chaos target's whole schedule of attempts.
+    assert!(p50b < p50a * 5 + Duration::from_millis(250), "healthy p50 {p50b:?} beside chaos, {p50a:?} alone");
+    assert!(p99b < TIMEOUT * 3, "healthy p99 {p99b:?} beside chaos, {p99a:?} alone");
     server.stop().await;
 }
 

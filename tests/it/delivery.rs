@@ -599,6 +599,8 @@ both_stores!(an_ed25519_rotation_signs_with_both_keys_during_the_grace_period, |
     let new = shown["public_key"].as_str().unwrap().to_string();
     assert_ne!(new, old, "a new key pair");
     assert_eq!(shown["previous_public_key"], old.as_str(), "the old public key stays retrievable meanwhile");
+    let deadline = shown["previous_secret_expires_at"].as_str().expect("the grace period's end is shown");
+    assert!(deadline > shown["updated_at"].as_str().unwrap(), "{shown}");
 
     let r = app.post_as(&app.subscribe_key, &format!("/webhooks/{id}/test"), Some(&json!({}))).await;
     assert_eq!(r.status(), 200);
@@ -631,6 +633,7 @@ both_stores!(an_ed25519_rotation_signs_with_both_keys_during_the_grace_period, |
     assert_eq!(r.status(), 200);
     let shown = app.get_as(&app.subscribe_key, &format!("/webhooks/{id}")).await;
     assert!(shown.get("previous_public_key").is_none(), "{shown}");
+    assert!(shown.get("previous_secret_expires_at").is_none(), "{shown}");
     let r = app.post_as(&app.subscribe_key, &format!("/webhooks/{id}/test"), Some(&json!({}))).await;
     assert_eq!(r.status(), 200);
     let got = rx.wait_for("the second test delivery", |r| r.len() >= 3).await;
@@ -675,3 +678,45 @@ both_stores!(
         assert_eq!((enabled.status.as_str(), enabled.consecutive_failures), ("active", 0));
     }
 );
+
+both_stores!(a_delivery_of_a_subscription_the_worker_has_not_seen_is_sent, |_| {}, |app| async move {
+    // Another process (here: SQL beside the server) adds a subscription and a delivery for it. The worker's
+    // subscription snapshot predates both: claiming the delivery must make it read the subscriptions again,
+    // not drop the delivery (on SQLite nothing else would ever refresh that snapshot).
+    let rx = Receiver::start().await;
+    let warm = subscribe(&app, json!({"url": rx.url, "events": ["webhook.ping"]})).await;
+    assert_eq!(warm["status"], "active");
+    rx.wait_for("the first ping, after which the worker has a snapshot", |r| !r.is_empty()).await;
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&app.database_url).await.unwrap();
+    let now = hsda::store::timestamp_text(chrono::Utc::now());
+    sqlx::query(
+        "INSERT INTO subscriptions (id, tenant, url, events, payload, filter, secret, signing, max_concurrency, \
+             headers, metadata, status, created_at, updated_at) \
+             VALUES ('sub_from_elsewhere', 'acme', $1, '[\"*\"]', 'full', '{}', $2, 'hmac-sha256', 10, \
+             '{}', '{}', 'active', $3, $3)",
+    )
+    .bind(&rx.url)
+    .bind(secret)
+    .bind(&now)
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO deliveries (id, subscription_id, tenant, event_id, event_sequence, event_type, object_id, \
+             body, status, next_attempt_at, created_at, updated_at) \
+             VALUES ('msg_from_elsewhere', 'sub_from_elsewhere', 'acme', 'evt_elsewhere', 0, 'organization.created', \
+             'o', '{\"type\":\"organization.created\"}', 'pending', $1, $1, $1)",
+    )
+    .bind(&now)
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    let got = rx.wait_for("the delivery added beside the server", |r| r.len() >= 2).await;
+    let sent = got.iter().find(|r| r.header("webhook-id") == "msg_from_elsewhere").expect("msg_from_elsewhere");
+    assert!(sent.verify(secret), "signed with the subscription's secret, as read from the store");
+    let shown = app.get_as(&app.admin_key, "/deliveries/msg_from_elsewhere").await;
+    assert_eq!(shown["status"], "succeeded", "{shown}");
+});

@@ -34,6 +34,17 @@ async fn only_challenges_arrive(rx: &Receiver, when: &str) {
     assert!(types.iter().all(|t| t == "webhook.verification"), "nothing but challenges {when}: {types:?}");
 }
 
+/// Asserts that a message's `data` matches the schema `/event-types` publishes for its type.
+async fn assert_data_as_published(app: &TestApp, message: &Value) {
+    let name = message["type"].as_str().unwrap();
+    let catalog = app.get_json("/event-types").await;
+    let entry = catalog["event_types"].as_array().unwrap().iter().find(|t| t["name"] == name).cloned();
+    let schema = entry.unwrap_or_else(|| panic!("{name} is in the catalog"))["schema"].clone();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let errors: Vec<String> = validator.iter_errors(&message["data"]).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{name} as published: {errors:?} in {message}");
+}
+
 async fn put_org(app: &TestApp, id: &str, name: &str) {
     app.put_ok(&format!("/organizations/{id}"), &json!({"id": id, "name": name, "description": "helps"})).await;
 }
@@ -400,6 +411,7 @@ webhook_test!(verify_holds_a_subscription_until_the_target_echoes_the_challenge,
     let challenge = &Receiver::of_type(&got, "webhook.verification")[0];
     assert!(challenge.verify(&secret), "the challenge is signed like any delivery");
     assert!(challenge.json()["challenge"].as_str().unwrap().len() >= 32);
+    assert_data_as_published(&app, &challenge.json()).await;
 
     // A wrong echo leaves it pending, with the reason shown.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -542,6 +554,7 @@ webhook_test!(a_digest_subscription_gets_one_delivery_per_period_and_nothing_whe
         let data = &body["data"];
         assert!(data["since"].as_str().unwrap() < data["until"].as_str().unwrap(), "{body}");
         assert!(body["timestamp"].is_string());
+        assert_data_as_published(&app, &body).await;
         events.extend(data["events"].as_array().unwrap().iter().cloned());
     }
     let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
