@@ -1,5 +1,6 @@
 //! `hsda export`: the directory as a tabular data package (every table, one CSV each) or as NDJSON of the
-//! compiled documents (organizations, locations, then services with everything they nest).
+//! compiled documents (taxonomies and their terms, which no root document holds whole, then organizations,
+//! locations, and services with everything they nest).
 
 use std::io::Write;
 use std::path::Path;
@@ -32,7 +33,7 @@ pub async fn export_ndjson(db: &Db, out: &Path) -> anyhow::Result<String> {
     let mut count = 0usize;
     // Organizations (without their service list) and locations first, so that a re-import finds every
     // referenced row before the services that point at them.
-    for name in ["organization", "location", "service"] {
+    for name in ["taxonomy", "taxonomy_term", "organization", "location", "service"] {
         let Some(t) = table(name) else { continue };
         let mut stream = std::pin::pin!(db.stream(t, ListQuery::default(), true));
         while let Some(listed) = stream.next().await {

@@ -62,7 +62,34 @@ pub fn read_path(path: &Path) -> anyhow::Result<LabelledRows> {
     Ok(rows)
 }
 
-/// Guesses the HSDS object of a compiled JSON document by its fields.
+/// Fields only an organization has (of those that share `id`, `name`, `description` and `uri` with it).
+const ORGANIZATION_ONLY: [&str; 17] = [
+    "alternate_name",
+    "email",
+    "website",
+    "additional_websites",
+    "tax_status",
+    "tax_id",
+    "year_incorporated",
+    "legal_status",
+    "logo",
+    "parent_organization_id",
+    "funding",
+    "contacts",
+    "phones",
+    "locations",
+    "programs",
+    "organization_identifiers",
+    "attributes",
+];
+
+/// Fields only a taxonomy term has.
+const TERM_ONLY: [&str; 7] =
+    ["code", "parent_id", "taxonomy", "taxonomy_detail", "language", "taxonomy_id", "term_uri"];
+
+/// Guesses the HSDS object of a compiled JSON document by its fields. A document with nothing but `id`,
+/// `name` and `description` reads as an organization (hsda's own exports always give organizations their
+/// lists, and terms their taxonomy).
 fn document_table(doc: &Value) -> Option<&'static Table> {
     let has = |k: &str| doc.get(k).is_some();
     let name = if has("status") || has("service_at_locations") {
@@ -71,6 +98,10 @@ fn document_table(doc: &Value) -> Option<&'static Table> {
         "location"
     } else if has("service_id") && has("location_id") {
         "service_at_location"
+    } else if TERM_ONLY.iter().any(|k| has(k)) {
+        "taxonomy_term"
+    } else if (has("version") || has("uri")) && !ORGANIZATION_ONLY.iter().any(|k| has(k)) {
+        "taxonomy"
     } else if has("name") && has("description") {
         "organization"
     } else {

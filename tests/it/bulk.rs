@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use hsda::bulk::export::{export_datapackage, export_ndjson};
 use hsda::bulk::import::{ImportOptions, import_path};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::helpers::{Store, TestApp, hsds_dir};
 use crate::store_test;
@@ -180,7 +180,48 @@ store_test!(ndjson_export_reimports_to_the_same_documents, |app| async move {
         fresh.get_json(&format!("/organizations/{ORG}")).await,
         app.get_json(&format!("/organizations/{ORG}")).await
     );
+    // Taxonomies and their terms travel too, though no root document holds them whole.
+    for list in ["/taxonomies?per_page=1000", "/taxonomy_terms?per_page=1000"] {
+        let original = app.get_json(list).await;
+        assert!(original["total_items"].as_u64().unwrap() > 0, "the example has {list}");
+        assert_eq!(fresh.get_json(list).await, original, "{list}");
+    }
 });
+
+#[test]
+fn hsda_exports_of_terms_and_taxonomies_read_back_as_such() {
+    // What `hsda export --format ndjson` writes for each kind, down to the fewest fields each may have.
+    let cases = [
+        (
+            json!({"id": "00000000-0000-4000-8000-0000000000f1", "name": "n", "description": "d", "code": "C1"}),
+            "taxonomy_term",
+        ),
+        (
+            json!({"id": "00000000-0000-4000-8000-0000000000f1", "name": "n", "description": "d", "taxonomy_id": "00000000-0000-4000-8000-0000000000f3"}),
+            "taxonomy_term",
+        ),
+        (
+            json!({"id": "00000000-0000-4000-8000-0000000000f1", "name": "n", "description": "d", "uri": "https://t.example"}),
+            "taxonomy",
+        ),
+        (
+            json!({"id": "00000000-0000-4000-8000-0000000000f1", "name": "n", "description": "d", "version": "1"}),
+            "taxonomy",
+        ),
+        (
+            json!({"id": "00000000-0000-4000-8000-0000000000f2", "name": "n", "description": "d", "uri": "https://o.example", "funding": []}),
+            "organization",
+        ),
+        (json!({"id": "00000000-0000-4000-8000-0000000000f2", "name": "n", "description": "d"}), "organization"),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    for (doc, expected) in cases {
+        let file = dir.path().join("one.ndjson");
+        std::fs::write(&file, format!("{doc}\n")).unwrap();
+        let rows = hsda::bulk::import::read_path(&file).expect("reads");
+        assert_eq!(rows[0].0.name, expected, "{doc}");
+    }
+}
 
 store_test!(strict_references_refuse_what_lenient_imports_warn_about, |app| async move {
     let Some(example) = example() else { return };
