@@ -56,13 +56,13 @@ pub fn catalog() -> Value {
         for action in ACTIONS {
             let schema = if action == "deleted" { tombstone_schema() } else { object_schema(t, 2) };
             let description = match action {
-                "created" => format!("A {} was created; data is the new object.", t.name),
+                "created" => format!("{} was created; data is the new object.", a_or_an(t.name)),
                 "updated" if t.is_root() => format!(
-                    "A {} or something it embeds changed; data is the whole document right after the change.",
-                    t.name
+                    "{} or something it embeds changed; data is the whole document right after the change.",
+                    a_or_an(t.name)
                 ),
-                "updated" => format!("A {} changed; data is the object right after the change.", t.name),
-                _ => format!("A {} was deleted; data is a tombstone with its id.", t.name),
+                "updated" => format!("{} changed; data is the object right after the change.", a_or_an(t.name)),
+                _ => format!("{} was deleted; data is a tombstone with its id.", a_or_an(t.name)),
             };
             out.push(json!({
                 "name": format!("{}.{action}", t.name),
@@ -131,6 +131,13 @@ pub fn system_message_data_schema(name: &str) -> Value {
     }
 }
 
+/// "An accessibility", "A service", "A unit": the article a table's name takes (the one `u` among them
+/// sounds like "you").
+fn a_or_an(name: &str) -> String {
+    let article = if name.starts_with(['a', 'e', 'i', 'o']) { "An" } else { "A" };
+    format!("{article} {name}")
+}
+
 /// The payload of operational events: the subscription's id, target, status and latest error.
 pub fn operational_schema() -> Value {
     json!({
@@ -159,5 +166,18 @@ mod tests {
         assert!(is_known_pattern("webhook.disabled"));
         assert!(is_known_pattern("webhook.*"));
         assert_eq!(event_types().len(), 72);
+    }
+
+    #[test]
+    fn descriptions_read_as_english() {
+        let catalog = catalog();
+        let description = |name: &str| {
+            let types = catalog["event_types"].as_array().unwrap();
+            types.iter().find(|t| t["name"] == name).unwrap()["description"].as_str().unwrap().to_string()
+        };
+        assert!(description("accessibility.created").starts_with("An accessibility was"));
+        assert!(description("organization.deleted").starts_with("An organization was"));
+        assert!(description("unit.updated").starts_with("A unit changed"));
+        assert!(description("service.updated").starts_with("A service or something it embeds"));
     }
 }

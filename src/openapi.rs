@@ -158,8 +158,9 @@ pub fn document(server: &str) -> Value {
             "type": "object", "properties": { "version": {"type": "string"}, "profile": {"type": "string"}, "openapi_url": {"type": "string"} } } } } } } } }));
     paths.insert("/events".into(), json!({ "get": { "operationId": "listEvents", "summary": "The event feed, oldest first",
         "parameters": [ param("after", json!({"type": "integer", "minimum": 0}), "Only events with a greater sequence."),
-                        param("types", json!({"type": "string"}), "Comma-separated types or patterns (service.*, *)."),
+                        param("types", json!({"type": "string"}), "Comma-separated types or patterns (service.*, *); may be repeated."),
                         param("limit", json!({"type": "integer", "minimum": 1, "maximum": 1000}), "At most this many (default 100).") ],
+        "description": "Sequence numbers have no gaps. An operational `webhook.*` event of another tenant (visible only to its own tenant's keys and to admins) appears in its place as `{\"sequence\", \"type\": \"webhook.redacted\", \"object\": \"webhook\"}` (every other field null), so a reader can tell the log has no gaps; a `types` filter leaves out what it does not match.",
         "responses": { "200": { "description": "Events and the cursor to continue from.", "content": { "application/json": { "schema": {
             "type": "object", "properties": { "events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}}, "next_after": {"type": "integer"} } } } } },
             "400": problem_response("A parameter is invalid.") } } }));
@@ -175,11 +176,12 @@ pub fn document(server: &str) -> Value {
     paths.insert(
         "/webhooks/{id}/verify".into(),
         json!({ "post": { "operationId": "verifyWebhook", "summary": "Send a pending subscription its verification challenge now",
-        "description": "A subscription created with `verify: true` starts `pending`: its events (the `webhook.ping` first) are \
+        "description": "A subscription created with `verify: true` starts `pending`: its events (the `webhook.ping` among them) are \
             held, not dropped, until the target proves it wants them. hsda POSTs, signed like any delivery, \
             `{\"id\", \"type\": \"webhook.verification\", \"timestamp\", \"challenge\": \"<random>\", \"data\": {\"id\", \"url\", \"challenge\"}}`; \
             the target must answer 2xx with the JSON body `{\"challenge\": \"<the same value>\"}`. On success the subscription \
-            becomes `active` and the held deliveries flow; otherwise it stays `pending` with `verification_error` and \
+            becomes `active` and the held deliveries flow (in sequence order only for `ordered: true` subscriptions; \
+            otherwise up to `max_concurrency` at once, so the ping may arrive after a held event); otherwise it stays `pending` with `verification_error` and \
             `last_failure_at` set. The worker sends the first challenge at creation (and again when the URL changes); \
             this endpoint retries it and answers with the subscription plus `verification: {success, error}`.",
         "security": [{"bearer": []}],
@@ -309,7 +311,7 @@ fn add_webhook_paths(paths: &mut Map<String, Value>, schemas: &mut Map<String, V
             "subscription_id": {"type": "string"}, "event_id": {"type": "string"}, "event_sequence": {"type": "integer"},
             "event_type": {"type": "string"}, "object_id": {"type": "string"},
             "status": {"type": "string", "enum": ["pending", "retrying", "succeeded", "failed"]},
-            "attempts": {"type": "integer"}, "next_attempt_at": {"type": ["string", "null"]},
+            "attempts": {"type": "integer"}, "next_attempt_at": {"type": ["string", "null"], "description": "When the next attempt is due: the retry schedule's next step (jittered), or a 429/503's Retry-After (seconds or HTTP date), capped at 24 hours"},
             "last_status_code": {"type": ["integer", "null"]}, "last_error": {"type": ["string", "null"]},
             "created_at": {"type": "string"}, "updated_at": {"type": "string"},
             "attempts_log": {"description": "GET /deliveries/{id} adds attempts[]: at, status_code, duration_ms, error, error_class, response_body"} } }),
@@ -344,7 +346,8 @@ fn add_webhook_paths(paths: &mut Map<String, Value>, schemas: &mut Map<String, V
             "/webhooks/{id}/rotate-secret",
             "rotateWebhookSecret",
             "New secret; the old one also signs until the grace period ends",
-            json!({"grace_seconds": {"type": "integer", "default": 86400}}),
+            json!({"grace_seconds": {"type": "integer", "default": 86400, "minimum": 0, "maximum": 604800},
+                   "secret": {"type": "string", "description": "The new secret, in the form creation takes (whsec_... or whsk_...); generated if absent"}}),
         ),
         (
             "/webhooks/{id}/replay",
@@ -360,8 +363,8 @@ fn add_webhook_paths(paths: &mut Map<String, Value>, schemas: &mut Map<String, V
         ),
     ] {
         paths.insert(path.into(), json!({ "parameters": id_param, "post": { "operationId": op, "summary": summary, "tags": ["webhooks"], "security": security,
-            "requestBody": { "content": { "application/json": { "schema": { "type": "object", "properties": body } } } },
-            "responses": { "200": {"description": "Done."}, "202": {"description": "Queued."}, "404": not_found } } }));
+            "requestBody": { "content": { "application/json": { "schema": { "type": "object", "properties": body, "additionalProperties": false } } } },
+            "responses": { "200": {"description": "Done."}, "202": {"description": "Queued."}, "404": not_found, "422": problem_response("A field is invalid or unknown.") } } }));
     }
     paths.insert("/webhooks/{id}/deliveries".into(), json!({ "parameters": id_param, "get": { "operationId": "listDeliveries", "tags": ["webhooks"], "security": security,
         "summary": "Delivery history, newest first",

@@ -31,11 +31,36 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/events", get(feed)).route("/events/{id}", get(one))
 }
 
+/// The stand-in for an event the caller may not see (another tenant's `webhook.*` event): its place in the
+/// log and nothing else (not even its id), so that a reader can still tell the sequence has no gaps.
+pub const REDACTED_TYPE: &str = "webhook.redacted";
+
+fn redacted(event: &Event) -> Value {
+    json!({
+        "id": null, "sequence": event.sequence, "type": REDACTED_TYPE, "occurred_at": null,
+        "object": "webhook", "object_id": null, "origin": null, "data": null,
+    })
+}
+
 async fn feed(
     State(state): State<AppState>,
-    Query(params): Query<HashMap<String, String>>,
+    Query(pairs): Query<Vec<(String, String)>>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
+    // `types` may be repeated (`types=a&types=b`) as well as comma-separated; the other parameters are single.
+    let mut params: HashMap<String, String> = HashMap::new();
+    for (key, value) in pairs {
+        match params.get_mut(&key) {
+            Some(types) if key == "types" => {
+                types.push(',');
+                types.push_str(&value);
+            }
+            Some(_) => return Err(ApiError::parameter(&key, "may be given only once")),
+            None => {
+                params.insert(key, value);
+            }
+        }
+    }
     let viewer = state.check_read_access(&headers).await?;
     let after = match params.get("after") {
         None => 0,
@@ -64,7 +89,10 @@ async fn feed(
     }
     let events = state.db.events_after(after, &TypeFilter(types), limit).await?;
     let next_after = events.last().map(|e| e.sequence).unwrap_or(after);
-    let events: Vec<Event> = events.into_iter().filter(|e| visible(e, viewer.as_ref())).collect();
+    let events: Vec<Value> = events
+        .iter()
+        .map(|e| if visible(e, viewer.as_ref()) { serde_json::to_value(e).unwrap_or(Value::Null) } else { redacted(e) })
+        .collect();
     Ok(Json(json!({ "events": events, "next_after": next_after })))
 }
 

@@ -298,6 +298,23 @@ async fn owned(state: &AppState, caller: &Principal, id: &str) -> Result<Subscri
     }
 }
 
+/// Refuses fields an action does not know (a typo must not be ignored silently), naming the first.
+fn known_fields(body: &Value, fields: &[&str]) -> Result<(), ApiError> {
+    match body.as_object().and_then(|map| map.keys().find(|k| !fields.contains(&k.as_str()))) {
+        Some(unknown) => Err(ApiError::invalid(format!("/{unknown}"), "unknown field")),
+        None => Ok(()),
+    }
+}
+
+/// An optional boolean field (absent or null: `false`).
+fn flag(body: &Value, name: &str) -> Result<bool, ApiError> {
+    match body.get(name) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(ApiError::invalid(format!("/{name}"), "must be true or false")),
+    }
+}
+
 /// A JSON object body that may be absent (empty means `{}`).
 fn optional_json(bytes: &[u8]) -> Result<Value, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -383,7 +400,9 @@ async fn create(State(state): State<AppState>, caller: Caller, JsonBody(body): J
     state.db.queue_delivery(&sub, &ping, &state.config.public_url()).await?;
     let secret = sub.secret.clone();
     let stored = state.db.subscription(&sub.id).await?.unwrap_or(sub);
-    Ok((StatusCode::CREATED, Json(output(&stored, Some(&secret)))).into_response())
+    let location = format!("/webhooks/{}", stored.id);
+    Ok((StatusCode::CREATED, [(axum::http::header::LOCATION, location)], Json(output(&stored, Some(&secret))))
+        .into_response())
 }
 
 /// An event that is sent but never written to the event log (pings, tests): sequence 0, a prefixed id.
@@ -487,6 +506,7 @@ async fn rotate(
     let principal = caller.require(&[Scope::Subscribe])?;
     let mut sub = owned(&state, principal, &id).await?;
     let body = optional_json(&body)?;
+    known_fields(&body, &["grace_seconds", "secret"])?;
     let grace = match body.get("grace_seconds") {
         None | Some(Value::Null) => 86_400,
         Some(v) => v
@@ -496,12 +516,25 @@ async fn rotate(
     };
     // Both keys sign until the grace period ends (`v1a,` signatures by the old and the new private key), so
     // receivers can switch to the new public key whenever they like within it.
+    // The new secret may be the caller's own (in the form creation takes), or is generated.
+    let chosen = match body.get("secret") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.as_str()),
+        Some(_) => return Err(ApiError::invalid("/secret", "must be a string")),
+    };
     let new_secret = if sub.signing == "ed25519" {
-        let key = Ed25519SigningKey::generate();
+        let key = match chosen {
+            Some(s) => Ed25519SigningKey::parse(s).map_err(|e| ApiError::invalid("/secret", e.to_string()))?,
+            None => Ed25519SigningKey::generate(),
+        };
         sub.public_key = Some(key.public_key().to_string());
         key.expose()
     } else {
-        WebhookSecret::generate().expose()
+        match chosen {
+            Some(s) => WebhookSecret::parse(s).map_err(|e| ApiError::invalid("/secret", e.to_string()))?,
+            None => WebhookSecret::generate(),
+        }
+        .expose()
     };
     let until = chrono::Utc::now() + chrono::Duration::seconds(grace);
     sub.previous_secret = Some(std::mem::replace(&mut sub.secret, new_secret));
@@ -522,6 +555,7 @@ async fn replay(
 ) -> Result<Response, ApiError> {
     let principal = caller.require(&[Scope::Subscribe])?;
     let sub = owned(&state, principal, &id).await?;
+    known_fields(&body, &["since", "until", "only_failed"])?;
     let since = match body.get("since").and_then(Value::as_str) {
         Some(s) => {
             parse_timestamp("since", s).map_err(|_| ApiError::invalid("/since", "must be an RFC 3339 date-time"))?
@@ -534,7 +568,7 @@ async fn replay(
         }
         None => now_text(),
     };
-    let only_failed = body.get("only_failed").and_then(Value::as_bool).unwrap_or(false);
+    let only_failed = flag(&body, "only_failed")?;
     let requeued = state.db.replay(&sub.id, &since, &until, only_failed).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "requeued": requeued }))).into_response())
 }
@@ -547,7 +581,9 @@ async fn enable(
 ) -> Result<Json<Value>, ApiError> {
     let principal = caller.require(&[Scope::Subscribe])?;
     let mut sub = owned(&state, principal, &id).await?;
-    let replay_missed = optional_json(&body)?.get("replay_missed").and_then(Value::as_bool).unwrap_or(false);
+    let body = optional_json(&body)?;
+    known_fields(&body, &["replay_missed"])?;
+    let replay_missed = flag(&body, "replay_missed")?;
     let disabled_at = sub.disabled_at.clone();
     if sub.status == "pending" {
         return Err(conflict("this subscription is awaiting verification: POST /webhooks/{id}/verify"));
@@ -609,6 +645,7 @@ async fn test(
         return Err(conflict("this subscription is awaiting verification: POST /webhooks/{id}/verify"));
     }
     let body = optional_json(&body)?;
+    known_fields(&body, &["event_type", "object_id"])?;
     let event_type = body.get("event_type").and_then(Value::as_str).unwrap_or("webhook.ping").to_string();
     if !(OPERATIONAL.contains(&event_type.as_str()) || crate::events::event_types().contains(&event_type)) {
         return Err(ApiError::invalid("/event_type", "is not a known event type"));

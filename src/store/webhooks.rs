@@ -517,6 +517,14 @@ impl Db {
         .bind(&s.public_key)
         .execute(&mut *tx)
         .await?;
+        if status_text == "disabled" && before.status != "disabled" {
+            sqlx::query(FAIL_OPEN_DELIVERIES)
+                .bind(FAILED_BY_DISABLE)
+                .bind(now_text())
+                .bind(&s.id)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         self.subscriptions_changed();
         self.notify_changed();
@@ -1139,10 +1147,24 @@ pub(crate) async fn record_in(
             ],
         )
         .await?;
+        // Disabled now, or already (an attempt that was in flight meanwhile may just have asked for a retry).
+        if status == "disabled" {
+            conn.execute(FAIL_OPEN_DELIVERIES, &[FAILED_BY_DISABLE.into(), (&now).into(), sub_id.into()]).await?;
+        }
     }
     let retries = applied.iter().any(|(_, record)| record.outcome != AttemptOutcome::Succeeded);
     Ok(Recorded { events, statuses_changed, retries })
 }
+
+/// Why a delivery failed that was still open when its subscription was disabled. `enable` with
+/// `replay_missed` reopens exactly these (with the events that occurred while disabled).
+pub const FAILED_BY_DISABLE: &str = "the subscription was disabled before this was delivered";
+
+/// Ends a disabled subscription's open deliveries as failed (nothing is sent to it any more; without this
+/// they would show `retrying`, due, for as long as it stays disabled). Leases go too: an attempt still in
+/// flight is kept in the history when it ends, but changes nothing.
+const FAIL_OPEN_DELIVERIES: &str = "UPDATE deliveries SET status = 'failed', last_error = $1, lease_until = NULL, \
+     updated_at = $2 WHERE subscription_id = $3 AND status IN ('pending', 'retrying')";
 
 /// Deliveries have stable ids derived from (subscription, event), so a replayed dispatch cannot duplicate.
 pub fn delivery_id(subscription_id: &str, event_id: &str) -> String {
@@ -1271,20 +1293,31 @@ async fn insert_delivery(
 
 impl Db {
     /// Queues deliveries of the events that occurred since `since` and that `sub` wants (after re-enabling).
+    /// The deliveries the disable ended ([`FAILED_BY_DISABLE`]) are reopened first.
     pub async fn queue_missed(&self, sub: &Subscription, since: &str, public_url: &str) -> sqlx::Result<usize> {
-        if sub.schedule.is_some() {
-            return Ok(0); // A digest resumes from its own cursor.
-        }
+        // A digest resumes from its own cursor: no events to queue, only what the disable ended.
+        let limit = if sub.schedule.is_some() { 0 } else { 100_000 };
         let rows = sqlx::query(
             "SELECT sequence, id, type, object, object_id, occurred_at, origin, data, facets FROM events \
-             WHERE occurred_at >= $1 ORDER BY sequence LIMIT 100000",
+             WHERE occurred_at >= $1 ORDER BY sequence LIMIT $2",
         )
         .bind(since)
+        .bind(limit)
         .fetch_all(&self.pool)
         .await?;
         let (mut tx, _guard) = self.begin_write().await?;
         let now = now_text();
-        let mut count = 0;
+        // What was still owed when the subscription was disabled goes out again first.
+        let reopened = sqlx::query(
+            "UPDATE deliveries SET status = 'retrying', next_attempt_at = $1, lease_until = NULL, updated_at = $1 \
+             WHERE subscription_id = $2 AND status = 'failed' AND last_error = $3",
+        )
+        .bind(&now)
+        .bind(&sub.id)
+        .bind(FAILED_BY_DISABLE)
+        .execute(&mut *tx)
+        .await?;
+        let mut count = reopened.rows_affected() as usize;
         let mut wanting = sub.clone();
         wanting.start_sequence = 0;
         for row in &rows {

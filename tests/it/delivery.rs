@@ -566,8 +566,17 @@ both_stores!(a_stopping_worker_gives_back_the_deliveries_waiting_in_its_lanes, |
     let created =
         hsda::store::webhooks::DeliveryQuery { event_type: Some("organization.created".into()), ..Default::default() };
     let sub_id = sub["id"].as_str().unwrap();
-    let (_, waiting) = app.db.deliveries(sub_id, &created, 1, 10).await.unwrap();
-    assert_eq!(waiting.iter().filter(|d| d.lease_until.is_some()).count(), 2, "leased, waiting: {waiting:?}");
+    // On PostgreSQL a write leaves its events to the worker's dispatcher when that holds the cursor: wait
+    // for both deliveries to be dispatched (well within the ping's 5 s).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let (_, waiting) = app.db.deliveries(sub_id, &created, 1, 10).await.unwrap();
+        if waiting.iter().filter(|d| d.lease_until.is_some()).count() == 2 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "leased, waiting: {waiting:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     app.stop().await;
     let db = hsda::store::Db::connect(&app.database_url).await.unwrap();
     let (_, after) = db.deliveries(sub_id, &created, 1, 10).await.unwrap();

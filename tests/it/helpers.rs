@@ -254,3 +254,14 @@ macro_rules! store_test {
         }
     };
 }
+
+/// Asserts a problem+json answer with `status` whose `errors[]` name `pointer`.
+pub async fn assert_problem_at(r: reqwest::Response, status: u16, pointer: &str) -> serde_json::Value {
+    assert_eq!(r.status(), status);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let problem: serde_json::Value = r.json().await.expect("problem json");
+    let pointers: Vec<&str> =
+        problem["errors"].as_array().into_iter().flatten().filter_map(|e| e["pointer"].as_str()).collect();
+    assert!(pointers.contains(&pointer), "{pointer} in {problem}");
+    problem
+}

@@ -76,9 +76,11 @@ webhook_test!(a_subscription_gets_a_ping_then_signed_events, |app| async move {
     let rx = Receiver::start().await;
     let r = subscribe(&app, &app.subscribe_key, json!({"url": rx.url, "events": ["organization.*"]})).await;
     assert_eq!(r.status(), 201);
+    let location = r.headers()["location"].to_str().unwrap().to_string();
     let sub: Value = r.json().await.unwrap();
     let id = sub["id"].as_str().unwrap().to_string();
     assert!(id.starts_with("sub_"));
+    assert_eq!(location, format!("/webhooks/{id}"));
     assert_eq!(sub["status"], "active");
     let secret = sub["secret"].as_str().unwrap().to_string();
     assert!(secret.starts_with("whsec_"));
@@ -234,6 +236,22 @@ webhook_test!(bad_subscriptions_are_422_naming_the_field_and_create_nothing, |ap
     }
     let list: Value = app.get_as(&app.subscribe_key, "/webhooks").await;
     assert_eq!(list["total_items"], 0);
+
+    // The actions on a subscription refuse what they do not know, too.
+    let rx = Receiver::start().await;
+    let sub: Value = subscribed(&app, json!({"url": rx.url, "events": ["organization.*"]})).await;
+    let id = sub["id"].as_str().unwrap();
+    let actions = [
+        ("replay", json!({"since": "2026-01-01T00:00:00Z", "only_faild": true}), "/only_faild"),
+        ("replay", json!({"since": "2026-01-01T00:00:00Z", "only_failed": "yes"}), "/only_failed"),
+        ("enable", json!({"replay": true}), "/replay"),
+        ("enable", json!({"replay_missed": 1}), "/replay_missed"),
+        ("test", json!({"event": "organization.created"}), "/event"),
+    ];
+    for (action, body, pointer) in actions {
+        let r = app.post_as(&app.subscribe_key, &format!("/webhooks/{id}/{action}"), Some(&body)).await;
+        crate::helpers::assert_problem_at(r, 422, pointer).await;
+    }
 });
 
 #[tokio::test]
@@ -307,6 +325,29 @@ webhook_test!(rotation_signs_with_both_secrets_during_the_grace_period, |app| as
     assert!(event.verify(&new), "new secret verifies");
     assert!(event.verify(&old), "old secret still verifies during the grace period");
     assert_eq!(event.header("webhook-signature").split(' ').count(), 2);
+
+    // The caller may bring the new secret; a bad one, or a field the action does not know, changes nothing.
+    let path = format!("/webhooks/{id}/rotate-secret");
+    let own = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    for (body, pointer) in [
+        (json!({"secret": "whsec_not base64!", "grace_seconds": 0}), "/secret"),
+        (json!({"secret": own, "grace": 0}), "/grace"),
+        (json!({"secret": 42}), "/secret"),
+    ] {
+        let r = app.post_as(&app.subscribe_key, &path, Some(&body)).await;
+        crate::helpers::assert_problem_at(r, 422, pointer).await;
+    }
+    let r = app.post_as(&app.subscribe_key, &path, Some(&json!({"secret": own, "grace_seconds": 0}))).await;
+    assert_eq!(r.status(), 200);
+    let rotated: Value = r.json().await.unwrap();
+    assert_eq!(rotated["secret"], own, "the caller's secret is the new one");
+    put_org(&app, O2, "Pantry").await;
+    let got = rx
+        .wait_for("the second organization.created", |r| Receiver::of_type(r, "organization.created").len() >= 2)
+        .await;
+    let event = &Receiver::of_type(&got, "organization.created")[1];
+    assert!(event.verify(own), "signed with the caller's secret");
+    assert!(!event.verify(&new), "the previous one no longer signs (no grace)");
 });
 
 webhook_test!(test_endpoint_sends_now_and_reports_the_attempt, |app| async move {
@@ -700,6 +741,7 @@ webhook_test!(operational_events_are_visible_only_to_their_tenant_and_admins, |a
     assert_eq!(disabled["object_id"], id.as_str());
     let event_id = disabled["id"].as_str().unwrap();
     let other = app.db.create_key("globex", hsda::store::keys::Scope::Subscribe).await.unwrap().secret;
+    put_org(&app, O1, "Food Bank").await;
     let public = app.get_json("/events?after=0&limit=1000").await;
     let as_other = app.get_as(&other, "/events?after=0&limit=1000").await;
     let as_owner = app.get_as(&app.subscribe_key, "/events?after=0&limit=1000").await;
@@ -707,6 +749,24 @@ webhook_test!(operational_events_are_visible_only_to_their_tenant_and_admins, |a
     assert!(!has(&public), "the public feed does not show a tenant's subscriptions");
     assert!(!has(&as_other), "another tenant does not see them");
     assert!(has(&as_owner), "the owner does");
+    // Whoever reads, the sequence has no gaps: what a reader may not see is there as a redacted stand-in.
+    for page in [&public, &as_other, &as_owner] {
+        let events = page["events"].as_array().unwrap();
+        let sequences: Vec<i64> = events.iter().map(|e| e["sequence"].as_i64().unwrap()).collect();
+        assert_eq!(sequences, (1..=sequences.len() as i64).collect::<Vec<_>>(), "gap-free");
+        assert_eq!(page["next_after"], sequences.len() as i64);
+    }
+    let stand_in = &public["events"][disabled["sequence"].as_u64().unwrap() as usize - 1];
+    assert_eq!(stand_in["sequence"], disabled["sequence"]);
+    assert_eq!(stand_in["type"], "webhook.redacted", "{stand_in}");
+    for field in ["id", "data", "object_id", "occurred_at", "origin"] {
+        assert!(stand_in[field].is_null(), "nothing of it shows: {stand_in}");
+    }
+    // A type filter still leaves out what it does not match, stand-ins included; `types` may be repeated.
+    let filtered = app.get_json("/events?after=0&limit=1000&types=organization.created&types=webhook.ping").await;
+    let types: Vec<&str> = filtered["events"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert!(types.contains(&"organization.created"), "{types:?}");
+    assert!(types.iter().all(|t| *t == "organization.created"), "{types:?}");
     assert_eq!(app.get(&format!("/events/{event_id}")).await.status(), 404);
     let r =
         app.client.get(app.url(&format!("/events/{event_id}"))).bearer_auth(&app.subscribe_key).send().await.unwrap();
@@ -736,3 +796,103 @@ webhook_test!(a_change_and_its_deliveries_commit_together, |app| async move {
     assert_eq!(sent.header("webhook-id"), delivery, "the delivery that was sent is the one recorded");
     assert!(sent.verify(sub["secret"].as_str().unwrap()));
 });
+
+/// Disabling a subscription (its owner, or a 410 from its target) ends its open deliveries as failed, with
+/// the reason; a plain `enable` leaves them so, `enable` with `replay_missed` sends them again.
+async fn disabling_ends_open_deliveries(store: Store) {
+    let Some(app) = TestApp::spawn_with(store, |c| c.retry_schedule = Some("30,30".into())).await else { return };
+    let key = app.subscribe_key.clone();
+    let count = |id: String, status: &'static str| {
+        let app = &app;
+        let key = key.clone();
+        async move {
+            let page = app
+                .get_as(&key, &format!("/webhooks/{id}/deliveries?status={status}&event_type=organization.created"))
+                .await;
+            page["total_items"].as_u64().unwrap()
+        }
+    };
+    let wait_until = |what: &'static str, id: String, status: &'static str, n: u64| {
+        let count = &count;
+        async move {
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+            while count(id.clone(), status).await != n {
+                assert!(tokio::time::Instant::now() < deadline, "{what}");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    };
+
+    // The owner disables it while a delivery waits for its retry.
+    let rx = Receiver::start().await;
+    rx.script(&[(200, None), (500, None)]);
+    let sub: Value = subscribed(&app, json!({"url": rx.url, "events": ["organization.*"]})).await;
+    let id = sub["id"].as_str().unwrap().to_string();
+    rx.wait_for("the ping", |r| !r.is_empty()).await;
+    put_org(&app, O1, "One").await;
+    wait_until("the first attempt failed", id.clone(), "retrying", 1).await;
+    let r =
+        app.client.patch(app.url(&format!("/webhooks/{id}"))).bearer_auth(&key).json(&json!({"status": "disabled"}));
+    assert_eq!(r.send().await.unwrap().status(), 200);
+    assert_eq!(count(id.clone(), "retrying").await, 0, "nothing stays open");
+    let failed =
+        app.get_as(&key, &format!("/webhooks/{id}/deliveries?status=failed&event_type=organization.created")).await;
+    assert_eq!(failed["total_items"], 1, "{failed}");
+    assert_eq!(failed["contents"][0]["last_error"], hsda::store::webhooks::FAILED_BY_DISABLE, "{failed}");
+
+    let r = app.post_as(&key, &format!("/webhooks/{id}/enable"), Some(&json!({}))).await;
+    assert_eq!(r.status(), 200);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(rx.received().len(), 2, "a plain enable sends nothing the disable ended");
+    assert_eq!(count(id.clone(), "failed").await, 1);
+
+    let r =
+        app.client.patch(app.url(&format!("/webhooks/{id}"))).bearer_auth(&key).json(&json!({"status": "disabled"}));
+    assert_eq!(r.send().await.unwrap().status(), 200);
+    let r = app.post_as(&key, &format!("/webhooks/{id}/enable"), Some(&json!({"replay_missed": true}))).await;
+    assert_eq!(r.status(), 200);
+    let got = rx.wait_for("the delivery the disable ended", |r| r.len() >= 3).await;
+    assert_eq!(got[2].json()["data"]["id"], O1);
+    assert_eq!(got[2].header("webhook-id"), got[1].header("webhook-id"), "the same message");
+    wait_until("it succeeded", id.clone(), "succeeded", 1).await;
+
+    // A 410 disables it while another delivery waits for its retry: that one ends too.
+    let rx = Receiver::start().await;
+    rx.script(&[(200, None), (500, None), (410, None)]);
+    let sub: Value = subscribed(&app, json!({"url": rx.url, "events": ["organization.updated"]})).await;
+    let gone = sub["id"].as_str().unwrap().to_string();
+    rx.wait_for("the ping", |r| !r.is_empty()).await;
+    put_org(&app, O1, "One, renamed").await;
+    let page = format!("/webhooks/{gone}/deliveries?status=retrying");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while app.get_as(&key, &page).await["total_items"] != 1 {
+        assert!(tokio::time::Instant::now() < deadline, "the first update's attempt failed");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    put_org(&app, O1, "One, renamed again").await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let shown = app.get_as(&key, &format!("/webhooks/{gone}")).await;
+        if shown["status"] == "disabled" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "410 disables: {shown}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let open = app.get_as(&key, &format!("/webhooks/{gone}/deliveries?status=retrying")).await;
+    assert_eq!(open["total_items"], 0, "{open}");
+    let failed = app.get_as(&key, &format!("/webhooks/{gone}/deliveries?status=failed")).await;
+    let errors: Vec<&str> =
+        failed["contents"].as_array().unwrap().iter().map(|d| d["last_error"].as_str().unwrap_or("")).collect();
+    assert!(errors.contains(&hsda::store::webhooks::FAILED_BY_DISABLE), "{failed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disabling_ends_open_deliveries_sqlite() {
+    disabling_ends_open_deliveries(Store::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disabling_ends_open_deliveries_postgres() {
+    disabling_ends_open_deliveries(Store::Postgres).await;
+}
