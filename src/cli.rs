@@ -1,4 +1,4 @@
-//! The `hsda` command line: `serve`, `migrate`, `import`, `export`, `keys create` and `generate`.
+//! The `hsda` command line: `serve`, `migrate`, `import`, `export`, `keys create|list|revoke` and `generate`.
 
 use std::path::PathBuf;
 
@@ -77,6 +77,15 @@ pub enum KeysCommand {
         #[arg(long, env = "HSDA_TENANT", default_value = "default")]
         tenant: String,
     },
+    /// List keys (id, tenant, scope, the secret's first characters, created, revoked), never the secrets.
+    List {
+        /// Only this tenant's keys.
+        #[arg(long, env = "HSDA_TENANT")]
+        tenant: Option<String>,
+    },
+    /// Revoke a key by its id (`key_...`, from `keys list`): refused at once by new processes, and by
+    /// running servers within 5 seconds.
+    Revoke { id: String },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -130,6 +139,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let key = db.create_key(&tenant, scope.into()).await?;
             println!("created {} key {} for tenant {}", key.principal.scope.as_str(), key.id, tenant);
             println!("{}", key.secret);
+            Ok(())
+        }
+        Command::Keys { command: KeysCommand::List { tenant } } => {
+            let db = Db::connect_with(&config.database_url, config.store_options()).await?;
+            println!("id\ttenant\tscope\tprefix\tcreated_at\trevoked_at");
+            for key in db.list_keys(tenant.as_deref()).await? {
+                let revoked = key.revoked_at.as_deref().unwrap_or("-");
+                println!("{}\t{}\t{}\t{}\t{}\t{revoked}", key.id, key.tenant, key.scope, key.prefix, key.created_at);
+            }
+            Ok(())
+        }
+        Command::Keys { command: KeysCommand::Revoke { id } } => {
+            let db = Db::connect_with(&config.database_url, config.store_options()).await?;
+            if !db.revoke_key(&id).await? {
+                anyhow::bail!("no key {id} that is not revoked already (see hsda keys list)");
+            }
+            println!("revoked key {id}");
             Ok(())
         }
         Command::Generate { services, seed, out } => {

@@ -83,6 +83,30 @@ impl Db {
         Ok(NewKey { id: id.clone(), secret, principal: Principal { key_id: id, tenant: tenant.to_string(), scope } })
     }
 
+    /// Every key (of `tenant`, when given), oldest first: ids, scopes and the first characters of each secret,
+    /// never the secret.
+    pub async fn list_keys(&self, tenant: Option<&str>) -> sqlx::Result<Vec<KeyInfo>> {
+        sqlx::query_as(
+            "SELECT id, tenant, scope, prefix, created_at, revoked_at FROM api_keys \
+             WHERE tenant = COALESCE($1, tenant) ORDER BY created_at, id",
+        )
+        .bind(tenant)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// Revokes a key: this process refuses it at once, other processes once their cache of known keys
+    /// expires ([`KEY_CACHE_TTL`]). `false` when no unrevoked key has that id.
+    pub async fn revoke_key(&self, id: &str) -> sqlx::Result<bool> {
+        let done = sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+            .bind(now_text())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        self.key_cache.clear();
+        Ok(done.rows_affected() == 1)
+    }
+
     /// The principal of a presented key, if it is known and not revoked. Known keys are remembered for
     /// [`KEY_CACHE_TTL`], so a busy client costs no query per request; unknown keys are asked every time, so
     /// a key works the moment it is created.
@@ -105,8 +129,20 @@ impl Db {
     }
 }
 
-/// How long a known key is trusted without asking the database again. Keys are never revoked through hsda
-/// yet; whatever revokes one must also call [`KeyCache::clear`] (and other processes notice within this).
+/// What `hsda keys list` shows of a key.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct KeyInfo {
+    pub id: String,
+    pub tenant: String,
+    pub scope: String,
+    /// The first characters of the secret, to tell keys apart.
+    pub prefix: String,
+    pub created_at: String,
+    pub revoked_at: Option<String>,
+}
+
+/// How long a known key is trusted without asking the database again. [`Db::revoke_key`] clears this
+/// process's cache; other processes (a server, when `hsda keys revoke` runs beside it) notice within this.
 pub const KEY_CACHE_TTL: Duration = Duration::from_secs(5);
 /// Beyond this many remembered keys the cache starts over (bounded memory whatever the callers do).
 const KEY_CACHE_CAPACITY: usize = 10_000;

@@ -501,3 +501,21 @@ store_test!(the_bearer_scheme_is_case_insensitive, |app| async move {
         assert_eq!(r.status(), status, "{scheme}");
     }
 });
+
+store_test!(keys_are_listed_by_tenant_and_a_revoked_key_is_refused_at_once, |app| async move {
+    let other = app.db.create_key("globex", hsda::store::keys::Scope::Publish).await.unwrap();
+    let all = app.db.list_keys(None).await.unwrap();
+    assert!(all.len() >= 4, "the app's three and globex's: {all:?}");
+    let globex = app.db.list_keys(Some("globex")).await.unwrap();
+    assert_eq!(globex.iter().map(|k| k.id.as_str()).collect::<Vec<_>>(), [other.id.as_str()]);
+    assert!(other.secret.starts_with(&globex[0].prefix) && globex[0].revoked_at.is_none());
+    let path = format!("/organizations/{ORG}");
+    let body = json!({"name": "Food Bank", "description": "Feeds people"});
+    let r = app.client.put(app.url(&path)).bearer_auth(&other.secret).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    assert!(app.db.revoke_key(&other.id).await.unwrap());
+    assert!(!app.db.revoke_key(&other.id).await.unwrap(), "already revoked");
+    let r = app.client.put(app.url(&path)).bearer_auth(&other.secret).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 401, "the revoking process forgets the key at once");
+    assert!(app.db.list_keys(Some("globex")).await.unwrap()[0].revoked_at.is_some());
+});

@@ -96,6 +96,54 @@ async fn the_database_url_and_the_key_flags_have_environment_twins() {
 }
 
 #[tokio::test]
+async fn keys_are_listed_without_their_secrets_and_revoked_keys_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite_url(dir.path());
+    let create = |tenant: &'static str| {
+        let url = url.clone();
+        async move {
+            let args = ["--database-url", &url, "keys", "create", "--scope", "publish", "--tenant", tenant];
+            let out = ok(&hsda(&args, &[]).await, "keys create");
+            out.lines().last().unwrap().trim().to_string()
+        }
+    };
+    let (first, second) = (create("t1").await, create("t2").await);
+    let listed = ok(&hsda(&["--database-url", &url, "keys", "list"], &[]).await, "keys list");
+    assert!(!listed.contains(&first) && !listed.contains(&second), "no secret is shown: {listed}");
+    let rows: Vec<Vec<&str>> = listed.lines().skip(1).map(|l| l.split('\t').collect()).collect();
+    assert_eq!(rows.len(), 2, "{listed}");
+    assert_eq!((rows[0][1], rows[0][2], rows[0][5]), ("t1", "publish", "-"), "{listed}");
+    assert!(first.starts_with(rows[0][3]), "the prefix tells the key: {listed}");
+    let only_t2 = ok(&hsda(&["--database-url", &url, "keys", "list", "--tenant", "t2"], &[]).await, "list t2");
+    assert_eq!(only_t2.lines().count(), 2, "{only_t2}");
+
+    let server = serve(&url).await;
+    let client = reqwest::Client::new();
+    let path = format!("{}/organizations/00000000-0000-4000-8000-000000000001", server.base);
+    let body = json!({"name": "Food Bank", "description": "Feeds people"});
+    let r = client.put(&path).bearer_auth(&first).json(&body).send().await.unwrap();
+    assert_eq!(r.status(), 201, "the key works before it is revoked (and is now in the server's cache)");
+    let id = rows[0][0];
+    ok(&hsda(&["--database-url", &url, "keys", "revoke", id], &[]).await, "keys revoke");
+    let again = hsda(&["--database-url", &url, "keys", "revoke", id], &[]).await;
+    assert!(!again.status.success(), "revoking twice is an error");
+    let listed = ok(&hsda(&["--database-url", &url, "keys", "list", "--tenant", "t1"], &[]).await, "keys list");
+    assert_ne!(listed.lines().nth(1).unwrap().split('\t').nth(5), Some("-"), "shown revoked: {listed}");
+    // The running server trusted the key it had seen for a few seconds; then it refuses it.
+    let deadline = tokio::time::Instant::now() + hsda::store::keys::KEY_CACHE_TTL + std::time::Duration::from_secs(5);
+    loop {
+        let r = client.put(&path).bearer_auth(&first).json(&body).send().await.unwrap();
+        if r.status() == 401 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "a revoked key still works: {}", r.status());
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    let r = client.put(&path).bearer_auth(&second).json(&body).send().await.unwrap();
+    assert!(r.status().is_success(), "the other key still works: {}", r.status());
+}
+
+#[tokio::test]
 async fn generate_import_and_export() {
     let dir = tempfile::tempdir().unwrap();
     let url = sqlite_url(dir.path());
