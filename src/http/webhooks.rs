@@ -394,10 +394,9 @@ async fn create(State(state): State<AppState>, caller: Caller, JsonBody(body): J
             sub.secret = WebhookSecret::generate().expose();
         }
     }
-    state.db.insert_subscription(&sub).await?;
     let data = json!({ "id": sub.id, "url": sub.url, "events": sub.events, "message": "hsda will send the events you subscribed to here" });
     let ping = synthetic_event(&state, "evt_ping", "webhook.ping".into(), "webhook".into(), sub.id.clone(), data);
-    state.db.queue_delivery(&sub, &ping, &state.config.public_url()).await?;
+    state.db.insert_subscription(&sub, &ping, &state.config.public_url()).await?;
     let secret = sub.secret.clone();
     let stored = state.db.subscription(&sub.id).await?.unwrap_or(sub);
     let location = format!("/webhooks/{}", stored.id);

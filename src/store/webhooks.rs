@@ -377,7 +377,10 @@ impl Db {
 }
 
 impl Db {
-    pub async fn insert_subscription(&self, s: &Subscription) -> sqlx::Result<()> {
+    /// Stores a new subscription and, in the same transaction, the delivery of its `ping` (a crash leaves
+    /// both or neither).
+    pub async fn insert_subscription(&self, s: &Subscription, ping: &Event, public_url: &str) -> sqlx::Result<()> {
+        let (mut tx, _guard) = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO subscriptions (id, tenant, url, events, payload, filter, schedule, description, secret, \
              signing, public_key, max_concurrency, rate_limit_per_second, ordered, headers, metadata, verify, status, \
@@ -409,9 +412,13 @@ impl Db {
         .bind(&s.updated_at)
         .bind(&s.next_digest_at)
         .bind(&s.verification_due_at)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        let body = delivery_body(ping, &s.payload, public_url);
+        insert_delivery(&mut tx, s, ping, &body, &now_text()).await?;
+        tx.commit().await?;
         self.subscriptions_changed();
+        self.notify_changed();
         Ok(())
     }
 
@@ -648,17 +655,6 @@ impl Db {
         // must claim (ordered subscriptions) are claimed in the same round.
         let leased = created.into_iter().filter(|d| d.lease_until.is_some()).collect();
         Ok((rows.len(), leased))
-    }
-
-    /// Queues one delivery of `event` to `sub` outside the dispatcher (pings, tests, replays).
-    pub async fn queue_delivery(&self, sub: &Subscription, event: &Event, public_url: &str) -> sqlx::Result<String> {
-        let (mut tx, _guard) = self.begin_write().await?;
-        let body = delivery_body(event, &sub.payload, public_url);
-        let id = delivery_id(&sub.id, &event.id);
-        insert_delivery(&mut tx, sub, event, &body, &now_text()).await?;
-        tx.commit().await?;
-        self.notify_changed();
-        Ok(id)
     }
 
     /// Claims up to `limit` due deliveries for `lease_seconds`; each is then attempted by this process only.
