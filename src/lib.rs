@@ -18,6 +18,8 @@ pub mod generate;
 pub mod hsds;
 /// The HTTP API.
 pub mod http;
+/// Operational metrics (`GET /metrics`).
+pub mod metrics;
 /// hsda's OpenAPI document.
 pub mod openapi;
 /// Building and running the server.

@@ -94,9 +94,12 @@ pub fn document(server: &str) -> Value {
     );
     schemas.insert(
         "Event".into(),
-        json!({ "type": "object", "required": ["id", "sequence", "type", "occurred_at", "object", "object_id", "origin", "data"], "properties": {
-            "id": {"type": "string"}, "sequence": {"type": "integer"}, "type": {"type": "string"}, "occurred_at": {"type": "string", "format": "date-time"},
-            "object": {"type": "string"}, "object_id": {"type": "string"}, "origin": {"type": "string"}, "data": {"type": "object"} } }),
+        json!({ "type": "object", "required": ["id", "sequence", "type", "occurred_at", "object", "object_id", "origin", "data"],
+            "description": "An event of the log. In an unfiltered `GET /events`, another tenant's operational `webhook.*` event appears as a stand-in: `type` `webhook.redacted`, its `sequence`, `object` `webhook`, and null for every other field.",
+            "properties": {
+            "id": {"type": ["string", "null"], "description": "evt_...; null only in a webhook.redacted stand-in"}, "sequence": {"type": "integer"}, "type": {"type": "string"},
+            "occurred_at": {"type": ["string", "null"], "format": "date-time"},
+            "object": {"type": "string"}, "object_id": {"type": ["string", "null"]}, "origin": {"type": ["string", "null"]}, "data": {"type": ["object", "null"]} } }),
     );
     for t in TABLES {
         let name = t.name.to_string();
@@ -194,6 +197,11 @@ pub fn document(server: &str) -> Value {
         "responses": { "200": { "description": "`status` is `ok`, or `degraded` while writes fail with a database fault (locked, disk full, unreachable): `fault` has its `kind`, `detail`, `since`, `last_seen` and `failures`; `last_fault` is the previous one, with `recovered_at`." },
                        "503": { "description": "`status: unavailable`: the database does not answer." } } } }));
 
+    paths.insert("/metrics".into(), json!({ "get": { "operationId": "metrics", "summary": "Operational metrics for Prometheus (admin key)",
+        "description": "OpenMetrics text: `hsda_delivery_attempts_total{outcome, error_class}`, `hsda_delivery_attempt_duration_seconds`, `hsda_deliveries_in_flight`, `hsda_http_requests_total{method, route, status}`, `hsda_http_request_duration_seconds`, `hsda_event_sequence`, `hsda_deliveries_open`, `hsda_subscriptions{status}`, `hsda_write_transactions_total`, `hsda_writes_total`, `hsda_store_degraded`. Counters are per process.",
+        "security": [{"bearer": []}],
+        "responses": { "200": { "description": "The metrics.", "content": { "application/openmetrics-text": { "schema": {"type": "string"} } } },
+                       "403": problem_response("The key is not an admin key.") } } }));
     add_webhook_paths(&mut paths, &mut schemas);
     add_common_errors(&mut paths);
 
@@ -332,6 +340,7 @@ fn add_webhook_paths(paths: &mut Map<String, Value>, schemas: &mut Map<String, V
     paths.insert("/webhooks/{id}".into(), json!({ "parameters": id_param,
         "get": { "operationId": "getWebhook", "tags": ["webhooks"], "security": security, "responses": { "200": ok("The subscription.", sub_ref.clone()), "404": not_found } },
         "patch": { "operationId": "updateWebhook", "tags": ["webhooks"], "security": security, "summary": "Change fields; status: active or disabled",
+            "description": "Disabling ends the subscription's open deliveries as `failed` (last_error: the subscription was disabled before this was delivered); nothing is sent to it while disabled. A new `url` of a `verify: true` subscription must echo a challenge again.",
             "requestBody": { "content": { "application/json": { "schema": sub_ref } } },
             "responses": { "200": ok("The subscription.", sub_ref.clone()), "404": not_found, "422": problem_response("A field is invalid.") } },
         "delete": { "operationId": "deleteWebhook", "tags": ["webhooks"], "security": security, "responses": { "204": {"description": "Deleted with its history."}, "404": not_found } } }));
@@ -358,7 +367,7 @@ fn add_webhook_paths(paths: &mut Map<String, Value>, schemas: &mut Map<String, V
         (
             "/webhooks/{id}/enable",
             "enableWebhook",
-            "Re-enable; optionally replay the events missed while disabled",
+            "Re-enable; with replay_missed, reopen the deliveries the latest disable ended and queue the events that occurred while disabled (answer: replayed)",
             json!({"replay_missed": {"type": "boolean"}}),
         ),
     ] {

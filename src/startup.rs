@@ -52,8 +52,9 @@ impl Application {
             lease_seconds: config.delivery_timeout_seconds as i64 + 15,
             max_in_flight: config.max_in_flight,
         };
-        let worker = Worker::new(db.clone(), client.clone(), worker_config);
-        let state = AppState { db, config: Arc::new(config), guard: Arc::new(guard), webhook_client: client };
+        let metrics = Arc::new(crate::metrics::Metrics::default());
+        let worker = Worker::new(db.clone(), client.clone(), worker_config, metrics.clone());
+        let state = AppState { db, config: Arc::new(config), guard: Arc::new(guard), webhook_client: client, metrics };
         Ok(Application { listener, state, shutdown: CancellationToken::new(), worker })
     }
 

@@ -31,7 +31,8 @@ pub async fn export_ndjson(db: &Db, out: &Path) -> anyhow::Result<String> {
     let file = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
     let mut writer = std::io::BufWriter::new(file);
     let mut count = 0usize;
-    // Organizations (without their service list) and locations first, so that a re-import finds every
+    // Taxonomies and terms first (no root document holds them whole; services' attributes point at terms),
+    // then organizations (without their service list) and locations, so that a re-import finds every
     // referenced row before the services that point at them.
     for name in ["taxonomy", "taxonomy_term", "organization", "location", "service"] {
         let Some(t) = table(name) else { continue };

@@ -26,9 +26,10 @@ pub fn read_path(path: &Path) -> anyhow::Result<LabelledRows> {
     let mut problems: Vec<String> = Vec::new();
     if name.ends_with(".json") || name.ends_with(".ndjson") || name.ends_with(".jsonl") {
         let docs = super::ndjson::read_json_documents(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let referenced = Referenced::in_documents(docs.iter().map(|(_, doc)| doc));
         for (label, doc) in docs {
-            let Some(table) = document_table(&doc) else {
-                problems.push(format!("{label}: cannot tell which HSDS object this is (give it an id and the fields of a service, organization, location or service_at_location)"));
+            let Some(table) = document_table(&doc, &referenced) else {
+                problems.push(format!("{label}: cannot tell which HSDS object this is (give it an id and the fields of a service, organization, location, service_at_location, taxonomy or taxonomy_term)"));
                 continue;
             };
             match flatten(table, &doc, "") {
@@ -87,20 +88,57 @@ const ORGANIZATION_ONLY: [&str; 17] = [
 const TERM_ONLY: [&str; 7] =
     ["code", "parent_id", "taxonomy", "taxonomy_detail", "language", "taxonomy_id", "term_uri"];
 
-/// Guesses the HSDS object of a compiled JSON document by its fields. A document with nothing but `id`,
-/// `name` and `description` reads as an organization (hsda's own exports always give organizations their
-/// lists, and terms their taxonomy).
-fn document_table(doc: &Value) -> Option<&'static Table> {
+/// The ids other documents of the same file point at as taxonomies and as taxonomy terms: what tells a bare
+/// `{id, name, description}` taxonomy or term from an organization.
+#[derive(Default)]
+struct Referenced {
+    taxonomies: std::collections::HashSet<String>,
+    terms: std::collections::HashSet<String>,
+}
+
+impl Referenced {
+    fn in_documents<'a>(docs: impl Iterator<Item = &'a Value>) -> Referenced {
+        let mut found = Referenced::default();
+        for doc in docs {
+            found.walk(doc, TERM_ONLY.iter().any(|k| doc.get(*k).is_some()));
+        }
+        found
+    }
+
+    /// Every `taxonomy_id` and `taxonomy_term_id` anywhere in `value`; and a term's `parent_id` (a term).
+    fn walk(&mut self, value: &Value, is_term: bool) {
+        match value {
+            Value::Object(map) => {
+                for (key, v) in map {
+                    match (key.as_str(), v.as_str()) {
+                        ("taxonomy_id", Some(id)) => drop(self.taxonomies.insert(id.to_string())),
+                        ("taxonomy_term_id", Some(id)) => drop(self.terms.insert(id.to_string())),
+                        ("parent_id", Some(id)) if is_term => drop(self.terms.insert(id.to_string())),
+                        _ => self.walk(v, false),
+                    }
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|v| self.walk(v, false)),
+            _ => {}
+        }
+    }
+}
+
+/// Guesses the HSDS object of a compiled JSON document by its fields, and for a bare `{id, name,
+/// description}` by what the file's other documents point at it as. One that nothing points at reads as an
+/// organization (hsda's own exports always give organizations their lists).
+fn document_table(doc: &Value, referenced: &Referenced) -> Option<&'static Table> {
     let has = |k: &str| doc.get(k).is_some();
+    let id = doc.get("id").and_then(Value::as_str).unwrap_or_default();
     let name = if has("status") || has("service_at_locations") {
         "service"
     } else if has("location_type") || has("addresses") {
         "location"
     } else if has("service_id") && has("location_id") {
         "service_at_location"
-    } else if TERM_ONLY.iter().any(|k| has(k)) {
+    } else if TERM_ONLY.iter().any(|k| has(k)) || referenced.terms.contains(id) {
         "taxonomy_term"
-    } else if (has("version") || has("uri")) && !ORGANIZATION_ONLY.iter().any(|k| has(k)) {
+    } else if !ORGANIZATION_ONLY.iter().any(|k| has(k)) && (has("version") || referenced.taxonomies.contains(id)) {
         "taxonomy"
     } else if has("name") && has("description") {
         "organization"

@@ -87,11 +87,17 @@ async fn feed(
             return Err(ApiError::parameter("types", format!("{t} is not a known event type or pattern")));
         }
     }
+    // Only a feed of everything shows stand-ins: under a type filter one would tell the hidden event's type
+    // (and a filtered feed skips sequence numbers anyway).
+    let everything = types.is_empty() || types.iter().any(|t| t == "*");
     let events = state.db.events_after(after, &TypeFilter(types), limit).await?;
     let next_after = events.last().map(|e| e.sequence).unwrap_or(after);
     let events: Vec<Value> = events
         .iter()
-        .map(|e| if visible(e, viewer.as_ref()) { serde_json::to_value(e).unwrap_or(Value::Null) } else { redacted(e) })
+        .filter_map(|e| match visible(e, viewer.as_ref()) {
+            true => Some(serde_json::to_value(e).unwrap_or(Value::Null)),
+            false => everything.then(|| redacted(e)),
+        })
         .collect();
     Ok(Json(json!({ "events": events, "next_after": next_after })))
 }

@@ -1,5 +1,5 @@
 //! About the API itself: `GET /` (HSDS API metadata with hsda's profile), `GET /openapi.json`,
-//! `GET /event-types` and `GET /health`.
+//! `GET /event-types`, `GET /health` and `GET /metrics`.
 
 use axum::Json;
 use axum::Router;
@@ -20,6 +20,18 @@ pub fn router() -> Router<AppState> {
         .route("/openapi.json", get(openapi))
         .route("/event-types", get(event_types))
         .route("/health", get(health))
+        .route("/metrics", get(metrics))
+}
+
+/// OpenMetrics text for Prometheus; an admin key is required (the figures tell every tenant's volumes).
+async fn metrics(
+    State(state): State<AppState>,
+    caller: super::extract::Caller,
+) -> Result<impl IntoResponse, super::error::ApiError> {
+    caller.require(&[])?;
+    let store = state.db.store_figures().await?;
+    let text = state.metrics.render(&store);
+    Ok(([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text))
 }
 
 fn base_url(headers: &HeaderMap) -> String {

@@ -29,6 +29,8 @@ pub struct AppState {
     pub guard: Arc<crate::webhook::ssrf::Guard>,
     /// The outbound client, shared with the delivery worker (used directly by `POST /webhooks/{id}/test`).
     pub webhook_client: crate::webhook::client::WebhookClient,
+    /// Counted by the delivery worker and by every request; shown at `GET /metrics`.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl AppState {
@@ -62,6 +64,7 @@ impl AppState {
 /// The whole API.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config.max_body_bytes;
+    let metrics = state.metrics.clone();
     Router::new()
         .merge(meta::router())
         .merge(events::router())
@@ -70,6 +73,21 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::NotFound("this path".into()) })
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(axum::middleware::map_response(error::plain_errors_as_problems))
+        .layer(axum::middleware::from_fn(move |req: Request<axum::body::Body>, next: axum::middleware::Next| {
+            let metrics = metrics.clone();
+            async move {
+                let started = std::time::Instant::now();
+                let method = req.method().to_string();
+                let route = req
+                    .extensions()
+                    .get::<axum::extract::MatchedPath>()
+                    .map_or("(no route)", |p| p.as_str())
+                    .to_string();
+                let response = next.run(req).await;
+                metrics.request(&method, &route, response.status().as_u16(), started.elapsed());
+                response
+            }
+        }))
         .layer(CorsLayer::permissive().expose_headers([axum::http::header::ETAG]))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
             let route = req

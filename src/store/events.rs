@@ -209,6 +209,25 @@ impl Db {
         }
     }
 
+    /// What `GET /metrics` shows of the store: the newest event, open deliveries, subscriptions by status,
+    /// this process's group commits and whether writes fail with a fault.
+    pub async fn store_figures(&self) -> sqlx::Result<crate::metrics::StoreFigures> {
+        let open: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM deliveries WHERE status IN ('pending', 'retrying')")
+            .fetch_one(&self.pool)
+            .await?;
+        let subscriptions: Vec<(String, i64)> =
+            sqlx::query_as("SELECT status, COUNT(*) FROM subscriptions GROUP BY status ORDER BY status")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(crate::metrics::StoreFigures {
+            last_event_sequence: self.last_sequence().await?,
+            open_deliveries: open,
+            subscriptions,
+            group_commits: self.group_commit_stats(),
+            degraded: self.condition().snapshot().0.is_some(),
+        })
+    }
+
     /// The sequence of the newest event (0 when the log is empty).
     pub async fn last_sequence(&self) -> sqlx::Result<i64> {
         let value: Option<i64> = sqlx::query_scalar("SELECT MAX(sequence) FROM events").fetch_one(&self.pool).await?;

@@ -115,6 +115,7 @@ impl Db {
         if let Some(principal) = self.key_cache.get(&key_hash) {
             return Ok(Some(principal));
         }
+        let generation = self.key_cache.generation();
         let row: Option<(String, String, String)> =
             sqlx::query_as("SELECT id, tenant, scope FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL")
                 .bind(&key_hash)
@@ -123,7 +124,7 @@ impl Db {
         let principal =
             row.and_then(|(key_id, tenant, scope)| Some(Principal { key_id, tenant, scope: Scope::parse(&scope)? }));
         if let Some(p) = &principal {
-            self.key_cache.put(key_hash, p.clone());
+            self.key_cache.put(generation, key_hash, p.clone());
         }
         Ok(principal)
     }
@@ -150,27 +151,43 @@ const KEY_CACHE_CAPACITY: usize = 10_000;
 /// Recently authenticated keys, by hash.
 #[derive(Debug, Default)]
 pub struct KeyCache {
-    known: Mutex<HashMap<String, (Principal, Instant)>>,
+    /// The known keys, and how many times the cache was cleared (a revocation): a lookup that read the key
+    /// before a revocation must not put it back after.
+    known: Mutex<(KnownKeys, u64)>,
 }
+
+/// Principals by key hash, with when each was looked up.
+type KnownKeys = HashMap<String, (Principal, Instant)>;
 
 impl KeyCache {
     fn get(&self, key_hash: &str) -> Option<Principal> {
         let known = self.known.lock().unwrap_or_else(|e| e.into_inner());
-        let (principal, at) = known.get(key_hash)?;
+        let (principal, at) = known.0.get(key_hash)?;
         (at.elapsed() < KEY_CACHE_TTL).then(|| principal.clone())
     }
 
-    fn put(&self, key_hash: String, principal: Principal) {
+    /// Read before looking a key up in the database; [`KeyCache::put`] takes it back.
+    fn generation(&self) -> u64 {
+        self.known.lock().unwrap_or_else(|e| e.into_inner()).1
+    }
+
+    /// Remembers a key looked up at `generation`, unless the cache was cleared since.
+    fn put(&self, generation: u64, key_hash: String, principal: Principal) {
         let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
-        if known.len() >= KEY_CACHE_CAPACITY {
-            known.clear();
+        if known.1 != generation {
+            return;
         }
-        known.insert(key_hash, (principal, Instant::now()));
+        if known.0.len() >= KEY_CACHE_CAPACITY {
+            known.0.clear();
+        }
+        known.0.insert(key_hash, (principal, Instant::now()));
     }
 
     /// Forgets every key (after a revocation).
     pub fn clear(&self) {
-        self.known.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        known.0.clear();
+        known.1 += 1;
     }
 }
 
@@ -182,13 +199,18 @@ mod tests {
     fn the_key_cache_forgets_after_its_ttl_and_on_clear() {
         let cache = KeyCache::default();
         let principal = Principal { key_id: "key_1".into(), tenant: "acme".into(), scope: Scope::Publish };
-        cache.put("h".into(), principal.clone());
+        cache.put(cache.generation(), "h".into(), principal.clone());
         assert_eq!(cache.get("h"), Some(principal.clone()));
         assert_eq!(cache.get("other"), None);
-        cache.known.lock().unwrap().get_mut("h").unwrap().1 -= KEY_CACHE_TTL;
+        cache.known.lock().unwrap().0.get_mut("h").unwrap().1 -= KEY_CACHE_TTL;
         assert_eq!(cache.get("h"), None, "an entry older than the TTL is not trusted");
-        cache.put("h".into(), principal);
+        cache.put(cache.generation(), "h".into(), principal.clone());
         cache.clear();
+        assert_eq!(cache.get("h"), None);
+        // A lookup that began before a revocation does not put the key back after it.
+        let before = cache.generation();
+        cache.clear();
+        cache.put(before, "h".into(), principal);
         assert_eq!(cache.get("h"), None);
     }
 

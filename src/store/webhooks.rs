@@ -532,6 +532,21 @@ impl Db {
                 .execute(&mut *tx)
                 .await?;
         }
+        // Enabled again: a dispatcher (of another process) that read the subscription before it was disabled
+        // may have queued deliveries after the disable ended the open ones. They end the same way, so that
+        // only `replay_missed` sends what came while it was disabled.
+        if before.status == "disabled"
+            && status_text != "disabled"
+            && let Some(disabled_at) = &before.disabled_at
+        {
+            sqlx::query(&format!("{FAIL_OPEN_DELIVERIES} AND created_at >= $4"))
+                .bind(FAILED_BY_DISABLE)
+                .bind(now_text())
+                .bind(&s.id)
+                .bind(disabled_at)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         self.subscriptions_changed();
         self.notify_changed();
@@ -976,6 +991,22 @@ pub(crate) async fn record_in(
     batch: &[(Delivery, AttemptRecord)],
     disable_after_seconds: i64,
 ) -> sqlx::Result<Recorded> {
+    // Subscription rows first, in id order, as an owner's update takes them (before the deliveries it may end
+    // as failed): the other order would let a PATCH and a batch of attempts deadlock on PostgreSQL.
+    if conn.is_postgres() {
+        let mut subscriptions: Vec<&str> = batch.iter().map(|(d, _)| d.subscription_id.as_str()).collect();
+        subscriptions.sort_unstable();
+        subscriptions.dedup();
+        for chunk in subscriptions.chunks(100) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT id FROM subscriptions WHERE id IN ({}) ORDER BY id FOR UPDATE",
+                placeholders.join(", ")
+            );
+            let args: Vec<Arg> = chunk.iter().map(|id| Arg::from(*id)).collect();
+            conn.fetch_all::<(String,)>(&sql, &args).await?;
+        }
+    }
     let mut applied_ids = std::collections::HashSet::new();
     for chunk in batch.chunks(100) {
         let values: Vec<String> =
@@ -1303,14 +1334,16 @@ impl Db {
         .await?;
         let (mut tx, _guard) = self.begin_write().await?;
         let now = now_text();
-        // What was still owed when the subscription was disabled goes out again first.
+        // What was still owed when the subscription was last disabled goes out again first (not what an earlier
+        // disable ended and a plain enable left so).
         let reopened = sqlx::query(
             "UPDATE deliveries SET status = 'retrying', next_attempt_at = $1, lease_until = NULL, updated_at = $1 \
-             WHERE subscription_id = $2 AND status = 'failed' AND last_error = $3",
+             WHERE subscription_id = $2 AND status = 'failed' AND last_error = $3 AND updated_at >= $4",
         )
         .bind(&now)
         .bind(&sub.id)
         .bind(FAILED_BY_DISABLE)
+        .bind(since)
         .execute(&mut *tx)
         .await?;
         let mut count = reopened.rows_affected() as usize;

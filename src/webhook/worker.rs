@@ -67,6 +67,7 @@ pub struct Worker {
     /// it holds. Reserved when an attempt is judged; gone when its timer fires, or when its result could not
     /// be recorded; those left when the worker stops have their leases released.
     held: Mutex<HashMap<String, String>>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 const CLAIM_BATCH: i64 = 256;
@@ -122,7 +123,12 @@ enum Wake {
 }
 
 impl Worker {
-    pub fn new(db: Db, client: WebhookClient, config: WorkerConfig) -> Arc<Worker> {
+    pub fn new(
+        db: Db,
+        client: WebhookClient,
+        config: WorkerConfig,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Arc<Worker> {
         let in_flight = Arc::new(Semaphore::new(config.max_in_flight));
         let (results, results_rx) = tokio::sync::mpsc::unbounded_channel();
         Arc::new(Worker {
@@ -138,6 +144,7 @@ impl Worker {
             results,
             results_rx: Mutex::new(Some(results_rx)),
             limiter: Mutex::new(RateLimiter::default()),
+            metrics,
         })
     }
 
@@ -468,8 +475,18 @@ impl Worker {
 
     /// Attempts one claimed delivery to `sub` (as it stood when claimed) and records the outcome.
     async fn attempt(&self, sub: &Subscription, delivery: Delivery) {
+        let in_flight = self.metrics.attempt_started();
         let response = send(&self.client, sub, &delivery.id, &delivery.body).await;
+        drop(in_flight);
+        let (took, error_class) = (response.duration, response.error_class);
         let record = self.judge(sub, &delivery, response);
+        let outcome = match record.outcome {
+            AttemptOutcome::Succeeded => "succeeded",
+            AttemptOutcome::Gone => "gone",
+            AttemptOutcome::Retry { .. } => "retry",
+            AttemptOutcome::Failed => "failed",
+        };
+        self.metrics.attempt(outcome, error_class, took);
         if let Err(unsent) = self.results.send((delivery, record)) {
             self.forget_hold(&unsent.0.0.id);
             tracing::error!("the attempt recorder stopped; the lease will expire and the delivery will be retried");

@@ -75,6 +75,8 @@ enum Row {
     WebhookList,
     /// An endpoint naming one of tenant A's subscriptions or deliveries; the owner gets this status.
     Owned(u16),
+    /// `GET /metrics`: any tenant's admin key.
+    AdminOnly,
 }
 
 /// The endpoints that name a subscription or a delivery, and what their owner gets.
@@ -96,6 +98,7 @@ const OWNED: [(&str, &str, u16); 11] = [
 fn row_of(method: &str, template: &str) -> Option<Row> {
     let row = match (method, template) {
         ("GET", "/" | "/openapi.json" | "/event-types" | "/health") => Row::Meta,
+        ("GET", "/metrics") => Row::AdminOnly,
         ("GET", "/events") => Row::EventFeed,
         ("GET", "/events/{id}") => Row::EventGet,
         ("POST", "/webhooks") => Row::WebhookCreate,
@@ -132,6 +135,10 @@ fn expected(row: Row, who: Who, require_key_for_reads: bool, success: u16) -> u1
             _ => 404,
         },
         _ if who.without_valid_key() => 401,
+        Row::AdminOnly => match who {
+            Who::A(Scope::Admin) | Who::B(Scope::Admin) => 200,
+            _ => 403,
+        },
         Row::DirectoryWrite => match who {
             Who::A(Scope::Subscribe) | Who::B(Scope::Subscribe) => 403,
             _ => success,
@@ -264,7 +271,7 @@ impl World {
         let table = template.trim_start_matches('/').split('/').next().unwrap_or_default();
         let uuid = uuid::Uuid::new_v4().to_string();
         match row {
-            Row::Meta => (template.to_string(), None, String::new(), 200),
+            Row::Meta | Row::AdminOnly => (template.to_string(), None, String::new(), 200),
             Row::DirectoryList if method == "GET" => (format!("/{table}?per_page=1"), None, String::new(), 200),
             Row::DirectoryList => (format!("/{table}"), Some(json!({"per_page": 1})), String::new(), 200),
             Row::DirectoryGet if table == "organizations" => {

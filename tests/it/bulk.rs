@@ -190,36 +190,41 @@ store_test!(ndjson_export_reimports_to_the_same_documents, |app| async move {
 
 #[test]
 fn hsda_exports_of_terms_and_taxonomies_read_back_as_such() {
-    // What `hsda export --format ndjson` writes for each kind, down to the fewest fields each may have.
-    let cases = [
+    // Documents as `hsda export --format ndjson` writes them, down to the fewest fields each kind may have: a
+    // bare `{id, name, description}` is told by what the other lines point at it as.
+    let id = |n: u32| format!("00000000-0000-4000-8000-{n:012}");
+    let bare = |n: u32| json!({"id": id(n), "name": format!("n{n}"), "description": "d"});
+    let lines = [
+        (bare(1), "taxonomy"),      // a term's taxonomy_id
+        (bare(2), "taxonomy_term"), // a term's parent_id
         (
-            json!({"id": "00000000-0000-4000-8000-0000000000f1", "name": "n", "description": "d", "code": "C1"}),
+            json!({"id": id(3), "name": "n3", "description": "d", "parent_id": id(2), "taxonomy_id": id(1)}),
             "taxonomy_term",
         ),
+        (bare(4), "taxonomy_term"), // an attribute's taxonomy_term_id, deep in a service
+        (json!({"id": id(5), "name": "n5", "description": "d", "version": "1"}), "taxonomy"),
+        (json!({"id": id(6), "name": "n6", "description": "d", "code": "C6"}), "taxonomy_term"),
+        (bare(7), "organization"), // nothing points at it
+        (json!({"id": id(8), "name": "n8", "description": "d", "uri": "https://o.example"}), "organization"),
         (
-            json!({"id": "00000000-0000-4000-8000-0000000000f1", "name": "n", "description": "d", "taxonomy_id": "00000000-0000-4000-8000-0000000000f3"}),
-            "taxonomy_term",
-        ),
-        (
-            json!({"id": "00000000-0000-4000-8000-0000000000f1", "name": "n", "description": "d", "uri": "https://t.example"}),
-            "taxonomy",
-        ),
-        (
-            json!({"id": "00000000-0000-4000-8000-0000000000f1", "name": "n", "description": "d", "version": "1"}),
-            "taxonomy",
-        ),
-        (
-            json!({"id": "00000000-0000-4000-8000-0000000000f2", "name": "n", "description": "d", "uri": "https://o.example", "funding": []}),
+            json!({"id": id(9), "name": "n9", "description": "d", "uri": "https://o.example", "funding": []}),
             "organization",
         ),
-        (json!({"id": "00000000-0000-4000-8000-0000000000f2", "name": "n", "description": "d"}), "organization"),
+        (
+            json!({"id": id(10), "name": "s", "status": "active", "organization_id": id(7),
+                   "attributes": [{"id": id(11), "link_id": id(10), "link_type": "service", "link_entity": "service",
+                                   "taxonomy_term_id": id(4)}]}),
+            "service",
+        ),
     ];
     let dir = tempfile::tempdir().unwrap();
-    for (doc, expected) in cases {
-        let file = dir.path().join("one.ndjson");
-        std::fs::write(&file, format!("{doc}\n")).unwrap();
-        let rows = hsda::bulk::import::read_path(&file).expect("reads");
-        assert_eq!(rows[0].0.name, expected, "{doc}");
+    let file = dir.path().join("directory.ndjson");
+    let text: String = lines.iter().map(|(doc, _)| format!("{doc}\n")).collect();
+    std::fs::write(&file, text).unwrap();
+    let rows = hsda::bulk::import::read_path(&file).expect("reads");
+    for (doc, expected) in &lines {
+        let row = rows.iter().find(|(_, row, _)| row.get("id") == doc.get("id")).expect("a row per line");
+        assert_eq!(row.0.name, *expected, "{doc}");
     }
 }
 

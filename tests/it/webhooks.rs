@@ -762,7 +762,13 @@ webhook_test!(operational_events_are_visible_only_to_their_tenant_and_admins, |a
     for field in ["id", "data", "object_id", "occurred_at", "origin"] {
         assert!(stand_in[field].is_null(), "nothing of it shows: {stand_in}");
     }
-    // A type filter still leaves out what it does not match, stand-ins included; `types` may be repeated.
+    // Under a type filter the hidden events are left out, not stood in for: a stand-in would tell their type.
+    for types in ["webhook.disabled", "webhook.*", "webhook.disabled&types=organization.created"] {
+        let page = app.get_json(&format!("/events?after=0&limit=1000&types={types}")).await;
+        let shown: Vec<&str> = page["events"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
+        assert!(shown.iter().all(|t| !t.starts_with("webhook.")), "{types}: {shown:?}");
+    }
+    // A type filter still leaves out what it does not match; `types` may be repeated.
     let filtered = app.get_json("/events?after=0&limit=1000&types=organization.created&types=webhook.ping").await;
     let types: Vec<&str> = filtered["events"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
     assert!(types.contains(&"organization.created"), "{types:?}");
@@ -842,19 +848,28 @@ async fn disabling_ends_open_deliveries(store: Store) {
 
     let r = app.post_as(&key, &format!("/webhooks/{id}/enable"), Some(&json!({}))).await;
     assert_eq!(r.status(), 200);
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    assert_eq!(rx.received().len(), 2, "a plain enable sends nothing the disable ended");
-    assert_eq!(count(id.clone(), "failed").await, 1);
+    assert_eq!(count(id.clone(), "failed").await, 1, "a plain enable leaves what the disable ended");
+    assert_eq!(count(id.clone(), "retrying").await + count(id.clone(), "pending").await, 0);
 
+    // Again with another delivery waiting for its retry; this time enabled with `replay_missed`: that one goes
+    // out again (the same message), the one the earlier disable ended does not.
+    rx.script(&[(500, None)]);
+    put_org(&app, O2, "Two").await;
+    wait_until("the second change's first attempt failed", id.clone(), "retrying", 1).await;
     let r =
         app.client.patch(app.url(&format!("/webhooks/{id}"))).bearer_auth(&key).json(&json!({"status": "disabled"}));
     assert_eq!(r.send().await.unwrap().status(), 200);
+    assert_eq!(count(id.clone(), "failed").await, 2);
     let r = app.post_as(&key, &format!("/webhooks/{id}/enable"), Some(&json!({"replay_missed": true}))).await;
     assert_eq!(r.status(), 200);
-    let got = rx.wait_for("the delivery the disable ended", |r| r.len() >= 3).await;
-    assert_eq!(got[2].json()["data"]["id"], O1);
-    assert_eq!(got[2].header("webhook-id"), got[1].header("webhook-id"), "the same message");
+    let got = rx.wait_for("the delivery the second disable ended", |r| r.len() >= 4).await;
+    assert_eq!(got[3].json()["data"]["id"], O2);
+    assert_eq!(got[3].header("webhook-id"), got[2].header("webhook-id"), "the same message");
     wait_until("it succeeded", id.clone(), "succeeded", 1).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let o1 = rx.received().iter().filter(|r| r.json()["data"]["id"] == O1).count();
+    assert_eq!(o1, 1, "the first disable's delivery stays ended");
+    assert_eq!(count(id.clone(), "failed").await, 1);
 
     // A 410 disables it while another delivery waits for its retry: that one ends too.
     let rx = Receiver::start().await;
@@ -896,3 +911,41 @@ async fn disabling_ends_open_deliveries_sqlite() {
 async fn disabling_ends_open_deliveries_postgres() {
     disabling_ends_open_deliveries(Store::Postgres).await;
 }
+
+webhook_test!(metrics_count_attempts_requests_and_what_the_store_holds, |app| async move {
+    let rx = Receiver::start().await;
+    rx.script(&[(200, None), (503, None)]);
+    let sub: Value = subscribed(&app, json!({"url": rx.url, "events": ["organization.*"]})).await;
+    assert_eq!(sub["status"], "active");
+    put_org(&app, O1, "One").await;
+    rx.wait_for("the ping, the 503 and its retry", |r| r.len() >= 3).await;
+    let wanted = [
+        r#"hsda_delivery_attempts_total{outcome="succeeded",error_class=""} 2"#,
+        r#"hsda_delivery_attempts_total{outcome="retry",error_class="http_status"} 1"#,
+        r#"hsda_http_requests_total{method="POST",route="/webhooks",status="201"} 1"#,
+        r#"hsda_http_requests_total{method="PUT",route="/{plural}/{id}",status="201"} 1"#,
+        r#"hsda_subscriptions{status="active"} 1"#,
+        "hsda_deliveries_open 0",
+        "hsda_deliveries_in_flight 0",
+        "hsda_store_degraded 0",
+    ];
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let text = loop {
+        let r = app.client.get(app.url("/metrics")).bearer_auth(&app.admin_key).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(r.headers()["content-type"].to_str().unwrap().starts_with("application/openmetrics-text"));
+        let text = r.text().await.unwrap();
+        if wanted.iter().all(|w| text.lines().any(|l| l == *w)) {
+            break text;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{wanted:?} in:\n{text}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let sequence = app.db.last_sequence().await.unwrap();
+    assert!(text.lines().any(|l| l == format!("hsda_event_sequence {sequence}")), "{text}");
+    assert!(!text.contains(O1) && !text.contains(sub["id"].as_str().unwrap()), "no ids, only routes: {text}");
+    // The figures tell every tenant's volumes: admin keys only.
+    let r = app.client.get(app.url("/metrics")).bearer_auth(&app.subscribe_key).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(app.get("/metrics").await.status(), 401);
+});
