@@ -729,3 +729,95 @@ both_stores!(a_delivery_of_a_subscription_the_worker_has_not_seen_is_sent, |_| {
     let shown = app.get_as(&app.admin_key, "/deliveries/msg_from_elsewhere").await;
     assert_eq!(shown["status"], "succeeded", "{shown}");
 });
+
+/// An owner's disable takes the subscription row, then ends its open deliveries; a batch of attempt results
+/// must take the same rows in the same order, or the two deadlock on PostgreSQL (the batch held the delivery
+/// and waited for the subscription). Here a transaction holds the subscription row as the disable does, the
+/// batch starts, and the transaction then ends the delivery: it must go through, and the batch after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disable_and_a_batch_of_attempts_take_rows_in_one_order() {
+    use hsda::store::webhooks::{Attempt, AttemptOutcome, AttemptRecord, Delivery};
+    use sqlx::Connection;
+    let Some((url, _)) = fresh_database(Store::Postgres).await else { return };
+    let db = hsda::store::Db::connect(&url).await.unwrap();
+    let at = |seconds: i64| hsda::store::timestamp_text(chrono::Utc::now() + chrono::Duration::seconds(seconds));
+    let lease = at(60);
+    let mut setup = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::query(
+        "INSERT INTO subscriptions (id, tenant, url, events, payload, filter, secret, signing, max_concurrency, \
+         headers, metadata, status, created_at, updated_at) \
+         VALUES ('sub_x', 'acme', 'http://127.0.0.1:9/', '[\"*\"]', 'full', '{}', 'whsec_x', 'hmac-sha256', 10, \
+         '{}', '{}', 'active', $1, $1)",
+    )
+    .bind(at(0))
+    .execute(&mut setup)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO deliveries (id, subscription_id, tenant, event_id, event_sequence, event_type, object_id, \
+         body, status, next_attempt_at, lease_until, created_at, updated_at) \
+         VALUES ('msg_x', 'sub_x', 'acme', 'evt_x', 1, 'organization.created', 'o', '{}', 'pending', $1, $2, $1, $1)",
+    )
+    .bind(at(0))
+    .bind(&lease)
+    .execute(&mut setup)
+    .await
+    .unwrap();
+
+    let mut disable = sqlx::PgConnection::connect(&url).await.unwrap();
+    let mut tx = disable.begin().await.unwrap();
+    sqlx::query("SELECT id FROM subscriptions WHERE id = 'sub_x' FOR UPDATE").execute(&mut *tx).await.unwrap();
+    let delivery = Delivery {
+        id: "msg_x".into(),
+        subscription_id: "sub_x".into(),
+        tenant: "acme".into(),
+        event_id: "evt_x".into(),
+        event_sequence: 1,
+        event_type: "organization.created".into(),
+        object_id: "o".into(),
+        status: "pending".into(),
+        attempts: 0,
+        next_attempt_at: Some(at(0)),
+        last_status_code: None,
+        last_error: None,
+        created_at: at(0),
+        updated_at: at(0),
+        body: "{}".into(),
+        lease_until: Some(lease),
+    };
+    let record = AttemptRecord {
+        attempt: Attempt {
+            at: at(0),
+            status_code: Some(500),
+            duration_ms: 3,
+            error: Some("the target answered 500".into()),
+            error_class: Some("http_status".into()),
+            response_body: Some(String::new()),
+        },
+        outcome: AttemptOutcome::Retry { at: at(30), held_until: None },
+    };
+    let recorder = db.clone();
+    let recording = tokio::spawn(async move { recorder.record_attempts(vec![(delivery, record)], 3600).await });
+    tokio::time::sleep(Duration::from_millis(500)).await; // the batch is under way, waiting for a row
+    let ended = tokio::time::timeout(
+        Duration::from_secs(10),
+        sqlx::query("UPDATE deliveries SET status = 'failed' WHERE subscription_id = 'sub_x' AND status = 'pending'")
+            .execute(&mut *tx),
+    )
+    .await
+    .expect("the disable's update waited past 10 s");
+    assert_eq!(ended.expect("no deadlock").rows_affected(), 1, "the delivery was still open");
+    tx.commit().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), recording)
+        .await
+        .expect("the batch waited past 10 s")
+        .unwrap()
+        .expect("the batch is recorded");
+    let (status, attempts): (String, i64) = sqlx::query_as(
+        "SELECT status, (SELECT COUNT(*) FROM attempts WHERE delivery_id = 'msg_x') FROM deliveries WHERE id = 'msg_x'",
+    )
+    .fetch_one(&mut setup)
+    .await
+    .unwrap();
+    assert_eq!((status.as_str(), attempts), ("failed", 1), "the attempt is in the history; the delivery stays ended");
+}
