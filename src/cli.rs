@@ -142,13 +142,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Keys { command: KeysCommand::List { tenant } } => {
+            use std::io::Write;
             let db = Db::connect_with(&config.database_url, config.store_options()).await?;
-            println!("id\ttenant\tscope\tprefix\tcreated_at\trevoked_at");
-            for key in db.list_keys(tenant.as_deref()).await? {
-                let revoked = key.revoked_at.as_deref().unwrap_or("-");
-                println!("{}\t{}\t{}\t{}\t{}\t{revoked}", key.id, key.tenant, key.scope, key.prefix, key.created_at);
+            let keys = db.list_keys(tenant.as_deref()).await?;
+            let mut out = std::io::stdout().lock();
+            let written = (|| {
+                writeln!(out, "id\ttenant\tscope\tprefix\tcreated_at\trevoked_at")?;
+                for key in keys {
+                    let revoked = key.revoked_at.as_deref().unwrap_or("-");
+                    let (id, tenant, scope, prefix, created) =
+                        (key.id, key.tenant, key.scope, key.prefix, key.created_at);
+                    writeln!(out, "{id}\t{tenant}\t{scope}\t{prefix}\t{created}\t{revoked}")?;
+                }
+                out.flush()
+            })();
+            match written {
+                // `hsda keys list | head -1`: the reader has what it wanted.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+                other => Ok(other?),
             }
-            Ok(())
         }
         Command::Keys { command: KeysCommand::Revoke { id } } => {
             let db = Db::connect_with(&config.database_url, config.store_options()).await?;

@@ -165,7 +165,7 @@ pub fn document(server: &str) -> Value {
                         param("limit", json!({"type": "integer", "minimum": 1, "maximum": 1000}), "At most this many (default 100).") ],
         "description": "Sequence numbers have no gaps. An operational `webhook.*` event of another tenant (visible only to its own tenant's keys and to admins) appears in its place as `{\"sequence\", \"type\": \"webhook.redacted\", \"object\": \"webhook\"}` (every other field null), so a reader can tell the log has no gaps; a `types` filter leaves out what it does not match.",
         "responses": { "200": { "description": "Events and the cursor to continue from.", "content": { "application/json": { "schema": {
-            "type": "object", "properties": { "events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}}, "next_after": {"type": "integer"} } } } } },
+            "type": "object", "properties": { "events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}}, "next_after": {"type": "integer", "description": "Continue from here: the last sequence read, past the events a types filter left out (a page shorter than limit has read to the head of the log)"} } } } } },
             "400": problem_response("A parameter is invalid.") } } }));
     paths.insert("/events/{id}".into(), json!({ "get": { "operationId": "getEvent", "summary": "One event",
         "parameters": [{ "name": "id", "in": "path", "required": true, "schema": {"type": "string"} }],
@@ -312,18 +312,25 @@ fn add_webhook_paths(paths: &mut Map<String, Value>, schemas: &mut Map<String, V
             "created_at": {"type": "string"}, "updated_at": {"type": "string"} },
             "required": ["url"] }),
     );
-    schemas.insert(
-        "Delivery".into(),
-        json!({ "type": "object", "properties": {
+    let delivery_fields = json!({
             "id": {"type": "string", "description": "msg_...; sent as webhook-id, the same on every retry"},
             "subscription_id": {"type": "string"}, "event_id": {"type": "string"}, "event_sequence": {"type": "integer"},
             "event_type": {"type": "string"}, "object_id": {"type": "string"},
             "status": {"type": "string", "enum": ["pending", "retrying", "succeeded", "failed"]},
             "attempts": {"type": "integer"}, "next_attempt_at": {"type": ["string", "null"], "description": "When the next attempt is due: the retry schedule's next step (jittered), or a 429/503's Retry-After (seconds or HTTP date), capped at 24 hours"},
             "last_status_code": {"type": ["integer", "null"]}, "last_error": {"type": ["string", "null"]},
-            "created_at": {"type": "string"}, "updated_at": {"type": "string"},
-            "attempts_log": {"description": "GET /deliveries/{id} adds attempts[]: at, status_code, duration_ms, error, error_class, response_body"} } }),
-    );
+            "created_at": {"type": "string"}, "updated_at": {"type": "string"} });
+    schemas.insert("Delivery".into(), json!({ "type": "object", "properties": delivery_fields.clone() }));
+    // `GET /deliveries/{id}`: the same, with the payload and every attempt (`attempts` is the list there).
+    let mut detail = delivery_fields;
+    detail["attempt_count"] = json!({"type": "integer"});
+    detail["payload"] = json!({"type": "object", "description": "The body sent, the same bytes on every attempt"});
+    detail["attempts"] = json!({"type": "array", "items": {"type": "object", "properties": {
+        "at": {"type": "string", "format": "date-time"}, "status_code": {"type": ["integer", "null"]},
+        "duration_ms": {"type": "integer"}, "error": {"type": ["string", "null"]},
+        "error_class": {"type": ["string", "null"], "description": "timeout, dns, connect, tls, ssrf, http_status, read, request"},
+        "response_body": {"type": ["string", "null"], "description": "The first 4 096 bytes"} } } });
+    schemas.insert("DeliveryDetail".into(), json!({ "type": "object", "properties": detail }));
     let sub_ref = json!({"$ref": "#/components/schemas/Subscription"});
     let security = json!([{"bearer": []}]);
     let id_param = json!([{ "name": "id", "in": "path", "required": true, "schema": {"type": "string"} }]);
@@ -362,7 +369,7 @@ fn add_webhook_paths(paths: &mut Map<String, Value>, schemas: &mut Map<String, V
             "/webhooks/{id}/replay",
             "replayWebhook",
             "Re-queue the deliveries created in a time range",
-            json!({"since": {"type": "string", "format": "date-time"}, "until": {"type": "string", "format": "date-time"}, "only_failed": {"type": "boolean"}}),
+            json!({"since": {"type": "string", "format": "date-time", "description": "Required."}, "until": {"type": "string", "format": "date-time", "description": "Default: now; not before since."}, "only_failed": {"type": "boolean"}}),
         ),
         (
             "/webhooks/{id}/enable",
@@ -383,7 +390,7 @@ fn add_webhook_paths(paths: &mut Map<String, Value>, schemas: &mut Map<String, V
                         param("page", json!({"type": "integer", "minimum": 1, "maximum": u32::MAX}), "Page, from 1."), param("per_page", json!({"type": "integer", "minimum": 1, "maximum": 1000}), "Items per page.") ],
         "responses": { "200": ok("A page of deliveries.", json!({"$ref": "#/components/schemas/Page"})), "404": not_found } } }));
     paths.insert("/deliveries/{id}".into(), json!({ "parameters": id_param, "get": { "operationId": "getDelivery", "tags": ["webhooks"], "security": security,
-        "responses": { "200": ok("The delivery with its payload and attempts.", json!({"$ref": "#/components/schemas/Delivery"})), "404": not_found } } }));
+        "responses": { "200": ok("The delivery with its payload and attempts.", json!({"$ref": "#/components/schemas/DeliveryDetail"})), "404": not_found } } }));
     paths.insert("/deliveries/{id}/retry".into(), json!({ "parameters": id_param, "post": { "operationId": "retryDelivery", "tags": ["webhooks"], "security": security,
         "summary": "Attempt this delivery again now", "responses": { "202": {"description": "Queued."}, "404": not_found } } }));
 }

@@ -134,7 +134,7 @@ fn document_table(doc: &Value, referenced: &Referenced) -> Option<&'static Table
         "service"
     } else if has("location_type") || has("addresses") {
         "location"
-    } else if has("service_id") && has("location_id") {
+    } else if (has("service_id") || has("service")) && (has("location_id") || has("location")) {
         "service_at_location"
     } else if TERM_ONLY.iter().any(|k| has(k)) || referenced.terms.contains(id) {
         "taxonomy_term"

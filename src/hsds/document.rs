@@ -97,7 +97,9 @@ fn collect_facets(value: &Value, out: &mut BTreeSet<(String, String)>) {
     }
 }
 
-/// The facets a root contributes to the events of rows inside it: its own id and its top-level references.
+/// The facets a root contributes to the events of rows inside it: its own id, its top-level references and
+/// the taxonomy terms it is tagged with itself (its own `attributes`, not those of what it embeds: a phone of
+/// one service must not match the terms of the organization's other services).
 pub fn identity_facets(kind: &str, id: &str, doc: Option<&Value>) -> BTreeSet<(String, String)> {
     let mut out = BTreeSet::new();
     out.insert((format!("{kind}_id"), id.to_string()));
@@ -105,6 +107,15 @@ pub fn identity_facets(kind: &str, id: &str, doc: Option<&Value>) -> BTreeSet<(S
         for key in ["organization_id", "service_id", "location_id"] {
             if let Some(s) = doc.get(key).and_then(Value::as_str) {
                 out.insert((key.to_string(), s.to_string()));
+            }
+        }
+        for attribute in doc.get("attributes").and_then(Value::as_array).into_iter().flatten() {
+            let term = attribute
+                .get("taxonomy_term_id")
+                .and_then(Value::as_str)
+                .or_else(|| attribute.get("taxonomy_term").and_then(|t| t.get("id")).and_then(Value::as_str));
+            if let Some(term) = term {
+                out.insert(("taxonomy_term_id".to_string(), term.to_string()));
             }
         }
     }

@@ -90,8 +90,7 @@ async fn feed(
     // Only a feed of everything shows stand-ins: under a type filter one would tell the hidden event's type
     // (and a filtered feed skips sequence numbers anyway).
     let everything = types.is_empty() || types.iter().any(|t| t == "*");
-    let events = state.db.events_after(after, &TypeFilter(types), limit).await?;
-    let next_after = events.last().map(|e| e.sequence).unwrap_or(after);
+    let (events, next_after) = state.db.events_scanned(after, &TypeFilter(types), limit).await?;
     let events: Vec<Value> = events
         .iter()
         .filter_map(|e| match visible(e, viewer.as_ref()) {

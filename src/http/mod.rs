@@ -88,7 +88,12 @@ pub fn router(state: AppState) -> Router {
                 response
             }
         }))
-        .layer(CorsLayer::permissive().expose_headers([axum::http::header::ETAG]))
+        // Request headers are echoed rather than `*`: a browser never lets `*` cover `Authorization`.
+        .layer(
+            CorsLayer::permissive()
+                .allow_headers(tower_http::cors::AllowHeaders::mirror_request())
+                .expose_headers([axum::http::header::ETAG, axum::http::header::LOCATION]),
+        )
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
             let route = req
                 .extensions()

@@ -90,6 +90,10 @@ async fn apply_fields(
     if creating && !body.contains_key("url") {
         err("/url", "is required".into());
     }
+    // Accepted (a client may send back what it read), but never changed.
+    if !creating && body.get("id").is_some_and(|id| id.as_str() != Some(sub.id.as_str())) {
+        err("/id", "cannot change".into());
+    }
     if let Some(v) = body.get("url") {
         match v.as_str() {
             None => err("/url", "must be a string".into()),
@@ -567,6 +571,9 @@ async fn replay(
         }
         None => now_text(),
     };
+    if until < since {
+        return Err(ApiError::invalid("/until", "must not be before since"));
+    }
     let only_failed = flag(&body, "only_failed")?;
     let requeued = state.db.replay(&sub.id, &since, &until, only_failed).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "requeued": requeued }))).into_response())
@@ -661,6 +668,11 @@ async fn test(
                 .ok_or_else(|| ApiError::invalid("/object_id", format!("no {object} has this id")))?;
             (object_id.to_string(), data)
         }
+        // A ping is about the subscription itself, as the one sent at creation is.
+        None if object == "webhook" => (
+            sub.id.clone(),
+            json!({ "id": sub.id, "url": sub.url, "events": sub.events, "message": "a test of this subscription", "sample": true }),
+        ),
         None => {
             let id = uuid::Uuid::new_v4().to_string();
             (id.clone(), json!({ "id": id, "name": format!("Sample {object}"), "sample": true }))
@@ -723,6 +735,7 @@ async fn delivery(
     }
     let mut out = serde_json::to_value(&d).map_err(anyhow::Error::from)?;
     out["payload"] = serde_json::from_str(&d.body).unwrap_or(Value::Null);
+    out["attempt_count"] = json!(d.attempts);
     out["attempts"] = serde_json::to_value(attempts).map_err(anyhow::Error::from)?;
     Ok(Json(out))
 }

@@ -180,6 +180,17 @@ impl TypeFilter {
 impl Db {
     /// Events after `after`, oldest first, at most `limit`, of the types `types` matches.
     pub async fn events_after(&self, after: i64, types: &TypeFilter, limit: usize) -> sqlx::Result<Vec<Event>> {
+        Ok(self.events_scanned(after, types, limit).await?.0)
+    }
+
+    /// [`Db::events_after`], and the last sequence read: where the next page starts, past events the type
+    /// filter left out (a filter that matches nothing still moves the reader on to the head of the log).
+    pub async fn events_scanned(
+        &self,
+        after: i64,
+        types: &TypeFilter,
+        limit: usize,
+    ) -> sqlx::Result<(Vec<Event>, i64)> {
         let mut out = Vec::with_capacity(limit.min(1000));
         let mut cursor = after;
         // Type filters are applied here rather than in SQL so that patterns stay one definition; pages are
@@ -199,12 +210,12 @@ impl Db {
                 if types.matches(&event.event_type) {
                     out.push(event);
                     if out.len() >= limit {
-                        return Ok(out);
+                        return Ok((out, cursor));
                     }
                 }
             }
             if done {
-                return Ok(out);
+                return Ok((out, cursor));
             }
         }
     }

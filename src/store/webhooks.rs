@@ -447,6 +447,8 @@ impl Db {
             (Some(old), Some(new)) if old != new => {
                 (s.next_digest_at.clone(), before.digest_after_sequence, before.digest_since.clone())
             }
+            // Immediate (again): no digest is due any more.
+            (_, None) => (None, before.digest_after_sequence, before.digest_since.clone()),
             _ => (before.next_digest_at.clone(), before.digest_after_sequence, before.digest_since.clone()),
         };
         if before.schedule.is_some() && s.schedule.is_none() && before.digest_after_sequence < cursor {

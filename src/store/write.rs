@@ -170,7 +170,14 @@ impl Db {
                 _ => return Err(WriteError::PreconditionFailed),
             }
         }
-        let mut writer = Writer { conn: tx, origin: &origin, now: &now, touched: Vec::new(), bulk: false };
+        let mut writer = Writer {
+            conn: tx,
+            origin: &origin,
+            now: &now,
+            touched: Vec::new(),
+            bulk: false,
+            deleted_docs: HashMap::new(),
+        };
         for op in ops {
             writer.apply_op(op).await?;
         }
@@ -230,6 +237,9 @@ struct Writer<'a, 'c> {
     touched: Vec<Touched>,
     /// Bulk imports keep only (table, id, action) of touched rows, to bound memory.
     bulk: bool,
+    /// The stored documents of the roots this write deleted: their events, and those of the rows deleted
+    /// with them, match subscriptions' filters as the roots' events did while they lived.
+    deleted_docs: HashMap<(&'static str, String), Value>,
 }
 
 impl Writer<'_, '_> {
@@ -427,6 +437,11 @@ impl Writer<'_, '_> {
             if t.is_root() {
                 let gone = doc.as_deref().map(|text| stored_facets_of_text(t, &row_id, text)).unwrap_or_default();
                 self.delete_facets(t, &row_id, gone.iter()).await?;
+                if !self.bulk
+                    && let Some(doc) = doc.as_deref().and_then(|text| serde_json::from_str::<Value>(text).ok())
+                {
+                    self.deleted_docs.insert((t.name, row_id.clone()), doc);
+                }
             }
             self.conn.execute("DELETE FROM records WHERE rid = $1", &[rid.into()]).await?;
             self.conn
@@ -545,6 +560,10 @@ impl Writer<'_, '_> {
             let key = (t.table.name, t.id.clone());
             let (data, mut facets) = match (&t.after, t.table.is_root()) {
                 (Some(_), true) => docs.get(&key).cloned().unwrap_or_default(),
+                // A deleted root's event matches as its `updated` events did: by everything its document held.
+                (None, true) if self.deleted_docs.contains_key(&key) => {
+                    (json!({ "id": t.id, "deleted": true }), document::facets(t.table, &self.deleted_docs[&key]))
+                }
                 (after, _) => {
                     let data = match after {
                         None => json!({ "id": t.id, "deleted": true }),
@@ -561,7 +580,9 @@ impl Writer<'_, '_> {
                 facets.extend(document::facets(t.table, &Value::Object(before.clone())));
             }
             for (kind, id) in roots {
-                facets.extend(document::identity_facets(kind, id, docs.get(&(*kind, id.clone())).map(|(doc, _)| doc)));
+                let root = (*kind, id.clone());
+                let doc = docs.get(&root).map(|(doc, _)| doc).or_else(|| self.deleted_docs.get(&root));
+                facets.extend(document::identity_facets(kind, id, doc));
             }
             if t.table.is_root() {
                 announced.insert(key.clone());
@@ -847,7 +868,14 @@ impl Db {
         let now = now_text();
         let total = rows.len() as u64;
         let mut conn = Conn::from(&mut *tx);
-        let mut writer = Writer { conn: &mut conn, origin: &origin, now: &now, touched: Vec::new(), bulk: true };
+        let mut writer = Writer {
+            conn: &mut conn,
+            origin: &origin,
+            now: &now,
+            touched: Vec::new(),
+            bulk: true,
+            deleted_docs: HashMap::new(),
+        };
         for (i, (table, row, pointer)) in rows.into_iter().enumerate() {
             writer.upsert(table, row, pointer).await?;
             if i % 1000 == 0 {

@@ -39,7 +39,7 @@ pub enum ScheduleError {
         text: String,
     },
     /// Shorter than the minimum interval (one minute unless the operator lowered it).
-    #[error("`{text}` is shorter than the minimum digest interval of {minimum} seconds")]
+    #[error("`{text}` is shorter than the minimum digest interval of {minimum} s")]
     TooShort {
         /// The refused text.
         text: String,

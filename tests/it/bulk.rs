@@ -189,6 +189,20 @@ store_test!(ndjson_export_reimports_to_the_same_documents, |app| async move {
 });
 
 #[test]
+fn the_official_full_documents_import_as_their_kinds() {
+    let Some(hsds) = hsds_dir() else { return };
+    for (file, kind) in [
+        ("service_at_location_full.json", "service_at_location"),
+        ("service_full.json", "service"),
+        ("organization_full.json", "organization"),
+        ("taxonomy_term.json", "taxonomy_term"),
+    ] {
+        let rows = hsda::bulk::import::read_path(&hsds.join("examples").join(file)).expect(file);
+        assert_eq!(rows[0].0.name, kind, "{file}");
+    }
+}
+
+#[test]
 fn hsda_exports_of_terms_and_taxonomies_read_back_as_such() {
     // Documents as `hsda export --format ndjson` writes them, down to the fewest fields each kind may have: a
     // bare `{id, name, description}` is told by what the other lines point at it as.

@@ -116,6 +116,15 @@ async fn keys_are_listed_without_their_secrets_and_revoked_keys_are_refused() {
     assert!(first.starts_with(rows[0][3]), "the prefix tells the key: {listed}");
     let only_t2 = ok(&hsda(&["--database-url", &url, "keys", "list", "--tenant", "t2"], &[]).await, "list t2");
     assert_eq!(only_t2.lines().count(), 2, "{only_t2}");
+    // `hsda keys list | head -1`: a reader that goes away early is no error (and no panic).
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_hsda"));
+    command.args(["--database-url", &url, "keys", "list"]).env_remove("HSDA_DATABASE_URL").env_remove("HSDA_CONFIG");
+    let mut child = command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    drop(child.stdout.take());
+    let done =
+        tokio::time::timeout(std::time::Duration::from_secs(60), child.wait_with_output()).await.unwrap().unwrap();
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert!(done.status.success() && !stderr.contains("panicked"), "{}: {stderr}", done.status);
 
     let server = serve(&url).await;
     let client = reqwest::Client::new();

@@ -247,11 +247,18 @@ webhook_test!(bad_subscriptions_are_422_naming_the_field_and_create_nothing, |ap
         ("enable", json!({"replay": true}), "/replay"),
         ("enable", json!({"replay_missed": 1}), "/replay_missed"),
         ("test", json!({"event": "organization.created"}), "/event"),
+        ("replay", json!({"since": "2027-01-01T00:00:00Z", "until": "2026-01-01T00:00:00Z"}), "/until"),
     ];
     for (action, body, pointer) in actions {
         let r = app.post_as(&app.subscribe_key, &format!("/webhooks/{id}/{action}"), Some(&body)).await;
         crate::helpers::assert_problem_at(r, 422, pointer).await;
     }
+    // An id may be sent back as read, not changed.
+    let path = app.url(&format!("/webhooks/{id}"));
+    let r = app.client.patch(&path).bearer_auth(&app.subscribe_key).json(&json!({"id": "sub_other"})).send().await;
+    crate::helpers::assert_problem_at(r.unwrap(), 422, "/id").await;
+    let r = app.client.patch(&path).bearer_auth(&app.subscribe_key).json(&json!({"id": id, "description": "x"})).send();
+    assert_eq!(r.await.unwrap().status(), 200);
 });
 
 #[tokio::test]
@@ -603,6 +610,15 @@ webhook_test!(a_digest_subscription_gets_one_delivery_per_period_and_nothing_whe
     assert!(events.windows(2).all(|w| w[0]["sequence"].as_i64() < w[1]["sequence"].as_i64()));
     assert_eq!(events[0]["data"]["object"], "organization", "thin, as it would have been sent");
     assert_eq!(events[0]["data"]["id"], O1);
+    // Immediate again: no digest is due any more.
+    let id = sub["id"].as_str().unwrap();
+    let r = app
+        .client
+        .patch(app.url(&format!("/webhooks/{id}")))
+        .bearer_auth(&app.subscribe_key)
+        .json(&json!({"schedule": null}));
+    let shown: Value = r.send().await.unwrap().json().await.unwrap();
+    assert!(shown["schedule"].is_null() && shown["next_digest_at"].is_null(), "{shown}");
 });
 
 webhook_test!(replay_requeues_a_time_range_and_enable_replays_what_was_missed, |app| async move {
@@ -768,6 +784,10 @@ webhook_test!(operational_events_are_visible_only_to_their_tenant_and_admins, |a
         let shown: Vec<&str> = page["events"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
         assert!(shown.iter().all(|t| !t.starts_with("webhook.")), "{types}: {shown:?}");
     }
+    // A filter that matches nothing still moves the reader on, to the head of the log.
+    let rare = app.get_json("/events?after=0&limit=10&types=unit.created").await;
+    assert_eq!(rare["events"].as_array().unwrap().len(), 0);
+    assert_eq!(rare["next_after"], app.db.last_sequence().await.unwrap(), "{rare}");
     // A type filter still leaves out what it does not match; `types` may be repeated.
     let filtered = app.get_json("/events?after=0&limit=1000&types=organization.created&types=webhook.ping").await;
     let types: Vec<&str> = filtered["events"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
@@ -948,4 +968,54 @@ webhook_test!(metrics_count_attempts_requests_and_what_the_store_holds, |app| as
     let r = app.client.get(app.url("/metrics")).bearer_auth(&app.subscribe_key).send().await.unwrap();
     assert_eq!(r.status(), 403);
     assert_eq!(app.get("/metrics").await.status(), 401);
+});
+
+webhook_test!(filters_match_child_and_cascade_deleted_events_by_their_roots, |app| async move {
+    // A service of organization ORG at location LOC, tagged with term TT; one subscription per filter.
+    let id = |n: u32| format!("00000000-0000-4000-8000-{:012}", 100 + n);
+    let (org, tax, term, loc, svc, sal, phone) = (id(1), id(2), id(3), id(4), id(5), id(6), id(7));
+    app.put_ok(&format!("/organizations/{org}"), &json!({"name": "Org", "description": "d"})).await;
+    app.put_ok(&format!("/taxonomies/{tax}"), &json!({"name": "Tax", "description": "d"})).await;
+    app.put_ok(&format!("/taxonomy_terms/{term}"), &json!({"name": "Food", "description": "d", "taxonomy_id": tax}))
+        .await;
+    app.put_ok(&format!("/locations/{loc}"), &json!({"location_type": "physical", "organization_id": org})).await;
+    let service = json!({"name": "Pantry", "status": "active", "organization_id": org,
+        "attributes": [{"id": id(8), "taxonomy_term_id": term, "link_type": "service", "link_entity": "service"}]});
+    app.put_ok(&format!("/services/{svc}"), &service).await;
+    app.put_ok(&format!("/service_at_locations/{sal}"), &json!({"service_id": svc, "location_id": loc})).await;
+    let filters = [("organization_id", &org), ("service_id", &svc), ("location_id", &loc), ("taxonomy_term_id", &term)];
+    let mut receivers = Vec::new();
+    for (field, value) in filters {
+        let rx = Receiver::start().await;
+        let body = json!({"url": rx.url, "events": ["phone.*", "service.*", "service_at_location.*"], "filter": {field: value}});
+        assert_eq!(subscribed(&app, body).await["status"], "active");
+        rx.wait_for("the ping", |r| !r.is_empty()).await;
+        receivers.push((field, rx));
+    }
+
+    // A phone of the service: created, changed, deleted; then the service goes, and its location link with it.
+    app.put_ok(&format!("/phones/{phone}"), &json!({"number": "1", "service_id": svc})).await;
+    let r = app
+        .client
+        .patch(app.url(&format!("/phones/{phone}")))
+        .bearer_auth(&app.publish_key)
+        .json(&json!({"number": "2"}));
+    assert!(r.send().await.unwrap().status().is_success());
+    let r = app.client.delete(app.url(&format!("/phones/{phone}"))).bearer_auth(&app.publish_key).send().await.unwrap();
+    assert!(r.status().is_success());
+    let r = app.client.delete(app.url(&format!("/services/{svc}"))).bearer_auth(&app.publish_key).send().await.unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+
+    let wanted = ["phone.created", "phone.updated", "phone.deleted", "service.deleted", "service_at_location.deleted"];
+    for (field, rx) in &receivers {
+        let got = rx
+            .wait_for(&format!("the {field} subscription's events"), |r| {
+                wanted.iter().all(|w| !Receiver::of_type(r, w).is_empty())
+            })
+            .await;
+        let types: Vec<String> = got.iter().map(|r| r.json()["type"].as_str().unwrap().to_string()).collect();
+        for w in wanted {
+            assert!(types.iter().any(|t| t == w), "{field}: {w} in {types:?}");
+        }
+    }
 });
