@@ -24,15 +24,17 @@ pub struct ServeFlags {
     /// Address to listen on (default 127.0.0.1:8080).
     #[arg(long, env = "HSDA_BIND")]
     pub bind: Option<SocketAddr>,
-    /// Load generated demo data when the directory is empty.
-    #[arg(long, env = "HSDA_DEMO")]
-    pub demo: bool,
+    /// Load generated demo data when the directory is empty. `--demo` alone means true; `--demo=false` and
+    /// `HSDA_DEMO=false|0|no` override a config file's `demo = true`.
+    #[arg(long, env = "HSDA_DEMO", num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    pub demo: Option<bool>,
     /// Number of services the demo data has (default 2000).
     #[arg(long, env = "HSDA_DEMO_SERVICES")]
     pub demo_services: Option<usize>,
-    /// Require an API key for reads too (reads are public by default, as Open Referral asks).
-    #[arg(long, env = "HSDA_REQUIRE_KEY_FOR_READS")]
-    pub require_key_for_reads: bool,
+    /// Require an API key for reads too (reads are public by default, as Open Referral asks). Takes a value
+    /// like `--demo` does (true/false, 1/0, yes/no), so the environment can turn off what the file turned on.
+    #[arg(long, env = "HSDA_REQUIRE_KEY_FOR_READS", num_args = 0..=1, default_missing_value = "true", value_parser = clap::builder::BoolishValueParser::new())]
+    pub require_key_for_reads: Option<bool>,
     /// Largest accepted request body in bytes (default 4 MiB).
     #[arg(long, env = "HSDA_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
@@ -155,9 +157,9 @@ impl Config {
         let config = Config {
             database_url: flags.database_url.clone().or(file.database_url).unwrap_or(d.database_url),
             bind: serve.bind.or(file.bind).unwrap_or(d.bind),
-            demo: serve.demo || file.demo.unwrap_or(false),
+            demo: serve.demo.or(file.demo).unwrap_or(false),
             demo_services: serve.demo_services.or(file.demo_services).unwrap_or(d.demo_services),
-            require_key_for_reads: serve.require_key_for_reads || file.require_key_for_reads.unwrap_or(false),
+            require_key_for_reads: serve.require_key_for_reads.or(file.require_key_for_reads).unwrap_or(false),
             max_body_bytes: serve.max_body_bytes.or(file.max_body_bytes).unwrap_or(d.max_body_bytes),
             allow_targets: serve.allow_targets.clone().or(file.allow_targets).unwrap_or(d.allow_targets),
             dns_server: serve.dns_server.or(file.dns_server),
@@ -204,5 +206,29 @@ mod tests {
         assert_eq!(config.database_url, "sqlite://other.db");
         assert_eq!(config.bind, SocketAddr::from(([127, 0, 0, 1], 8080)));
         assert_eq!(config.demo_services, 2000);
+    }
+
+    #[test]
+    fn a_switch_set_in_the_file_can_be_turned_off_by_a_flag_or_its_environment_twin() {
+        use clap::Parser;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hsda.toml");
+        std::fs::write(&path, "require_key_for_reads = true\ndemo = true\n").unwrap();
+        let serve = |args: &[&str]| {
+            let cli = crate::cli::Cli::try_parse_from([&["hsda", "serve"], args].concat()).expect("parses");
+            match cli.command {
+                crate::cli::Command::Serve(flags) => flags,
+                _ => unreachable!("serve"),
+            }
+        };
+        let flags = Flags { config: Some(path), database_url: None };
+        let load = |serve: ServeFlags| Config::load(&flags, &serve).unwrap();
+        let from_file = load(serve(&[]));
+        assert!(from_file.require_key_for_reads && from_file.demo);
+        let off = load(serve(&["--require-key-for-reads=false", "--demo=0"]));
+        assert!(!off.require_key_for_reads && !off.demo);
+        let bare = serve(&["--demo", "--require-key-for-reads"]);
+        assert_eq!((bare.demo, bare.require_key_for_reads), (Some(true), Some(true)), "a bare switch is true");
+        assert_eq!(serve(&["--demo=yes"]).demo, Some(true));
     }
 }

@@ -48,8 +48,9 @@ pub fn read_path(path: &Path) -> anyhow::Result<LabelledRows> {
         // Parents before children: the document order already puts them first.
     } else {
         let source = read_datapackage(path).map_err(|e| anyhow::anyhow!("{e}"))?;
-        for r in source {
+        for mut r in source {
             let label = format!("{} line {}", r.file, r.line);
+            crate::hsds::validate::normalize_uuids(r.table, &mut r.data);
             for e in validate_row(r.table, &r.data, "") {
                 problems.push(format!("{label}, field {}: {}", e.pointer.trim_start_matches('/'), e.detail));
             }

@@ -179,6 +179,7 @@ fn flatten_into(table: &'static Table, body: &Value, pointer: &str, out: &mut Fl
             row.insert(key.clone(), value.clone());
         }
     }
+    super::validate::normalize_uuids(table, &mut row);
     errors.extend(validate_row(table, &row, pointer));
     let id = row.get("id").and_then(Value::as_str).map(str::to_string);
     out.rows.push(FlatRow { table, row, pointer: pointer.to_string() });

@@ -101,6 +101,28 @@ fn expectation(ty: FieldType) -> String {
     }
 }
 
+/// Writes every UUID of `row` (its id and references) in lowercase, as ids are stored and compared: a UUID
+/// is the same whatever the case of its hex digits (RFC 9562), so `PUT` of `ABC...` and of `abc...` must
+/// name one row. Values that are not UUIDs are left for validation to refuse.
+pub fn normalize_uuids(table: &Table, row: &mut Map<String, Value>) {
+    for field in table.fields.iter().filter(|f| matches!(f.ty, FieldType::Uuid)) {
+        if let Some(Value::String(s)) = row.get_mut(field.name)
+            && parse_uuid(s).is_some()
+            && s.bytes().any(|b| b.is_ascii_uppercase())
+        {
+            s.make_ascii_lowercase();
+        }
+    }
+}
+
+/// `id` as stored: a UUID in lowercase; anything else as given (it names no row).
+pub fn canonical_id(id: &str) -> std::borrow::Cow<'_, str> {
+    match parse_uuid(id) {
+        Some(_) if id.bytes().any(|b| b.is_ascii_uppercase()) => id.to_ascii_lowercase().into(),
+        _ => id.into(),
+    }
+}
+
 /// Parses a UUID in its hyphenated form (`8-4-4-4-12` hex digits, any version); other spellings the
 /// `uuid` crate accepts (bare hex, braces, `urn:uuid:`) are refused.
 pub fn parse_uuid(s: &str) -> Option<Uuid> {

@@ -71,7 +71,10 @@ fn parse_uuid_param(params: &HashMap<String, String>, name: &str) -> Result<Opti
         None => Ok(None),
         Some(v) if v.is_empty() => Ok(None),
         Some(v) => {
-            uuid::Uuid::parse_str(v).map(|_| Some(v.clone())).map_err(|_| ApiError::parameter(name, "must be a UUID"))
+            // Stored ids are lowercase: so is the filter.
+            uuid::Uuid::parse_str(v)
+                .map(|_| Some(v.to_ascii_lowercase()))
+                .map_err(|_| ApiError::parameter(name, "must be a UUID"))
         }
     }
 }
@@ -255,6 +258,7 @@ async fn fetch(
 ) -> Result<Response, ApiError> {
     state.check_read_access(&headers).await?;
     let table = table_of(&plural)?;
+    let id = crate::hsds::validate::canonical_id(&id).into_owned();
     let full_service = parse_bool(&params, "full_service")?;
     let Some(doc) = state.db.get(table, &id).await? else {
         return Err(ApiError::NotFound(format!("{} {id}", table.name)));
@@ -299,7 +303,7 @@ fn body_to_ops(table: &'static Table, id: &str, mut body: Value) -> Result<Vec<O
         None | Some(Value::Null) => {
             map.insert("id".into(), Value::String(id.to_string()));
         }
-        Some(Value::String(s)) if s == id => {}
+        Some(Value::String(s)) if s.eq_ignore_ascii_case(id) => {}
         Some(_) => return Err(ApiError::invalid("/id", format!("must equal the id in the path, {id}"))),
     }
     let flat = document::flatten(table, &body, "").map_err(ApiError::Invalid)?;
@@ -327,6 +331,7 @@ async fn put(
 ) -> Result<Response, ApiError> {
     caller.require(&[Scope::Publish])?;
     let table = table_of(&plural)?;
+    let id = crate::hsds::validate::canonical_id(&id).into_owned();
     check_id(&id)?;
     let ops = body_to_ops(table, &id, body)?;
     let options = WriteOptions { if_match: if_match(table, &id, &headers), ..WriteOptions::default() };
@@ -369,6 +374,7 @@ async fn patch(
 ) -> Result<Response, ApiError> {
     caller.require(&[Scope::Publish])?;
     let table = table_of(&plural)?;
+    let id = crate::hsds::validate::canonical_id(&id).into_owned();
     if !patch.is_object() {
         return Err(ApiError::invalid("", "a merge patch must be a JSON object"));
     }
@@ -411,6 +417,7 @@ async fn remove(
 ) -> Result<Response, ApiError> {
     caller.require(&[Scope::Publish])?;
     let table = table_of(&plural)?;
+    let id = crate::hsds::validate::canonical_id(&id).into_owned();
     let options = WriteOptions { if_match: if_match(table, &id, &headers), ..WriteOptions::default() };
     state.db.apply(vec![Op::Delete { table, id }], options).await?;
     Ok(StatusCode::NO_CONTENT.into_response())

@@ -145,7 +145,14 @@ async fn apply_fields(
                         err(&format!("/filter/{k}"), "must be a UUID".into());
                     }
                 }
-                sub.filter = map.clone();
+                // Ids are stored in lowercase; a filter compares with them as text.
+                sub.filter = map
+                    .iter()
+                    .map(|(k, v)| match v.as_str() {
+                        Some(s) => (k.clone(), Value::String(s.to_ascii_lowercase())),
+                        None => (k.clone(), v.clone()),
+                    })
+                    .collect();
             }
             _ => err("/filter", "must be an object".into()),
         }

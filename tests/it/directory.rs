@@ -683,3 +683,36 @@ async fn processes_migrating_one_sqlite_file_at_once_all_open_it() {
     assert_eq!(triggers, 3);
     pool.close().await;
 }
+
+store_test!(ids_are_the_same_whatever_the_case_of_their_hex_digits, |app| async move {
+    // RFC 9562: a UUID's hex digits are case-insensitive. One row, stored in lowercase, whichever is sent.
+    let upper = "46481C31-8C5D-4E61-B145-9CA50CD94B9E";
+    let lower = upper.to_ascii_lowercase();
+    let r = app
+        .client
+        .put(app.url(&format!("/organizations/{upper}")))
+        .bearer_auth(&app.publish_key)
+        .json(&json!({"id": upper, "name": "Upper", "description": "d"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = app
+        .client
+        .put(app.url(&format!("/organizations/{lower}")))
+        .bearer_auth(&app.publish_key)
+        .json(&json!({"name": "Lower", "description": "d"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the same organization, replaced");
+    let shown = app.get_json(&format!("/organizations/{upper}")).await;
+    assert_eq!((shown["id"].as_str(), shown["name"].as_str()), (Some(lower.as_str()), Some("Lower")));
+    // A reference in capitals points at the same row, and list filters compare the same way.
+    let service = format!("/services/{}", "7E57C0DE-0000-4000-8000-000000000001");
+    app.put_ok(&service, &json!({"name": "S", "status": "active", "organization_id": upper})).await;
+    let listed = app.get_json(&format!("/services?organization_id={upper}")).await;
+    assert_eq!(listed["total_items"], 1, "{listed}");
+    assert_eq!(listed["contents"][0]["organization_id"], lower.as_str());
+    assert_eq!(app.get_json("/organizations").await["total_items"], 1);
+});
