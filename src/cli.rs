@@ -38,7 +38,8 @@ pub enum Command {
         #[arg(long, env = "HSDA_STRICT_REFERENCES")]
         strict_references: bool,
     },
-    /// Export the directory as a tabular data package (folder, or .zip if OUT ends in .zip) or as NDJSON.
+    /// Export the directory as a tabular data package (folder, or .zip if OUT ends in .zip) or as NDJSON
+    /// (to standard output if OUT is `-`).
     Export {
         #[arg(long, env = "HSDA_FORMAT", value_enum, default_value_t = ExportFormat::Datapackage)]
         format: ExportFormat,
@@ -127,11 +128,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Export { format, out } => {
             let db = Db::connect_with(&config.database_url, config.store_options()).await?;
+            let to_stdout = out == std::path::Path::new("-");
             let report = match format {
+                ExportFormat::Datapackage if to_stdout => {
+                    anyhow::bail!("a data package is a folder or a .zip: give it a path (only ndjson goes to -)")
+                }
                 ExportFormat::Datapackage => crate::bulk::export::export_datapackage(&db, &out).await?,
                 ExportFormat::Ndjson => crate::bulk::export::export_ndjson(&db, &out).await?,
             };
-            println!("{report}");
+            // With the documents on standard output, the report goes to standard error.
+            if to_stdout {
+                eprintln!("{report}");
+            } else {
+                println!("{report}");
+            }
             Ok(())
         }
         Command::Keys { command: KeysCommand::Create { scope, tenant } } => {

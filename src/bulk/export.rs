@@ -27,9 +27,14 @@ pub async fn export_datapackage(db: &Db, out: &Path) -> anyhow::Result<String> {
 }
 
 /// Writes the compiled root documents, one JSON object per line.
+/// `-` is standard output.
 pub async fn export_ndjson(db: &Db, out: &Path) -> anyhow::Result<String> {
-    let file = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
-    let mut writer = std::io::BufWriter::new(file);
+    let sink: Box<dyn Write> = if out == Path::new("-") {
+        Box::new(std::io::stdout().lock())
+    } else {
+        Box::new(std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?)
+    };
+    let mut writer = std::io::BufWriter::new(sink);
     let mut count = 0usize;
     // Taxonomies and terms first (no root document holds them whole; services' attributes point at terms),
     // then organizations (without their service list) and locations, so that a re-import finds every

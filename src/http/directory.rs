@@ -267,7 +267,8 @@ async fn fetch(
     if headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == tag))
+        // Weak comparison (RFC 9110 13.1.2): `W/"x"` matches `"x"`; `*` matches whatever exists.
+        .is_some_and(|v| v.split(',').map(str::trim).any(|t| t == "*" || t.trim_start_matches("W/") == tag))
     {
         let mut r = StatusCode::NOT_MODIFIED.into_response();
         r.headers_mut().insert(header::ETAG, header_value(&tag));
@@ -287,11 +288,18 @@ fn with_etag(status: StatusCode, body: Value, tag: &str) -> Response {
     r
 }
 
+/// `If-Match` as given (the write compares strongly, so a weak tag fails it).
 fn if_match(table: &'static Table, id: &str, headers: &HeaderMap) -> Option<(&'static Table, String, String)> {
-    headers
-        .get(header::IF_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| (table, id.to_string(), v.trim().trim_start_matches("W/").to_string()))
+    precondition(header::IF_MATCH, table, id, headers)
+}
+
+fn precondition(
+    name: header::HeaderName,
+    table: &'static Table,
+    id: &str,
+    headers: &HeaderMap,
+) -> Option<(&'static Table, String, String)> {
+    headers.get(name).and_then(|v| v.to_str().ok()).map(|v| (table, id.to_string(), v.trim().to_string()))
 }
 
 /// Turns a body for `table/id` into write operations: the rows, then the replaced child sets.
@@ -334,7 +342,11 @@ async fn put(
     let id = crate::hsds::validate::canonical_id(&id).into_owned();
     check_id(&id)?;
     let ops = body_to_ops(table, &id, body)?;
-    let options = WriteOptions { if_match: if_match(table, &id, &headers), ..WriteOptions::default() };
+    let options = WriteOptions {
+        if_match: if_match(table, &id, &headers),
+        if_none_match: precondition(header::IF_NONE_MATCH, table, &id, &headers),
+        ..WriteOptions::default()
+    };
     // Created or replaced is decided inside the write's transaction, so two racing PUTs of a new id get one
     // 201 and one 200.
     let mut outcome = state.db.apply(ops, options).await?;
@@ -383,8 +395,7 @@ async fn patch(
     };
     let read_tag = etag(&current);
     if let Some((_, _, wanted)) = if_match(table, &id, &headers)
-        && wanted != read_tag
-        && wanted != "*"
+        && !wanted.split(',').map(str::trim).any(|t| t == read_tag || t == "*")
     {
         return Err(ApiError::PreconditionFailed);
     }

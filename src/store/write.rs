@@ -45,8 +45,12 @@ pub enum WriteError {
 /// Options of one write.
 #[derive(Debug, Clone, Default)]
 pub struct WriteOptions {
-    /// `If-Match`: the ETag the caller last saw of (table, id); the write fails if it changed.
+    /// `If-Match`: the ETags (a comma-separated list, or `*`) the caller accepts for (table, id); the write
+    /// fails unless the row exists with one of them (strong comparison: a weak `W/` tag never matches).
     pub if_match: Option<(&'static Table, String, String)>,
+    /// `If-None-Match`: the write fails if (table, id) exists with one of these ETags (weak comparison), or
+    /// at all for `*` (create only).
+    pub if_none_match: Option<(&'static Table, String, String)>,
     /// The instance where this change was made, when it comes from another hsda; defaults to this one.
     pub origin: Option<String>,
     /// Keep the `modified_at` time given here instead of now (imports of older data keep their times).
@@ -165,9 +169,18 @@ impl Db {
                 .await?;
             }
             let current = super::read::representation(tx, table, id).await?;
-            match current {
-                Some(value) if document::etag(&value) == *etag || etag == "*" => {}
-                _ => return Err(WriteError::PreconditionFailed),
+            let strong = |tag: &str| tag == "*" || current.as_ref().is_some_and(|v| document::etag(v) == tag);
+            if current.is_none() || !etag.split(',').map(str::trim).any(strong) {
+                return Err(WriteError::PreconditionFailed);
+            }
+        }
+        if let Some((table, id, tags)) = &options.if_none_match
+            && let Some(value) = super::read::representation(tx, table, id).await?
+        {
+            let current = document::etag(&value);
+            let weak = |tag: &str| tag == "*" || tag.trim_start_matches("W/") == current;
+            if tags.split(',').map(str::trim).any(weak) {
+                return Err(WriteError::PreconditionFailed);
             }
         }
         let mut writer = Writer {

@@ -170,6 +170,12 @@ async fn generate_import_and_export() {
         "export",
     );
     assert!(out.contains("exported"), "{out}");
+    // `-` is standard output: the same lines, the report on standard error.
+    let piped = hsda(&["--database-url", &url, "export", "--format", "ndjson", "-"], &[]).await;
+    let stdout = ok(&piped, "export to -");
+    assert_eq!(stdout, std::fs::read_to_string(&ndjson).unwrap(), "the same documents");
+    assert!(String::from_utf8_lossy(&piped.stderr).contains("exported"));
+    assert!(!dir.path().join("-").exists() && !std::path::Path::new("-").exists());
     let package = dir.path().join("package");
     ok(
         &hsda(&["--database-url", &url, "export", "--format", "datapackage", &package.to_string_lossy()], &[]).await,

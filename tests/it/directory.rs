@@ -202,6 +202,31 @@ store_test!(if_match_guards_concurrent_writers, |app| async move {
         .await
         .unwrap();
     assert_eq!(r.status(), 304);
+
+    // RFC 9110: If-None-Match compares weakly, If-Match strongly; a list matches if any tag does.
+    let current = app.get(&url).await.headers()["etag"].to_str().unwrap().to_string();
+    let get_with = |value: String| app.client.get(app.url(&url)).header("if-none-match", value).send();
+    assert_eq!(get_with(format!("W/{current}")).await.unwrap().status(), 304, "weak comparison");
+    assert_eq!(get_with(format!("\"other\", {current}")).await.unwrap().status(), 304, "a list");
+    assert_eq!(get_with("*".into()).await.unwrap().status(), 304);
+    assert_eq!(write("Weak", format!("W/{current}")).await.unwrap().status(), 412, "a weak tag never matches");
+    assert_eq!(write("Listed", format!("\"other\", {current}")).await.unwrap().status(), 200, "a list");
+    // If-None-Match on a PUT: `*` creates only; a tag refuses to replace that version.
+    let put_unless = |target: String, value: &'static str| {
+        app.client
+            .put(app.url(&target))
+            .bearer_auth(&app.publish_key)
+            .header("if-none-match", value)
+            .json(&json!({"name": "Only if new", "description": "d"}))
+            .send()
+    };
+    assert_eq!(put_unless(url.clone(), "*").await.unwrap().status(), 412, "exists already");
+    assert_eq!(
+        put_unless("/organizations/00000000-0000-4000-8000-0000000000c2".to_string(), "*").await.unwrap().status(),
+        201,
+        "new"
+    );
+    assert_eq!(app.get_json(&url).await["name"], "Listed");
 });
 
 store_test!(deleting_cascades_details_and_refuses_referenced_entities, |app| async move {
