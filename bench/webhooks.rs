@@ -305,6 +305,9 @@ fn sample(
         let Ok(mut conn) = sqlx::AnyConnection::connect(&database_url).await else { return phases };
         let base = progress(&mut conn).await;
         loop {
+            // Read before the sample: once stopped, one last sample still counts (a fast run could end between
+            // two samples, and its phases showed "not reached").
+            let stopping = stop.is_cancelled();
             let p = progress(&mut conn).await;
             let at = t0.elapsed().as_secs_f64();
             if phases.written.is_none() && p.written - base.written >= events {
@@ -317,7 +320,7 @@ fn sample(
                 phases.recorded = Some(at);
             }
             let done = phases.written.is_some() && phases.dispatched.is_some() && (!expect_deliveries || p.open == 0);
-            if done || stop.is_cancelled() {
+            if done || stopping {
                 return phases;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

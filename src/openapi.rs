@@ -122,13 +122,14 @@ pub fn document(server: &str) -> Value {
         paths.insert(format!("/{}", t.plural), json!({ "get": list_op("list"), "post": list_op("search") }));
         let id_param =
             json!({ "name": "id", "in": "path", "required": true, "schema": {"type": "string", "format": "uuid"} });
-        let if_match = json!({ "name": "If-Match", "in": "header", "required": false, "schema": {"type": "string"}, "description": "Write only if the current ETag matches." });
+        let if_match = json!({ "name": "If-Match", "in": "header", "required": false, "schema": {"type": "string"}, "description": "Write only if the row exists with one of these ETags (a list, or *; strong comparison: a W/ tag never matches)." });
+        let if_none_match = json!({ "name": "If-None-Match", "in": "header", "required": false, "schema": {"type": "string"}, "description": "Reads: 304 when the ETag is one of these (weak comparison; * for any). Writes: refused (412) when the row exists with one of these ETags, or at all for * (PUT with * creates only)." });
         let write_responses = |ok: &str| {
             json!({
                 ok: { "description": "The stored object.", "content": { "application/json": { "schema": item_ref } } },
                 "401": problem_response("No valid API key."),
                 "403": problem_response("The key's scope does not allow writes."),
-                "412": problem_response("If-Match did not match."),
+                "412": problem_response("An If-Match or If-None-Match precondition failed."),
                 "422": problem_response("The body breaks HSDS rules; errors[].pointer names each field.")
             })
         };
@@ -139,18 +140,20 @@ pub fn document(server: &str) -> Value {
             json!({
                 "parameters": [id_param],
                 "get": { "operationId": format!("get_{}", t.name), "tags": [t.name], "summary": format!("One {}", t.name),
+                    "parameters": [if_none_match.clone()],
                     "responses": { "200": { "description": "The object.", "headers": {"ETag": {"schema": {"type": "string"}}}, "content": { "application/json": { "schema": item_ref } } },
+                                   "304": { "description": "Not modified: If-None-Match named the current ETag." },
                                    "404": problem_response("No such object.") } },
                 "put": { "operationId": format!("put_{}", t.name), "tags": [t.name], "summary": format!("Create or replace a {} (nested children included)", t.name),
-                    "security": [{"bearer": []}], "parameters": [if_match],
+                    "security": [{"bearer": []}], "parameters": [if_match.clone(), if_none_match.clone()],
                     "requestBody": { "required": true, "content": { "application/json": { "schema": item_ref } } },
                     "responses": put_responses },
                 "patch": { "operationId": format!("patch_{}", t.name), "tags": [t.name], "summary": format!("Change a {} with a JSON merge patch (RFC 7386)", t.name),
-                    "security": [{"bearer": []}], "parameters": [if_match],
+                    "security": [{"bearer": []}], "parameters": [if_match.clone(), if_none_match.clone()],
                     "requestBody": { "required": true, "content": { "application/merge-patch+json": { "schema": {"type": "object"} }, "application/json": { "schema": {"type": "object"} } } },
                     "responses": write_responses("200") },
                 "delete": { "operationId": format!("delete_{}", t.name), "tags": [t.name], "summary": format!("Delete a {} and the details it owns", t.name),
-                    "security": [{"bearer": []}], "parameters": [if_match],
+                    "security": [{"bearer": []}], "parameters": [if_match, if_none_match],
                     "responses": { "204": {"description": "Deleted."}, "404": problem_response("No such object."),
                                    "409": problem_response("Other entities still reference it.") } }
             }),
@@ -165,7 +168,7 @@ pub fn document(server: &str) -> Value {
                         param("limit", json!({"type": "integer", "minimum": 1, "maximum": 1000}), "At most this many (default 100).") ],
         "description": "Sequence numbers have no gaps. An operational `webhook.*` event of another tenant (visible only to its own tenant's keys and to admins) appears in its place as `{\"sequence\", \"type\": \"webhook.redacted\", \"object\": \"webhook\"}` (every other field null), so a reader can tell the log has no gaps; a `types` filter leaves out what it does not match.",
         "responses": { "200": { "description": "Events and the cursor to continue from.", "content": { "application/json": { "schema": {
-            "type": "object", "properties": { "events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}}, "next_after": {"type": "integer", "description": "Continue from here: the last sequence read, past the events a types filter left out (a page shorter than limit has read to the head of the log)"} } } } } },
+            "type": "object", "properties": { "events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}}, "next_after": {"type": "integer", "description": "Continue from here: the last sequence read, past the events a types filter left out"} } } } } },
             "400": problem_response("A parameter is invalid.") } } }));
     paths.insert("/events/{id}".into(), json!({ "get": { "operationId": "getEvent", "summary": "One event",
         "parameters": [{ "name": "id", "in": "path", "required": true, "schema": {"type": "string"} }],
@@ -271,7 +274,7 @@ fn add_common_errors(paths: &mut Map<String, Value>) {
                 add("404", "No such object.");
             }
             if method == "delete" {
-                add("412", "If-Match did not match.");
+                add("412", "An If-Match or If-None-Match precondition failed.");
             }
         }
     }

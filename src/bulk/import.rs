@@ -32,6 +32,20 @@ pub fn read_path(path: &Path) -> anyhow::Result<LabelledRows> {
                 problems.push(format!("{label}: cannot tell which HSDS object this is (give it an id and the fields of a service, organization, location, service_at_location, taxonomy or taxonomy_term)"));
                 continue;
             };
+            // A full service_at_location document names its service and location by the objects it embeds.
+            let mut doc = doc;
+            if table.name == "service_at_location"
+                && let Some(map) = doc.as_object_mut()
+            {
+                for (object, field) in [("service", "service_id"), ("location", "location_id")] {
+                    let nested = map.get(object).and_then(|o| o.get("id")).and_then(Value::as_str).map(str::to_string);
+                    if let Some(id) = nested
+                        && map.get(field).is_none_or(Value::is_null)
+                    {
+                        map.insert(field.to_string(), Value::String(id));
+                    }
+                }
+            }
             match flatten(table, &doc, "") {
                 Ok(flat) => rows.extend(flat.rows.into_iter().map(|r| {
                     let at = format!(

@@ -206,7 +206,8 @@ fn flatten_into(table: &'static Table, body: &Value, pointer: &str, out: &mut Fl
                         obj.insert(back.name.to_string(), Value::String(id.clone()));
                         filled_in = true;
                     }
-                    Some(Value::String(s)) if *s == id => {}
+                    // Case aside: the child's ids are lowercased when it is flattened, as the parent's were.
+                    Some(Value::String(s)) if s.eq_ignore_ascii_case(&id) => {}
                     Some(_) => errors.push(FieldError::new(
                         format!("{item_pointer}/{}", back.name),
                         format!("must be {id}, the id of the {} it is nested in", table.name),
@@ -220,7 +221,7 @@ fn flatten_into(table: &'static Table, body: &Value, pointer: &str, out: &mut Fl
                     obj.insert("resource_type".into(), Value::String(table.name.to_string()));
                 }
                 if let Some(child_id) = obj.get("id").and_then(Value::as_str) {
-                    keep.push(child_id.to_string());
+                    keep.push(super::validate::canonical_id(child_id).into_owned());
                 }
             }
             let before = errors.len();

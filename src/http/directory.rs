@@ -72,9 +72,9 @@ fn parse_uuid_param(params: &HashMap<String, String>, name: &str) -> Result<Opti
         Some(v) if v.is_empty() => Ok(None),
         Some(v) => {
             // Stored ids are lowercase: so is the filter.
-            uuid::Uuid::parse_str(v)
+            crate::hsds::validate::parse_uuid(v)
                 .map(|_| Some(v.to_ascii_lowercase()))
-                .map_err(|_| ApiError::parameter(name, "must be a UUID"))
+                .ok_or_else(|| ApiError::parameter(name, "must be a UUID (8-4-4-4-12 hex digits)"))
         }
     }
 }
@@ -299,7 +299,9 @@ fn precondition(
     id: &str,
     headers: &HeaderMap,
 ) -> Option<(&'static Table, String, String)> {
-    headers.get(name).and_then(|v| v.to_str().ok()).map(|v| (table, id.to_string(), v.trim().to_string()))
+    // A list may come on several lines of the header.
+    let lines: Vec<&str> = headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).map(str::trim).collect();
+    (!lines.is_empty()).then(|| (table, id.to_string(), lines.join(", ")))
 }
 
 /// Turns a body for `table/id` into write operations: the rows, then the replaced child sets.
@@ -403,7 +405,11 @@ async fn patch(
     strip_views(table, &mut current);
     let ops = body_to_ops(table, &id, current)?;
     // The write re-checks the ETag read above inside its transaction, so a concurrent change is a 412.
-    let options = WriteOptions { if_match: Some((table, id.clone(), read_tag)), ..WriteOptions::default() };
+    let options = WriteOptions {
+        if_match: Some((table, id.clone(), read_tag)),
+        if_none_match: precondition(header::IF_NONE_MATCH, table, &id, &headers),
+        ..WriteOptions::default()
+    };
     let mut outcome = state.db.apply(ops, options).await?;
     written(&state, table, &id, StatusCode::OK, &mut outcome).await
 }
@@ -429,7 +435,11 @@ async fn remove(
     caller.require(&[Scope::Publish])?;
     let table = table_of(&plural)?;
     let id = crate::hsds::validate::canonical_id(&id).into_owned();
-    let options = WriteOptions { if_match: if_match(table, &id, &headers), ..WriteOptions::default() };
+    let options = WriteOptions {
+        if_match: if_match(table, &id, &headers),
+        if_none_match: precondition(header::IF_NONE_MATCH, table, &id, &headers),
+        ..WriteOptions::default()
+    };
     state.db.apply(vec![Op::Delete { table, id }], options).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

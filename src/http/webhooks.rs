@@ -141,8 +141,8 @@ async fn apply_fields(
                 for (k, value) in map {
                     if !FILTER_KEYS.contains(&k.as_str()) {
                         err(&format!("/filter/{k}"), format!("unknown filter; use one of {}", FILTER_KEYS.join(", ")));
-                    } else if value.as_str().and_then(|s| uuid::Uuid::parse_str(s).ok()).is_none() {
-                        err(&format!("/filter/{k}"), "must be a UUID".into());
+                    } else if value.as_str().and_then(crate::hsds::validate::parse_uuid).is_none() {
+                        err(&format!("/filter/{k}"), "must be a UUID (8-4-4-4-12 hex digits)".into());
                     }
                 }
                 // Ids are stored in lowercase; a filter compares with them as text.
@@ -666,6 +666,7 @@ async fn test(
     let object = event_type.split('.').next().unwrap_or_default().to_string();
     let (object_id, data) = match body.get("object_id").and_then(Value::as_str) {
         Some(object_id) => {
+            let object_id = &*crate::hsds::validate::canonical_id(object_id);
             let table = crate::hsds::catalog::table(&object)
                 .ok_or_else(|| ApiError::invalid("/object_id", "this event type has no HSDS object"))?;
             let data = state
@@ -719,7 +720,7 @@ async fn deliveries(
     let q = DeliveryQuery {
         status,
         event_type: params.get("event_type").cloned(),
-        object_id: params.get("object_id").cloned(),
+        object_id: params.get("object_id").map(|id| crate::hsds::validate::canonical_id(id).into_owned()),
         since: time("since")?,
         until: time("until")?,
     };

@@ -158,6 +158,17 @@ impl Db {
     ) -> Result<PendingWrite, WriteError> {
         let origin = options.origin.clone().unwrap_or_else(|| self.instance_id().to_string());
         let now = options.at.clone().unwrap_or_else(now_text);
+        // Concurrent writers of a row a precondition names queue on it (PostgreSQL; SQLite writers are
+        // serialised already), so each compares against what the one before it committed.
+        if self.backend == super::Backend::Postgres
+            && let Some((table, id, _)) = options.if_none_match.as_ref().filter(|_| options.if_match.is_none())
+        {
+            tx.execute(
+                "SELECT rid FROM records WHERE kind = $1 AND id = $2 FOR UPDATE",
+                &[table.name.into(), id.into()],
+            )
+            .await?;
+        }
         if let Some((table, id, etag)) = &options.if_match {
             if self.backend == super::Backend::Postgres {
                 // Concurrent writers of this row queue here, so each compares against what the one

@@ -199,6 +199,13 @@ fn the_official_full_documents_import_as_their_kinds() {
     ] {
         let rows = hsda::bulk::import::read_path(&hsds.join("examples").join(file)).expect(file);
         assert_eq!(rows[0].0.name, kind, "{file}");
+        if kind == "service_at_location" {
+            // Linked to the service and location it embeds, by their ids.
+            let doc: Value =
+                serde_json::from_str(&std::fs::read_to_string(hsds.join("examples").join(file)).unwrap()).unwrap();
+            assert_eq!(rows[0].1.get("service_id"), doc["service"].get("id"), "{file}");
+            assert_eq!(rows[0].1.get("location_id"), doc["location"].get("id"), "{file}");
+        }
     }
 }
 

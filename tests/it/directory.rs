@@ -740,4 +740,17 @@ store_test!(ids_are_the_same_whatever_the_case_of_their_hex_digits, |app| async 
     assert_eq!(listed["total_items"], 1, "{listed}");
     assert_eq!(listed["contents"][0]["organization_id"], lower.as_str());
     assert_eq!(app.get_json("/organizations").await["total_items"], 1);
+    // Nested children written all in capitals stay (their back references and ids match case aside), and
+    // writing the same body again keeps them.
+    let phone = "7E57C0DE-0000-4000-8000-0000000000F1";
+    let body = json!({"id": upper, "name": "Upper", "description": "d",
+                      "phones": [{"id": phone, "organization_id": upper, "number": "1"}]});
+    for _ in 0..2 {
+        app.put_ok(&format!("/organizations/{upper}"), &body).await;
+        let shown = app.get_json(&format!("/organizations/{lower}")).await;
+        let phones = shown["phones"].as_array().unwrap();
+        assert_eq!(phones.len(), 1, "{shown}");
+        assert_eq!(phones[0]["id"], phone.to_ascii_lowercase());
+    }
+    assert!(app.events_after(0).await.iter().all(|e| e["type"] != "phone.deleted"), "no phone was deleted");
 });
