@@ -54,6 +54,7 @@ fn server() -> &'static Server {
                 config: std::sync::Arc::new(config),
                 guard: std::sync::Arc::new(guard),
                 webhook_client: client,
+                metrics: std::sync::Arc::default(),
             };
             Server { app: router(state), db, key, _dir: dir }
         })
