@@ -2,7 +2,7 @@
 //! the facets that list filters and webhook filters match on; and the flattening of a nested HSDS JSON
 //! body (a service with its phones, schedules ...) into the rows the store writes.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -160,6 +160,36 @@ pub fn flatten(table: &'static Table, body: &Value, pointer: &str) -> Result<Fla
     let mut out = Flattened::default();
     let mut errors = Vec::new();
     flatten_into(table, body, pointer, &mut out, &mut errors);
+    // One row may appear twice in a body: a compiled document shows a phone under its contact and again
+    // under its service_at_location, each time with the back reference of where it sits. The occurrences
+    // are one row, all their fields together; two values for one field would keep one silently: refused.
+    let mut first: HashMap<(&str, String), usize> = HashMap::new();
+    let mut merged_away = BTreeSet::new();
+    for i in 0..out.rows.len() {
+        let Some(id) = out.rows[i].row.get("id").and_then(Value::as_str).map(str::to_string) else { continue };
+        let table = out.rows[i].table.name;
+        let Some(&earlier) = first.get(&(table, id.clone())) else {
+            first.insert((table, id), i);
+            continue;
+        };
+        merged_away.insert(i);
+        let later = out.rows[i].row.clone();
+        for (key, value) in later {
+            match out.rows[earlier].row.get(&key) {
+                Some(existing) if *existing != value => errors.push(FieldError::new(
+                    format!("{}/{key}", out.rows[i].pointer),
+                    format!("{table} {id} is also at {} with another {key}", out.rows[earlier].pointer),
+                )),
+                Some(_) => {}
+                None => drop(out.rows[earlier].row.insert(key, value)),
+            }
+        }
+    }
+    let mut index = 0;
+    out.rows.retain(|_| {
+        index += 1;
+        !merged_away.contains(&(index - 1))
+    });
     if errors.is_empty() { Ok(out) } else { Err(errors) }
 }
 
@@ -173,7 +203,9 @@ fn flatten_into(table: &'static Table, body: &Value, pointer: &str, out: &mut Fl
     for (key, value) in map {
         if let Some(nested) = table.nested(key) {
             nested_bodies.push((nested, value));
-        } else if is_root_only_view(table, key) {
+        } else if is_root_only_view(table, key) || value.is_null() {
+            // A null field is an absent one: stored, it would be served as `null`, which the HSDS schemas
+            // (typed, never nullable) refuse.
             continue;
         } else {
             row.insert(key.clone(), value.clone());

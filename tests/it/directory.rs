@@ -754,3 +754,51 @@ store_test!(ids_are_the_same_whatever_the_case_of_their_hex_digits, |app| async 
     }
     assert!(app.events_after(0).await.iter().all(|e| e["type"] != "phone.deleted"), "no phone was deleted");
 });
+
+store_test!(nulls_are_absent_and_one_body_names_each_row_once, |app| async move {
+    // HSDS fields are typed and never nullable: a null is an absent field, never served back as null.
+    let service = "7E57C0DE-0000-4000-8000-0000000000A1".to_ascii_lowercase();
+    app.put_ok(&format!("/organizations/{O1}"), &org_body(O1, "Food Bank")).await;
+    let body = json!({"name": "Null test", "status": "active", "organization_id": O1,
+                      "alternate_name": null, "email": null, "minimum_age": null});
+    app.put_ok(&format!("/services/{service}"), &body).await;
+    let shown = app.get_json(&format!("/services/{service}")).await;
+    for field in ["alternate_name", "email", "minimum_age"] {
+        assert!(shown.get(field).is_none_or(|v| !v.is_null()), "{field} in {shown}");
+    }
+    // The same phone twice with different numbers: one would be lost silently, so the body is refused.
+    let phone = "7e57c0de-0000-4000-8000-0000000000a2";
+    let twice = json!({"name": "Twice", "status": "active", "organization_id": O1,
+                       "phones": [{"id": phone, "number": "1"}, {"id": phone, "number": "2"}]});
+    let r = app.put(&format!("/services/{service}"), &twice).await;
+    assert_eq!(r.status(), 422);
+    let problem: Value = r.json().await.unwrap();
+    assert_eq!(problem["errors"][0]["pointer"], "/phones/1/number", "{problem}");
+    assert_eq!(app.get_json(&format!("/services/{service}")).await["name"], "Null test", "nothing written");
+    // Twice the same, it is one row.
+    let same = json!({"name": "Same", "status": "active", "organization_id": O1,
+                      "phones": [{"id": phone, "number": "1"}, {"id": phone, "number": "1"}]});
+    app.put_ok(&format!("/services/{service}"), &same).await;
+    assert_eq!(app.get_json(&format!("/services/{service}")).await["phones"].as_array().unwrap().len(), 1);
+});
+
+store_test!(the_official_full_service_example_keeps_every_row_it_repeats, |app| async move {
+    // The example shows one phone under the service and again under its contact, one contact under the
+    // service and under its service_at_location: each is one row, linked to every place it appears.
+    let Some(hsds) = crate::helpers::hsds_dir() else { return };
+    let text = std::fs::read_to_string(hsds.join("examples/service_full.json")).unwrap();
+    let example: Value = serde_json::from_str(&text).unwrap();
+    let id = example["id"].as_str().unwrap();
+    let r = app.put(&format!("/services/{id}"), &example).await;
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    let shown = app.get_json(&format!("/services/{id}")).await;
+    for list in ["phones", "contacts", "schedules", "service_areas", "languages"] {
+        let want = example[list].as_array().map_or(0, Vec::len);
+        let got = shown[list].as_array().map_or(0, Vec::len);
+        assert_eq!(got, want, "{list}: {shown}");
+    }
+    let phone = example["phones"][0]["id"].as_str().unwrap();
+    let row = app.get_json(&format!("/phones/{phone}")).await;
+    assert_eq!(row["service_id"], id, "{row}");
+    assert!(row["contact_id"].is_string(), "linked to its contact too: {row}");
+});
