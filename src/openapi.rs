@@ -27,7 +27,7 @@ fn list_parameters(table: &Table) -> Vec<Value> {
         param(
             "modified_after",
             json!({"type": "string", "format": "date-time"}),
-            "Only items changed at or after this time.",
+            "Only items changed at or after this time: when this hsda stored the change (the documents' own last_modified is what their writer sent).",
         ),
     ];
     if table.is_root() {
@@ -107,7 +107,7 @@ pub fn document(server: &str) -> Value {
         let item_ref = json!({ "$ref": format!("#/components/schemas/{name}") });
         let page = json!({ "allOf": [ {"$ref": "#/components/schemas/Page"}, {"type": "object", "properties": {"contents": {"type": "array", "items": item_ref}}} ] });
         let list_op = |method: &str| {
-            json!({
+            let mut op = json!({
                 "operationId": format!("{method}{}", t.plural),
                 "summary": format!("List or search {}", t.plural),
                 "tags": [t.name],
@@ -117,7 +117,17 @@ pub fn document(server: &str) -> Value {
                         "content": { "application/json": { "schema": page }, "application/x-ndjson": { "schema": item_ref } } },
                     "400": problem_response("A parameter is invalid.")
                 }
-            })
+            });
+            if method == "search" {
+                // The same parameters as a JSON object; where both name one, the query string wins.
+                let properties: Map<String, Value> = list_parameters(t)
+                    .iter()
+                    .filter_map(|p| Some((p["name"].as_str()?.to_string(), p["schema"].clone())))
+                    .collect();
+                op["requestBody"] = json!({ "required": false, "description": "Search parameters as a JSON object (the query string wins where both name one).",
+                    "content": { "application/json": { "schema": { "type": "object", "properties": properties } } } });
+            }
+            op
         };
         paths.insert(format!("/{}", t.plural), json!({ "get": list_op("list"), "post": list_op("search") }));
         let id_param =
@@ -140,7 +150,11 @@ pub fn document(server: &str) -> Value {
             json!({
                 "parameters": [id_param],
                 "get": { "operationId": format!("get_{}", t.name), "tags": [t.name], "summary": format!("One {}", t.name),
-                    "parameters": [if_none_match.clone()],
+                    "parameters": if t.name == "organization" {
+                        json!([if_none_match.clone(), param("full_service", json!({"type": "boolean"}), "Embed each service whole, not only its summary.")])
+                    } else {
+                        json!([if_none_match.clone()])
+                    },
                     "responses": { "200": { "description": "The object.", "headers": {"ETag": {"schema": {"type": "string"}}}, "content": { "application/json": { "schema": item_ref } } },
                                    "304": { "description": "Not modified: If-None-Match named the current ETag." },
                                    "404": problem_response("No such object.") } },

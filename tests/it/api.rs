@@ -54,6 +54,9 @@ store_test!(metadata_openapi_and_cors, |app| async move {
             assert!(doc["paths"][&one][method].is_object(), "paths has {method} {one}");
         }
     }
+    assert!(doc["paths"]["/services"]["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]["search"].is_object());
+    let org_params = doc["paths"]["/organizations/{id}"]["get"]["parameters"].as_array().unwrap();
+    assert!(org_params.iter().any(|p| p["name"] == "full_service"), "{org_params:?}");
     let catalog = app.get_json("/event-types").await;
     let types: Vec<&str> =
         catalog["event_types"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
