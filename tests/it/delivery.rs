@@ -568,15 +568,12 @@ both_stores!(a_stopping_worker_gives_back_the_deliveries_waiting_in_its_lanes, |
     let sub_id = sub["id"].as_str().unwrap();
     // On PostgreSQL a write leaves its events to the worker's dispatcher when that holds the cursor: wait
     // for both deliveries to be dispatched (well within the ping's 5 s).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-    loop {
+    crate::helpers::eventually("both deliveries leased, waiting", Duration::from_secs(3), || async {
         let (_, waiting) = app.db.deliveries(sub_id, &created, 1, 10).await.unwrap();
-        if waiting.iter().filter(|d| d.lease_until.is_some()).count() == 2 {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "leased, waiting: {waiting:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        let leased = waiting.iter().filter(|d| d.lease_until.is_some()).count();
+        (leased == 2).then_some(()).ok_or_else(|| format!("{waiting:?}"))
+    })
+    .await;
     app.stop().await;
     let db = hsda::store::Db::connect(&app.database_url).await.unwrap();
     let (_, after) = db.deliveries(sub_id, &created, 1, 10).await.unwrap();
@@ -727,15 +724,11 @@ both_stores!(a_delivery_of_a_subscription_the_worker_has_not_seen_is_sent, |_| {
     let sent = got.iter().find(|r| r.header("webhook-id") == "msg_from_elsewhere").expect("msg_from_elsewhere");
     assert!(sent.verify(secret), "signed with the subscription's secret, as read from the store");
     // Its attempt is recorded a moment after the target answered.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
+    crate::helpers::eventually("the delivery succeeded", Duration::from_secs(10), || async {
         let shown = app.get_as(&app.admin_key, "/deliveries/msg_from_elsewhere").await;
-        if shown["status"] == "succeeded" {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{shown}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        (shown["status"] == "succeeded").then_some(()).ok_or_else(|| shown.to_string())
+    })
+    .await;
 });
 
 /// An owner's disable takes the subscription row, then ends its open deliveries; a batch of attempt results

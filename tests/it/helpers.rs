@@ -189,13 +189,26 @@ impl TestApp {
 
 /// The first delivery of `subscription_id` with an attempt recorded, once there is one (waits up to 20 s).
 pub async fn first_attempt_recorded(db: &Db, subscription_id: &str) -> hsda::store::webhooks::Delivery {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
+    eventually(&format!("an attempt recorded for {subscription_id}"), std::time::Duration::from_secs(20), || async {
         let (_, page) = db.deliveries(subscription_id, &Default::default(), 1, 10).await.expect("deliveries");
-        if let Some(d) = page.into_iter().find(|d| d.attempts >= 1) {
-            return d;
+        page.into_iter().find(|d| d.attempts >= 1).ok_or_else(String::new)
+    })
+    .await
+}
+
+/// Polls `check` every 20 ms until it succeeds, and returns what it found; after `limit`, fails the test with
+/// `what` and the last state `check` described in its `Err`.
+pub async fn eventually<T, F, Fut>(what: &str, limit: std::time::Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match check().await {
+            Ok(found) => return found,
+            Err(last) => assert!(tokio::time::Instant::now() < deadline, "not within {limit:?}: {what}; {last}"),
         }
-        assert!(tokio::time::Instant::now() < deadline, "no attempt recorded for {subscription_id}");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }

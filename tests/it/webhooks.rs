@@ -840,13 +840,13 @@ async fn disabling_ends_open_deliveries(store: Store) {
     };
     let wait_until = |what: &'static str, id: String, status: &'static str, n: u64| {
         let count = &count;
-        async move {
-            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-            while count(id.clone(), status).await != n {
-                assert!(tokio::time::Instant::now() < deadline, "{what}");
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        crate::helpers::eventually(what, std::time::Duration::from_secs(10), move || {
+            let id = id.clone();
+            async move {
+                let found = count(id, status).await;
+                (found == n).then_some(()).ok_or_else(|| format!("{found} {status}"))
             }
-        }
+        })
     };
 
     // The owner disables it while a delivery waits for its retry.
@@ -899,21 +899,17 @@ async fn disabling_ends_open_deliveries(store: Store) {
     rx.wait_for("the ping", |r| !r.is_empty()).await;
     put_org(&app, O1, "One, renamed").await;
     let page = format!("/webhooks/{gone}/deliveries?status=retrying");
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    while app.get_as(&key, &page).await["total_items"] != 1 {
-        assert!(tokio::time::Instant::now() < deadline, "the first update's attempt failed");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    crate::helpers::eventually("the first update's attempt failed", std::time::Duration::from_secs(10), || async {
+        let shown = app.get_as(&key, &page).await;
+        (shown["total_items"] == 1).then_some(()).ok_or_else(|| shown.to_string())
+    })
+    .await;
     put_org(&app, O1, "One, renamed again").await;
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
+    crate::helpers::eventually("410 disables", std::time::Duration::from_secs(10), || async {
         let shown = app.get_as(&key, &format!("/webhooks/{gone}")).await;
-        if shown["status"] == "disabled" {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "410 disables: {shown}");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+        (shown["status"] == "disabled").then_some(()).ok_or_else(|| shown.to_string())
+    })
+    .await;
     let open = app.get_as(&key, &format!("/webhooks/{gone}/deliveries?status=retrying")).await;
     assert_eq!(open["total_items"], 0, "{open}");
     let failed = app.get_as(&key, &format!("/webhooks/{gone}/deliveries?status=failed")).await;
@@ -922,15 +918,7 @@ async fn disabling_ends_open_deliveries(store: Store) {
     assert!(errors.contains(&hsda::store::webhooks::FAILED_BY_DISABLE), "{failed}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn disabling_ends_open_deliveries_sqlite() {
-    disabling_ends_open_deliveries(Store::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn disabling_ends_open_deliveries_postgres() {
-    disabling_ends_open_deliveries(Store::Postgres).await;
-}
+crate::each_store!(disabling_ends_open_deliveries);
 
 webhook_test!(metrics_count_attempts_requests_and_what_the_store_holds, |app| async move {
     let rx = Receiver::start().await;
@@ -949,18 +937,15 @@ webhook_test!(metrics_count_attempts_requests_and_what_the_store_holds, |app| as
         "hsda_deliveries_in_flight 0",
         "hsda_store_degraded 0",
     ];
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    let text = loop {
+    let text = crate::helpers::eventually("the metrics", std::time::Duration::from_secs(10), || async {
         let r = app.client.get(app.url("/metrics")).bearer_auth(&app.admin_key).send().await.unwrap();
         assert_eq!(r.status(), 200);
         assert!(r.headers()["content-type"].to_str().unwrap().starts_with("application/openmetrics-text"));
         let text = r.text().await.unwrap();
-        if wanted.iter().all(|w| text.lines().any(|l| l == *w)) {
-            break text;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{wanted:?} in:\n{text}");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    };
+        let all = wanted.iter().all(|w| text.lines().any(|l| l == *w));
+        if all { Ok(text) } else { Err(format!("{wanted:?} in:\n{text}")) }
+    })
+    .await;
     let sequence = app.db.last_sequence().await.unwrap();
     assert!(text.lines().any(|l| l == format!("hsda_event_sequence {sequence}")), "{text}");
     assert!(!text.contains(O1) && !text.contains(sub["id"].as_str().unwrap()), "no ids, only routes: {text}");
