@@ -81,8 +81,8 @@ impl Metrics {
     }
 
     /// One API request was answered.
-    pub fn request(&self, method: &str, route: &str, status: u16, took: Duration) {
-        let labels = RequestLabels { method: method.to_string(), route: route.to_string(), status };
+    pub fn request(&self, method: String, route: String, status: u16, took: Duration) {
+        let labels = RequestLabels { method, route, status };
         self.requests.get_or_create(&labels).inc();
         self.request_seconds.get_or_create(&labels).observe(took.as_secs_f64());
     }
@@ -168,7 +168,7 @@ mod tests {
         metrics.attempt("succeeded", None, Duration::from_millis(3));
         metrics.attempt("retry", Some("http_status"), Duration::from_millis(5));
         metrics.attempt("retry", Some("http_status"), Duration::from_millis(7));
-        metrics.request("GET", "/services/{id}", 200, Duration::from_micros(800));
+        metrics.request("GET".into(), "/services/{id}".into(), 200, Duration::from_micros(800));
         let started = metrics.attempt_started();
         let store = StoreFigures {
             last_event_sequence: 42,

@@ -16,6 +16,14 @@ pub fn etag(value: &Value) -> String {
     format!("\"{}\"", hex::encode(&digest[..12]))
 }
 
+/// Whether a precondition header's list of ETags (`"a", W/"b"` or `*`) names `current` (RFC 9110 13.1):
+/// weakly, a `W/` tag matches its strong twin; strongly, a weak tag never matches.
+pub fn etag_listed(list: &str, current: &str, weak: bool) -> bool {
+    list.split(',')
+        .map(str::trim)
+        .any(|tag| tag == "*" || tag == current || (weak && tag.strip_prefix("W/") == Some(current)))
+}
+
 /// The key lists are ordered by: the lower-cased name where the table has one, then the id.
 pub fn sort_key(table: &Table, doc: &Value) -> String {
     let name = match table.name {
@@ -164,16 +172,16 @@ pub fn flatten(table: &'static Table, body: &Value, pointer: &str) -> Result<Fla
     // under its service_at_location, each time with the back reference of where it sits. The occurrences
     // are one row, all their fields together; two values for one field would keep one silently: refused.
     let mut first: HashMap<(&str, String), usize> = HashMap::new();
-    let mut merged_away = BTreeSet::new();
-    for i in 0..out.rows.len() {
+    let mut keep = vec![true; out.rows.len()];
+    for (i, kept) in keep.iter_mut().enumerate() {
         let Some(id) = out.rows[i].row.get("id").and_then(Value::as_str).map(str::to_string) else { continue };
         let table = out.rows[i].table.name;
         let Some(&earlier) = first.get(&(table, id.clone())) else {
             first.insert((table, id), i);
             continue;
         };
-        merged_away.insert(i);
-        let later = out.rows[i].row.clone();
+        *kept = false;
+        let later = std::mem::take(&mut out.rows[i].row);
         for (key, value) in later {
             match out.rows[earlier].row.get(&key) {
                 Some(existing) if *existing != value => errors.push(FieldError::new(
@@ -185,11 +193,8 @@ pub fn flatten(table: &'static Table, body: &Value, pointer: &str) -> Result<Fla
             }
         }
     }
-    let mut index = 0;
-    out.rows.retain(|_| {
-        index += 1;
-        !merged_away.contains(&(index - 1))
-    });
+    let mut kept = keep.into_iter();
+    out.rows.retain(|_| kept.next().unwrap_or(true));
     if errors.is_empty() { Ok(out) } else { Err(errors) }
 }
 

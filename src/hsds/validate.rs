@@ -107,10 +107,9 @@ fn expectation(ty: FieldType) -> String {
 pub fn normalize_uuids(table: &Table, row: &mut Map<String, Value>) {
     for field in table.fields.iter().filter(|f| matches!(f.ty, FieldType::Uuid)) {
         if let Some(Value::String(s)) = row.get_mut(field.name)
-            && parse_uuid(s).is_some()
-            && s.bytes().any(|b| b.is_ascii_uppercase())
+            && let std::borrow::Cow::Owned(lowercase) = canonical_id(s)
         {
-            s.make_ascii_lowercase();
+            *s = lowercase;
         }
     }
 }

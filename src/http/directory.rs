@@ -73,7 +73,7 @@ fn parse_uuid_param(params: &HashMap<String, String>, name: &str) -> Result<Opti
         Some(v) => {
             // Stored ids are lowercase: so is the filter.
             crate::hsds::validate::parse_uuid(v)
-                .map(|_| Some(v.to_ascii_lowercase()))
+                .map(|_| Some(path_id(v)))
                 .ok_or_else(|| ApiError::parameter(name, "must be a UUID (8-4-4-4-12 hex digits)"))
         }
     }
@@ -258,7 +258,7 @@ async fn fetch(
 ) -> Result<Response, ApiError> {
     state.check_read_access(&headers).await?;
     let table = table_of(&plural)?;
-    let id = crate::hsds::validate::canonical_id(&id).into_owned();
+    let id = path_id(&id);
     let full_service = parse_bool(&params, "full_service")?;
     let Some(doc) = state.db.get(table, &id).await? else {
         return Err(ApiError::NotFound(format!("{} {id}", table.name)));
@@ -268,7 +268,7 @@ async fn fetch(
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
         // Weak comparison (RFC 9110 13.1.2): `W/"x"` matches `"x"`; `*` matches whatever exists.
-        .is_some_and(|v| v.split(',').map(str::trim).any(|t| t == "*" || t.trim_start_matches("W/") == tag))
+        .is_some_and(|v| document::etag_listed(v, &tag, true))
     {
         let mut r = StatusCode::NOT_MODIFIED.into_response();
         r.headers_mut().insert(header::ETAG, header_value(&tag));
@@ -288,11 +288,7 @@ fn with_etag(status: StatusCode, body: Value, tag: &str) -> Response {
     r
 }
 
-/// `If-Match` as given (the write compares strongly, so a weak tag fails it).
-fn if_match(table: &'static Table, id: &str, headers: &HeaderMap) -> Option<(&'static Table, String, String)> {
-    precondition(header::IF_MATCH, table, id, headers)
-}
-
+/// A precondition header as given, for `table/id` (the write compares it: see `document::etag_listed`).
 fn precondition(
     name: header::HeaderName,
     table: &'static Table,
@@ -328,6 +324,11 @@ fn body_to_ops(table: &'static Table, id: &str, mut body: Value) -> Result<Vec<O
     Ok(ops)
 }
 
+/// The id in a path as stored (UUIDs in lowercase).
+fn path_id(id: &str) -> String {
+    crate::hsds::validate::canonical_id(id).into_owned()
+}
+
 fn check_id(id: &str) -> Result<(), ApiError> {
     uuid::Uuid::parse_str(id).map(|_| ()).map_err(|_| ApiError::invalid("/id", "the id in the path must be a UUID"))
 }
@@ -341,11 +342,11 @@ async fn put(
 ) -> Result<Response, ApiError> {
     caller.require(&[Scope::Publish])?;
     let table = table_of(&plural)?;
-    let id = crate::hsds::validate::canonical_id(&id).into_owned();
+    let id = path_id(&id);
     check_id(&id)?;
     let ops = body_to_ops(table, &id, body)?;
     let options = WriteOptions {
-        if_match: if_match(table, &id, &headers),
+        if_match: precondition(header::IF_MATCH, table, &id, &headers),
         if_none_match: precondition(header::IF_NONE_MATCH, table, &id, &headers),
         ..WriteOptions::default()
     };
@@ -388,7 +389,7 @@ async fn patch(
 ) -> Result<Response, ApiError> {
     caller.require(&[Scope::Publish])?;
     let table = table_of(&plural)?;
-    let id = crate::hsds::validate::canonical_id(&id).into_owned();
+    let id = path_id(&id);
     if !patch.is_object() {
         return Err(ApiError::invalid("", "a merge patch must be a JSON object"));
     }
@@ -396,8 +397,8 @@ async fn patch(
         return Err(ApiError::NotFound(format!("{} {id}", table.name)));
     };
     let read_tag = etag(&current);
-    if let Some((_, _, wanted)) = if_match(table, &id, &headers)
-        && !wanted.split(',').map(str::trim).any(|t| t == read_tag || t == "*")
+    if let Some((_, _, wanted)) = precondition(header::IF_MATCH, table, &id, &headers)
+        && !document::etag_listed(&wanted, &read_tag, false)
     {
         return Err(ApiError::PreconditionFailed);
     }
@@ -434,9 +435,9 @@ async fn remove(
 ) -> Result<Response, ApiError> {
     caller.require(&[Scope::Publish])?;
     let table = table_of(&plural)?;
-    let id = crate::hsds::validate::canonical_id(&id).into_owned();
+    let id = path_id(&id);
     let options = WriteOptions {
-        if_match: if_match(table, &id, &headers),
+        if_match: precondition(header::IF_MATCH, table, &id, &headers),
         if_none_match: precondition(header::IF_NONE_MATCH, table, &id, &headers),
         ..WriteOptions::default()
     };

@@ -42,6 +42,14 @@ fn redacted(event: &Event) -> Value {
     })
 }
 
+/// One entry of the feed, serialized as it is (an event's document is not copied into a `Value` first).
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum FeedItem {
+    Event(Event),
+    Redacted(Value),
+}
+
 async fn feed(
     State(state): State<AppState>,
     Query(pairs): Query<Vec<(String, String)>>,
@@ -91,11 +99,11 @@ async fn feed(
     // (and a filtered feed skips sequence numbers anyway).
     let everything = types.is_empty() || types.iter().any(|t| t == "*");
     let (events, next_after) = state.db.events_scanned(after, &TypeFilter(types), limit).await?;
-    let events: Vec<Value> = events
-        .iter()
-        .filter_map(|e| match visible(e, viewer.as_ref()) {
-            true => Some(serde_json::to_value(e).unwrap_or(Value::Null)),
-            false => everything.then(|| redacted(e)),
+    let events: Vec<FeedItem> = events
+        .into_iter()
+        .filter_map(|e| match visible(&e, viewer.as_ref()) {
+            true => Some(FeedItem::Event(e)),
+            false => everything.then(|| FeedItem::Redacted(redacted(&e))),
         })
         .collect();
     Ok(Json(json!({ "events": events, "next_after": next_after })))

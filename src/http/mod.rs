@@ -84,7 +84,7 @@ pub fn router(state: AppState) -> Router {
                     .map_or("(no route)", |p| p.as_str())
                     .to_string();
                 let response = next.run(req).await;
-                metrics.request(&method, &route, response.status().as_u16(), started.elapsed());
+                metrics.request(method, route, response.status().as_u16(), started.elapsed());
                 response
             }
         }))

@@ -149,7 +149,7 @@ async fn apply_fields(
                 sub.filter = map
                     .iter()
                     .map(|(k, v)| match v.as_str() {
-                        Some(s) => (k.clone(), Value::String(s.to_ascii_lowercase())),
+                        Some(s) => (k.clone(), Value::String(crate::hsds::validate::canonical_id(s).into_owned())),
                         None => (k.clone(), v.clone()),
                     })
                     .collect();

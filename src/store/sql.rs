@@ -140,11 +140,6 @@ impl<'c> From<&'c mut AnyConnection> for Conn<'c> {
 }
 
 impl Conn<'_> {
-    /// Whether the statements run on PostgreSQL (row locks exist there; SQLite has one writer).
-    pub fn is_postgres(&self) -> bool {
-        matches!(self, Conn::Pooled(conn) if conn.backend_name() == "PostgreSQL")
-    }
-
     /// Runs a statement that returns no rows; returns the number of rows it changed.
     pub async fn execute(&mut self, sql: &str, args: &[Arg<'_>]) -> sqlx::Result<u64> {
         match self {

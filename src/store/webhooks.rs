@@ -990,12 +990,13 @@ pub(crate) struct Recorded {
 /// costs a few statements, not two per attempt.
 pub(crate) async fn record_in(
     conn: &mut Conn<'_>,
+    backend: Backend,
     batch: &[(Delivery, AttemptRecord)],
     disable_after_seconds: i64,
 ) -> sqlx::Result<Recorded> {
     // Subscription rows first, in id order, as an owner's update takes them (before the deliveries it may end
     // as failed): the other order would let a PATCH and a batch of attempts deadlock on PostgreSQL.
-    if conn.is_postgres() {
+    if backend == Backend::Postgres {
         let mut subscriptions: Vec<&str> = batch.iter().map(|(d, _)| d.subscription_id.as_str()).collect();
         subscriptions.sort_unstable();
         subscriptions.dedup();
@@ -1325,15 +1326,18 @@ impl Db {
     /// The deliveries the disable ended ([`FAILED_BY_DISABLE`]) are reopened first.
     pub async fn queue_missed(&self, sub: &Subscription, since: &str, public_url: &str) -> sqlx::Result<usize> {
         // A digest resumes from its own cursor: no events to queue, only what the disable ended.
-        let limit = if sub.schedule.is_some() { 0 } else { 100_000 };
-        let rows = sqlx::query(
-            "SELECT sequence, id, type, object, object_id, occurred_at, origin, data, facets FROM events \
-             WHERE occurred_at >= $1 ORDER BY sequence LIMIT $2",
-        )
-        .bind(since)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = match sub.schedule {
+            Some(_) => Vec::new(),
+            None => {
+                sqlx::query(
+                    "SELECT sequence, id, type, object, object_id, occurred_at, origin, data, facets FROM events \
+                     WHERE occurred_at >= $1 ORDER BY sequence LIMIT 100000",
+                )
+                .bind(since)
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
         let (mut tx, _guard) = self.begin_write().await?;
         let now = now_text();
         // What was still owed when the subscription was last disabled goes out again first (not what an earlier

@@ -158,39 +158,29 @@ impl Db {
     ) -> Result<PendingWrite, WriteError> {
         let origin = options.origin.clone().unwrap_or_else(|| self.instance_id().to_string());
         let now = options.at.clone().unwrap_or_else(now_text);
-        // Concurrent writers of a row a precondition names queue on it (PostgreSQL; SQLite writers are
-        // serialised already), so each compares against what the one before it committed.
-        if self.backend == super::Backend::Postgres
-            && let Some((table, id, _)) = options.if_none_match.as_ref().filter(|_| options.if_match.is_none())
-        {
-            tx.execute(
-                "SELECT rid FROM records WHERE kind = $1 AND id = $2 FOR UPDATE",
-                &[table.name.into(), id.into()],
-            )
-            .await?;
-        }
-        if let Some((table, id, etag)) = &options.if_match {
+        // Both preconditions name the row the request is about: it is locked and read once.
+        let named = options.if_match.iter().chain(&options.if_none_match).next();
+        if let Some((table, id, _)) = named {
             if self.backend == super::Backend::Postgres {
-                // Concurrent writers of this row queue here, so each compares against what the one
-                // before it committed (SQLite writers are already serialised by the write lock).
+                // Concurrent writers of this row queue here, so each compares against what the one before it
+                // committed (SQLite writers are already serialised by the write lock).
                 tx.execute(
                     "SELECT rid FROM records WHERE kind = $1 AND id = $2 FOR UPDATE",
                     &[table.name.into(), id.into()],
                 )
                 .await?;
             }
-            let current = super::read::representation(tx, table, id).await?;
-            let strong = |tag: &str| tag == "*" || current.as_ref().is_some_and(|v| document::etag(v) == tag);
-            if current.is_none() || !etag.split(',').map(str::trim).any(strong) {
+            let current = super::read::representation(tx, table, id).await?.map(|v| document::etag(&v));
+            // If-Match: the row must exist with one of the tags (strong comparison).
+            if let Some((_, _, wanted)) = &options.if_match
+                && !current.as_deref().is_some_and(|c| document::etag_listed(wanted, c, false))
+            {
                 return Err(WriteError::PreconditionFailed);
             }
-        }
-        if let Some((table, id, tags)) = &options.if_none_match
-            && let Some(value) = super::read::representation(tx, table, id).await?
-        {
-            let current = document::etag(&value);
-            let weak = |tag: &str| tag == "*" || tag.trim_start_matches("W/") == current;
-            if tags.split(',').map(str::trim).any(weak) {
+            // If-None-Match: refused when the row exists with one of the tags (weak comparison), or at all (`*`).
+            if let (Some((_, _, refused)), Some(current)) = (&options.if_none_match, &current)
+                && document::etag_listed(refused, current, true)
+            {
                 return Err(WriteError::PreconditionFailed);
             }
         }
