@@ -27,7 +27,7 @@ fn list_parameters(table: &Table) -> Vec<Value> {
         param(
             "modified_after",
             json!({"type": "string", "format": "date-time"}),
-            "Only items changed at or after this time: when this hsda stored the change (the documents' own last_modified is what their writer sent).",
+            "Only items changed at or after this time: when this hsda stored the latest change to the document or anything it embeds (a service's last_modified is that time: hsda keeps it, a writer's value is not kept; data package imports keep the package's own).",
         ),
     ];
     if table.is_root() {

@@ -24,6 +24,22 @@ pub fn etag_listed(list: &str, current: &str, weak: bool) -> bool {
         .any(|tag| tag == "*" || tag == current || (weak && tag.strip_prefix("W/") == Some(current)))
 }
 
+/// Whether hsda keeps `table`'s `last_modified` itself (HSDS gives services one): it is the time of the
+/// latest change to the document as served — the row or anything it embeds — so that a partner comparing
+/// it finds exactly what changed, as `modified_after` does. A writer's own value is not kept.
+pub fn keeps_last_modified(table: &Table) -> bool {
+    table.field("last_modified").is_some()
+}
+
+/// Sets a document's `last_modified` to `at` where hsda keeps it (see [`keeps_last_modified`]).
+pub fn stamp_last_modified(table: &Table, doc: &mut Value, at: &str) {
+    if keeps_last_modified(table)
+        && let Some(map) = doc.as_object_mut()
+    {
+        map.insert("last_modified".into(), Value::String(at.to_string()));
+    }
+}
+
 /// The key lists are ordered by: the lower-cased name where the table has one, then the id.
 pub fn sort_key(table: &Table, doc: &Value) -> String {
     let name = match table.name {

@@ -67,6 +67,13 @@ impl Appended {
     }
 }
 
+/// The events of one write (or of one batch of attempt results): they share an origin and a time.
+pub(crate) struct Batch<'a> {
+    pub events: &'a [NewEvent],
+    pub origin: &'a str,
+    pub occurred_at: &'a str,
+}
+
 /// Appends events with the next sequence numbers.
 pub(crate) async fn append_events(
     conn: &mut Conn<'_>,
@@ -74,42 +81,55 @@ pub(crate) async fn append_events(
     origin: &str,
     occurred_at: &str,
 ) -> sqlx::Result<Appended> {
-    let count = events.len() as i64;
+    let batch = Batch { events, origin, occurred_at };
+    let mut appended = append_batches(conn, std::slice::from_ref(&batch)).await?;
+    Ok(appended.pop().unwrap_or(Appended { first: 0, last: -1, ids: Vec::new() }))
+}
+
+/// Appends the events of several writes, in order, with the next sequence numbers: one counter update and
+/// one multi-row insert per 50 events for the whole group, however many writes it holds. (A group commit
+/// used to pay two statements per write here, every one of them while holding the counter row.)
+pub(crate) async fn append_batches(conn: &mut Conn<'_>, batches: &[Batch<'_>]) -> sqlx::Result<Vec<Appended>> {
+    let count: usize = batches.iter().map(|b| b.events.len()).sum();
+    if count == 0 {
+        return Ok(batches.iter().map(|_| Appended { first: 0, last: -1, ids: Vec::new() }).collect());
+    }
     // Taking the counter row last keeps the time it is locked (PostgreSQL) short.
     let (last,): (i64,) = conn
         .fetch_one(
             "UPDATE counters SET value = value + $1 WHERE name = 'event_sequence' RETURNING value",
-            &[count.into()],
+            &[(count as i64).into()],
         )
         .await?;
-    let first = last - count + 1;
-    // Multi-row inserts: one statement per 50 events instead of one per event.
+    let first = last - count as i64 + 1;
+    // (batch, event) in log order, each with its id and texts made first: the arguments only borrow them.
+    let rows: Vec<(&Batch, &NewEvent, [String; 3])> = batches
+        .iter()
+        .flat_map(|batch| batch.events.iter().map(move |event| (batch, event)))
+        .map(|(batch, event)| {
+            let facets: Vec<[&str; 2]> = event.facets.iter().map(|(k, v)| [k.as_str(), v.as_str()]).collect();
+            let texts = [
+                // Time-ordered (UUIDv7): a new id lands on the id index's last page, not a random one.
+                format!("evt_{}", uuid::Uuid::now_v7().simple()),
+                event.data.to_string(),
+                serde_json::to_string(&facets).unwrap_or_else(|_| "[]".into()),
+            ];
+            (batch, event, texts)
+        })
+        .collect();
     let mut sequence = first;
-    let mut ids = Vec::with_capacity(events.len());
-    for chunk in events.chunks(50) {
+    for chunk in rows.chunks(50) {
         let values: Vec<String> =
-            super::row_placeholders(3, chunk.len(), 7).into_iter().map(|p| format!("($1, $2, {p})")).collect();
+            super::row_placeholders(1, chunk.len(), 9).into_iter().map(|p| format!("({p})")).collect();
         let sql = format!(
             "INSERT INTO events (occurred_at, origin, sequence, id, type, object, object_id, data, facets) VALUES {}",
             values.join(", ")
         );
-        // The texts are made first: the arguments only borrow them.
-        let texts: Vec<[String; 3]> = chunk
-            .iter()
-            .map(|event| {
-                let facets: Vec<[&str; 2]> = event.facets.iter().map(|(k, v)| [k.as_str(), v.as_str()]).collect();
-                [
-                    // Time-ordered (UUIDv7): a new id lands on the id index's last page, not a random one.
-                    format!("evt_{}", uuid::Uuid::now_v7().simple()),
-                    event.data.to_string(),
-                    serde_json::to_string(&facets).unwrap_or_else(|_| "[]".into()),
-                ]
-            })
-            .collect();
-        let mut args: Vec<Arg> = Vec::with_capacity(2 + 7 * chunk.len());
-        args.extend([Arg::from(occurred_at), Arg::from(origin)]);
-        for (event, [id, data, facets]) in chunk.iter().zip(&texts) {
+        let mut args: Vec<Arg> = Vec::with_capacity(9 * chunk.len());
+        for (batch, event, [id, data, facets]) in chunk {
             args.extend([
+                Arg::from(batch.occurred_at),
+                Arg::from(batch.origin),
                 Arg::from(sequence),
                 id.into(),
                 event.event_type.as_str().into(),
@@ -121,9 +141,18 @@ pub(crate) async fn append_events(
             sequence += 1;
         }
         conn.execute(&sql, &args).await?;
-        ids.extend(texts.into_iter().map(|[id, _, _]| id));
     }
-    Ok(Appended { first, last, ids })
+    let mut ids = rows.into_iter().map(|(_, _, [id, _, _])| id);
+    let mut next = first;
+    Ok(batches
+        .iter()
+        .map(|batch| {
+            let n = batch.events.len() as i64;
+            let appended = Appended { first: next, last: next + n - 1, ids: ids.by_ref().take(n as usize).collect() };
+            next += n;
+            appended
+        })
+        .collect())
 }
 
 type EventRow = (i64, String, String, String, String, String, String, String, String);

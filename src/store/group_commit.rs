@@ -25,7 +25,7 @@ use sqlx::{Any, Transaction};
 use tokio::sync::{Mutex, OwnedMutexGuard, mpsc, oneshot};
 
 use super::events::Event;
-use super::events::append_events;
+use super::events::{Batch, append_batches, append_events};
 use super::sql::{Conn, from_rusqlite};
 use super::webhooks::{AttemptRecord, CommitDispatch, Delivery, Recorded, Subscription, dispatch_appended, record_in};
 use super::write::{Op, PendingWrite, WriteError, WriteOptions, WriteOutcome};
@@ -466,6 +466,8 @@ async fn run_group(
     let mut outcomes: Vec<(Job, Result<WriteOutcome, WriteError>)> = Vec::with_capacity(waiting.len());
     let mut again: Vec<Job> = Vec::new();
     let mut events: Vec<Event> = Vec::new();
+    // The time of the `webhook.*` events the attempt results cause.
+    let record_time = super::now_text();
     let result: Result<Option<(i64, Vec<Delivery>)>, Stop> = async {
         let mut tx = opener.begin(db).await?;
         let mut keep_events = tx.dispatches();
@@ -513,41 +515,51 @@ async fn run_group(
             }
             conn.execute("RELEASE SAVEPOINT grouped_write", &[]).await?;
         }
-        let mut done = std::mem::take(&mut applied).into_iter();
-        while let Some((job, result)) = done.next() {
-            let failed = match result {
-                Ok(pending) => match pending.append(&mut conn, keep_events).await {
-                    Ok((outcome, appended)) => {
-                        events.extend(appended);
-                        outcomes.push((job, Ok(outcome)));
-                        continue;
-                    }
-                    Err(e) => e,
-                },
+        // Every write that applied, with its events: appended together below.
+        let mut ready: Vec<(Job, PendingWrite)> = Vec::with_capacity(applied.len());
+        for (job, result) in std::mem::take(&mut applied) {
+            match result {
+                Ok(pending) => ready.push((job, pending)),
                 // A fault of the store fails the whole group; any other database error may be this write's own.
-                Err(WriteError::Database(e)) if fails_the_group(&e) => e,
-                Err(WriteError::Database(_)) => {
+                Err(WriteError::Database(e)) if fails_the_group(&e) => {
                     again.push(job);
-                    continue;
+                    again.extend(ready.into_iter().map(|(job, _)| job));
+                    return Err(e.into());
                 }
-                Err(refused) => {
-                    outcomes.push((job, Err(refused)));
-                    continue;
-                }
-            };
-            again.push(job);
-            applied.extend(done);
-            return Err(failed.into());
+                Err(WriteError::Database(_)) => again.push(job),
+                Err(refused) => outcomes.push((job, Err(refused))),
+            }
         }
-        for (_, result) in &mut recorded {
+        let batches: Vec<Batch> = ready
+            .iter()
+            .map(|(_, pending)| pending.batch())
+            .chain(recorded.iter().filter_map(|(_, r)| r.as_ref().ok()).map(|r| Batch {
+                events: &r.events,
+                origin: db.instance_id(),
+                occurred_at: &record_time,
+            }))
+            .collect();
+        let appended = match append_batches(&mut conn, &batches).await {
+            Ok(appended) => appended,
+            Err(e) => {
+                again.extend(ready.into_iter().map(|(job, _)| job));
+                return Err(e.into());
+            }
+        };
+        let mut appended = appended.into_iter();
+        for ((job, pending), appended) in ready.into_iter().zip(appended.by_ref()) {
+            let (outcome, kept) = pending.appended(Some(appended), keep_events);
+            events.extend(kept);
+            outcomes.push((job, Ok(outcome)));
+        }
+        for ((_, result), appended) in recorded.iter_mut().filter(|(_, r)| r.is_ok()).zip(appended) {
             let Ok(r) = result else { continue };
             if r.events.is_empty() {
                 continue;
             }
-            let (origin, now) = (db.instance_id().to_string(), super::now_text());
-            let appended = append_events(&mut conn, &r.events, &origin, &now).await?;
             record_last = Some(appended.last);
-            events.extend(appended.into_events(std::mem::take(&mut r.events), &origin, &now));
+            let origin = db.instance_id();
+            events.extend(appended.into_events(std::mem::take(&mut r.events), origin, &record_time));
         }
         let dispatched = match keep_events && !events.is_empty() {
             true => tx.dispatch(&events).await,

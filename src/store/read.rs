@@ -289,12 +289,29 @@ impl Db {
     ) -> impl Stream<Item = sqlx::Result<super::compile::Row>> + Send + 'static {
         let db = self.clone();
         async_stream::try_stream! {
-            let mut rows = sqlx::query_scalar::<_, String>("SELECT data FROM records WHERE kind = $1 ORDER BY id")
-                .bind(table.name)
-                .fetch(&db.pool);
-            while let Some(data) = rows.next().await {
-                yield parse_row(&data?);
+            let mut rows =
+                sqlx::query_as::<_, (String, Option<String>)>("SELECT data, doc FROM records WHERE kind = $1 ORDER BY id")
+                    .bind(table.name)
+                    .fetch(&db.pool);
+            let keeps_last_modified = crate::hsds::document::keeps_last_modified(table);
+            while let Some(row) = rows.next().await {
+                let (data, doc) = row?;
+                let mut row = parse_row(&data);
+                // hsda keeps this field on the document, not the row (see `document::keeps_last_modified`).
+                if keeps_last_modified
+                    && let Some(Stamped { last_modified: Some(time) }) =
+                        doc.as_deref().and_then(|d| serde_json::from_str(d).ok())
+                {
+                    row.insert("last_modified".into(), time);
+                }
+                yield row;
             }
         }
     }
+}
+
+/// The one field of a stored document that [`Db::stream_rows`] needs (the rest is skipped, not built).
+#[derive(serde::Deserialize)]
+struct Stamped {
+    last_modified: Option<Value>,
 }

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use sqlx::{Any, Transaction};
 
 use super::compile::{Form, Row, compile_many, id_of, load_rows, parse_row};
-use super::events::{Event, NewEvent, append_events};
+use super::events::{Appended, Batch, Event, NewEvent, append_events};
 use super::sql::{Arg, Conn};
 use super::{Backend, Db, now_text};
 use crate::hsds::catalog::{NestedKind, TABLES, Table, table};
@@ -218,13 +218,27 @@ impl PendingWrite {
         conn: &mut Conn<'_>,
         keep_events: bool,
     ) -> sqlx::Result<(WriteOutcome, Vec<Event>)> {
+        let appended = match self.events.is_empty() {
+            true => None,
+            false => Some(append_events(conn, &self.events, &self.origin, &self.now).await?),
+        };
+        Ok(self.appended(appended, keep_events))
+    }
+
+    /// The events to append, as one batch of a group's (see [`super::events::append_batches`]).
+    pub(crate) fn batch(&self) -> Batch<'_> {
+        Batch { events: &self.events, origin: &self.origin, occurred_at: &self.now }
+    }
+
+    /// What the write did, its events having been appended as `appended` (`None`: it had none); with
+    /// `keep_events`, also the events as appended (for dispatching them in the same transaction).
+    pub(crate) fn appended(self, appended: Option<Appended>, keep_events: bool) -> (WriteOutcome, Vec<Event>) {
         let mut outcome =
             WriteOutcome { rows_changed: self.rows_changed, created: self.created, ..WriteOutcome::default() };
-        if self.events.is_empty() {
-            return Ok((outcome, Vec::new()));
-        }
+        let Some(appended) = appended.filter(|_| !self.events.is_empty()) else {
+            return (outcome, Vec::new());
+        };
         outcome.events = self.events.len();
-        let appended = append_events(conn, &self.events, &self.origin, &self.now).await?;
         outcome.first_sequence = Some(appended.first);
         outcome.last_sequence = Some(appended.last);
         // What each changed row reads as now is its event's data: handed back, so the caller need not read it.
@@ -236,11 +250,11 @@ impl PendingWrite {
                 .filter(|e| document(e))
                 .map(|e| (e.object, e.object_id.clone(), e.data.clone()))
                 .collect();
-            return Ok((outcome, appended.into_events(self.events, &self.origin, &self.now)));
+            return (outcome, appended.into_events(self.events, &self.origin, &self.now));
         }
         outcome.documents =
             self.events.into_iter().filter(|e| document(e)).map(|e| (e.object, e.object_id, e.data)).collect();
-        Ok((outcome, Vec::new()))
+        (outcome, Vec::new())
     }
 }
 
@@ -293,7 +307,12 @@ impl Writer<'_, '_> {
         Ok(found.is_some())
     }
 
-    async fn upsert(&mut self, table: &'static Table, row: Row, pointer: String) -> Result<(), WriteError> {
+    async fn upsert(&mut self, table: &'static Table, mut row: Row, pointer: String) -> Result<(), WriteError> {
+        if document::keeps_last_modified(table) && !self.bulk {
+            // Set on the document when it is compiled (a GET, edit and PUT back then changes nothing). Bulk
+            // imports keep a package's own value.
+            row.remove("last_modified");
+        }
         let Some(id) = id_of(&row) else {
             return Err(WriteError::Invalid(vec![FieldError::new(format!("{pointer}/id"), "is required")]));
         };
@@ -559,8 +578,9 @@ impl Writer<'_, '_> {
             }
             rows.extend(load_rows(self.conn, root_table.name, &unknown).await?.into_values());
             let compiled = compile_many(self.conn, root_table, rows, Form::Root).await?;
-            for doc in compiled {
+            for mut doc in compiled {
                 let Some(id) = doc.get("id").and_then(Value::as_str).map(str::to_string) else { continue };
+                document::stamp_last_modified(root_table, &mut doc, self.now);
                 let fresh = created.contains(&(root_table.name, id.clone()));
                 let facets = document::facets(root_table, &doc);
                 self.store_doc(root_table, &id, &doc, &facets, fresh).await?;
@@ -989,10 +1009,24 @@ impl Writer<'_, '_> {
                 let rows = load_rows(self.conn, t.name, &ids).await?;
                 let compiled = compile_many(self.conn, t, rows.into_values().collect(), Form::Root).await?;
                 let mut events = Vec::new();
-                for doc in compiled {
+                for mut doc in compiled {
                     let Some(id) = doc.get("id").and_then(Value::as_str).map(str::to_string) else { continue };
+                    let old_doc = old.get(id.as_str()).copied().flatten();
+                    // A package's own `last_modified` is kept: an import carries another directory's history.
+                    // Without one, the document is compared with the time it already has, and only a
+                    // document that changed gets the time of this import.
+                    let stamp = document::keeps_last_modified(t) && doc.get("last_modified").is_none();
+                    if stamp {
+                        let kept = old_doc
+                            .and_then(|d| serde_json::from_str::<Value>(d).ok())
+                            .and_then(|d| d.get("last_modified").and_then(Value::as_str).map(str::to_string));
+                        document::stamp_last_modified(t, &mut doc, kept.as_deref().unwrap_or(self.now));
+                    }
                     let text = doc.to_string();
-                    let unchanged = old.get(id.as_str()).copied().flatten().is_some_and(|d| *d == text);
+                    let unchanged = old_doc.is_some_and(|d| *d == text);
+                    if stamp && !unchanged {
+                        document::stamp_last_modified(t, &mut doc, self.now);
+                    }
                     let key = (t.name, id.clone());
                     if unchanged && !touched_roots.contains(&key) {
                         continue;

@@ -802,3 +802,43 @@ store_test!(the_official_full_service_example_keeps_every_row_it_repeats, |app| 
     assert_eq!(row["service_id"], id, "{row}");
     assert!(row["contact_id"].is_string(), "linked to its contact too: {row}");
 });
+
+store_test!(hsda_keeps_a_services_last_modified_as_the_time_of_its_latest_change, |app| async move {
+    app.put_ok(&format!("/organizations/{O1}"), &org_body(O1, "Food Bank")).await;
+    let mut body = service_body(S1, O1, "Community Pantry");
+    body["last_modified"] = json!("2001-01-01T00:00:00Z");
+    let created = app.put_ok(&format!("/services/{S1}"), &body).await;
+    let events = app.events_after(0).await;
+    let write_time = events.last().unwrap()["occurred_at"].as_str().unwrap().to_string();
+    assert_eq!(created["last_modified"], write_time.as_str(), "the writer's value is not kept");
+    assert_valid("service", &created);
+    let org = app.get_json(&format!("/organizations/{O1}?full_service=true")).await;
+    assert_eq!(org["services"][0]["last_modified"], write_time.as_str(), "embedded copies agree");
+
+    // A GET, edit-nothing, PUT back is no change: no event, the same time.
+    let last = app.db.last_sequence().await.unwrap();
+    let same = app.put_ok(&format!("/services/{S1}"), &created).await;
+    assert_eq!(app.db.last_sequence().await.unwrap(), last, "nothing changed");
+    assert_eq!(same["last_modified"], created["last_modified"]);
+
+    // A change to something the service embeds (its phone, through the phone's own path) moves it, and
+    // `modified_after` at that time finds the service.
+    let phone = "00000000-0000-4000-8000-0000000000a1";
+    assert_eq!(app.patch(&format!("/phones/{phone}"), &json!({"number": "555-0199"})).await.status(), 200);
+    let changed = app.get_json(&format!("/services/{S1}")).await;
+    let moved = changed["last_modified"].as_str().unwrap().to_string();
+    assert!(moved > write_time, "{moved} after {write_time}");
+    let event = app.events_after(last).await.into_iter().find(|e| e["type"] == "service.updated").unwrap();
+    assert_eq!(event["data"]["last_modified"], moved.as_str(), "the event carries the document as served");
+    assert_eq!(event["occurred_at"], moved.as_str());
+    let since = app.get_json(&format!("/services?modified_after={moved}")).await;
+    assert_eq!(since["total_items"], 1);
+    let minimal = app.get_json("/services?minimal=true").await;
+    assert_eq!(minimal["contents"][0]["last_modified"], moved.as_str());
+
+    // The data package export carries the document's time, though the row never held it.
+    let out = tempfile::tempdir().unwrap();
+    hsda::bulk::export::export_datapackage(&app.db, out.path()).await.expect("export");
+    let csv = std::fs::read_to_string(out.path().join("services.csv")).unwrap();
+    assert!(csv.contains(&moved), "{csv}");
+});
