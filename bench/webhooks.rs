@@ -175,6 +175,7 @@ struct Hsda {
     server: tokio::task::JoinHandle<anyhow::Result<()>>,
     dir: Option<tempfile::TempDir>,
     pg_name: Option<String>,
+    db: hsda::store::Db,
 }
 
 impl Hsda {
@@ -207,7 +208,7 @@ impl Hsda {
         let server = tokio::spawn(app.run());
         let publish_key = db.create_key("bench", Scope::Publish).await?.secret;
         let subscribe_key = db.create_key("bench", Scope::Subscribe).await?.secret;
-        Ok(Hsda { base, database_url, publish_key, subscribe_key, shutdown, server, dir, pg_name })
+        Ok(Hsda { base, database_url, publish_key, subscribe_key, shutdown, server, dir, pg_name, db })
     }
 
     async fn stop(self) {
@@ -384,6 +385,8 @@ struct Throughput {
     seconds: f64,
     verified: u64,
     bad: u64,
+    /// Write transactions committed and the directory writes they carried (see `store::group_commit`).
+    groups: (u64, u64),
 }
 
 /// W1 (one subscription) and W2 (several), and W0 (none: writes only).
@@ -405,6 +408,7 @@ async fn throughput(
 
     let t0 = Instant::now();
     let written_before = disk_bytes_written();
+    let groups_before = hsda.db.group_commit_stats();
     let stop = tokio_util::sync::CancellationToken::new();
     let sampler = sample(hsda.database_url.clone(), t0, changes as i64, subscriptions > 0, stop.clone());
     write_concurrently(&hsda, &client, changes).await;
@@ -418,6 +422,8 @@ async fn throughput(
     stop.cancel();
     let phases = sampler.await.unwrap_or_default();
     let disk_bytes = written_before.zip(disk_bytes_written()).map(|(before, after)| after - before);
+    let groups = hsda.db.group_commit_stats();
+    let groups = (groups.0 - groups_before.0, groups.1 - groups_before.1);
     if let (Some(to), Some(dir)) = (KEEP_DB.get(), hsda.dir.as_ref()) {
         for (from, name) in [("bench.db", "db"), ("bench.db-wal", "db-wal")] {
             let target = to.join(format!("subscriptions-{subscriptions}.{name}"));
@@ -444,6 +450,7 @@ async fn throughput(
         seconds: end.as_secs_f64(),
         verified,
         bad,
+        groups,
     })
 }
 
@@ -624,10 +631,11 @@ fn throughput_rows(name: &str, t: &Throughput, ceiling: f64, rows: &mut Vec<Stri
             t.writes_per_s / ceiling
         ));
         phases.push(format!(
-            "| {name} | {} | {} | - | - | {} written to disk |",
+            "| {name} | {} | {} | - | - | {} written to disk; {} |",
             at(t.phases.written),
             at(t.phases.dispatched),
-            megabytes(t.disk_bytes)
+            megabytes(t.disk_bytes),
+            group_sizes(t.groups)
         ));
         return;
     }
@@ -649,7 +657,7 @@ fn throughput_rows(name: &str, t: &Throughput, ceiling: f64, rows: &mut Vec<Stri
         t.writes_per_s / ceiling
     ));
     phases.push(format!(
-        "| {name} | {} | {} | {:.2} s | {} | signatures checked {} ok, {} bad; {} written to disk |",
+        "| {name} | {} | {} | {:.2} s | {} | signatures checked {} ok, {} bad; {} written to disk; {} |",
         at(t.phases.written),
         at(t.phases.dispatched),
         t.seconds,
@@ -657,7 +665,13 @@ fn throughput_rows(name: &str, t: &Throughput, ceiling: f64, rows: &mut Vec<Stri
         t.verified,
         t.bad,
         megabytes(t.disk_bytes),
+        group_sizes(t.groups),
     ));
+}
+
+/// "N write transactions, M writes each": how well writes shared their commits.
+fn group_sizes((transactions, writes): (u64, u64)) -> String {
+    format!("{transactions} write transactions, {:.1} writes each", writes as f64 / transactions.max(1) as f64)
 }
 
 fn megabytes(bytes: Option<u64>) -> String {
