@@ -159,6 +159,7 @@ pub fn document(server: &str) -> Value {
                                    "304": { "description": "Not modified: If-None-Match named the current ETag." },
                                    "404": problem_response("No such object.") } },
                 "put": { "operationId": format!("put_{}", t.name), "tags": [t.name], "summary": format!("Create or replace a {} (nested children included)", t.name),
+                    "description": "Nested child arrays (phones, schedules, ...) replace that set of children when present and leave it alone when absent. An organization's `services` are upserted but never deleted for being left out. A service's `last_modified` is kept by hsda; a value sent is not kept.",
                     "security": [{"bearer": []}], "parameters": [if_match.clone(), if_none_match.clone()],
                     "requestBody": { "required": true, "content": { "application/json": { "schema": item_ref } } },
                     "responses": put_responses },

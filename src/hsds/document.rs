@@ -178,8 +178,9 @@ pub struct Flattened {
 /// Splits an HSDS JSON object of `table` (which may nest children, e.g. `service.phones`) into flat rows,
 /// validating each. Children get their back reference filled in from the parent (a phone inside a service
 /// gets its `service_id`); a child naming a different parent is an error. Related one-to-one objects
-/// (`service.organization`, `attribute.taxonomy_term`) and the root-only `services`/`service` lists are
-/// read-only views of other rows and are ignored.
+/// (`service.organization`, `attribute.taxonomy_term`) and a full service_at_location's `service` are
+/// read-only views of other rows and are ignored. An organization's `services` are upserted with it, but
+/// never deleted for being left out.
 pub fn flatten(table: &'static Table, body: &Value, pointer: &str) -> Result<Flattened, Vec<FieldError>> {
     let mut out = Flattened::default();
     let mut errors = Vec::new();
@@ -221,9 +222,12 @@ fn flatten_into(table: &'static Table, body: &Value, pointer: &str, out: &mut Fl
     };
     let mut row = Map::new();
     let mut nested_bodies = Vec::new();
+    let mut services = None;
     for (key, value) in map {
         if let Some(nested) = table.nested(key) {
             nested_bodies.push((nested, value));
+        } else if table.name == "organization" && key == "services" {
+            services = Some(value).filter(|v| !v.is_null());
         } else if is_root_only_view(table, key) || value.is_null() {
             // A null field is an absent one: stored, it would be served as `null`, which the HSDS schemas
             // (typed, never nullable) refuse.
@@ -244,55 +248,81 @@ fn flatten_into(table: &'static Table, body: &Value, pointer: &str, out: &mut Fl
         let Some(child_table) = super::catalog::table(nested.table) else { continue };
         let Some(back) = table.back_reference(nested) else { continue };
         let child_pointer = format!("{pointer}/{}", nested.key);
-        let Some(items) = value.as_array() else {
-            errors.push(FieldError::new(child_pointer, "must be an array"));
+        let Some(keep) = flatten_children(table, &id, child_table, back, value, &child_pointer, out, errors) else {
             continue;
         };
-        let mut keep = Vec::with_capacity(items.len());
-        for (i, item) in items.iter().enumerate() {
-            let item_pointer = format!("{child_pointer}/{i}");
-            let mut item = item.clone();
-            let mut filled_in = false;
-            if let Some(obj) = item.as_object_mut() {
-                match obj.get(back.name) {
-                    None | Some(Value::Null) => {
-                        obj.insert(back.name.to_string(), Value::String(id.clone()));
-                        filled_in = true;
-                    }
-                    // Case aside: the child's ids are lowercased when it is flattened, as the parent's were.
-                    Some(Value::String(s)) if s.eq_ignore_ascii_case(&id) => {}
-                    Some(_) => errors.push(FieldError::new(
-                        format!("{item_pointer}/{}", back.name),
-                        format!("must be {id}, the id of the {} it is nested in", table.name),
-                    )),
-                }
-                if back.references == Some("*") && child_table.name == "attribute" && !obj.contains_key("link_entity") {
-                    obj.insert("link_entity".into(), Value::String(table.name.to_string()));
-                }
-                if back.references == Some("*") && child_table.name == "metadata" && !obj.contains_key("resource_type")
-                {
-                    obj.insert("resource_type".into(), Value::String(table.name.to_string()));
-                }
-                if let Some(child_id) = obj.get("id").and_then(Value::as_str) {
-                    keep.push(super::validate::canonical_id(child_id).into_owned());
-                }
-            }
-            let before = errors.len();
-            flatten_into(child_table, &item, &item_pointer, out, errors);
-            if filled_in {
-                // The back reference came from the parent's id: if that id is bad, it is reported where the
-                // client wrote it, not again at a field the client never sent.
-                let filled_pointer = format!("{item_pointer}/{}", back.name);
-                let child_errors = errors.split_off(before);
-                errors.extend(child_errors.into_iter().filter(|e| e.pointer != filled_pointer));
-            }
-        }
         out.child_sets.push(ChildSet { table: child_table, field: back.name, parent_id: id.clone(), keep });
+    }
+    // An organization's services are upserted with it, but they are entities of their own: one the body does
+    // not list is left alone (a body that lists some services, or none, deletes nothing), unlike a phone.
+    if let Some(value) = services
+        && let Some(service) = super::catalog::table("service")
+        && let Some(back) = service.field("organization_id")
+    {
+        flatten_children(table, &id, service, back, value, &format!("{pointer}/services"), out, errors);
     }
 }
 
+/// Flattens the array `value` of `child_table` rows nested in the `table` row `id`, filling in (or checking)
+/// each child's back reference `back`; returns the children's ids (`None` when `value` is not an array).
+#[allow(clippy::too_many_arguments)]
+fn flatten_children(
+    table: &'static Table,
+    id: &str,
+    child_table: &'static Table,
+    back: &'static super::catalog::Field,
+    value: &Value,
+    child_pointer: &str,
+    out: &mut Flattened,
+    errors: &mut Vec<FieldError>,
+) -> Option<Vec<String>> {
+    let Some(items) = value.as_array() else {
+        errors.push(FieldError::new(child_pointer, "must be an array"));
+        return None;
+    };
+    let mut keep = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let item_pointer = format!("{child_pointer}/{i}");
+        let mut item = item.clone();
+        let mut filled_in = false;
+        if let Some(obj) = item.as_object_mut() {
+            match obj.get(back.name) {
+                None | Some(Value::Null) => {
+                    obj.insert(back.name.to_string(), Value::String(id.to_string()));
+                    filled_in = true;
+                }
+                // Case aside: the child's ids are lowercased when it is flattened, as the parent's were.
+                Some(Value::String(s)) if s.eq_ignore_ascii_case(id) => {}
+                Some(_) => errors.push(FieldError::new(
+                    format!("{item_pointer}/{}", back.name),
+                    format!("must be {id}, the id of the {} it is nested in", table.name),
+                )),
+            }
+            if back.references == Some("*") && child_table.name == "attribute" && !obj.contains_key("link_entity") {
+                obj.insert("link_entity".into(), Value::String(table.name.to_string()));
+            }
+            if back.references == Some("*") && child_table.name == "metadata" && !obj.contains_key("resource_type") {
+                obj.insert("resource_type".into(), Value::String(table.name.to_string()));
+            }
+            if let Some(child_id) = obj.get("id").and_then(Value::as_str) {
+                keep.push(super::validate::canonical_id(child_id).into_owned());
+            }
+        }
+        let before = errors.len();
+        flatten_into(child_table, &item, &item_pointer, out, errors);
+        if filled_in {
+            // The back reference came from the parent's id: if that id is bad, it is reported where the
+            // client wrote it, not again at a field the client never sent.
+            let filled_pointer = format!("{item_pointer}/{}", back.name);
+            let child_errors = errors.split_off(before);
+            errors.extend(child_errors.into_iter().filter(|e| e.pointer != filled_pointer));
+        }
+    }
+    Some(keep)
+}
+
 fn is_root_only_view(table: &Table, key: &str) -> bool {
-    matches!((table.name, key), ("organization", "services") | ("service_at_location", "service"))
+    matches!((table.name, key), ("service_at_location", "service"))
 }
 
 #[cfg(test)]

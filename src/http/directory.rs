@@ -402,8 +402,10 @@ async fn patch(
     {
         return Err(ApiError::PreconditionFailed);
     }
-    merge_patch(&mut current, &patch);
+    // The views go first: an organization's stored services are not written back, but a patch that gives
+    // `services` upserts them.
     strip_views(table, &mut current);
+    merge_patch(&mut current, &patch);
     let ops = body_to_ops(table, &id, current)?;
     // The write re-checks the ETag read above inside its transaction, so a concurrent change is a 412.
     let options = WriteOptions {

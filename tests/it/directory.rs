@@ -842,3 +842,56 @@ store_test!(hsda_keeps_a_services_last_modified_as_the_time_of_its_latest_change
     let csv = std::fs::read_to_string(out.path().join("services.csv")).unwrap();
     assert!(csv.contains(&moved), "{csv}");
 });
+
+store_test!(an_organization_body_upserts_its_services_and_never_deletes_one_it_leaves_out, |app| async move {
+    const S2: &str = "00000000-0000-4000-8000-000000000012";
+    let mut body = org_body(O1, "Food Bank");
+    let mut service = service_body(S1, O1, "Community Pantry");
+    service.as_object_mut().unwrap().remove("organization_id");
+    body["services"] = json!([service]);
+    let r = app.put(&format!("/organizations/{O1}"), &body).await;
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let stored = app.get_json(&format!("/services/{S1}")).await;
+    assert_eq!(stored["organization_id"], O1, "the back reference is filled in");
+    assert_eq!(stored["phones"][0]["number"], "555-0100", "the service's own children come too");
+    let types: Vec<String> =
+        app.events_after(0).await.iter().map(|e| e["type"].as_str().unwrap().to_string()).collect();
+    assert!(types.iter().any(|t| t == "service.created"), "{types:?}");
+    assert!(types.iter().any(|t| t == "phone.created"), "{types:?}");
+
+    // What a GET serves, PUT back, changes nothing.
+    let last = app.db.last_sequence().await.unwrap();
+    let served = app.get_json(&format!("/organizations/{O1}")).await;
+    assert_eq!(served["services"][0]["id"], S1);
+    assert_eq!(app.put(&format!("/organizations/{O1}"), &served).await.status(), 200);
+    assert_eq!(app.db.last_sequence().await.unwrap(), last, "a round trip is no change");
+
+    // Services left out (or an empty list) are not deleted: they are entities of their own.
+    app.put_ok(
+        &format!("/organizations/{O1}"),
+        &json!({"id": O1, "name": "Food Bank", "description": "x", "services": []}),
+    )
+    .await;
+    assert_eq!(app.get(&format!("/services/{S1}")).await.status(), 200);
+
+    // A service naming another organization is refused where it says so, and nothing is written.
+    let mut wrong = org_body(O1, "Food Bank");
+    wrong["services"] =
+        json!([{ "id": S2, "name": "Elsewhere", "organization_id": "00000000-0000-4000-8000-000000000099" }]);
+    let r = app.put(&format!("/organizations/{O1}"), &wrong).await;
+    assert_eq!(r.status(), 422);
+    let problem: Value = r.json().await.unwrap();
+    assert_eq!(problem["errors"][0]["pointer"], "/services/0/organization_id", "{problem}");
+    assert_eq!(app.get(&format!("/services/{S2}")).await.status(), 404);
+
+    // A merge patch that gives services upserts them too.
+    let r = app
+        .patch(
+            &format!("/organizations/{O1}"),
+            &json!({"services": [{ "id": S2, "name": "Second Pantry", "status": "active" }]}),
+        )
+        .await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    assert_eq!(app.get_json(&format!("/services/{S2}")).await["organization_id"], O1);
+    assert_eq!(app.get_json("/services").await["total_items"], 2, "the first service is still there");
+});
