@@ -1626,6 +1626,12 @@ impl Db {
         *self.dispatch.settings.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(settings));
     }
 
+    /// Group commits stop dispatching (a stopping worker would only hold their deliveries until their leases
+    /// ran out): their events wait at the cursor for the next dispatcher, here or in another process.
+    pub fn stop_dispatch_at_commit(&self) {
+        *self.dispatch.settings.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
     pub(crate) fn commit_dispatch(&self) -> Option<Arc<CommitDispatch>> {
         self.dispatch.settings.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }

@@ -190,17 +190,21 @@ impl Worker {
                 _ = stop.cancelled() => break,
             };
         }
-        // Drain: lanes start nothing more; every permit back means nothing is in flight; then the recorder
-        // writes what is left.
+        // Drain: commits hand over nothing more; lanes start nothing more; every permit back means nothing is
+        // in flight; then the recorder writes what is left.
+        self.db.stop_dispatch_at_commit();
         self.stopping.store(true, std::sync::atomic::Ordering::Release);
         let _ = self.in_flight.acquire_many(self.config.max_in_flight as u32).await;
         if let Some(recorder) = recorder {
             let _ = self.results.send((Delivery::stop_marker(), AttemptRecord::stop_marker()));
             let _ = recorder.await;
         }
-        // Retries held for later and deliveries still waiting in lanes go back to the store now: another
-        // process (or the next start) claims them when due instead of when their leases would have run out.
+        // Retries held for later and deliveries still waiting in lanes (or not yet in one) go back to the store
+        // now: another process (or the next start) claims them when due instead of when their leases would
+        // have run out.
         let mut leases: Vec<(String, String)> = self.held.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
+        // Handed over by a commit after this worker's last round: leased to it, never started.
+        leases.extend(self.db.take_handed_over().into_iter().filter_map(|d| Some((d.id, d.lease_until?))));
         for (_, lane) in self.lanes.lock().unwrap_or_else(|p| p.into_inner()).drain() {
             leases.extend(lane.waiting.into_iter().filter_map(|w| Some((w.delivery.id, w.delivery.lease_until?))));
         }
