@@ -22,7 +22,7 @@ fn list_parameters(table: &Table) -> Vec<Value> {
         param(
             "search",
             json!({"type": "string"}),
-            "Full-text search over names and descriptions (all words must match).",
+            "Full-text search over names and descriptions (all words must match). Results come best match first (BM25 on SQLite, ts_rank on PostgreSQL: the words more often, in shorter texts), then by name.",
         ),
         param(
             "modified_after",

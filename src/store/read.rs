@@ -66,6 +66,8 @@ enum Param {
 struct Sql {
     text: String,
     params: Vec<Param>,
+    /// With a free-text search: how well a row matches, lower first (lists are ordered by it).
+    rank: Option<String>,
 }
 
 impl Sql {
@@ -76,6 +78,14 @@ impl Sql {
 
     fn query(&self, prefix: &str, suffix: &str) -> (String, Vec<Param>) {
         (format!("{prefix} {} {suffix}", self.text), self.params.clone())
+    }
+
+    /// The list order: best match first when searching, then by name (the sort key) and id.
+    fn order(&self) -> String {
+        match &self.rank {
+            Some(rank) => format!("{rank}, r.sort_key, r.id"),
+            None => "r.sort_key, r.id".into(),
+        }
     }
 }
 
@@ -115,7 +125,7 @@ impl Db {
     }
 
     async fn where_clause(&self, table: &'static Table, q: &ListQuery) -> sqlx::Result<Option<Sql>> {
-        let mut sql = Sql { text: String::new(), params: Vec::new() };
+        let mut sql = Sql { text: String::new(), params: Vec::new(), rank: None };
         let kind = sql.push(Param::Text(table.name.to_string()));
         sql.text = format!("FROM records r WHERE r.kind = {kind}");
         if let Some(search) = &q.search {
@@ -123,15 +133,22 @@ impl Db {
             if words.is_empty() {
                 return Ok(None);
             }
+            // Every word must match; rows that match better (the words more often, in shorter texts) come
+            // first: BM25 on SQLite, `ts_rank` on PostgreSQL.
             match self.backend {
                 Backend::Sqlite => {
                     let expr = words.iter().map(|w| format!("\"{w}\"")).collect::<Vec<_>>().join(" ");
                     let p = sql.push(Param::Text(expr));
-                    sql.text += &format!(" AND r.rid IN (SELECT rowid FROM records_fts WHERE records_fts MATCH {p})");
+                    sql.text = format!(
+                        "FROM records r JOIN records_fts ON records_fts.rowid = r.rid WHERE r.kind = {kind} \
+                         AND records_fts MATCH {p}"
+                    );
+                    sql.rank = Some("bm25(records_fts)".into());
                 }
                 Backend::Postgres => {
                     let p = sql.push(Param::Text(words.join(" ")));
                     sql.text += &format!(" AND r.search_vector @@ plainto_tsquery('simple', {p})");
+                    sql.rank = Some(format!("-ts_rank(r.search_vector, plainto_tsquery('simple', {p}))"));
                 }
             }
         }
@@ -239,11 +256,25 @@ impl Db {
         let column = column_for(table, full);
         // The page is chosen on the index alone (skipped rows never load their documents), then only its
         // rows are read.
-        let (inner, params) =
-            sql.query("SELECT r.rid", &format!("ORDER BY r.sort_key, r.id LIMIT {limit} OFFSET {offset}"));
-        let page_sql = format!(
-            "SELECT r.id, r.modified_at, {column} FROM records r WHERE r.rid IN ({inner}) ORDER BY r.sort_key, r.id"
-        );
+        let order = sql.order();
+        let page_sql = match &sql.rank {
+            None => {
+                let (inner, _) = sql.query("SELECT r.rid", &format!("ORDER BY {order} LIMIT {limit} OFFSET {offset}"));
+                format!("SELECT r.id, r.modified_at, {column} FROM records r WHERE r.rid IN ({inner}) ORDER BY {order}")
+            }
+            // The page keeps each row's rank, to be shown in that order.
+            Some(rank) => {
+                let (inner, _) = sql.query(
+                    &format!("SELECT r.rid, {rank} AS rank"),
+                    &format!("ORDER BY {order} LIMIT {limit} OFFSET {offset}"),
+                );
+                format!(
+                    "SELECT r.id, r.modified_at, {column} FROM records r JOIN ({inner}) page ON page.rid = r.rid \
+                     ORDER BY page.rank, r.sort_key, r.id"
+                )
+            }
+        };
+        let params = sql.params.clone();
         let rows = bind_all(sqlx::query(&page_sql), &params).fetch_all(&self.pool).await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
@@ -269,7 +300,7 @@ impl Db {
         async_stream::try_stream! {
             let Some(sql) = db.where_clause(table, &q).await? else { return };
             let column = column_for(table, full);
-            let (text, params) = sql.query(&format!("SELECT r.id, r.modified_at, {column}"), "ORDER BY r.sort_key, r.id");
+            let (text, params) = sql.query(&format!("SELECT r.id, r.modified_at, {column}"), &format!("ORDER BY {}", sql.order()));
             let mut rows = bind_all(sqlx::query(&text), &params).fetch(&db.pool);
             while let Some(row) = rows.next().await {
                 use sqlx::Row;

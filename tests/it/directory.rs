@@ -895,3 +895,40 @@ store_test!(an_organization_body_upserts_its_services_and_never_deletes_one_it_l
     assert_eq!(app.get_json(&format!("/services/{S2}")).await["organization_id"], O1);
     assert_eq!(app.get_json("/services").await["total_items"], 2, "the first service is still there");
 });
+
+store_test!(search_results_come_best_match_first, |app| async move {
+    app.put_ok(&format!("/organizations/{O1}"), &org_body(O1, "Food Bank")).await;
+    let service = |n: u32, name: &str, description: &str| {
+        json!({ "id": format!("00000000-0000-4000-8000-0000000001{n:02}"), "organization_id": O1, "name": name,
+                "status": "active", "description": description })
+    };
+    // By name, the weak match comes first ("Aardvark" < "Zebra"); by relevance, last.
+    let weak = service(
+        1,
+        "Aardvark Legal Aid",
+        "Lawyers for tenants; also some housing questions, among many other legal matters of every kind",
+    );
+    let strong = service(2, "Zebra Housing", "Housing search, housing vouchers and emergency housing");
+    let other = service(3, "Midway Pantry", "Groceries");
+    for body in [&weak, &strong, &other] {
+        app.put_ok(&format!("/services/{}", body["id"].as_str().unwrap()), body).await;
+    }
+    let ids = |page: &Value| -> Vec<String> {
+        page["contents"].as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap().to_string()).collect()
+    };
+    let found = app.get_json("/services?search=housing").await;
+    assert_eq!(found["total_items"], 2);
+    assert_eq!(ids(&found), [strong["id"].as_str().unwrap(), weak["id"].as_str().unwrap()], "{found}");
+    // Paging keeps the ranking: one per page.
+    let first = app.get_json("/services?search=housing&per_page=1&page=1").await;
+    let second = app.get_json("/services?search=housing&per_page=1&page=2").await;
+    assert_eq!([ids(&first), ids(&second)].concat(), ids(&found));
+    // So do the ndjson stream and POST search.
+    let ndjson = app.get("/services?search=housing&format=ndjson").await.text().await.unwrap();
+    let streamed: Vec<String> =
+        ndjson.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(streamed, ids(&found));
+    // Without a search, lists stay in name order.
+    let all = app.get_json("/services").await;
+    assert_eq!(ids(&all)[0], weak["id"].as_str().unwrap());
+});
