@@ -27,7 +27,7 @@ fn list_parameters(table: &Table) -> Vec<Value> {
         param(
             "modified_after",
             json!({"type": "string", "format": "date-time"}),
-            "Only items changed at or after this time: when this hsda stored the latest change to the document or anything it embeds (a service's last_modified is that time: hsda keeps it, a writer's value is not kept; data package imports keep the package's own).",
+            "Only items changed at or after this time: when this hsda stored the latest change to the document or anything it embeds (a service's last_modified is that time: hsda keeps it; neither a writer's nor an imported package's value is kept). Under concurrent writers these times follow the order the writes began, not the order they committed: to miss nothing, poll with some overlap, or follow GET /events, whose sequence is gap-free.",
         ),
     ];
     if table.is_root() {

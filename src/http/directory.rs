@@ -21,7 +21,7 @@ use crate::hsds::merge_patch::merge_patch;
 use crate::store::compile::list_form;
 use crate::store::keys::Scope;
 use crate::store::read::{ListQuery, Listed};
-use crate::store::write::{Op, WriteOptions, WriteOutcome};
+use crate::store::write::{Op, WriteError, WriteOptions, WriteOutcome};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -393,29 +393,43 @@ async fn patch(
     if !patch.is_object() {
         return Err(ApiError::invalid("", "a merge patch must be a JSON object"));
     }
-    let Some(mut current) = state.db.get(table, &id).await? else {
-        return Err(ApiError::NotFound(format!("{} {id}", table.name)));
-    };
-    let read_tag = etag(&current);
-    if let Some((_, _, wanted)) = precondition(header::IF_MATCH, table, &id, &headers)
-        && !document::etag_listed(&wanted, &read_tag, false)
-    {
-        return Err(ApiError::PreconditionFailed);
+    let client_tag = precondition(header::IF_MATCH, table, &id, &headers);
+    // Without the client's own If-Match, a concurrent change between the read and the write is not the
+    // client's conflict: the patch is applied again to what that change left (a few times at most).
+    let own_precondition = client_tag.is_some() || headers.contains_key(header::IF_NONE_MATCH);
+    let mut tries = if own_precondition { 1 } else { PATCH_TRIES };
+    loop {
+        tries -= 1;
+        let Some(mut current) = state.db.get(table, &id).await? else {
+            return Err(ApiError::NotFound(format!("{} {id}", table.name)));
+        };
+        let read_tag = etag(&current);
+        if let Some((_, _, wanted)) = &client_tag
+            && !document::etag_listed(wanted, &read_tag, false)
+        {
+            return Err(ApiError::PreconditionFailed);
+        }
+        // The views go first: an organization's stored services are not written back, but a patch that
+        // gives `services` upserts them.
+        strip_views(table, &mut current);
+        merge_patch(&mut current, &patch);
+        let ops = body_to_ops(table, &id, current)?;
+        // The write re-checks the ETag read above inside its transaction: a concurrent change is caught.
+        let options = WriteOptions {
+            if_match: Some((table, id.clone(), read_tag)),
+            if_none_match: precondition(header::IF_NONE_MATCH, table, &id, &headers),
+            ..WriteOptions::default()
+        };
+        match state.db.apply(ops, options).await {
+            Ok(mut outcome) => return written(&state, table, &id, StatusCode::OK, &mut outcome).await,
+            Err(WriteError::PreconditionFailed) if tries > 0 => continue,
+            Err(e) => return Err(e.into()),
+        }
     }
-    // The views go first: an organization's stored services are not written back, but a patch that gives
-    // `services` upserts them.
-    strip_views(table, &mut current);
-    merge_patch(&mut current, &patch);
-    let ops = body_to_ops(table, &id, current)?;
-    // The write re-checks the ETag read above inside its transaction, so a concurrent change is a 412.
-    let options = WriteOptions {
-        if_match: Some((table, id.clone(), read_tag)),
-        if_none_match: precondition(header::IF_NONE_MATCH, table, &id, &headers),
-        ..WriteOptions::default()
-    };
-    let mut outcome = state.db.apply(ops, options).await?;
-    written(&state, table, &id, StatusCode::OK, &mut outcome).await
 }
+
+/// How often a PATCH without If-Match is applied again when another write changed its row in between.
+const PATCH_TRIES: usize = 10;
 
 /// Drops the read-only views a document carries so that it can be written back.
 fn strip_views(table: &'static Table, doc: &mut Value) {

@@ -68,6 +68,8 @@ struct Sql {
     params: Vec<Param>,
     /// With a free-text search: how well a row matches, lower first (lists are ordered by it).
     rank: Option<String>,
+    /// A `WITH` clause the statement starts with.
+    with: String,
 }
 
 impl Sql {
@@ -77,7 +79,7 @@ impl Sql {
     }
 
     fn query(&self, prefix: &str, suffix: &str) -> (String, Vec<Param>) {
-        (format!("{prefix} {} {suffix}", self.text), self.params.clone())
+        (format!("{}{prefix} {} {suffix}", self.with, self.text), self.params.clone())
     }
 
     /// The list order: best match first when searching, then by name (the sort key) and id.
@@ -125,7 +127,7 @@ impl Db {
     }
 
     async fn where_clause(&self, table: &'static Table, q: &ListQuery) -> sqlx::Result<Option<Sql>> {
-        let mut sql = Sql { text: String::new(), params: Vec::new(), rank: None };
+        let mut sql = Sql { text: String::new(), params: Vec::new(), rank: None, with: String::new() };
         let kind = sql.push(Param::Text(table.name.to_string()));
         sql.text = format!("FROM records r WHERE r.kind = {kind}");
         if let Some(search) = &q.search {
@@ -133,22 +135,35 @@ impl Db {
             if words.is_empty() {
                 return Ok(None);
             }
-            // Every word must match; rows that match better (the words more often, in shorter texts) come
-            // first: BM25 on SQLite, `ts_rank` on PostgreSQL.
+            // Every word must match. Rows whose name holds more of the words come first (the same on both
+            // stores), then those that match better (the words more often, in shorter texts: BM25 on SQLite,
+            // `ts_rank` on PostgreSQL).
+            let name_hits: Vec<String> = words
+                .iter()
+                .map(|w| {
+                    let p = sql.push(Param::Text(format!("%{}%", w.replace(['%', '_'], ""))));
+                    format!("CASE WHEN r.sort_key LIKE {p} THEN 1 ELSE 0 END")
+                })
+                .collect();
+            let name_rank = format!("-({})", name_hits.join(" + "));
             match self.backend {
                 Backend::Sqlite => {
                     let expr = words.iter().map(|w| format!("\"{w}\"")).collect::<Vec<_>>().join(" ");
                     let p = sql.push(Param::Text(expr));
-                    sql.text = format!(
-                        "FROM records r JOIN records_fts ON records_fts.rowid = r.rid WHERE r.kind = {kind} \
-                         AND records_fts MATCH {p}"
+                    // The full-text index is searched once, on its own, with each match's score, and joined to
+                    // records afterwards: as a plain subquery SQLite folded it into the join and ran one
+                    // full-text search per record of the kind (200 times slower on 10 000 services).
+                    sql.with = format!(
+                        "WITH m AS MATERIALIZED (SELECT rowid AS rid, bm25(records_fts) AS score FROM records_fts \
+                         WHERE records_fts MATCH {p}) "
                     );
-                    sql.rank = Some("bm25(records_fts)".into());
+                    sql.text = format!("FROM records r JOIN m ON m.rid = r.rid WHERE r.kind = {kind}");
+                    sql.rank = Some(format!("{name_rank}, m.score"));
                 }
                 Backend::Postgres => {
                     let p = sql.push(Param::Text(words.join(" ")));
                     sql.text += &format!(" AND r.search_vector @@ plainto_tsquery('simple', {p})");
-                    sql.rank = Some(format!("-ts_rank(r.search_vector, plainto_tsquery('simple', {p}))"));
+                    sql.rank = Some(format!("{name_rank}, -ts_rank(r.search_vector, plainto_tsquery('simple', {p}))"));
                 }
             }
         }
@@ -262,15 +277,15 @@ impl Db {
                 let (inner, _) = sql.query("SELECT r.rid", &format!("ORDER BY {order} LIMIT {limit} OFFSET {offset}"));
                 format!("SELECT r.id, r.modified_at, {column} FROM records r WHERE r.rid IN ({inner}) ORDER BY {order}")
             }
-            // The page keeps each row's rank, to be shown in that order.
-            Some(rank) => {
+            // The page keeps its rows' place (their row number in the ranked order), to be shown in it.
+            Some(_) => {
                 let (inner, _) = sql.query(
-                    &format!("SELECT r.rid, {rank} AS rank"),
+                    &format!("SELECT r.rid, ROW_NUMBER() OVER (ORDER BY {order}) AS place"),
                     &format!("ORDER BY {order} LIMIT {limit} OFFSET {offset}"),
                 );
                 format!(
                     "SELECT r.id, r.modified_at, {column} FROM records r JOIN ({inner}) page ON page.rid = r.rid \
-                     ORDER BY page.rank, r.sort_key, r.id"
+                     ORDER BY page.place"
                 )
             }
         };

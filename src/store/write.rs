@@ -308,9 +308,10 @@ impl Writer<'_, '_> {
     }
 
     async fn upsert(&mut self, table: &'static Table, mut row: Row, pointer: String) -> Result<(), WriteError> {
-        if document::keeps_last_modified(table) && !self.bulk {
-            // Set on the document when it is compiled (a GET, edit and PUT back then changes nothing). Bulk
-            // imports keep a package's own value.
+        if document::keeps_last_modified(table) {
+            // Set on the document when it is compiled (a GET, edit and PUT back then changes nothing). An
+            // imported package's value is not kept either: this directory's copy changed when it was imported,
+            // and `modified_after`, the events and thin payloads all say so.
             row.remove("last_modified");
         }
         let Some(id) = id_of(&row) else {
@@ -1012,10 +1013,9 @@ impl Writer<'_, '_> {
                 for mut doc in compiled {
                     let Some(id) = doc.get("id").and_then(Value::as_str).map(str::to_string) else { continue };
                     let old_doc = old.get(id.as_str()).copied().flatten();
-                    // A package's own `last_modified` is kept: an import carries another directory's history.
-                    // Without one, the document is compared with the time it already has, and only a
-                    // document that changed gets the time of this import.
-                    let stamp = document::keeps_last_modified(t) && doc.get("last_modified").is_none();
+                    // Compared with the time it already has: only a document that changed gets the time of
+                    // this import.
+                    let stamp = document::keeps_last_modified(t);
                     if stamp {
                         let kept = old_doc
                             .and_then(|d| serde_json::from_str::<Value>(d).ok())

@@ -932,3 +932,33 @@ store_test!(search_results_come_best_match_first, |app| async move {
     let all = app.get_json("/services").await;
     assert_eq!(ids(&all)[0], weak["id"].as_str().unwrap());
 });
+
+store_test!(concurrent_patches_without_if_match_all_apply, |app| async move {
+    app.put_ok(&format!("/organizations/{O1}"), &org_body(O1, "Food Bank")).await;
+    app.put_ok(&format!("/services/{S1}"), &service_body(S1, O1, "Community Pantry")).await;
+    let phone = "00000000-0000-4000-8000-0000000000a1";
+    // Each patch sets its own field of the same phone: every one must land, none may be lost or refused.
+    let patches = (0..8).map(|i| {
+        let app = &app;
+        async move {
+            let r = app.patch(&format!("/phones/{phone}"), &json!({ "extension": i })).await;
+            (r.status(), r.text().await.unwrap())
+        }
+    });
+    for (status, body) in futures::future::join_all(patches).await {
+        assert_eq!(status, 200, "{body}");
+    }
+    let before = app.db.last_sequence().await.unwrap();
+    assert_eq!(app.events_after(0).await.iter().filter(|e| e["type"] == "phone.updated").count(), 8, "{before}");
+    // The client's own If-Match still fails at once when stale.
+    let r = app
+        .client
+        .patch(app.url(&format!("/phones/{phone}")))
+        .bearer_auth(&app.publish_key)
+        .header("if-match", "\"stale\"")
+        .json(&json!({"number": "1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 412);
+});
