@@ -93,8 +93,10 @@ pub fn parse_timestamp(name: &str, v: &str) -> Result<String, ApiError> {
     Err(ApiError::parameter(name, "must be an RFC 3339 date-time such as 2024-05-01T00:00:00Z, or a date"))
 }
 
-fn parse_list_params(params: &HashMap<String, String>) -> Result<ListParams, ApiError> {
-    let minimal = parse_bool(params, "minimal")?;
+fn parse_list_params(table: &Table, params: &HashMap<String, String>) -> Result<ListParams, ApiError> {
+    // HSDS defines `minimal` for services only; elsewhere an `{id, last_modified}` item would fail the list's
+    // schema (which requires the other fields), so the parameter changes nothing there.
+    let minimal = parse_bool(params, "minimal")? && table.name == "service";
     let per_page_max = if minimal { 100_000 } else { MAX_PER_PAGE };
     let format = params.get("format").map(String::as_str).unwrap_or("json");
     let ndjson = match format {
@@ -179,7 +181,7 @@ async fn list(
 ) -> Result<Response, ApiError> {
     state.check_read_access(&headers).await?;
     let table = table_of(&plural)?;
-    let p = parse_list_params(&params)?;
+    let p = parse_list_params(table, &params)?;
     respond_list(state, table, p).await
 }
 
@@ -209,7 +211,7 @@ async fn search(
             params.insert(k, text);
         }
     }
-    let p = parse_list_params(&params)?;
+    let p = parse_list_params(table, &params)?;
     respond_list(state, table, p).await
 }
 

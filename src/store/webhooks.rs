@@ -1043,12 +1043,15 @@ pub(crate) async fn record_in(
         // attempt (one sent again because a retry was asked for while it was out, or whose lease ran out
         // and another process took the delivery over) is kept in the history, and changes nothing else: it
         // never turns a delivery that succeeded back into a retry, nor counts against its subscription.
+        // One exception: a success the target acknowledged after a disable ended its delivery as failed
+        // (FAILED_BY_DISABLE) makes it succeeded, so that nothing it got is sent again as missed.
         let sql = format!(
             "WITH v (id, status, next_at, code, error, at, lease, ran_under) AS (VALUES {}) \
              UPDATE deliveries SET status = v.status, attempts = attempts + 1, next_attempt_at = v.next_at, \
              lease_until = v.lease, last_status_code = v.code, last_error = v.error, updated_at = v.at \
-             FROM v WHERE deliveries.id = v.id AND deliveries.status IN ('pending', 'retrying') \
-             AND (deliveries.lease_until = v.ran_under OR (deliveries.lease_until IS NULL AND v.ran_under IS NULL)) \
+             FROM v WHERE deliveries.id = v.id AND ((deliveries.status IN ('pending', 'retrying') \
+             AND (deliveries.lease_until = v.ran_under OR (deliveries.lease_until IS NULL AND v.ran_under IS NULL))) \
+             OR (v.status = 'succeeded' AND deliveries.status = 'failed' AND deliveries.last_error = '{FAILED_BY_DISABLE}')) \
              RETURNING deliveries.id",
             values.join(", ")
         );

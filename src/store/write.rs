@@ -157,7 +157,6 @@ impl Db {
         options: &WriteOptions,
     ) -> Result<PendingWrite, WriteError> {
         let origin = options.origin.clone().unwrap_or_else(|| self.instance_id().to_string());
-        let now = options.at.clone().unwrap_or_else(now_text);
         // Both preconditions name the row the request is about: it is locked and read once.
         let named = options.if_match.iter().chain(&options.if_none_match).next();
         if let Some((table, id, _)) = named {
@@ -184,6 +183,9 @@ impl Db {
                 return Err(WriteError::PreconditionFailed);
             }
         }
+        // Taken once the row's lock is held: a write that waited for another one's commit is not dated
+        // before it.
+        let now = options.at.clone().unwrap_or_else(now_text);
         let mut writer = Writer {
             conn: tx,
             origin: &origin,

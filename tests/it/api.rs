@@ -332,6 +332,9 @@ store_test!(organization_nesting_and_minimal_services, |app| async move {
     let keys: BTreeSet<&str> = item.keys().map(String::as_str).collect();
     assert_eq!(keys, BTreeSet::from(["id", "last_modified"]), "{item:?}");
     assert_eq!(item["id"], SERVICE);
+    // HSDS gives `minimal` to services only: organizations stay whole list items (their schema needs a name).
+    let organizations = app.get_json("/organizations?minimal=true").await;
+    assert_eq!(organizations["contents"][0]["name"], "Food Bank", "{organizations}");
 });
 
 store_test!(event_feed_pages_by_type_and_serves_single_events, |app| async move {

@@ -822,3 +822,33 @@ async fn a_disable_and_a_batch_of_attempts_take_rows_in_one_order() {
     .unwrap();
     assert_eq!((status.as_str(), attempts), ("failed", 1), "the attempt is in the history; the delivery stays ended");
 }
+
+both_stores!(
+    a_delivery_acknowledged_after_its_subscription_was_disabled_counts_as_delivered,
+    |_| {},
+    |app| async move {
+        // The ping is at the target (which answers 200 after a second) when the owner disables the subscription:
+        // the disable ends it as failed, then the target's answer arrives. It got it, so it is not failed.
+        let (base, arrivals) = slow_target(Duration::from_secs(1)).await;
+        let sub = subscribe(&app, json!({"url": format!("{base}/slow"), "events": ["organization.*"]})).await;
+        let id = sub["id"].as_str().unwrap().to_string();
+        crate::helpers::eventually("the ping at the target", Duration::from_secs(10), || async {
+            (!arrivals.lock().unwrap().is_empty()).then_some(()).ok_or_else(|| "not yet".to_string())
+        })
+        .await;
+        let r = app
+            .client
+            .patch(app.url(&format!("/webhooks/{id}")))
+            .bearer_auth(&app.subscribe_key)
+            .json(&json!({"status": "disabled"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let delivery = ping_delivery(&app, &id, 1).await;
+        assert_eq!(delivery["status"], "succeeded", "{delivery}");
+        assert_eq!(delivery["last_status_code"], 200, "{delivery}");
+        let after = app.get_as(&app.subscribe_key, &format!("/webhooks/{id}")).await;
+        assert_eq!(after["status"], "disabled", "the owner's disable stands: {after}");
+    }
+);
