@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use crate::hsds::catalog::TABLES;
+use crate::hsds::catalog::{FieldType, TABLES, Table};
 use crate::hsds::schema::{object_schema, tombstone_schema};
 
 pub const ACTIONS: [&str; 3] = ["created", "updated", "deleted"];
@@ -35,6 +35,35 @@ pub const SYSTEM_MESSAGES: [(&str, &str); 2] = [
 /// Every HSDS event type name, in catalog order (operational `webhook.*` types are in [`OPERATIONAL`]).
 pub fn event_types() -> Vec<String> {
     TABLES.iter().flat_map(|t| ACTIONS.iter().map(move |a| format!("{}.{a}", t.name))).collect()
+}
+
+/// A made-up object of `table` as an `action` event of it carries, valid against that event type's payload
+/// schema (every required field, a `sample` marker): what `POST /webhooks/{id}/test` sends when not given a
+/// real object. A deletion's is a tombstone.
+pub fn sample_object(table: &Table, action: &str, id: &str, now: &str) -> Value {
+    if action == "deleted" {
+        return json!({ "id": id, "deleted": true, "sample": true });
+    }
+    let mut object = serde_json::Map::new();
+    for field in table.fields.iter().filter(|f| f.required) {
+        let value = match field.ty {
+            FieldType::Uuid if field.name == "id" => json!(id),
+            FieldType::Uuid => json!(uuid::Uuid::new_v4().to_string()),
+            FieldType::Text if field.name == "name" => json!(format!("Sample {}", table.name)),
+            FieldType::Text => json!(format!("Sample {}", field.name.replace('_', " "))),
+            FieldType::Uri => json!("https://example.org/sample"),
+            FieldType::Email => json!("sample@example.org"),
+            FieldType::Number | FieldType::Integer => json!(0),
+            FieldType::Boolean => json!(false),
+            FieldType::Date => json!(now.get(..10).unwrap_or("2024-01-01")),
+            FieldType::DateTime => json!(now),
+            FieldType::Time => json!("09:00"),
+            FieldType::Enum(values) => json!(values.first().copied().unwrap_or_default()),
+        };
+        object.insert(field.name.to_string(), value);
+    }
+    object.insert("sample".into(), json!(true));
+    Value::Object(object)
 }
 
 /// Whether `pattern` names a known type, `table.*`, or `*`.
@@ -154,6 +183,20 @@ pub fn operational_schema() -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_samples_are_valid_payloads_of_their_event_types() {
+        for table in TABLES {
+            for action in ACTIONS {
+                let schema = if action == "deleted" { tombstone_schema() } else { object_schema(table, 2) };
+                let validator = jsonschema::validator_for(&schema).expect("the payload schema compiles");
+                let sample =
+                    sample_object(table, action, "0b7c3b8e-6f3e-4c1a-9a51-2b0f0e1d2c3a", "2024-05-01T12:00:00Z");
+                let errors: Vec<String> = validator.iter_errors(&sample).map(|e| e.to_string()).collect();
+                assert!(errors.is_empty(), "{}.{action}: {errors:?} in {sample}", table.name);
+            }
+        }
+    }
 
     #[test]
     fn patterns_are_checked_against_the_catalog() {

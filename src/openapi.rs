@@ -364,7 +364,7 @@ fn add_webhook_paths(paths: &mut Map<String, Value>, schemas: &mut Map<String, V
             "responses": { "200": ok("A page of subscriptions.", json!({"$ref": "#/components/schemas/Page"})) } } }));
     paths.insert("/webhooks/{id}".into(), json!({ "parameters": id_param,
         "get": { "operationId": "getWebhook", "tags": ["webhooks"], "security": security, "responses": { "200": ok("The subscription.", sub_ref.clone()), "404": not_found } },
-        "patch": { "operationId": "updateWebhook", "tags": ["webhooks"], "security": security, "summary": "Change fields; status: active or disabled",
+        "patch": { "operationId": "updateWebhook", "tags": ["webhooks"], "security": security, "summary": "Change fields; status: active or disabled", "description": "A JSON merge patch (RFC 7386): fields left out stay as they are; filter, headers and metadata merge into the current ones, a member set to null removing it; null for a whole field (or description) clears it.",
             "description": "Disabling ends the subscription's open deliveries as `failed` (last_error: the subscription was disabled before this was delivered); nothing is sent to it while disabled. A new `url` of a `verify: true` subscription must echo a challenge again.",
             "requestBody": { "content": { "application/json": { "schema": sub_ref } } },
             "responses": { "200": ok("The subscription.", sub_ref.clone()), "404": not_found, "422": problem_response("A field is invalid.") } },

@@ -487,7 +487,8 @@ async fn update(
     let principal = caller.require(&[Scope::Subscribe])?;
     let mut sub = owned(&state, principal, &id).await?;
     let url_before = sub.url.clone();
-    let body = body_object(body)?;
+    let mut body = body_object(body)?;
+    as_merge_patch(&sub, &mut body);
     let errors = apply_fields(&state, &mut sub, &body, false).await;
     if !errors.is_empty() {
         return Err(ApiError::Invalid(errors));
@@ -498,6 +499,33 @@ async fn update(
         state.db.request_verification(&sub.id).await?;
     }
     Ok(Json(output(&owned(&state, principal, &id).await?, None)))
+}
+
+/// Reads a PATCH body as the JSON merge patch (RFC 7386) it is declared to be: an object field (`filter`,
+/// `headers`, `metadata`) merges into the current one, a member set to `null` removing it, and `null` for the
+/// whole field (or for `description`) clears it.
+fn as_merge_patch(sub: &Subscription, body: &mut Map<String, Value>) {
+    let current = [
+        ("filter", Value::Object(sub.filter.clone())),
+        ("headers", Value::Object(sub.headers.clone())),
+        ("metadata", sub.metadata.clone()),
+    ];
+    for (key, mut merged) in current {
+        match body.get(key) {
+            Some(patch @ Value::Object(_)) => {
+                if !merged.is_object() {
+                    merged = json!({});
+                }
+                crate::hsds::merge_patch::merge_patch(&mut merged, patch);
+                body.insert(key.into(), merged);
+            }
+            Some(Value::Null) => drop(body.insert(key.into(), json!({}))),
+            _ => {}
+        }
+    }
+    if body.get("description").is_some_and(Value::is_null) {
+        body.insert("description".into(), Value::String(String::new()));
+    }
 }
 
 async fn remove(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
@@ -683,7 +711,10 @@ async fn test(
         ),
         None => {
             let id = uuid::Uuid::new_v4().to_string();
-            (id.clone(), json!({ "id": id, "name": format!("Sample {object}"), "sample": true }))
+            let table = crate::hsds::catalog::table(&object)
+                .ok_or_else(|| ApiError::invalid("/event_type", "this event type has no HSDS object"))?;
+            let action = event_type.rsplit('.').next().unwrap_or_default();
+            (id.clone(), crate::events::sample_object(table, action, &id, &crate::store::now_text()))
         }
     };
     let event = synthetic_event(&state, "evt_test", event_type, object, object_id, data);

@@ -1004,3 +1004,44 @@ webhook_test!(filters_match_child_and_cascade_deleted_events_by_their_roots, |ap
         }
     }
 });
+
+webhook_test!(patch_is_a_json_merge_patch_of_the_subscription, |app| async move {
+    let rx = Receiver::start().await;
+    let sub = subscribed(
+        &app,
+        json!({"url": rx.url, "events": ["organization.*"], "description": "first",
+               "filter": {"organization_id": O1, "service_id": O2},
+               "headers": {"X-A": "1", "X-B": "2"}, "metadata": {"a": 1, "b": 2}}),
+    )
+    .await;
+    let id = sub["id"].as_str().unwrap();
+    let patch = json!({"filter": {"service_id": null}, "headers": {"X-A": null, "X-C": "3"},
+                       "metadata": {"a": null}, "description": null});
+    let r = app
+        .client
+        .patch(app.url(&format!("/webhooks/{id}")))
+        .bearer_auth(&app.subscribe_key)
+        .header("content-type", "application/merge-patch+json")
+        .body(patch.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let now = app.get_as(&app.subscribe_key, &format!("/webhooks/{id}")).await;
+    assert_eq!(now["filter"], json!({"organization_id": O1}), "a null member is removed, the rest kept: {now}");
+    assert_eq!(now["headers"], json!({"X-B": "2", "X-C": "3"}), "{now}");
+    assert_eq!(now["metadata"], json!({"b": 2}), "{now}");
+    assert_eq!(now["description"], "", "{now}");
+    // A null object field clears it.
+    let r = app
+        .client
+        .patch(app.url(&format!("/webhooks/{id}")))
+        .bearer_auth(&app.subscribe_key)
+        .json(&json!({"headers": null, "filter": null}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let now = app.get_as(&app.subscribe_key, &format!("/webhooks/{id}")).await;
+    assert_eq!((now["headers"].clone(), now["filter"].clone()), (json!({}), json!({})), "{now}");
+});
