@@ -133,6 +133,13 @@ pub fn identity_facets(kind: &str, id: &str, doc: Option<&Value>) -> BTreeSet<(S
                 out.insert((key.to_string(), s.to_string()));
             }
         }
+        // A service is at the locations it links to (so a phone of it matches their location_id even when the
+        // service and its links are being deleted, and no service_at_location root is left to say so).
+        for link in doc.get("service_at_locations").and_then(Value::as_array).into_iter().flatten() {
+            if let Some(location) = link.get("location_id").and_then(Value::as_str) {
+                out.insert(("location_id".to_string(), location.to_string()));
+            }
+        }
         for attribute in doc.get("attributes").and_then(Value::as_array).into_iter().flatten() {
             let term = attribute
                 .get("taxonomy_term_id")

@@ -512,9 +512,15 @@ fn as_merge_patch(sub: &Subscription, body: &mut Map<String, Value>) {
     ];
     for (key, mut merged) in current {
         match body.get(key) {
-            Some(patch @ Value::Object(_)) => {
+            Some(patch @ Value::Object(members)) => {
                 if !merged.is_object() {
                     merged = json!({});
+                }
+                // Header names are case-insensitive: `x-a` replaces (or, null, removes) a current `X-A`.
+                if let (Some(current), "headers") = (merged.as_object_mut(), key) {
+                    current.retain(|name, _| {
+                        !members.keys().any(|given| given != name && given.eq_ignore_ascii_case(name))
+                    });
                 }
                 crate::hsds::merge_patch::merge_patch(&mut merged, patch);
                 body.insert(key.into(), merged);

@@ -466,8 +466,6 @@ async fn run_group(
     let mut outcomes: Vec<(Job, Result<WriteOutcome, WriteError>)> = Vec::with_capacity(waiting.len());
     let mut again: Vec<Job> = Vec::new();
     let mut events: Vec<Event> = Vec::new();
-    // The time of the `webhook.*` events the attempt results cause.
-    let record_time = super::now_text();
     let result: Result<Option<(i64, Vec<Delivery>)>, Stop> = async {
         let mut tx = opener.begin(db).await?;
         let mut keep_events = tx.dispatches();
@@ -517,19 +515,24 @@ async fn run_group(
         }
         // Every write that applied, with its events: appended together below.
         let mut ready: Vec<(Job, PendingWrite)> = Vec::with_capacity(applied.len());
-        for (job, result) in std::mem::take(&mut applied) {
+        let mut results = std::mem::take(&mut applied).into_iter();
+        while let Some((job, result)) = results.next() {
             match result {
                 Ok(pending) => ready.push((job, pending)),
-                // A fault of the store fails the whole group; any other database error may be this write's own.
+                // A fault of the store fails the whole group (every job of it gets the fault as its answer);
+                // any other database error may be this write's own.
                 Err(WriteError::Database(e)) if fails_the_group(&e) => {
                     again.push(job);
                     again.extend(ready.into_iter().map(|(job, _)| job));
+                    again.extend(results.map(|(job, _)| job));
                     return Err(e.into());
                 }
                 Err(WriteError::Database(_)) => again.push(job),
                 Err(refused) => outcomes.push((job, Err(refused))),
             }
         }
+        // The time of the `webhook.*` events the attempt results cause, appended after the writes' events.
+        let record_time = super::now_text();
         let batches: Vec<Batch> = ready
             .iter()
             .map(|(_, pending)| pending.batch())

@@ -773,7 +773,15 @@ impl Writer<'_, '_> {
                     let parents: Vec<&'static Table> = match field.references {
                         Some("*") => match parent_table_of(self.conn, target_id, t, field.name).await? {
                             Some(p) => vec![p],
-                            None => vec![],
+                            // Gone already: a root deleted earlier in this write (its cascade deletes the row
+                            // after it), known by the document kept for its events.
+                            None => self
+                                .deleted_docs
+                                .keys()
+                                .filter(|(_, id)| id == target_id)
+                                .filter_map(|(kind, _)| table_of(kind))
+                                .filter(|parent| nests(parent, t, field.name))
+                                .collect(),
                         },
                         Some(name) => table_of(name).into_iter().collect(),
                         None => vec![],
@@ -841,21 +849,18 @@ fn stored_facets_of_text(table: &Table, id: &str, doc: &str) -> Facets {
 /// The table of the row with this id, for polymorphic references (`attribute.link_id`): only tables that
 /// nest `child` rows through `field` can be the parent, and each is probed on its `(kind, id)` key (there
 /// is no index on the id alone: it would cost a random page write on every insert to save this rare read).
+/// Whether `parent` nests `child` rows through the child's back reference `field`.
+fn nests(parent: &Table, child: &Table, field: &str) -> bool {
+    parent.nested.iter().any(|n| n.table == child.name && parent.back_reference(n).map(|f| f.name) == Some(field))
+}
+
 async fn parent_table_of(
     conn: &mut Conn<'_>,
     id: &str,
     child: &Table,
     field: &str,
 ) -> sqlx::Result<Option<&'static Table>> {
-    let candidates: Vec<&'static Table> = TABLES
-        .iter()
-        .filter(|parent| {
-            parent
-                .nested
-                .iter()
-                .any(|n| n.table == child.name && parent.back_reference(n).map(|f| f.name) == Some(field))
-        })
-        .collect();
+    let candidates: Vec<&'static Table> = TABLES.iter().filter(|parent| nests(parent, child, field)).collect();
     if candidates.is_empty() {
         return Ok(None);
     }

@@ -928,6 +928,14 @@ store_test!(search_results_come_best_match_first, |app| async move {
     let streamed: Vec<String> =
         ndjson.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["id"].as_str().unwrap().to_string()).collect();
     assert_eq!(streamed, ids(&found));
+    // Where no name holds the word, the text that holds it more often comes first (same length here).
+    let once = service(4, "Alpha Kitchen", "meals served daily right here");
+    let often = service(5, "Beta Kitchen", "meals meals meals meals meals");
+    for body in [&once, &often] {
+        app.put_ok(&format!("/services/{}", body["id"].as_str().unwrap()), body).await;
+    }
+    let meals = app.get_json("/services?search=meals").await;
+    assert_eq!(ids(&meals), [often["id"].as_str().unwrap(), once["id"].as_str().unwrap()], "{meals}");
     // Without a search, lists stay in name order.
     let all = app.get_json("/services").await;
     assert_eq!(ids(&all)[0], weak["id"].as_str().unwrap());
@@ -937,7 +945,7 @@ store_test!(concurrent_patches_without_if_match_all_apply, |app| async move {
     app.put_ok(&format!("/organizations/{O1}"), &org_body(O1, "Food Bank")).await;
     app.put_ok(&format!("/services/{S1}"), &service_body(S1, O1, "Community Pantry")).await;
     let phone = "00000000-0000-4000-8000-0000000000a1";
-    // Each patch sets its own field of the same phone: every one must land, none may be lost or refused.
+    // Eight patches of the same phone at once: every one must land, none may be refused.
     let patches = (0..8).map(|i| {
         let app = &app;
         async move {

@@ -972,7 +972,7 @@ webhook_test!(filters_match_child_and_cascade_deleted_events_by_their_roots, |ap
     let mut receivers = Vec::new();
     for (field, value) in filters {
         let rx = Receiver::start().await;
-        let body = json!({"url": rx.url, "events": ["phone.*", "service.*", "service_at_location.*"], "filter": {field: value}});
+        let body = json!({"url": rx.url, "events": ["phone.*", "service.*", "service_at_location.*", "attribute.*"], "filter": {field: value}});
         assert_eq!(subscribed(&app, body).await["status"], "active");
         rx.wait_for("the ping", |r| !r.is_empty()).await;
         receivers.push((field, rx));
@@ -991,7 +991,15 @@ webhook_test!(filters_match_child_and_cascade_deleted_events_by_their_roots, |ap
     let r = app.client.delete(app.url(&format!("/services/{svc}"))).bearer_auth(&app.publish_key).send().await.unwrap();
     assert!(r.status().is_success(), "{}", r.text().await.unwrap());
 
-    let wanted = ["phone.created", "phone.updated", "phone.deleted", "service.deleted", "service_at_location.deleted"];
+    // The service's attribute goes with it: its event matches by the service it belonged to.
+    let wanted = [
+        "phone.created",
+        "phone.updated",
+        "phone.deleted",
+        "service.deleted",
+        "service_at_location.deleted",
+        "attribute.deleted",
+    ];
     for (field, rx) in &receivers {
         let got = rx
             .wait_for(&format!("the {field} subscription's events"), |r| {
@@ -1032,6 +1040,18 @@ webhook_test!(patch_is_a_json_merge_patch_of_the_subscription, |app| async move 
     assert_eq!(now["headers"], json!({"X-B": "2", "X-C": "3"}), "{now}");
     assert_eq!(now["metadata"], json!({"b": 2}), "{now}");
     assert_eq!(now["description"], "", "{now}");
+    // Header names compare without case: `x-b` replaces `X-B`.
+    let r = app
+        .client
+        .patch(app.url(&format!("/webhooks/{id}")))
+        .bearer_auth(&app.subscribe_key)
+        .json(&json!({"headers": {"x-b": "9"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let now = app.get_as(&app.subscribe_key, &format!("/webhooks/{id}")).await;
+    assert_eq!(now["headers"], json!({"x-b": "9", "X-C": "3"}), "{now}");
     // A null object field clears it.
     let r = app
         .client
