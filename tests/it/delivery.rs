@@ -836,14 +836,7 @@ both_stores!(
             (!arrivals.lock().unwrap().is_empty()).then_some(()).ok_or_else(|| "not yet".to_string())
         })
         .await;
-        let r = app
-            .client
-            .patch(app.url(&format!("/webhooks/{id}")))
-            .bearer_auth(&app.subscribe_key)
-            .json(&json!({"status": "disabled"}))
-            .send()
-            .await
-            .unwrap();
+        let r = app.patch_as(&app.subscribe_key, &format!("/webhooks/{id}"), &json!({"status": "disabled"})).await;
         assert_eq!(r.status(), 200);
         let delivery = ping_delivery(&app, &id, 1).await;
         assert_eq!(delivery["status"], "succeeded", "{delivery}");

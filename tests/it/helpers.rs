@@ -159,9 +159,14 @@ impl TestApp {
     }
 
     pub async fn patch(&self, path: &str, body: &Value) -> reqwest::Response {
+        self.patch_as(&self.publish_key, path, body).await
+    }
+
+    /// `PATCH path` with `key` and a JSON merge patch.
+    pub async fn patch_as(&self, key: &str, path: &str, body: &Value) -> reqwest::Response {
         self.client
             .patch(self.url(path))
-            .bearer_auth(&self.publish_key)
+            .bearer_auth(key)
             .header("content-type", "application/merge-patch+json")
             .body(body.to_string())
             .send()

@@ -474,14 +474,7 @@ webhook_test!(verify_holds_a_subscription_until_the_target_echoes_the_challenge,
     assert_eq!(shown["status"], "pending");
     assert!(shown["verification_error"].as_str().unwrap().contains("different challenge"), "{shown}");
     assert!(shown["last_failure_at"].is_string());
-    let r = app
-        .client
-        .patch(app.url(&format!("/webhooks/{id}")))
-        .bearer_auth(&app.subscribe_key)
-        .json(&json!({"status": "active"}))
-        .send()
-        .await
-        .unwrap();
+    let r = app.patch_as(&app.subscribe_key, &format!("/webhooks/{id}"), &json!({"status": "active"})).await;
     assert_eq!(r.status(), 422, "cannot skip verification");
     let r = app.post_as(&app.subscribe_key, &format!("/webhooks/{id}/test"), None).await;
     assert_eq!(r.status(), 409, "no test sends to an unverified target");
@@ -551,14 +544,7 @@ webhook_test!(an_echo_from_a_url_the_subscription_left_verifies_nothing, |app| a
     let sub = create(&app, json!({"url": rx.url, "events": ["organization.*"], "verify": true})).await;
     let id = sub["id"].as_str().unwrap().to_string();
     let moved = Receiver::start().await;
-    let r = app
-        .client
-        .patch(app.url(&format!("/webhooks/{id}")))
-        .bearer_auth(&app.subscribe_key)
-        .json(&json!({"url": moved.url}))
-        .send()
-        .await
-        .unwrap();
+    let r = app.patch_as(&app.subscribe_key, &format!("/webhooks/{id}"), &json!({"url": moved.url})).await;
     assert_eq!(r.status(), 200);
     app.db.record_verification(&id, &rx.url, Ok(())).await.unwrap();
     let shown = show(&app, &id).await;
@@ -659,14 +645,7 @@ webhook_test!(replay_requeues_a_time_range_and_enable_replays_what_was_missed, |
     assert_eq!(sent[0].header("webhook-id"), sent[1].header("webhook-id"), "a replay is the same message");
 
     // Disabled by its owner, the subscription misses an event; enabling with replay_missed sends it.
-    let r = app
-        .client
-        .patch(app.url(&format!("/webhooks/{id}")))
-        .bearer_auth(&app.subscribe_key)
-        .json(&json!({"status": "disabled"}))
-        .send()
-        .await
-        .unwrap();
+    let r = app.patch_as(&app.subscribe_key, &format!("/webhooks/{id}"), &json!({"status": "disabled"})).await;
     assert_eq!(r.status(), 200);
     put_org(&app, O2, "Two").await;
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
@@ -1025,15 +1004,7 @@ webhook_test!(patch_is_a_json_merge_patch_of_the_subscription, |app| async move 
     let id = sub["id"].as_str().unwrap();
     let patch = json!({"filter": {"service_id": null}, "headers": {"X-A": null, "X-C": "3"},
                        "metadata": {"a": null}, "description": null});
-    let r = app
-        .client
-        .patch(app.url(&format!("/webhooks/{id}")))
-        .bearer_auth(&app.subscribe_key)
-        .header("content-type", "application/merge-patch+json")
-        .body(patch.to_string())
-        .send()
-        .await
-        .unwrap();
+    let r = app.patch_as(&app.subscribe_key, &format!("/webhooks/{id}"), &patch).await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     let now = app.get_as(&app.subscribe_key, &format!("/webhooks/{id}")).await;
     assert_eq!(now["filter"], json!({"organization_id": O1}), "a null member is removed, the rest kept: {now}");
@@ -1041,26 +1012,13 @@ webhook_test!(patch_is_a_json_merge_patch_of_the_subscription, |app| async move 
     assert_eq!(now["metadata"], json!({"b": 2}), "{now}");
     assert_eq!(now["description"], "", "{now}");
     // Header names compare without case: `x-b` replaces `X-B`.
-    let r = app
-        .client
-        .patch(app.url(&format!("/webhooks/{id}")))
-        .bearer_auth(&app.subscribe_key)
-        .json(&json!({"headers": {"x-b": "9"}}))
-        .send()
-        .await
-        .unwrap();
+    let r = app.patch_as(&app.subscribe_key, &format!("/webhooks/{id}"), &json!({"headers": {"x-b": "9"}})).await;
     assert_eq!(r.status(), 200);
     let now = app.get_as(&app.subscribe_key, &format!("/webhooks/{id}")).await;
     assert_eq!(now["headers"], json!({"x-b": "9", "X-C": "3"}), "{now}");
     // A null object field clears it.
-    let r = app
-        .client
-        .patch(app.url(&format!("/webhooks/{id}")))
-        .bearer_auth(&app.subscribe_key)
-        .json(&json!({"headers": null, "filter": null}))
-        .send()
-        .await
-        .unwrap();
+    let r =
+        app.patch_as(&app.subscribe_key, &format!("/webhooks/{id}"), &json!({"headers": null, "filter": null})).await;
     assert_eq!(r.status(), 200);
     let now = app.get_as(&app.subscribe_key, &format!("/webhooks/{id}")).await;
     assert_eq!((now["headers"].clone(), now["filter"].clone()), (json!({}), json!({})), "{now}");
