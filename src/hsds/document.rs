@@ -31,6 +31,15 @@ pub fn keeps_last_modified(table: &Table) -> bool {
     table.field("last_modified").is_some()
 }
 
+/// The `last_modified` of a stored document's JSON text, read without building the rest of it.
+pub fn last_modified_of(doc: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Stamped {
+        last_modified: Option<String>,
+    }
+    serde_json::from_str::<Stamped>(doc).ok()?.last_modified
+}
+
 /// Sets a document's `last_modified` to `at` where hsda keeps it (see [`keeps_last_modified`]).
 pub fn stamp_last_modified(table: &Table, doc: &mut Value, at: &str) {
     if keeps_last_modified(table)

@@ -46,6 +46,11 @@ pub(crate) struct Appended {
 }
 
 impl Appended {
+    /// What appending no events gives (and costs no statement).
+    fn nothing() -> Appended {
+        Appended { first: 0, last: -1, ids: Vec::new() }
+    }
+
     /// The appended events as the log now holds them (`events` as given to [`append_events`]).
     pub(crate) fn into_events(self, events: Vec<NewEvent>, origin: &str, occurred_at: &str) -> Vec<Event> {
         events
@@ -83,7 +88,7 @@ pub(crate) async fn append_events(
 ) -> sqlx::Result<Appended> {
     let batch = Batch { events, origin, occurred_at };
     let mut appended = append_batches(conn, std::slice::from_ref(&batch)).await?;
-    Ok(appended.pop().unwrap_or(Appended { first: 0, last: -1, ids: Vec::new() }))
+    Ok(appended.pop().unwrap_or_else(Appended::nothing))
 }
 
 /// Appends the events of several writes, in order, with the next sequence numbers: one counter update and
@@ -92,7 +97,7 @@ pub(crate) async fn append_events(
 pub(crate) async fn append_batches(conn: &mut Conn<'_>, batches: &[Batch<'_>]) -> sqlx::Result<Vec<Appended>> {
     let count: usize = batches.iter().map(|b| b.events.len()).sum();
     if count == 0 {
-        return Ok(batches.iter().map(|_| Appended { first: 0, last: -1, ids: Vec::new() }).collect());
+        return Ok(batches.iter().map(|_| Appended::nothing()).collect());
     }
     // Taking the counter row last keeps the time it is locked (PostgreSQL) short.
     let (last,): (i64,) = conn

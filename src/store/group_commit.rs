@@ -551,7 +551,7 @@ async fn run_group(
         };
         let mut appended = appended.into_iter();
         for ((job, pending), appended) in ready.into_iter().zip(appended.by_ref()) {
-            let (outcome, kept) = pending.appended(Some(appended), keep_events);
+            let (outcome, kept) = pending.appended(appended, keep_events);
             events.extend(kept);
             outcomes.push((job, Ok(outcome)));
         }

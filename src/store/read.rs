@@ -141,7 +141,8 @@ impl Db {
             let name_hits: Vec<String> = words
                 .iter()
                 .map(|w| {
-                    let p = sql.push(Param::Text(format!("%{}%", w.replace(['%', '_'], ""))));
+                    // Words are alphanumeric (`search_words`): nothing in them is a LIKE wildcard.
+                    let p = sql.push(Param::Text(format!("%{w}%")));
                     format!("CASE WHEN r.sort_key LIKE {p} THEN 1 ELSE 0 END")
                 })
                 .collect();
@@ -335,29 +336,22 @@ impl Db {
     ) -> impl Stream<Item = sqlx::Result<super::compile::Row>> + Send + 'static {
         let db = self.clone();
         async_stream::try_stream! {
-            let mut rows =
-                sqlx::query_as::<_, (String, Option<String>)>("SELECT data, doc FROM records WHERE kind = $1 ORDER BY id")
-                    .bind(table.name)
-                    .fetch(&db.pool);
+            // hsda keeps `last_modified` on the document, not the row (see `document::keeps_last_modified`):
+            // only such tables read their documents too.
             let keeps_last_modified = crate::hsds::document::keeps_last_modified(table);
+            let sql = match keeps_last_modified {
+                true => "SELECT data, doc FROM records WHERE kind = $1 ORDER BY id",
+                false => "SELECT data, CAST(NULL AS TEXT) FROM records WHERE kind = $1 ORDER BY id",
+            };
+            let mut rows = sqlx::query_as::<_, (String, Option<String>)>(sql).bind(table.name).fetch(&db.pool);
             while let Some(row) = rows.next().await {
                 let (data, doc) = row?;
                 let mut row = parse_row(&data);
-                // hsda keeps this field on the document, not the row (see `document::keeps_last_modified`).
-                if keeps_last_modified
-                    && let Some(Stamped { last_modified: Some(time) }) =
-                        doc.as_deref().and_then(|d| serde_json::from_str(d).ok())
-                {
-                    row.insert("last_modified".into(), time);
+                if let Some(time) = doc.as_deref().and_then(crate::hsds::document::last_modified_of) {
+                    row.insert("last_modified".into(), Value::String(time));
                 }
                 yield row;
             }
         }
     }
-}
-
-/// The one field of a stored document that [`Db::stream_rows`] needs (the rest is skipped, not built).
-#[derive(serde::Deserialize)]
-struct Stamped {
-    last_modified: Option<Value>,
 }

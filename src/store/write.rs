@@ -220,10 +220,7 @@ impl PendingWrite {
         conn: &mut Conn<'_>,
         keep_events: bool,
     ) -> sqlx::Result<(WriteOutcome, Vec<Event>)> {
-        let appended = match self.events.is_empty() {
-            true => None,
-            false => Some(append_events(conn, &self.events, &self.origin, &self.now).await?),
-        };
+        let appended = append_events(conn, &self.events, &self.origin, &self.now).await?;
         Ok(self.appended(appended, keep_events))
     }
 
@@ -232,14 +229,14 @@ impl PendingWrite {
         Batch { events: &self.events, origin: &self.origin, occurred_at: &self.now }
     }
 
-    /// What the write did, its events having been appended as `appended` (`None`: it had none); with
-    /// `keep_events`, also the events as appended (for dispatching them in the same transaction).
-    pub(crate) fn appended(self, appended: Option<Appended>, keep_events: bool) -> (WriteOutcome, Vec<Event>) {
+    /// What the write did, its events having been appended as `appended`; with `keep_events`, also the
+    /// events as appended (for dispatching them in the same transaction).
+    pub(crate) fn appended(self, appended: Appended, keep_events: bool) -> (WriteOutcome, Vec<Event>) {
         let mut outcome =
             WriteOutcome { rows_changed: self.rows_changed, created: self.created, ..WriteOutcome::default() };
-        let Some(appended) = appended.filter(|_| !self.events.is_empty()) else {
+        if self.events.is_empty() {
             return (outcome, Vec::new());
-        };
+        }
         outcome.events = self.events.len();
         outcome.first_sequence = Some(appended.first);
         outcome.last_sequence = Some(appended.last);
@@ -846,14 +843,14 @@ fn stored_facets_of_text(table: &Table, id: &str, doc: &str) -> Facets {
         .unwrap_or_default()
 }
 
-/// The table of the row with this id, for polymorphic references (`attribute.link_id`): only tables that
-/// nest `child` rows through `field` can be the parent, and each is probed on its `(kind, id)` key (there
-/// is no index on the id alone: it would cost a random page write on every insert to save this rare read).
 /// Whether `parent` nests `child` rows through the child's back reference `field`.
 fn nests(parent: &Table, child: &Table, field: &str) -> bool {
     parent.nested.iter().any(|n| n.table == child.name && parent.back_reference(n).map(|f| f.name) == Some(field))
 }
 
+/// The table of the row with this id, for polymorphic references (`attribute.link_id`): only tables that
+/// nest `child` rows through `field` can be the parent, and each is probed on its `(kind, id)` key (there
+/// is no index on the id alone: it would cost a random page write on every insert to save this rare read).
 async fn parent_table_of(
     conn: &mut Conn<'_>,
     id: &str,
@@ -1024,9 +1021,7 @@ impl Writer<'_, '_> {
                     // this import.
                     let stamp = document::keeps_last_modified(t);
                     if stamp {
-                        let kept = old_doc
-                            .and_then(|d| serde_json::from_str::<Value>(d).ok())
-                            .and_then(|d| d.get("last_modified").and_then(Value::as_str).map(str::to_string));
+                        let kept = old_doc.and_then(|d| document::last_modified_of(d));
                         document::stamp_last_modified(t, &mut doc, kept.as_deref().unwrap_or(self.now));
                     }
                     let text = doc.to_string();
