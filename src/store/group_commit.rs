@@ -709,6 +709,61 @@ mod tests {
         db.close().await;
     }
 
+    /// Writes that share groups get exactly their own events' sequences, whatever else the group held: writes
+    /// with several events, a write that changes nothing, a refused one.
+    async fn each_write_of_a_group_gets_its_own_sequences(database_url: &str) {
+        let db = Db::connect(database_url).await.expect("connect");
+        let service = table("service").expect("service");
+        let orphan = json!({"id": "00000000-0000-4000-8000-0000000000f1", "name": "Orphan", "status": "active",
+                            "organization_id": "00000000-0000-4000-8000-0000000000ff"});
+        let refused: Vec<Op> = document::flatten(service, &orphan, "")
+            .expect("valid alone")
+            .rows
+            .into_iter()
+            .map(|r| Op::Upsert { table: r.table, row: r.row, pointer: r.pointer })
+            .collect();
+        let ids: Vec<String> = (0..24).map(|i| format!("00000000-0000-4000-8000-{:012}", 0xb00 + i)).collect();
+        db.apply(organization(&ids[0], "Same"), WriteOptions::default()).await.expect("first");
+        let (transactions_before, _) = db.group_commit_stats();
+        let mut writes = vec![organization(&ids[0], "Same"), refused];
+        writes.extend(ids[1..].iter().map(|id| organization(id, "New")));
+        let outcomes =
+            futures::future::join_all(writes.into_iter().map(|ops| db.apply(ops, WriteOptions::default()))).await;
+        let (transactions_after, writes_after) = db.group_commit_stats();
+        assert!(writes_after > transactions_after, "some writes shared a transaction");
+        assert!(transactions_after - transactions_before < 24, "some writes shared a transaction");
+        assert!(matches!(outcomes[0], Ok(ref o) if o.first_sequence.is_none()), "no change, no sequence");
+        assert!(matches!(outcomes[1], Err(WriteError::Invalid(_))), "{:?}", outcomes[1]);
+        let log = db.events_after(1, &Default::default(), 1000).await.expect("events");
+        let sequences: Vec<i64> = log.iter().map(|e| e.sequence).collect();
+        assert_eq!(sequences, (2..2 + log.len() as i64).collect::<Vec<_>>(), "gap-free");
+        for (id, outcome) in ids[1..].iter().zip(&outcomes[2..]) {
+            let outcome = outcome.as_ref().expect("a new organization");
+            let own: Vec<i64> = log.iter().filter(|e| &e.object_id == id).map(|e| e.sequence).collect();
+            let given: Vec<i64> = (outcome.first_sequence.unwrap()..=outcome.last_sequence.unwrap()).collect();
+            assert_eq!(given, own, "{id}: its own events, and only them");
+        }
+        db.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_write_of_a_group_gets_its_own_sequences_sqlite() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        each_write_of_a_group_gets_its_own_sequences(&format!("sqlite://{}", dir.path().join("seq.db").display()))
+            .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_write_of_a_group_gets_its_own_sequences_postgres() {
+        let Ok(admin_url) = std::env::var("HSDA_TEST_POSTGRES_URL") else { return };
+        let name = format!("hsda_test_{}", uuid::Uuid::new_v4().simple());
+        let admin = sqlx::PgPool::connect(&admin_url).await.expect("PostgreSQL");
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await.expect("create database");
+        let (base, _) = admin_url.rsplit_once('/').expect("a database in the URL");
+        each_write_of_a_group_gets_its_own_sequences(&format!("{base}/{name}")).await;
+        let _ = sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)")).execute(&admin).await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_panicking_group_fails_alone_sqlite() {
         let dir = tempfile::tempdir().expect("tempdir");
