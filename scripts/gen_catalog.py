@@ -68,8 +68,13 @@ for n in names:
         else:
             ft = "Text"
         target = REF_TARGET.get(k) if ft == "Uuid" and k != "id" else None
-        fields.append('Field { name: "%s", ty: %s, required: %s, references: %s }' % (
-            k, ft, "true" if k in req else "false", ('Some("%s")' % target) if target else "None"))
+        fields.append((k, ft, target))
+    # A required related object (service_capacity.unit) makes the field holding its id required: the flat
+    # row cannot carry the object.
+    required_one = {ref for (k, kind, ref) in nested if kind == "One" and k in req}
+    fields = ['Field { name: "%s", ty: %s, required: %s, references: %s }' % (
+        k, ft, "true" if k in req or target in required_one else "false",
+        ('Some("%s")' % target) if target else "None") for (k, ft, target) in fields]
     path = CSV.get(n) or dp.get(n, {}).get("path") or (PLURAL[n] + ".csv")
     out.append('    Table {\n        name: "%s",\n        plural: "%s",\n        csv_file: "%s",\n        fields: &[\n%s\n        ],\n        nested: &[\n%s\n        ],\n    },' % (
         n, PLURAL[n], path, "\n".join("            %s," % f for f in fields),

@@ -27,38 +27,35 @@ pub fn read_path(path: &Path) -> anyhow::Result<LabelledRows> {
     if name.ends_with(".json") || name.ends_with(".ndjson") || name.ends_with(".jsonl") {
         let docs = super::ndjson::read_json_documents(path).map_err(|e| anyhow::anyhow!("{e}"))?;
         let referenced = Referenced::in_documents(docs.iter().map(|(_, doc)| doc));
+        // Related rows' copies (a capacity's unit, shared by many services) are imported too, once each, and
+        // only where no document gives the row itself (as a write takes them: see `Op::copied`).
+        let mut copies: Vec<(&'static Table, Row, String)> = Vec::new();
         for (label, doc) in docs {
             let Some(table) = document_table(&doc, &referenced) else {
                 problems.push(format!("{label}: cannot tell which HSDS object this is (give it an id and the fields of a service, organization, location, service_at_location, taxonomy or taxonomy_term)"));
                 continue;
             };
-            // A full service_at_location document names its service and location by the objects it embeds.
-            let mut doc = doc;
-            if table.name == "service_at_location"
-                && let Some(map) = doc.as_object_mut()
-            {
-                for (object, field) in [("service", "service_id"), ("location", "location_id")] {
-                    let nested = map.get(object).and_then(|o| o.get("id")).and_then(Value::as_str).map(str::to_string);
-                    if let Some(id) = nested
-                        && map.get(field).is_none_or(Value::is_null)
-                    {
-                        map.insert(field.to_string(), Value::String(id));
-                    }
-                }
-            }
+            let labelled = |r: crate::hsds::document::FlatRow| {
+                let at = if r.pointer.is_empty() { String::new() } else { format!(" at {}", r.pointer) };
+                (r.table, r.row, format!("{label}{at}"))
+            };
             match flatten(table, &doc, "") {
-                Ok(flat) => rows.extend(flat.rows.into_iter().map(|r| {
-                    let at = format!(
-                        "{label}{}",
-                        if r.pointer.is_empty() { String::new() } else { format!(" at {}", r.pointer) }
-                    );
-                    (r.table, r.row, at)
-                })),
+                Ok(flat) => {
+                    copies.extend(flat.related.into_iter().flat_map(|r| r.body.all_rows()).map(labelled));
+                    rows.extend(flat.rows.into_iter().map(labelled));
+                }
                 Err(errors) => {
                     problems.extend(errors.into_iter().map(|e| format!("{label}, field {}: {}", e.pointer, e.detail)))
                 }
             }
         }
+        let mut given: std::collections::HashSet<(&str, String)> =
+            rows.iter().map(|(t, row, _)| (t.name, crate::store::compile::id_of(row).unwrap_or_default())).collect();
+        rows.extend(
+            copies
+                .into_iter()
+                .filter(|(t, row, _)| given.insert((t.name, crate::store::compile::id_of(row).unwrap_or_default()))),
+        );
         // Parents before children: the document order already puts them first.
     } else {
         let source = read_datapackage(path).map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -77,9 +77,31 @@ impl Table {
         !ENTITIES.contains(&self.name)
     }
 
+    /// Whether a row of `child` pointing at a row of `self` through `field` is deleted with that row: details
+    /// nested in it (a service's phones), rows attached to any row (attributes, metadata), and rows whose
+    /// purpose is to link two others (a service_at_location, an attribute's term). A detail that only uses
+    /// the row (a capacity measured in a unit) keeps it from being deleted instead.
+    pub fn owns(&self, child: &Table, field: &Field) -> bool {
+        const LINKS: [&str; 2] = ["service_at_location", "attribute"];
+        let nests = self.nested.iter().any(|n| {
+            n.kind == NestedKind::Many
+                && n.table == child.name
+                && self.back_reference(n).map(|f| f.name) == Some(field.name)
+        });
+        child.is_detail() && (nests || field.references == Some("*") || LINKS.contains(&child.name))
+    }
+
     /// Fields that point at other rows.
     pub fn reference_fields(&self) -> impl Iterator<Item = &'static Field> {
         self.fields.iter().filter(|f| f.references.is_some())
+    }
+
+    /// The table whose existing row `field` must name when a row is written: none for a polymorphic link,
+    /// nor for a link to the parent in a hierarchy of this same table (`taxonomy_term.parent_id`,
+    /// `organization.parent_organization_id`). A directory often holds one branch of a taxonomy or of a
+    /// group of organizations whose upper rows live elsewhere; the official HSDS examples name such parents.
+    pub fn checked_reference(&self, field: &Field) -> Option<&'static str> {
+        field.references.filter(|target| *target != "*" && *target != self.name)
     }
 
     /// For a `Many` nested key: the field of the child table that points back at a row of `self`.

@@ -459,7 +459,7 @@ pub static TABLES: &[Table] = &[
         fields: &[
             Field { name: "id", ty: Uuid, required: true, references: None },
             Field { name: "service_id", ty: Uuid, required: false, references: Some("service") },
-            Field { name: "unit_id", ty: Uuid, required: false, references: Some("unit") },
+            Field { name: "unit_id", ty: Uuid, required: true, references: Some("unit") },
             Field { name: "available", ty: Number, required: true, references: None },
             Field { name: "maximum", ty: Number, required: false, references: None },
             Field { name: "description", ty: Text, required: false, references: None },

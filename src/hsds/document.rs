@@ -184,19 +184,44 @@ pub struct ChildSet {
     pub keep: Vec<String>,
 }
 
+/// A related row a body embeds as a copy (`service.organization`, `service_capacity.unit`,
+/// `attribute.taxonomy_term`): the row it sits in links to it, and it is created from the copy when the
+/// directory does not hold it yet. An existing one is never edited through another row's body: it is shared,
+/// and has a path of its own.
+#[derive(Debug)]
+pub struct Related {
+    pub table: &'static Table,
+    pub id: String,
+    /// The copy split into rows (its own children and related rows included).
+    pub body: Flattened,
+}
+
 /// A body split into rows, parents before children.
 #[derive(Debug, Default)]
 pub struct Flattened {
     pub rows: Vec<FlatRow>,
     pub child_sets: Vec<ChildSet>,
+    pub related: Vec<Related>,
+}
+
+impl Flattened {
+    /// Every row: the body's own, then those of its related copies (and of theirs).
+    pub fn all_rows(self) -> Vec<FlatRow> {
+        let mut rows = self.rows;
+        for related in self.related {
+            rows.extend(related.body.all_rows());
+        }
+        rows
+    }
 }
 
 /// Splits an HSDS JSON object of `table` (which may nest children, e.g. `service.phones`) into flat rows,
 /// validating each. Children get their back reference filled in from the parent (a phone inside a service
-/// gets its `service_id`); a child naming a different parent is an error. Related one-to-one objects
-/// (`service.organization`, `attribute.taxonomy_term`) and a full service_at_location's `service` are
-/// read-only views of other rows and are ignored. An organization's `services` are upserted with it, but
-/// never deleted for being left out.
+/// gets its `service_id`); a child naming a different parent is an error. A related object
+/// (`service.organization`, `attribute.taxonomy_term`) fills in the field that links to it (`organization_id`)
+/// and is kept as a [`Related`] copy when it holds more than its id. A full service_at_location's `service` is
+/// a read-only view and is ignored. An organization's `services` are upserted with it, but never deleted for
+/// being left out.
 pub fn flatten(table: &'static Table, body: &Value, pointer: &str) -> Result<Flattened, Vec<FieldError>> {
     let mut out = Flattened::default();
     let mut errors = Vec::new();
@@ -207,7 +232,10 @@ pub fn flatten(table: &'static Table, body: &Value, pointer: &str) -> Result<Fla
     let mut first: HashMap<(&str, String), usize> = HashMap::new();
     let mut keep = vec![true; out.rows.len()];
     for (i, kept) in keep.iter_mut().enumerate() {
-        let Some(id) = out.rows[i].row.get("id").and_then(Value::as_str).map(str::to_string) else { continue };
+        // A row without a valid id is refused already; two such are not one row.
+        let id =
+            out.rows[i].row.get("id").and_then(Value::as_str).filter(|id| super::validate::parse_uuid(id).is_some());
+        let Some(id) = id.map(str::to_string) else { continue };
         let table = out.rows[i].table.name;
         let Some(&earlier) = first.get(&(table, id.clone())) else {
             first.insert((table, id), i);
@@ -238,13 +266,22 @@ fn flatten_into(table: &'static Table, body: &Value, pointer: &str, out: &mut Fl
     };
     let mut row = Map::new();
     let mut nested_bodies = Vec::new();
+    let mut related = Vec::new();
     let mut services = None;
     for (key, value) in map {
         if let Some(nested) = table.nested(key) {
-            nested_bodies.push((nested, value));
+            match nested.kind {
+                NestedKind::One if !value.is_null() => {
+                    related.push((key, super::catalog::table(nested.table).expect("catalog table"), value))
+                }
+                NestedKind::One => {}
+                NestedKind::Many => nested_bodies.push((nested, value)),
+            }
         } else if table.name == "organization" && key == "services" {
             services = Some(value).filter(|v| !v.is_null());
-        } else if is_root_only_view(table, key) || value.is_null() {
+        } else if let Some(service) = service_of_link(table, key).filter(|_| !value.is_null()) {
+            related.push((key, service, value));
+        } else if value.is_null() {
             // A null field is an absent one: stored, it would be served as `null`, which the HSDS schemas
             // (typed, never nullable) refuse.
             continue;
@@ -253,12 +290,16 @@ fn flatten_into(table: &'static Table, body: &Value, pointer: &str, out: &mut Fl
         }
     }
     super::validate::normalize_uuids(table, &mut row);
+    for (key, related_table, value) in related {
+        let at = super::validate::pointer_join(pointer, key);
+        link_related(table, related_table, value, &at, &mut row, out, errors);
+    }
     errors.extend(validate_row(table, &row, pointer));
     let id = row.get("id").and_then(Value::as_str).map(str::to_string);
     out.rows.push(FlatRow { table, row, pointer: pointer.to_string() });
     let Some(id) = id else { return };
     for (nested, value) in nested_bodies {
-        if nested.kind == NestedKind::One || value.is_null() {
+        if value.is_null() {
             continue;
         }
         let Some(child_table) = super::catalog::table(nested.table) else { continue };
@@ -276,6 +317,53 @@ fn flatten_into(table: &'static Table, body: &Value, pointer: &str, out: &mut Fl
         && let Some(back) = service.field("organization_id")
     {
         flatten_children(table, &id, service, back, value, &format!("{pointer}/services"), out, errors);
+    }
+}
+
+/// Links `row` (of `table`) to the related object `value` it embeds at `at`: the field holding the related
+/// row's id is filled in from the object's (or must agree with it), and an object with more than its id is
+/// kept as a copy to create the row from, should it not exist yet.
+fn link_related(
+    table: &'static Table,
+    related_table: &'static Table,
+    value: &Value,
+    at: &str,
+    row: &mut Map<String, Value>,
+    out: &mut Flattened,
+    errors: &mut Vec<FieldError>,
+) {
+    let Some(link) = table.fields.iter().find(|f| f.references == Some(related_table.name)) else { return };
+    let Some(object) = value.as_object() else {
+        errors.push(FieldError::new(at, "must be a JSON object"));
+        return;
+    };
+    let Some(related_id) = object.get("id").and_then(Value::as_str) else {
+        // (A link needs the id; the detail reads as every missing field's does.)
+        errors.push(FieldError::new(format!("{at}/id"), "is required"));
+        return;
+    };
+    if let Err(detail) = super::validate::check_value(super::catalog::FieldType::Uuid, &object["id"]) {
+        errors.push(FieldError::new(format!("{at}/id"), detail));
+        return;
+    }
+    let related_id = super::validate::canonical_id(related_id).into_owned();
+    match row.get(link.name) {
+        None => drop(row.insert(link.name.to_string(), Value::String(related_id.clone()))),
+        Some(Value::String(linked)) if *linked == related_id => {}
+        // A bad id in the link field is reported there by the row's own validation.
+        Some(Value::String(linked)) if super::validate::parse_uuid(linked).is_some() => {
+            errors
+                .push(FieldError::new(format!("{at}/id"), format!("must be {linked}, the {} of this row", link.name)));
+            return;
+        }
+        Some(_) => return,
+    }
+    if object.iter().all(|(key, value)| key == "id" || value.is_null()) {
+        return;
+    }
+    match flatten(related_table, value, at) {
+        Ok(body) => out.related.push(Related { table: related_table, id: related_id, body }),
+        Err(more) => errors.extend(more),
     }
 }
 
@@ -337,8 +425,33 @@ fn flatten_children(
     Some(keep)
 }
 
-fn is_root_only_view(table: &Table, key: &str) -> bool {
-    matches!((table.name, key), ("service_at_location", "service"))
+/// A full service_at_location document embeds its service (compiled, without the service's own
+/// `service_at_locations`), though the table's JSON form has no such key: it links like a related object.
+fn service_of_link(table: &Table, key: &str) -> Option<&'static Table> {
+    (table.name == "service_at_location" && key == "service").then(|| super::catalog::table("service")).flatten()
+}
+
+/// Removes from a stored document what it only shows of other rows, everywhere in it, so that a merge patch
+/// can be applied to it and the result written back: the copies of related rows (`organization` in a service,
+/// `unit` in each capacity, a link's `service`), whose linking fields stay, and an organization's `services`.
+/// What the patch itself gives of them is then the body's own.
+pub fn strip_copies(table: &'static Table, doc: &mut Value) {
+    let Some(map) = doc.as_object_mut() else { return };
+    if table.name == "organization" {
+        map.remove("services");
+    }
+    map.retain(|key, _| service_of_link(table, key).is_none());
+    for nested in table.nested {
+        match nested.kind {
+            NestedKind::One => drop(map.remove(nested.key)),
+            NestedKind::Many => {
+                let Some(child) = super::catalog::table(nested.table) else { continue };
+                for item in map.get_mut(nested.key).and_then(Value::as_array_mut).into_iter().flatten() {
+                    strip_copies(child, item);
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -355,7 +468,7 @@ mod tests {
     fn flatten_fills_back_references_and_records_child_sets() {
         let body = json!({
             "id": SERVICE, "name": "Food", "status": "active", "organization_id": ORG,
-            "organization": {"id": ORG, "name": "ignored"},
+            "organization": {"id": ORG, "name": "Copy", "description": "d"},
             "phones": [{"id": "5f3c1a2e-0000-4000-8000-000000000001", "number": "555"}]
         });
         let flat = flatten(table("service").unwrap(), &body, "").unwrap();
@@ -365,6 +478,67 @@ mod tests {
         assert!(!flat.rows[0].row.contains_key("organization"));
         assert_eq!(flat.child_sets.len(), 1);
         assert_eq!(flat.child_sets[0].keep, vec!["5f3c1a2e-0000-4000-8000-000000000001".to_string()]);
+        // The organization is a related copy, kept apart from the body's own rows.
+        assert_eq!(flat.related.len(), 1);
+        assert_eq!((flat.related[0].table.name, flat.related[0].id.as_str()), ("organization", ORG));
+        assert_eq!(flat.related[0].body.rows[0].row["name"], "Copy");
+    }
+
+    #[test]
+    fn a_related_object_fills_in_its_link_or_must_agree_with_it() {
+        const UNIT: &str = "8896b788-7b3e-11ef-8db9-7f3d040352b3";
+        let capacity = table("service_capacity").unwrap();
+        let body = json!({"id": SERVICE, "service_id": SERVICE, "available": 1, "updated": "2024-01-01T00:00:00Z",
+                          "unit": {"id": UNIT.to_uppercase(), "name": "Bed"}});
+        let flat = flatten(capacity, &body, "").unwrap();
+        assert_eq!(flat.rows[0].row["unit_id"], UNIT, "filled in, as stored (lowercase)");
+        assert_eq!(flat.related[0].body.rows[0].pointer, "/unit");
+        // A bare id links without a copy to create.
+        let link = json!({"id": SERVICE, "service_id": SERVICE, "available": 1, "updated": "2024-01-01T00:00:00Z",
+                          "unit": {"id": UNIT}});
+        let flat = flatten(capacity, &link, "").unwrap();
+        assert_eq!(flat.rows[0].row["unit_id"], UNIT);
+        assert!(flat.related.is_empty());
+        // Neither the field nor the object: the unit is required (the compiled schema requires it).
+        let mut none = link.clone();
+        none.as_object_mut().unwrap().remove("unit");
+        assert_eq!(flatten(capacity, &none, "").unwrap_err()[0].pointer, "/unit_id");
+        // Both, disagreeing; an object without a usable id.
+        let mut both = link.clone();
+        both["unit_id"] = json!(ORG);
+        let errors = flatten(capacity, &both, "").unwrap_err();
+        assert_eq!(errors[0].pointer, "/unit/id");
+        assert!(errors[0].detail.contains(ORG), "{}", errors[0].detail);
+        for bad in [json!({"name": "Bed"}), json!({"id": "bed"}), json!("bed")] {
+            let mut body = link.clone();
+            body["unit"] = bad.clone();
+            let errors = flatten(capacity, &body, "").unwrap_err();
+            assert!(errors.iter().all(|e| e.pointer.starts_with("/unit")), "{bad}: {errors:?}");
+        }
+        // A copy's own errors point into it.
+        let mut invalid = link.clone();
+        invalid["unit"] = json!({"id": UNIT, "uri": "not a uri"});
+        let pointers: Vec<String> =
+            flatten(capacity, &invalid, "").unwrap_err().into_iter().map(|e| e.pointer).collect();
+        assert_eq!(pointers, ["/unit/name", "/unit/uri"]);
+    }
+
+    #[test]
+    fn strip_copies_keeps_the_links_and_drops_what_other_rows_show() {
+        let mut doc = json!({
+            "id": SERVICE, "organization_id": ORG, "organization": {"id": ORG},
+            "capacities": [{"id": "c", "unit_id": "u", "unit": {"id": "u"}}],
+            "attributes": [{"id": "a", "taxonomy_term_id": "t", "taxonomy_term": {"id": "t", "taxonomy_detail": {}}}]
+        });
+        strip_copies(table("service").unwrap(), &mut doc);
+        assert_eq!(
+            doc,
+            json!({"id": SERVICE, "organization_id": ORG, "capacities": [{"id": "c", "unit_id": "u"}],
+                   "attributes": [{"id": "a", "taxonomy_term_id": "t"}]})
+        );
+        let mut link = json!({"id": "l", "service_id": SERVICE, "service": {"id": SERVICE}, "location": {"id": "x"}});
+        strip_copies(table("service_at_location").unwrap(), &mut link);
+        assert_eq!(link, json!({"id": "l", "service_id": SERVICE}));
     }
 
     #[test]

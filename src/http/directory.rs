@@ -17,11 +17,10 @@ use super::error::ApiError;
 use super::extract::{Caller, JsonBody};
 use crate::hsds::catalog::{Table, table_by_plural};
 use crate::hsds::document::{self, etag};
-use crate::hsds::merge_patch::merge_patch;
 use crate::store::compile::list_form;
 use crate::store::keys::Scope;
 use crate::store::read::{ListQuery, Listed};
-use crate::store::write::{Op, WriteError, WriteOptions, WriteOutcome};
+use crate::store::write::{Op, WriteOptions, WriteOutcome};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -137,7 +136,8 @@ fn parse_list_params(table: &Table, params: &HashMap<String, String>) -> Result<
         page: parse_uint(params, "page", 1, 1, u32::MAX as u64)?,
         per_page: parse_uint(params, "per_page", DEFAULT_PER_PAGE, 1, per_page_max)?,
         ndjson,
-        full: parse_bool(params, "full")?,
+        // Organizations "with full service information" are full organizations: it implies `full`.
+        full: parse_bool(params, "full")? || (table.name == "organization" && parse_bool(params, "full_service")?),
         minimal,
         full_service: parse_bool(params, "full_service")?,
     })
@@ -208,7 +208,8 @@ async fn search(
                 Value::Null => continue,
                 other => other.to_string(),
             };
-            params.insert(k, text);
+            // The query string wins where both name one (as the OpenAPI says).
+            params.entry(k).or_insert(text);
         }
     }
     let p = parse_list_params(table, &params)?;
@@ -315,15 +316,7 @@ fn body_to_ops(table: &'static Table, id: &str, mut body: Value) -> Result<Vec<O
         Some(_) => return Err(ApiError::invalid("/id", format!("must equal the id in the path, {id}"))),
     }
     let flat = document::flatten(table, &body, "").map_err(ApiError::Invalid)?;
-    let mut ops: Vec<Op> =
-        flat.rows.into_iter().map(|r| Op::Upsert { table: r.table, row: r.row, pointer: r.pointer }).collect();
-    ops.extend(flat.child_sets.into_iter().map(|c| Op::KeepChildren {
-        table: c.table,
-        field: c.field,
-        parent_id: c.parent_id,
-        keep: c.keep,
-    }));
-    Ok(ops)
+    Ok(Op::all_of(flat))
 }
 
 /// The id in a path as stored (UUIDs in lowercase).
@@ -395,54 +388,14 @@ async fn patch(
     if !patch.is_object() {
         return Err(ApiError::invalid("", "a merge patch must be a JSON object"));
     }
-    let client_tag = precondition(header::IF_MATCH, table, &id, &headers);
-    // Without the client's own If-Match, a concurrent change between the read and the write is not the
-    // client's conflict: the patch is applied again to what that change left (a few times at most).
-    let own_precondition = client_tag.is_some() || headers.contains_key(header::IF_NONE_MATCH);
-    let mut tries = if own_precondition { 1 } else { PATCH_TRIES };
-    loop {
-        tries -= 1;
-        let Some(mut current) = state.db.get(table, &id).await? else {
-            return Err(ApiError::NotFound(format!("{} {id}", table.name)));
-        };
-        let read_tag = etag(&current);
-        if let Some((_, _, wanted)) = &client_tag
-            && !document::etag_listed(wanted, &read_tag, false)
-        {
-            return Err(ApiError::PreconditionFailed);
-        }
-        // The views go first: an organization's stored services are not written back, but a patch that
-        // gives `services` upserts them.
-        strip_views(table, &mut current);
-        merge_patch(&mut current, &patch);
-        let ops = body_to_ops(table, &id, current)?;
-        // The write re-checks the ETag read above inside its transaction: a concurrent change is caught.
-        let options = WriteOptions {
-            if_match: Some((table, id.clone(), read_tag)),
-            if_none_match: precondition(header::IF_NONE_MATCH, table, &id, &headers),
-            ..WriteOptions::default()
-        };
-        match state.db.apply(ops, options).await {
-            Ok(mut outcome) => return written(&state, table, &id, StatusCode::OK, &mut outcome).await,
-            Err(WriteError::PreconditionFailed) if tries > 0 => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
-/// How often a PATCH without If-Match is applied again when another write changed its row in between.
-const PATCH_TRIES: usize = 10;
-
-/// Drops the read-only views a document carries so that it can be written back.
-fn strip_views(table: &'static Table, doc: &mut Value) {
-    if let Some(map) = doc.as_object_mut() {
-        if table.name == "organization" {
-            map.remove("services");
-        }
-        if table.name == "service_at_location" {
-            map.remove("service");
-        }
-    }
+    let options = WriteOptions {
+        if_match: precondition(header::IF_MATCH, table, &id, &headers),
+        if_none_match: precondition(header::IF_NONE_MATCH, table, &id, &headers),
+        ..WriteOptions::default()
+    };
+    // Merged inside the write, under the row's lock: a concurrent change is merged with, never lost or refused.
+    let mut outcome = state.db.apply(vec![Op::MergePatch { table, id: id.clone(), patch }], options).await?;
+    written(&state, table, &id, StatusCode::OK, &mut outcome).await
 }
 
 async fn remove(

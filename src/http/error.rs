@@ -139,11 +139,19 @@ impl IntoResponse for ApiError {
             ApiError::PreconditionFailed => problem(
                 StatusCode::PRECONDITION_FAILED,
                 "Precondition failed",
-                "the resource changed since the ETag given in If-Match; read it again",
+                "the resource does not meet the request's If-Match or If-None-Match: it changed since that ETag was read, or (If-None-Match) it exists; read it again",
                 json!({}),
             ),
             ApiError::PayloadTooLarge => {
-                problem(StatusCode::PAYLOAD_TOO_LARGE, "Payload too large", "the request body is too large", json!({}))
+                let mut r = problem(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "Payload too large",
+                    "the request body is too large",
+                    json!({}),
+                );
+                // The rest of the body is never read: the connection cannot carry another request, and says so.
+                r.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+                r
             }
             ApiError::UnsupportedMediaType => problem(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,

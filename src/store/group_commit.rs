@@ -685,7 +685,7 @@ mod tests {
         let organization = table("organization").expect("organization");
         let body = json!({"id": id, "name": name, "description": "d"});
         let flat = document::flatten(organization, &body, "").expect("a valid organization");
-        flat.rows.into_iter().map(|r| Op::Upsert { table: r.table, row: r.row, pointer: r.pointer }).collect()
+        Op::all_of(flat)
     }
 
     /// A panic inside a group commit fails that group's writes, as a store fault, and leaves nothing of them;
@@ -716,12 +716,7 @@ mod tests {
         let service = table("service").expect("service");
         let orphan = json!({"id": "00000000-0000-4000-8000-0000000000f1", "name": "Orphan", "status": "active",
                             "organization_id": "00000000-0000-4000-8000-0000000000ff"});
-        let refused: Vec<Op> = document::flatten(service, &orphan, "")
-            .expect("valid alone")
-            .rows
-            .into_iter()
-            .map(|r| Op::Upsert { table: r.table, row: r.row, pointer: r.pointer })
-            .collect();
+        let refused = Op::all_of(document::flatten(service, &orphan, "").expect("valid alone"));
         let ids: Vec<String> = (0..24).map(|i| format!("00000000-0000-4000-8000-{:012}", 0xb00 + i)).collect();
         db.apply(organization(&ids[0], "Same"), WriteOptions::default()).await.expect("first");
         let (transactions_before, _) = db.group_commit_stats();

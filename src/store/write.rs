@@ -25,6 +25,46 @@ pub enum Op {
     Delete { table: &'static Table, id: String },
     /// Make the `table` rows whose `field` points at `parent_id` exactly the ids in `keep` (deleting others).
     KeepChildren { table: &'static Table, field: &'static str, parent_id: String, keep: Vec<String> },
+    /// Apply `ops` only when no `table` row `id` exists yet: a related row's copy in another row's body
+    /// creates it, never edits it.
+    CreateIfAbsent { table: &'static Table, id: String, ops: Vec<Op> },
+    /// Apply a JSON merge patch (RFC 7386) to the row's representation as it stands inside the write, under
+    /// its lock: concurrent patches of one row each apply to what the one before left, none fails for it.
+    MergePatch { table: &'static Table, id: String, patch: Value },
+}
+
+impl Op {
+    /// The operations that write a flattened body: its rows, the child sets it replaces, and the related rows
+    /// it creates if absent.
+    pub fn all_of(flat: document::Flattened) -> Vec<Op> {
+        let mut ops: Vec<Op> =
+            flat.rows.into_iter().map(|r| Op::Upsert { table: r.table, row: r.row, pointer: r.pointer }).collect();
+        ops.extend(flat.child_sets.into_iter().map(|c| Op::KeepChildren {
+            table: c.table,
+            field: c.field,
+            parent_id: c.parent_id,
+            keep: c.keep,
+        }));
+        ops.extend(flat.related.into_iter().map(Op::copied));
+        ops
+    }
+
+    /// A related row's copy: created with what it nests when the row is absent. Each of its rows is created
+    /// only if absent too, and it replaces no child set: a row it shares with the body or another copy (the
+    /// official example shows one phone under the service, its organization and its location) is written
+    /// by the body, or by the first copy, alone.
+    fn copied(related: document::Related) -> Op {
+        let rows = related.body.rows.into_iter().map(|r| {
+            let id = id_of(&r.row).unwrap_or_default();
+            Op::CreateIfAbsent {
+                table: r.table,
+                id,
+                ops: vec![Op::Upsert { table: r.table, row: r.row, pointer: r.pointer }],
+            }
+        });
+        let ops = rows.chain(related.body.related.into_iter().map(Op::copied)).collect();
+        Op::CreateIfAbsent { table: related.table, id: related.id, ops }
+    }
 }
 
 /// Why a write was refused; nothing was written.
@@ -162,7 +202,11 @@ impl Db {
         if let Some((table, id, _)) = named {
             if self.backend == super::Backend::Postgres {
                 // Concurrent writers of this row queue here, so each compares against what the one before it
-                // committed (SQLite writers are already serialised by the write lock).
+                // committed (SQLite writers are already serialised by the write lock). A document's row is
+                // locked under the document lock only (see `Writer::lock_documents`).
+                if table.is_root() {
+                    lock_documents(tx).await?;
+                }
                 tx.execute(
                     "SELECT rid FROM records WHERE kind = $1 AND id = $2 FOR UPDATE",
                     &[table.name.into(), id.into()],
@@ -192,6 +236,7 @@ impl Db {
             now: &now,
             touched: Vec::new(),
             bulk: false,
+            concurrent: self.backend == Backend::Postgres,
             deleted_docs: HashMap::new(),
         };
         for op in ops {
@@ -264,6 +309,9 @@ struct Writer<'a, 'c> {
     touched: Vec<Touched>,
     /// Bulk imports keep only (table, id, action) of touched rows, to bound memory.
     bulk: bool,
+    /// Other transactions may write at the same time (PostgreSQL's committers, other processes): a row is
+    /// locked before what is written to it is read from elsewhere.
+    concurrent: bool,
     /// The stored documents of the roots this write deleted: their events, and those of the rows deleted
     /// with them, match subscriptions' filters as the roots' events did while they lived.
     deleted_docs: HashMap<(&'static str, String), Value>,
@@ -272,6 +320,22 @@ struct Writer<'a, 'c> {
 impl Writer<'_, '_> {
     async fn apply_op(&mut self, op: Op) -> Result<(), WriteError> {
         match op {
+            Op::MergePatch { table, id, patch } => {
+                for op in self.merged(table, &id, &patch).await? {
+                    Box::pin(self.apply_op(op)).await?;
+                }
+                Ok(())
+            }
+            Op::CreateIfAbsent { table, id, ops } => {
+                // Created earlier in this write (a unit shared by two capacities) counts as existing.
+                if self.exists(table.name, &id).await? {
+                    return Ok(());
+                }
+                for op in ops {
+                    Box::pin(self.apply_op(op)).await?;
+                }
+                Ok(())
+            }
             Op::Upsert { table, row, pointer } => self.upsert(table, row, pointer).await,
             Op::Delete { table, id } => {
                 if !self.exists(table.name, &id).await? {
@@ -298,6 +362,57 @@ impl Writer<'_, '_> {
         }
     }
 
+    /// The operations that write `patch` merged into the `table` row `id` as it reads now.
+    async fn merged(&mut self, table: &'static Table, id: &str, patch: &Value) -> Result<Vec<Op>, WriteError> {
+        if self.concurrent {
+            if table.is_root() {
+                self.lock_documents().await?;
+            }
+            self.lock(table.name, id).await?;
+        }
+        let Some(mut current) = super::read::representation(self.conn, table, id).await? else {
+            return Err(WriteError::NotFound(format!("{} {id}", table.name)));
+        };
+        // What the document only shows of other rows goes first: an organization's stored services are not
+        // written back, nor a service's copy of its organization, but a patch that gives them is taken.
+        document::strip_copies(table, &mut current);
+        crate::hsds::merge_patch::merge_patch(&mut current, patch);
+        if !current.get("id").and_then(Value::as_str).is_some_and(|kept| kept.eq_ignore_ascii_case(id)) {
+            return Err(WriteError::Invalid(vec![FieldError::new(
+                "/id",
+                format!("must stay {id}, the id in the path"),
+            )]));
+        }
+        let flat = document::flatten(table, &current, "").map_err(WriteError::Invalid)?;
+        Ok(Op::all_of(flat))
+    }
+
+    /// Where other transactions may write at the same time (PostgreSQL), waits for and holds until the end
+    /// of the transaction the store-wide lock under which existing documents are changed and compiled.
+    ///
+    /// Without it, two writers of one service's phones each compiled the service from rows that did not yet
+    /// hold the other's phone; the later commit stored a document without the earlier phone, and a PATCH
+    /// of the service then deleted that phone as left out. Locking each document's row before compiling
+    /// it instead deadlocked: an organization embeds its services and a service its organization, so
+    /// writers took the two rows in either order. The lock is taken before any root's row is locked (by
+    /// an update, a delete, a precondition or a patch), so root rows are only ever locked under it, one
+    /// transaction at a time; only details (a phone) may be locked before it. Writes that only create
+    /// documents (a new organization) never take it: nothing else can embed what does not exist yet.
+    async fn lock_documents(&mut self) -> sqlx::Result<()> {
+        if !self.concurrent {
+            return Ok(());
+        }
+        lock_documents(self.conn).await
+    }
+
+    /// Waits for, and holds until the end of the transaction, the row lock of `kind` `id` (PostgreSQL).
+    async fn lock(&mut self, kind: &str, id: &str) -> sqlx::Result<()> {
+        self.conn
+            .execute("SELECT rid FROM records WHERE kind = $1 AND id = $2 FOR UPDATE", &[kind.into(), id.into()])
+            .await
+            .map(drop)
+    }
+
     async fn exists(&mut self, kind: &str, id: &str) -> sqlx::Result<bool> {
         let found: Option<(i64,)> = self
             .conn
@@ -316,13 +431,15 @@ impl Writer<'_, '_> {
         let Some(id) = id_of(&row) else {
             return Err(WriteError::Invalid(vec![FieldError::new(format!("{pointer}/id"), "is required")]));
         };
-        let before: Option<(i64, String)> = self
-            .conn
-            .fetch_optional(
-                "SELECT rid, data FROM records WHERE kind = $1 AND id = $2",
-                &[table.name.into(), (&id).into()],
-            )
-            .await?;
+        let read_before = "SELECT rid, data FROM records WHERE kind = $1 AND id = $2";
+        let mut before: Option<(i64, String)> =
+            self.conn.fetch_optional(read_before, &[table.name.into(), (&id).into()]).await?;
+        if self.concurrent && table.is_root() && before.is_some() {
+            // An existing document's row is locked by the update below: the document lock goes first, and
+            // the row is read again under it.
+            self.lock_documents().await?;
+            before = self.conn.fetch_optional(read_before, &[table.name.into(), (&id).into()]).await?;
+        }
         let before_row = before.as_ref().map(|(_, data)| parse_row(data));
         if before_row.as_ref() == Some(&row) {
             return Ok(());
@@ -435,7 +552,7 @@ impl Writer<'_, '_> {
                 if !points_here {
                     continue;
                 }
-                if child.is_detail() {
+                if t.owns(child, child_field) {
                     pending.push((child, child_id));
                 } else {
                     blockers.push(format!("{kind} {child_id} ({field})"));
@@ -456,6 +573,9 @@ impl Writer<'_, '_> {
                 ),
                 referenced_by: blockers,
             });
+        }
+        if order.iter().any(|(t, _)| t.is_root()) {
+            self.lock_documents().await?;
         }
         for (t, row_id) in order.into_iter().rev() {
             let before: Option<(i64, String, Option<String>)> = self
@@ -503,7 +623,7 @@ impl Writer<'_, '_> {
         for t in &self.touched {
             let Some(after) = &t.after else { continue };
             for field in t.table.reference_fields() {
-                let Some(target) = field.references.filter(|r| *r != "*") else { continue };
+                let Some(target) = t.table.checked_reference(field) else { continue };
                 if let Some(value) = after.get(field.name).and_then(Value::as_str) {
                     wanted
                         .entry(target)
@@ -553,6 +673,10 @@ impl Writer<'_, '_> {
         let created: HashSet<(&'static str, String)> =
             touched.iter().filter(|t| t.action == Action::Created).map(|t| (t.table.name, t.id.clone())).collect();
         all_roots.retain(|r| !deleted.contains(r));
+        if all_roots.iter().any(|root| !created.contains(root)) {
+            // A document that already existed is compiled from rows other transactions may be changing.
+            self.lock_documents().await?;
+        }
 
         // Recompile every live root, grouped by table.
         // Each recompiled root with its facets (derived once: stored, and carried by its events).
@@ -819,6 +943,14 @@ impl Writer<'_, '_> {
     }
 }
 
+/// The PostgreSQL transaction lock under which existing documents change (see `Writer::lock_documents`);
+/// taken again by a transaction that holds it, it is only counted once more.
+async fn lock_documents(conn: &mut Conn<'_>) -> sqlx::Result<()> {
+    /// "hsdadocs" in ASCII: a key no other advisory lock of this database is likely to use.
+    const DOCUMENTS: i64 = 0x6873_6461_646f_6373;
+    conn.execute("SELECT pg_advisory_xact_lock($1)", &[DOCUMENTS.into()]).await.map(drop)
+}
+
 fn table_of(name: &str) -> Option<&'static Table> {
     table(name)
 }
@@ -913,6 +1045,7 @@ impl Db {
             now: &now,
             touched: Vec::new(),
             bulk: true,
+            concurrent: self.backend == Backend::Postgres,
             deleted_docs: HashMap::new(),
         };
         for (i, (table, row, pointer)) in rows.into_iter().enumerate() {
@@ -946,7 +1079,7 @@ impl Writer<'_, '_> {
         let mut errors = Vec::new();
         for t in TABLES {
             for field in t.reference_fields() {
-                let Some(target) = field.references.filter(|r| *r != "*") else { continue };
+                let Some(target) = t.checked_reference(field) else { continue };
                 let missing: Vec<(String, String)> = self
                     .conn
                     .fetch_all(

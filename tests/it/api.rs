@@ -101,6 +101,7 @@ store_test!(bodies_paths_and_ids_are_refused_in_problem_json, |app| async move {
     // A valid document padded past the 4 MiB limit.
     let big = json!({"id": ORG, "name": "Big", "description": "x".repeat(4 * 1024 * 1024 + 10)});
     let r = app.client.put(&url).bearer_auth(&app.publish_key).json(&big).send().await.unwrap();
+    assert_eq!(r.headers()["connection"], "close", "the unread rest of the body ends the connection");
     assert_problem(r, 413).await;
 
     let r = app

@@ -403,6 +403,18 @@ store_test!(search_filters_and_paging_combine, |app| async move {
         .await
         .unwrap();
     assert_eq!(post["total_items"], 2);
+    // Where the body and the query string both name a parameter, the query string wins.
+    let both: Value = app
+        .client
+        .post(app.url("/services?search=pantry&per_page=2"))
+        .json(&json!({"search": "clinic", "per_page": 1}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!((both["total_items"].as_i64(), both["size"].as_i64()), (Some(5), Some(2)), "{both}");
 });
 
 store_test!(modified_after_includes_the_boundary, |app| async move {
@@ -803,6 +815,175 @@ store_test!(the_official_full_service_example_keeps_every_row_it_repeats, |app| 
     assert!(row["contact_id"].is_string(), "linked to its contact too: {row}");
 });
 
+store_test!(every_official_example_is_taken_whole_and_served_as_the_compiled_schemas_require, |app| async move {
+    // The examples embed the rows they link to (`organization`, `program`, each capacity's `unit`, each
+    // attribute's `taxonomy_term` with its `taxonomy_detail`, each link's `location`) without the fields that
+    // hold their ids, and name hierarchy parents (`parent_organization_id`, `parent_id`) that no example holds.
+    let Some(hsds) = crate::helpers::hsds_dir() else { return };
+    let example = |name: &str| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(hsds.join("examples").join(name)).unwrap()).unwrap()
+    };
+    let service = example("service_full.json");
+    app.put_ok(&format!("/services/{SERVICE}"), &service).await;
+    let shown = app.get_json(&format!("/services/{SERVICE}")).await;
+    assert_valid("service", &shown);
+    assert_eq!(shown["organization"]["name"], service["organization"]["name"], "{shown}");
+    assert_eq!(shown["program"]["name"], service["program"]["name"]);
+    assert_eq!(shown["capacities"][0]["unit"], service["capacities"][0]["unit"]);
+    let term = &shown["attributes"][0]["taxonomy_term"];
+    assert_eq!(term["parent_id"], service["attributes"][0]["taxonomy_term"]["parent_id"]);
+    let taxonomy = &service["attributes"][0]["taxonomy_term"]["taxonomy_detail"];
+    assert_eq!(term["taxonomy_id"], taxonomy["id"], "{term}");
+    assert_eq!(
+        app.get_json(&format!("/taxonomies/{}", taxonomy["id"].as_str().unwrap())).await["name"],
+        taxonomy["name"]
+    );
+    assert_eq!(
+        shown["service_at_locations"][0]["location"]["name"],
+        service["service_at_locations"][0]["location"]["name"]
+    );
+    // The organization came with its own children (as its copy in the service showed them).
+    let org = app.get_json(&format!("/organizations/{ORG}")).await;
+    assert_valid("organization", &org);
+    assert_eq!(org["programs"][0]["id"], service["program"]["id"]);
+
+    for (name, path, schema) in [
+        ("organization_full.json", "organizations", Some("organization")),
+        ("service_at_location_full.json", "service_at_locations", Some("service_at_location")),
+        ("location.json", "locations", None),
+        ("taxonomy.json", "taxonomies", None),
+        ("taxonomy_term.json", "taxonomy_terms", None),
+    ] {
+        let body = example(name);
+        let id = body["id"].as_str().unwrap();
+        let r = app.put(&format!("/{path}/{id}"), &body).await;
+        assert!(r.status().is_success(), "{name}: {}", r.text().await.unwrap());
+        if let Some(schema) = schema {
+            assert_valid(schema, &app.get_json(&format!("/{path}/{id}")).await);
+        }
+    }
+    let link = app.get_json("/service_at_locations/e94c9f38-1e8f-4564-91d4-d53501ab1765").await;
+    assert_eq!(link["service"]["id"], SERVICE, "the link's service comes from the service it embeds: {link}");
+    assert_valid("service", &app.get_json(&format!("/services/{SERVICE}")).await);
+});
+
+store_test!(concurrent_writes_of_one_service_and_its_phones_lose_nothing_and_never_conflict, |app| async move {
+    // Six writers each add phones to one service through /phones and PATCH the service's description in
+    // between, without If-Match. Each PATCH merges with what the writes before it left: none is refused, and
+    // none deletes a phone it did not see (on PostgreSQL a document compiled before another committer's phone
+    // had committed once dropped it, and the next PATCH deleted the phone as left out).
+    app.put_ok(&format!("/organizations/{O1}"), &org_body(O1, "Food Bank")).await;
+    let mut service = service_body(S1, O1, "Pantry");
+    service.as_object_mut().unwrap().remove("phones");
+    app.put_ok(&format!("/services/{S1}"), &service).await;
+    let last = app.db.last_sequence().await.unwrap();
+    let (writers, rounds) = (6, 12);
+    let app = std::sync::Arc::new(app);
+    let tasks: Vec<_> = (0..writers)
+        .map(|w| {
+            let app = app.clone();
+            tokio::spawn(async move {
+                let mut refused = Vec::new();
+                for i in 0..rounds {
+                    let phone = format!("00000000-0000-4000-8000-0000000d{w:02}{i:02}");
+                    let r = app.put(&format!("/phones/{phone}"), &json!({"number": "555", "service_id": S1})).await;
+                    if r.status() != 201 {
+                        refused.push(format!("PUT {phone}: {}", r.status()));
+                    }
+                    let r = app.patch(&format!("/services/{S1}"), &json!({"description": format!("{w}/{i}")})).await;
+                    if r.status() != 200 {
+                        refused.push(format!("PATCH: {} {}", r.status(), r.text().await.unwrap_or_default()));
+                    }
+                }
+                refused
+            })
+        })
+        .collect();
+    let refused: Vec<String> = futures::future::join_all(tasks).await.into_iter().flat_map(|r| r.unwrap()).collect();
+    assert!(refused.is_empty(), "{refused:#?}");
+    let phones = app.get_json(&format!("/services/{S1}")).await["phones"].as_array().unwrap().len();
+    assert_eq!(phones, writers * rounds, "every phone is in the service");
+    let deleted = app.events_after(last).await.into_iter().filter(|e| e["type"] == "phone.deleted").count();
+    assert_eq!(deleted, 0, "no write deleted a phone");
+});
+
+store_test!(a_related_copy_creates_a_missing_row_and_never_edits_an_existing_one, |app| async move {
+    let (unit, new_unit, service) = (
+        "00000000-0000-4000-8000-00000000c0a1",
+        "00000000-0000-4000-8000-00000000c0a2",
+        "00000000-0000-4000-8000-00000000c0a3",
+    );
+    app.put_ok(&format!("/organizations/{ORG}"), &json!({"name": "Org", "description": "d"})).await;
+    app.put_ok(&format!("/units/{unit}"), &json!({"name": "Bed"})).await;
+    let capacity =
+        |id: &str, unit: Value| json!({"id": id, "available": 3, "updated": "2024-01-01T00:00:00Z", "unit": unit});
+    let body = json!({"name": "Shelter", "status": "active", "organization_id": ORG, "capacities": [
+        capacity("00000000-0000-4000-8000-00000000c0b1", json!({"id": unit, "name": "Renamed"})),
+        capacity("00000000-0000-4000-8000-00000000c0b2", json!({"id": new_unit, "name": "Cot"})),
+        capacity("00000000-0000-4000-8000-00000000c0b3", json!({"id": new_unit, "name": "Cot"})),
+    ]});
+    let last = app.db.last_sequence().await.unwrap();
+    app.put_ok(&format!("/services/{service}"), &body).await;
+    assert_eq!(app.get_json(&format!("/units/{unit}")).await["name"], "Bed", "an existing row is not edited");
+    assert_eq!(app.get_json(&format!("/units/{new_unit}")).await["name"], "Cot", "a missing one is created");
+    let types: Vec<String> =
+        app.events_after(last).await.iter().map(|e| e["type"].as_str().unwrap().to_string()).collect();
+    assert_eq!(types.iter().filter(|t| *t == "unit.created").count(), 1, "{types:?}");
+    assert!(!types.contains(&"unit.updated".to_string()), "{types:?}");
+    let shown = app.get_json(&format!("/services/{service}")).await;
+    assert_valid("service", &shown);
+    let units: Vec<&Value> = shown["capacities"].as_array().unwrap().iter().map(|c| &c["unit_id"]).collect();
+    assert_eq!(units, [unit, new_unit, new_unit]);
+
+    // A capacity must have its unit; a copy must agree with the link it sits beside.
+    let without = json!({"name": "S", "status": "active", "capacities": [
+        {"id": "00000000-0000-4000-8000-00000000c0b4", "available": 1, "updated": "2024-01-01T00:00:00Z"}]});
+    crate::helpers::assert_problem_at(
+        app.put(&format!("/services/{service}"), &without).await,
+        422,
+        "/capacities/0/unit_id",
+    )
+    .await;
+    let mut disagreeing = capacity("00000000-0000-4000-8000-00000000c0b5", json!({"id": new_unit}));
+    disagreeing["unit_id"] = json!(unit);
+    let body = json!({"name": "S", "status": "active", "capacities": [disagreeing]});
+    crate::helpers::assert_problem_at(
+        app.put(&format!("/services/{service}"), &body).await,
+        422,
+        "/capacities/0/unit/id",
+    )
+    .await;
+    // A copy of a missing row that cannot stand on its own is refused where it is, and nothing is written.
+    let body = json!({"name": "S", "status": "active",
+                      "organization": {"id": "00000000-0000-4000-8000-00000000c0a4", "name": "No description"}});
+    crate::helpers::assert_problem_at(
+        app.put(&format!("/services/{service}"), &body).await,
+        422,
+        "/organization/description",
+    )
+    .await;
+    assert_eq!(app.get_json(&format!("/services/{service}")).await["name"], "Shelter");
+
+    // A PATCH of the link moves it: the stored copy beside it is a view, not the patch's.
+    let other = "00000000-0000-4000-8000-00000000c0a5";
+    app.put_ok(&format!("/organizations/{other}"), &json!({"name": "Other", "description": "d"})).await;
+    let r = app.patch(&format!("/services/{service}"), &json!({"organization_id": other})).await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    assert_eq!(app.get_json(&format!("/services/{service}")).await["organization"]["name"], "Other");
+    // A hierarchy's parent may live outside the directory.
+    let term = json!({"name": "Food", "description": "d", "parent_id": "00000000-0000-4000-8000-00000000c0a6"});
+    app.put_ok("/taxonomy_terms/00000000-0000-4000-8000-00000000c0a7", &term).await;
+
+    // A unit in use is kept: the capacities measured in it are the service's, not the unit's.
+    let r = app.delete(&format!("/units/{unit}")).await;
+    assert_eq!(r.status(), 409);
+    let problem: Value = r.json().await.unwrap();
+    assert!(problem.to_string().contains("00000000-0000-4000-8000-00000000c0b1"), "{problem}");
+    assert_eq!(app.get_json(&format!("/services/{service}")).await["capacities"].as_array().unwrap().len(), 3);
+    assert_eq!(app.delete(&format!("/services/{service}")).await.status(), 204);
+    assert_eq!(app.delete(&format!("/units/{unit}")).await.status(), 204, "free once its capacities went");
+});
+
 store_test!(hsda_keeps_a_services_last_modified_as_the_time_of_its_latest_change, |app| async move {
     app.put_ok(&format!("/organizations/{O1}"), &org_body(O1, "Food Bank")).await;
     let mut body = service_body(S1, O1, "Community Pantry");
@@ -813,6 +994,8 @@ store_test!(hsda_keeps_a_services_last_modified_as_the_time_of_its_latest_change
     assert_eq!(created["last_modified"], write_time.as_str(), "the writer's value is not kept");
     assert_valid("service", &created);
     let org = app.get_json(&format!("/organizations/{O1}?full_service=true")).await;
+    let listed = app.get_json("/organizations?full_service=true").await;
+    assert_eq!(listed["contents"][0]["services"][0]["last_modified"], write_time.as_str(), "full_service implies full");
     assert_eq!(org["services"][0]["last_modified"], write_time.as_str(), "embedded copies agree");
 
     // A GET, edit-nothing, PUT back is no change: no event, the same time.
