@@ -182,7 +182,7 @@ async fn list(
     state.check_read_access(&headers).await?;
     let table = table_of(&plural)?;
     let p = parse_list_params(table, &params)?;
-    respond_list(state, table, p).await
+    respond_list(state, table, p, Some(&headers)).await
 }
 
 /// `POST` on a list path: the same search, with parameters from the query string and/or a JSON object body.
@@ -213,10 +213,17 @@ async fn search(
         }
     }
     let p = parse_list_params(table, &params)?;
-    respond_list(state, table, p).await
+    respond_list(state, table, p, None).await
 }
 
-async fn respond_list(state: AppState, table: &'static Table, p: ListParams) -> Result<Response, ApiError> {
+/// A list page; for a `GET` (`conditional`: its headers) with a weak ETag of the page, and 304 when
+/// `If-None-Match` names it.
+async fn respond_list(
+    state: AppState,
+    table: &'static Table,
+    p: ListParams,
+    conditional: Option<&HeaderMap>,
+) -> Result<Response, ApiError> {
     if p.ndjson {
         let stream = state.db.stream(table, p.query.clone(), p.full).map(move |row| match row {
             Ok(listed) => {
@@ -235,7 +242,20 @@ async fn respond_list(state: AppState, table: &'static Table, p: ListParams) -> 
     }
     let (total, rows) = state.db.list(table, &p.query, p.page, p.per_page, p.full).await?;
     let contents: Vec<Value> = rows.into_iter().map(|r| present(table, r, &p)).collect();
-    Ok(axum::Json(page_envelope(total, p.page, p.per_page, contents)).into_response())
+    let page = page_envelope(total, p.page, p.per_page, contents);
+    let Some(headers) = conditional else { return Ok(axum::Json(page).into_response()) };
+    // Weak: the same page may be serialised with other bytes (key order), and it means "the same contents".
+    let tag = format!("W/{}", etag(&page));
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| document::etag_listed(v, &tag, true))
+    {
+        let mut r = StatusCode::NOT_MODIFIED.into_response();
+        r.headers_mut().insert(header::ETAG, header_value(&tag));
+        return Ok(r);
+    }
+    Ok(with_etag(StatusCode::OK, page, &tag))
 }
 
 /// The HSDS Page envelope.

@@ -227,6 +227,22 @@ store_test!(if_match_guards_concurrent_writers, |app| async move {
         "new"
     );
     assert_eq!(app.get_json(&url).await["name"], "Listed");
+
+    // A list page has a weak ETag of its own: 304 until anything on it changes.
+    let page = app.get("/organizations?per_page=5").await;
+    let tag = page.headers()["etag"].to_str().unwrap().to_string();
+    assert!(tag.starts_with("W/\""), "{tag}");
+    let list_with =
+        |value: String| app.client.get(app.url("/organizations?per_page=5")).header("if-none-match", value).send();
+    let r = list_with(tag.clone()).await.unwrap();
+    assert_eq!((r.status().as_u16(), r.headers()["etag"].to_str().unwrap()), (304, tag.as_str()));
+    assert_eq!(
+        write("Changed", app.get(&url).await.headers()["etag"].to_str().unwrap().to_string()).await.unwrap().status(),
+        200
+    );
+    let r = list_with(tag.clone()).await.unwrap();
+    assert_eq!(r.status(), 200, "the page changed");
+    assert_ne!(r.headers()["etag"].to_str().unwrap(), tag);
 });
 
 store_test!(deleting_cascades_details_and_refuses_referenced_entities, |app| async move {
