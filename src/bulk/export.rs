@@ -43,7 +43,13 @@ pub async fn export_ndjson(db: &Db, out: &Path) -> anyhow::Result<String> {
         let Some(t) = table(name) else { continue };
         let mut stream = std::pin::pin!(db.stream(t, ListQuery::default(), true));
         while let Some(listed) = stream.next().await {
-            let mut doc = listed?.value;
+            let listed = listed?;
+            let mut doc = listed.value;
+            if !t.is_root() {
+                // Read as `GET` shows it: with its metadata, which the list form leaves out (and which tells
+                // a bare term from an organization on import).
+                doc = db.get(t, &listed.id).await?.unwrap_or(doc);
+            }
             if let Some(map) = doc.as_object_mut() {
                 map.remove("services");
             }

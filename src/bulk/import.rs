@@ -137,8 +137,9 @@ impl Referenced {
 }
 
 /// Guesses the HSDS object of a compiled JSON document by its fields, and for a bare `{id, name,
-/// description}` by what the file's other documents point at it as. One that nothing points at reads as an
-/// organization (hsda's own exports always give organizations their lists).
+/// description}` by what the file's other documents point at it as. One that nothing points at reads as a
+/// term when it lists its `metadata` (as compiled documents do) without any organization list (a compiled
+/// organization always has them), and as an organization otherwise.
 fn document_table(doc: &Value, referenced: &Referenced) -> Option<&'static Table> {
     let has = |k: &str| doc.get(k).is_some();
     let id = doc.get("id").and_then(Value::as_str).unwrap_or_default();
@@ -152,6 +153,10 @@ fn document_table(doc: &Value, referenced: &Referenced) -> Option<&'static Table
         "taxonomy_term"
     } else if !ORGANIZATION_ONLY.iter().any(|k| has(k)) && (has("version") || referenced.taxonomies.contains(id)) {
         "taxonomy"
+    } else if has("metadata") && !ORGANIZATION_ONLY.iter().any(|k| has(k)) {
+        // A compiled document (it lists its metadata) without any of the arrays a compiled organization always
+        // has (`hsda export` writes a bare term so): a term nothing in the file points at.
+        "taxonomy_term"
     } else if has("name") && has("description") {
         "organization"
     } else {

@@ -182,6 +182,13 @@ store_test!(one_bad_cell_names_file_line_and_field_and_writes_nothing, |app| asy
 store_test!(ndjson_export_reimports_to_the_same_documents, |app| async move {
     let Some(example) = example() else { return };
     import_path(&app.db, &example, ImportOptions::default()).await.expect("import");
+    // A term nothing points at, and a unit only a capacity shows (no document holds units).
+    let (term, unit) = ("00000000-0000-4000-8000-00000000e001", "00000000-0000-4000-8000-00000000e002");
+    app.put_ok(&format!("/taxonomy_terms/{term}"), &json!({"name": "Food", "description": "Food help"})).await;
+    app.put_ok(&format!("/units/{unit}"), &json!({"name": "Bed"})).await;
+    let capacity = json!({"id": "00000000-0000-4000-8000-00000000e003", "service_id": SERVICE, "unit_id": unit,
+                          "available": 3, "updated": "2024-01-01T00:00:00Z"});
+    app.put_ok("/service_capacities/00000000-0000-4000-8000-00000000e003", &capacity).await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("directory.ndjson");
     export_ndjson(&app.db, &file).await.expect("export");
@@ -211,6 +218,8 @@ store_test!(ndjson_export_reimports_to_the_same_documents, |app| async move {
         forget_last_modified(fresh.get_json(&format!("/organizations/{ORG}")).await),
         forget_last_modified(app.get_json(&format!("/organizations/{ORG}")).await)
     );
+    assert_eq!(fresh.get_json(&format!("/units/{unit}")).await, app.get_json(&format!("/units/{unit}")).await);
+    assert_eq!(fresh.get(&format!("/organizations/{term}")).await.status(), 404, "a term stays a term");
     // Taxonomies and their terms travel too, though no root document holds them whole.
     for list in ["/taxonomies?per_page=1000", "/taxonomy_terms?per_page=1000"] {
         let original = app.get_json(list).await;
@@ -257,6 +266,9 @@ fn hsda_exports_of_terms_and_taxonomies_read_back_as_such() {
         (json!({"id": id(5), "name": "n5", "description": "d", "version": "1"}), "taxonomy"),
         (json!({"id": id(6), "name": "n6", "description": "d", "code": "C6"}), "taxonomy_term"),
         (bare(7), "organization"), // nothing points at it
+        // As hsda compiles them: a term lists its metadata, an organization its arrays too.
+        (json!({"id": id(12), "name": "n12", "description": "d", "metadata": []}), "taxonomy_term"),
+        (json!({"id": id(13), "name": "n13", "description": "d", "metadata": [], "phones": []}), "organization"),
         (json!({"id": id(8), "name": "n8", "description": "d", "uri": "https://o.example"}), "organization"),
         (
             json!({"id": id(9), "name": "n9", "description": "d", "uri": "https://o.example", "funding": []}),
