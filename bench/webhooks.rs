@@ -5,6 +5,8 @@
 //! [--max-concurrency N] [--keep-db DIR]`
 //!
 //! - W0: writes only, no subscription (the write path's own ceiling).
+//! - U0: as W0, but each write changes one of 2 000 existing organizations (on PostgreSQL such writes take
+//!   the document lock, `store::write::lock_documents`). Not part of `all`.
 //! - W1: one subscription, 20k changes from 50 concurrent writers -> deliveries/s and writes/s.
 //! - W2: ten subscriptions, 2k changes -> deliveries/s (20k deliveries).
 //! - W3: 100 changes/s for 10 s -> end-to-end latency (just before the PUT -> arrival at the receiver).
@@ -40,6 +42,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const WRITERS: usize = 50;
 const W1_CHANGES: usize = 20_000;
+/// U0 changes this many existing organizations, each W1_CHANGES / U0_ORGANIZATIONS times.
+const U0_ORGANIZATIONS: usize = 2_000;
 const W2_CHANGES: usize = 2_000;
 const W2_SUBSCRIPTIONS: usize = 10;
 const PACED_RATE: u64 = 100;
@@ -332,19 +336,30 @@ fn sample(
 // ---------------------------------------------------------------------------------------------------------
 // Workloads
 
-/// `n` PUTs of new organizations from `WRITERS` concurrent writers; returns when all were answered.
-async fn write_concurrently(hsda: &Arc<Hsda>, client: &reqwest::Client, n: usize) {
+/// `n` PUTs from `WRITERS` concurrent writers; returns when all were answered. Each creates a new organization,
+/// or, given `existing` ids, changes the name of one of those in turn.
+async fn write_concurrently(
+    hsda: &Arc<Hsda>,
+    client: &reqwest::Client,
+    n: usize,
+    existing: Arc<Vec<String>>,
+    first_name: usize,
+) {
     let next = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for _ in 0..WRITERS {
-        let (hsda, client, next) = (hsda.clone(), client.clone(), next.clone());
+        let (hsda, client, next, existing) = (hsda.clone(), client.clone(), next.clone(), existing.clone());
         tasks.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= n {
                     break;
                 }
-                hsda.put_org(&client, &uuid::Uuid::new_v4().to_string(), i).await;
+                let id = match existing.is_empty() {
+                    true => uuid::Uuid::new_v4().to_string(),
+                    false => existing[i % existing.len()].clone(),
+                };
+                hsda.put_org(&client, &id, first_name + i).await;
             }
         }));
     }
@@ -389,16 +404,24 @@ struct Throughput {
     groups: (u64, u64),
 }
 
-/// W1 (one subscription) and W2 (several), and W0 (none: writes only).
+/// W1 (one subscription) and W2 (several), and W0 (none: writes only); U0 is W0 changing `existing` (created
+/// first, untimed) organizations instead of creating new ones.
 async fn throughput(
     store: Store,
     subscriptions: usize,
     changes: usize,
     max_concurrency: Option<i64>,
+    existing: usize,
 ) -> anyhow::Result<Throughput> {
     let (rx, rx_base) = start_receiver().await;
     let hsda = Arc::new(Hsda::start(store).await?);
     let client = driver();
+    let existing: Arc<Vec<String>> = Arc::new((0..existing).map(|_| uuid::Uuid::new_v4().to_string()).collect());
+    if !existing.is_empty() {
+        // Each created once (untimed), so that the timed writes only change them.
+        // Named apart from every timed write, so that none of those is a no-op.
+        write_concurrently(&hsda, &client, existing.len(), existing.clone(), changes).await;
+    }
     let paths: Vec<usize> = (0..subscriptions).collect();
     for &p in &paths {
         let secret = hsda.subscribe(&client, &format!("{rx_base}/hook/{p}"), max_concurrency).await;
@@ -411,7 +434,7 @@ async fn throughput(
     let groups_before = hsda.db.group_commit_stats();
     let stop = tokio_util::sync::CancellationToken::new();
     let sampler = sample(hsda.database_url.clone(), t0, changes as i64, subscriptions > 0, stop.clone());
-    write_concurrently(&hsda, &client, changes).await;
+    write_concurrently(&hsda, &client, changes, existing, 0).await;
     let written = t0.elapsed();
     let (last, arrived) = wait_for_arrivals(&rx, &paths, changes, t0 + WORKLOAD_LIMIT).await;
     // Give the recorder (bounded) time to commit the last batch, so the phase table is complete.
@@ -707,15 +730,30 @@ async fn main() -> anyhow::Result<()> {
         for w in &args.workloads {
             eprintln!("[{label}] {w} ...");
             match w.as_str() {
-                "W0" => {
-                    throughput_rows("W0", &throughput(store, 0, W1_CHANGES, mc).await?, ceiling, &mut rows, &mut phases)
-                }
-                "W1" => {
-                    throughput_rows("W1", &throughput(store, 1, W1_CHANGES, mc).await?, ceiling, &mut rows, &mut phases)
-                }
+                "W0" => throughput_rows(
+                    "W0",
+                    &throughput(store, 0, W1_CHANGES, mc, 0).await?,
+                    ceiling,
+                    &mut rows,
+                    &mut phases,
+                ),
+                "U0" => throughput_rows(
+                    "U0",
+                    &throughput(store, 0, W1_CHANGES, mc, U0_ORGANIZATIONS).await?,
+                    ceiling,
+                    &mut rows,
+                    &mut phases,
+                ),
+                "W1" => throughput_rows(
+                    "W1",
+                    &throughput(store, 1, W1_CHANGES, mc, 0).await?,
+                    ceiling,
+                    &mut rows,
+                    &mut phases,
+                ),
                 "W2" => throughput_rows(
                     "W2",
-                    &throughput(store, W2_SUBSCRIPTIONS, W2_CHANGES, mc).await?,
+                    &throughput(store, W2_SUBSCRIPTIONS, W2_CHANGES, mc, 0).await?,
                     ceiling,
                     &mut rows,
                     &mut phases,
