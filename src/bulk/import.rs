@@ -27,8 +27,9 @@ pub fn read_path(path: &Path) -> anyhow::Result<LabelledRows> {
     if name.ends_with(".json") || name.ends_with(".ndjson") || name.ends_with(".jsonl") {
         let docs = super::ndjson::read_json_documents(path).map_err(|e| anyhow::anyhow!("{e}"))?;
         let referenced = Referenced::in_documents(docs.iter().map(|(_, doc)| doc));
-        // Related rows' copies (a capacity's unit, shared by many services) are imported too, once each, and
-        // only where no document gives the row itself (as a write takes them: see `Op::copied`).
+        // Related rows' copies (a capacity's unit, shared by many services) are imported too, once each, only
+        // where no document gives the row itself, and only where the directory does not hold it yet (their
+        // label says so: see `COPY_LABEL`).
         let mut copies: Vec<(&'static Table, Row, String)> = Vec::new();
         for (label, doc) in docs {
             let Some(table) = document_table(&doc, &referenced) else {
@@ -41,7 +42,9 @@ pub fn read_path(path: &Path) -> anyhow::Result<LabelledRows> {
             };
             match flatten(table, &doc, "") {
                 Ok(flat) => {
-                    copies.extend(flat.related.into_iter().flat_map(|r| r.body.all_rows()).map(labelled));
+                    copies.extend(flat.related.into_iter().flat_map(|r| r.body.all_rows()).map(labelled).map(
+                        |(table, row, label)| (table, row, format!("{label}{}", crate::store::write::COPY_LABEL)),
+                    ));
                     rows.extend(flat.rows.into_iter().map(labelled));
                 }
                 Err(errors) => {
@@ -56,7 +59,7 @@ pub fn read_path(path: &Path) -> anyhow::Result<LabelledRows> {
                 .into_iter()
                 .filter(|(t, row, _)| given.insert((t.name, crate::store::compile::id_of(row).unwrap_or_default()))),
         );
-        // Parents before children: the document order already puts them first.
+        // References are checked once all rows are in (`Db::import`), so the copies may come last.
     } else {
         let source = read_datapackage(path).map_err(|e| anyhow::anyhow!("{e}"))?;
         for mut r in source {

@@ -219,9 +219,8 @@ impl Flattened {
 /// validating each. Children get their back reference filled in from the parent (a phone inside a service
 /// gets its `service_id`); a child naming a different parent is an error. A related object
 /// (`service.organization`, `attribute.taxonomy_term`) fills in the field that links to it (`organization_id`)
-/// and is kept as a [`Related`] copy when it holds more than its id. A full service_at_location's `service` is
-/// a read-only view and is ignored. An organization's `services` are upserted with it, but never deleted for
-/// being left out.
+/// and is kept as a [`Related`] copy when it holds more than its id; so is a full service_at_location's
+/// `service`. An organization's `services` are upserted with it, but never deleted for being left out.
 pub fn flatten(table: &'static Table, body: &Value, pointer: &str) -> Result<Flattened, Vec<FieldError>> {
     let mut out = Flattened::default();
     let mut errors = Vec::new();
@@ -271,10 +270,11 @@ fn flatten_into(table: &'static Table, body: &Value, pointer: &str, out: &mut Fl
     for (key, value) in map {
         if let Some(nested) = table.nested(key) {
             match nested.kind {
-                NestedKind::One if !value.is_null() => {
-                    related.push((key, super::catalog::table(nested.table).expect("catalog table"), value))
+                NestedKind::One => {
+                    if let Some(related_table) = super::catalog::table(nested.table).filter(|_| !value.is_null()) {
+                        related.push((key, related_table, value));
+                    }
                 }
-                NestedKind::One => {}
                 NestedKind::Many => nested_bodies.push((nested, value)),
             }
         } else if table.name == "organization" && key == "services" {

@@ -323,20 +323,25 @@ fn precondition(
     (!lines.is_empty()).then(|| (table, id.to_string(), lines.join(", ")))
 }
 
-/// Turns a body for `table/id` into write operations: the rows, then the replaced child sets.
+/// Turns a body for `table/id` into write operations: the rows, the replaced child sets, the related copies.
 fn body_to_ops(table: &'static Table, id: &str, mut body: Value) -> Result<Vec<Op>, ApiError> {
     let Some(map) = body.as_object_mut() else {
         return Err(ApiError::invalid("", "must be a JSON object"));
     };
     match map.get("id") {
-        None | Some(Value::Null) => {
-            map.insert("id".into(), Value::String(id.to_string()));
-        }
-        Some(Value::String(s)) if s.eq_ignore_ascii_case(id) => {}
-        Some(_) => return Err(ApiError::invalid("/id", format!("must equal the id in the path, {id}"))),
+        None | Some(Value::Null) => drop(map.insert("id".into(), Value::String(id.to_string()))),
+        Some(given) => check_id_in_body(given, id)?,
     }
     let flat = document::flatten(table, &body, "").map_err(ApiError::Invalid)?;
     Ok(Op::all_of(flat))
+}
+
+/// A body's `id` must be the path's (case aside: ids are stored in lowercase).
+fn check_id_in_body(given: &Value, id: &str) -> Result<(), ApiError> {
+    match given.as_str() {
+        Some(given) if given.eq_ignore_ascii_case(id) => Ok(()),
+        _ => Err(ApiError::invalid("/id", format!("must equal the id in the path, {id}"))),
+    }
 }
 
 /// The id in a path as stored (UUIDs in lowercase).
@@ -405,8 +410,11 @@ async fn patch(
     caller.require(&[Scope::Publish])?;
     let table = table_of(&plural)?;
     let id = path_id(&id);
-    if !patch.is_object() {
+    let Some(members) = patch.as_object() else {
         return Err(ApiError::invalid("", "a merge patch must be a JSON object"));
+    };
+    if let Some(given) = members.get("id").filter(|v| !v.is_null()) {
+        check_id_in_body(given, &id)?;
     }
     let options = WriteOptions {
         if_match: precondition(header::IF_MATCH, table, &id, &headers),

@@ -430,8 +430,9 @@ fn committed(db: &Db, last: Option<i64>, dispatched: Option<(i64, Vec<Delivery>)
 async fn commit_group(db: &Db, opener: &mut Opener<'_>, jobs: Vec<Job>, records: Vec<RecordJob>) {
     // First without a savepoint around each write: on SQLite each one costs a copy of every page the write
     // touches first (and, before the full-text index moved to the commit, a flush of its pending terms).
-    // Writes are rarely refused inside the transaction (bodies are validated before); when one is, the whole
-    // group is rolled back and run again with a savepoint around each write.
+    // Writes are rarely refused inside the transaction (bodies are validated before; what is checked inside
+    // is what depends on the store: references, preconditions, a merge patch's result, a missing row); when
+    // one is, the whole group is rolled back and run again with a savepoint around each write.
     if let Some((jobs, records)) = run_group(db, opener, jobs, records, false).await {
         run_group(db, opener, jobs, records, true).await;
     }

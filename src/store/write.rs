@@ -54,12 +54,12 @@ impl Op {
     /// official example shows one phone under the service, its organization and its location) is written
     /// by the body, or by the first copy, alone.
     fn copied(related: document::Related) -> Op {
-        let rows = related.body.rows.into_iter().map(|r| {
-            let id = id_of(&r.row).unwrap_or_default();
-            Op::CreateIfAbsent {
-                table: r.table,
-                id,
-                ops: vec![Op::Upsert { table: r.table, row: r.row, pointer: r.pointer }],
+        // The first row is the related row itself, which the outer check already found absent.
+        let rows = related.body.rows.into_iter().enumerate().map(|(i, r)| {
+            let upsert = Op::Upsert { table: r.table, row: r.row.clone(), pointer: r.pointer };
+            match i {
+                0 => upsert,
+                _ => Op::CreateIfAbsent { table: r.table, id: id_of(&r.row).unwrap_or_default(), ops: vec![upsert] },
             }
         });
         let ops = rows.chain(related.body.related.into_iter().map(Op::copied)).collect();
@@ -197,22 +197,35 @@ impl Db {
         options: &WriteOptions,
     ) -> Result<PendingWrite, WriteError> {
         let origin = options.origin.clone().unwrap_or_else(|| self.instance_id().to_string());
-        // Both preconditions name the row the request is about: it is locked and read once.
+        // Both preconditions name the row the request is about, as a merge patch does: it is locked and read
+        // once, before the write takes its time.
         let named = options.if_match.iter().chain(&options.if_none_match).next();
-        if let Some((table, id, _)) = named {
-            if self.backend == super::Backend::Postgres {
-                // Concurrent writers of this row queue here, so each compares against what the one before it
-                // committed (SQLite writers are already serialised by the write lock). A document's row is
-                // locked under the document lock only (see `Writer::lock_documents`).
-                if table.is_root() {
-                    lock_documents(tx).await?;
-                }
+        let patched = match ops.as_slice() {
+            [Op::MergePatch { table, id, .. }] => Some((*table, id.as_str())),
+            _ => None,
+        };
+        let mut documents_locked = false;
+        if self.backend == super::Backend::Postgres
+            && let Some((table, id)) = named.map(|(t, id, _)| (*t, id.as_str())).or(patched)
+        {
+            // Concurrent writers of this row queue here, so each compares against (and merges into) what the
+            // one before it committed (SQLite writers are already serialised by the write lock). An existing
+            // row is only ever locked under the document lock (see `Writer::lock_documents`); a row that does
+            // not exist yet has nothing to lock (a concurrent creator's unique insert makes one run again).
+            let exists: Option<(i64,)> = tx
+                .fetch_optional("SELECT rid FROM records WHERE kind = $1 AND id = $2", &[table.name.into(), id.into()])
+                .await?;
+            if exists.is_some() {
+                lock_documents(tx).await?;
+                documents_locked = true;
                 tx.execute(
                     "SELECT rid FROM records WHERE kind = $1 AND id = $2 FOR UPDATE",
                     &[table.name.into(), id.into()],
                 )
                 .await?;
             }
+        }
+        if let Some((table, id, _)) = named {
             let current = super::read::representation(tx, table, id).await?.map(|v| document::etag(&v));
             // If-Match: the row must exist with one of the tags (strong comparison).
             if let Some((_, _, wanted)) = &options.if_match
@@ -237,6 +250,7 @@ impl Db {
             touched: Vec::new(),
             bulk: false,
             concurrent: self.backend == Backend::Postgres,
+            documents_locked,
             deleted_docs: HashMap::new(),
         };
         for op in ops {
@@ -309,9 +323,11 @@ struct Writer<'a, 'c> {
     touched: Vec<Touched>,
     /// Bulk imports keep only (table, id, action) of touched rows, to bound memory.
     bulk: bool,
-    /// Other transactions may write at the same time (PostgreSQL's committers, other processes): a row is
-    /// locked before what is written to it is read from elsewhere.
+    /// PostgreSQL: other transactions write at the same time (its committers, other processes), so existing
+    /// rows change under the document lock (see `lock_documents`).
     concurrent: bool,
+    /// This transaction holds the document lock.
+    documents_locked: bool,
     /// The stored documents of the roots this write deleted: their events, and those of the rows deleted
     /// with them, match subscriptions' filters as the roots' events did while they lived.
     deleted_docs: HashMap<(&'static str, String), Value>,
@@ -344,6 +360,11 @@ impl Writer<'_, '_> {
                 self.delete_cascade(table, id).await
             }
             Op::KeepChildren { table, field, parent_id, keep } => {
+                // A parent this write created has no children but its own; an existing one's are read under
+                // the lock.
+                if !self.created_here(&parent_id) {
+                    self.lock_documents().await?;
+                }
                 let existing: Vec<(String,)> = self
                     .conn
                     .fetch_all(
@@ -362,14 +383,16 @@ impl Writer<'_, '_> {
         }
     }
 
+    /// Whether this write created the row `id` (of any table).
+    fn created_here(&self, id: &str) -> bool {
+        self.touched.iter().any(|t| t.id == id && t.action == Action::Created)
+    }
+
     /// The operations that write `patch` merged into the `table` row `id` as it reads now.
     async fn merged(&mut self, table: &'static Table, id: &str, patch: &Value) -> Result<Vec<Op>, WriteError> {
-        if self.concurrent {
-            if table.is_root() {
-                self.lock_documents().await?;
-            }
-            self.lock(table.name, id).await?;
-        }
+        // The row changes under the document lock, so the representation read now is the one the patch applies
+        // to. (A patch alone in its write took it before the write took its time: see `Db::apply_in`.)
+        self.lock_documents().await?;
         let Some(mut current) = super::read::representation(self.conn, table, id).await? else {
             return Err(WriteError::NotFound(format!("{} {id}", table.name)));
         };
@@ -377,11 +400,11 @@ impl Writer<'_, '_> {
         // written back, nor a service's copy of its organization, but a patch that gives them is taken.
         document::strip_copies(table, &mut current);
         crate::hsds::merge_patch::merge_patch(&mut current, patch);
-        if !current.get("id").and_then(Value::as_str).is_some_and(|kept| kept.eq_ignore_ascii_case(id)) {
-            return Err(WriteError::Invalid(vec![FieldError::new(
-                "/id",
-                format!("must stay {id}, the id in the path"),
-            )]));
+        // `"id": null` cannot remove the id: the row keeps it. (Another id is refused before the write.)
+        if let Some(map) = current.as_object_mut()
+            && map.get("id").and_then(Value::as_str).is_none_or(|kept| !kept.eq_ignore_ascii_case(id))
+        {
+            map.insert("id".into(), Value::String(id.to_string()));
         }
         let flat = document::flatten(table, &current, "").map_err(WriteError::Invalid)?;
         Ok(Op::all_of(flat))
@@ -394,23 +417,19 @@ impl Writer<'_, '_> {
     /// hold the other's phone; the later commit stored a document without the earlier phone, and a PATCH
     /// of the service then deleted that phone as left out. Locking each document's row before compiling
     /// it instead deadlocked: an organization embeds its services and a service its organization, so
-    /// writers took the two rows in either order. The lock is taken before any root's row is locked (by
-    /// an update, a delete, a precondition or a patch), so root rows are only ever locked under it, one
-    /// transaction at a time; only details (a phone) may be locked before it. Writes that only create
-    /// documents (a new organization) never take it: nothing else can embed what does not exist yet.
-    async fn lock_documents(&mut self) -> sqlx::Result<()> {
-        if !self.concurrent {
-            return Ok(());
+    /// writers took the two rows in either order. It is taken before any existing row is locked, updated or
+    /// deleted (an upsert, a delete, a child set, a precondition, a patch), before references to existing
+    /// documents are checked, and before the documents to compile are looked for; so existing rows only ever
+    /// change under it, one transaction at a time. Writes that only create rows none of which is or points at
+    /// an existing document (a new organization) never take it: nothing else can see them yet.
+    /// Returns whether the lock was taken just now (what was read before it may be out of date).
+    async fn lock_documents(&mut self) -> sqlx::Result<bool> {
+        if !self.concurrent || self.documents_locked {
+            return Ok(false);
         }
-        lock_documents(self.conn).await
-    }
-
-    /// Waits for, and holds until the end of the transaction, the row lock of `kind` `id` (PostgreSQL).
-    async fn lock(&mut self, kind: &str, id: &str) -> sqlx::Result<()> {
-        self.conn
-            .execute("SELECT rid FROM records WHERE kind = $1 AND id = $2 FOR UPDATE", &[kind.into(), id.into()])
-            .await
-            .map(drop)
+        lock_documents(self.conn).await?;
+        self.documents_locked = true;
+        Ok(true)
     }
 
     async fn exists(&mut self, kind: &str, id: &str) -> sqlx::Result<bool> {
@@ -434,10 +453,9 @@ impl Writer<'_, '_> {
         let read_before = "SELECT rid, data FROM records WHERE kind = $1 AND id = $2";
         let mut before: Option<(i64, String)> =
             self.conn.fetch_optional(read_before, &[table.name.into(), (&id).into()]).await?;
-        if self.concurrent && table.is_root() && before.is_some() {
-            // An existing document's row is locked by the update below: the document lock goes first, and
-            // the row is read again under it.
-            self.lock_documents().await?;
+        if before.is_some() && self.lock_documents().await? {
+            // An existing row is locked by the update below: the document lock goes first, and the row is read
+            // again under it.
             before = self.conn.fetch_optional(read_before, &[table.name.into(), (&id).into()]).await?;
         }
         let before_row = before.as_ref().map(|(_, data)| parse_row(data));
@@ -532,6 +550,8 @@ impl Writer<'_, '_> {
 
     /// Deletes a row and, first, the detail rows it owns; refuses when other entities still point at it.
     async fn delete_cascade(&mut self, table: &'static Table, id: String) -> Result<(), WriteError> {
+        // What is deleted with the row, and what keeps it, is read under the lock.
+        self.lock_documents().await?;
         let mut order: Vec<(&'static Table, String)> = Vec::new();
         let mut pending = vec![(table, id.clone())];
         let mut seen: HashSet<(String, String)> = HashSet::new();
@@ -573,9 +593,6 @@ impl Writer<'_, '_> {
                 ),
                 referenced_by: blockers,
             });
-        }
-        if order.iter().any(|(t, _)| t.is_root()) {
-            self.lock_documents().await?;
         }
         for (t, row_id) in order.into_iter().rev() {
             let before: Option<(i64, String, Option<String>)> = self
@@ -634,6 +651,13 @@ impl Writer<'_, '_> {
                 }
             }
         }
+        let points_at_documents = wanted
+            .iter()
+            .any(|(kind, ids)| table(kind).is_some_and(|t| t.is_root()) && ids.keys().any(|id| !self.created_here(id)));
+        if points_at_documents {
+            // An existing document this write points at may be being deleted: checked under the lock.
+            self.lock_documents().await?;
+        }
         let mut errors = Vec::new();
         for (kind, ids) in wanted {
             let keys: Vec<String> = ids.keys().cloned().collect();
@@ -668,16 +692,25 @@ impl Writer<'_, '_> {
             all_roots.extend(roots.iter().cloned());
             roots_of.push(roots);
         }
+        let existing_roots = all_roots.iter().any(|(kind, id)| {
+            !touched.iter().any(|t| t.table.name == *kind && t.id == *id && t.action == Action::Created)
+        });
+        if existing_roots && self.lock_documents().await? {
+            // A document that already existed is compiled from rows other transactions may be changing: the
+            // documents to compile are looked for again under the lock (a link committed meanwhile adds one).
+            roots_of.clear();
+            all_roots.clear();
+            for t in &touched {
+                let roots = self.embedding_roots(t).await?;
+                all_roots.extend(roots.iter().cloned());
+                roots_of.push(roots);
+            }
+        }
         let deleted: HashSet<(&'static str, String)> =
             touched.iter().filter(|t| t.action == Action::Deleted).map(|t| (t.table.name, t.id.clone())).collect();
         let created: HashSet<(&'static str, String)> =
             touched.iter().filter(|t| t.action == Action::Created).map(|t| (t.table.name, t.id.clone())).collect();
         all_roots.retain(|r| !deleted.contains(r));
-        if all_roots.iter().any(|root| !created.contains(root)) {
-            // A document that already existed is compiled from rows other transactions may be changing.
-            self.lock_documents().await?;
-        }
-
         // Recompile every live root, grouped by table.
         // Each recompiled root with its facets (derived once: stored, and carried by its events).
         let mut docs: HashMap<(&'static str, String), (Value, Facets)> = HashMap::new();
@@ -943,6 +976,10 @@ impl Writer<'_, '_> {
     }
 }
 
+/// Ends the label of an imported row that is a related row's copy (a capacity's unit in a service document):
+/// it is imported only where the directory does not hold the row yet.
+pub const COPY_LABEL: &str = " (a copy of a related row)";
+
 /// The PostgreSQL transaction lock under which existing documents change (see `Writer::lock_documents`);
 /// taken again by a transaction that holds it, it is only counted once more.
 async fn lock_documents(conn: &mut Conn<'_>) -> sqlx::Result<()> {
@@ -1039,16 +1076,29 @@ impl Db {
         let now = now_text();
         let total = rows.len() as u64;
         let mut conn = Conn::from(&mut *tx);
+        let concurrent = self.backend == Backend::Postgres;
+        if concurrent {
+            // An import rewrites the documents of whatever it touches: all of it under the document lock.
+            lock_documents(&mut conn).await?;
+        }
         let mut writer = Writer {
             conn: &mut conn,
             origin: &origin,
             now: &now,
             touched: Vec::new(),
             bulk: true,
-            concurrent: self.backend == Backend::Postgres,
+            concurrent,
+            documents_locked: concurrent,
             deleted_docs: HashMap::new(),
         };
         for (i, (table, row, pointer)) in rows.into_iter().enumerate() {
+            // A related row's copy creates the row only (as in a write: `Op::copied`).
+            if pointer.ends_with(COPY_LABEL)
+                && let Some(id) = id_of(&row)
+                && writer.exists(table.name, &id).await?
+            {
+                continue;
+            }
             writer.upsert(table, row, pointer).await?;
             if i % 1000 == 0 {
                 progress("rows", i as u64, total);

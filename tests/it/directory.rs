@@ -921,6 +921,38 @@ store_test!(concurrent_writes_of_one_service_and_its_phones_lose_nothing_and_nev
     assert_eq!(phones, writers * rounds, "every phone is in the service");
     let deleted = app.events_after(last).await.into_iter().filter(|e| e["type"] == "phone.deleted").count();
     assert_eq!(deleted, 0, "no write deleted a phone");
+
+    // One level down: languages added to one phone while its number is PATCHed (the patch's merged phone
+    // lists its languages, and replaces that set).
+    let phone = "00000000-0000-4000-8000-0000000d0000";
+    let last = app.db.last_sequence().await.unwrap();
+    let tasks: Vec<_> = (0..writers)
+        .map(|w| {
+            let app = app.clone();
+            tokio::spawn(async move {
+                let mut refused = Vec::new();
+                for i in 0..rounds {
+                    let language = format!("00000000-0000-4000-8000-0000000e{w:02}{i:02}");
+                    let body = json!({"name": "Urdu", "phone_id": phone});
+                    let r = app.put(&format!("/languages/{language}"), &body).await;
+                    if r.status() != 201 {
+                        refused.push(format!("PUT {language}: {}", r.status()));
+                    }
+                    let r = app.patch(&format!("/phones/{phone}"), &json!({"number": format!("555-{w}{i}")})).await;
+                    if r.status() != 200 {
+                        refused.push(format!("PATCH: {} {}", r.status(), r.text().await.unwrap_or_default()));
+                    }
+                }
+                refused
+            })
+        })
+        .collect();
+    let refused: Vec<String> = futures::future::join_all(tasks).await.into_iter().flat_map(|r| r.unwrap()).collect();
+    assert!(refused.is_empty(), "{refused:#?}");
+    let languages = app.get_json(&format!("/phones/{phone}")).await["languages"].as_array().unwrap().len();
+    assert_eq!(languages, writers * rounds, "every language is on the phone");
+    let deleted = app.events_after(last).await.into_iter().filter(|e| e["type"] == "language.deleted").count();
+    assert_eq!(deleted, 0, "no write deleted a language");
 });
 
 store_test!(a_related_copy_creates_a_missing_row_and_never_edits_an_existing_one, |app| async move {
@@ -986,6 +1018,15 @@ store_test!(a_related_copy_creates_a_missing_row_and_never_edits_an_existing_one
     let r = app.patch(&format!("/services/{service}"), &json!({"organization_id": other})).await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     assert_eq!(app.get_json(&format!("/services/{service}")).await["organization"]["name"], "Other");
+    // A detail's PATCH keeps its link and drops the stored copy beside it; `"id": null` keeps the id.
+    let capacity_path = "/service_capacities/00000000-0000-4000-8000-00000000c0b2";
+    let r = app.patch(capacity_path, &json!({"available": 7, "id": null})).await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let patched = app.get_json(capacity_path).await;
+    assert_eq!((patched["available"].as_i64(), patched["unit_id"].as_str()), (Some(7), Some(new_unit)), "{patched}");
+    assert_eq!(app.get_json(&format!("/units/{new_unit}")).await["name"], "Cot");
+    crate::helpers::assert_problem_at(app.patch(capacity_path, &json!({"id": unit})).await, 422, "/id").await;
+
     // A hierarchy's parent may live outside the directory.
     let term = json!({"name": "Food", "description": "d", "parent_id": "00000000-0000-4000-8000-00000000c0a6"});
     app.put_ok("/taxonomy_terms/00000000-0000-4000-8000-00000000c0a7", &term).await;
@@ -998,6 +1039,30 @@ store_test!(a_related_copy_creates_a_missing_row_and_never_edits_an_existing_one
     assert_eq!(app.get_json(&format!("/services/{service}")).await["capacities"].as_array().unwrap().len(), 3);
     assert_eq!(app.delete(&format!("/services/{service}")).await.status(), 204);
     assert_eq!(app.delete(&format!("/units/{unit}")).await.status(), 204, "free once its capacities went");
+
+    // Deleting a term or a location removes the rows that only link to it (an attribute, a
+    // service_at_location), and leaves the service.
+    let (term, location, link, attribute) = (
+        "00000000-0000-4000-8000-00000000c0c1",
+        "00000000-0000-4000-8000-00000000c0c2",
+        "00000000-0000-4000-8000-00000000c0c3",
+        "00000000-0000-4000-8000-00000000c0c4",
+    );
+    app.put_ok(&format!("/taxonomy_terms/{term}"), &json!({"name": "Food", "description": "d"})).await;
+    app.put_ok(&format!("/locations/{location}"), &json!({"location_type": "physical", "name": "Hall"})).await;
+    let body = json!({"name": "Pantry", "status": "active",
+                      "attributes": [{"id": attribute, "taxonomy_term_id": term}],
+                      "service_at_locations": [{"id": link, "location_id": location}]});
+    app.put_ok(&format!("/services/{service}"), &body).await;
+    assert_eq!(app.delete(&format!("/taxonomy_terms/{term}")).await.status(), 204);
+    assert_eq!(app.delete(&format!("/locations/{location}")).await.status(), 204);
+    assert_eq!(app.get(&format!("/attributes/{attribute}")).await.status(), 404);
+    assert_eq!(app.get(&format!("/service_at_locations/{link}")).await.status(), 404);
+    let shown = app.get_json(&format!("/services/{service}")).await;
+    assert_eq!(
+        (shown["attributes"].as_array().unwrap().len(), shown["service_at_locations"].as_array().unwrap().len()),
+        (0, 0)
+    );
 });
 
 store_test!(hsda_keeps_a_services_last_modified_as_the_time_of_its_latest_change, |app| async move {
