@@ -83,12 +83,18 @@ impl Table {
     /// the row (a capacity measured in a unit) keeps it from being deleted instead.
     pub fn owns(&self, child: &Table, field: &Field) -> bool {
         const LINKS: [&str; 2] = ["service_at_location", "attribute"];
-        let nests = self.nested.iter().any(|n| {
+        child.is_detail()
+            && (self.nests_through(child, field) || field.references == Some("*") || LINKS.contains(&child.name))
+    }
+
+    /// Whether rows of `child` pointing at a row of `self` through `field` are nested in its JSON form (a
+    /// service's `phones`, by `phone.service_id`).
+    pub fn nests_through(&self, child: &Table, field: &Field) -> bool {
+        self.nested.iter().any(|n| {
             n.kind == NestedKind::Many
                 && n.table == child.name
                 && self.back_reference(n).map(|f| f.name) == Some(field.name)
-        });
-        child.is_detail() && (nests || field.references == Some("*") || LINKS.contains(&child.name))
+        })
     }
 
     /// Fields that point at other rows.

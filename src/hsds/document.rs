@@ -17,11 +17,16 @@ pub fn etag(value: &Value) -> String {
 }
 
 /// Whether a precondition header's list of ETags (`"a", W/"b"` or `*`) names `current` (RFC 9110 13.1):
-/// weakly, a `W/` tag matches its strong twin; strongly, a weak tag never matches.
+/// weakly, tags match whatever their `W/` (on either side); strongly, a weak tag never matches.
 pub fn etag_listed(list: &str, current: &str, weak: bool) -> bool {
-    list.split(',')
-        .map(str::trim)
-        .any(|tag| tag == "*" || tag == current || (weak && tag.strip_prefix("W/") == Some(current)))
+    let opaque = |tag: &'_ str| tag.strip_prefix("W/").unwrap_or(tag).to_string();
+    list.split(',').map(str::trim).any(|tag| {
+        tag == "*"
+            || match weak {
+                true => opaque(tag) == opaque(current),
+                false => tag == current && !current.starts_with("W/"),
+            }
+    })
 }
 
 /// Whether hsda keeps `table`'s `last_modified` itself (HSDS gives services one): it is the time of the
@@ -338,8 +343,14 @@ fn link_related(
         return;
     };
     let Some(related_id) = object.get("id").and_then(Value::as_str) else {
-        // (A link needs the id; the detail reads as every missing field's does.)
-        errors.push(FieldError::new(format!("{at}/id"), "is required"));
+        errors.push(FieldError::new(
+            format!("{at}/id"),
+            format!(
+                "is required: a related {} is linked by its id (and created from the object when absent); an \
+                 existing one is edited at /{}/{{id}}, never through another row",
+                related_table.name, related_table.plural
+            ),
+        ));
         return;
     };
     if let Err(detail) = super::validate::check_value(super::catalog::FieldType::Uuid, &object["id"]) {
@@ -640,7 +651,7 @@ mod properties {
 
     fn located(body: &Value, error: &FieldError) -> bool {
         body.pointer(&error.pointer).is_some()
-            || (error.detail == "is required"
+            || (error.detail.starts_with("is required")
                 && body.pointer(parent_pointer(&error.pointer)).is_some_and(Value::is_object))
     }
 

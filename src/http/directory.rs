@@ -199,6 +199,7 @@ async fn search(
         let value: Value = serde_json::from_slice(&body).map_err(|e| {
             ApiError::BadRequest(format!("malformed JSON at line {} column {}: {e}", e.line(), e.column()))
         })?;
+        super::extract::refuse_nul(&value)?;
         let Value::Object(map) = value else {
             return Err(ApiError::invalid("", "must be a JSON object of search parameters"));
         };

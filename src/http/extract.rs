@@ -38,9 +38,31 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
         if bytes.is_empty() {
             return Err(ApiError::BadRequest("the request body is empty; send a JSON object".into()));
         }
-        serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| {
+        let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
             ApiError::BadRequest(format!("malformed JSON at line {} column {}: {e}", e.line(), e.column()))
-        })
+        })?;
+        refuse_nul(&value)?;
+        Ok(JsonBody(value))
+    }
+}
+
+/// Refuses a JSON value holding the NUL character anywhere (a member name or a string), naming where: valid
+/// JSON, but no text PostgreSQL stores (nor anything HSDS means).
+pub fn refuse_nul(value: &Value) -> Result<(), ApiError> {
+    fn find(value: &Value, pointer: String) -> Option<String> {
+        match value {
+            Value::String(s) if s.contains('\0') => Some(pointer),
+            Value::Array(items) => items.iter().enumerate().find_map(|(i, v)| find(v, format!("{pointer}/{i}"))),
+            Value::Object(map) => map.iter().find_map(|(key, v)| {
+                let at = crate::hsds::validate::pointer_join(&pointer, key);
+                if key.contains('\0') { Some(at) } else { find(v, at) }
+            }),
+            _ => None,
+        }
+    }
+    match find(value, String::new()) {
+        Some(pointer) => Err(ApiError::invalid(pointer, "must not contain the NUL character (U+0000)")),
+        None => Ok(()),
     }
 }
 

@@ -62,6 +62,18 @@ impl AppState {
 }
 
 /// The whole API.
+/// A percent-encoded NUL (`%00`) in a path or query string names nothing hsda holds, and PostgreSQL refuses
+/// it in any text: a 400 before any handler.
+async fn refuse_nul_in_uri(req: Request<axum::body::Body>, next: axum::middleware::Next) -> axum::response::Response {
+    let uri = req.uri().path_and_query().map_or("", |p| p.as_str());
+    if uri.contains("%00") {
+        return axum::response::IntoResponse::into_response(ApiError::BadRequest(
+            "the path or query string holds a NUL character (%00)".into(),
+        ));
+    }
+    next.run(req).await
+}
+
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config.max_body_bytes;
     let metrics = state.metrics.clone();
@@ -72,6 +84,7 @@ pub fn router(state: AppState) -> Router {
         .merge(directory::router())
         .fallback(|| async { ApiError::NotFound("this path".into()) })
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(refuse_nul_in_uri))
         .layer(axum::middleware::map_response(error::plain_errors_as_problems))
         .layer(axum::middleware::from_fn(move |req: Request<axum::body::Body>, next: axum::middleware::Next| {
             let metrics = metrics.clone();

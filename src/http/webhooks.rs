@@ -333,6 +333,7 @@ fn optional_json(bytes: &[u8]) -> Result<Value, ApiError> {
     }
     let value: Value = serde_json::from_slice(bytes)
         .map_err(|e| ApiError::BadRequest(format!("malformed JSON at line {} column {}: {e}", e.line(), e.column())))?;
+    super::extract::refuse_nul(&value)?;
     if value.is_object() { Ok(value) } else { Err(ApiError::invalid("", "must be a JSON object")) }
 }
 

@@ -343,12 +343,19 @@ impl Writer<'_, '_> {
                 Ok(())
             }
             Op::CreateIfAbsent { table, id, ops } => {
-                // Created earlier in this write (a unit shared by two capacities) counts as existing.
-                if self.exists(table.name, &id).await? {
-                    return Ok(());
-                }
-                for op in ops {
-                    Box::pin(self.apply_op(op)).await?;
+                if !self.exists(table.name, &id).await? {
+                    for op in ops {
+                        Box::pin(self.apply_op(op)).await?;
+                    }
+                } else if self.created_here(&id) {
+                    // Created earlier in this write (a phone the body gives, shown again under its location in
+                    // a copy): one row, the copy adding only the fields it lacks (its link to the location).
+                    for op in ops {
+                        match op {
+                            Op::Upsert { table, row, pointer } => self.add_missing_fields(table, row, pointer).await?,
+                            other => Box::pin(self.apply_op(other)).await?,
+                        }
+                    }
                 }
                 Ok(())
             }
@@ -374,13 +381,36 @@ impl Writer<'_, '_> {
                     .await?;
                 let keep: HashSet<String> = keep.into_iter().collect();
                 for (id,) in existing.into_iter().filter(|(id,)| !keep.contains(id)) {
-                    if self.exists(table.name, &id).await? {
+                    let stored = load_rows(self.conn, table.name, std::slice::from_ref(&id)).await?;
+                    let Some(mut row) = stored.into_values().next() else { continue };
+                    if other_parent(table, field, &row) {
+                        // Also another row's child (a phone of a service and of its location): left out here, it
+                        // only leaves this parent.
+                        row.remove(field);
+                        self.upsert(table, row, String::new()).await?;
+                    } else {
                         self.delete_cascade(table, id).await?;
                     }
                 }
                 Ok(())
             }
         }
+    }
+
+    /// Adds to a row this write created the fields `row` gives that it lacks (see `Op::CreateIfAbsent`).
+    async fn add_missing_fields(&mut self, table: &'static Table, row: Row, pointer: String) -> Result<(), WriteError> {
+        let Some(id) = id_of(&row) else { return Ok(()) };
+        let written =
+            self.touched.iter().find(|t| t.table.name == table.name && t.id == id).and_then(|t| t.after.clone());
+        let Some(mut merged) = written else { return Ok(()) };
+        let before = merged.len();
+        for (key, value) in row {
+            merged.entry(key).or_insert(value);
+        }
+        if merged.len() == before {
+            return Ok(());
+        }
+        self.upsert(table, merged, pointer).await
     }
 
     /// Whether this write created the row `id` (of any table).
@@ -396,6 +426,21 @@ impl Writer<'_, '_> {
         let Some(mut current) = super::read::representation(self.conn, table, id).await? else {
             return Err(WriteError::NotFound(format!("{} {id}", table.name)));
         };
+        // A patch cannot edit a related row through this one (`{"organization": {"name": "X"}}`): said plainly,
+        // rather than as the fields such a partial copy lacks.
+        for nested in table.nested.iter().filter(|n| n.kind == NestedKind::One) {
+            let Some(object) = patch.get(nested.key).and_then(Value::as_object) else { continue };
+            let linked = table.forward_reference(nested).and_then(|f| current.get(f.name)).and_then(Value::as_str);
+            let named = object.get("id").and_then(Value::as_str);
+            let edits = object.iter().any(|(key, value)| key != "id" && !value.is_null());
+            if edits && (named.is_none() || named.is_some_and(|n| linked.is_some_and(|l| l.eq_ignore_ascii_case(n)))) {
+                let plural = table_of(nested.table).map_or(nested.table, |t| t.plural);
+                return Err(WriteError::Invalid(vec![FieldError::new(
+                    format!("/{}", nested.key),
+                    format!("a linked {} is edited at /{plural}/{{id}}, not through this row", nested.table),
+                )]));
+            }
+        }
         // What the document only shows of other rows goes first: an organization's stored services are not
         // written back, nor a service's copy of its organization, but a patch that gives them is taken.
         document::strip_copies(table, &mut current);
@@ -459,6 +504,20 @@ impl Writer<'_, '_> {
             before = self.conn.fetch_optional(read_before, &[table.name.into(), (&id).into()]).await?;
         }
         let before_row = before.as_ref().map(|(_, data)| parse_row(data));
+        if let Some(stored) = &before_row
+            && !pointer.is_empty()
+            && table.is_detail()
+        {
+            // A detail nested in a body (a phone in a location's) is that parent's child, and stays the child of
+            // the other rows it links to (its service) unless the body names them otherwise.
+            for field in parent_links(table) {
+                if !row.contains_key(field.name)
+                    && let Some(link) = stored.get(field.name)
+                {
+                    row.insert(field.name.to_string(), link.clone());
+                }
+            }
+        }
         if before_row.as_ref() == Some(&row) {
             return Ok(());
         }
@@ -986,6 +1045,16 @@ async fn lock_documents(conn: &mut Conn<'_>) -> sqlx::Result<()> {
     /// "hsdadocs" in ASCII: a key no other advisory lock of this database is likely to use.
     const DOCUMENTS: i64 = 0x6873_6461_646f_6373;
     conn.execute("SELECT pg_advisory_xact_lock($1)", &[DOCUMENTS.into()]).await.map(drop)
+}
+
+/// Whether a `table` row also links to a parent other than through `field` (one that nests such rows).
+fn other_parent(table: &'static Table, field: &str, row: &Row) -> bool {
+    parent_links(table).any(|f| f.name != field && row.get(f.name).is_some_and(|v| !v.is_null()))
+}
+
+/// The fields of `table` through which a row of another table nests it (`phone.service_id`, `location_id`...).
+fn parent_links(table: &'static Table) -> impl Iterator<Item = &'static crate::hsds::catalog::Field> {
+    table.reference_fields().filter(move |f| f.references.and_then(table_of).is_some_and(|p| p.nests_through(table, f)))
 }
 
 fn table_of(name: &str) -> Option<&'static Table> {

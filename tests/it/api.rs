@@ -104,6 +104,14 @@ store_test!(bodies_paths_and_ids_are_refused_in_problem_json, |app| async move {
     assert_eq!(r.headers()["connection"], "close", "the unread rest of the body ends the connection");
     assert_problem(r, 413).await;
 
+    // The NUL character is valid JSON but no text either store keeps (PostgreSQL refuses it): named, never a 500.
+    let nul = json!({"id": ORG, "name": "a\u{0}b", "description": "d"});
+    let r = app.client.put(&url).bearer_auth(&app.publish_key).json(&nul).send().await.unwrap();
+    crate::helpers::assert_problem_at(r, 422, "/name").await;
+    for path in ["/services/%00", "/organizations?postcode=%00", "/phones/abc%00"] {
+        assert_problem(app.get(path).await, 400).await;
+    }
+
     let r = app
         .client
         .put(&url)

@@ -236,6 +236,8 @@ store_test!(if_match_guards_concurrent_writers, |app| async move {
         |value: String| app.client.get(app.url("/organizations?per_page=5")).header("if-none-match", value).send();
     let r = list_with(tag.clone()).await.unwrap();
     assert_eq!((r.status().as_u16(), r.headers()["etag"].to_str().unwrap()), (304, tag.as_str()));
+    let strong_twin = tag.trim_start_matches("W/").to_string();
+    assert_eq!(list_with(strong_twin).await.unwrap().status(), 304, "weak comparison ignores W/ on either side");
     assert_eq!(
         write("Changed", app.get(&url).await.headers()["etag"].to_str().unwrap().to_string()).await.unwrap().status(),
         200
@@ -858,6 +860,13 @@ store_test!(every_official_example_is_taken_whole_and_served_as_the_compiled_sch
         shown["service_at_locations"][0]["location"]["name"],
         service["service_at_locations"][0]["location"]["name"]
     );
+    // A row the example shows in several places (one phone under the service, its contact, its location and
+    // its organization) is one row linked to each of them.
+    let location = &service["service_at_locations"][0]["location"];
+    for list in ["phones", "contacts", "schedules", "languages"] {
+        let count = |doc: &Value| doc[list].as_array().map_or(0, Vec::len);
+        assert_eq!(count(&shown["service_at_locations"][0]["location"]), count(location), "location {list}: {shown}");
+    }
     // The organization came with its own children (as its copy in the service showed them).
     let org = app.get_json(&format!("/organizations/{ORG}")).await;
     assert_valid("organization", &org);
@@ -877,6 +886,15 @@ store_test!(every_official_example_is_taken_whole_and_served_as_the_compiled_sch
         if let Some(schema) = schema {
             assert_valid(schema, &app.get_json(&format!("/{path}/{id}")).await);
         }
+    }
+    // Writing the location (or the organization) again keeps the rows it shares with the service.
+    let again = app.get_json(&format!("/services/{SERVICE}")).await;
+    let ids = |doc: &Value, list: &str| -> Vec<Value> {
+        doc[list].as_array().into_iter().flatten().map(|row| row["id"].clone()).collect()
+    };
+    for list in ["phones", "contacts", "schedules"] {
+        assert_eq!(ids(&again, list), ids(&shown, list), "{list} after the other examples (their fields may differ)");
+        assert!(!ids(&again, list).is_empty(), "{list}");
     }
     let link = app.get_json("/service_at_locations/e94c9f38-1e8f-4564-91d4-d53501ab1765").await;
     assert_eq!(link["service"]["id"], SERVICE, "the link's service comes from the service it embeds: {link}");
@@ -1018,6 +1036,12 @@ store_test!(a_related_copy_creates_a_missing_row_and_never_edits_an_existing_one
     let r = app.patch(&format!("/services/{service}"), &json!({"organization_id": other})).await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     assert_eq!(app.get_json(&format!("/services/{service}")).await["organization"]["name"], "Other");
+    for edit in [json!({"organization": {"name": "X"}}), json!({"organization": {"id": other, "name": "X"}})] {
+        let r = app.patch(&format!("/services/{service}"), &edit).await;
+        let problem = crate::helpers::assert_problem_at(r, 422, "/organization").await;
+        assert!(problem.to_string().contains("/organizations/{id}"), "{problem}");
+    }
+    assert_eq!(app.get_json(&format!("/organizations/{other}")).await["name"], "Other");
     // A detail's PATCH keeps its link and drops the stored copy beside it; `"id": null` keeps the id.
     let capacity_path = "/service_capacities/00000000-0000-4000-8000-00000000c0b2";
     let r = app.patch(capacity_path, &json!({"available": 7, "id": null})).await;
@@ -1063,6 +1087,26 @@ store_test!(a_related_copy_creates_a_missing_row_and_never_edits_an_existing_one
         (shown["attributes"].as_array().unwrap().len(), shown["service_at_locations"].as_array().unwrap().len()),
         (0, 0)
     );
+
+    // A phone of both a service and a location: the location's body keeps its link to the service, and
+    // leaving it out of the location's phones only unlinks it there; left out by its last parent, it goes.
+    let (hall, phone) = ("00000000-0000-4000-8000-00000000c0d1", "00000000-0000-4000-8000-00000000c0d2");
+    app.put_ok(&format!("/locations/{hall}"), &json!({"location_type": "physical", "name": "Hall"})).await;
+    app.put_ok(&format!("/phones/{phone}"), &json!({"number": "1", "service_id": service})).await;
+    let body = json!({"location_type": "physical", "name": "Hall", "phones": [{"id": phone, "number": "2"}]});
+    app.put_ok(&format!("/locations/{hall}"), &body).await;
+    let row = app.get_json(&format!("/phones/{phone}")).await;
+    let links =
+        |row: &Value| (row["service_id"].as_str().map(str::to_string), row["location_id"].as_str().map(str::to_string));
+    assert_eq!(links(&row), (Some(service.to_string()), Some(hall.to_string())), "{row}");
+    assert_eq!(row["number"], "2");
+    let body = json!({"location_type": "physical", "name": "Hall", "phones": []});
+    app.put_ok(&format!("/locations/{hall}"), &body).await;
+    let row = app.get_json(&format!("/phones/{phone}")).await;
+    assert_eq!(links(&row), (Some(service.to_string()), None), "{row}");
+    let body = json!({"name": "Pantry", "status": "active", "phones": []});
+    app.put_ok(&format!("/services/{service}"), &body).await;
+    assert_eq!(app.get(&format!("/phones/{phone}")).await.status(), 404, "no parent left");
 });
 
 store_test!(hsda_keeps_a_services_last_modified_as_the_time_of_its_latest_change, |app| async move {
