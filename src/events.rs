@@ -98,15 +98,18 @@ pub fn catalog() -> Value {
                 "object": t.name,
                 "description": description,
                 "schema": schema,
+                "thin_schema": thin_schema(),
             }));
         }
     }
     for (name, description) in OPERATIONAL {
+        let schema = if name == "webhook.ping" { ping_schema() } else { operational_schema() };
         out.push(json!({
             "name": name,
             "object": "webhook",
             "description": description,
-            "schema": operational_schema(),
+            "schema": schema,
+            "thin_schema": thin_schema(),
         }));
     }
     for entry in &mut out {
@@ -168,6 +171,33 @@ fn a_or_an(name: &str) -> String {
 }
 
 /// The payload of operational events: the subscription's id, target, status and latest error.
+/// The `data` of any event delivered to a `payload: thin` subscription: where to read the object.
+pub fn thin_schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "object": { "type": "string" }, "id": { "type": "string" },
+            "url": { "type": "string", "description": "Where to GET the object now." },
+            "last_modified": { "type": "string", "format": "date-time", "description": "When the event occurred." }
+        },
+        "required": ["object", "id", "url", "last_modified"],
+        "additionalProperties": false
+    })
+}
+
+/// The `data` of a `webhook.ping`: the subscription it greets.
+fn ping_schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "id": { "type": "string", "description": "The subscription's id." }, "url": { "type": "string" },
+            "events": { "type": "array", "items": { "type": "string" } }, "message": { "type": "string" },
+            "sample": { "type": "boolean", "description": "Present (true) on a test ping." }
+        },
+        "required": ["id", "url", "events"]
+    })
+}
+
 pub fn operational_schema() -> Value {
     json!({
         "type": "object",

@@ -345,7 +345,7 @@ fn add_webhook_paths(paths: &mut Map<String, Value>, schemas: &mut Map<String, V
     detail["attempt_count"] = json!({"type": "integer"});
     detail["payload"] = json!({"type": "object", "description": "The body sent, the same bytes on every attempt"});
     detail["attempts"] = json!({"type": "array", "items": {"type": "object", "properties": {
-        "at": {"type": "string", "format": "date-time"}, "status_code": {"type": ["integer", "null"]},
+        "at": {"type": "string", "format": "date-time", "description": "When the request was sent (its answer came `duration_ms` later)."}, "status_code": {"type": ["integer", "null"]},
         "duration_ms": {"type": "integer"}, "error": {"type": ["string", "null"]},
         "error_class": {"type": ["string", "null"], "description": "timeout, dns, connect, tls, ssrf, http_status, read, request"},
         "response_body": {"type": ["string", "null"], "description": "The first 4 096 bytes"} } } });
@@ -357,6 +357,7 @@ fn add_webhook_paths(paths: &mut Map<String, Value>, schemas: &mut Map<String, V
     let not_found = problem_response("Not found (or owned by another tenant).");
     paths.insert("/webhooks".into(), json!({
         "post": { "operationId": "createWebhook", "summary": "Subscribe a target URL to events (scope subscribe or admin)", "tags": ["webhooks"],
+            "description": "The url's host must resolve, and to public addresses only: a name that does not resolve, or that resolves to a loopback, private, link-local, CGNAT, multicast or cloud-metadata address (IPv4, IPv6, IPv4-mapped, decimal or octal forms), is a 422 at /url unless the operator's allow-list (HSDA_ALLOW_TARGETS) covers it. The same check runs again at every delivery, after DNS resolution; redirects are not followed. A webhook.ping is sent at once (after the challenge, for verify: true).",
             "security": security, "requestBody": { "required": true, "content": { "application/json": { "schema": sub_ref } } },
             "responses": { "201": ok("The subscription, with its secret (shown only now).", sub_ref.clone()),
                            "422": problem_response("A field is invalid; errors[].pointer names it.") } },

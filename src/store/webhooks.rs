@@ -1104,7 +1104,9 @@ pub(crate) async fn record_in(
         };
         let mut status = was.clone();
         let mut reason = was_reason.clone();
-        for (_, record) in applied.iter().filter(|(d, _)| d.subscription_id == sub_id) {
+        // The delivery whose 410 disabled the subscription: missed like the ones the disable ended.
+        let mut gone = None;
+        for (delivery, record) in applied.iter().filter(|(d, _)| d.subscription_id == sub_id) {
             let a = &record.attempt;
             let before = status.clone();
             if record.outcome == AttemptOutcome::Succeeded {
@@ -1125,6 +1127,7 @@ pub(crate) async fn record_in(
             if record.outcome == AttemptOutcome::Gone && status != "disabled" {
                 status = "disabled".into();
                 reason = Some("the target answered 410 Gone".into());
+                gone = Some(delivery.id.clone());
             } else if status == "failing"
                 && failing_since.as_deref().is_some_and(|since| {
                     chrono::DateTime::parse_from_rfc3339(since)
@@ -1184,6 +1187,13 @@ pub(crate) async fn record_in(
         if status == "disabled" {
             conn.execute(FAIL_OPEN_DELIVERIES, &[FAILED_BY_DISABLE.into(), (&now).into(), sub_id.into()]).await?;
         }
+        if let Some(delivery) = gone {
+            conn.execute(
+                "UPDATE deliveries SET last_error = $1, updated_at = $2 WHERE id = $3 AND status = 'failed'",
+                &[GONE_DISABLED.into(), (&now).into(), (&delivery).into()],
+            )
+            .await?;
+        }
     }
     let retries = applied.iter().any(|(_, record)| record.outcome != AttemptOutcome::Succeeded);
     Ok(Recorded { events, statuses_changed, retries })
@@ -1192,6 +1202,10 @@ pub(crate) async fn record_in(
 /// Why a delivery failed that was still open when its subscription was disabled. `enable` with
 /// `replay_missed` reopens exactly these (with the events that occurred while disabled).
 pub const FAILED_BY_DISABLE: &str = "the subscription was disabled before this was delivered";
+
+/// Why the delivery failed whose 410 disabled its subscription; `replay_missed` reopens it too (the target
+/// never took it).
+pub const GONE_DISABLED: &str = "the target answered 410 Gone, which disabled the subscription";
 
 /// Ends a disabled subscription's open deliveries as failed (nothing is sent to it any more; without this
 /// they would show `retrying`, due, for as long as it stays disabled). Leases go too: an attempt still in
@@ -1347,11 +1361,12 @@ impl Db {
         // disable ended and a plain enable left so).
         let reopened = sqlx::query(
             "UPDATE deliveries SET status = 'retrying', next_attempt_at = $1, lease_until = NULL, updated_at = $1 \
-             WHERE subscription_id = $2 AND status = 'failed' AND last_error = $3 AND updated_at >= $4",
+             WHERE subscription_id = $2 AND status = 'failed' AND last_error IN ($3, $4) AND updated_at >= $5",
         )
         .bind(&now)
         .bind(&sub.id)
         .bind(FAILED_BY_DISABLE)
+        .bind(GONE_DISABLED)
         .bind(since)
         .execute(&mut *tx)
         .await?;

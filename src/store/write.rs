@@ -798,8 +798,11 @@ impl Writer<'_, '_> {
                 let Some(id) = doc.get("id").and_then(Value::as_str).map(str::to_string) else { continue };
                 document::stamp_last_modified(root_table, &mut doc, self.now);
                 let fresh = created.contains(&(root_table.name, id.clone()));
-                let facets = document::facets(root_table, &doc);
-                self.store_doc(root_table, &id, &doc, &facets, fresh).await?;
+                let mut facets = document::facets(root_table, &doc);
+                let held = self.store_doc(root_table, &id, &doc, &facets, fresh).await?;
+                // Its events match by what it held too: a subscriber filtering by a term hears of the service
+                // that lost it (as one filtering by organization hears of a service that moved away).
+                facets.extend(held);
                 docs.insert((root_table.name, id), (doc, facets));
             }
         }
@@ -863,8 +866,9 @@ impl Writer<'_, '_> {
         Ok((created, touched.len(), events))
     }
 
-    /// Stores a root's compiled document and what lists and filters need of it. A `fresh` row (created by
-    /// this write: a deleted row's facets went with it) has no facets to delete first.
+    /// Stores a root's compiled document and what lists and filters need of it; returns the facets the
+    /// document held before. A `fresh` row (created by this write: a deleted row's facets went with it) has
+    /// no facets to delete first.
     async fn store_doc(
         &mut self,
         table: &'static Table,
@@ -872,7 +876,7 @@ impl Writer<'_, '_> {
         doc: &Value,
         facets: &Facets,
         fresh: bool,
-    ) -> sqlx::Result<()> {
+    ) -> sqlx::Result<Facets> {
         let (latitude, longitude) = document::coordinates(table, doc);
         // Coordinates are bound as plain f64 with a has-value flag, never as `Option<f64>`: sqlx 0.8's Any
         // driver sends a NULL f64 as a float4 parameter on PostgreSQL, the prepared statement keeps that
@@ -911,8 +915,8 @@ impl Writer<'_, '_> {
         // Only the facets that changed are written: most updates change none, and each facet is a page of a
         // random-keyed index.
         let mut facets = stored_facets(table, id, facets.clone());
+        let before = previous.as_deref().map(|text| stored_facets_of_text(table, id, text)).unwrap_or_default();
         if !fresh {
-            let before = previous.as_deref().map(|text| stored_facets_of_text(table, id, text)).unwrap_or_default();
             self.delete_facets(table, id, before.difference(&facets)).await?;
             facets.retain(|f| !before.contains(f));
         }
@@ -931,7 +935,7 @@ impl Writer<'_, '_> {
             }
             self.conn.execute(&sql, &args).await?;
         }
-        Ok(())
+        Ok(before)
     }
 
     async fn delete_facets(

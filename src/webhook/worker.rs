@@ -499,8 +499,10 @@ impl Worker {
 
     fn judge(&self, sub: &Subscription, delivery: &Delivery, r: super::client::Response) -> AttemptRecord {
         let now = chrono::Utc::now();
+        // `at` is when the request went out (as receivers' logs show it), not when its answer came.
+        let sent = now - chrono::Duration::from_std(r.duration).unwrap_or_default();
         let attempt = Attempt {
-            at: timestamp_text(now),
+            at: timestamp_text(sent),
             status_code: r.status_code.map(i64::from),
             duration_ms: r.duration.as_millis() as i64,
             error: r.error.clone(),

@@ -178,6 +178,11 @@ both_stores!(
         let d = ping_delivery(&app, hang["id"].as_str().unwrap(), 1).await;
         assert_eq!(d["attempts"][0]["error_class"], "timeout", "{d}");
         assert!(d["attempts"][0]["status_code"].is_null());
+        // `at` is when the request went out: right after the delivery was queued, not a timeout later.
+        let time = |v: &Value| chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap()).unwrap();
+        let waited = time(&d["attempts"][0]["at"]) - time(&d["created_at"]);
+        assert!(waited < chrono::Duration::milliseconds(900), "sent {waited} after it was queued: {d}");
+        assert!(d["attempts"][0]["duration_ms"].as_i64().unwrap() >= 900, "{d}");
         assert_eq!(d["status"], "retrying");
 
         let d = ping_delivery(&app, redirect["id"].as_str().unwrap(), 1).await;

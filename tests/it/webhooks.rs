@@ -306,6 +306,14 @@ webhook_test!(filters_and_thin_payloads, |app| async move {
     assert_eq!(data["id"], s2);
     assert!(data["url"].as_str().unwrap().ends_with(&format!("/services/{s2}")));
     assert!(data.get("name").is_none(), "thin payload has no object body");
+    // The event type catalog describes it (beside the full object's schema).
+    let catalog = app.get_json("/event-types").await;
+    let entry = catalog["event_types"].as_array().unwrap().iter().find(|e| e["name"] == "service.created").unwrap();
+    let thin = jsonschema::validator_for(&entry["thin_schema"]).expect("a schema");
+    assert!(thin.is_valid(data), "{data} against {}", entry["thin_schema"]);
+    let ping_entry = catalog["event_types"].as_array().unwrap().iter().find(|e| e["name"] == "webhook.ping").unwrap();
+    let ping = Receiver::of_type(&rx.received(), "webhook.ping");
+    assert!(jsonschema::validator_for(&ping_entry["thin_schema"]).unwrap().is_valid(&ping[0].json()["data"]));
     // An operational event's thin link is the subscription's own path in the API.
     let sub: Value = r.json().await.unwrap();
     let ping = Receiver::of_type(&rx.received(), "webhook.ping");
@@ -384,6 +392,12 @@ webhook_test!(test_endpoint_sends_now_and_reports_the_attempt, |app| async move 
     let t = got.iter().find(|x| x.header("webhook-id").starts_with("msg_test_")).unwrap();
     assert_eq!(t.json()["data"]["name"], "Food Bank", "a real object");
     assert!(t.verify(sub["secret"].as_str().unwrap()));
+    // A delete of a real object sends what a real delete does: its tombstone.
+    let body = json!({"event_type": "organization.deleted", "object_id": O1});
+    let r = app.post_as(&app.subscribe_key, &format!("/webhooks/{id}/test"), Some(&body)).await;
+    assert_eq!(r.status(), 200);
+    let got = rx.wait_for("the test delete", |r| !Receiver::of_type(r, "organization.deleted").is_empty()).await;
+    assert_eq!(Receiver::of_type(&got, "organization.deleted")[0].json()["data"], json!({"id": O1, "deleted": true}));
 });
 
 /// Creates a subscription, asserting 201.
@@ -895,6 +909,15 @@ async fn disabling_ends_open_deliveries(store: Store) {
     let errors: Vec<&str> =
         failed["contents"].as_array().unwrap().iter().map(|d| d["last_error"].as_str().unwrap_or("")).collect();
     assert!(errors.contains(&hsda::store::webhooks::FAILED_BY_DISABLE), "{failed}");
+    assert!(errors.contains(&hsda::store::webhooks::GONE_DISABLED), "{failed}");
+    // The target is back: `replay_missed` sends both again, the one its 410 refused included.
+    let r = app.post_as(&key, &format!("/webhooks/{gone}/enable"), Some(&json!({"replay_missed": true}))).await;
+    assert_eq!(r.status(), 200);
+    crate::helpers::eventually("both missed deliveries", std::time::Duration::from_secs(15), || async {
+        let failed = app.get_as(&key, &format!("/webhooks/{gone}/deliveries?status=failed")).await;
+        (failed["total_items"] == 0).then_some(()).ok_or_else(|| failed.to_string())
+    })
+    .await;
 }
 
 crate::each_store!(disabling_ends_open_deliveries);
@@ -989,6 +1012,40 @@ webhook_test!(filters_match_child_and_cascade_deleted_events_by_their_roots, |ap
         for w in wanted {
             assert!(types.iter().any(|t| t == w), "{field}: {w} in {types:?}");
         }
+    }
+});
+
+webhook_test!(a_service_that_leaves_a_filter_is_announced_to_it, |app| async move {
+    // A service tagged with a term and linked to a location; subscriptions filtering by each. Dropping the
+    // tag, then the link, changes the service: each subscription hears the change that took it out of its
+    // filter (as one filtering by organization hears of a service moved away).
+    let id = |n: u32| format!("00000000-0000-4000-8000-{:012}", 300 + n);
+    let (term, loc, svc, sal, attribute) = (id(1), id(2), id(3), id(4), id(5));
+    app.put_ok(&format!("/taxonomy_terms/{term}"), &json!({"name": "Food", "description": "d"})).await;
+    app.put_ok(&format!("/locations/{loc}"), &json!({"location_type": "physical", "name": "Hall"})).await;
+    let service = json!({"name": "Pantry", "status": "active",
+        "attributes": [{"id": attribute, "taxonomy_term_id": term}],
+        "service_at_locations": [{"id": sal, "location_id": loc}]});
+    app.put_ok(&format!("/services/{svc}"), &service).await;
+    let mut receivers = Vec::new();
+    for (field, value) in [("taxonomy_term_id", &term), ("location_id", &loc)] {
+        let rx = Receiver::start().await;
+        let body = json!({"url": rx.url, "events": ["service.updated"], "filter": {field: value}});
+        assert_eq!(subscribed(&app, body).await["status"], "active");
+        rx.wait_for("the ping", |r| !r.is_empty()).await;
+        receivers.push(rx);
+    }
+    assert_eq!(app.delete(&format!("/attributes/{attribute}")).await.status(), 204);
+    assert_eq!(app.delete(&format!("/service_at_locations/{sal}")).await.status(), 204);
+    for (rx, emptied) in receivers.iter().zip(["attributes", "service_at_locations"]) {
+        let got = rx
+            .wait_for(&format!("the service without its {emptied}"), |r| {
+                Receiver::of_type(r, "service.updated")
+                    .iter()
+                    .any(|d| d.json()["data"][emptied].as_array().is_some_and(Vec::is_empty))
+            })
+            .await;
+        assert!(!got.is_empty());
     }
 });
 
