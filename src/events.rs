@@ -170,7 +170,6 @@ fn a_or_an(name: &str) -> String {
     format!("{article} {name}")
 }
 
-/// The payload of operational events: the subscription's id, target, status and latest error.
 /// The `data` of any event delivered to a `payload: thin` subscription: where to read the object.
 pub fn thin_schema() -> Value {
     json!({
@@ -198,6 +197,7 @@ fn ping_schema() -> Value {
     })
 }
 
+/// The payload of operational events: the subscription's id, target, status and latest error.
 pub fn operational_schema() -> Value {
     json!({
         "type": "object",

@@ -82,9 +82,13 @@ impl Table {
     /// purpose is to link two others (a service_at_location, an attribute's term). A detail that only uses
     /// the row (a capacity measured in a unit) keeps it from being deleted instead.
     pub fn owns(&self, child: &Table, field: &Field) -> bool {
-        const LINKS: [&str; 2] = ["service_at_location", "attribute"];
-        child.is_detail()
-            && (self.nests_through(child, field) || field.references == Some("*") || LINKS.contains(&child.name))
+        child.is_detail() && (self.nests_through(child, field) || field.references == Some("*") || child.is_link())
+    }
+
+    /// Whether a row of this table only links two others (a service_at_location, an attribute and its term):
+    /// it goes when either end goes.
+    pub fn is_link(&self) -> bool {
+        ["service_at_location", "attribute"].contains(&self.name)
     }
 
     /// Whether rows of `child` pointing at a row of `self` through `field` are nested in its JSON form (a

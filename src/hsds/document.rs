@@ -19,13 +19,11 @@ pub fn etag(value: &Value) -> String {
 /// Whether a precondition header's list of ETags (`"a", W/"b"` or `*`) names `current` (RFC 9110 13.1):
 /// weakly, tags match whatever their `W/` (on either side); strongly, a weak tag never matches.
 pub fn etag_listed(list: &str, current: &str, weak: bool) -> bool {
-    let opaque = |tag: &'_ str| tag.strip_prefix("W/").unwrap_or(tag).to_string();
+    fn opaque(tag: &str) -> &str {
+        tag.strip_prefix("W/").unwrap_or(tag)
+    }
     list.split(',').map(str::trim).any(|tag| {
-        tag == "*"
-            || match weak {
-                true => opaque(tag) == opaque(current),
-                false => tag == current && !current.starts_with("W/"),
-            }
+        tag == "*" || if weak { opaque(tag) == opaque(current) } else { tag == current && !current.starts_with("W/") }
     })
 }
 

@@ -68,6 +68,10 @@ pub fn validate_row(table: &Table, row: &Map<String, Value>, base_pointer: &str)
 
 /// Checks one non-null value against a field type; the error is the detail sentence for a [`FieldError`].
 pub fn check_value(ty: FieldType, value: &Value) -> Result<(), String> {
+    // No text PostgreSQL stores (an import reads cells past the HTTP layer's own check).
+    if value.as_str().is_some_and(|s| s.contains('\0')) {
+        return Err("must not contain the NUL character (U+0000)".into());
+    }
     let ok = match ty {
         FieldType::Uuid => value.as_str().and_then(parse_uuid).is_some(),
         FieldType::Text => value.is_string(),
@@ -210,6 +214,13 @@ mod tests {
     use serde_json::json;
 
     const ID: &str = "3a19ff88-4620-4d17-9830-ac1d859eb5d5";
+
+    #[test]
+    fn the_nul_character_is_refused_where_it_is() {
+        let errors =
+            validate_row(table("service").unwrap(), &row(json!({"id": ID, "name": "a\u{0}b", "status": "active"})), "");
+        assert_eq!(errors.iter().map(|e| e.pointer.as_str()).collect::<Vec<_>>(), ["/name"], "{errors:?}");
+    }
 
     fn row(value: Value) -> Map<String, Value> {
         match value {

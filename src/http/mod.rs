@@ -61,7 +61,6 @@ impl AppState {
     }
 }
 
-/// The whole API.
 /// A percent-encoded NUL (`%00`) in a path or query string names nothing hsda holds, and PostgreSQL refuses
 /// it in any text: a 400 before any handler.
 async fn refuse_nul_in_uri(req: Request<axum::body::Body>, next: axum::middleware::Next) -> axum::response::Response {
@@ -74,6 +73,7 @@ async fn refuse_nul_in_uri(req: Request<axum::body::Body>, next: axum::middlewar
     next.run(req).await
 }
 
+/// The whole API.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config.max_body_bytes;
     let metrics = state.metrics.clone();

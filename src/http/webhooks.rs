@@ -710,10 +710,8 @@ async fn test(
                 .await?
                 .ok_or_else(|| ApiError::invalid("/object_id", format!("no {object} has this id")))?;
             // A delete sends what a real one does: the tombstone (the object must exist to be named, though).
-            let data = match event_type.ends_with(".deleted") {
-                true => json!({ "id": object_id, "deleted": true }),
-                false => data,
-            };
+            let data =
+                if event_type.ends_with(".deleted") { json!({ "id": object_id, "deleted": true }) } else { data };
             (object_id.to_string(), data)
         }
         // A ping is about the subscription itself, as the one sent at creation is.

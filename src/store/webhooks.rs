@@ -1104,8 +1104,8 @@ pub(crate) async fn record_in(
         };
         let mut status = was.clone();
         let mut reason = was_reason.clone();
-        // The delivery whose 410 disabled the subscription: missed like the ones the disable ended.
-        let mut gone = None;
+        // The deliveries a 410 ended (one disabled the subscription): missed like the ones the disable ended.
+        let mut gone = Vec::new();
         for (delivery, record) in applied.iter().filter(|(d, _)| d.subscription_id == sub_id) {
             let a = &record.attempt;
             let before = status.clone();
@@ -1124,10 +1124,12 @@ pub(crate) async fn record_in(
                 }
                 failure_at = Some(a.at.clone());
             }
+            if record.outcome == AttemptOutcome::Gone {
+                gone.push(delivery.id.clone());
+            }
             if record.outcome == AttemptOutcome::Gone && status != "disabled" {
                 status = "disabled".into();
                 reason = Some("the target answered 410 Gone".into());
-                gone = Some(delivery.id.clone());
             } else if status == "failing"
                 && failing_since.as_deref().is_some_and(|since| {
                     chrono::DateTime::parse_from_rfc3339(since)
@@ -1187,7 +1189,7 @@ pub(crate) async fn record_in(
         if status == "disabled" {
             conn.execute(FAIL_OPEN_DELIVERIES, &[FAILED_BY_DISABLE.into(), (&now).into(), sub_id.into()]).await?;
         }
-        if let Some(delivery) = gone {
+        for delivery in gone.into_iter().filter(|_| status == "disabled") {
             conn.execute(
                 "UPDATE deliveries SET last_error = $1, updated_at = $2 WHERE id = $3 AND status = 'failed'",
                 &[GONE_DISABLED.into(), (&now).into(), (&delivery).into()],

@@ -432,7 +432,11 @@ impl Writer<'_, '_> {
             let Some(object) = patch.get(nested.key).and_then(Value::as_object) else { continue };
             let linked = table.forward_reference(nested).and_then(|f| current.get(f.name)).and_then(Value::as_str);
             let named = object.get("id").and_then(Value::as_str);
-            let edits = object.iter().any(|(key, value)| key != "id" && !value.is_null());
+            // Sending back the copy as GET showed it changes nothing, and is no edit.
+            let shown = current.get(nested.key);
+            let edits = object
+                .iter()
+                .any(|(key, value)| key != "id" && !value.is_null() && shown.and_then(|s| s.get(key)) != Some(value));
             if edits && (named.is_none() || named.is_some_and(|n| linked.is_some_and(|l| l.eq_ignore_ascii_case(n)))) {
                 let plural = table_of(nested.table).map_or(nested.table, |t| t.plural);
                 return Err(WriteError::Invalid(vec![FieldError::new(
@@ -505,6 +509,7 @@ impl Writer<'_, '_> {
         }
         let before_row = before.as_ref().map(|(_, data)| parse_row(data));
         if let Some(stored) = &before_row
+            && !self.bulk
             && !pointer.is_empty()
             && table.is_detail()
         {
@@ -614,7 +619,8 @@ impl Writer<'_, '_> {
         let mut order: Vec<(&'static Table, String)> = Vec::new();
         let mut pending = vec![(table, id.clone())];
         let mut seen: HashSet<(String, String)> = HashSet::new();
-        let mut blockers: Vec<String> = Vec::new();
+        // (the row it keeps from going, the row that points at it)
+        let mut blockers: Vec<(String, String)> = Vec::new();
         while let Some((t, row_id)) = pending.pop() {
             if !seen.insert((t.name.to_string(), row_id.clone())) {
                 continue;
@@ -634,13 +640,48 @@ impl Writer<'_, '_> {
                 if t.owns(child, child_field) {
                     pending.push((child, child_id));
                 } else {
-                    blockers.push(format!("{kind} {child_id} ({field})"));
+                    blockers.push((row_id.clone(), format!("{kind} {child_id} ({field})")));
                 }
             }
         }
-        // Rows deleted in this same cascade do not block it.
-        let deleting: HashSet<String> = order.iter().map(|(t, i)| format!("{} {i}", t.name)).collect();
-        blockers.retain(|b| !deleting.iter().any(|d| b.starts_with(d.as_str())));
+        // A row that would go only as the child of a going row stays when it is also the child of one that
+        // stays (a phone of the deleted location that is its service's too), with what it owns: it is
+        // unlinked from the rows that go, as a child set that leaves it out does. A link row goes with
+        // either end.
+        let mut rows: HashMap<String, Row> = HashMap::new();
+        for (t, row_id) in order.iter().skip(1) {
+            rows.extend(load_rows(self.conn, t.name, std::slice::from_ref(row_id)).await?);
+        }
+        let mut going: HashSet<String> = order.iter().map(|(_, row_id)| row_id.clone()).collect();
+        loop {
+            let stays: Vec<String> = order
+                .iter()
+                .skip(1)
+                .filter(|(t, row_id)| {
+                    going.contains(row_id)
+                        && !t.is_link()
+                        && rows.get(row_id).is_some_and(|row| {
+                            parent_links(t)
+                                .any(|f| row.get(f.name).and_then(Value::as_str).is_some_and(|p| !going.contains(p)))
+                        })
+                })
+                .map(|(_, row_id)| row_id.clone())
+                .collect();
+            if stays.is_empty() {
+                break;
+            }
+            going.retain(|row_id| !stays.contains(row_id));
+        }
+        // Rows deleted in this same cascade do not block it, nor do rows pointing at one that stays.
+        let deleting: HashSet<String> =
+            order.iter().filter(|(_, i)| going.contains(i)).map(|(t, i)| format!("{} {i}", t.name)).collect();
+        let mut blockers: Vec<String> = blockers
+            .into_iter()
+            .filter(|(target, referrer)| {
+                going.contains(target) && !deleting.iter().any(|d| referrer.starts_with(d.as_str()))
+            })
+            .map(|(_, referrer)| referrer)
+            .collect();
         if !blockers.is_empty() {
             blockers.sort();
             blockers.dedup();
@@ -653,7 +694,18 @@ impl Writer<'_, '_> {
                 referenced_by: blockers,
             });
         }
-        for (t, row_id) in order.into_iter().rev() {
+        for (t, row_id) in order.iter().skip(1).filter(|(_, row_id)| !going.contains(row_id)) {
+            let Some(mut row) = rows.get(row_id).cloned() else { continue };
+            let gone: Vec<&str> = parent_links(t)
+                .filter(|f| row.get(f.name).and_then(Value::as_str).is_some_and(|p| going.contains(p)))
+                .map(|f| f.name)
+                .collect();
+            if !gone.is_empty() {
+                gone.iter().for_each(|field| drop(row.remove(*field)));
+                self.upsert(t, row, String::new()).await?;
+            }
+        }
+        for (t, row_id) in order.into_iter().rev().filter(|(_, row_id)| going.contains(row_id)) {
             let before: Option<(i64, String, Option<String>)> = self
                 .conn
                 .fetch_optional(
@@ -710,11 +762,9 @@ impl Writer<'_, '_> {
                 }
             }
         }
-        let points_at_documents = wanted
-            .iter()
-            .any(|(kind, ids)| table(kind).is_some_and(|t| t.is_root()) && ids.keys().any(|id| !self.created_here(id)));
-        if points_at_documents {
-            // An existing document this write points at may be being deleted: checked under the lock.
+        if wanted.values().any(|ids| ids.keys().any(|id| !self.created_here(id))) {
+            // A row this write points at and did not create may be being deleted (or its document written):
+            // checked under the lock.
             self.lock_documents().await?;
         }
         let mut errors = Vec::new();
@@ -1053,7 +1103,7 @@ async fn lock_documents(conn: &mut Conn<'_>) -> sqlx::Result<()> {
 
 /// Whether a `table` row also links to a parent other than through `field` (one that nests such rows).
 fn other_parent(table: &'static Table, field: &str, row: &Row) -> bool {
-    parent_links(table).any(|f| f.name != field && row.get(f.name).is_some_and(|v| !v.is_null()))
+    !table.is_link() && parent_links(table).any(|f| f.name != field && row.get(f.name).is_some_and(|v| !v.is_null()))
 }
 
 /// The fields of `table` through which a row of another table nests it (`phone.service_id`, `location_id`...).
@@ -1289,9 +1339,10 @@ impl Writer<'_, '_> {
                     if unchanged && !touched_roots.contains(&key) {
                         continue;
                     }
-                    let facets = document::facets(t, &doc);
+                    let mut facets = document::facets(t, &doc);
                     if !unchanged {
-                        self.store_doc(t, &id, &doc, &facets, false).await?;
+                        // Its events match by what it held too (as a write's do).
+                        facets.extend(self.store_doc(t, &id, &doc, &facets, false).await?);
                     }
                     let action = actions.get(&key).copied().unwrap_or(Action::Updated);
                     events.push(NewEvent {

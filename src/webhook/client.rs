@@ -75,7 +75,7 @@ impl WebhookClient {
             status_code: None,
             duration: started.elapsed(),
             error_class: Some(class),
-            error: Some(error),
+            error: Some(error.replace('\0', "\u{FFFD}")),
             body_excerpt: None,
             retry_after: None,
         };
@@ -128,7 +128,8 @@ impl WebhookClient {
                 Some("http_status")
             },
             error: if success { None } else { Some(format!("the target answered {status}")) },
-            body_excerpt: Some(String::from_utf8_lossy(&excerpt).into_owned()),
+            // A NUL would make PostgreSQL refuse the attempt's record (and the batch it shares with others).
+            body_excerpt: Some(String::from_utf8_lossy(&excerpt).replace('\0', "\u{FFFD}")),
             retry_after,
         }
     }

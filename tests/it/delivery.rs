@@ -46,6 +46,13 @@ async fn awkward_targets() -> (String, Hits) {
             }),
         )
         .route(
+            "/nul",
+            post(|State(h): State<Hits>| async move {
+                hit(State(h), "nul").await;
+                (StatusCode::INTERNAL_SERVER_ERROR, "a\0b")
+            }),
+        )
+        .route(
             "/elsewhere",
             post(|State(h): State<Hits>| async move {
                 hit(State(h), "elsewhere").await;
@@ -174,6 +181,7 @@ both_stores!(
         let hang = subscribe(&app, json!({"url": format!("{base}/hang"), "events": ["webhook.ping"]})).await;
         let redirect = subscribe(&app, json!({"url": format!("{base}/redirect"), "events": ["webhook.ping"]})).await;
         let big = subscribe(&app, json!({"url": format!("{base}/big"), "events": ["webhook.ping"]})).await;
+        let nul = subscribe(&app, json!({"url": format!("{base}/nul"), "events": ["webhook.ping"]})).await;
 
         let d = ping_delivery(&app, hang["id"].as_str().unwrap(), 1).await;
         assert_eq!(d["attempts"][0]["error_class"], "timeout", "{d}");
@@ -194,6 +202,13 @@ both_stores!(
         assert_eq!(d["status"], "succeeded");
         let excerpt = d["attempts"][0]["response_body"].as_str().unwrap();
         assert!(!excerpt.is_empty() && excerpt.len() <= 4096, "response body truncated: {} bytes", excerpt.len());
+
+        // A NUL in the answer is kept as U+FFFD: PostgreSQL would refuse the record (and its whole batch).
+        let d = ping_delivery(&app, nul["id"].as_str().unwrap(), 1).await;
+        assert_eq!(
+            (d["attempts"][0]["status_code"].as_i64(), d["attempts"][0]["response_body"].as_str()),
+            (Some(500), Some("a\u{FFFD}b"))
+        );
     }
 );
 

@@ -1042,6 +1042,11 @@ store_test!(a_related_copy_creates_a_missing_row_and_never_edits_an_existing_one
         assert!(problem.to_string().contains("/organizations/{id}"), "{problem}");
     }
     assert_eq!(app.get_json(&format!("/organizations/{other}")).await["name"], "Other");
+    // Sending back the copy as GET shows it is no edit.
+    let shown = app.get_json(&format!("/services/{service}")).await;
+    let echo = json!({"organization": shown["organization"], "description": "echoed"});
+    let r = app.patch(&format!("/services/{service}"), &echo).await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     // A detail's PATCH keeps its link and drops the stored copy beside it; `"id": null` keeps the id.
     let capacity_path = "/service_capacities/00000000-0000-4000-8000-00000000c0b2";
     let r = app.patch(capacity_path, &json!({"available": 7, "id": null})).await;
@@ -1104,6 +1109,16 @@ store_test!(a_related_copy_creates_a_missing_row_and_never_edits_an_existing_one
     app.put_ok(&format!("/locations/{hall}"), &body).await;
     let row = app.get_json(&format!("/phones/{phone}")).await;
     assert_eq!(links(&row), (Some(service.to_string()), None), "{row}");
+    // Deleting the location takes its own phones, and only unlinks one its service keeps.
+    let (own, language) = ("00000000-0000-4000-8000-00000000c0d3", "00000000-0000-4000-8000-00000000c0d4");
+    let body = json!({"location_type": "physical", "name": "Hall", "phones": [
+        {"id": phone, "number": "2", "languages": [{"id": language, "name": "Urdu"}]}, {"id": own, "number": "3"}]});
+    app.put_ok(&format!("/locations/{hall}"), &body).await;
+    assert_eq!(app.delete(&format!("/locations/{hall}")).await.status(), 204);
+    assert_eq!(app.get(&format!("/phones/{own}")).await.status(), 404);
+    let row = app.get_json(&format!("/phones/{phone}")).await;
+    assert_eq!(links(&row), (Some(service.to_string()), None), "{row}");
+    assert_eq!(app.get_json(&format!("/languages/{language}")).await["phone_id"], phone, "what the phone owns stays");
     let body = json!({"name": "Pantry", "status": "active", "phones": []});
     app.put_ok(&format!("/services/{service}"), &body).await;
     assert_eq!(app.get(&format!("/phones/{phone}")).await.status(), 404, "no parent left");
