@@ -392,6 +392,12 @@ webhook_test!(test_endpoint_sends_now_and_reports_the_attempt, |app| async move 
     let t = got.iter().find(|x| x.header("webhook-id").starts_with("msg_test_")).unwrap();
     assert_eq!(t.json()["data"]["name"], "Food Bank", "a real object");
     assert!(t.verify(sub["secret"].as_str().unwrap()));
+    // The ping every subscription gets first is what /event-types says of webhook.ping.
+    let catalog = app.get_json("/event-types").await;
+    let entry = catalog["event_types"].as_array().unwrap().iter().find(|e| e["name"] == "webhook.ping").unwrap();
+    let got = rx.wait_for("the ping", |r| !Receiver::of_type(r, "webhook.ping").is_empty()).await;
+    let ping = &Receiver::of_type(&got, "webhook.ping")[0];
+    assert!(jsonschema::validator_for(&entry["schema"]).unwrap().is_valid(&ping.json()["data"]), "{}", ping.json());
     // A delete of a real object sends what a real delete does: its tombstone.
     let body = json!({"event_type": "organization.deleted", "object_id": O1});
     let r = app.post_as(&app.subscribe_key, &format!("/webhooks/{id}/test"), Some(&body)).await;
