@@ -383,7 +383,7 @@ impl Writer<'_, '_> {
                 for (id,) in existing.into_iter().filter(|(id,)| !keep.contains(id)) {
                     let stored = load_rows(self.conn, table.name, std::slice::from_ref(&id)).await?;
                     let Some(mut row) = stored.into_values().next() else { continue };
-                    if other_parent(table, field, &row) {
+                    if self.has_other_parent(table, field, &row).await? {
                         // Also another row's child (a phone of a service and of its location): left out here, it
                         // only leaves this parent.
                         row.remove(field);
@@ -411,6 +411,22 @@ impl Writer<'_, '_> {
             return Ok(());
         }
         self.upsert(table, merged, pointer).await
+    }
+
+    /// Whether a `table` row is also the child of another existing row than the one it links to through
+    /// `field` (a link to a row that is gone, which lenient imports allow, does not count).
+    async fn has_other_parent(&mut self, table: &'static Table, field: &str, row: &Row) -> sqlx::Result<bool> {
+        if table.is_link() {
+            return Ok(false);
+        }
+        for link in parent_links(table).filter(|f| f.name != field) {
+            if let (Some(target), Some(kind)) = (row.get(link.name).and_then(Value::as_str), link.references)
+                && self.exists(kind, target).await?
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Whether this write created the row `id` (of any table).
@@ -653,6 +669,19 @@ impl Writer<'_, '_> {
             rows.extend(load_rows(self.conn, t.name, std::slice::from_ref(row_id)).await?);
         }
         let mut going: HashSet<String> = order.iter().map(|(_, row_id)| row_id.clone()).collect();
+        // The parents that can keep a row: those in the cascade (should they stay) and those that exist.
+        let mut alive = going.clone();
+        for (t, row_id) in order.iter().skip(1) {
+            let Some(row) = rows.get(row_id) else { continue };
+            for link in parent_links(t) {
+                if let (Some(target), Some(kind)) = (row.get(link.name).and_then(Value::as_str), link.references)
+                    && !alive.contains(target)
+                    && self.exists(kind, target).await?
+                {
+                    alive.insert(target.to_string());
+                }
+            }
+        }
         loop {
             let stays: Vec<String> = order
                 .iter()
@@ -661,8 +690,11 @@ impl Writer<'_, '_> {
                     going.contains(row_id)
                         && !t.is_link()
                         && rows.get(row_id).is_some_and(|row| {
-                            parent_links(t)
-                                .any(|f| row.get(f.name).and_then(Value::as_str).is_some_and(|p| !going.contains(p)))
+                            parent_links(t).any(|f| {
+                                row.get(f.name)
+                                    .and_then(Value::as_str)
+                                    .is_some_and(|p| !going.contains(p) && alive.contains(p))
+                            })
                         })
                 })
                 .map(|(_, row_id)| row_id.clone())
@@ -1099,11 +1131,6 @@ async fn lock_documents(conn: &mut Conn<'_>) -> sqlx::Result<()> {
     /// "hsdadocs" in ASCII: a key no other advisory lock of this database is likely to use.
     const DOCUMENTS: i64 = 0x6873_6461_646f_6373;
     conn.execute("SELECT pg_advisory_xact_lock($1)", &[DOCUMENTS.into()]).await.map(drop)
-}
-
-/// Whether a `table` row also links to a parent other than through `field` (one that nests such rows).
-fn other_parent(table: &'static Table, field: &str, row: &Row) -> bool {
-    !table.is_link() && parent_links(table).any(|f| f.name != field && row.get(f.name).is_some_and(|v| !v.is_null()))
 }
 
 /// The fields of `table` through which a row of another table nests it (`phone.service_id`, `location_id`...).

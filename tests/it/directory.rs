@@ -1122,6 +1122,16 @@ store_test!(a_related_copy_creates_a_missing_row_and_never_edits_an_existing_one
     let body = json!({"name": "Pantry", "status": "active", "phones": []});
     app.put_ok(&format!("/services/{service}"), &body).await;
     assert_eq!(app.get(&format!("/phones/{phone}")).await.status(), 404, "no parent left");
+
+    // A link to a row that is gone (a lenient import keeps one) is no parent: the phone goes.
+    let imported = "00000000-0000-4000-8000-00000000c0d5";
+    let row = json!({"id": imported, "number": "4", "service_id": service,
+                     "location_id": "00000000-0000-4000-8000-00000000c0d6"});
+    let rows =
+        vec![(hsda::hsds::catalog::table("phone").unwrap(), row.as_object().unwrap().clone(), "test".to_string())];
+    app.db.import(rows, false, &|_: &str, _: u64, _: u64| {}).await.expect("a lenient import");
+    app.put_ok(&format!("/services/{service}"), &body).await;
+    assert_eq!(app.get(&format!("/phones/{imported}")).await.status(), 404, "no parent left that exists");
 });
 
 store_test!(hsda_keeps_a_services_last_modified_as_the_time_of_its_latest_change, |app| async move {
