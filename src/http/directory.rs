@@ -247,16 +247,18 @@ async fn respond_list(
     let Some(headers) = conditional else { return Ok(axum::Json(page).into_response()) };
     // Weak: the same page may be serialised with other bytes (key order), and it means "the same contents".
     let tag = format!("W/{}", etag(&page));
-    if headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| document::etag_listed(v, &tag, true))
-    {
+    Ok(not_modified(headers, &tag).unwrap_or_else(|| with_etag(StatusCode::OK, page, &tag)))
+}
+
+/// A 304 when the request's `If-None-Match` names `tag` (weak comparison, RFC 9110 13.1.2: `W/"x"` matches
+/// `"x"`; `*` matches whatever exists).
+fn not_modified(headers: &HeaderMap, tag: &str) -> Option<Response> {
+    let listed = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok())?;
+    document::etag_listed(listed, tag, true).then(|| {
         let mut r = StatusCode::NOT_MODIFIED.into_response();
-        r.headers_mut().insert(header::ETAG, header_value(&tag));
-        return Ok(r);
-    }
-    Ok(with_etag(StatusCode::OK, page, &tag))
+        r.headers_mut().insert(header::ETAG, header_value(tag));
+        r
+    })
 }
 
 /// The HSDS Page envelope.
@@ -288,14 +290,7 @@ async fn fetch(
         return Err(ApiError::NotFound(format!("{} {id}", table.name)));
     };
     let tag = etag(&doc);
-    if headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        // Weak comparison (RFC 9110 13.1.2): `W/"x"` matches `"x"`; `*` matches whatever exists.
-        .is_some_and(|v| document::etag_listed(v, &tag, true))
-    {
-        let mut r = StatusCode::NOT_MODIFIED.into_response();
-        r.headers_mut().insert(header::ETAG, header_value(&tag));
+    if let Some(r) = not_modified(&headers, &tag) {
         return Ok(r);
     }
     let view = if table.is_root() { view_document(table, doc, full_service) } else { doc };

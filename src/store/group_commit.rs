@@ -749,15 +749,21 @@ mod tests {
             .await;
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn each_write_of_a_group_gets_its_own_sequences_postgres() {
+    /// Runs `test` on a fresh PostgreSQL database (dropped afterwards), when `HSDA_TEST_POSTGRES_URL` names a
+    /// server.
+    async fn on_fresh_postgres<F: std::future::Future<Output = ()>>(test: impl FnOnce(String) -> F) {
         let Ok(admin_url) = std::env::var("HSDA_TEST_POSTGRES_URL") else { return };
         let name = format!("hsda_test_{}", uuid::Uuid::new_v4().simple());
         let admin = sqlx::PgPool::connect(&admin_url).await.expect("PostgreSQL");
         sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await.expect("create database");
         let (base, _) = admin_url.rsplit_once('/').expect("a database in the URL");
-        each_write_of_a_group_gets_its_own_sequences(&format!("{base}/{name}")).await;
+        test(format!("{base}/{name}")).await;
         let _ = sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)")).execute(&admin).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_write_of_a_group_gets_its_own_sequences_postgres() {
+        on_fresh_postgres(|url| async move { each_write_of_a_group_gets_its_own_sequences(&url).await }).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -768,12 +774,6 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_panicking_group_fails_alone_postgres() {
-        let Ok(admin_url) = std::env::var("HSDA_TEST_POSTGRES_URL") else { return };
-        let name = format!("hsda_test_{}", uuid::Uuid::new_v4().simple());
-        let admin = sqlx::PgPool::connect(&admin_url).await.expect("PostgreSQL");
-        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await.expect("create database");
-        let (base, _) = admin_url.rsplit_once('/').expect("a database in the URL");
-        a_panicking_group_fails_alone(&format!("{base}/{name}")).await;
-        let _ = sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)")).execute(&admin).await;
+        on_fresh_postgres(|url| async move { a_panicking_group_fails_alone(&url).await }).await;
     }
 }

@@ -901,6 +901,36 @@ store_test!(every_official_example_is_taken_whole_and_served_as_the_compiled_sch
     assert_valid("service", &app.get_json(&format!("/services/{SERVICE}")).await);
 });
 
+/// `writers` tasks, each `rounds` times creating a row (`PUT` of `create(w, i)`: path and body, 201) and then
+/// patching another (`patch(w, i)`, 200), all at once; returns every answer that was not the one expected.
+async fn race_writes(
+    app: &std::sync::Arc<crate::helpers::TestApp>,
+    (writers, rounds): (usize, usize),
+    create: fn(usize, usize) -> (String, Value),
+    patch: fn(usize, usize) -> (String, Value),
+) -> Vec<String> {
+    let tasks = (0..writers).map(|w| {
+        let app = app.clone();
+        tokio::spawn(async move {
+            let mut refused = Vec::new();
+            for i in 0..rounds {
+                let (path, body) = create(w, i);
+                let r = app.put(&path, &body).await;
+                if r.status() != 201 {
+                    refused.push(format!("PUT {path}: {}", r.status()));
+                }
+                let (path, body) = patch(w, i);
+                let r = app.patch(&path, &body).await;
+                if r.status() != 200 {
+                    refused.push(format!("PATCH {path}: {} {}", r.status(), r.text().await.unwrap_or_default()));
+                }
+            }
+            refused
+        })
+    });
+    futures::future::join_all(tasks).await.into_iter().flat_map(|r| r.unwrap()).collect()
+}
+
 store_test!(concurrent_writes_of_one_service_and_its_phones_lose_nothing_and_never_conflict, |app| async move {
     // Six writers each add phones to one service through /phones and PATCH the service's description in
     // between, without If-Match. Each PATCH merges with what the writes before it left: none is refused, and
@@ -913,27 +943,18 @@ store_test!(concurrent_writes_of_one_service_and_its_phones_lose_nothing_and_nev
     let last = app.db.last_sequence().await.unwrap();
     let (writers, rounds) = (6, 12);
     let app = std::sync::Arc::new(app);
-    let tasks: Vec<_> = (0..writers)
-        .map(|w| {
-            let app = app.clone();
-            tokio::spawn(async move {
-                let mut refused = Vec::new();
-                for i in 0..rounds {
-                    let phone = format!("00000000-0000-4000-8000-0000000d{w:02}{i:02}");
-                    let r = app.put(&format!("/phones/{phone}"), &json!({"number": "555", "service_id": S1})).await;
-                    if r.status() != 201 {
-                        refused.push(format!("PUT {phone}: {}", r.status()));
-                    }
-                    let r = app.patch(&format!("/services/{S1}"), &json!({"description": format!("{w}/{i}")})).await;
-                    if r.status() != 200 {
-                        refused.push(format!("PATCH: {} {}", r.status(), r.text().await.unwrap_or_default()));
-                    }
-                }
-                refused
-            })
-        })
-        .collect();
-    let refused: Vec<String> = futures::future::join_all(tasks).await.into_iter().flat_map(|r| r.unwrap()).collect();
+    let refused = race_writes(
+        &app,
+        (writers, rounds),
+        |w, i| {
+            (
+                format!("/phones/00000000-0000-4000-8000-0000000d{w:02}{i:02}"),
+                json!({"number": "555", "service_id": S1}),
+            )
+        },
+        |w, i| (format!("/services/{S1}"), json!({"description": format!("{w}/{i}")})),
+    )
+    .await;
     assert!(refused.is_empty(), "{refused:#?}");
     let phones = app.get_json(&format!("/services/{S1}")).await["phones"].as_array().unwrap().len();
     assert_eq!(phones, writers * rounds, "every phone is in the service");
@@ -942,32 +963,22 @@ store_test!(concurrent_writes_of_one_service_and_its_phones_lose_nothing_and_nev
 
     // One level down: languages added to one phone while its number is PATCHed (the patch's merged phone
     // lists its languages, and replaces that set).
-    let phone = "00000000-0000-4000-8000-0000000d0000";
+    const PHONE: &str = "00000000-0000-4000-8000-0000000d0000";
     let last = app.db.last_sequence().await.unwrap();
-    let tasks: Vec<_> = (0..writers)
-        .map(|w| {
-            let app = app.clone();
-            tokio::spawn(async move {
-                let mut refused = Vec::new();
-                for i in 0..rounds {
-                    let language = format!("00000000-0000-4000-8000-0000000e{w:02}{i:02}");
-                    let body = json!({"name": "Urdu", "phone_id": phone});
-                    let r = app.put(&format!("/languages/{language}"), &body).await;
-                    if r.status() != 201 {
-                        refused.push(format!("PUT {language}: {}", r.status()));
-                    }
-                    let r = app.patch(&format!("/phones/{phone}"), &json!({"number": format!("555-{w}{i}")})).await;
-                    if r.status() != 200 {
-                        refused.push(format!("PATCH: {} {}", r.status(), r.text().await.unwrap_or_default()));
-                    }
-                }
-                refused
-            })
-        })
-        .collect();
-    let refused: Vec<String> = futures::future::join_all(tasks).await.into_iter().flat_map(|r| r.unwrap()).collect();
+    let refused = race_writes(
+        &app,
+        (writers, rounds),
+        |w, i| {
+            (
+                format!("/languages/00000000-0000-4000-8000-0000000e{w:02}{i:02}"),
+                json!({"name": "Urdu", "phone_id": PHONE}),
+            )
+        },
+        |w, i| (format!("/phones/{PHONE}"), json!({"number": format!("555-{w}{i}")})),
+    )
+    .await;
     assert!(refused.is_empty(), "{refused:#?}");
-    let languages = app.get_json(&format!("/phones/{phone}")).await["languages"].as_array().unwrap().len();
+    let languages = app.get_json(&format!("/phones/{PHONE}")).await["languages"].as_array().unwrap().len();
     assert_eq!(languages, writers * rounds, "every language is on the phone");
     let deleted = app.events_after(last).await.into_iter().filter(|e| e["type"] == "language.deleted").count();
     assert_eq!(deleted, 0, "no write deleted a language");
@@ -1077,12 +1088,7 @@ store_test!(a_related_copy_creates_a_missing_row_and_never_edits_an_existing_one
         "00000000-0000-4000-8000-00000000c0c3",
         "00000000-0000-4000-8000-00000000c0c4",
     );
-    app.put_ok(&format!("/taxonomy_terms/{term}"), &json!({"name": "Food", "description": "d"})).await;
-    app.put_ok(&format!("/locations/{location}"), &json!({"location_type": "physical", "name": "Hall"})).await;
-    let body = json!({"name": "Pantry", "status": "active",
-                      "attributes": [{"id": attribute, "taxonomy_term_id": term}],
-                      "service_at_locations": [{"id": link, "location_id": location}]});
-    app.put_ok(&format!("/services/{service}"), &body).await;
+    app.put_tagged_and_located_service(service, term, location, attribute, link).await;
     assert_eq!(app.delete(&format!("/taxonomy_terms/{term}")).await.status(), 204);
     assert_eq!(app.delete(&format!("/locations/{location}")).await.status(), 204);
     assert_eq!(app.get(&format!("/attributes/{attribute}")).await.status(), 404);

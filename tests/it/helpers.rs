@@ -158,6 +158,25 @@ impl TestApp {
         serde_json::from_str(&text).expect("json")
     }
 
+    /// A term, a location, and `service` tagged with the term (by attribute `attribute`) and linked to the
+    /// location (by service_at_location `link`).
+    pub async fn put_tagged_and_located_service(
+        &self,
+        service: &str,
+        term: &str,
+        location: &str,
+        attribute: &str,
+        link: &str,
+    ) {
+        self.put_ok(&format!("/taxonomy_terms/{term}"), &serde_json::json!({"name": "Food", "description": "d"})).await;
+        let hall = serde_json::json!({"location_type": "physical", "name": "Hall"});
+        self.put_ok(&format!("/locations/{location}"), &hall).await;
+        let body = serde_json::json!({"name": "Pantry", "status": "active",
+            "attributes": [{"id": attribute, "taxonomy_term_id": term}],
+            "service_at_locations": [{"id": link, "location_id": location}]});
+        self.put_ok(&format!("/services/{service}"), &body).await;
+    }
+
     pub async fn patch(&self, path: &str, body: &Value) -> reqwest::Response {
         self.patch_as(&self.publish_key, path, body).await
     }

@@ -1027,12 +1027,7 @@ webhook_test!(a_service_that_leaves_a_filter_is_announced_to_it, |app| async mov
     // filter (as one filtering by organization hears of a service moved away).
     let id = |n: u32| format!("00000000-0000-4000-8000-{:012}", 300 + n);
     let (term, loc, svc, sal, attribute) = (id(1), id(2), id(3), id(4), id(5));
-    app.put_ok(&format!("/taxonomy_terms/{term}"), &json!({"name": "Food", "description": "d"})).await;
-    app.put_ok(&format!("/locations/{loc}"), &json!({"location_type": "physical", "name": "Hall"})).await;
-    let service = json!({"name": "Pantry", "status": "active",
-        "attributes": [{"id": attribute, "taxonomy_term_id": term}],
-        "service_at_locations": [{"id": sal, "location_id": loc}]});
-    app.put_ok(&format!("/services/{svc}"), &service).await;
+    app.put_tagged_and_located_service(&svc, &term, &loc, &attribute, &sal).await;
     let mut receivers = Vec::new();
     for (field, value) in [("taxonomy_term_id", &term), ("location_id", &loc)] {
         let rx = Receiver::start().await;
