@@ -126,7 +126,12 @@ impl Table {
 
     /// For a `One` nested key: the field of `self` that holds the related row's id.
     pub fn forward_reference(&self, nested: &Nested) -> Option<&'static Field> {
-        self.fields.iter().find(|f| f.references == Some(nested.table))
+        self.link_to(nested.table)
+    }
+
+    /// The field of `self` that holds the id of a `table` row (`service.organization_id` for `organization`).
+    pub fn link_to(&self, table: &str) -> Option<&'static Field> {
+        self.fields.iter().find(|f| f.references == Some(table))
     }
 
     pub fn nested(&self, key: &str) -> Option<&'static Nested> {

@@ -335,7 +335,7 @@ fn link_related(
     out: &mut Flattened,
     errors: &mut Vec<FieldError>,
 ) {
-    let Some(link) = table.fields.iter().find(|f| f.references == Some(related_table.name)) else { return };
+    let Some(link) = table.link_to(related_table.name) else { return };
     let Some(object) = value.as_object() else {
         errors.push(FieldError::new(at, "must be a JSON object"));
         return;

@@ -3,7 +3,7 @@
 //! (3) recompiles the root documents that embed what changed and (4) appends the events with the next
 //! gap-free sequence numbers, all before the commit. A failure at any step rolls everything back.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use serde_json::{Value, json};
 use sqlx::{Any, Transaction};
@@ -664,9 +664,13 @@ impl Writer<'_, '_> {
         // stays (a phone of the deleted location that is its service's too), with what it owns: it is
         // unlinked from the rows that go, as a child set that leaves it out does. A link row goes with
         // either end.
-        let mut rows: HashMap<String, Row> = HashMap::new();
+        let mut by_kind: BTreeMap<&str, Vec<String>> = BTreeMap::new();
         for (t, row_id) in order.iter().skip(1) {
-            rows.extend(load_rows(self.conn, t.name, std::slice::from_ref(row_id)).await?);
+            by_kind.entry(t.name).or_default().push(row_id.clone());
+        }
+        let mut rows: HashMap<String, Row> = HashMap::new();
+        for (kind, ids) in by_kind {
+            rows.extend(load_rows(self.conn, kind, &ids).await?);
         }
         let mut going: HashSet<String> = order.iter().map(|(_, row_id)| row_id.clone()).collect();
         // The parents that can keep a row: those in the cascade (should they stay) and those that exist.

@@ -228,6 +228,29 @@ store_test!(ndjson_export_reimports_to_the_same_documents, |app| async move {
     }
 });
 
+store_test!(an_import_never_edits_through_a_copy_and_keeps_only_the_links_its_rows_give, |app| async move {
+    let id = |n: u32| format!("00000000-0000-4000-8000-{:012}", 0xf00 + n);
+    let (unit, service, location, phone) = (id(1), id(2), id(3), id(4));
+    app.put_ok(&format!("/units/{unit}"), &json!({"name": "Bed"})).await;
+    app.put_ok(&format!("/locations/{location}"), &json!({"location_type": "physical", "name": "Hall"})).await;
+    app.put_ok(&format!("/services/{service}"), &json!({"name": "Shelter", "status": "active"})).await;
+    app.put_ok(&format!("/phones/{phone}"), &json!({"number": "1", "service_id": service, "location_id": location}))
+        .await;
+    // A service document whose capacity shows the unit otherwise, and whose phone names no location.
+    let doc = json!({"id": service, "name": "Shelter", "status": "active",
+        "phones": [{"id": phone, "number": "2"}],
+        "capacities": [{"id": id(5), "available": 1, "updated": "2024-01-01T00:00:00Z",
+                        "unit": {"id": unit, "name": "Renamed"}}]});
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("one.ndjson");
+    std::fs::write(&file, format!("{doc}\n")).unwrap();
+    import_path(&app.db, &file, ImportOptions::default()).await.expect("imports");
+    assert_eq!(app.get_json(&format!("/units/{unit}")).await["name"], "Bed", "a copy never edits an existing row");
+    assert_eq!(app.get_json(&format!("/service_capacities/{}", id(5))).await["unit_id"], unit.as_str());
+    let row = app.get_json(&format!("/phones/{phone}")).await;
+    assert_eq!((row["number"].as_str(), row.get("location_id")), (Some("2"), None), "row-exact: {row}");
+});
+
 #[test]
 fn the_official_full_documents_import_as_their_kinds() {
     let Some(hsds) = hsds_dir() else { return };
