@@ -12,25 +12,22 @@ use crate::hsds::catalog::{Table, table};
 use crate::hsds::document::flatten;
 use crate::hsds::validate::validate_row;
 use crate::store::Db;
-use crate::store::compile::Row;
 use crate::store::write::WriteError;
 
-/// Rows ready to write, each with a label saying where it came from ("services.csv line 3").
-pub type LabelledRows = Vec<(&'static Table, Row, String)>;
+pub use crate::store::write::{ImportRows, LabelledRows};
 
 /// Reads and validates `path`: a folder or .zip data package, a .json file (one document or an array) or
 /// a .ndjson file (one document per line).
-pub fn read_path(path: &Path) -> anyhow::Result<LabelledRows> {
+pub fn read_path(path: &Path) -> anyhow::Result<ImportRows> {
     let name = path.to_string_lossy().to_lowercase();
     let mut rows: LabelledRows = Vec::new();
+    // Related rows' copies (a capacity's unit, shared by many services) are imported too, once each, only where
+    // no document gives the row itself, and only where the directory does not hold it yet.
+    let mut copies: LabelledRows = Vec::new();
     let mut problems: Vec<String> = Vec::new();
     if name.ends_with(".json") || name.ends_with(".ndjson") || name.ends_with(".jsonl") {
         let docs = super::ndjson::read_json_documents(path).map_err(|e| anyhow::anyhow!("{e}"))?;
         let referenced = Referenced::in_documents(docs.iter().map(|(_, doc)| doc));
-        // Related rows' copies (a capacity's unit, shared by many services) are imported too, once each, only
-        // where no document gives the row itself, and only where the directory does not hold it yet (their
-        // label says so: see `COPY_LABEL`).
-        let mut copies: Vec<(&'static Table, Row, String)> = Vec::new();
         for (label, doc) in docs {
             let Some(table) = document_table(&doc, &referenced) else {
                 problems.push(format!("{label}: cannot tell which HSDS object this is (give it an id and the fields of a service, organization, location, service_at_location, taxonomy or taxonomy_term)"));
@@ -42,9 +39,7 @@ pub fn read_path(path: &Path) -> anyhow::Result<LabelledRows> {
             };
             match flatten(table, &doc, "") {
                 Ok(flat) => {
-                    copies.extend(flat.related.into_iter().flat_map(|r| r.body.all_rows()).map(labelled).map(
-                        |(table, row, label)| (table, row, format!("{label}{}", crate::store::write::COPY_LABEL)),
-                    ));
+                    copies.extend(flat.related.into_iter().flat_map(|r| r.body.all_rows()).map(labelled));
                     rows.extend(flat.rows.into_iter().map(labelled));
                 }
                 Err(errors) => {
@@ -54,12 +49,7 @@ pub fn read_path(path: &Path) -> anyhow::Result<LabelledRows> {
         }
         let mut given: std::collections::HashSet<(&str, String)> =
             rows.iter().map(|(t, row, _)| (t.name, crate::store::compile::id_of(row).unwrap_or_default())).collect();
-        rows.extend(
-            copies
-                .into_iter()
-                .filter(|(t, row, _)| given.insert((t.name, crate::store::compile::id_of(row).unwrap_or_default()))),
-        );
-        // References are checked once all rows are in (`Db::import`), so the copies may come last.
+        copies.retain(|(t, row, _)| given.insert((t.name, crate::store::compile::id_of(row).unwrap_or_default())));
     } else {
         let source = read_datapackage(path).map_err(|e| anyhow::anyhow!("{e}"))?;
         for mut r in source {
@@ -75,7 +65,8 @@ pub fn read_path(path: &Path) -> anyhow::Result<LabelledRows> {
         let shown = problems.iter().take(20).cloned().collect::<Vec<_>>().join("\n  ");
         bail!("{} problem(s), nothing was imported:\n  {shown}", problems.len());
     }
-    Ok(rows)
+    // References are checked once all rows are in (`Db::import`), so the copies may come last.
+    Ok(ImportRows { rows, copies })
 }
 
 /// Fields only an organization has (of those that share `id`, `name`, `description` and `uri` with it).

@@ -1125,9 +1125,33 @@ impl Writer<'_, '_> {
     }
 }
 
-/// Ends the label of an imported row that is a related row's copy (a capacity's unit in a service document):
-/// it is imported only where the directory does not hold the row yet.
-pub const COPY_LABEL: &str = " (a copy of a related row)";
+/// Rows to import, each with a label saying where it came from ("services.csv line 3").
+pub type LabelledRows = Vec<(&'static Table, Row, String)>;
+
+/// What an import writes: its `rows`, and the `copies` of related rows its documents embed (a capacity's unit
+/// in a service document), each created only where the directory does not hold the row yet, as a write
+/// takes them (`Op::copied`).
+#[derive(Default)]
+pub struct ImportRows {
+    pub rows: LabelledRows,
+    pub copies: LabelledRows,
+}
+
+impl From<LabelledRows> for ImportRows {
+    fn from(rows: LabelledRows) -> Self {
+        ImportRows { rows, copies: Vec::new() }
+    }
+}
+
+impl ImportRows {
+    pub fn len(&self) -> usize {
+        self.rows.len() + self.copies.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
 
 /// The PostgreSQL transaction lock under which existing documents change (see `Writer::lock_documents`);
 /// taken again by a transaction that holds it, it is only counted once more.
@@ -1210,25 +1234,25 @@ impl Db {
     /// official HSDS example package itself has such references).
     pub async fn import(
         &self,
-        rows: Vec<(&'static Table, Row, String)>,
+        rows: impl Into<ImportRows>,
         strict_references: bool,
         progress: Progress<'_>,
     ) -> Result<WriteOutcome, WriteError> {
-        let result = self.import_in_tx(rows, strict_references, progress).await;
+        let result = self.import_in_tx(rows.into(), strict_references, progress).await;
         self.observe_write(&result);
         result
     }
 
     async fn import_in_tx(
         &self,
-        rows: Vec<(&'static Table, Row, String)>,
+        ImportRows { rows, copies }: ImportRows,
         strict_references: bool,
         progress: Progress<'_>,
     ) -> Result<WriteOutcome, WriteError> {
         let (mut tx, _guard) = self.begin_write().await?;
         let origin = self.instance_id().to_string();
         let now = now_text();
-        let total = rows.len() as u64;
+        let total = (rows.len() + copies.len()) as u64;
         let mut conn = Conn::from(&mut *tx);
         let concurrent = self.backend == Backend::Postgres;
         if concurrent {
@@ -1245,9 +1269,9 @@ impl Db {
             documents_locked: concurrent,
             deleted_docs: HashMap::new(),
         };
-        for (i, (table, row, pointer)) in rows.into_iter().enumerate() {
-            // A related row's copy creates the row only (as in a write: `Op::copied`).
-            if pointer.ends_with(COPY_LABEL)
+        let copies = copies.into_iter().map(|row| (row, true));
+        for (i, ((table, row, pointer), copy)) in rows.into_iter().map(|row| (row, false)).chain(copies).enumerate() {
+            if copy
                 && let Some(id) = id_of(&row)
                 && writer.exists(table.name, &id).await?
             {

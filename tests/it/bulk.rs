@@ -260,7 +260,7 @@ fn the_official_full_documents_import_as_their_kinds() {
         ("organization_full.json", "organization"),
         ("taxonomy_term.json", "taxonomy_term"),
     ] {
-        let rows = hsda::bulk::import::read_path(&hsds.join("examples").join(file)).expect(file);
+        let rows = hsda::bulk::import::read_path(&hsds.join("examples").join(file)).expect(file).rows;
         assert_eq!(rows[0].0.name, kind, "{file}");
         if kind == "service_at_location" {
             // Linked to the service and location it embeds, by their ids.
@@ -308,7 +308,7 @@ fn hsda_exports_of_terms_and_taxonomies_read_back_as_such() {
     let file = dir.path().join("directory.ndjson");
     let text: String = lines.iter().map(|(doc, _)| format!("{doc}\n")).collect();
     std::fs::write(&file, text).unwrap();
-    let rows = hsda::bulk::import::read_path(&file).expect("reads");
+    let rows = hsda::bulk::import::read_path(&file).expect("reads").rows;
     for (doc, expected) in &lines {
         let row = rows.iter().find(|(_, row, _)| row.get("id") == doc.get("id")).expect("a row per line");
         assert_eq!(row.0.name, *expected, "{doc}");

@@ -451,7 +451,8 @@ store_test!(modified_after_includes_the_boundary, |app| async move {
 
 store_test!(generated_directory_is_served_per_the_compiled_schemas, |app| async move {
     let opts = hsda::generate::GenerateOptions { services: 40, seed: 7, ..Default::default() };
-    let rows = hsda::generate::generate(&opts).enumerate().map(|(i, (t, row))| (t, row, format!("row {i}"))).collect();
+    let rows: Vec<_> =
+        hsda::generate::generate(&opts).enumerate().map(|(i, (t, row))| (t, row, format!("row {i}"))).collect();
     let progress = |_: &str, _: u64, _: u64| {};
     app.db.import(rows, true, &progress).await.expect("generated data imports strictly");
     for (list_path, list_schema, detail_schema) in [
