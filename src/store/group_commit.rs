@@ -28,7 +28,7 @@ use super::events::Event;
 use super::events::{Batch, append_batches, append_events};
 use super::sql::{Conn, from_rusqlite};
 use super::webhooks::{AttemptRecord, CommitDispatch, Delivery, Recorded, Subscription, dispatch_appended, record_in};
-use super::write::{Op, PendingWrite, WriteError, WriteOptions, WriteOutcome};
+use super::write::{Known, Op, PendingWrite, Staged, WriteError, WriteOptions, WriteOutcome, finish_staged};
 use super::{Backend, Db};
 
 /// The most writes one transaction takes.
@@ -489,13 +489,31 @@ async fn run_group(
             }
             conn.execute("RELEASE SAVEPOINT recorded_attempts", &[]).await?;
         }
-        while let Some(job) = waiting.pop_front() {
+        // Writes staged one after the other finish together (their documents compiled and stored at once),
+        // until one comes that must see them finished (see `Staged::may_precede`).
+        let mut staged: Vec<(Job, Staged)> = Vec::new();
+        // What the store holds of the rows the writes name, read for all of them at once. (Behind savepoints
+        // each write reads its own: one rolled back would leave what it wrote known.)
+        let mut known = match guard_each {
+            false => Known::prefetch(&mut conn, waiting.iter().flat_map(|job| &job.ops)).await?,
+            true => Known::default(),
+        };
+        while let Some(mut job) = waiting.pop_front() {
             if !guard_each {
+                if !staged.iter().all(|(_, s)| s.may_precede(&job.ops, &job.options)) {
+                    // Should finishing fail, the staged writes go back before this one.
+                    waiting.push_front(job);
+                    finish(&mut conn, db.backend, &mut staged, &mut applied, &mut waiting).await?;
+                    job = waiting.pop_front().expect("the write just put back");
+                }
                 // The ops are kept in case the group has to run again.
-                match db.apply_in(&mut conn, job.ops.clone(), &job.options).await {
-                    Ok(pending) => applied.push((job, Ok(pending))),
+                match db.stage_in(&mut conn, job.ops.clone(), &job.options, &mut known).await {
+                    Ok(write) => staged.push((job, write)),
                     Err(_) => {
                         waiting.push_front(job);
+                        for (job, _) in std::mem::take(&mut staged).into_iter().rev() {
+                            waiting.push_front(job);
+                        }
                         return Err(Stop::Unguarded);
                     }
                 }
@@ -514,6 +532,7 @@ async fn run_group(
             }
             conn.execute("RELEASE SAVEPOINT grouped_write", &[]).await?;
         }
+        finish(&mut conn, db.backend, &mut staged, &mut applied, &mut waiting).await?;
         // Every write that applied, with its events: appended together below.
         let mut ready: Vec<(Job, PendingWrite)> = Vec::with_capacity(applied.len());
         let mut results = std::mem::take(&mut applied).into_iter();
@@ -635,6 +654,33 @@ async fn run_group(
     None
 }
 
+/// Finishes the `staged` writes together (see [`finish_staged`]) and moves them to `applied`; should that
+/// fail, they go back to `waiting` and the group runs again with each write behind a savepoint.
+async fn finish(
+    conn: &mut Conn<'_>,
+    backend: Backend,
+    staged: &mut Vec<(Job, Staged)>,
+    applied: &mut Vec<(Job, Result<PendingWrite, WriteError>)>,
+    waiting: &mut VecDeque<Job>,
+) -> Result<(), Stop> {
+    if staged.is_empty() {
+        return Ok(());
+    }
+    let (jobs, writes): (Vec<Job>, Vec<Staged>) = std::mem::take(staged).into_iter().unzip();
+    match finish_staged(conn, backend, writes).await {
+        Ok(finished) => {
+            applied.extend(jobs.into_iter().zip(finished.into_iter().map(Ok)));
+            Ok(())
+        }
+        Err(_) => {
+            for job in jobs.into_iter().rev() {
+                waiting.push_front(job);
+            }
+            Err(Stop::Unguarded)
+        }
+    }
+}
+
 /// A batch of attempt results in a transaction of its own (its group failed for a reason of another job's,
 /// or there is no committer); its `webhook.*` events are left to the worker's dispatcher.
 async fn record_alone(
@@ -665,8 +711,8 @@ mod tests {
 
     use serde_json::json;
 
-    use super::super::write::{Op, WriteError, WriteOptions};
-    use super::Db;
+    use super::super::write::{Op, WriteError, WriteOptions, WriteOutcome};
+    use super::{Db, Job};
     use crate::hsds::catalog::table;
     use crate::hsds::document;
 
@@ -740,6 +786,119 @@ mod tests {
             assert_eq!(given, own, "{id}: its own events, and only them");
         }
         db.close().await;
+    }
+
+    fn put(name: &str, body: serde_json::Value) -> Vec<Op> {
+        let table = table(name).expect("a table");
+        Op::all_of(document::flatten(table, &body, "").expect("a valid body"))
+    }
+
+    /// `value` without its `last_modified` times, which differ between two runs of the same writes.
+    fn timeless(mut value: serde_json::Value) -> serde_json::Value {
+        match &mut value {
+            serde_json::Value::Object(map) => {
+                map.remove("last_modified");
+                for v in map.values_mut() {
+                    *v = timeless(v.take());
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(|v| *v = timeless(v.take())),
+            _ => {}
+        }
+        value
+    }
+
+    /// Writes staged one after the other in a group finish together (each document compiled once, as the rows
+    /// stand after all of them), yet each gets the events it gets alone, and the directory ends as after the
+    /// same writes one by one: two services of one organization, a phone of one of them, a delete (which
+    /// finishes the writes before it first), the deleted service put back (its tombstone goes), and a service
+    /// of the group written again.
+    async fn staged_writes_finish_as_if_one_by_one(grouped_url: &str, alone_url: &str) {
+        let id = |n: u32| format!("00000000-0000-4000-8000-{n:012}");
+        let (o, o2, s1, s2, p) = (id(1), id(2), id(11), id(12), id(21));
+        let service = |sid: &str, name: &str| {
+            put("service", json!({"id": sid, "name": name, "status": "active", "organization_id": o}))
+        };
+        let writes: Vec<Vec<Op>> = vec![
+            service(&s1, "One"),
+            service(&s2, "Two"),
+            put("phone", json!({"id": p, "number": "555-0100", "service_id": s1})),
+            put("organization", json!({"id": o2, "name": "Other", "description": "d"})),
+            vec![Op::Delete { table: table("service").unwrap(), id: s2.clone() }],
+            service(&s2, "Two again"),
+            service(&s1, "One renamed"),
+        ];
+        let grouped = Db::connect(grouped_url).await.expect("connect");
+        let alone = Db::connect(alone_url).await.expect("connect");
+        for db in [&grouped, &alone] {
+            db.apply(organization(&o, "Org"), WriteOptions::default()).await.expect("the organization");
+        }
+        let mut alone_outcomes = Vec::new();
+        for ops in writes.clone() {
+            alone_outcomes.push(alone.apply(ops, WriteOptions::default()).await.expect("a write alone"));
+        }
+        let direct = Db { writes: None, ..grouped.clone() };
+        let (jobs, answers): (Vec<Job>, Vec<_>) = writes
+            .into_iter()
+            .map(|ops| {
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                (Job { ops, options: WriteOptions::default(), reply }, answer)
+            })
+            .unzip();
+        super::commit_group(&direct, &mut super::Opener::Pool(None), jobs, Vec::new()).await;
+        let mut grouped_outcomes = Vec::new();
+        for answer in answers {
+            grouped_outcomes.push(answer.await.expect("answered").expect("a write in the group"));
+        }
+        // Each write's events: (type, object id, data).
+        async fn events_of(db: &Db, outcome: &WriteOutcome) -> Vec<(String, String, serde_json::Value)> {
+            let (first, last) = (outcome.first_sequence.expect("events"), outcome.last_sequence.expect("events"));
+            let log = db.events_after(first - 1, &Default::default(), 1000).await.expect("events");
+            log.into_iter().filter(|e| e.sequence <= last).map(|e| (e.event_type, e.object_id, e.data)).collect()
+        }
+        let kinds = |events: Vec<(String, String, serde_json::Value)>| -> Vec<(String, String)> {
+            events.into_iter().map(|(kind, id, _)| (kind, id)).collect()
+        };
+        for (n, (g, a)) in grouped_outcomes.iter().zip(&alone_outcomes).enumerate() {
+            assert_eq!(g.created, a.created, "write {n}: the rows it created");
+            assert_eq!(kinds(events_of(&grouped, g).await), kinds(events_of(&alone, a).await), "write {n}: its events");
+        }
+        // A write's own rows read as it wrote them, though the group wrote them again later.
+        let first = events_of(&grouped, &grouped_outcomes[0]).await;
+        assert_eq!(first[0].2["name"], "One", "{:?}", first[0]);
+        // The phone's write announces its service, with the phone in it.
+        let phone = events_of(&grouped, &grouped_outcomes[2]).await;
+        let (_, _, service_data) = phone.iter().find(|(kind, ..)| kind == "service.updated").expect("the service");
+        assert_eq!(service_data["phones"][0]["id"], p.as_str(), "{service_data}");
+        for (name, row) in [("organization", &o), ("organization", &o2), ("service", &s1), ("service", &s2)] {
+            let table = table(name).unwrap();
+            let (g, a) = (grouped.get(table, row).await.unwrap(), alone.get(table, row).await.unwrap());
+            assert_eq!(g.map(timeless), a.map(timeless), "{name} {row}");
+        }
+        let tombstones: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM tombstones WHERE kind = 'service' AND id = $1")
+            .bind(&s2)
+            .fetch_one(&grouped.pool)
+            .await
+            .expect("tombstones");
+        assert_eq!(tombstones.0, 0, "the service put back has no tombstone");
+        grouped.close().await;
+        alone.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn staged_writes_finish_as_if_one_by_one_sqlite() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = |name: &str| format!("sqlite://{}", dir.path().join(name).display());
+        staged_writes_finish_as_if_one_by_one(&url("grouped.db"), &url("alone.db")).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn staged_writes_finish_as_if_one_by_one_postgres() {
+        on_fresh_postgres(|grouped| async move {
+            on_fresh_postgres(|alone| async move { staged_writes_finish_as_if_one_by_one(&grouped, &alone).await })
+                .await
+        })
+        .await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -196,6 +196,21 @@ impl Db {
         ops: Vec<Op>,
         options: &WriteOptions,
     ) -> Result<PendingWrite, WriteError> {
+        let staged = self.stage_in(tx, ops, options, &mut Known::default()).await?;
+        let mut finished = finish_staged(tx, self.backend, vec![staged]).await?;
+        Ok(finished.pop().expect("one write staged, one finished"))
+    }
+
+    /// Writes the rows of `ops` inside `tx` and checks their references, leaving the documents that embed
+    /// them to [`finish_staged`], which compiles those of several staged writes together. `known` is what the
+    /// transaction knows of rows already (see [`Known`]); the write keeps it up to date.
+    pub(crate) async fn stage_in(
+        &self,
+        tx: &mut Conn<'_>,
+        ops: Vec<Op>,
+        options: &WriteOptions,
+        known: &mut Known,
+    ) -> Result<Staged, WriteError> {
         let origin = options.origin.clone().unwrap_or_else(|| self.instance_id().to_string());
         // Both preconditions name the row the request is about, as a merge patch does: it is locked and read
         // once, before the write takes its time.
@@ -252,14 +267,83 @@ impl Db {
             concurrent: self.backend == Backend::Postgres,
             documents_locked,
             deleted_docs: HashMap::new(),
+            known,
         };
         for op in ops {
             writer.apply_op(op).await?;
         }
         writer.check_references().await?;
-        let (created, rows_changed, events) = writer.finish().await?;
-        Ok(PendingWrite { rows_changed, created, events, origin, now })
+        let Writer { touched, deleted_docs, documents_locked, .. } = writer;
+        Ok(Staged { touched, deleted_docs, documents_locked, origin, now })
     }
+}
+
+/// A write whose rows are written and checked, its documents not yet compiled (see [`Db::stage_in`]).
+pub(crate) struct Staged {
+    touched: Vec<Touched>,
+    deleted_docs: HashMap<(&'static str, String), Value>,
+    documents_locked: bool,
+    origin: String,
+    now: String,
+}
+
+impl Staged {
+    /// Whether this write touched the `table` row `id`.
+    fn touches(&self, table: &str, id: &str) -> bool {
+        self.touched.iter().any(|t| t.table.name == table && t.id == id)
+    }
+
+    /// Whether a write of `ops` may be staged after this one and both finished together (see
+    /// [`finish_staged`]): it names none of the rows this one touched (so each write's own rows read back
+    /// as it wrote them), and reads no stored document, which this one's may have left out of date until
+    /// the finish: no precondition, merge patch, or delete (a deleted root's document gives its events'
+    /// facets), also none through a child set whose deletes can reach a root.
+    pub(crate) fn may_precede(&self, ops: &[Op], options: &WriteOptions) -> bool {
+        fn reads_documents(op: &Op) -> bool {
+            match op {
+                Op::Upsert { .. } => false,
+                Op::Delete { .. } | Op::MergePatch { .. } => true,
+                Op::KeepChildren { table, .. } => deletes_may_reach_a_root(table),
+                Op::CreateIfAbsent { ops, .. } => ops.iter().any(reads_documents),
+            }
+        }
+        fn names_a_touched_row(staged: &Staged, op: &Op) -> bool {
+            match op {
+                Op::Upsert { table, row, .. } => id_of(row).is_some_and(|id| staged.touches(table.name, &id)),
+                Op::Delete { table, id } | Op::MergePatch { table, id, .. } => staged.touches(table.name, id),
+                Op::KeepChildren { parent_id, .. } => staged.touched.iter().any(|t| t.id == *parent_id),
+                Op::CreateIfAbsent { table, id, ops } => {
+                    staged.touches(table.name, id) || ops.iter().any(|op| names_a_touched_row(staged, op))
+                }
+            }
+        }
+        options.if_match.is_none()
+            && options.if_none_match.is_none()
+            && !ops.iter().any(|op| reads_documents(op) || names_a_touched_row(self, op))
+    }
+}
+
+/// Whether deleting a `table` row can delete a root with it (a service_at_location goes with its service).
+fn deletes_may_reach_a_root(table: &'static Table) -> bool {
+    let mut pending = vec![table];
+    let mut seen: HashSet<&str> = HashSet::new();
+    while let Some(t) = pending.pop() {
+        if !seen.insert(t.name) {
+            continue;
+        }
+        if t.is_root() {
+            return true;
+        }
+        for child in TABLES {
+            let owned = child
+                .reference_fields()
+                .any(|f| (f.references == Some(t.name) || f.references == Some("*")) && t.owns(child, f));
+            if owned {
+                pending.push(child);
+            }
+        }
+    }
+    false
 }
 
 /// A write applied inside a transaction whose events still have to be appended.
@@ -331,6 +415,100 @@ struct Writer<'a, 'c> {
     /// The stored documents of the roots this write deleted: their events, and those of the rows deleted
     /// with them, match subscriptions' filters as the roots' events did while they lived.
     deleted_docs: HashMap<(&'static str, String), Value>,
+    /// Rows and tombstones known without asking the store.
+    known: &'a mut Known,
+}
+
+/// A stored row: its `rid` and its `data` as JSON text.
+type StoredRow = (i64, String);
+
+/// What a transaction knows of rows and tombstones without asking the store: read for a group's writes in
+/// one statement per table before they run ([`Known::prefetch`]), and kept up to date by the writes
+/// themselves, so a write of a new organization costs its insert alone, not a read of the row and a delete
+/// of its tombstone too. Rows it does not hold are read from the store.
+///
+/// On PostgreSQL other transactions change rows meanwhile. A row read as absent may be created by another
+/// transaction before this one inserts it: the insert then fails as a unique violation and the write runs
+/// again, as after a read just before. A row read as present is read again once the document lock is taken
+/// (as `Writer::upsert` always did), and taking that lock forgets everything read before it: only this
+/// transaction's own writes, whose rows it holds locked, stay known.
+#[derive(Default)]
+pub(crate) struct Known {
+    /// (kind, id) -> (rid, data) of the row, or `None` for no row; and whether this transaction wrote it.
+    rows: HashMap<(String, String), (Option<StoredRow>, bool)>,
+    /// (kind, id) -> whether a tombstone exists; and whether this transaction wrote it.
+    tombstones: HashMap<(String, String), (bool, bool)>,
+}
+
+impl Known {
+    /// Reads what the store holds of every row `ops` write (and their tombstones): one statement per table.
+    pub(crate) async fn prefetch<'o>(conn: &mut Conn<'_>, ops: impl Iterator<Item = &'o Op>) -> sqlx::Result<Known> {
+        fn named(op: &Op, out: &mut BTreeMap<&'static str, BTreeSet<String>>) {
+            match op {
+                Op::Upsert { table, row, .. } => {
+                    if let Some(id) = id_of(row) {
+                        out.entry(table.name).or_default().insert(id);
+                    }
+                }
+                Op::CreateIfAbsent { table, id, ops } => {
+                    out.entry(table.name).or_default().insert(id.clone());
+                    ops.iter().for_each(|op| named(op, out));
+                }
+                Op::Delete { .. } | Op::KeepChildren { .. } | Op::MergePatch { .. } => {}
+            }
+        }
+        let mut wanted: BTreeMap<&'static str, BTreeSet<String>> = BTreeMap::new();
+        ops.for_each(|op| named(op, &mut wanted));
+        let mut known = Known::default();
+        for (kind, ids) in wanted {
+            let ids: Vec<String> = ids.into_iter().collect();
+            for chunk in ids.chunks(500) {
+                let list = super::placeholders(1, chunk.len());
+                let sql = format!(
+                    "SELECT 'row', id, rid, data FROM records WHERE kind = $1 AND id IN ({list}) UNION ALL \
+                     SELECT 'tombstone', id, 0, NULL FROM tombstones WHERE kind = $1 AND id IN ({list})"
+                );
+                let args: Vec<Arg> = std::iter::once(kind.into()).chain(chunk.iter().map(Arg::from)).collect();
+                let found: Vec<(String, String, i64, Option<String>)> = conn.fetch_all(&sql, &args).await?;
+                for id in chunk {
+                    known.rows.insert((kind.to_string(), id.clone()), (None, false));
+                    known.tombstones.insert((kind.to_string(), id.clone()), (false, false));
+                }
+                for (what, id, rid, data) in found {
+                    let key = (kind.to_string(), id);
+                    match (what.as_str(), data) {
+                        ("row", Some(data)) => drop(known.rows.insert(key, (Some((rid, data)), false))),
+                        _ => drop(known.tombstones.insert(key, (true, false))),
+                    }
+                }
+            }
+        }
+        Ok(known)
+    }
+
+    /// The row, if known: `Some(None)` for a row known not to exist.
+    fn row(&self, kind: &str, id: &str) -> Option<Option<StoredRow>> {
+        self.rows.get(&(kind.to_string(), id.to_string())).map(|(row, _)| row.clone())
+    }
+
+    /// Whether a tombstone exists, if known.
+    fn tombstone(&self, kind: &str, id: &str) -> Option<bool> {
+        self.tombstones.get(&(kind.to_string(), id.to_string())).map(|(exists, _)| *exists)
+    }
+
+    fn wrote_row(&mut self, kind: &str, id: &str, row: Option<StoredRow>) {
+        self.rows.insert((kind.to_string(), id.to_string()), (row, true));
+    }
+
+    fn wrote_tombstone(&mut self, kind: &str, id: &str, exists: bool) {
+        self.tombstones.insert((kind.to_string(), id.to_string()), (exists, true));
+    }
+
+    /// Forgets what was read before the document lock was taken (see above).
+    fn forget_unlocked_reads(&mut self) {
+        self.rows.retain(|_, (_, ours)| *ours);
+        self.tombstones.retain(|_, (_, ours)| *ours);
+    }
 }
 
 impl Writer<'_, '_> {
@@ -494,10 +672,14 @@ impl Writer<'_, '_> {
         }
         lock_documents(self.conn).await?;
         self.documents_locked = true;
+        self.known.forget_unlocked_reads();
         Ok(true)
     }
 
     async fn exists(&mut self, kind: &str, id: &str) -> sqlx::Result<bool> {
+        if let Some(row) = self.known.row(kind, id) {
+            return Ok(row.is_some());
+        }
         let found: Option<(i64,)> = self
             .conn
             .fetch_optional("SELECT rid FROM records WHERE kind = $1 AND id = $2", &[kind.into(), id.into()])
@@ -516,8 +698,10 @@ impl Writer<'_, '_> {
             return Err(WriteError::Invalid(vec![FieldError::new(format!("{pointer}/id"), "is required")]));
         };
         let read_before = "SELECT rid, data FROM records WHERE kind = $1 AND id = $2";
-        let mut before: Option<(i64, String)> =
-            self.conn.fetch_optional(read_before, &[table.name.into(), (&id).into()]).await?;
+        let mut before: Option<(i64, String)> = match self.known.row(table.name, &id) {
+            Some(row) => row,
+            None => self.conn.fetch_optional(read_before, &[table.name.into(), (&id).into()]).await?,
+        };
         if before.is_some() && self.lock_documents().await? {
             // An existing row is locked by the update below: the document lock goes first, and the row is read
             // again under it.
@@ -569,9 +753,17 @@ impl Writer<'_, '_> {
                 *rid
             }
             None => {
-                self.conn
-                    .execute("DELETE FROM tombstones WHERE kind = $1 AND id = $2", &[table.name.into(), (&id).into()])
-                    .await?;
+                if self.known.tombstone(table.name, &id) != Some(false) {
+                    self.conn
+                        .execute(
+                            "DELETE FROM tombstones WHERE kind = $1 AND id = $2",
+                            &[table.name.into(), (&id).into()],
+                        )
+                        .await?;
+                    if !self.bulk {
+                        self.known.wrote_tombstone(table.name, &id, false);
+                    }
+                }
                 let (rid,): (i64,) = self
                     .conn
                     .fetch_one(
@@ -591,16 +783,24 @@ impl Writer<'_, '_> {
                 rid
             }
         };
-        for field in table.reference_fields() {
-            if let Some(target) = row.get(field.name).and_then(Value::as_str) {
-                self.conn
-                    .execute(
-                        "INSERT INTO record_refs (target_id, kind, field, id, rid) VALUES ($1, $2, $3, $4, $5) \
-                         ON CONFLICT DO NOTHING",
-                        &[target.into(), table.name.into(), field.name.into(), (&id).into(), rid.into()],
-                    )
-                    .await?;
+        if !self.bulk {
+            self.known.wrote_row(table.name, &id, Some((rid, data)));
+        }
+        // Every reference of the row in one statement.
+        let refs: Vec<(&str, &str)> =
+            table.reference_fields().filter_map(|field| Some((row.get(field.name)?.as_str()?, field.name))).collect();
+        if !refs.is_empty() {
+            let values: Vec<String> =
+                super::row_placeholders(4, refs.len(), 2).into_iter().map(|p| format!("({p}, $1, $2, $3)")).collect();
+            let sql = format!(
+                "INSERT INTO record_refs (target_id, field, kind, id, rid) VALUES {} ON CONFLICT DO NOTHING",
+                values.join(", ")
+            );
+            let mut args: Vec<Arg> = vec![table.name.into(), (&id).into(), rid.into()];
+            for (target, field) in &refs {
+                args.extend([Arg::from(*target), Arg::from(*field)]);
             }
+            self.conn.execute(&sql, &args).await?;
         }
         let action = if before.is_some() { Action::Updated } else { Action::Created };
         if self.bulk {
@@ -768,6 +968,10 @@ impl Writer<'_, '_> {
                     &[t.name.into(), (&row_id).into(), self.now.into(), self.origin.into()],
                 )
                 .await?;
+            if !self.bulk {
+                self.known.wrote_row(t.name, &row_id, None);
+                self.known.wrote_tombstone(t.name, &row_id, true);
+            }
             self.record_touch(Touched {
                 table: t,
                 id: row_id,
@@ -823,138 +1027,7 @@ impl Writer<'_, '_> {
         }
     }
 
-    /// Recompiles the root documents this write touched or that embed what it touched, and appends events.
-    async fn finish(mut self) -> Result<(Vec<(&'static str, String)>, usize, Vec<NewEvent>), WriteError> {
-        if self.touched.is_empty() {
-            return Ok((Vec::new(), 0, Vec::new()));
-        }
-        // Roots each touched row belongs to (for event facets), and all roots to recompile.
-        let mut roots_of: Vec<BTreeSet<(&'static str, String)>> = Vec::with_capacity(self.touched.len());
-        let mut all_roots: BTreeSet<(&'static str, String)> = BTreeSet::new();
-        let touched = std::mem::take(&mut self.touched);
-        for t in &touched {
-            let roots = self.embedding_roots(t).await?;
-            all_roots.extend(roots.iter().cloned());
-            roots_of.push(roots);
-        }
-        let existing_roots = all_roots.iter().any(|(kind, id)| {
-            !touched.iter().any(|t| t.table.name == *kind && t.id == *id && t.action == Action::Created)
-        });
-        if existing_roots && self.lock_documents().await? {
-            // A document that already existed is compiled from rows other transactions may be changing: the
-            // documents to compile are looked for again under the lock (a link committed meanwhile adds one).
-            roots_of.clear();
-            all_roots.clear();
-            for t in &touched {
-                let roots = self.embedding_roots(t).await?;
-                all_roots.extend(roots.iter().cloned());
-                roots_of.push(roots);
-            }
-        }
-        let deleted: HashSet<(&'static str, String)> =
-            touched.iter().filter(|t| t.action == Action::Deleted).map(|t| (t.table.name, t.id.clone())).collect();
-        let created: HashSet<(&'static str, String)> =
-            touched.iter().filter(|t| t.action == Action::Created).map(|t| (t.table.name, t.id.clone())).collect();
-        all_roots.retain(|r| !deleted.contains(r));
-        // Recompile every live root, grouped by table.
-        // Each recompiled root with its facets (derived once: stored, and carried by its events).
-        let mut docs: HashMap<(&'static str, String), (Value, Facets)> = HashMap::new();
-        for root_table in super::compile::ROOT_ORDER.iter().filter_map(|name| table(name)) {
-            let ids: Vec<String> =
-                all_roots.iter().filter(|(k, _)| *k == root_table.name).map(|(_, id)| id.clone()).collect();
-            if ids.is_empty() {
-                continue;
-            }
-            // Roots this write itself wrote are compiled from the rows it holds; only the others are read.
-            let mut rows: Vec<Row> = Vec::with_capacity(ids.len());
-            let mut unknown: Vec<String> = Vec::new();
-            for id in ids {
-                match touched
-                    .iter()
-                    .find(|t| t.table.name == root_table.name && t.id == id)
-                    .and_then(|t| t.after.clone())
-                {
-                    Some(row) => rows.push(row),
-                    None => unknown.push(id),
-                }
-            }
-            rows.extend(load_rows(self.conn, root_table.name, &unknown).await?.into_values());
-            let compiled = compile_many(self.conn, root_table, rows, Form::Root).await?;
-            for mut doc in compiled {
-                let Some(id) = doc.get("id").and_then(Value::as_str).map(str::to_string) else { continue };
-                document::stamp_last_modified(root_table, &mut doc, self.now);
-                let fresh = created.contains(&(root_table.name, id.clone()));
-                let mut facets = document::facets(root_table, &doc);
-                let held = self.store_doc(root_table, &id, &doc, &facets, fresh).await?;
-                // Its events match by what it held too: a subscriber filtering by a term hears of the service
-                // that lost it (as one filtering by organization hears of a service that moved away).
-                facets.extend(held);
-                docs.insert((root_table.name, id), (doc, facets));
-            }
-        }
-
-        let mut events: Vec<NewEvent> = Vec::new();
-        let mut announced: HashSet<(&'static str, String)> = HashSet::new();
-        for (t, roots) in touched.iter().zip(&roots_of) {
-            let key = (t.table.name, t.id.clone());
-            let (data, mut facets) = match (&t.after, t.table.is_root()) {
-                (Some(_), true) => docs.get(&key).cloned().unwrap_or_default(),
-                // A deleted root's event matches as its `updated` events did: by everything its document held.
-                (None, true) if self.deleted_docs.contains_key(&key) => {
-                    (json!({ "id": t.id, "deleted": true }), document::facets(t.table, &self.deleted_docs[&key]))
-                }
-                (after, _) => {
-                    let data = match after {
-                        None => json!({ "id": t.id, "deleted": true }),
-                        Some(row) => compile_many(self.conn, t.table, vec![row.clone()], Form::Nested)
-                            .await?
-                            .pop()
-                            .unwrap_or(Value::Null),
-                    };
-                    let facets = document::facets(t.table, &data);
-                    (data, facets)
-                }
-            };
-            if let Some(before) = &t.before {
-                facets.extend(document::facets(t.table, &Value::Object(before.clone())));
-            }
-            for (kind, id) in roots {
-                let root = (*kind, id.clone());
-                let doc = docs.get(&root).map(|(doc, _)| doc).or_else(|| self.deleted_docs.get(&root));
-                facets.extend(document::identity_facets(kind, id, doc));
-            }
-            if t.table.is_root() {
-                announced.insert(key.clone());
-            }
-            events.push(NewEvent {
-                event_type: format!("{}.{}", t.table.name, t.action.as_str()),
-                object: t.table.name,
-                object_id: t.id.clone(),
-                data,
-                facets,
-            });
-        }
-        for ((kind, id), (doc, facets)) in &docs {
-            if announced.contains(&(*kind, id.clone())) {
-                continue;
-            }
-            let facets = facets.clone();
-            events.push(NewEvent {
-                event_type: format!("{kind}.updated"),
-                object: kind,
-                object_id: id.clone(),
-                data: doc.clone(),
-                facets,
-            });
-        }
-        let created =
-            touched.iter().filter(|t| t.action == Action::Created).map(|t| (t.table.name, t.id.clone())).collect();
-        Ok((created, touched.len(), events))
-    }
-
-    /// Stores a root's compiled document and what lists and filters need of it; returns the facets the
-    /// document held before. A `fresh` row (created by this write: a deleted row's facets went with it) has
-    /// no facets to delete first.
+    /// Stores one root's compiled document (see [`Writer::store_docs`]).
     async fn store_doc(
         &mut self,
         table: &'static Table,
@@ -963,65 +1036,99 @@ impl Writer<'_, '_> {
         facets: &Facets,
         fresh: bool,
     ) -> sqlx::Result<Facets> {
-        let (latitude, longitude) = document::coordinates(table, doc);
+        let now = self.now;
+        let stored = self.store_docs(table, &[DocToStore { id, doc, facets, fresh, now }]).await?;
+        Ok(stored.into_iter().next().unwrap_or_default())
+    }
+
+    /// Stores root documents of `table` and what lists and filters need of them; returns, for each, the
+    /// facets it held before. A `fresh` one (created in this transaction: a deleted row's facets went with it)
+    /// has no facets to delete first. One statement per chunk of documents, not per document.
+    async fn store_docs(&mut self, table: &'static Table, docs: &[DocToStore<'_>]) -> sqlx::Result<Vec<Facets>> {
+        let mut previous: HashMap<String, String> = HashMap::new();
+        let old: Vec<String> = docs.iter().filter(|d| !d.fresh).map(|d| d.id.to_string()).collect();
+        for chunk in old.chunks(500) {
+            let sql = format!(
+                "SELECT id, doc FROM records WHERE kind = $1 AND id IN ({})",
+                super::placeholders(1, chunk.len())
+            );
+            let args: Vec<Arg> = std::iter::once(table.name.into()).chain(chunk.iter().map(Arg::from)).collect();
+            let found: Vec<(String, Option<String>)> = self.conn.fetch_all(&sql, &args).await?;
+            previous.extend(found.into_iter().filter_map(|(id, doc)| Some((id, doc?))));
+        }
         // Coordinates are bound as plain f64 with a has-value flag, never as `Option<f64>`: sqlx 0.8's Any
         // driver sends a NULL f64 as a float4 parameter on PostgreSQL, the prepared statement keeps that
         // type, and the next real coordinate on that connection then fails ("incorrect binary data format").
-        let (text, search_text, sort_key) =
-            (doc.to_string(), document::search_text(table, doc), document::sort_key(table, doc));
-        let summary = super::compile::list_form(doc).to_string();
-        let previous: Option<String> = match fresh {
-            true => None,
-            false => self
-                .conn
-                .fetch_optional("SELECT doc FROM records WHERE kind = $1 AND id = $2", &[table.name.into(), id.into()])
-                .await?
-                .and_then(|(doc,): (Option<String>,)| doc),
-        };
-        self.conn
-            .execute(
-                "UPDATE records SET doc = $1, search_text = $2, sort_key = $3, modified_at = $4, \
-                 latitude = CASE WHEN $5 THEN $6 ELSE NULL END, longitude = CASE WHEN $7 THEN $8 ELSE NULL END, \
-                 summary = $11 WHERE kind = $9 AND id = $10",
-                &[
-                    (&text).into(),
-                    (&search_text).into(),
-                    (&sort_key).into(),
-                    self.now.into(),
+        const PER_ROW: usize = 10;
+        for chunk in docs.chunks(100) {
+            let values: Vec<String> =
+                super::row_placeholders(2, chunk.len(), PER_ROW).into_iter().map(|p| format!("({p})")).collect();
+            let sql = format!(
+                "WITH v (id, doc, search_text, sort_key, modified_at, has_lat, lat, has_lon, lon, summary) AS \
+                 (VALUES {}) UPDATE records SET doc = v.doc, search_text = v.search_text, sort_key = v.sort_key, \
+                 modified_at = v.modified_at, latitude = CASE WHEN v.has_lat THEN v.lat ELSE NULL END, \
+                 longitude = CASE WHEN v.has_lon THEN v.lon ELSE NULL END, summary = v.summary \
+                 FROM v WHERE records.kind = $1 AND records.id = v.id",
+                values.join(", ")
+            );
+            let texts: Vec<[String; 4]> = chunk
+                .iter()
+                .map(|d| {
+                    [
+                        d.doc.to_string(),
+                        document::search_text(table, d.doc),
+                        document::sort_key(table, d.doc),
+                        super::compile::list_form(d.doc).to_string(),
+                    ]
+                })
+                .collect();
+            let mut args: Vec<Arg> = Vec::with_capacity(1 + PER_ROW * chunk.len());
+            args.push(table.name.into());
+            for (d, [text, search_text, sort_key, summary]) in chunk.iter().zip(&texts) {
+                let (latitude, longitude) = document::coordinates(table, d.doc);
+                args.extend([
+                    Arg::from(d.id),
+                    text.into(),
+                    search_text.into(),
+                    sort_key.into(),
+                    d.now.into(),
                     latitude.is_some().into(),
                     latitude.unwrap_or(0.0).into(),
                     longitude.is_some().into(),
                     longitude.unwrap_or(0.0).into(),
-                    table.name.into(),
-                    id.into(),
-                    (&summary).into(),
-                ],
-            )
-            .await?;
+                    summary.into(),
+                ]);
+            }
+            self.conn.execute(&sql, &args).await?;
+        }
         // Only the facets that changed are written: most updates change none, and each facet is a page of a
         // random-keyed index.
-        let mut facets = stored_facets(table, id, facets.clone());
-        let before = previous.as_deref().map(|text| stored_facets_of_text(table, id, text)).unwrap_or_default();
-        if !fresh {
-            self.delete_facets(table, id, before.difference(&facets)).await?;
-            facets.retain(|f| !before.contains(f));
+        let mut held = Vec::with_capacity(docs.len());
+        let mut new_facets: Vec<(&str, String, String)> = Vec::new();
+        for d in docs {
+            let mut facets = stored_facets(table, d.id, d.facets.clone());
+            let before = previous.get(d.id).map(|text| stored_facets_of_text(table, d.id, text)).unwrap_or_default();
+            if !d.fresh {
+                self.delete_facets(table, d.id, before.difference(&facets)).await?;
+                facets.retain(|f| !before.contains(f));
+            }
+            new_facets.extend(facets.into_iter().map(|(facet, value)| (d.id, facet, value)));
+            held.push(before);
         }
-        // One multi-row statement per document (a few hundred facets at most), not one per facet.
-        let facets: Vec<(String, String)> = facets.into_iter().collect();
-        for chunk in facets.chunks(200) {
+        for chunk in new_facets.chunks(200) {
             let values: Vec<String> =
-                super::row_placeholders(3, chunk.len(), 2).into_iter().map(|p| format!("($1, $2, {p})")).collect();
+                super::row_placeholders(2, chunk.len(), 3).into_iter().map(|p| format!("($1, {p})")).collect();
             let sql = format!(
                 "INSERT INTO record_facets (kind, id, facet, value) VALUES {} ON CONFLICT DO NOTHING",
                 values.join(", ")
             );
-            let mut args: Vec<Arg> = vec![table.name.into(), id.into()];
-            for (facet, value) in chunk {
-                args.extend([Arg::from(facet), Arg::from(value)]);
+            let mut args: Vec<Arg> = vec![table.name.into()];
+            for (id, facet, value) in chunk {
+                args.extend([Arg::from(*id), Arg::from(facet), Arg::from(value)]);
             }
             self.conn.execute(&sql, &args).await?;
         }
-        Ok(before)
+        Ok(held)
     }
 
     async fn delete_facets(
@@ -1041,88 +1148,356 @@ impl Writer<'_, '_> {
         Ok(())
     }
 
-    /// The root documents that contain the touched row (before or after the change), itself included.
+    /// The root documents that contain each of the `starts` rows (before or after its change), itself
+    /// included: one set per row. The walks of all rows go together, one level at a time, with one read of
+    /// references (and of unknown rows, per table) per level: a group of new organizations costs one read,
+    /// not one each.
     ///
-    /// Walks up the embedding relation: a row is embedded in the row its back reference points at
+    /// A walk goes up the embedding relation: a row is embedded in the row its back reference points at
     /// (`phone.service_id` -> that service), and — only when the row itself changed, not something inside
     /// it — in the rows that nest it as a `One` (`service.organization`, `attribute.taxonomy_term`). An
     /// organization root also embeds its services and a service_at_location root its service.
-    async fn embedding_roots(&mut self, touched: &Touched) -> sqlx::Result<BTreeSet<(&'static str, String)>> {
-        let mut roots = BTreeSet::new();
-        let mut seen: HashSet<(&'static str, String)> = HashSet::new();
-        // (table, id, row data if known, whether the row itself changed)
-        let mut queue: Vec<(&'static Table, String, Vec<Row>, bool)> = vec![(
-            touched.table,
-            touched.id.clone(),
-            touched.before.iter().chain(touched.after.iter()).cloned().collect(),
-            true,
-        )];
-        while let Some((t, id, rows, own_change)) = queue.pop() {
-            if !seen.insert((t.name, id.clone())) {
-                continue;
+    async fn embedding_roots_of(&mut self, starts: &[&Touched]) -> sqlx::Result<Vec<BTreeSet<Root>>> {
+        // A walk's first row is a node of its own (its rows are the write's before and after, and it changed
+        // itself); any other row is one node, whichever walks reach it.
+        #[derive(Clone, PartialEq, Eq, Hash)]
+        enum Node {
+            Start(usize),
+            Row(&'static str, String),
+        }
+        let mut edges: HashMap<Node, Vec<(&'static Table, String)>> = HashMap::new();
+        let mut frontier: Vec<(Node, &'static Table, String, Vec<Row>)> = starts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                (Node::Start(i), t.table, t.id.clone(), t.before.iter().chain(t.after.iter()).cloned().collect())
+            })
+            .collect();
+        while !frontier.is_empty() {
+            let mut unknown: BTreeMap<&'static str, Vec<String>> = BTreeMap::new();
+            for (_, t, id, rows) in &frontier {
+                if rows.is_empty() {
+                    unknown.entry(t.name).or_default().push(id.clone());
+                }
             }
-            if t.is_root() {
-                roots.insert((t.name, id.clone()));
+            let mut loaded: HashMap<(&'static str, String), Row> = HashMap::new();
+            for (kind, ids) in unknown {
+                loaded.extend(load_rows(self.conn, kind, &ids).await?.into_iter().map(|(id, row)| ((kind, id), row)));
             }
-            let rows = if rows.is_empty() {
-                load_rows(self.conn, t.name, std::slice::from_ref(&id)).await?.into_values().collect()
-            } else {
-                rows
-            };
-            // Up through back references: the parents that nest this row in a `Many` key.
-            for field in t.reference_fields() {
-                for row in &rows {
-                    let Some(target_id) = row.get(field.name).and_then(Value::as_str) else { continue };
-                    let parents: Vec<&'static Table> = match field.references {
-                        Some("*") => match parent_table_of(self.conn, target_id, t, field.name).await? {
-                            Some(p) => vec![p],
-                            // Gone already: a root deleted earlier in this write (its cascade deletes the row
-                            // after it), known by the document kept for its events.
-                            None => self
-                                .deleted_docs
-                                .keys()
-                                .filter(|(_, id)| id == target_id)
-                                .filter_map(|(kind, _)| table_of(kind))
-                                .filter(|parent| nests(parent, t, field.name))
-                                .collect(),
-                        },
-                        Some(name) => table_of(name).into_iter().collect(),
-                        None => vec![],
-                    };
-                    for parent in parents {
-                        let nests_here = parent.nested.iter().any(|n| {
-                            n.kind == NestedKind::Many
-                                && n.table == t.name
-                                && parent.back_reference(n).map(|f| f.name) == Some(field.name)
-                        });
-                        let root_extra = parent.name == "organization" && t.name == "service";
-                        if nests_here || root_extra {
-                            queue.push((parent, target_id.to_string(), Vec::new(), false));
+            let ids: Vec<String> =
+                frontier.iter().map(|(_, _, id, _)| id.clone()).collect::<BTreeSet<_>>().into_iter().collect();
+            let referrers = referrers_of(self.conn, &ids).await?;
+            let mut next: Vec<(Node, &'static Table, String, Vec<Row>)> = Vec::new();
+            for (node, t, id, rows) in std::mem::take(&mut frontier) {
+                let own_change = matches!(node, Node::Start(_));
+                let rows = match rows.is_empty() {
+                    true => loaded.get(&(t.name, id.clone())).cloned().into_iter().collect(),
+                    false => rows,
+                };
+                let mut out: Vec<(&'static Table, String)> = Vec::new();
+                // Up through back references: the parents that nest this row in a `Many` key.
+                for field in t.reference_fields() {
+                    for row in &rows {
+                        let Some(target_id) = row.get(field.name).and_then(Value::as_str) else { continue };
+                        let parents: Vec<&'static Table> = match field.references {
+                            Some("*") => match parent_table_of(self.conn, target_id, t, field.name).await? {
+                                Some(p) => vec![p],
+                                // Gone already: a root deleted earlier in this write (its cascade deletes the
+                                // row after it), known by the document kept for its events.
+                                None => self
+                                    .deleted_docs
+                                    .keys()
+                                    .filter(|(_, id)| id == target_id)
+                                    .filter_map(|(kind, _)| table_of(kind))
+                                    .filter(|parent| nests(parent, t, field.name))
+                                    .collect(),
+                            },
+                            Some(name) => table_of(name).into_iter().collect(),
+                            None => vec![],
+                        };
+                        for parent in parents {
+                            let nests_here = parent.nested.iter().any(|n| {
+                                n.kind == NestedKind::Many
+                                    && n.table == t.name
+                                    && parent.back_reference(n).map(|f| f.name) == Some(field.name)
+                            });
+                            let root_extra = parent.name == "organization" && t.name == "service";
+                            if nests_here || root_extra {
+                                out.push((parent, target_id.to_string()));
+                            }
                         }
                     }
                 }
-            }
-            // Sideways: rows that nest this one as a `One` see its own fields only.
-            let referrers: Vec<(String, String, String)> = self
-                .conn
-                .fetch_all("SELECT kind, field, id FROM record_refs WHERE target_id = $1", &[(&id).into()])
-                .await?;
-            for (kind, field, referrer_id) in referrers {
-                let Some(referrer) = table_of(&kind) else { continue };
-                let nests_one = referrer.nested.iter().any(|n| {
-                    n.kind == NestedKind::One
-                        && n.table == t.name
-                        && referrer.forward_reference(n).map(|f| f.name) == Some(field.as_str())
-                });
-                let full_location = referrer.name == "service_at_location" && t.name == "location";
-                let service_in_link = referrer.name == "service_at_location" && t.name == "service";
-                if (nests_one && (own_change || full_location)) || service_in_link {
-                    queue.push((referrer, referrer_id, Vec::new(), false));
+                // Sideways: rows that nest this one as a `One` see its own fields only.
+                for (kind, field, referrer_id) in referrers.get(&id).into_iter().flatten() {
+                    let Some(referrer) = table_of(kind) else { continue };
+                    let nests_one = referrer.nested.iter().any(|n| {
+                        n.kind == NestedKind::One
+                            && n.table == t.name
+                            && referrer.forward_reference(n).map(|f| f.name) == Some(field.as_str())
+                    });
+                    let full_location = referrer.name == "service_at_location" && t.name == "location";
+                    let service_in_link = referrer.name == "service_at_location" && t.name == "service";
+                    if (nests_one && (own_change || full_location)) || service_in_link {
+                        out.push((referrer, referrer_id.clone()));
+                    }
                 }
+                for (parent, parent_id) in &out {
+                    let reached = Node::Row(parent.name, parent_id.clone());
+                    if !edges.contains_key(&reached) && !next.iter().any(|(n, ..)| *n == reached) {
+                        next.push((reached, parent, parent_id.clone(), Vec::new()));
+                    }
+                }
+                edges.insert(node, out);
             }
+            frontier = next;
         }
+        // Each row's roots: every row its walk reaches (each row once, however reached).
+        let roots = (0..starts.len())
+            .map(|i| {
+                let mut roots = BTreeSet::new();
+                let mut seen: HashSet<(&'static str, String)> = HashSet::new();
+                let mut stack = vec![(Node::Start(i), starts[i].table, starts[i].id.clone())];
+                while let Some((node, t, id)) = stack.pop() {
+                    if !seen.insert((t.name, id.clone())) {
+                        continue;
+                    }
+                    if t.is_root() {
+                        roots.insert((t.name, id));
+                    }
+                    for (parent, parent_id) in edges.get(&node).into_iter().flatten() {
+                        stack.push((Node::Row(parent.name, parent_id.clone()), parent, parent_id.clone()));
+                    }
+                }
+                roots
+            })
+            .collect();
         Ok(roots)
     }
+}
+
+/// A root document: (table, id).
+type Root = (&'static str, String);
+
+/// A root document to store (see [`Writer::store_docs`]).
+struct DocToStore<'a> {
+    id: &'a str,
+    doc: &'a Value,
+    facets: &'a Facets,
+    fresh: bool,
+    now: &'a str,
+}
+
+/// Recompiles the root documents the `staged` writes touched or that embed what they touched, stores them and
+/// builds each write's events. Writes staged one after the other in one transaction finish together: each
+/// document once, as the rows stand after all of them (no other transaction ever sees a state between
+/// them), and each step one statement for all of them rather than one per write.
+pub(crate) async fn finish_staged(
+    conn: &mut Conn<'_>,
+    backend: Backend,
+    staged: Vec<Staged>,
+) -> Result<Vec<PendingWrite>, WriteError> {
+    let mut writer = Writer {
+        conn,
+        origin: "",
+        now: "",
+        touched: Vec::new(),
+        bulk: false,
+        concurrent: backend == Backend::Postgres,
+        documents_locked: staged.iter().any(|s| s.documents_locked),
+        deleted_docs: staged.iter().flat_map(|s| s.deleted_docs.iter().map(|(k, v)| (k.clone(), v.clone()))).collect(),
+        known: &mut Known::default(),
+    };
+    // Every touched row of every write, and the write it belongs to.
+    let starts: Vec<&Touched> = staged.iter().flat_map(|s| &s.touched).collect();
+    let write_of: Vec<usize> = staged.iter().enumerate().flat_map(|(i, s)| s.touched.iter().map(move |_| i)).collect();
+    let mut roots_of = writer.embedding_roots_of(&starts).await?;
+    let created: HashSet<Root> =
+        starts.iter().filter(|t| t.action == Action::Created).map(|t| (t.table.name, t.id.clone())).collect();
+    let existing_roots = roots_of.iter().flatten().any(|root| !created.contains(root));
+    if existing_roots && writer.lock_documents().await? {
+        // A document that already existed is compiled from rows other transactions may be changing: the
+        // documents to compile are looked for again under the lock (a link committed meanwhile adds one).
+        roots_of = writer.embedding_roots_of(&starts).await?;
+    }
+    // A root lives on unless the last write that touched it deleted it.
+    let mut last_action: HashMap<Root, Action> = HashMap::new();
+    for t in &starts {
+        last_action.insert((t.table.name, t.id.clone()), t.action);
+    }
+    // Each root is dated by the last write that reaches it.
+    let mut now_of: HashMap<&Root, &str> = HashMap::new();
+    for (roots, &i) in roots_of.iter().zip(&write_of) {
+        for root in roots {
+            now_of.insert(root, &staged[i].now);
+        }
+    }
+    let all_roots: BTreeSet<&Root> =
+        roots_of.iter().flatten().filter(|root| last_action.get(*root) != Some(&Action::Deleted)).collect();
+    // Each recompiled root with its facets (derived once: stored, and carried by its events), grouped by table.
+    let mut docs: HashMap<Root, (Value, Facets)> = HashMap::new();
+    for root_table in super::compile::ROOT_ORDER.iter().filter_map(|name| table(name)) {
+        let ids: Vec<&String> = all_roots.iter().filter(|(k, _)| *k == root_table.name).map(|(_, id)| id).collect();
+        if ids.is_empty() {
+            continue;
+        }
+        // Roots these writes wrote are compiled from the rows they hold (the last one's); only the others are
+        // read.
+        let mut rows: Vec<Row> = Vec::with_capacity(ids.len());
+        let mut unknown: Vec<String> = Vec::new();
+        for id in ids {
+            match starts
+                .iter()
+                .rev()
+                .find(|t| t.table.name == root_table.name && t.id == *id)
+                .and_then(|t| t.after.clone())
+            {
+                Some(row) => rows.push(row),
+                None => unknown.push(id.clone()),
+            }
+        }
+        rows.extend(load_rows(writer.conn, root_table.name, &unknown).await?.into_values());
+        let mut compiled = compile_many(writer.conn, root_table, rows, Form::Root).await?;
+        let mut entries: Vec<(String, Facets, &str)> = Vec::with_capacity(compiled.len());
+        for doc in &mut compiled {
+            let Some(id) = doc.get("id").and_then(Value::as_str).map(str::to_string) else { continue };
+            let key = (root_table.name, id.clone());
+            let now = now_of.get(&key).copied().unwrap_or_else(|| staged[staged.len() - 1].now.as_str());
+            document::stamp_last_modified(root_table, doc, now);
+            entries.push((id, document::facets(root_table, doc), now));
+        }
+        let compiled: Vec<Value> =
+            compiled.into_iter().filter(|doc| doc.get("id").and_then(Value::as_str).is_some()).collect();
+        let to_store: Vec<DocToStore> = entries
+            .iter()
+            .zip(&compiled)
+            .map(|((id, facets, now), doc)| DocToStore {
+                id,
+                doc,
+                facets,
+                fresh: created.contains(&(root_table.name, id.clone())),
+                now,
+            })
+            .collect();
+        let held = writer.store_docs(root_table, &to_store).await?;
+        drop(to_store);
+        for (((id, mut facets, _), doc), held) in entries.into_iter().zip(compiled).zip(held) {
+            // Its events match by what it held too: a subscriber filtering by a term hears of the service that
+            // lost it (as one filtering by organization hears of a service that moved away).
+            facets.extend(held);
+            docs.insert((root_table.name, id), (doc, facets));
+        }
+    }
+    // The event data of touched rows that are not roots and still exist, compiled per table for all writes.
+    let mut nested: HashMap<usize, Value> = HashMap::new();
+    let mut by_table: BTreeMap<&'static str, Vec<usize>> = BTreeMap::new();
+    for (i, t) in starts.iter().enumerate() {
+        if t.after.is_some() && !t.table.is_root() {
+            by_table.entry(t.table.name).or_default().push(i);
+        }
+    }
+    for (name, indexes) in by_table {
+        let Some(t) = table(name) else { continue };
+        let rows: Vec<Row> = indexes.iter().filter_map(|&i| starts[i].after.clone()).collect();
+        let compiled = compile_many(writer.conn, t, rows, Form::Nested).await?;
+        nested.extend(indexes.into_iter().zip(compiled));
+    }
+    let mut finished = Vec::with_capacity(staged.len());
+    let mut first = 0;
+    for s in &staged {
+        let range = first..first + s.touched.len();
+        first = range.end;
+        let mut events: Vec<NewEvent> = Vec::new();
+        let mut announced: HashSet<Root> = HashSet::new();
+        let mut reached: BTreeSet<&Root> = BTreeSet::new();
+        for i in range {
+            let t = starts[i];
+            let roots = &roots_of[i];
+            reached.extend(roots.iter());
+            let key = (t.table.name, t.id.clone());
+            let (data, mut facets) = match (&t.after, t.table.is_root()) {
+                (Some(_), true) => docs.get(&key).cloned().unwrap_or_default(),
+                // A deleted root's event matches as its `updated` events did: by everything its document held.
+                (None, true) if s.deleted_docs.contains_key(&key) => {
+                    (json!({ "id": t.id, "deleted": true }), document::facets(t.table, &s.deleted_docs[&key]))
+                }
+                (after, _) => {
+                    let data = match after {
+                        None => json!({ "id": t.id, "deleted": true }),
+                        Some(_) => nested.remove(&i).unwrap_or(Value::Null),
+                    };
+                    let facets = document::facets(t.table, &data);
+                    (data, facets)
+                }
+            };
+            if let Some(before) = &t.before {
+                facets.extend(document::facets(t.table, &Value::Object(before.clone())));
+            }
+            for (kind, id) in roots {
+                let root = (*kind, id.clone());
+                let doc = docs.get(&root).map(|(doc, _)| doc).or_else(|| s.deleted_docs.get(&root));
+                facets.extend(document::identity_facets(kind, id, doc));
+            }
+            if t.table.is_root() {
+                announced.insert(key.clone());
+            }
+            events.push(NewEvent {
+                event_type: format!("{}.{}", t.table.name, t.action.as_str()),
+                object: t.table.name,
+                object_id: t.id.clone(),
+                data,
+                facets,
+            });
+        }
+        // The documents this write changed without touching their own row get an `updated` event.
+        for root in reached {
+            if announced.contains(root) {
+                continue;
+            }
+            let Some((doc, facets)) = docs.get(root) else { continue };
+            events.push(NewEvent {
+                event_type: format!("{}.updated", root.0),
+                object: root.0,
+                object_id: root.1.clone(),
+                data: doc.clone(),
+                facets: facets.clone(),
+            });
+        }
+        let created =
+            s.touched.iter().filter(|t| t.action == Action::Created).map(|t| (t.table.name, t.id.clone())).collect();
+        finished.push((s.touched.len(), created, events));
+    }
+    Ok(staged
+        .into_iter()
+        .zip(finished)
+        .map(|(s, (rows_changed, created, events))| PendingWrite {
+            rows_changed,
+            created,
+            events,
+            origin: s.origin,
+            now: s.now,
+        })
+        .collect())
+}
+
+/// Who points at each of `ids`: (kind, field, id) of every reference to it.
+async fn referrers_of(
+    conn: &mut Conn<'_>,
+    ids: &[String],
+) -> sqlx::Result<HashMap<String, Vec<(String, String, String)>>> {
+    let mut out: HashMap<String, Vec<(String, String, String)>> = HashMap::new();
+    for chunk in ids.chunks(500) {
+        let sql = format!(
+            "SELECT target_id, kind, field, id FROM record_refs WHERE target_id IN ({})",
+            super::placeholders(0, chunk.len())
+        );
+        let args: Vec<Arg> = chunk.iter().map(Arg::from).collect();
+        let found: Vec<(String, String, String, String)> = conn.fetch_all(&sql, &args).await?;
+        for (target, kind, field, id) in found {
+            out.entry(target).or_default().push((kind, field, id));
+        }
+    }
+    Ok(out)
 }
 
 /// Rows to import, each with a label saying where it came from ("services.csv line 3").
@@ -1268,6 +1643,7 @@ impl Db {
             concurrent,
             documents_locked: concurrent,
             deleted_docs: HashMap::new(),
+            known: &mut Known::default(),
         };
         let copies = copies.into_iter().map(|row| (row, true));
         for (i, ((table, row, pointer), copy)) in rows.into_iter().map(|row| (row, false)).chain(copies).enumerate() {
