@@ -158,8 +158,15 @@ async fn run(db: Db, rx: Arc<Mutex<mpsc::Receiver<Work>>>) {
             take_group(first, &mut rx)
         };
         // PostgreSQL dispatches at commit too (SQLite only on the committer's own connection, whose snapshot
-        // of subscriptions is taken under the write lock).
-        let dispatch = if db.backend == Backend::Postgres { db.commit_dispatch() } else { None };
+        // of subscriptions is taken under the write lock), but only a group of one write (light load), whose
+        // deliveries then start as it commits. Larger groups (load) leave their events to the worker's
+        // dispatcher, which covers many groups' in one transaction of its own: dispatching inside a group held
+        // the event counter, which serialises every commit, for six more statements (W2 +50 %, W1 +10 %;
+        // BENCHMARKS.md).
+        let dispatch = match db.backend == Backend::Postgres && jobs.len() <= 1 {
+            true => db.commit_dispatch(),
+            false => None,
+        };
         let mut opener = Opener::Pool(dispatch);
         let group = std::panic::AssertUnwindSafe(commit_jobs(&db, &mut opener, jobs, records));
         // As on the SQLite thread: a bug in one group fails that group's callers (their reply channels are

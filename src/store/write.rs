@@ -196,7 +196,8 @@ impl Db {
         ops: Vec<Op>,
         options: &WriteOptions,
     ) -> Result<PendingWrite, WriteError> {
-        let staged = self.stage_in(tx, ops, options, &mut Known::default()).await?;
+        let mut known = Known::prefetch(tx, ops.iter()).await?;
+        let staged = self.stage_in(tx, ops, options, &mut known).await?;
         let mut finished = finish_staged(tx, self.backend, vec![staged]).await?;
         Ok(finished.pop().expect("one write staged, one finished"))
     }
