@@ -135,7 +135,7 @@ impl Db {
                 .max_connections(16)
                 .before_acquire(|conn, _| Box::pin(async move { Ok(still_usable(conn)) }))
                 .acquire_timeout(options.busy_timeout.max(Duration::from_secs(1)))
-                .connect(url)
+                .connect(&with_statement_cache(url))
                 .await
                 .context("connecting to PostgreSQL")?,
         };
@@ -310,6 +310,17 @@ fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
     (!path.is_empty() && !path.starts_with(":memory:")).then(|| std::path::PathBuf::from(path))
 }
 
+/// `url` with room for 1 024 prepared statements per PostgreSQL connection, unless it says otherwise.
+/// Multi-row statements have one text per row count (a group's events, deliveries, documents, attempts), so
+/// sqlx's default of 100 evicted and prepared them again and again: every prepare is a parse and a plan.
+fn with_statement_cache(url: &str) -> String {
+    if url.contains("statement-cache-capacity=") {
+        return url.to_string();
+    }
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}statement-cache-capacity=1024")
+}
+
 /// How every SQLite connection (the pool's and the group committer's) is set up. WAL lets readers run beside
 /// the writer; FULL sync makes each commit survive a power cut, not only a crash of the process;
 /// `temp_store = MEMORY` keeps the savepoints' statement journal (one savepoint per write of a group) off the
@@ -372,5 +383,16 @@ mod tests {
     fn row_placeholders_number_every_row_after_the_leading_parameters() {
         assert_eq!(super::row_placeholders(3, 2, 2), vec!["$3, $4", "$5, $6"]);
         assert_eq!(super::row_placeholders(1, 1, 3), vec!["$1, $2, $3"]);
+    }
+
+    #[test]
+    fn postgres_urls_get_a_larger_statement_cache_unless_they_name_one() {
+        let cache = super::with_statement_cache;
+        assert_eq!(cache("postgres://h/db"), "postgres://h/db?statement-cache-capacity=1024");
+        assert_eq!(
+            cache("postgres://h/db?sslmode=disable"),
+            "postgres://h/db?sslmode=disable&statement-cache-capacity=1024"
+        );
+        assert_eq!(cache("postgres://h/db?statement-cache-capacity=5"), "postgres://h/db?statement-cache-capacity=5");
     }
 }
