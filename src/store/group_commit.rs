@@ -822,7 +822,7 @@ mod tests {
     /// of the group written again.
     async fn staged_writes_finish_as_if_one_by_one(grouped_url: &str, alone_url: &str) {
         let id = |n: u32| format!("00000000-0000-4000-8000-{n:012}");
-        let (o, o2, s1, s2, p) = (id(1), id(2), id(11), id(12), id(21));
+        let (o, o2, s1, s2, s3, p, p2, l) = (id(1), id(2), id(11), id(12), id(13), id(21), id(22), id(31));
         let service = |sid: &str, name: &str| {
             put("service", json!({"id": sid, "name": name, "status": "active", "organization_id": o}))
         };
@@ -831,6 +831,13 @@ mod tests {
             service(&s2, "Two"),
             put("phone", json!({"id": p, "number": "555-0100", "service_id": s1})),
             put("organization", json!({"id": o2, "name": "Other", "description": "d"})),
+            // The organization's write reaches its services, but not the one the next write creates.
+            organization(&o, "Org renamed"),
+            service(&s3, "Three"),
+            // A phone of a service and a location, then the location's phones left empty: the phone only
+            // leaves the location, and its event still shows what it nests.
+            put("phone", json!({"id": p2, "number": "555-0101", "service_id": s1, "location_id": l})),
+            put("location", json!({"id": l, "name": "Place", "location_type": "physical", "phones": []})),
             vec![Op::Delete { table: table("service").unwrap(), id: s2.clone() }],
             service(&s2, "Two again"),
             service(&s1, "One renamed"),
@@ -839,6 +846,8 @@ mod tests {
         let alone = Db::connect(alone_url).await.expect("connect");
         for db in [&grouped, &alone] {
             db.apply(organization(&o, "Org"), WriteOptions::default()).await.expect("the organization");
+            let place = put("location", json!({"id": l, "name": "Place", "location_type": "physical"}));
+            db.apply(place, WriteOptions::default()).await.expect("the location");
         }
         let mut alone_outcomes = Vec::new();
         for ops in writes.clone() {
@@ -873,6 +882,17 @@ mod tests {
         // A write's own rows read as it wrote them, though the group wrote them again later.
         let first = events_of(&grouped, &grouped_outcomes[0]).await;
         assert_eq!(first[0].2["name"], "One", "{:?}", first[0]);
+        // The phone unlinked by the location's child set: as it reads alone.
+        let unlinked = |events: Vec<(String, String, serde_json::Value)>| {
+            events
+                .into_iter()
+                .find(|(kind, id, _)| kind == "phone.updated" && *id == p2)
+                .map(|(.., data)| timeless(data))
+        };
+        let (g, a) = (&grouped_outcomes[7], &alone_outcomes[7]);
+        let phone_alone = unlinked(events_of(&alone, a).await).expect("the phone's event");
+        assert_eq!(unlinked(events_of(&grouped, g).await), Some(phone_alone.clone()));
+        assert!(phone_alone["languages"].is_array(), "{phone_alone}");
         // The phone's write announces its service, with the phone in it.
         let phone = events_of(&grouped, &grouped_outcomes[2]).await;
         let (_, _, service_data) = phone.iter().find(|(kind, ..)| kind == "service.updated").expect("the service");
@@ -890,6 +910,63 @@ mod tests {
         assert_eq!(tombstones.0, 0, "the service put back has no tombstone");
         grouped.close().await;
         alone.close().await;
+    }
+
+    /// PostgreSQL: a write that waits for the document lock (an `If-Match` PUT of a service and its phones) reads
+    /// the phones again once it holds the lock, not as the group read them before: a transaction that held
+    /// the lock deleted one phone meanwhile, so the PUT creates it again (it updated a row that was gone), and
+    /// left a tombstone of the other (new) phone's id, which the PUT's insert removes.
+    async fn a_write_reads_again_what_changed_while_it_waited_for_the_lock(database_url: &str) {
+        let (s, p) = ("00000000-0000-4000-8000-000000000041", "00000000-0000-4000-8000-000000000042");
+        let db = Db::connect(database_url).await.expect("connect");
+        let o = "00000000-0000-4000-8000-000000000040";
+        db.apply(organization(o, "Org"), WriteOptions::default()).await.expect("organization");
+        let body = json!({"id": s, "name": "S", "status": "active", "organization_id": o,
+                          "phones": [{"id": p, "number": "555-0100"}]});
+        db.apply(put("service", body.clone()), WriteOptions::default()).await.expect("service");
+        let fresh = "00000000-0000-4000-8000-000000000043";
+        let mut body = body;
+        body["phones"].as_array_mut().unwrap().push(json!({"id": fresh, "number": "555-0101"}));
+        // Another writer holds the lock and deletes the phone.
+        let mut other = db.pool.begin().await.expect("begin");
+        super::super::write::lock_documents(&mut super::Conn::from(&mut *other)).await.expect("lock");
+        for sql in ["DELETE FROM record_refs WHERE id = $1", "DELETE FROM records WHERE id = $1"] {
+            sqlx::query(sql).bind(p).execute(&mut *other).await.expect("delete the phone");
+        }
+        let service = table("service").unwrap();
+        let options = WriteOptions { if_match: Some((service, s.to_string(), "*".into())), ..Default::default() };
+        let put = tokio::spawn({
+            let db = db.clone();
+            async move { db.apply(put("service", body), options).await }
+        });
+        // The PUT reads its rows, then waits for the lock.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        assert!(!put.is_finished(), "the PUT waits for the lock");
+        // (As if it had created and deleted a phone of that id after the PUT read that none had a tombstone.)
+        sqlx::query("INSERT INTO tombstones (kind, id, deleted_at, origin) VALUES ('phone', $1, 'x', 'x')")
+            .bind(fresh)
+            .execute(&mut *other)
+            .await
+            .expect("a tombstone");
+        other.commit().await.expect("commit");
+        let outcome = put.await.expect("joined").expect("the PUT");
+        assert!(outcome.created.contains(&("phone", p.to_string())), "{:?}", outcome.created);
+        assert!(db.get(table("phone").unwrap(), p).await.unwrap().is_some(), "the phone is back");
+        let tombstones: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM tombstones WHERE id = $1")
+            .bind(fresh)
+            .fetch_one(&db.pool)
+            .await
+            .expect("tombstones");
+        assert_eq!(tombstones.0, 0, "the new phone has no tombstone");
+        db.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_reads_again_what_changed_while_it_waited_for_the_lock_postgres() {
+        on_fresh_postgres(
+            |url| async move { a_write_reads_again_what_changed_while_it_waited_for_the_lock(&url).await },
+        )
+        .await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

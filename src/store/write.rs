@@ -234,6 +234,8 @@ impl Db {
             if exists.is_some() {
                 lock_documents(tx).await?;
                 documents_locked = true;
+                // What the group read before the lock may have changed since (see `Known`).
+                known.forget_unlocked_reads();
                 tx.execute(
                     "SELECT rid FROM records WHERE kind = $1 AND id = $2 FOR UPDATE",
                     &[table.name.into(), id.into()],
@@ -616,7 +618,7 @@ impl Writer<'_, '_> {
     /// The operations that write `patch` merged into the `table` row `id` as it reads now.
     async fn merged(&mut self, table: &'static Table, id: &str, patch: &Value) -> Result<Vec<Op>, WriteError> {
         // The row changes under the document lock, so the representation read now is the one the patch applies
-        // to. (A patch alone in its write took it before the write took its time: see `Db::apply_in`.)
+        // to. (A patch alone in its write took it before the write took its time: see `Db::stage_in`.)
         self.lock_documents().await?;
         let Some(mut current) = super::read::representation(self.conn, table, id).await? else {
             return Err(WriteError::NotFound(format!("{} {id}", table.name)));
@@ -754,22 +756,32 @@ impl Writer<'_, '_> {
                 *rid
             }
             None => {
-                if self.known.tombstone(table.name, &id) != Some(false) {
-                    self.conn
-                        .execute(
-                            "DELETE FROM tombstones WHERE kind = $1 AND id = $2",
-                            &[table.name.into(), (&id).into()],
-                        )
-                        .await?;
-                    if !self.bulk {
-                        self.known.wrote_tombstone(table.name, &id, false);
+                const INSERT: &str = "INSERT INTO records (kind, id, data, sort_key, search_text, modified_at, origin) \
+                                      VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING rid";
+                // A new row's tombstone goes. On PostgreSQL always, in the insert's own statement: another
+                // transaction may have created and deleted the row since the group read that it had none (see
+                // `Known`). SQLite has one writer, so what the group knows holds.
+                let sql = match self.concurrent {
+                    true => format!("WITH gone AS (DELETE FROM tombstones WHERE kind = $1 AND id = $2) {INSERT}"),
+                    false => {
+                        if self.known.tombstone(table.name, &id) != Some(false) {
+                            self.conn
+                                .execute(
+                                    "DELETE FROM tombstones WHERE kind = $1 AND id = $2",
+                                    &[table.name.into(), (&id).into()],
+                                )
+                                .await?;
+                        }
+                        INSERT.to_string()
                     }
+                };
+                if !self.bulk {
+                    self.known.wrote_tombstone(table.name, &id, false);
                 }
                 let (rid,): (i64,) = self
                     .conn
                     .fetch_one(
-                        "INSERT INTO records (kind, id, data, sort_key, search_text, modified_at, origin) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING rid",
+                        &sql,
                         &[
                             table.name.into(),
                             (&id).into(),
@@ -1321,6 +1333,17 @@ pub(crate) async fn finish_staged(
         // documents to compile are looked for again under the lock (a link committed meanwhile adds one).
         roots_of = writer.embedding_roots_of(&starts).await?;
     }
+    // A write does not reach the roots a later write of the batch created: they did not exist after it (a
+    // new organization's walk would otherwise announce a service created after it under the organization).
+    let mut created_by: HashMap<Root, usize> = HashMap::new();
+    for (t, &i) in starts.iter().zip(&write_of) {
+        if t.action == Action::Created {
+            created_by.entry((t.table.name, t.id.clone())).or_insert(i);
+        }
+    }
+    for (roots, &i) in roots_of.iter_mut().zip(&write_of) {
+        roots.retain(|root| created_by.get(root).is_none_or(|&by| by <= i));
+    }
     // A root lives on unless the last write that touched it deleted it.
     let mut last_action: HashMap<Root, Action> = HashMap::new();
     for t in &starts {
@@ -1399,9 +1422,20 @@ pub(crate) async fn finish_staged(
     }
     for (name, indexes) in by_table {
         let Some(t) = table(name) else { continue };
-        let rows: Vec<Row> = indexes.iter().filter_map(|&i| starts[i].after.clone()).collect();
-        let compiled = compile_many(writer.conn, t, rows, Form::Nested).await?;
-        nested.extend(indexes.into_iter().zip(compiled));
+        // A row two writes touched (one named it, a child set of the other unlinked it) is compiled once per
+        // write: a compile gives each id its nested rows once.
+        let mut rounds: Vec<Vec<usize>> = Vec::new();
+        for i in indexes {
+            match rounds.iter_mut().find(|round| round.iter().all(|&j| starts[j].id != starts[i].id)) {
+                Some(round) => round.push(i),
+                None => rounds.push(vec![i]),
+            }
+        }
+        for round in rounds {
+            let rows: Vec<Row> = round.iter().filter_map(|&i| starts[i].after.clone()).collect();
+            let compiled = compile_many(writer.conn, t, rows, Form::Nested).await?;
+            nested.extend(round.into_iter().zip(compiled));
+        }
     }
     let mut finished = Vec::with_capacity(staged.len());
     let mut first = 0;
@@ -1531,7 +1565,7 @@ impl ImportRows {
 
 /// The PostgreSQL transaction lock under which existing documents change (see `Writer::lock_documents`);
 /// taken again by a transaction that holds it, it is only counted once more.
-async fn lock_documents(conn: &mut Conn<'_>) -> sqlx::Result<()> {
+pub(crate) async fn lock_documents(conn: &mut Conn<'_>) -> sqlx::Result<()> {
     /// "hsdadocs" in ASCII: a key no other advisory lock of this database is likely to use.
     const DOCUMENTS: i64 = 0x6873_6461_646f_6373;
     conn.execute("SELECT pg_advisory_xact_lock($1)", &[DOCUMENTS.into()]).await.map(drop)
