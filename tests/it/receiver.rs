@@ -1,7 +1,8 @@
 //! A real HTTP receiver on 127.0.0.1 for webhook tests: records every request (with its arrival time) and
 //! answers with a scripted sequence of statuses (then 200). Verification challenges
-//! (`webhook.verification`) are answered as [`Challenges`] says. Signatures are checked with the
-//! independent `standardwebhooks` crate, never with hsda's own signing code.
+//! (`webhook.verification`) are answered as [`Challenges`] says. A receiver can also hold requests unanswered
+//! until the test lets them through ([`Receiver::hold`]). Signatures are checked with the independent
+//! `standardwebhooks` crate, never with hsda's own signing code.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -55,6 +56,8 @@ struct Inner {
     received: Vec<Received>,
     script: VecDeque<(u16, Option<String>)>,
     challenges: Challenges,
+    /// While set, each request waits for a permit before it is answered (in arrival order).
+    gate: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 #[derive(Clone)]
@@ -64,12 +67,19 @@ pub struct Receiver {
 }
 
 async fn record(State(inner): State<Arc<Mutex<Inner>>>, headers: HeaderMap, body: Bytes) -> impl IntoResponse {
-    let mut guard = inner.lock().unwrap();
     let challenge = serde_json::from_slice::<Value>(&body)
         .ok()
         .filter(|v| v["type"] == "webhook.verification")
         .and_then(|v| v["challenge"].as_str().map(str::to_string));
-    guard.received.push(Received { headers, body, at: Instant::now() });
+    let gate = {
+        let mut guard = inner.lock().unwrap();
+        guard.received.push(Received { headers, body, at: Instant::now() });
+        guard.gate.clone()
+    };
+    if let Some(gate) = gate {
+        gate.acquire_owned().await.expect("the gate stays open").forget();
+    }
+    let mut guard = inner.lock().unwrap();
     match (guard.challenges, challenge) {
         (Challenges::Echo, Some(c)) => return axum::Json(serde_json::json!({ "challenge": c })).into_response(),
         (Challenges::EchoWrong, Some(_)) => {
@@ -99,6 +109,26 @@ impl Receiver {
     pub fn script(&self, statuses: &[(u16, Option<&str>)]) {
         let mut guard = self.inner.lock().unwrap();
         guard.script = statuses.iter().map(|(s, r)| (*s, r.map(str::to_string))).collect();
+    }
+
+    /// From now on requests are recorded on arrival but wait unanswered until [`Receiver::let_through`] or
+    /// [`Receiver::open`] lets them go.
+    pub fn hold(&self) {
+        self.inner.lock().unwrap().gate = Some(Arc::new(tokio::sync::Semaphore::new(0)));
+    }
+
+    /// Lets the next `n` held requests (in arrival order) be answered.
+    pub fn let_through(&self, n: usize) {
+        if let Some(gate) = &self.inner.lock().unwrap().gate {
+            gate.add_permits(n);
+        }
+    }
+
+    /// Answers every held request and holds no more.
+    pub fn open(&self) {
+        if let Some(gate) = self.inner.lock().unwrap().gate.take() {
+            gate.add_permits(tokio::sync::Semaphore::MAX_PERMITS / 2);
+        }
     }
 
     pub fn answer_challenges(&self, how: Challenges) {

@@ -1081,3 +1081,180 @@ webhook_test!(patch_is_a_json_merge_patch_of_the_subscription, |app| async move 
     let now = app.get_as(&app.subscribe_key, &format!("/webhooks/{id}")).await;
     assert_eq!((now["headers"].clone(), now["filter"].clone()), (json!({}), json!({})), "{now}");
 });
+
+webhook_test!(an_import_announces_a_service_that_leaves_a_filter_to_it, |app| async move {
+    // A service of one organization, tagged with one term and at one location; a subscription filtering by
+    // each. An import moves it to another organization, term and location in one go: every subscription
+    // hears of the change that took the service out of its filter (events match by what the document held
+    // before the import, as a write's do).
+    let id = |n: u32| format!("00000000-0000-4000-8000-{:012}", 400 + n);
+    let (term, other_term, loc, other_loc, svc, sal, attribute) = (id(1), id(2), id(3), id(4), id(5), id(6), id(7));
+    put_org(&app, O1, "One").await;
+    put_org(&app, O2, "Two").await;
+    for t in [&term, &other_term] {
+        app.put_ok(&format!("/taxonomy_terms/{t}"), &json!({"name": "Food", "description": "d"})).await;
+    }
+    for l in [&loc, &other_loc] {
+        app.put_ok(&format!("/locations/{l}"), &json!({"location_type": "physical", "name": "Hall"})).await;
+    }
+    let service = |org: &str, term: &str, loc: &str| {
+        json!({"id": svc, "name": "Pantry", "status": "active", "organization_id": org,
+               "attributes": [{"id": attribute, "taxonomy_term_id": term}],
+               "service_at_locations": [{"id": sal, "location_id": loc}]})
+    };
+    app.put_ok(&format!("/services/{svc}"), &service(O1, &term, &loc)).await;
+    let mut receivers = Vec::new();
+    for (field, value) in [("organization_id", O1), ("taxonomy_term_id", &term), ("location_id", &loc)] {
+        let rx = Receiver::start().await;
+        let body = json!({"url": rx.url, "events": ["service.updated"], "filter": {field: value}});
+        assert_eq!(subscribed(&app, body).await["status"], "active");
+        rx.wait_for("the ping", has_ping).await;
+        receivers.push((field, rx));
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("moved.ndjson");
+    std::fs::write(&file, format!("{}\n", service(O2, &other_term, &other_loc))).unwrap();
+    hsda::bulk::import::import_path(&app.db, &file, Default::default()).await.expect("imports");
+    let now = app.get_json(&format!("/services/{svc}")).await;
+    assert_eq!(now["organization_id"], O2, "{now}");
+    assert_eq!(now["attributes"][0]["taxonomy_term_id"], other_term.as_str(), "{now}");
+    assert_eq!(now["service_at_locations"][0]["location"]["id"], other_loc.as_str(), "{now}");
+
+    let what = "the moved service at each subscription filtering by what it held";
+    crate::helpers::eventually(what, std::time::Duration::from_secs(10), || async {
+        let missed: Vec<&str> = receivers
+            .iter()
+            .filter(|(_, rx)| {
+                let updated = Receiver::of_type(&rx.received(), "service.updated");
+                !updated.iter().any(|d| d.json()["data"]["organization_id"] == O2)
+            })
+            .map(|(field, _)| *field)
+            .collect();
+        missed.is_empty().then_some(()).ok_or_else(|| format!("not heard filtering by {missed:?}"))
+    })
+    .await;
+});
+
+/// The sum of the `hsda_delivery_attempts_total` counters with this `outcome`.
+async fn attempts_counted(app: &TestApp, outcome: &str) -> u64 {
+    let r = app.client.get(app.url("/metrics")).bearer_auth(&app.admin_key).send().await.unwrap();
+    let text = r.text().await.unwrap();
+    let prefix = format!("hsda_delivery_attempts_total{{outcome=\"{outcome}\"");
+    text.lines()
+        .filter(|l| l.starts_with(&prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// Another connection holding what the attempt recorder must lock for `subscription` (SQLite: the file's write
+/// lock; PostgreSQL: the subscription's row), so that its next batch waits, and whatever attempts finish
+/// meanwhile queue up for the batch after it.
+enum StoreLock {
+    Sqlite(sqlx::SqliteConnection),
+    Postgres(sqlx::PgConnection),
+}
+
+impl StoreLock {
+    async fn take(app: &TestApp, subscription: &str) -> StoreLock {
+        use sqlx::Connection;
+        match app.db.backend() {
+            hsda::store::Backend::Sqlite => {
+                let mut conn = sqlx::SqliteConnection::connect(&app.database_url).await.unwrap();
+                sqlx::query("BEGIN IMMEDIATE").execute(&mut conn).await.unwrap();
+                StoreLock::Sqlite(conn)
+            }
+            hsda::store::Backend::Postgres => {
+                let mut conn = sqlx::PgConnection::connect(&app.database_url).await.unwrap();
+                sqlx::query("BEGIN").execute(&mut conn).await.unwrap();
+                sqlx::query("SELECT id FROM subscriptions WHERE id = $1 FOR UPDATE")
+                    .bind(subscription)
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                StoreLock::Postgres(conn)
+            }
+        }
+    }
+
+    async fn release(self) {
+        match self {
+            StoreLock::Sqlite(mut conn) => sqlx::query("ROLLBACK").execute(&mut conn).await.map(drop).unwrap(),
+            StoreLock::Postgres(mut conn) => sqlx::query("ROLLBACK").execute(&mut conn).await.map(drop).unwrap(),
+        }
+    }
+}
+
+webhook_test!(every_delivery_a_410_refused_in_one_recorded_batch_is_replayed, |app| async move {
+    // Three deliveries at the target together, all refused with 410, their results recorded in one batch: the
+    // first disables the subscription, and the other two were refused just the same. Once the target is
+    // back, `replay_missed` sends all three again, not only the one that disabled it.
+    let rx = Receiver::start().await;
+    rx.hold();
+    rx.script(&[(200, None), (410, None), (410, None), (410, None)]);
+    let sub = create(&app, json!({"url": rx.url, "events": ["organization.created"]})).await;
+    let id = sub["id"].as_str().unwrap().to_string();
+    rx.wait_for("the ping, held", |r| r.len() == 1).await;
+    let orgs: Vec<String> = (0..3).map(org).collect();
+    for o in &orgs {
+        put_org(&app, o, "Org").await;
+    }
+    rx.wait_for("the three deliveries, held at the target together", |r| r.len() == 4).await;
+
+    // The ping's success goes first, into a batch that waits for the lock; the three 410s arrive meanwhile
+    // and make the next batch together.
+    let lock = StoreLock::take(&app, &id).await;
+    rx.let_through(1);
+    crate::helpers::eventually("the ping answered", std::time::Duration::from_secs(10), || async {
+        let n = attempts_counted(&app, "succeeded").await;
+        (n == 1).then_some(()).ok_or_else(|| format!("{n} succeeded"))
+    })
+    .await;
+    // (The recorder takes the ping's result into its batch within microseconds.)
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    rx.let_through(3);
+    crate::helpers::eventually("the three 410s", std::time::Duration::from_secs(10), || async {
+        let n = attempts_counted(&app, "gone").await;
+        (n == 3).then_some(()).ok_or_else(|| format!("{n} gone"))
+    })
+    .await;
+    lock.release().await;
+
+    crate::helpers::eventually("410 disables", std::time::Duration::from_secs(10), || async {
+        let shown = show(&app, &id).await;
+        (shown["status"] == "disabled").then_some(()).ok_or_else(|| shown.to_string())
+    })
+    .await;
+    let failed = app.get_as(&app.subscribe_key, &format!("/webhooks/{id}/deliveries?status=failed")).await;
+    let errors: Vec<&str> =
+        failed["contents"].as_array().unwrap().iter().map(|d| d["last_error"].as_str().unwrap_or("")).collect();
+    assert_eq!(errors, [hsda::store::webhooks::GONE_DISABLED; 3], "each one a 410 refused, in one batch: {failed}");
+
+    // The target is back.
+    rx.open();
+    let body = json!({"replay_missed": true});
+    let r = app.post_as(&app.subscribe_key, &format!("/webhooks/{id}/enable"), Some(&body)).await;
+    assert_eq!(r.status(), 200);
+    let got = rx
+        .wait_for_within("the three refused deliveries again", std::time::Duration::from_secs(10), |r| {
+            orgs.iter().all(|o| {
+                Receiver::of_type(r, "organization.created")
+                    .iter()
+                    .filter(|d| d.json()["data"]["id"] == o.as_str())
+                    .count()
+                    == 2
+            })
+        })
+        .await;
+    for sent in Receiver::of_type(&got, "organization.created") {
+        let id = sent.header("webhook-id");
+        let again =
+            Receiver::of_type(&got, "organization.created").iter().filter(|d| d.header("webhook-id") == id).count();
+        assert_eq!(again, 2, "the same message, sent again: {id}");
+    }
+    crate::helpers::eventually("all delivered", std::time::Duration::from_secs(10), || async {
+        let page = app.get_as(&app.subscribe_key, &format!("/webhooks/{id}/deliveries?status=succeeded")).await;
+        (page["total_items"] == 4).then_some(()).ok_or_else(|| page.to_string())
+    })
+    .await;
+});
