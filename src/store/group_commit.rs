@@ -502,7 +502,7 @@ async fn run_group(
         // What the store holds of the rows the writes name, read for all of them at once. (Behind savepoints
         // each write reads its own: one rolled back would leave what it wrote known.)
         let mut known = match guard_each {
-            false => Known::prefetch(&mut conn, waiting.iter().flat_map(|job| &job.ops)).await?,
+            false => Known::prefetch(&mut conn, db.backend, waiting.iter().flat_map(|job| &job.ops)).await?,
             true => Known::default(),
         };
         while let Some(mut job) = waiting.pop_front() {

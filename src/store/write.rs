@@ -196,7 +196,7 @@ impl Db {
         ops: Vec<Op>,
         options: &WriteOptions,
     ) -> Result<PendingWrite, WriteError> {
-        let mut known = Known::prefetch(tx, ops.iter()).await?;
+        let mut known = Known::prefetch(tx, self.backend, ops.iter()).await?;
         let staged = self.stage_in(tx, ops, options, &mut known).await?;
         let mut finished = finish_staged(tx, self.backend, vec![staged]).await?;
         Ok(finished.pop().expect("one write staged, one finished"))
@@ -425,8 +425,8 @@ struct Writer<'a, 'c> {
 /// A stored row: its `rid` and its `data` as JSON text.
 type StoredRow = (i64, String);
 
-/// What a transaction knows of rows and tombstones without asking the store: read for a group's writes in
-/// one statement per table before they run ([`Known::prefetch`]), and kept up to date by the writes
+/// What a transaction knows of rows (and, on SQLite, tombstones) without asking the store: read for a group's
+/// writes in one statement per table before they run ([`Known::prefetch`]), and kept up to date by the writes
 /// themselves, so a write of a new organization costs its insert alone, not a read of the row and a delete
 /// of its tombstone too. Rows it does not hold are read from the store.
 ///
@@ -444,8 +444,13 @@ pub(crate) struct Known {
 }
 
 impl Known {
-    /// Reads what the store holds of every row `ops` write (and their tombstones): one statement per table.
-    pub(crate) async fn prefetch<'o>(conn: &mut Conn<'_>, ops: impl Iterator<Item = &'o Op>) -> sqlx::Result<Known> {
+    /// Reads what the store holds of every row `ops` write, and on SQLite of their tombstones (a PostgreSQL
+    /// insert deletes its row's tombstone whatever was read: see `Writer::upsert`): one statement per table.
+    pub(crate) async fn prefetch<'o>(
+        conn: &mut Conn<'_>,
+        backend: Backend,
+        ops: impl Iterator<Item = &'o Op>,
+    ) -> sqlx::Result<Known> {
         fn named(op: &Op, out: &mut BTreeMap<&'static str, BTreeSet<String>>) {
             match op {
                 Op::Upsert { table, row, .. } => {
@@ -467,15 +472,19 @@ impl Known {
             let ids: Vec<String> = ids.into_iter().collect();
             for chunk in ids.chunks(500) {
                 let list = super::placeholders(1, chunk.len());
-                let sql = format!(
-                    "SELECT 'row', id, rid, data FROM records WHERE kind = $1 AND id IN ({list}) UNION ALL \
-                     SELECT 'tombstone', id, 0, NULL FROM tombstones WHERE kind = $1 AND id IN ({list})"
-                );
+                let mut sql = format!("SELECT 'row', id, rid, data FROM records WHERE kind = $1 AND id IN ({list})");
+                if backend == Backend::Sqlite {
+                    sql += &format!(
+                        " UNION ALL SELECT 'tombstone', id, 0, NULL FROM tombstones WHERE kind = $1 AND id IN ({list})"
+                    );
+                }
                 let args: Vec<Arg> = std::iter::once(kind.into()).chain(chunk.iter().map(Arg::from)).collect();
                 let found: Vec<(String, String, i64, Option<String>)> = conn.fetch_all(&sql, &args).await?;
                 for id in chunk {
                     known.rows.insert((kind.to_string(), id.clone()), (None, false));
-                    known.tombstones.insert((kind.to_string(), id.clone()), (false, false));
+                    if backend == Backend::Sqlite {
+                        known.tombstones.insert((kind.to_string(), id.clone()), (false, false));
+                    }
                 }
                 for (what, id, rid, data) in found {
                     let key = (kind.to_string(), id);
@@ -758,9 +767,9 @@ impl Writer<'_, '_> {
             None => {
                 const INSERT: &str = "INSERT INTO records (kind, id, data, sort_key, search_text, modified_at, origin) \
                                       VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING rid";
-                // A new row's tombstone goes. On PostgreSQL always, in the insert's own statement: another
-                // transaction may have created and deleted the row since the group read that it had none (see
-                // `Known`). SQLite has one writer, so what the group knows holds.
+                // A new row's tombstone goes. On PostgreSQL always, in the insert's own statement (the group does
+                // not read tombstones there): another transaction may create and delete a row of that id at any
+                // time before this insert. SQLite has one writer, so what the group read of it holds.
                 let sql = match self.concurrent {
                     true => format!("WITH gone AS (DELETE FROM tombstones WHERE kind = $1 AND id = $2) {INSERT}"),
                     false => {
@@ -1038,20 +1047,6 @@ impl Writer<'_, '_> {
             errors.sort_by(|a, b| a.pointer.cmp(&b.pointer));
             Err(WriteError::Invalid(errors))
         }
-    }
-
-    /// Stores one root's compiled document (see [`Writer::store_docs`]).
-    async fn store_doc(
-        &mut self,
-        table: &'static Table,
-        id: &str,
-        doc: &Value,
-        facets: &Facets,
-        fresh: bool,
-    ) -> sqlx::Result<Facets> {
-        let now = self.now;
-        let stored = self.store_docs(table, &[DocToStore { id, doc, facets, fresh, now }]).await?;
-        Ok(stored.into_iter().next().unwrap_or_default())
     }
 
     /// Stores root documents of `table` and what lists and filters need of them; returns, for each, the
@@ -1786,6 +1781,8 @@ impl Writer<'_, '_> {
                 let rows = load_rows(self.conn, t.name, &ids).await?;
                 let compiled = compile_many(self.conn, t, rows.into_values().collect(), Form::Root).await?;
                 let mut events = Vec::new();
+                // The events whose document changed: stored together below.
+                let mut changed: Vec<usize> = Vec::new();
                 for mut doc in compiled {
                     let Some(id) = doc.get("id").and_then(Value::as_str).map(str::to_string) else { continue };
                     let old_doc = old.get(id.as_str()).copied().flatten();
@@ -1805,19 +1802,31 @@ impl Writer<'_, '_> {
                     if unchanged && !touched_roots.contains(&key) {
                         continue;
                     }
-                    let mut facets = document::facets(t, &doc);
                     if !unchanged {
-                        // Its events match by what it held too (as a write's do).
-                        facets.extend(self.store_doc(t, &id, &doc, &facets, false).await?);
+                        changed.push(events.len());
                     }
                     let action = actions.get(&key).copied().unwrap_or(Action::Updated);
                     events.push(NewEvent {
                         event_type: format!("{}.{}", t.name, action.as_str()),
                         object: t.name,
                         object_id: id,
-                        facets,
+                        facets: document::facets(t, &doc),
                         data: doc,
                     });
+                }
+                let now = self.now;
+                let to_store: Vec<DocToStore> = changed
+                    .iter()
+                    .map(|&i| {
+                        let e = &events[i];
+                        DocToStore { id: &e.object_id, doc: &e.data, facets: &e.facets, fresh: false, now }
+                    })
+                    .collect();
+                let held = self.store_docs(t, &to_store).await?;
+                drop(to_store);
+                for (i, held) in changed.into_iter().zip(held) {
+                    // Its events match by what it held too (as a write's do).
+                    events[i].facets.extend(held);
                 }
                 self.append(events, &mut outcome).await?;
                 progress(t.name, ((n + 1) * 500).min(all.len()) as u64, total);

@@ -410,28 +410,10 @@ store_test!(search_filters_and_paging_combine, |app| async move {
     for line in text.lines() {
         serde_json::from_str::<Value>(line).unwrap();
     }
-    let post: Value = app
-        .client
-        .post(app.url("/services"))
-        .json(&json!({"search": "clinic"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let post = app.post_json("/services", &json!({"search": "clinic"})).await;
     assert_eq!(post["total_items"], 2);
     // Where the body and the query string both name a parameter, the query string wins.
-    let both: Value = app
-        .client
-        .post(app.url("/services?search=pantry&per_page=2"))
-        .json(&json!({"search": "clinic", "per_page": 1}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let both = app.post_json("/services?search=pantry&per_page=2", &json!({"search": "clinic", "per_page": 1})).await;
     assert_eq!((both["total_items"].as_i64(), both["size"].as_i64()), (Some(5), Some(2)), "{both}");
 });
 
@@ -902,14 +884,17 @@ store_test!(every_official_example_is_taken_whole_and_served_as_the_compiled_sch
     assert_valid("service", &app.get_json(&format!("/services/{SERVICE}")).await);
 });
 
-/// `writers` tasks, each `rounds` times creating a row (`PUT` of `create(w, i)`: path and body, 201) and then
-/// patching another (`patch(w, i)`, 200), all at once; returns every answer that was not the one expected.
-async fn race_writes(
+/// `writers` tasks, each `rounds` times creating a child row (`PUT` of `create(w, i)`: path and body, 201) and
+/// then patching its parent (`patch(w, i)`, 200), all at once. Then every answer was the one expected, the
+/// parent (`GET parent`) lists every child under `key`, and no `deleted` event was written.
+async fn race_children_against_patches(
     app: &std::sync::Arc<crate::helpers::TestApp>,
     (writers, rounds): (usize, usize),
     create: fn(usize, usize) -> (String, Value),
     patch: fn(usize, usize) -> (String, Value),
-) -> Vec<String> {
+    (parent, key, deleted): (&str, &str, &str),
+) {
+    let last = app.db.last_sequence().await.unwrap();
     let tasks = (0..writers).map(|w| {
         let app = app.clone();
         tokio::spawn(async move {
@@ -929,7 +914,12 @@ async fn race_writes(
             refused
         })
     });
-    futures::future::join_all(tasks).await.into_iter().flat_map(|r| r.unwrap()).collect()
+    let refused: Vec<String> = futures::future::join_all(tasks).await.into_iter().flat_map(|r| r.unwrap()).collect();
+    assert!(refused.is_empty(), "{refused:#?}");
+    let children = app.get_json(parent).await[key].as_array().unwrap().len();
+    assert_eq!(children, writers * rounds, "every one of {parent}'s {key} is there");
+    let deletes = app.events_after(last).await.into_iter().filter(|e| e["type"] == deleted).count();
+    assert_eq!(deletes, 0, "no write deleted one of {parent}'s {key}");
 }
 
 store_test!(concurrent_writes_of_one_service_and_its_phones_lose_nothing_and_never_conflict, |app| async move {
@@ -941,10 +931,9 @@ store_test!(concurrent_writes_of_one_service_and_its_phones_lose_nothing_and_nev
     let mut service = service_body(S1, O1, "Pantry");
     service.as_object_mut().unwrap().remove("phones");
     app.put_ok(&format!("/services/{S1}"), &service).await;
-    let last = app.db.last_sequence().await.unwrap();
     let (writers, rounds) = (6, 12);
     let app = std::sync::Arc::new(app);
-    let refused = race_writes(
+    race_children_against_patches(
         &app,
         (writers, rounds),
         |w, i| {
@@ -954,19 +943,14 @@ store_test!(concurrent_writes_of_one_service_and_its_phones_lose_nothing_and_nev
             )
         },
         |w, i| (format!("/services/{S1}"), json!({"description": format!("{w}/{i}")})),
+        (&format!("/services/{S1}"), "phones", "phone.deleted"),
     )
     .await;
-    assert!(refused.is_empty(), "{refused:#?}");
-    let phones = app.get_json(&format!("/services/{S1}")).await["phones"].as_array().unwrap().len();
-    assert_eq!(phones, writers * rounds, "every phone is in the service");
-    let deleted = app.events_after(last).await.into_iter().filter(|e| e["type"] == "phone.deleted").count();
-    assert_eq!(deleted, 0, "no write deleted a phone");
 
     // One level down: languages added to one phone while its number is PATCHed (the patch's merged phone
     // lists its languages, and replaces that set).
     const PHONE: &str = "00000000-0000-4000-8000-0000000d0000";
-    let last = app.db.last_sequence().await.unwrap();
-    let refused = race_writes(
+    race_children_against_patches(
         &app,
         (writers, rounds),
         |w, i| {
@@ -976,13 +960,9 @@ store_test!(concurrent_writes_of_one_service_and_its_phones_lose_nothing_and_nev
             )
         },
         |w, i| (format!("/phones/{PHONE}"), json!({"number": format!("555-{w}{i}")})),
+        (&format!("/phones/{PHONE}"), "languages", "language.deleted"),
     )
     .await;
-    assert!(refused.is_empty(), "{refused:#?}");
-    let languages = app.get_json(&format!("/phones/{PHONE}")).await["languages"].as_array().unwrap().len();
-    assert_eq!(languages, writers * rounds, "every language is on the phone");
-    let deleted = app.events_after(last).await.into_iter().filter(|e| e["type"] == "language.deleted").count();
-    assert_eq!(deleted, 0, "no write deleted a language");
 });
 
 store_test!(a_related_copy_creates_a_missing_row_and_never_edits_an_existing_one, |app| async move {

@@ -131,6 +131,13 @@ impl TestApp {
         r.json().await.expect("json")
     }
 
+    /// `POST path` with a JSON body and no key, as JSON (a 200 expected): the directory's search by POST.
+    pub async fn post_json(&self, path: &str, body: &Value) -> Value {
+        let r = self.client.post(self.url(path)).json(body).send().await.expect("POST");
+        assert_eq!(r.status(), 200, "POST {path}");
+        r.json().await.expect("json")
+    }
+
     /// `GET path` with `key`, as JSON (whatever the status).
     pub async fn get_as(&self, key: &str, path: impl AsRef<str>) -> Value {
         let r = self.client.get(self.url(path.as_ref())).bearer_auth(key).send().await.expect("GET");
