@@ -65,12 +65,19 @@ pub(crate) type Queue = mpsc::Sender<Work>;
 pub struct GroupStats {
     transactions: AtomicU64,
     writes: AtomicU64,
+    reruns: AtomicU64,
 }
 
 impl GroupStats {
     /// (transactions committed, writes they carried).
     pub fn read(&self) -> (u64, u64) {
         (self.transactions.load(Ordering::Relaxed), self.writes.load(Ordering::Relaxed))
+    }
+
+    /// Groups run again with a savepoint per write (a write refused inside the transaction, or two writes
+    /// reaching one document).
+    pub fn reruns(&self) -> u64 {
+        self.reruns.load(Ordering::Relaxed)
     }
 
     fn count(&self, writes: usize) {
@@ -439,8 +446,10 @@ async fn commit_group(db: &Db, opener: &mut Opener<'_>, jobs: Vec<Job>, records:
     // touches first (and, before the full-text index moved to the commit, a flush of its pending terms).
     // Writes are rarely refused inside the transaction (bodies are validated before; what is checked inside
     // is what depends on the store: references, preconditions, a merge patch's result, a missing row); when
-    // one is, the whole group is rolled back and run again with a savepoint around each write.
+    // one is, or two writes finished together would reach one document, the whole group is rolled back and
+    // run again with a savepoint around each write.
     if let Some((jobs, records)) = run_group(db, opener, jobs, records, false).await {
+        db.group_stats.reruns.fetch_add(1, Ordering::Relaxed);
         run_group(db, opener, jobs, records, true).await;
     }
 }
@@ -675,11 +684,12 @@ async fn finish(
     }
     let (jobs, writes): (Vec<Job>, Vec<Staged>) = std::mem::take(staged).into_iter().unzip();
     match finish_staged(conn, backend, writes).await {
-        Ok(finished) => {
+        Ok(Some(finished)) => {
             applied.extend(jobs.into_iter().zip(finished.into_iter().map(Ok)));
             Ok(())
         }
-        Err(_) => {
+        // Two of them reach one document (or finishing failed): the group runs again, one write at a time.
+        Ok(None) | Err(_) => {
             for job in jobs.into_iter().rev() {
                 waiting.push_front(job);
             }
@@ -815,11 +825,12 @@ mod tests {
         value
     }
 
-    /// Writes staged one after the other in a group finish together (each document compiled once, as the rows
-    /// stand after all of them), yet each gets the events it gets alone, and the directory ends as after the
-    /// same writes one by one: two services of one organization, a phone of one of them, a delete (which
-    /// finishes the writes before it first), the deleted service put back (its tombstone goes), and a service
-    /// of the group written again.
+    /// A group of writes gets the events each gets alone, and the directory ends as after the same writes one
+    /// by one: two services of one organization, a phone of one of them, a delete (which finishes the writes
+    /// before it first), the deleted service put back (its tombstone goes), and a service of the group
+    /// written again. (Most of them reach the organization's document, so the group ends up run one write
+    /// at a time; `each_event_of_a_group_shows_its_document_right_after_its_write` covers writes finished
+    /// together.)
     async fn staged_writes_finish_as_if_one_by_one(grouped_url: &str, alone_url: &str) {
         let id = |n: u32| format!("00000000-0000-4000-8000-{n:012}");
         let (o, o2, s1, s2, s3, p, p2, l) = (id(1), id(2), id(11), id(12), id(13), id(21), id(22), id(31));
@@ -878,6 +889,8 @@ mod tests {
         for (n, (g, a)) in grouped_outcomes.iter().zip(&alone_outcomes).enumerate() {
             assert_eq!(g.created, a.created, "write {n}: the rows it created");
             assert_eq!(kinds(events_of(&grouped, g).await), kinds(events_of(&alone, a).await), "write {n}: its events");
+            let (g_events, a_events) = (timeless_events_of(&grouped, g).await, timeless_events_of(&alone, a).await);
+            assert_eq!(g_events, a_events, "write {n}: what its events show");
         }
         // A write's own rows read as it wrote them, though the group wrote them again later.
         let first = events_of(&grouped, &grouped_outcomes[0]).await;
@@ -910,6 +923,103 @@ mod tests {
         assert_eq!(tombstones.0, 0, "the service put back has no tombstone");
         grouped.close().await;
         alone.close().await;
+    }
+
+    /// Each write's events as (type, object id, data without times), read from `db`'s log.
+    async fn timeless_events_of(db: &Db, outcome: &WriteOutcome) -> Vec<(String, String, serde_json::Value)> {
+        let (first, last) = (outcome.first_sequence.expect("events"), outcome.last_sequence.expect("events"));
+        let log = db.events_after(first - 1, &Default::default(), 1000).await.expect("events");
+        log.into_iter().filter(|e| e.sequence <= last).map(|e| (e.event_type, e.object_id, timeless(e.data))).collect()
+    }
+
+    /// Runs `writes` as one group on `grouped` and one by one on `alone`; asserts that every write gets the
+    /// same events, with the same documents, both ways (an event shows its document as it stood right after
+    /// its own write: CONTRACT.md 5), and returns how many times the group ran again one write at a time.
+    async fn group_matches_one_by_one(grouped: &Db, alone: &Db, writes: Vec<Vec<Op>>) -> u64 {
+        let mut alone_outcomes = Vec::new();
+        for ops in writes.clone() {
+            alone_outcomes.push(alone.apply(ops, WriteOptions::default()).await.expect("a write alone"));
+        }
+        let reruns_before = grouped.group_commit_reruns();
+        let direct = Db { writes: None, ..grouped.clone() };
+        let (jobs, answers): (Vec<Job>, Vec<_>) = writes
+            .into_iter()
+            .map(|ops| {
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                (Job { ops, options: WriteOptions::default(), reply }, answer)
+            })
+            .unzip();
+        super::commit_group(&direct, &mut super::Opener::Pool(None), jobs, Vec::new()).await;
+        for (n, (answer, a)) in answers.into_iter().zip(&alone_outcomes).enumerate() {
+            let g = answer.await.expect("answered").expect("a write in the group");
+            let (g_events, a_events) = (timeless_events_of(grouped, &g).await, timeless_events_of(alone, a).await);
+            assert_eq!(g_events, a_events, "write {n}: its events and what they show");
+        }
+        grouped.group_commit_reruns() - reruns_before
+    }
+
+    /// Concurrent writes to rows of one document (the phones of one service) each get that document's event
+    /// as it stood right after their own write, never with a later write's change: siblings under one parent
+    /// are finished one after the other, and writes that meet higher up (phones of two contacts of the
+    /// service) make the group run again one write at a time. Writes to different documents still finish
+    /// together.
+    async fn each_event_of_a_group_shows_its_document_right_after_its_write(grouped_url: &str, alone_url: &str) {
+        let id = |n: u32| format!("00000000-0000-4000-8000-{n:012}");
+        let (o, s, c1, c2) = (id(1), id(11), id(21), id(22));
+        let grouped = Db::connect(grouped_url).await.expect("connect");
+        let alone = Db::connect(alone_url).await.expect("connect");
+        for db in [&grouped, &alone] {
+            db.apply(organization(&o, "Org"), WriteOptions::default()).await.expect("the organization");
+            let service = json!({"id": s, "name": "S", "status": "active", "organization_id": o,
+                                 "contacts": [{"id": c1, "name": "One"}, {"id": c2, "name": "Two"}]});
+            db.apply(put("service", service), WriteOptions::default()).await.expect("the service");
+        }
+        let phone = |n: u32, link: (&str, &str)| {
+            let mut body = json!({"id": id(100 + n), "number": format!("555-01{n:02}")});
+            body[link.0] = json!(link.1);
+            put("phone", body)
+        };
+        // Phones of two contacts of the service: they meet only in the service's document.
+        let mut writes = vec![phone(1, ("contact_id", &c1)), phone(2, ("contact_id", &c2))];
+        // Six phones of the service itself.
+        writes.extend((3..9).map(|n| phone(n, ("service_id", &s))));
+        assert_eq!(group_matches_one_by_one(&grouped, &alone, writes).await, 1, "the group ran again, one by one");
+        // Siblings alone: each finished before the next is staged, without running the group again.
+        let siblings = (9..12).map(|n| phone(n, ("service_id", &s))).collect();
+        assert_eq!(group_matches_one_by_one(&grouped, &alone, siblings).await, 0, "siblings finished in turn");
+        // New organizations and a phone of the service: no document reached twice, finished together.
+        let disjoint = vec![
+            organization(&id(3), "Three"),
+            put("phone", json!({"id": id(200), "number": "555-0200", "contact_id": c1})),
+            organization(&id(4), "Four"),
+        ];
+        assert_eq!(group_matches_one_by_one(&grouped, &alone, disjoint).await, 0, "finished together");
+        for table_name in ["service", "organization"] {
+            let t = table(table_name).unwrap();
+            let row = if table_name == "service" { &s } else { &o };
+            let (g, a) = (grouped.get(t, row).await.unwrap(), alone.get(t, row).await.unwrap());
+            assert_eq!(g.map(timeless), a.map(timeless), "{table_name}");
+        }
+        grouped.close().await;
+        alone.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_event_of_a_group_shows_its_document_right_after_its_write_sqlite() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = |name: &str| format!("sqlite://{}", dir.path().join(name).display());
+        each_event_of_a_group_shows_its_document_right_after_its_write(&url("grouped.db"), &url("alone.db")).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_event_of_a_group_shows_its_document_right_after_its_write_postgres() {
+        on_fresh_postgres(|grouped| async move {
+            on_fresh_postgres(|alone| async move {
+                each_event_of_a_group_shows_its_document_right_after_its_write(&grouped, &alone).await
+            })
+            .await
+        })
+        .await;
     }
 
     /// PostgreSQL: a write that waits for the document lock (an `If-Match` PUT of a service and its phones) reads

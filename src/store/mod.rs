@@ -298,6 +298,11 @@ impl Db {
         self.group_stats.read()
     }
 
+    /// How many groups ran again one write at a time (see `group_commit`).
+    pub fn group_commit_reruns(&self) -> u64 {
+        self.group_stats.reruns()
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
     }

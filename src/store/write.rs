@@ -198,8 +198,8 @@ impl Db {
     ) -> Result<PendingWrite, WriteError> {
         let mut known = Known::prefetch(tx, self.backend, ops.iter()).await?;
         let staged = self.stage_in(tx, ops, options, &mut known).await?;
-        let mut finished = finish_staged(tx, self.backend, vec![staged]).await?;
-        Ok(finished.pop().expect("one write staged, one finished"))
+        let finished = finish_staged(tx, self.backend, vec![staged]).await?;
+        Ok(finished.and_then(|mut f| f.pop()).expect("one write staged, one finished"))
     }
 
     /// Writes the rows of `ops` inside `tx` and checks their references, leaving the documents that embed
@@ -296,11 +296,26 @@ impl Staged {
         self.touched.iter().any(|t| t.table.name == table && t.id == id)
     }
 
+    /// Whether this write touched a row nested in the row `id` (of any table), or named `id` itself.
+    fn nests_under(&self, id: &str) -> bool {
+        self.touched.iter().any(|t| {
+            t.id == id
+                || parent_links(t.table).any(|field| {
+                    [&t.after, &t.before]
+                        .into_iter()
+                        .flatten()
+                        .any(|row| row.get(field.name).and_then(Value::as_str) == Some(id))
+                })
+        })
+    }
+
     /// Whether a write of `ops` may be staged after this one and both finished together (see
     /// [`finish_staged`]): it names none of the rows this one touched (so each write's own rows read back
     /// as it wrote them), and reads no stored document, which this one's may have left out of date until
     /// the finish: no precondition, merge patch, or delete (a deleted root's document gives its events'
-    /// facets), also none through a child set whose deletes can reach a root.
+    /// facets), also none through a child set whose deletes can reach a root. Nor does it write a row
+    /// nested in a row this one touched or nested in: the two would reach one document, which
+    /// [`finish_staged`] refuses to compile once for both (finishing this one first is cheaper than that).
     pub(crate) fn may_precede(&self, ops: &[Op], options: &WriteOptions) -> bool {
         fn reads_documents(op: &Op) -> bool {
             match op {
@@ -312,7 +327,12 @@ impl Staged {
         }
         fn names_a_touched_row(staged: &Staged, op: &Op) -> bool {
             match op {
-                Op::Upsert { table, row, .. } => id_of(row).is_some_and(|id| staged.touches(table.name, &id)),
+                Op::Upsert { table, row, .. } => {
+                    id_of(row).is_some_and(|id| staged.touches(table.name, &id))
+                        || parent_links(table).any(|field| {
+                            row.get(field.name).and_then(Value::as_str).is_some_and(|p| staged.nests_under(p))
+                        })
+                }
                 Op::Delete { table, id } | Op::MergePatch { table, id, .. } => staged.touches(table.name, id),
                 Op::KeepChildren { parent_id, .. } => staged.touched.iter().any(|t| t.id == *parent_id),
                 Op::CreateIfAbsent { table, id, ops } => {
@@ -1298,13 +1318,17 @@ struct DocToStore<'a> {
 
 /// Recompiles the root documents the `staged` writes touched or that embed what they touched, stores them and
 /// builds each write's events. Writes staged one after the other in one transaction finish together: each
-/// document once, as the rows stand after all of them (no other transaction ever sees a state between
-/// them), and each step one statement for all of them rather than one per write.
+/// document once, and each step one statement for all of them rather than one per write.
+///
+/// That is only right when no two of them reach the same document: an event carries its document as it
+/// stood right after its own write (CONTRACT.md 5), and a document compiled once for two writes would show
+/// the second's change in the first's event. So when two writes reach one document, nothing is stored and
+/// the answer is `None`: the caller rolls them back and applies them one by one.
 pub(crate) async fn finish_staged(
     conn: &mut Conn<'_>,
     backend: Backend,
     staged: Vec<Staged>,
-) -> Result<Vec<PendingWrite>, WriteError> {
+) -> Result<Option<Vec<PendingWrite>>, WriteError> {
     let mut writer = Writer {
         conn,
         origin: "",
@@ -1338,6 +1362,14 @@ pub(crate) async fn finish_staged(
     }
     for (roots, &i) in roots_of.iter_mut().zip(&write_of) {
         roots.retain(|root| created_by.get(root).is_none_or(|&by| by <= i));
+    }
+    let mut reached_by: HashMap<&Root, usize> = HashMap::new();
+    for (roots, &i) in roots_of.iter().zip(&write_of) {
+        for root in roots {
+            if *reached_by.entry(root).or_insert(i) != i {
+                return Ok(None);
+            }
+        }
     }
     // A root lives on unless the last write that touched it deleted it.
     let mut last_action: HashMap<Root, Action> = HashMap::new();
@@ -1497,17 +1529,19 @@ pub(crate) async fn finish_staged(
             s.touched.iter().filter(|t| t.action == Action::Created).map(|t| (t.table.name, t.id.clone())).collect();
         finished.push((s.touched.len(), created, events));
     }
-    Ok(staged
-        .into_iter()
-        .zip(finished)
-        .map(|(s, (rows_changed, created, events))| PendingWrite {
-            rows_changed,
-            created,
-            events,
-            origin: s.origin,
-            now: s.now,
-        })
-        .collect())
+    Ok(Some(
+        staged
+            .into_iter()
+            .zip(finished)
+            .map(|(s, (rows_changed, created, events))| PendingWrite {
+                rows_changed,
+                created,
+                events,
+                origin: s.origin,
+                now: s.now,
+            })
+            .collect(),
+    ))
 }
 
 /// Who points at each of `ids`: (kind, field, id) of every reference to it.
