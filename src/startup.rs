@@ -33,6 +33,7 @@ impl Application {
     pub async fn build_with_db(config: Config, db: Db) -> anyhow::Result<Application> {
         let listener = TcpListener::bind(config.bind).await.with_context(|| format!("binding {}", config.bind))?;
         let mut config = config;
+        let configured_public_url = config.public_url.as_ref().map(|_| config.public_url());
         if config.public_url.is_none() {
             config.public_url = Some(format!("http://{}", listener.local_addr()?));
         }
@@ -54,7 +55,14 @@ impl Application {
         };
         let metrics = Arc::new(crate::metrics::Metrics::default());
         let worker = Worker::new(db.clone(), client.clone(), worker_config, metrics.clone());
-        let state = AppState { db, config: Arc::new(config), guard: Arc::new(guard), webhook_client: client, metrics };
+        let state = AppState {
+            db,
+            config: Arc::new(config),
+            guard: Arc::new(guard),
+            webhook_client: client,
+            metrics,
+            configured_public_url,
+        };
         Ok(Application { listener, state, shutdown: CancellationToken::new(), worker })
     }
 

@@ -131,9 +131,9 @@ impl Referenced {
 }
 
 /// Guesses the HSDS object of a compiled JSON document by its fields, and for a bare `{id, name,
-/// description}` by what the file's other documents point at it as. One that nothing points at reads as a
-/// term when it lists its `metadata` (as compiled documents do) without any organization list (a compiled
-/// organization always has them), and as an organization otherwise.
+/// description}` by what the file's other documents point at it as. One that nothing points at reads, when
+/// it lists its `metadata` (as compiled documents do) without any organization list (a compiled organization
+/// always has them), as a taxonomy if it has a `uri` and as a term if not; as an organization otherwise.
 fn document_table(doc: &Value, referenced: &Referenced) -> Option<&'static Table> {
     let has = |k: &str| doc.get(k).is_some();
     let id = doc.get("id").and_then(Value::as_str).unwrap_or_default();
@@ -146,6 +146,10 @@ fn document_table(doc: &Value, referenced: &Referenced) -> Option<&'static Table
     } else if TERM_ONLY.iter().any(|k| has(k)) || referenced.terms.contains(id) {
         "taxonomy_term"
     } else if !ORGANIZATION_ONLY.iter().any(|k| has(k)) && (has("version") || referenced.taxonomies.contains(id)) {
+        "taxonomy"
+    } else if has("metadata") && has("uri") && !ORGANIZATION_ONLY.iter().any(|k| has(k)) {
+        // Compiled (it lists its metadata), not an organization, and with a `uri`, which a term does not
+        // have (its own is `term_uri`): a taxonomy nothing in the file points at.
         "taxonomy"
     } else if has("metadata") && !ORGANIZATION_ONLY.iter().any(|k| has(k)) {
         // A compiled document (it lists its metadata) without any of the arrays a compiled organization always

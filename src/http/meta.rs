@@ -34,22 +34,26 @@ async fn metrics(
     Ok(([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text))
 }
 
-fn base_url(headers: &HeaderMap) -> String {
+/// Where this API is: the operator's `public_url` when one is configured, else the `Host` of the request.
+fn base_url(state: &AppState, headers: &HeaderMap) -> String {
+    if let Some(url) = &state.configured_public_url {
+        return url.clone();
+    }
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
     format!("http://{host}")
 }
 
-async fn root(headers: HeaderMap) -> Json<Value> {
+async fn root(State(state): State<AppState>, headers: HeaderMap) -> Json<Value> {
     Json(json!({
         "version": "3.1",
         "profile": PROFILE_URI,
-        "openapi_url": format!("{}/openapi.json", base_url(&headers)),
+        "openapi_url": format!("{}/openapi.json", base_url(&state, &headers)),
         "hsda_version": env!("CARGO_PKG_VERSION"),
     }))
 }
 
-async fn openapi(headers: HeaderMap) -> Json<Value> {
-    Json(crate::openapi::document(&base_url(&headers)))
+async fn openapi(State(state): State<AppState>, headers: HeaderMap) -> Json<Value> {
+    Json(crate::openapi::document(&base_url(&state, &headers)))
 }
 
 async fn event_types() -> Json<Value> {

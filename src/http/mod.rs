@@ -31,6 +31,9 @@ pub struct AppState {
     pub webhook_client: crate::webhook::client::WebhookClient,
     /// Counted by the delivery worker and by every request; shown at `GET /metrics`.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The `public_url` the operator configured, if any: where the API documents say the API is (behind a
+    /// proxy, the `Host` a request came with is not it). Without one, the request's `Host` tells.
+    pub configured_public_url: Option<String>,
 }
 
 impl AppState {

@@ -891,9 +891,13 @@ impl Db {
 
     /// Makes a finished or waiting delivery due now again (idempotent: a queued one stays queued).
     pub async fn retry_now(&self, delivery_id: &str) -> sqlx::Result<bool> {
+        // An attempt in flight (leased, and due: claimed, or a held retry whose time came) is left to finish:
+        // releasing its lease let a claim send it a second time beside it, and the two results raced on the
+        // delivery's attempt count. A retry held for later (leased, not due yet) is brought forward.
         let done = sqlx::query(
             "UPDATE deliveries SET status = CASE WHEN status = 'pending' THEN 'pending' ELSE 'retrying' END, \
-             next_attempt_at = $1, lease_until = NULL WHERE id = $2",
+             next_attempt_at = $1, lease_until = NULL WHERE id = $2 \
+             AND NOT (lease_until IS NOT NULL AND lease_until > $1 AND next_attempt_at <= $1)",
         )
         .bind(now_text())
         .bind(delivery_id)

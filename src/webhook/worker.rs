@@ -492,7 +492,10 @@ impl Worker {
         };
         self.metrics.attempt(outcome, error_class, took);
         if let Err(unsent) = self.results.send((delivery, record)) {
-            self.forget_hold(&unsent.0.0.id);
+            let (delivery, record) = unsent.0;
+            if let AttemptOutcome::Retry { held_until: Some(until), .. } = &record.outcome {
+                self.forget_hold(&delivery.id, Some(until));
+            }
             tracing::error!("the attempt recorder stopped; the lease will expire and the delivery will be retried");
         }
     }
@@ -552,9 +555,16 @@ impl Worker {
         true
     }
 
-    /// Whether `id` was still held (and is no longer).
-    fn forget_hold(&self, id: &str) -> bool {
-        self.held.lock().unwrap_or_else(|p| p.into_inner()).remove(id).is_some()
+    /// Whether `id` was still held under `lease` (and is no longer). A delivery can be held twice: a retry
+    /// asked for (`POST /deliveries/{id}/retry`) sends it before its held time, and that attempt's failure
+    /// holds it again under a new lease. The first timer must then leave the second's hold alone: taking it
+    /// left the delivery unsent until its lease ran out (about 30 s late).
+    fn forget_hold(&self, id: &str, lease: Option<&str>) -> bool {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        match lease {
+            Some(lease) if held.get(id).is_some_and(|l| l != lease) => false,
+            _ => held.remove(id).is_some(),
+        }
     }
 
     /// Sends a held retry (`delivery` as recorded, its lease ours) when it is due, through its lane like a
@@ -571,7 +581,8 @@ impl Worker {
         let worker = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(due_in).await;
-            if worker.stopping.load(std::sync::atomic::Ordering::Acquire) || !worker.forget_hold(&delivery.id) {
+            let lease = delivery.lease_until.as_deref();
+            if worker.stopping.load(std::sync::atomic::Ordering::Acquire) || !worker.forget_hold(&delivery.id, lease) {
                 return; // the stopping worker releases its lease
             }
             match worker.db.delivery_state(&delivery.id).await {
@@ -752,7 +763,7 @@ async fn record_in_batches(
             Ok(()) => held.into_iter().for_each(|delivery| worker.hold(delivery)),
             Err(e) => {
                 for delivery in &held {
-                    worker.forget_hold(&delivery.id);
+                    worker.forget_hold(&delivery.id, delivery.lease_until.as_deref());
                 }
                 tracing::error!(error = %e, attempts = count, "recording attempts failed; their deliveries will be retried");
             }

@@ -554,3 +554,25 @@ store_test!(keys_are_listed_by_tenant_and_a_revoked_key_is_refused_at_once, |app
     assert_eq!(r.status(), 401, "the revoking process forgets the key at once");
     assert!(app.db.list_keys(Some("globex")).await.unwrap()[0].revoked_at.is_some());
 });
+
+/// Behind a proxy the API is where the operator's `public_url` says, not at the `Host` a request came with:
+/// `GET /` and the OpenAPI document's server say so (a client that follows `openapi_url` must reach it).
+#[tokio::test]
+async fn the_api_documents_name_the_configured_public_url() {
+    let public = "https://directory.example.org/base";
+    let Some(app) =
+        crate::helpers::TestApp::spawn_with(crate::helpers::Store::Sqlite, |c| c.public_url = Some(public.into()))
+            .await
+    else {
+        return;
+    };
+    let r = app.client.get(app.url("/")).header("host", "attacker.example").send().await.unwrap();
+    let root: Value = r.json().await.unwrap();
+    assert_eq!(root["openapi_url"], format!("{public}/openapi.json"), "{root}");
+    let doc = app.get_json("/openapi.json").await;
+    assert_eq!(doc["servers"][0]["url"], public, "{}", doc["servers"]);
+    // Without one, the request's host tells (the address the server is reached at).
+    let Some(plain) = crate::helpers::TestApp::spawn(crate::helpers::Store::Sqlite).await else { return };
+    let root = plain.get_json("/").await;
+    assert_eq!(root["openapi_url"], plain.url("/openapi.json"), "{root}");
+}

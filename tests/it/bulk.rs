@@ -292,6 +292,11 @@ fn hsda_exports_of_terms_and_taxonomies_read_back_as_such() {
         // As hsda compiles them: a term lists its metadata, an organization its arrays too.
         (json!({"id": id(12), "name": "n12", "description": "d", "metadata": []}), "taxonomy_term"),
         (json!({"id": id(13), "name": "n13", "description": "d", "metadata": [], "phones": []}), "organization"),
+        // A compiled taxonomy nothing points at, with its `uri` (a term's is `term_uri`).
+        (
+            json!({"id": id(14), "name": "n14", "description": "d", "metadata": [], "uri": "https://t.example"}),
+            "taxonomy",
+        ),
         (json!({"id": id(8), "name": "n8", "description": "d", "uri": "https://o.example"}), "organization"),
         (
             json!({"id": id(9), "name": "n9", "description": "d", "uri": "https://o.example", "funding": []}),

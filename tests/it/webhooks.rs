@@ -1258,3 +1258,83 @@ webhook_test!(every_delivery_a_410_refused_in_one_recorded_batch_is_replayed, |a
     })
     .await;
 });
+
+/// The id of the one delivery of `event_type` on subscription `id`.
+async fn delivery_of(app: &TestApp, id: &str, event_type: &str) -> String {
+    let page = app.get_as(&app.subscribe_key, &format!("/webhooks/{id}/deliveries?event_type={event_type}")).await;
+    assert_eq!(page["total_items"], 1, "{page}");
+    page["contents"][0]["id"].as_str().unwrap().to_string()
+}
+
+/// A retry asked for while the next one is held for later goes at once, and its failure is retried on
+/// schedule (the held timer of the earlier failure used to take the new hold with it: the delivery then
+/// waited for its lease to run out, about 30 s).
+async fn a_retry_asked_for_while_one_is_held_keeps_the_schedule(store: Store) {
+    let Some(app) = TestApp::spawn_with(store, |c| c.retry_schedule = Some("2,2,2,2".into())).await else { return };
+    let rx = Receiver::start().await;
+    rx.script(&[(200, None), (500, None), (500, None), (500, None)]);
+    let sub = create(&app, json!({"url": rx.url, "events": ["organization.created"]})).await;
+    let id = sub["id"].as_str().unwrap().to_string();
+    rx.wait_for("the ping", |r| r.len() == 1).await;
+    put_org(&app, O1, "One").await;
+    let delivery = delivery_of(&app, &id, "organization.created").await;
+    crate::helpers::eventually("the first failure recorded", std::time::Duration::from_secs(10), || async {
+        let d = app.get_as(&app.subscribe_key, &format!("/deliveries/{delivery}")).await;
+        (d["status"] == "retrying").then_some(()).ok_or_else(|| d.to_string())
+    })
+    .await;
+    let r = app.post_as(&app.subscribe_key, &format!("/deliveries/{delivery}/retry"), None).await;
+    assert_eq!(r.status(), 202);
+    let asked = std::time::Instant::now();
+    rx.wait_for_within("the retry asked for", std::time::Duration::from_secs(2), |r| r.len() == 3).await;
+    // Its failure is retried about 2 s later (jittered), well before a lease would run out.
+    let got =
+        rx.wait_for_within("the scheduled retry after it", std::time::Duration::from_secs(8), |r| r.len() == 4).await;
+    assert!(got[3].at.duration_since(got[2].at) >= std::time::Duration::from_millis(500), "on schedule, not at once");
+    assert!(asked.elapsed() < std::time::Duration::from_secs(10));
+    let ids: std::collections::HashSet<String> = got[1..].iter().map(|r| r.header("webhook-id")).collect();
+    assert_eq!(ids.len(), 1, "one delivery, sent three times");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_asked_for_while_one_is_held_keeps_the_schedule_sqlite() {
+    a_retry_asked_for_while_one_is_held_keeps_the_schedule(Store::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_asked_for_while_one_is_held_keeps_the_schedule_postgres() {
+    a_retry_asked_for_while_one_is_held_keeps_the_schedule(Store::Postgres).await;
+}
+
+webhook_test!(a_retry_asked_for_during_an_attempt_sends_no_second_copy, |app| async move {
+    // Asked for (twice) while the first attempt waits at the target, a retry leaves that attempt to finish:
+    // no second copy goes out beside it, and the attempts counted are the attempts recorded.
+    let rx = Receiver::start().await;
+    rx.hold();
+    let sub = create(&app, json!({"url": rx.url, "events": ["organization.created"]})).await;
+    let id = sub["id"].as_str().unwrap().to_string();
+    rx.wait_for("the ping, held", |r| r.len() == 1).await;
+    rx.let_through(1);
+    put_org(&app, O1, "One").await;
+    rx.wait_for("the delivery, held at the target", |r| r.len() == 2).await;
+    let delivery = delivery_of(&app, &id, "organization.created").await;
+    for _ in 0..2 {
+        let r = app.post_as(&app.subscribe_key, &format!("/deliveries/{delivery}/retry"), None).await;
+        assert_eq!(r.status(), 202);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    assert_eq!(rx.received().len(), 2, "no second copy while the first is at the target");
+    rx.open();
+    crate::helpers::eventually("the delivery succeeded", std::time::Duration::from_secs(10), || async {
+        let d = app.get_as(&app.subscribe_key, &format!("/deliveries/{delivery}")).await;
+        (d["status"] == "succeeded").then_some(()).ok_or_else(|| d.to_string())
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(rx.received().len(), 2, "sent once");
+    let shown = app.get_as(&app.subscribe_key, &format!("/deliveries/{delivery}")).await;
+    let listed =
+        app.get_as(&app.subscribe_key, &format!("/webhooks/{id}/deliveries?event_type=organization.created")).await;
+    assert_eq!(shown["attempts"].as_array().map(Vec::len), Some(1), "{shown}");
+    assert_eq!(listed["contents"][0]["attempts"], 1, "{listed}");
+});
