@@ -69,13 +69,21 @@ pub enum ExportFormat {
     Ndjson,
 }
 
+/// A tenant is named by at least one character other than white space (an empty one named nobody).
+fn tenant_name(value: &str) -> Result<String, String> {
+    match value.trim().is_empty() {
+        true => Err("a tenant name must not be empty".into()),
+        false => Ok(value.to_string()),
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
     /// Create a key; the key itself is printed alone on the last line and never shown again.
     Create {
         #[arg(long, env = "HSDA_SCOPE", value_enum)]
         scope: ScopeArg,
-        #[arg(long, env = "HSDA_TENANT", default_value = "default")]
+        #[arg(long, env = "HSDA_TENANT", default_value = "default", value_parser = tenant_name)]
         tenant: String,
     },
     /// List keys (id, tenant, scope, the secret's first characters, created, revoked), never the secrets.

@@ -190,6 +190,16 @@ impl Config {
         if config.max_body_bytes < 1024 {
             anyhow::bail!("max_body_bytes must be at least 1024");
         }
+        // (0 made every delivery a timeout after a millisecond.)
+        if config.delivery_timeout_seconds == 0 {
+            anyhow::bail!("delivery_timeout_seconds must be at least 1");
+        }
+        if let Some(url) = &config.public_url {
+            let parsed = url::Url::parse(url).ok().filter(|u| matches!(u.scheme(), "http" | "https") && u.has_host());
+            if parsed.is_none() {
+                anyhow::bail!("public_url must be an http(s) URL with a host, like https://directory.example.org");
+            }
+        }
         Ok(config)
     }
 }
@@ -206,6 +216,26 @@ mod tests {
         assert_eq!(config.database_url, "sqlite://other.db");
         assert_eq!(config.bind, SocketAddr::from(([127, 0, 0, 1], 8080)));
         assert_eq!(config.demo_services, 2000);
+    }
+
+    #[test]
+    fn settings_that_cannot_work_are_refused_at_start() {
+        let flags = Flags::default();
+        let load = |serve: ServeFlags| Config::load(&flags, &serve).map_err(|e| e.to_string());
+        let zero = ServeFlags { delivery_timeout_seconds: Some(0), ..Default::default() };
+        assert!(load(zero).unwrap_err().contains("delivery_timeout_seconds"));
+        for bad in ["notaurl", "ftp://directory.example.org", "https://"] {
+            let serve = ServeFlags { public_url: Some(bad.into()), ..Default::default() };
+            assert!(load(serve).unwrap_err().contains("public_url"), "{bad}");
+        }
+        let good = ServeFlags { public_url: Some("https://directory.example.org/base".into()), ..Default::default() };
+        assert_eq!(load(good).unwrap().public_url(), "https://directory.example.org/base");
+        use clap::Parser;
+        for tenant in ["", "  "] {
+            let parsed =
+                crate::cli::Cli::try_parse_from(["hsda", "keys", "create", "--scope", "admin", "--tenant", tenant]);
+            assert!(parsed.is_err(), "tenant {tenant:?}");
+        }
     }
 
     #[test]

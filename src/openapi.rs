@@ -10,7 +10,8 @@ fn param(name: &str, schema: Value, description: &str) -> Value {
     json!({ "name": name, "in": "query", "required": false, "description": description, "schema": schema })
 }
 
-fn list_parameters(table: &Table) -> Vec<Value> {
+/// The query parameters of a list path (`POST` takes the same as a JSON object).
+pub(crate) fn list_parameters(table: &Table) -> Vec<Value> {
     let mut out = vec![
         param("page", json!({"type": "integer", "minimum": 1, "maximum": u32::MAX}), "Page number, from 1."),
         param("per_page", json!({"type": "integer", "minimum": 1, "maximum": 1000}), "Items per page (default 50)."),
@@ -125,7 +126,7 @@ pub fn document(server: &str) -> Value {
                     .filter_map(|p| Some((p["name"].as_str()?.to_string(), p["schema"].clone())))
                     .collect();
                 op["requestBody"] = json!({ "required": false, "description": "Search parameters as a JSON object (the query string wins where both name one).",
-                    "content": { "application/json": { "schema": { "type": "object", "properties": properties } } } });
+                    "content": { "application/json": { "schema": { "type": "object", "properties": properties, "additionalProperties": false } } } });
             }
             op
         };

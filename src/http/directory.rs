@@ -17,6 +17,7 @@ use super::error::ApiError;
 use super::extract::{Caller, JsonBody};
 use crate::hsds::catalog::{Table, table_by_plural};
 use crate::hsds::document::{self, etag};
+use crate::hsds::validate::FieldError;
 use crate::store::compile::list_form;
 use crate::store::keys::Scope;
 use crate::store::read::{ListQuery, Listed};
@@ -203,6 +204,7 @@ async fn search(
         let Value::Object(map) = value else {
             return Err(ApiError::invalid("", "must be a JSON object of search parameters"));
         };
+        check_search_body(table, &map)?;
         for (k, v) in map {
             let text = match v {
                 Value::String(s) => s,
@@ -215,6 +217,38 @@ async fn search(
     }
     let p = parse_list_params(table, &params)?;
     respond_list(state, table, p, None).await
+}
+
+/// A search body names only this list's parameters, each with a value of its type (a number or a boolean may
+/// also come as text, as in a query string): a misspelt name would otherwise be ignored and widen the search.
+fn check_search_body(table: &'static Table, body: &serde_json::Map<String, Value>) -> Result<(), ApiError> {
+    let parameters = crate::openapi::list_parameters(table);
+    let mut errors = Vec::new();
+    for (name, value) in body {
+        let pointer = format!("/{}", name.replace('~', "~0").replace('/', "~1"));
+        let Some(declared) = parameters.iter().find(|p| p["name"] == name.as_str()) else {
+            let names: Vec<&str> = parameters.iter().filter_map(|p| p["name"].as_str()).collect();
+            errors.push(FieldError::new(
+                pointer,
+                format!("is not a search parameter of this list ({})", names.join(", ")),
+            ));
+            continue;
+        };
+        let fits = matches!(
+            (declared["schema"]["type"].as_str(), value),
+            (_, Value::Null | Value::String(_))
+                | (Some("integer" | "number"), Value::Number(_))
+                | (Some("boolean"), Value::Bool(_))
+        );
+        if !fits {
+            let expected = declared["schema"]["type"].as_str().unwrap_or("string");
+            errors.push(FieldError::new(pointer, format!("must be a {expected}")));
+        }
+    }
+    match errors.is_empty() {
+        true => Ok(()),
+        false => Err(ApiError::Invalid(errors)),
+    }
 }
 
 /// A list page; for a `GET` (`conditional`: its headers) with a weak ETag of the page, and 304 when

@@ -99,6 +99,14 @@ async fn feed(
     // (and a filtered feed skips sequence numbers anyway).
     let everything = types.is_empty() || types.iter().any(|t| t == "*");
     let (events, next_after) = state.db.events_scanned(after, &TypeFilter(types), limit).await?;
+    if events.is_empty() && after > 0 {
+        // A cursor past the newest event comes from another directory or from before this one's log was
+        // restored: said so, rather than answering "nothing yet" forever.
+        let last = state.db.last_sequence().await?;
+        if after > last {
+            return Err(ApiError::parameter("after", format!("is past the newest event, {last}")));
+        }
+    }
     let events: Vec<FeedItem> = events
         .into_iter()
         .filter_map(|e| match visible(&e, viewer.as_ref()) {

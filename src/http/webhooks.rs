@@ -311,7 +311,8 @@ async fn owned(state: &AppState, caller: &Principal, id: &str) -> Result<Subscri
 
 /// Refuses fields an action does not know (a typo must not be ignored silently), naming the first.
 fn known_fields(body: &Value, fields: &[&str]) -> Result<(), ApiError> {
-    match body.as_object().and_then(|map| map.keys().find(|k| !fields.contains(&k.as_str()))) {
+    let Some(map) = body.as_object() else { return Err(ApiError::invalid("", "must be a JSON object")) };
+    match map.keys().find(|k| !fields.contains(&k.as_str())) {
         Some(unknown) => Err(ApiError::invalid(format!("/{unknown}"), "unknown field")),
         None => Ok(()),
     }
@@ -601,22 +602,34 @@ async fn replay(
     let principal = caller.require(&[Scope::Subscribe])?;
     let sub = owned(&state, principal, &id).await?;
     known_fields(&body, &["since", "until", "only_failed"])?;
-    let since = match body.get("since").and_then(Value::as_str) {
-        Some(s) => {
-            parse_timestamp("since", s).map_err(|_| ApiError::invalid("/since", "must be an RFC 3339 date-time"))?
+    // Every field's problem at once. `since` is required: a replay of everything ever sent is rarely meant,
+    // and `enable` with `replay_missed` covers a disabled subscription's gap.
+    let mut errors = Vec::new();
+    let mut time = |name: &str, required: bool| match body.get(name) {
+        None | Some(Value::Null) if required => {
+            errors.push(FieldError::new(format!("/{name}"), "is required"));
+            None
         }
-        None => return Err(ApiError::invalid("/since", "is required")),
-    };
-    let until = match body.get("until").and_then(Value::as_str) {
-        Some(s) => {
-            parse_timestamp("until", s).map_err(|_| ApiError::invalid("/until", "must be an RFC 3339 date-time"))?
+        None | Some(Value::Null) => None,
+        Some(value) => {
+            let parsed = value.as_str().and_then(|s| parse_timestamp(name, s).ok());
+            if parsed.is_none() {
+                errors.push(FieldError::new(format!("/{name}"), "must be an RFC 3339 date-time"));
+            }
+            parsed
         }
-        None => now_text(),
     };
+    let (since, until) = (time("since", true), time("until", false));
+    let only_failed =
+        flag(&body, "only_failed").map_err(|_| errors.push(FieldError::new("/only_failed", "must be true or false")));
+    let (Some(since), Ok(only_failed)) = (since, only_failed) else { return Err(ApiError::Invalid(errors)) };
+    if !errors.is_empty() {
+        return Err(ApiError::Invalid(errors));
+    }
+    let until = until.unwrap_or_else(now_text);
     if until < since {
         return Err(ApiError::invalid("/until", "must not be before since"));
     }
-    let only_failed = flag(&body, "only_failed")?;
     let requeued = state.db.replay(&sub.id, &since, &until, only_failed).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "requeued": requeued }))).into_response())
 }
@@ -757,14 +770,27 @@ async fn deliveries(
     {
         return Err(ApiError::parameter("status", "must be pending, succeeded, failed or retrying"));
     }
+    let event_type = params.get("event_type").cloned();
+    if let Some(t) = &event_type
+        && !crate::events::is_known_pattern(t)
+        && !["webhook.digest", "webhook.verification"].contains(&t.as_str())
+    {
+        // As `GET /events?types=` does: a typo would otherwise look like a subscription with no deliveries.
+        return Err(ApiError::parameter("event_type", format!("{t} is not a known event type or pattern")));
+    }
     let time = |name: &str| params.get(name).map(|v| parse_timestamp(name, v)).transpose();
     let q = DeliveryQuery {
         status,
-        event_type: params.get("event_type").cloned(),
+        event_type,
         object_id: params.get("object_id").map(|id| crate::hsds::validate::canonical_id(id).into_owned()),
         since: time("since")?,
         until: time("until")?,
     };
+    if let (Some(since), Some(until)) = (&q.since, &q.until)
+        && until < since
+    {
+        return Err(ApiError::parameter("until", "must not be before since"));
+    }
     let (total, rows) = state.db.deliveries(&sub.id, &q, page, per_page).await?;
     let contents = rows.iter().map(|d| serde_json::to_value(d).unwrap_or(Value::Null)).collect();
     Ok(Json(page_envelope(total, page, per_page, contents)))

@@ -833,7 +833,16 @@ impl Db {
             }
         };
         add("status = ?", &q.status);
-        add("event_type = ?", &q.event_type);
+        // An exact type, or a pattern: `table.*` (by its prefix; `LIKE` would read a table name's `_` as a
+        // wildcard) or `*` (every type).
+        match q.event_type.as_deref() {
+            Some("*") | None => {}
+            Some(pattern) if pattern.ends_with(".*") => {
+                let prefix = &pattern[..pattern.len() - 1];
+                add(&format!("substr(event_type, 1, {}) = ?", prefix.len()), &Some(prefix.to_string()));
+            }
+            Some(_) => add("event_type = ?", &q.event_type),
+        }
         add("object_id = ?", &q.object_id);
         add("created_at >= ?", &q.since);
         add("created_at < ?", &q.until);

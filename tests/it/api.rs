@@ -398,6 +398,13 @@ store_test!(event_feed_pages_by_type_and_serves_single_events, |app| async move 
     assert_eq!(&one, first);
     assert!(one["id"].as_str().unwrap().starts_with("evt_"));
     assert_eq!(app.get("/events?types=nonsense").await.status(), 400);
+    // At the head: nothing yet. Past it: a cursor from elsewhere, said so.
+    let page = app.get_json(&format!("/events?after={head}")).await;
+    assert_eq!((page["events"].as_array().map(Vec::len), &page["next_after"]), (Some(0), &json!(head)), "{page}");
+    let r = app.get(&format!("/events?after={}", head + 1)).await;
+    assert_eq!(r.status(), 400);
+    let problem: Value = r.json().await.unwrap();
+    assert_eq!(problem["errors"][0]["parameter"], "after", "{problem}");
     assert_eq!(app.get("/events?limit=0").await.status(), 400);
 });
 

@@ -415,6 +415,18 @@ store_test!(search_filters_and_paging_combine, |app| async move {
     // Where the body and the query string both name a parameter, the query string wins.
     let both = app.post_json("/services?search=pantry&per_page=2", &json!({"search": "clinic", "per_page": 1})).await;
     assert_eq!((both["total_items"].as_i64(), both["size"].as_i64()), (Some(5), Some(2)), "{both}");
+    // A search body names only this list's parameters, each of its type (numbers may come as text).
+    let typed = app.post_json("/services", &json!({"search": "clinic", "per_page": "1", "page": 2})).await;
+    assert_eq!((typed["total_items"].as_i64(), typed["page_number"].as_i64()), (Some(2), Some(2)), "{typed}");
+    for (body, pointer) in [
+        (json!({"serch": "clinic"}), "/serch"),
+        (json!({"search": ["clinic"]}), "/search"),
+        (json!({"search": 5}), "/search"),
+        (json!({"per_page": {"n": 1}}), "/per_page"),
+    ] {
+        let r = app.client.post(app.url("/services")).json(&body).send().await.unwrap();
+        crate::helpers::assert_problem_at(r, 422, pointer).await;
+    }
 });
 
 store_test!(modified_after_includes_the_boundary, |app| async move {

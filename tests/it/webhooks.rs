@@ -248,6 +248,11 @@ webhook_test!(bad_subscriptions_are_422_naming_the_field_and_create_nothing, |ap
         ("enable", json!({"replay_missed": 1}), "/replay_missed"),
         ("test", json!({"event": "organization.created"}), "/event"),
         ("replay", json!({"since": "2027-01-01T00:00:00Z", "until": "2026-01-01T00:00:00Z"}), "/until"),
+        ("replay", json!([]), ""),
+        ("replay", json!({"since": 5}), "/since"),
+        // Every field's problem at once: the missing `since` and the flag that is not one.
+        ("replay", json!({"only_failed": "yes"}), "/since"),
+        ("replay", json!({"only_failed": "yes"}), "/only_failed"),
     ];
     for (action, body, pointer) in actions {
         let r = app.post_as(&app.subscribe_key, &format!("/webhooks/{id}/{action}"), Some(&body)).await;
@@ -1337,4 +1342,45 @@ webhook_test!(a_retry_asked_for_during_an_attempt_sends_no_second_copy, |app| as
         app.get_as(&app.subscribe_key, &format!("/webhooks/{id}/deliveries?event_type=organization.created")).await;
     assert_eq!(shown["attempts"].as_array().map(Vec::len), Some(1), "{shown}");
     assert_eq!(listed["contents"][0]["attempts"], 1, "{listed}");
+});
+
+webhook_test!(deliveries_filter_by_type_or_pattern_and_refuse_what_names_nothing, |app| async move {
+    let rx = Receiver::start().await;
+    let sub = create(&app, json!({"url": rx.url, "events": ["*"]})).await;
+    let id = sub["id"].as_str().unwrap().to_string();
+    put_org(&app, O1, "One").await;
+    put_org(&app, &org(2), "Two").await;
+    put_org(&app, O1, "One renamed").await;
+    rx.wait_for("the ping and three changes", |r| r.len() == 4).await;
+    let listed = |query: &'static str| {
+        let (app, id) = (&app, id.clone());
+        async move {
+            app.client
+                .get(app.url(&format!("/webhooks/{id}/deliveries?{query}")))
+                .bearer_auth(&app.subscribe_key)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    for (query, expected) in [
+        ("event_type=organization.created", 2),
+        ("event_type=organization.*", 3),
+        ("event_type=*", 4),
+        ("event_type=webhook.ping", 1),
+        ("event_type=service_at_location.*", 0),
+    ] {
+        let page: Value = listed(query).await.json().await.unwrap();
+        assert_eq!(page["total_items"], expected, "{query}: {page}");
+    }
+    for (query, parameter) in [
+        ("event_type=organisation.created", "event_type"),
+        ("event_type=bogus", "event_type"),
+        ("since=2026-01-02T00:00:00Z&until=2026-01-01T00:00:00Z", "until"),
+    ] {
+        let r = listed(query).await;
+        assert_eq!(r.status(), 400, "{query}");
+        let problem: Value = r.json().await.unwrap();
+        assert_eq!(problem["errors"][0]["parameter"], parameter, "{query}: {problem}");
+    }
 });
