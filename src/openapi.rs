@@ -180,7 +180,7 @@ pub fn document(server: &str) -> Value {
         "responses": { "200": { "description": "Version, profile and OpenAPI URL.", "content": { "application/json": { "schema": {
             "type": "object", "properties": { "version": {"type": "string"}, "profile": {"type": "string"}, "openapi_url": {"type": "string"} } } } } } } } }));
     paths.insert("/events".into(), json!({ "get": { "operationId": "listEvents", "summary": "The event feed, oldest first",
-        "parameters": [ param("after", json!({"type": "integer", "minimum": 0}), "Only events with a greater sequence."),
+        "parameters": [ param("after", json!({"type": "integer", "minimum": 0}), "Only events with a greater sequence. A cursor past the newest event (one from another directory, or from before a restore) is a 400 naming the newest sequence."),
                         param("types", json!({"type": "string"}), "Comma-separated types or patterns (service.*, *); may be repeated."),
                         param("limit", json!({"type": "integer", "minimum": 1, "maximum": 1000}), "At most this many (default 100).") ],
         "description": "Sequence numbers have no gaps. An operational `webhook.*` event of another tenant (visible only to its own tenant's keys and to admins) appears in its place as `{\"sequence\", \"type\": \"webhook.redacted\", \"object\": \"webhook\"}` (every other field null), so a reader can tell the log has no gaps; a `types` filter leaves out what it does not match.",
@@ -406,12 +406,14 @@ fn add_webhook_paths(paths: &mut Map<String, Value>, schemas: &mut Map<String, V
     paths.insert("/webhooks/{id}/deliveries".into(), json!({ "parameters": id_param, "get": { "operationId": "listDeliveries", "tags": ["webhooks"], "security": security,
         "summary": "Delivery history, newest first",
         "parameters": [ param("status", json!({"type": "string", "enum": ["pending", "succeeded", "failed", "retrying"]}), "Only deliveries in this state."),
-                        param("event_type", json!({"type": "string"}), "Only this event type."), param("object_id", json!({"type": "string"}), "Only events about this object."),
-                        param("since", json!({"type": "string", "format": "date-time"}), "Created at or after."), param("until", json!({"type": "string", "format": "date-time"}), "Created before."),
+                        param("event_type", json!({"type": "string"}), "Only this event type, or pattern (`service.*`, `*`); an unknown type is a 400."), param("object_id", json!({"type": "string"}), "Only events about this object."),
+                        param("since", json!({"type": "string", "format": "date-time"}), "Created at or after."), param("until", json!({"type": "string", "format": "date-time"}), "Created before (not before `since`)."),
                         param("page", json!({"type": "integer", "minimum": 1, "maximum": u32::MAX}), "Page, from 1."), param("per_page", json!({"type": "integer", "minimum": 1, "maximum": 1000}), "Items per page.") ],
         "responses": { "200": ok("A page of deliveries.", json!({"$ref": "#/components/schemas/Page"})), "404": not_found } } }));
     paths.insert("/deliveries/{id}".into(), json!({ "parameters": id_param, "get": { "operationId": "getDelivery", "tags": ["webhooks"], "security": security,
         "responses": { "200": ok("The delivery with its payload and attempts.", json!({"$ref": "#/components/schemas/DeliveryDetail"})), "404": not_found } } }));
     paths.insert("/deliveries/{id}/retry".into(), json!({ "parameters": id_param, "post": { "operationId": "retryDelivery", "tags": ["webhooks"], "security": security,
-        "summary": "Attempt this delivery again now", "responses": { "202": {"description": "Queued."}, "404": not_found } } }));
+        "summary": "Attempt this delivery again now",
+        "description": "Queues the delivery to be sent at once (its next scheduled retry, if any, is brought forward). An attempt already at the target is left to finish and no second copy is sent beside it; asking again while one is queued changes nothing.",
+        "responses": { "202": {"description": "Queued."}, "404": not_found } } }));
 }
