@@ -201,7 +201,7 @@ pub fn document(server: &str) -> Value {
         json!({ "post": { "operationId": "verifyWebhook", "summary": "Send a pending subscription its verification challenge now",
         "description": "A subscription created with `verify: true` starts `pending`: its events (the `webhook.ping` among them) are \
             held, not dropped, until the target proves it wants them. hsda POSTs, signed like any delivery, \
-            `{\"id\", \"type\": \"webhook.verification\", \"timestamp\", \"challenge\": \"<random>\", \"data\": {\"id\", \"url\", \"challenge\"}}`; \
+            `{\"id\", \"sequence\": 0, \"type\": \"webhook.verification\", \"timestamp\", \"challenge\": \"<random>\", \"data\": {\"id\", \"url\", \"challenge\"}}`; \
             the target must answer 2xx with the JSON body `{\"challenge\": \"<the same value>\"}`. On success the subscription \
             becomes `active` and the held deliveries flow (in sequence order only for `ordered: true` subscriptions; \
             otherwise up to `max_concurrency` at once, so the ping may arrive after a held event); otherwise it stays `pending` with `verification_error` and \

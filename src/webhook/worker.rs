@@ -641,13 +641,16 @@ pub const VERIFICATION_TYPE: &str = "webhook.verification";
 
 /// Sends a subscription its verification challenge and records the outcome (see [`Db::record_verification`]).
 /// The body is signed like any delivery:
-/// `{"id", "type": "webhook.verification", "timestamp", "challenge", "data": {"id", "url", "challenge"}}`;
-/// the target proves it wants the events by answering 2xx with the JSON body `{"challenge": "<same>"}`.
+/// `{"id", "sequence": 0, "type": "webhook.verification", "timestamp", "challenge", "data": {"id", "url",
+/// "challenge"}}` (the shape of every delivery, CONTRACT.md 5; sequence 0, as pings and tests: it is no event
+/// of the log; the challenge also at the top, where endpoint verification elsewhere puts it); the target
+/// proves it wants the events by answering 2xx with the JSON body `{"challenge": "<same>"}`.
 pub async fn verify(db: &Db, client: &WebhookClient, sub: &Subscription) -> sqlx::Result<Result<(), String>> {
     let challenge = hex::encode(rand::random::<[u8; 24]>());
     let id = format!("msg_vrf_{}", uuid::Uuid::new_v4().simple());
     let body = json!({
         "id": id,
+        "sequence": 0,
         "type": VERIFICATION_TYPE,
         "timestamp": now_text(),
         "challenge": challenge,

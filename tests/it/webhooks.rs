@@ -524,6 +524,12 @@ webhook_test!(verify_holds_a_subscription_until_the_target_echoes_the_challenge,
     let created = &Receiver::of_type(&got, "organization.created")[0];
     assert!(created.verify(&secret));
     assert_eq!(created.json()["data"]["name"], "Food Bank");
+    // A challenge has the shape of every delivery (CONTRACT.md 5), with sequence 0 as it is no logged event.
+    let challenge = Receiver::of_type(&got, "webhook.verification").pop().expect("a challenge").json();
+    for field in ["id", "type", "timestamp", "data"] {
+        assert!(challenge.get(field).is_some(), "{field} in {challenge}");
+    }
+    assert_eq!(challenge["sequence"], 0, "{challenge}");
     let r = app.post_as(&app.subscribe_key, &format!("/webhooks/{id}/verify"), None).await;
     assert_eq!(r.status(), 409, "already verified");
 });
