@@ -69,12 +69,16 @@ pub enum ExportFormat {
     Ndjson,
 }
 
-/// A tenant is named by at least one character other than white space (an empty one named nobody).
+/// A tenant is named by at least one character, without white space around it (an empty one named nobody,
+/// and " acme " would be another tenant than "acme").
 fn tenant_name(value: &str) -> Result<String, String> {
-    match value.trim().is_empty() {
-        true => Err("a tenant name must not be empty".into()),
-        false => Ok(value.to_string()),
+    if value.trim().is_empty() {
+        return Err("a tenant name must not be empty".into());
     }
+    if value.trim() != value {
+        return Err("a tenant name must not start or end with white space".into());
+    }
+    Ok(value.to_string())
 }
 
 #[derive(Debug, Subcommand)]

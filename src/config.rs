@@ -231,7 +231,7 @@ mod tests {
         let good = ServeFlags { public_url: Some("https://directory.example.org/base".into()), ..Default::default() };
         assert_eq!(load(good).unwrap().public_url(), "https://directory.example.org/base");
         use clap::Parser;
-        for tenant in ["", "  "] {
+        for tenant in ["", "  ", " acme "] {
             let parsed =
                 crate::cli::Cli::try_parse_from(["hsda", "keys", "create", "--scope", "admin", "--tenant", tenant]);
             assert!(parsed.is_err(), "tenant {tenant:?}");

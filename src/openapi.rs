@@ -10,8 +10,7 @@ fn param(name: &str, schema: Value, description: &str) -> Value {
     json!({ "name": name, "in": "query", "required": false, "description": description, "schema": schema })
 }
 
-/// The query parameters of a list path (`POST` takes the same as a JSON object).
-pub(crate) fn list_parameters(table: &Table) -> Vec<Value> {
+fn list_parameters(table: &Table) -> Vec<Value> {
     let mut out = vec![
         param("page", json!({"type": "integer", "minimum": 1, "maximum": u32::MAX}), "Page number, from 1."),
         param("per_page", json!({"type": "integer", "minimum": 1, "maximum": 1000}), "Items per page (default 50)."),
@@ -126,7 +125,7 @@ pub fn document(server: &str) -> Value {
                     .filter_map(|p| Some((p["name"].as_str()?.to_string(), p["schema"].clone())))
                     .collect();
                 op["requestBody"] = json!({ "required": false, "description": "Search parameters as a JSON object (the query string wins where both name one).",
-                    "content": { "application/json": { "schema": { "type": "object", "properties": properties, "additionalProperties": false } } } });
+                    "content": { "application/json": { "schema": { "type": "object", "properties": properties } } } });
             }
             op
         };
@@ -414,6 +413,6 @@ fn add_webhook_paths(paths: &mut Map<String, Value>, schemas: &mut Map<String, V
         "responses": { "200": ok("The delivery with its payload and attempts.", json!({"$ref": "#/components/schemas/DeliveryDetail"})), "404": not_found } } }));
     paths.insert("/deliveries/{id}/retry".into(), json!({ "parameters": id_param, "post": { "operationId": "retryDelivery", "tags": ["webhooks"], "security": security,
         "summary": "Attempt this delivery again now",
-        "description": "Queues the delivery to be sent at once (its next scheduled retry, if any, is brought forward). An attempt already at the target is left to finish and no second copy is sent beside it; asking again while one is queued changes nothing.",
+        "description": "Queues the delivery to be sent at once (its next scheduled retry, if any, is brought forward). An attempt already at the target is left to finish and no second copy is sent beside it; should that attempt fail, the retry goes at once rather than on the schedule.",
         "responses": { "202": {"description": "Queued."}, "404": not_found } } }));
 }

@@ -620,9 +620,14 @@ async fn replay(
         }
     };
     let (since, until) = (time("since", true), time("until", false));
-    let only_failed =
-        flag(&body, "only_failed").map_err(|_| errors.push(FieldError::new("/only_failed", "must be true or false")));
-    let (Some(since), Ok(only_failed)) = (since, only_failed) else { return Err(ApiError::Invalid(errors)) };
+    let only_failed = match flag(&body, "only_failed") {
+        Ok(only_failed) => Some(only_failed),
+        Err(_) => {
+            errors.push(FieldError::new("/only_failed", "must be true or false"));
+            None
+        }
+    };
+    let (Some(since), Some(only_failed)) = (since, only_failed) else { return Err(ApiError::Invalid(errors)) };
     if !errors.is_empty() {
         return Err(ApiError::Invalid(errors));
     }
@@ -773,7 +778,7 @@ async fn deliveries(
     let event_type = params.get("event_type").cloned();
     if let Some(t) = &event_type
         && !crate::events::is_known_pattern(t)
-        && !["webhook.digest", "webhook.verification"].contains(&t.as_str())
+        && !crate::events::SYSTEM_MESSAGES.iter().any(|(name, _)| name == t)
     {
         // As `GET /events?types=` does: a typo would otherwise look like a subscription with no deliveries.
         return Err(ApiError::parameter("event_type", format!("{t} is not a known event type or pattern")));

@@ -984,6 +984,29 @@ mod tests {
         // Six phones of the service itself.
         writes.extend((3..9).map(|n| phone(n, ("service_id", &s))));
         assert_eq!(group_matches_one_by_one(&grouped, &alone, writes).await, 1, "the group ran again, one by one");
+        // Rows shown in another row's event, with no root between them: a term and its taxonomy (the term's
+        // event shows the taxonomy's detail), a program and an attribute linked to it (the program's event
+        // shows its attributes).
+        let (t, tt, p) = (id(40), id(41), id(42));
+        for db in [&grouped, &alone] {
+            let taxonomy = put("taxonomy", json!({"id": t, "name": "T", "description": "d"}));
+            db.apply(taxonomy, WriteOptions::default()).await.expect("the taxonomy");
+            let term = put("taxonomy_term", json!({"id": tt, "name": "TT", "description": "d", "taxonomy_id": t}));
+            db.apply(term, WriteOptions::default()).await.expect("the term");
+            let program = put("program", json!({"id": p, "name": "P", "description": "d", "organization_id": o}));
+            db.apply(program, WriteOptions::default()).await.expect("the program");
+        }
+        let shown = vec![
+            put("taxonomy_term", json!({"id": tt, "name": "TT renamed", "description": "d", "taxonomy_id": t})),
+            put("taxonomy", json!({"id": t, "name": "T renamed", "description": "d"})),
+            put("program", json!({"id": p, "name": "P renamed", "description": "d", "organization_id": o})),
+            put(
+                "attribute",
+                json!({"id": id(43), "link_id": p, "link_type": "program", "link_entity": "program",
+                                    "taxonomy_term_id": tt, "value": "v"}),
+            ),
+        ];
+        assert_eq!(group_matches_one_by_one(&grouped, &alone, shown).await, 1, "the group ran again, one by one");
         // Siblings alone: each finished before the next is staged, without running the group again.
         let siblings = (9..12).map(|n| phone(n, ("service_id", &s))).collect();
         assert_eq!(group_matches_one_by_one(&grouped, &alone, siblings).await, 0, "siblings finished in turn");

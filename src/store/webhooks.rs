@@ -900,13 +900,15 @@ impl Db {
 
     /// Makes a finished or waiting delivery due now again (idempotent: a queued one stays queued).
     pub async fn retry_now(&self, delivery_id: &str) -> sqlx::Result<bool> {
-        // An attempt in flight (leased, and due: claimed, or a held retry whose time came) is left to finish:
-        // releasing its lease let a claim send it a second time beside it, and the two results raced on the
-        // delivery's attempt count. A retry held for later (leased, not due yet) is brought forward.
+        // An attempt in flight (leased, and due: claimed, or a held retry whose time came) keeps its lease:
+        // releasing it let a claim send a second copy beside it, and the two results raced on the delivery's
+        // attempt count. Its due time moves to now instead, which the recorder reads as "asked for": should
+        // the attempt fail, the retry is due at once, not on the schedule. A retry held for later (leased, not
+        // due yet) is brought forward; the worker's timer then finds its lease gone.
         let done = sqlx::query(
             "UPDATE deliveries SET status = CASE WHEN status = 'pending' THEN 'pending' ELSE 'retrying' END, \
-             next_attempt_at = $1, lease_until = NULL WHERE id = $2 \
-             AND NOT (lease_until IS NOT NULL AND lease_until > $1 AND next_attempt_at <= $1)",
+             lease_until = CASE WHEN lease_until IS NOT NULL AND lease_until > $1 AND next_attempt_at <= $1 \
+             THEN lease_until ELSE NULL END, next_attempt_at = $1 WHERE id = $2",
         )
         .bind(now_text())
         .bind(delivery_id)
@@ -1058,10 +1060,16 @@ pub(crate) async fn record_in(
         // never turns a delivery that succeeded back into a retry, nor counts against its subscription.
         // One exception: a success the target acknowledged after a disable ended its delivery as failed
         // (FAILED_BY_DISABLE) makes it succeeded, so that nothing it got is sent again as missed.
+        // A retry asked for while the attempt was out moved the delivery's due time past the attempt's start
+        // (`Db::retry_now`): a failure is then due at once, unleased (not held), instead of on the schedule.
         let sql = format!(
             "WITH v (id, status, next_at, code, error, at, lease, ran_under) AS (VALUES {}) \
-             UPDATE deliveries SET status = v.status, attempts = attempts + 1, next_attempt_at = v.next_at, \
-             lease_until = v.lease, last_status_code = v.code, last_error = v.error, updated_at = v.at \
+             UPDATE deliveries SET status = v.status, attempts = attempts + 1, \
+             next_attempt_at = CASE WHEN v.status = 'retrying' AND deliveries.next_attempt_at > v.at \
+             THEN deliveries.next_attempt_at ELSE v.next_at END, \
+             lease_until = CASE WHEN v.status = 'retrying' AND deliveries.next_attempt_at > v.at \
+             THEN NULL ELSE v.lease END, \
+             last_status_code = v.code, last_error = v.error, updated_at = v.at \
              FROM v WHERE deliveries.id = v.id AND ((deliveries.status IN ('pending', 'retrying') \
              AND (deliveries.lease_until = v.ran_under OR (deliveries.lease_until IS NULL AND v.ran_under IS NULL))) \
              OR (v.status = 'succeeded' AND deliveries.status = 'failed' AND deliveries.last_error = '{FAILED_BY_DISABLE}')) \

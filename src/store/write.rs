@@ -277,13 +277,24 @@ impl Db {
         }
         writer.check_references().await?;
         let Writer { touched, deleted_docs, documents_locked, .. } = writer;
-        Ok(Staged { touched, deleted_docs, documents_locked, origin, now })
+        let links = touched
+            .iter()
+            .flat_map(|t| {
+                let values = nesting_links(t.table).flat_map(move |field| {
+                    [&t.before, &t.after].into_iter().flatten().filter_map(|row| row.get(field.name)?.as_str())
+                });
+                std::iter::once(t.id.as_str()).chain(values).map(str::to_string).collect::<Vec<_>>()
+            })
+            .collect();
+        Ok(Staged { touched, links, deleted_docs, documents_locked, origin, now })
     }
 }
 
 /// A write whose rows are written and checked, its documents not yet compiled (see [`Db::stage_in`]).
 pub(crate) struct Staged {
     touched: Vec<Touched>,
+    /// The ids of the rows it touched and of the rows they are nested in (see [`Staged::nests_under`]).
+    links: HashSet<String>,
     deleted_docs: HashMap<(&'static str, String), Value>,
     documents_locked: bool,
     origin: String,
@@ -298,15 +309,7 @@ impl Staged {
 
     /// Whether this write touched a row nested in the row `id` (of any table), or named `id` itself.
     fn nests_under(&self, id: &str) -> bool {
-        self.touched.iter().any(|t| {
-            t.id == id
-                || parent_links(t.table).any(|field| {
-                    [&t.after, &t.before]
-                        .into_iter()
-                        .flatten()
-                        .any(|row| row.get(field.name).and_then(Value::as_str) == Some(id))
-                })
-        })
+        self.links.contains(id)
     }
 
     /// Whether a write of `ops` may be staged after this one and both finished together (see
@@ -329,7 +332,7 @@ impl Staged {
             match op {
                 Op::Upsert { table, row, .. } => {
                     id_of(row).is_some_and(|id| staged.touches(table.name, &id))
-                        || parent_links(table).any(|field| {
+                        || nesting_links(table).any(|field| {
                             row.get(field.name).and_then(Value::as_str).is_some_and(|p| staged.nests_under(p))
                         })
                 }
@@ -1185,7 +1188,7 @@ impl Writer<'_, '_> {
     /// (`phone.service_id` -> that service), and — only when the row itself changed, not something inside
     /// it — in the rows that nest it as a `One` (`service.organization`, `attribute.taxonomy_term`). An
     /// organization root also embeds its services and a service_at_location root its service.
-    async fn embedding_roots_of(&mut self, starts: &[&Touched]) -> sqlx::Result<Vec<BTreeSet<Root>>> {
+    async fn embedding_roots_of(&mut self, starts: &[&Touched]) -> sqlx::Result<Vec<Walk>> {
         // A walk's first row is a node of its own (its rows are the write's before and after, and it changed
         // itself); any other row is one node, whichever walks reach it.
         #[derive(Clone, PartialEq, Eq, Hash)]
@@ -1281,10 +1284,10 @@ impl Writer<'_, '_> {
             frontier = next;
         }
         // Each row's roots: every row its walk reaches (each row once, however reached).
-        let roots = (0..starts.len())
+        let walks = (0..starts.len())
             .map(|i| {
                 let mut roots = BTreeSet::new();
-                let mut seen: HashSet<(&'static str, String)> = HashSet::new();
+                let mut seen: HashSet<Root> = HashSet::new();
                 let mut stack = vec![(Node::Start(i), starts[i].table, starts[i].id.clone())];
                 while let Some((node, t, id)) = stack.pop() {
                     if !seen.insert((t.name, id.clone())) {
@@ -1297,15 +1300,22 @@ impl Writer<'_, '_> {
                         stack.push((Node::Row(parent.name, parent_id.clone()), parent, parent_id.clone()));
                     }
                 }
-                roots
+                Walk { roots, rows: seen }
             })
             .collect();
-        Ok(roots)
+        Ok(walks)
     }
 }
 
-/// A root document: (table, id).
+/// A root document, or any row: (table, id).
 type Root = (&'static str, String);
+
+/// Where a touched row's walk up the documents went: the roots it reached, and every row on the way (the row
+/// itself included), whose compiled forms may show it.
+struct Walk {
+    roots: BTreeSet<Root>,
+    rows: HashSet<Root>,
+}
 
 /// A root document to store (see [`Writer::store_docs`]).
 struct DocToStore<'a> {
@@ -1343,15 +1353,34 @@ pub(crate) async fn finish_staged(
     // Every touched row of every write, and the write it belongs to.
     let starts: Vec<&Touched> = staged.iter().flat_map(|s| &s.touched).collect();
     let write_of: Vec<usize> = staged.iter().enumerate().flat_map(|(i, s)| s.touched.iter().map(move |_| i)).collect();
-    let mut roots_of = writer.embedding_roots_of(&starts).await?;
+    let mut walks = writer.embedding_roots_of(&starts).await?;
     let created: HashSet<Root> =
         starts.iter().filter(|t| t.action == Action::Created).map(|t| (t.table.name, t.id.clone())).collect();
-    let existing_roots = roots_of.iter().flatten().any(|root| !created.contains(root));
+    let existing_roots = walks.iter().flat_map(|w| &w.roots).any(|root| !created.contains(root));
     if existing_roots && writer.lock_documents().await? {
         // A document that already existed is compiled from rows other transactions may be changing: the
         // documents to compile are looked for again under the lock (a link committed meanwhile adds one).
-        roots_of = writer.embedding_roots_of(&starts).await?;
+        walks = writer.embedding_roots_of(&starts).await?;
     }
+    // Every event shows a row (the touched one, or a root it reaches) compiled once for the whole batch. That
+    // is its state right after its own write only if no other write of the batch touched it or anything it
+    // shows: no other write's walk went through it.
+    let mut first_visitor: HashMap<&Root, usize> = HashMap::new();
+    let mut shared: HashSet<&Root> = HashSet::new();
+    for (walk, &i) in walks.iter().zip(&write_of) {
+        for row in &walk.rows {
+            if *first_visitor.entry(row).or_insert(i) != i {
+                shared.insert(row);
+            }
+        }
+    }
+    let shown_by_two = starts.iter().zip(&walks).any(|(t, walk)| {
+        shared.contains(&(t.table.name, t.id.clone())) || walk.roots.iter().any(|root| shared.contains(root))
+    });
+    if shown_by_two {
+        return Ok(None);
+    }
+    let mut roots_of: Vec<BTreeSet<Root>> = walks.into_iter().map(|w| w.roots).collect();
     // A write does not reach the roots a later write of the batch created: they did not exist after it (a
     // new organization's walk would otherwise announce a service created after it under the organization).
     let mut created_by: HashMap<Root, usize> = HashMap::new();
@@ -1362,14 +1391,6 @@ pub(crate) async fn finish_staged(
     }
     for (roots, &i) in roots_of.iter_mut().zip(&write_of) {
         roots.retain(|root| created_by.get(root).is_none_or(|&by| by <= i));
-    }
-    let mut reached_by: HashMap<&Root, usize> = HashMap::new();
-    for (roots, &i) in roots_of.iter().zip(&write_of) {
-        for root in roots {
-            if *reached_by.entry(root).or_insert(i) != i {
-                return Ok(None);
-            }
-        }
     }
     // A root lives on unless the last write that touched it deleted it.
     let mut last_action: HashMap<Root, Action> = HashMap::new();
@@ -1601,6 +1622,12 @@ pub(crate) async fn lock_documents(conn: &mut Conn<'_>) -> sqlx::Result<()> {
 }
 
 /// The fields of `table` through which a row of another table nests it (`phone.service_id`, `location_id`...).
+/// The fields through which a `table` row is nested in another: its parent links, and links to a row of any
+/// table (an attribute's or a metadata row's), which always nest it there.
+fn nesting_links(table: &'static Table) -> impl Iterator<Item = &'static crate::hsds::catalog::Field> {
+    table.reference_fields().filter(move |f| f.references == Some("*") || parent_links(table).any(|p| p.name == f.name))
+}
+
 fn parent_links(table: &'static Table) -> impl Iterator<Item = &'static crate::hsds::catalog::Field> {
     table.reference_fields().filter(move |f| f.references.and_then(table_of).is_some_and(|p| p.nests_through(table, f)))
 }

@@ -418,6 +418,9 @@ store_test!(search_filters_and_paging_combine, |app| async move {
     // A search body names only this list's parameters, each of its type (numbers may come as text).
     let typed = app.post_json("/services", &json!({"search": "clinic", "per_page": "1", "page": 2})).await;
     assert_eq!((typed["total_items"].as_i64(), typed["page_number"].as_i64()), (Some(2), Some(2)), "{typed}");
+    // Every filter a GET of that list reads, whatever the list (a phone list reads `service_id` too).
+    let phones = app.post_json("/phones", &json!({"service_id": "00000000-0000-4000-8000-000000000999"})).await;
+    assert_eq!(phones["total_items"], 0, "{phones}");
     for (body, pointer) in [
         (json!({"serch": "clinic"}), "/serch"),
         (json!({"search": ["clinic"]}), "/search"),

@@ -1350,6 +1350,49 @@ webhook_test!(a_retry_asked_for_during_an_attempt_sends_no_second_copy, |app| as
     assert_eq!(listed["contents"][0]["attempts"], 1, "{listed}");
 });
 
+/// A retry asked for while an attempt is out, which then fails, goes at once (not on the schedule, 30 s here),
+/// and still as one copy at a time.
+async fn a_retry_asked_for_during_a_failing_attempt_goes_at_once(store: Store) {
+    let Some(app) = TestApp::spawn_with(store, |c| c.retry_schedule = Some("30,30".into())).await else { return };
+    let rx = Receiver::start().await;
+    rx.hold();
+    rx.script(&[(200, None), (500, None), (200, None)]);
+    let sub = create(&app, json!({"url": rx.url, "events": ["organization.created"]})).await;
+    let id = sub["id"].as_str().unwrap().to_string();
+    rx.wait_for("the ping, held", |r| r.len() == 1).await;
+    rx.let_through(1);
+    put_org(&app, O1, "One").await;
+    rx.wait_for("the delivery, held at the target", |r| r.len() == 2).await;
+    let delivery = delivery_of(&app, &id, "organization.created").await;
+    let r = app.post_as(&app.subscribe_key, &format!("/deliveries/{delivery}/retry"), None).await;
+    assert_eq!(r.status(), 202);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(rx.received().len(), 2, "no second copy while the first is at the target");
+    rx.open(); // the first attempt fails (500)
+    let got = rx.wait_for_within("the retry asked for", std::time::Duration::from_secs(5), |r| r.len() == 3).await;
+    assert_eq!(got[2].header("webhook-id"), got[1].header("webhook-id"));
+    crate::helpers::eventually("the retry succeeded", std::time::Duration::from_secs(10), || async {
+        let d = app.get_as(&app.subscribe_key, &format!("/deliveries/{delivery}")).await;
+        (d["status"] == "succeeded" && d["attempts"].as_array().map(Vec::len) == Some(2))
+            .then_some(())
+            .ok_or_else(|| d.to_string())
+    })
+    .await;
+    let listed =
+        app.get_as(&app.subscribe_key, &format!("/webhooks/{id}/deliveries?event_type=organization.created")).await;
+    assert_eq!(listed["contents"][0]["attempts"], 2, "{listed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_asked_for_during_a_failing_attempt_goes_at_once_sqlite() {
+    a_retry_asked_for_during_a_failing_attempt_goes_at_once(Store::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_asked_for_during_a_failing_attempt_goes_at_once_postgres() {
+    a_retry_asked_for_during_a_failing_attempt_goes_at_once(Store::Postgres).await;
+}
+
 webhook_test!(deliveries_filter_by_type_or_pattern_and_refuse_what_names_nothing, |app| async move {
     let rx = Receiver::start().await;
     let sub = create(&app, json!({"url": rx.url, "events": ["*"]})).await;
@@ -1378,6 +1421,21 @@ webhook_test!(deliveries_filter_by_type_or_pattern_and_refuse_what_names_nothing
     ] {
         let page: Value = listed(query).await.json().await.unwrap();
         assert_eq!(page["total_items"], expected, "{query}: {page}");
+    }
+    // A pattern is a table's own prefix: `service.*` is no `service_at_location.*`, nor the reverse.
+    let (s, l, link) = (org(20), org(21), org(22));
+    app.put_ok(&format!("/services/{s}"), &json!({"id": s, "name": "S", "status": "active", "organization_id": O1}))
+        .await;
+    app.put_ok(&format!("/locations/{l}"), &json!({"id": l, "name": "L", "location_type": "physical"})).await;
+    let body = json!({"id": link, "service_id": s, "location_id": l});
+    app.put_ok(&format!("/service_at_locations/{link}"), &body).await;
+    rx.wait_for("the link's event", |r| !Receiver::of_type(r, "service_at_location.created").is_empty()).await;
+    for prefix in ["service.", "service_at_location."] {
+        let query = format!("event_type={prefix}*&per_page=100");
+        let page: Value = app.get_as(&app.subscribe_key, &format!("/webhooks/{id}/deliveries?{query}")).await;
+        let types: Vec<&str> =
+            page["contents"].as_array().unwrap().iter().filter_map(|d| d["event_type"].as_str()).collect();
+        assert!(!types.is_empty() && types.iter().all(|t| t.starts_with(prefix)), "{query}: {types:?}");
     }
     for (query, parameter) in [
         ("event_type=organisation.created", "event_type"),
