@@ -62,6 +62,8 @@ pub struct StoreFigures {
     pub subscriptions: Vec<(String, i64)>,
     /// (transactions committed, writes they carried) since start.
     pub group_commits: (u64, u64),
+    /// Groups run again since start: (one write at a time, with a savepoint per write).
+    pub group_reruns: (u64, u64),
     /// Whether writes currently fail with a store fault (what `/health` calls `degraded`).
     pub degraded: bool,
 }
@@ -133,6 +135,16 @@ impl Metrics {
             ConstCounter::new(store.group_commits.1),
         );
         registry.register(
+            "write_groups_rerun_one_at_a_time",
+            "Write groups run again one write at a time: writes finished together would have reached one document",
+            ConstCounter::new(store.group_reruns.0),
+        );
+        registry.register(
+            "write_groups_rerun_guarded",
+            "Write groups run again with a savepoint per write: a write was refused inside the transaction",
+            ConstCounter::new(store.group_reruns.1),
+        );
+        registry.register(
             "store_degraded",
             "1 while writes fail with a store fault (locked, full, unreachable), else 0",
             ConstGauge::new(i64::from(store.degraded)),
@@ -175,6 +187,7 @@ mod tests {
             open_deliveries: 3,
             subscriptions: vec![("active".into(), 2), ("disabled".into(), 1)],
             group_commits: (10, 25),
+            group_reruns: (2, 1),
             degraded: false,
         };
         let text = metrics.render(&store);
@@ -189,6 +202,8 @@ mod tests {
             r#"hsda_subscriptions{status="disabled"} 1"#,
             "hsda_write_transactions_total 10",
             "hsda_writes_total 25",
+            "hsda_write_groups_rerun_one_at_a_time_total 2",
+            "hsda_write_groups_rerun_guarded_total 1",
             "hsda_store_degraded 0",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in:\n{text}");

@@ -217,7 +217,7 @@ pub fn document(server: &str) -> Value {
                        "503": { "description": "`status: unavailable`: the database does not answer." } } } }));
 
     paths.insert("/metrics".into(), json!({ "get": { "operationId": "metrics", "summary": "Operational metrics for Prometheus (admin key)",
-        "description": "OpenMetrics text: `hsda_delivery_attempts_total{outcome, error_class}`, `hsda_delivery_attempt_duration_seconds`, `hsda_deliveries_in_flight`, `hsda_http_requests_total{method, route, status}`, `hsda_http_request_duration_seconds`, `hsda_event_sequence`, `hsda_deliveries_open`, `hsda_subscriptions{status}`, `hsda_write_transactions_total`, `hsda_writes_total`, `hsda_store_degraded`. Counters are per process.",
+        "description": "OpenMetrics text: `hsda_delivery_attempts_total{outcome, error_class}`, `hsda_delivery_attempt_duration_seconds`, `hsda_deliveries_in_flight`, `hsda_http_requests_total{method, route, status}`, `hsda_http_request_duration_seconds`, `hsda_event_sequence`, `hsda_deliveries_open`, `hsda_subscriptions{status}`, `hsda_write_transactions_total`, `hsda_writes_total`, `hsda_write_groups_rerun_one_at_a_time_total`, `hsda_write_groups_rerun_guarded_total`, `hsda_store_degraded`. Counters are per process.",
         "security": [{"bearer": []}],
         "responses": { "200": { "description": "The metrics.", "content": { "application/openmetrics-text": { "schema": {"type": "string"} } } },
                        "403": problem_response("The key is not an admin key.") } } }));

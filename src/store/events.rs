@@ -269,6 +269,7 @@ impl Db {
             open_deliveries: open,
             subscriptions,
             group_commits: self.group_commit_stats(),
+            group_reruns: self.group_commit_reruns(),
             degraded: self.condition().snapshot().0.is_some(),
         })
     }

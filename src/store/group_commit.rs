@@ -65,7 +65,8 @@ pub(crate) type Queue = mpsc::Sender<Work>;
 pub struct GroupStats {
     transactions: AtomicU64,
     writes: AtomicU64,
-    reruns: AtomicU64,
+    one_at_a_time: AtomicU64,
+    guarded: AtomicU64,
 }
 
 impl GroupStats {
@@ -74,10 +75,10 @@ impl GroupStats {
         (self.transactions.load(Ordering::Relaxed), self.writes.load(Ordering::Relaxed))
     }
 
-    /// Groups run again with a savepoint per write (a write refused inside the transaction, or two writes
-    /// reaching one document).
-    pub fn reruns(&self) -> u64 {
-        self.reruns.load(Ordering::Relaxed)
+    /// Groups run again (see [`Pass`]): (one write at a time, because writes finished together would have
+    /// reached one document; with a savepoint per write, because a write was refused inside the transaction).
+    pub fn reruns(&self) -> (u64, u64) {
+        (self.one_at_a_time.load(Ordering::Relaxed), self.guarded.load(Ordering::Relaxed))
     }
 
     fn count(&self, writes: usize) {
@@ -440,25 +441,56 @@ fn committed(db: &Db, last: Option<i64>, dispatched: Option<(i64, Vec<Delivery>)
     db.notify_changed();
 }
 
-/// Several writes (and batches of attempt results) in one transaction, each behind a savepoint.
+/// Several writes (and batches of attempt results) in one transaction (see [`Pass`]).
 async fn commit_group(db: &Db, opener: &mut Opener<'_>, jobs: Vec<Job>, records: Vec<RecordJob>) {
     // First without a savepoint around each write: on SQLite each one costs a copy of every page the write
     // touches first (and, before the full-text index moved to the commit, a flush of its pending terms).
     // Writes are rarely refused inside the transaction (bodies are validated before; what is checked inside
     // is what depends on the store: references, preconditions, a merge patch's result, a missing row); when
-    // one is, or two writes finished together would reach one document, the whole group is rolled back and
-    // run again with a savepoint around each write.
-    if let Some((jobs, records)) = run_group(db, opener, jobs, records, false).await {
-        db.group_stats.reruns.fetch_add(1, Ordering::Relaxed);
-        run_group(db, opener, jobs, records, true).await;
+    // one is, the whole group is rolled back and run again with a savepoint around each write. When two
+    // writes finished together would reach one document, it runs again without savepoints, each write
+    // finished before the next is staged (and with savepoints only should a write then be refused).
+    let mut pass = Pass::Together;
+    let (mut jobs, mut records) = (jobs, records);
+    while let Some((again, records_again, stop)) = run_group(db, opener, jobs, records, pass).await {
+        pass = match (pass, stop) {
+            (Pass::Together, Rerun::OneAtATime) => Pass::OneAtATime,
+            _ => Pass::Guarded,
+        };
+        let counter = match pass {
+            Pass::OneAtATime => &db.group_stats.one_at_a_time,
+            _ => &db.group_stats.guarded,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        (jobs, records) = (again, records_again);
     }
+}
+
+/// How a group's writes run.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Pass {
+    /// Staged one after the other and finished together where they reach different documents.
+    Together,
+    /// Each finished before the next is staged (no savepoints).
+    OneAtATime,
+    /// Each behind a savepoint of its own, applied and finished alone: a refused one rolls back alone.
+    Guarded,
+}
+
+/// Why a group runs again.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Rerun {
+    /// Writes finished together would have reached one document.
+    OneAtATime,
+    /// A write without a savepoint of its own failed.
+    Guarded,
 }
 
 /// Why a group's transaction stopped.
 enum Stop {
     Failed(sqlx::Error),
-    /// A write without a savepoint of its own failed: the group runs again, each write behind one.
-    Unguarded,
+    /// Nothing is committed; the group runs again as said.
+    Again(Rerun),
 }
 
 impl From<sqlx::Error> for Stop {
@@ -467,14 +499,15 @@ impl From<sqlx::Error> for Stop {
     }
 }
 
-/// Runs a group; gives its jobs back, untouched, if it has to run again with `guard_each`.
+/// Runs a group; gives its jobs back, untouched, if it has to run again, and how.
 async fn run_group(
     db: &Db,
     opener: &mut Opener<'_>,
     jobs: Vec<Job>,
     records: Vec<RecordJob>,
-    guard_each: bool,
-) -> Option<(Vec<Job>, Vec<RecordJob>)> {
+    pass: Pass,
+) -> Option<(Vec<Job>, Vec<RecordJob>, Rerun)> {
+    let guard_each = pass == Pass::Guarded;
     let mut recorded: Vec<(RecordJob, sqlx::Result<Recorded>)> = Vec::with_capacity(records.len());
     let mut records: VecDeque<RecordJob> = records.into();
     let mut record_last: Option<i64> = None;
@@ -516,7 +549,7 @@ async fn run_group(
         };
         while let Some(mut job) = waiting.pop_front() {
             if !guard_each {
-                if !staged.iter().all(|(_, s)| s.may_precede(&job.ops, &job.options)) {
+                if pass == Pass::OneAtATime || !staged.iter().all(|(_, s)| s.may_precede(&job.ops, &job.options)) {
                     // Should finishing fail, the staged writes go back before this one.
                     waiting.push_front(job);
                     finish(&mut conn, db.backend, &mut staged, &mut applied, &mut waiting).await?;
@@ -530,7 +563,7 @@ async fn run_group(
                         for (job, _) in std::mem::take(&mut staged).into_iter().rev() {
                             waiting.push_front(job);
                         }
-                        return Err(Stop::Unguarded);
+                        return Err(Stop::Again(Rerun::Guarded));
                     }
                 }
                 continue;
@@ -629,11 +662,11 @@ async fn run_group(
                 let _ = job.reply.send(result.map(|_| ()));
             }
         }
-        Err(Stop::Unguarded) => {
+        Err(Stop::Again(rerun)) => {
             // Nothing was committed, and nothing was answered: every job goes back as it came.
             let jobs = applied.into_iter().map(|(job, _)| job).chain(waiting).collect();
             let records = recorded.into_iter().map(|(job, _)| job).chain(records).collect();
-            return Some((jobs, records));
+            return Some((jobs, records, rerun));
         }
         Err(Stop::Failed(e)) => {
             let records = recorded.into_iter().map(|(job, _)| job).chain(records);
@@ -688,12 +721,16 @@ async fn finish(
             applied.extend(jobs.into_iter().zip(finished.into_iter().map(Ok)));
             Ok(())
         }
-        // Two of them reach one document (or finishing failed): the group runs again, one write at a time.
-        Ok(None) | Err(_) => {
+        // Two of them reach one document: the group runs again, each write finished before the next. Should
+        // finishing fail, each behind a savepoint.
+        result => {
             for job in jobs.into_iter().rev() {
                 waiting.push_front(job);
             }
-            Err(Stop::Unguarded)
+            Err(Stop::Again(match result {
+                Ok(_) => Rerun::OneAtATime,
+                Err(_) => Rerun::Guarded,
+            }))
         }
     }
 }
@@ -940,7 +977,7 @@ mod tests {
         for ops in writes.clone() {
             alone_outcomes.push(alone.apply(ops, WriteOptions::default()).await.expect("a write alone"));
         }
-        let reruns_before = grouped.group_commit_reruns();
+        let (serial_before, guarded_before) = grouped.group_commit_reruns();
         let direct = Db { writes: None, ..grouped.clone() };
         let (jobs, answers): (Vec<Job>, Vec<_>) = writes
             .into_iter()
@@ -955,7 +992,9 @@ mod tests {
             let (g_events, a_events) = (timeless_events_of(grouped, &g).await, timeless_events_of(alone, a).await);
             assert_eq!(g_events, a_events, "write {n}: its events and what they show");
         }
-        grouped.group_commit_reruns() - reruns_before
+        let (serial, guarded) = grouped.group_commit_reruns();
+        assert_eq!(guarded, guarded_before, "no write was refused, so none ran behind a savepoint");
+        serial - serial_before
     }
 
     /// Concurrent writes to rows of one document (the phones of one service) each get that document's event
@@ -1007,6 +1046,20 @@ mod tests {
             ),
         ];
         assert_eq!(group_matches_one_by_one(&grouped, &alone, shown).await, 1, "the group ran again, one by one");
+        // A language of a phone that only a location nests, then the location's phones left empty (the phone
+        // and its language go): the language's write still announces the location, as it does alone.
+        let (loc, lp, lang) = (id(50), id(51), id(52));
+        for db in [&grouped, &alone] {
+            let place = json!({"id": loc, "name": "Place", "location_type": "physical",
+                               "phones": [{"id": lp, "number": "555-0150",
+                                           "languages": [{"id": lang, "name": "Spanish", "code": "es"}]}]});
+            db.apply(put("location", place), WriteOptions::default()).await.expect("the location");
+        }
+        let unlinked = vec![
+            put("language", json!({"id": lang, "name": "Español", "code": "es", "phone_id": lp})),
+            put("location", json!({"id": loc, "name": "Place", "location_type": "physical", "phones": []})),
+        ];
+        assert_eq!(group_matches_one_by_one(&grouped, &alone, unlinked).await, 1, "the group ran again, one by one");
         // Siblings alone: each finished before the next is staged, without running the group again.
         let siblings = (9..12).map(|n| phone(n, ("service_id", &s))).collect();
         assert_eq!(group_matches_one_by_one(&grouped, &alone, siblings).await, 0, "siblings finished in turn");

@@ -298,8 +298,8 @@ impl Db {
         self.group_stats.read()
     }
 
-    /// How many groups ran again one write at a time (see `group_commit`).
-    pub fn group_commit_reruns(&self) -> u64 {
+    /// How many groups ran again: (one write at a time, with a savepoint per write); see `group_commit`.
+    pub fn group_commit_reruns(&self) -> (u64, u64) {
         self.group_stats.reruns()
     }
 
