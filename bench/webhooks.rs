@@ -1,12 +1,15 @@
 //! Webhook delivery benchmark: hsda in-process (real HTTP API, real worker, signatures on, every attempt
 //! recorded), a real axum receiver on 127.0.0.1, and a keep-alive reqwest driver, all in one tokio runtime.
 //!
-//! `cargo bench --bench webhooks -- [--store sqlite|postgres|both] [--workload W1|W2|W3|W4|W0|all]
+//! `cargo bench --bench webhooks -- [--store sqlite|postgres|both] [--workload W1|W2|W3|W4|W0|U0|C0|all]
 //! [--max-concurrency N] [--keep-db DIR]`
 //!
 //! - W0: writes only, no subscription (the write path's own ceiling).
 //! - U0: as W0, but each write changes one of 2 000 existing organizations (on PostgreSQL such writes take
 //!   the document lock, `store::write::lock_documents`). Not part of `all`.
+//! - C0: as W0, but each write changes one of 1 000 phones of 200 services of 10 organizations: writes of
+//!   one group then often meet in an organization's document, and the group runs again one write at a time
+//!   (`store::group_commit`). Not part of `all`; prints how many groups ran again.
 //! - W1: one subscription, 20k changes from 50 concurrent writers -> deliveries/s and writes/s.
 //! - W2: ten subscriptions, 2k changes -> deliveries/s (20k deliveries).
 //! - W3: 100 changes/s for 10 s -> end-to-end latency (just before the PUT -> arrival at the receiver).
@@ -247,6 +250,17 @@ impl Hsda {
         v["secret"].as_str().expect("secret").to_string()
     }
 
+    async fn put(&self, client: &reqwest::Client, path: &str, body: &Value) {
+        let r = client
+            .put(format!("{}/{path}", self.base))
+            .bearer_auth(&self.publish_key)
+            .json(body)
+            .send()
+            .await
+            .expect("PUT");
+        assert!(r.status().is_success(), "PUT {path} -> {}", r.status());
+    }
+
     async fn put_org(&self, client: &reqwest::Client, id: &str, i: usize) {
         let body = json!({"id": id, "name": format!("Organization {i}"), "description": "bench"});
         let r = client
@@ -475,6 +489,67 @@ async fn throughput(
         bad,
         groups,
     })
+}
+
+/// C0: 1 000 phones of 200 services of 10 organizations (created first, untimed) changed by 50 writers, no
+/// subscription -> writes/s, and the groups that ran again one write at a time (their writes met in a
+/// document) or behind savepoints. (Phones created instead would grow the organizations' documents, which
+/// every write recompiles, and measure that.)
+async fn clustered(store: Store) -> anyhow::Result<(f64, (u64, u64), (u64, u64))> {
+    const ORGANIZATIONS: usize = 10;
+    const SERVICES: usize = 200;
+    let hsda = Arc::new(Hsda::start(store).await?);
+    let client = driver();
+    let organizations: Vec<String> = (0..ORGANIZATIONS).map(|_| uuid::Uuid::new_v4().to_string()).collect();
+    for (i, id) in organizations.iter().enumerate() {
+        hsda.put_org(&client, id, i).await;
+    }
+    let services: Arc<Vec<String>> = Arc::new((0..SERVICES).map(|_| uuid::Uuid::new_v4().to_string()).collect());
+    const PHONES: usize = 1_000;
+    let phones: Arc<Vec<(String, String)>> =
+        Arc::new((0..PHONES).map(|i| (uuid::Uuid::new_v4().to_string(), services[i % SERVICES].clone())).collect());
+    for (i, id) in services.iter().enumerate() {
+        let body = json!({"id": id, "name": format!("Service {i}"), "status": "active",
+                          "organization_id": organizations[i % ORGANIZATIONS]});
+        hsda.put(&client, &format!("services/{id}"), &body).await;
+    }
+    for (i, (id, service)) in phones.iter().enumerate() {
+        let body = json!({"id": id, "number": format!("555-{i:04}"), "service_id": service});
+        hsda.put(&client, &format!("phones/{id}"), &body).await;
+    }
+    let (groups_before, reruns_before) = (hsda.db.group_commit_stats(), hsda.db.group_commit_reruns());
+    let next = Arc::new(AtomicUsize::new(0));
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..WRITERS {
+        let (hsda, client, next, phones) = (hsda.clone(), client.clone(), next.clone(), phones.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= W1_CHANGES || t0.elapsed() > WORKLOAD_LIMIT {
+                    break;
+                }
+                let (id, service) = &phones[i % PHONES];
+                // Numbered apart from the untimed creations, so that no write is a no-op.
+                let body = json!({"id": id, "number": format!("556-{i:05}"), "service_id": service});
+                hsda.put(&client, &format!("phones/{id}"), &body).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("writer");
+    }
+    let writes = next.load(Ordering::Relaxed).min(W1_CHANGES);
+    let writes_per_s = writes as f64 / t0.elapsed().as_secs_f64();
+    let (groups, reruns) = (hsda.db.group_commit_stats(), hsda.db.group_commit_reruns());
+    if let Ok(hsda) = Arc::try_unwrap(hsda) {
+        hsda.stop().await;
+    }
+    Ok((
+        writes_per_s,
+        (groups.0 - groups_before.0, groups.1 - groups_before.1),
+        (reruns.0 - reruns_before.0, reruns.1 - reruns_before.1),
+    ))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -737,6 +812,17 @@ async fn main() -> anyhow::Result<()> {
                     &mut rows,
                     &mut phases,
                 ),
+                "C0" => {
+                    let (writes_per_s, groups, (one_at_a_time, guarded)) = clustered(store).await?;
+                    rows.push(format!(
+                        "| C0 writes only | writes/s | {writes_per_s:.0} | {ceiling:.0} | {:.2} |",
+                        writes_per_s / ceiling
+                    ));
+                    phases.push(format!(
+                        "| C0 | - | - | - | - | {}; {one_at_a_time} groups ran again one write at a time, {guarded} behind savepoints |",
+                        group_sizes(groups)
+                    ));
+                }
                 "U0" => throughput_rows(
                     "U0",
                     &throughput(store, 0, W1_CHANGES, mc, U0_ORGANIZATIONS).await?,

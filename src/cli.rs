@@ -202,6 +202,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// SIGINT (Ctrl-C) or SIGTERM, which service managers (systemd, Docker, Kubernetes) stop a process with: both
+/// shut down gracefully (the worker gives back its leases and held retries; nothing waits for a lease to run
+/// out). Without the SIGTERM handler the process died at once, as with SIGKILL.
+async fn stop_requested() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = terminate.recv() => {}
+                }
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "no SIGTERM handler; only Ctrl-C stops gracefully"),
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
 async fn serve(config: Config) -> anyhow::Result<()> {
     let db = Db::connect_with(&config.database_url, config.store_options()).await?;
     if config.demo {
@@ -217,7 +238,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let app = crate::startup::Application::build_with_db(config, db).await?;
     let token = app.shutdown_token();
     tokio::spawn(async move {
-        let _ = tokio::signal::ctrl_c().await;
+        stop_requested().await;
         token.cancel();
     });
     println!("hsda listening on http://{}", app.local_addr());

@@ -124,3 +124,22 @@ async fn a_held_retry_survives_kill9_sqlite() {
     let got = rx.wait_for("the held retry, sent after the restart", |r| r.len() >= 2).await;
     assert_eq!(got[1].header("webhook-id"), held.id, "the same delivery");
 }
+
+/// SIGTERM (how systemd, Docker and Kubernetes stop a service) is a graceful stop: the process exits 0 and
+/// gives back the retry it held, so that another process (or the next start) sends it when due instead of
+/// after the lease has run out. Before, SIGTERM killed the process as SIGKILL would.
+async fn sigterm_stops_gracefully_and_gives_back_held_retries(store: Store) {
+    let Some((database_url, _dir)) = fresh_database(store).await else { return };
+    let rx = Receiver::start().await;
+    rx.script(&[(500, None)]);
+    let (mut server, db, key, client) = real_server(&database_url, &[("HSDA_RETRY_SCHEDULE", "30")]).await;
+    let sub_id = subscribe(&server, &client, &key, &rx.url, &["webhook.ping"]).await;
+    let held = first_attempt_recorded(&db, &sub_id).await;
+    assert!(db.delivery(&held.id).await.unwrap().unwrap().lease_until.is_some(), "the retry is held");
+    let status = server.terminate().await;
+    assert!(status.success(), "exited 0 after SIGTERM, not killed by it: {status:?}");
+    let after = db.delivery(&held.id).await.unwrap().unwrap();
+    assert_eq!((after.status.as_str(), after.lease_until), ("retrying", None), "its lease given back");
+}
+
+crate::each_store!(sigterm_stops_gracefully_and_gives_back_held_retries);

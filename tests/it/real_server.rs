@@ -181,6 +181,16 @@ impl RealServer {
         }
     }
 
+    /// SIGTERM, as a service manager stops a process; returns how it exited (bounded wait).
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        let sent = Command::new("kill").args(["-TERM", &self.pid.to_string()]).status().await.expect("kill -TERM");
+        assert!(sent.success(), "SIGTERM sent");
+        match tokio::time::timeout(Duration::from_secs(20), self.child.wait()).await {
+            Ok(status) => status.expect("exit status"),
+            Err(_) => panic!("hsda did not stop within 20 s of SIGTERM; its log:\n{}", self.log()),
+        }
+    }
+
     /// SIGKILLs the process and waits for it.
     pub async fn stop(mut self) {
         let _ = self.child.kill().await;
