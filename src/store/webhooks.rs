@@ -340,7 +340,30 @@ pub struct SubscriptionCache {
     snapshot: std::sync::Mutex<Option<Snapshot>>,
 }
 
-type Snapshot = (u64, Instant, Arc<HashMap<String, Subscription>>);
+impl std::fmt::Debug for SubscriptionCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SubscriptionCache").field("generation", &self.generation).finish_non_exhaustive()
+    }
+}
+
+impl SubscriptionCache {
+    /// Keeps `snapshot`, read at `read_at` while the generation was `generation`, unless a change of this
+    /// process came since (it would hide that change) or a later read is kept already.
+    fn offer(&self, generation: u64, read_at: String, snapshot: Arc<HashMap<String, Subscription>>) {
+        let mut kept = self.snapshot.lock().unwrap_or_else(|p| p.into_inner());
+        let newer = kept.as_ref().is_none_or(|(seen, _, at, _)| *seen != generation || *at <= read_at);
+        if self.generation.load(Ordering::Acquire) == generation && newer {
+            *kept = Some((generation, Instant::now(), read_at, snapshot));
+        }
+    }
+}
+
+fn subscriptions_of(rows: &[sqlx::any::AnyRow]) -> sqlx::Result<HashMap<String, Subscription>> {
+    rows.iter().map(from_row).map(|s| s.map(|s| (s.id.clone(), s))).collect()
+}
+
+/// (generation, when read, when read as a store timestamp, every subscription by id).
+type Snapshot = (u64, Instant, String, Arc<HashMap<String, Subscription>>);
 
 const SNAPSHOT_MAX_AGE: Duration = Duration::from_secs(1);
 
@@ -350,19 +373,31 @@ impl Db {
         let cache = &self.subscription_cache;
         // Read before the query: a change committed meanwhile bumps it, and the next call reloads.
         let generation = cache.generation.load(Ordering::Acquire);
-        if let Some((seen, at, snapshot)) = cache.snapshot.lock().unwrap_or_else(|p| p.into_inner()).as_ref()
+        if let Some((seen, at, _, snapshot)) = cache.snapshot.lock().unwrap_or_else(|p| p.into_inner()).as_ref()
             && *seen == generation
             && (self.backend == Backend::Sqlite || at.elapsed() < SNAPSHOT_MAX_AGE)
         {
             return Ok(snapshot.clone());
         }
+        let read_at = now_text();
         let rows = sqlx::query("SELECT * FROM subscriptions").fetch_all(&self.pool).await?;
-        let all: HashMap<String, Subscription> =
-            rows.iter().map(from_row).map(|s| s.map(|s| (s.id.clone(), s))).collect::<sqlx::Result<_>>()?;
-        let snapshot = Arc::new(all);
-        *cache.snapshot.lock().unwrap_or_else(|p| p.into_inner()) =
-            Some((generation, Instant::now(), snapshot.clone()));
+        let snapshot = Arc::new(subscriptions_of(&rows)?);
+        cache.offer(generation, read_at, snapshot.clone());
         Ok(snapshot)
+    }
+
+    /// PostgreSQL: whether the cached snapshot was read before `created_at` (a delivery's creation). Another
+    /// process may have changed a subscription (its secret, its URL) and answered its owner before that
+    /// delivery was created; a delivery must not go out as the subscription was before such a change.
+    /// (Within one process every change makes the next snapshot read the store.)
+    pub(crate) fn subscription_snapshot_predates(&self, created_at: &str) -> bool {
+        if self.backend != Backend::Postgres {
+            return false;
+        }
+        match self.subscription_cache.snapshot.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            Some((_, _, read_at, _)) => read_at.as_str() < created_at,
+            None => true,
+        }
     }
 
     /// Makes the next [`Db::subscription_snapshot`] read the store.
@@ -1657,13 +1692,19 @@ pub(crate) struct DispatchState {
 pub(crate) struct CommitDispatch {
     pub public_url: String,
     pub lease_seconds: i64,
+    /// The process's subscription snapshot, which a dispatch's own read of the subscriptions renews.
+    pub cache: Arc<SubscriptionCache>,
 }
 
 impl Db {
     /// Lets the group committers dispatch each group's events in the group's own transaction; called by the
     /// webhook worker when it starts (without a worker, events wait in the log for one).
     pub fn dispatch_at_commit(&self, public_url: &str, lease_seconds: i64) {
-        let settings = CommitDispatch { public_url: public_url.to_string(), lease_seconds };
+        let settings = CommitDispatch {
+            public_url: public_url.to_string(),
+            lease_seconds,
+            cache: self.subscription_cache.clone(),
+        };
         *self.dispatch.settings.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(settings));
     }
 
@@ -1730,23 +1771,25 @@ pub(crate) async fn dispatch_appended(
     if cursor != first.sequence - 1 {
         return Ok(None);
     }
+    // The deliveries are dated when the subscriptions are read (before), so that the worker, which signs them
+    // with its snapshot, finds that read (kept as its snapshot) no older than they are.
+    let now = now_text();
     let read;
     let subscriptions = match (subscriptions, &mut *conn) {
         (Some(subscriptions), _) => subscriptions,
         (None, Conn::Pooled(pooled)) => {
+            let generation = settings.cache.generation.load(Ordering::Acquire);
             let rows = sqlx::query("SELECT * FROM subscriptions").fetch_all(&mut **pooled).await?;
-            read = rows
-                .iter()
-                .map(|row| from_row(row).map(|s| (s.id.clone(), s)))
-                .collect::<sqlx::Result<HashMap<String, Subscription>>>()?;
-            &read
+            // Committed rows only (this transaction changes no subscription): a snapshot like any other.
+            read = Arc::new(subscriptions_of(&rows)?);
+            settings.cache.offer(generation, now.clone(), read.clone());
+            &*read
         }
         (None, Conn::Direct(_)) => return Ok(None),
     };
     let mut subs: Vec<&Subscription> =
         subscriptions.values().filter(|s| s.status != "disabled" && s.schedule.is_none()).collect();
     subs.sort_by(|a, b| (&a.created_at, &a.id).cmp(&(&b.created_at, &b.id)));
-    let now = now_text();
     let lease = timestamp_text(chrono::Utc::now() + chrono::Duration::seconds(settings.lease_seconds));
     let deliveries = fan_out(events, &subs, &settings.public_url, &now, &lease);
     let created = insert_new_deliveries(conn, deliveries, &now).await?;

@@ -300,10 +300,12 @@ impl Worker {
         if leased.is_empty() {
             return Ok(());
         }
-        let stale =
-            leased.iter().any(|d| !subscriptions.get(&d.subscription_id).is_some_and(|s| s.receives_deliveries()));
+        let newest = leased.iter().map(|d| d.created_at.as_str()).max().unwrap_or_default();
+        let stale = self.db.subscription_snapshot_predates(newest)
+            || leased.iter().any(|d| !subscriptions.get(&d.subscription_id).is_some_and(|s| s.receives_deliveries()));
         let subscriptions = if stale {
-            // The claim saw the subscription receiving; another process changed it after our snapshot.
+            // The claim saw the subscription receiving, or the snapshot is older than a delivery (on
+            // PostgreSQL another process may have changed the subscription before it was created).
             self.db.forget_subscription_snapshot();
             self.db.subscription_snapshot().await?
         } else {

@@ -1448,3 +1448,47 @@ webhook_test!(deliveries_filter_by_type_or_pattern_and_refuse_what_names_nothing
         assert_eq!(problem["errors"][0]["parameter"], parameter, "{query}: {problem}");
     }
 });
+
+/// PostgreSQL, two processes on one database: a secret rotated (no grace) and a URL moved through one are
+/// what the other signs and sends to for a delivery it creates right after the owner got the answer, though
+/// its snapshot of subscriptions is younger than a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_through_one_process_holds_for_what_another_sends_right_after_postgres() {
+    let Some(a) = TestApp::spawn(Store::Postgres).await else { return };
+    let shared = a.database_url.clone();
+    let Some(b) = TestApp::spawn_with(Store::Postgres, |c| c.database_url = shared).await else { return };
+    let (rx, moved_to) = (Receiver::start().await, Receiver::start().await);
+    let sub = create(&a, json!({"url": rx.url, "events": ["organization.*"]})).await;
+    let id = sub["id"].as_str().unwrap().to_string();
+    rx.wait_for("the ping", |r| r.len() == 1).await;
+    for round in 0..3 {
+        // B sends one, so that it holds a snapshot of the subscription just read.
+        put_org(&b, &org(round * 2), "Before").await;
+        rx.wait_for("B's delivery", |r| r.len() == 2 + round * 2).await;
+        let path = format!("/webhooks/{id}/rotate-secret");
+        let rotated: Value =
+            a.post_as(&a.subscribe_key, &path, Some(&json!({"grace_seconds": 0}))).await.json().await.unwrap();
+        let new = rotated["secret"].as_str().unwrap().to_string();
+        put_org(&b, &org(round * 2 + 1), "After").await;
+        let got = rx.wait_for("the delivery after the rotation", |r| r.len() == 3 + round * 2).await;
+        let last = got.last().unwrap();
+        assert_eq!(last.json()["data"]["name"], "After");
+        assert!(last.verify(&new), "round {round}: signed with the secret rotated in through the other process");
+        assert_eq!(last.header("webhook-signature").split(' ').count(), 1, "no grace: the new secret alone");
+    }
+    let r = a
+        .client
+        .patch(a.url(&format!("/webhooks/{id}")))
+        .bearer_auth(&a.subscribe_key)
+        .json(&json!({"url": moved_to.url}));
+    assert_eq!(r.send().await.unwrap().status(), 200);
+    put_org(&b, &org(10), "Moved").await;
+    moved_to.wait_for("the delivery at the new URL", |r| Receiver::of_type(r, "organization.created").len() == 1).await;
+    assert_eq!(
+        Receiver::of_type(&rx.received(), "organization.created")
+            .iter()
+            .filter(|d| d.json()["data"]["name"] == "Moved")
+            .count(),
+        0
+    );
+}
