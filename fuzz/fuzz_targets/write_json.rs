@@ -55,6 +55,7 @@ fn server() -> &'static Server {
                 guard: std::sync::Arc::new(guard),
                 webhook_client: client,
                 metrics: std::sync::Arc::default(),
+                configured_public_url: None,
             };
             Server { app: router(state), db, key, _dir: dir }
         })
