@@ -452,9 +452,10 @@ async fn commit_group(db: &Db, opener: &mut Opener<'_>, jobs: Vec<Job>, records:
     // finished before the next is staged (and with savepoints only should a write then be refused).
     let mut pass = Pass::Together;
     let (mut jobs, mut records) = (jobs, records);
-    while let Some((again, records_again, stop)) = run_group(db, opener, jobs, records, pass).await {
-        pass = match (pass, stop) {
-            (Pass::Together, Rerun::OneAtATime) => Pass::OneAtATime,
+    while let Some((again, records_again, asked)) = run_group(db, opener, jobs, records, pass).await {
+        // Each pass runs at most once: a pass one at a time that stops runs again guarded.
+        pass = match (pass, asked) {
+            (Pass::Together, Pass::OneAtATime) => Pass::OneAtATime,
             _ => Pass::Guarded,
         };
         let counter = match pass {
@@ -477,20 +478,12 @@ enum Pass {
     Guarded,
 }
 
-/// Why a group runs again.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Rerun {
-    /// Writes finished together would have reached one document.
-    OneAtATime,
-    /// A write without a savepoint of its own failed.
-    Guarded,
-}
-
 /// Why a group's transaction stopped.
 enum Stop {
     Failed(sqlx::Error),
-    /// Nothing is committed; the group runs again as said.
-    Again(Rerun),
+    /// Nothing is committed; the group runs again in this pass: one at a time when writes finished together
+    /// would have reached one document, guarded when a write without a savepoint of its own failed.
+    Again(Pass),
 }
 
 impl From<sqlx::Error> for Stop {
@@ -506,7 +499,7 @@ async fn run_group(
     jobs: Vec<Job>,
     records: Vec<RecordJob>,
     pass: Pass,
-) -> Option<(Vec<Job>, Vec<RecordJob>, Rerun)> {
+) -> Option<(Vec<Job>, Vec<RecordJob>, Pass)> {
     let guard_each = pass == Pass::Guarded;
     let mut recorded: Vec<(RecordJob, sqlx::Result<Recorded>)> = Vec::with_capacity(records.len());
     let mut records: VecDeque<RecordJob> = records.into();
@@ -563,7 +556,7 @@ async fn run_group(
                         for (job, _) in std::mem::take(&mut staged).into_iter().rev() {
                             waiting.push_front(job);
                         }
-                        return Err(Stop::Again(Rerun::Guarded));
+                        return Err(Stop::Again(Pass::Guarded));
                     }
                 }
                 continue;
@@ -728,8 +721,8 @@ async fn finish(
                 waiting.push_front(job);
             }
             Err(Stop::Again(match result {
-                Ok(_) => Rerun::OneAtATime,
-                Err(_) => Rerun::Guarded,
+                Ok(_) => Pass::OneAtATime,
+                Err(_) => Pass::Guarded,
             }))
         }
     }
@@ -769,6 +762,29 @@ mod tests {
     use super::{Db, Job};
     use crate::hsds::catalog::table;
     use crate::hsds::document;
+
+    /// The `_sqlite` and `_postgres` tests of `$check(grouped_url, alone_url)`: two fresh databases of a store,
+    /// one for a group of writes, one for the same writes one by one.
+    macro_rules! on_a_group_store_and_one_by_one_store {
+        ($check:ident) => {
+            mod $check {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    let dir = tempfile::tempdir().expect("tempdir");
+                    let url = |name: &str| format!("sqlite://{}", dir.path().join(name).display());
+                    super::$check(&url("grouped.db"), &url("alone.db")).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    super::on_fresh_postgres(|grouped| async move {
+                        super::on_fresh_postgres(|alone| async move { super::$check(&grouped, &alone).await }).await
+                    })
+                    .await;
+                }
+            }
+        };
+    }
 
     /// The instances whose next commit panics (instances are per store, so tests running beside are spared).
     static PANIC_AT_NEXT_COMMIT: Mutex<Vec<String>> = Mutex::new(Vec::new());
@@ -897,54 +913,21 @@ mod tests {
             let place = put("location", json!({"id": l, "name": "Place", "location_type": "physical"}));
             db.apply(place, WriteOptions::default()).await.expect("the location");
         }
-        let mut alone_outcomes = Vec::new();
-        for ops in writes.clone() {
-            alone_outcomes.push(alone.apply(ops, WriteOptions::default()).await.expect("a write alone"));
-        }
-        let direct = Db { writes: None, ..grouped.clone() };
-        let (jobs, answers): (Vec<Job>, Vec<_>) = writes
-            .into_iter()
-            .map(|ops| {
-                let (reply, answer) = tokio::sync::oneshot::channel();
-                (Job { ops, options: WriteOptions::default(), reply }, answer)
-            })
-            .unzip();
-        super::commit_group(&direct, &mut super::Opener::Pool(None), jobs, Vec::new()).await;
-        let mut grouped_outcomes = Vec::new();
-        for answer in answers {
-            grouped_outcomes.push(answer.await.expect("answered").expect("a write in the group"));
-        }
-        // Each write's events: (type, object id, data).
-        async fn events_of(db: &Db, outcome: &WriteOutcome) -> Vec<(String, String, serde_json::Value)> {
-            let (first, last) = (outcome.first_sequence.expect("events"), outcome.last_sequence.expect("events"));
-            let log = db.events_after(first - 1, &Default::default(), 1000).await.expect("events");
-            log.into_iter().filter(|e| e.sequence <= last).map(|e| (e.event_type, e.object_id, e.data)).collect()
-        }
-        let kinds = |events: Vec<(String, String, serde_json::Value)>| -> Vec<(String, String)> {
-            events.into_iter().map(|(kind, id, _)| (kind, id)).collect()
-        };
-        for (n, (g, a)) in grouped_outcomes.iter().zip(&alone_outcomes).enumerate() {
-            assert_eq!(g.created, a.created, "write {n}: the rows it created");
-            assert_eq!(kinds(events_of(&grouped, g).await), kinds(events_of(&alone, a).await), "write {n}: its events");
-            let (g_events, a_events) = (timeless_events_of(&grouped, g).await, timeless_events_of(&alone, a).await);
-            assert_eq!(g_events, a_events, "write {n}: what its events show");
-        }
+        let matched = group_matches_one_by_one(&grouped, &alone, writes).await;
+        let (grouped_outcomes, alone_outcomes) = (&matched.grouped, &matched.alone);
         // A write's own rows read as it wrote them, though the group wrote them again later.
-        let first = events_of(&grouped, &grouped_outcomes[0]).await;
+        let first = timeless_events_of(&grouped, &grouped_outcomes[0]).await;
         assert_eq!(first[0].2["name"], "One", "{:?}", first[0]);
         // The phone unlinked by the location's child set: as it reads alone.
         let unlinked = |events: Vec<(String, String, serde_json::Value)>| {
-            events
-                .into_iter()
-                .find(|(kind, id, _)| kind == "phone.updated" && *id == p2)
-                .map(|(.., data)| timeless(data))
+            events.into_iter().find(|(kind, id, _)| kind == "phone.updated" && *id == p2).map(|(.., data)| data)
         };
         let (g, a) = (&grouped_outcomes[7], &alone_outcomes[7]);
-        let phone_alone = unlinked(events_of(&alone, a).await).expect("the phone's event");
-        assert_eq!(unlinked(events_of(&grouped, g).await), Some(phone_alone.clone()));
+        let phone_alone = unlinked(timeless_events_of(&alone, a).await).expect("the phone's event");
+        assert_eq!(unlinked(timeless_events_of(&grouped, g).await), Some(phone_alone.clone()));
         assert!(phone_alone["languages"].is_array(), "{phone_alone}");
         // The phone's write announces its service, with the phone in it.
-        let phone = events_of(&grouped, &grouped_outcomes[2]).await;
+        let phone = timeless_events_of(&grouped, &grouped_outcomes[2]).await;
         let (_, _, service_data) = phone.iter().find(|(kind, ..)| kind == "service.updated").expect("the service");
         assert_eq!(service_data["phones"][0]["id"], p.as_str(), "{service_data}");
         for (name, row) in [("organization", &o), ("organization", &o2), ("service", &s1), ("service", &s2)] {
@@ -969,10 +952,18 @@ mod tests {
         log.into_iter().filter(|e| e.sequence <= last).map(|e| (e.event_type, e.object_id, timeless(e.data))).collect()
     }
 
-    /// Runs `writes` as one group on `grouped` and one by one on `alone`; asserts that every write gets the
-    /// same events, with the same documents, both ways (an event shows its document as it stood right after
-    /// its own write: CONTRACT.md 5), and returns how many times the group ran again one write at a time.
-    async fn group_matches_one_by_one(grouped: &Db, alone: &Db, writes: Vec<Vec<Op>>) -> u64 {
+    /// What [`group_matches_one_by_one`] saw: each write's outcome both ways, and how many times the group
+    /// ran again one write at a time.
+    struct Matched {
+        grouped: Vec<WriteOutcome>,
+        alone: Vec<WriteOutcome>,
+        one_at_a_time: u64,
+    }
+
+    /// Runs `writes` as one group on `grouped` and one by one on `alone`; asserts that every write creates the
+    /// same rows and gets the same events, with the same documents, both ways (an event shows its document as
+    /// it stood right after its own write: CONTRACT.md 5).
+    async fn group_matches_one_by_one(grouped: &Db, alone: &Db, writes: Vec<Vec<Op>>) -> Matched {
         let mut alone_outcomes = Vec::new();
         for ops in writes.clone() {
             alone_outcomes.push(alone.apply(ops, WriteOptions::default()).await.expect("a write alone"));
@@ -987,14 +978,17 @@ mod tests {
             })
             .unzip();
         super::commit_group(&direct, &mut super::Opener::Pool(None), jobs, Vec::new()).await;
+        let mut grouped_outcomes = Vec::new();
         for (n, (answer, a)) in answers.into_iter().zip(&alone_outcomes).enumerate() {
             let g = answer.await.expect("answered").expect("a write in the group");
+            assert_eq!(g.created, a.created, "write {n}: the rows it created");
             let (g_events, a_events) = (timeless_events_of(grouped, &g).await, timeless_events_of(alone, a).await);
             assert_eq!(g_events, a_events, "write {n}: its events and what they show");
+            grouped_outcomes.push(g);
         }
         let (serial, guarded) = grouped.group_commit_reruns();
         assert_eq!(guarded, guarded_before, "no write was refused, so none ran behind a savepoint");
-        serial - serial_before
+        Matched { grouped: grouped_outcomes, alone: alone_outcomes, one_at_a_time: serial - serial_before }
     }
 
     /// Concurrent writes to rows of one document (the phones of one service) each get that document's event
@@ -1022,7 +1016,11 @@ mod tests {
         let mut writes = vec![phone(1, ("contact_id", &c1)), phone(2, ("contact_id", &c2))];
         // Six phones of the service itself.
         writes.extend((3..9).map(|n| phone(n, ("service_id", &s))));
-        assert_eq!(group_matches_one_by_one(&grouped, &alone, writes).await, 1, "the group ran again, one by one");
+        assert_eq!(
+            group_matches_one_by_one(&grouped, &alone, writes).await.one_at_a_time,
+            1,
+            "the group ran again, one by one"
+        );
         // Rows shown in another row's event, with no root between them: a term and its taxonomy (the term's
         // event shows the taxonomy's detail), a program and an attribute linked to it (the program's event
         // shows its attributes).
@@ -1045,7 +1043,11 @@ mod tests {
                                     "taxonomy_term_id": tt, "value": "v"}),
             ),
         ];
-        assert_eq!(group_matches_one_by_one(&grouped, &alone, shown).await, 1, "the group ran again, one by one");
+        assert_eq!(
+            group_matches_one_by_one(&grouped, &alone, shown).await.one_at_a_time,
+            1,
+            "the group ran again, one by one"
+        );
         // A language of a phone that only a location nests, then the location's phones left empty (the phone
         // and its language go): the language's write still announces the location, as it does alone.
         let (loc, lp, lang) = (id(50), id(51), id(52));
@@ -1059,17 +1061,25 @@ mod tests {
             put("language", json!({"id": lang, "name": "Español", "code": "es", "phone_id": lp})),
             put("location", json!({"id": loc, "name": "Place", "location_type": "physical", "phones": []})),
         ];
-        assert_eq!(group_matches_one_by_one(&grouped, &alone, unlinked).await, 1, "the group ran again, one by one");
+        assert_eq!(
+            group_matches_one_by_one(&grouped, &alone, unlinked).await.one_at_a_time,
+            1,
+            "the group ran again, one by one"
+        );
         // Siblings alone: each finished before the next is staged, without running the group again.
         let siblings = (9..12).map(|n| phone(n, ("service_id", &s))).collect();
-        assert_eq!(group_matches_one_by_one(&grouped, &alone, siblings).await, 0, "siblings finished in turn");
+        assert_eq!(
+            group_matches_one_by_one(&grouped, &alone, siblings).await.one_at_a_time,
+            0,
+            "siblings finished in turn"
+        );
         // New organizations and a phone of the service: no document reached twice, finished together.
         let disjoint = vec![
             organization(&id(3), "Three"),
             put("phone", json!({"id": id(200), "number": "555-0200", "contact_id": c1})),
             organization(&id(4), "Four"),
         ];
-        assert_eq!(group_matches_one_by_one(&grouped, &alone, disjoint).await, 0, "finished together");
+        assert_eq!(group_matches_one_by_one(&grouped, &alone, disjoint).await.one_at_a_time, 0, "finished together");
         for table_name in ["service", "organization"] {
             let t = table(table_name).unwrap();
             let row = if table_name == "service" { &s } else { &o };
@@ -1080,23 +1090,7 @@ mod tests {
         alone.close().await;
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn each_event_of_a_group_shows_its_document_right_after_its_write_sqlite() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let url = |name: &str| format!("sqlite://{}", dir.path().join(name).display());
-        each_event_of_a_group_shows_its_document_right_after_its_write(&url("grouped.db"), &url("alone.db")).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn each_event_of_a_group_shows_its_document_right_after_its_write_postgres() {
-        on_fresh_postgres(|grouped| async move {
-            on_fresh_postgres(|alone| async move {
-                each_event_of_a_group_shows_its_document_right_after_its_write(&grouped, &alone).await
-            })
-            .await
-        })
-        .await;
-    }
+    on_a_group_store_and_one_by_one_store!(each_event_of_a_group_shows_its_document_right_after_its_write);
 
     /// PostgreSQL: a write that waits for the document lock (an `If-Match` PUT of a service and its phones) reads
     /// the phones again once it holds the lock, not as the group read them before: a transaction that held
@@ -1155,21 +1149,7 @@ mod tests {
         .await;
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn staged_writes_finish_as_if_one_by_one_sqlite() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let url = |name: &str| format!("sqlite://{}", dir.path().join(name).display());
-        staged_writes_finish_as_if_one_by_one(&url("grouped.db"), &url("alone.db")).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn staged_writes_finish_as_if_one_by_one_postgres() {
-        on_fresh_postgres(|grouped| async move {
-            on_fresh_postgres(|alone| async move { staged_writes_finish_as_if_one_by_one(&grouped, &alone).await })
-                .await
-        })
-        .await;
-    }
+    on_a_group_store_and_one_by_one_store!(staged_writes_finish_as_if_one_by_one);
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn each_write_of_a_group_gets_its_own_sequences_sqlite() {
