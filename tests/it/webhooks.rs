@@ -1270,6 +1270,20 @@ webhook_test!(every_delivery_a_410_refused_in_one_recorded_batch_is_replayed, |a
     .await;
 });
 
+/// A subscription of `rx` (which holds what it gets from now on; its ping is let through) and the delivery of
+/// an organization created then, held unanswered at `rx`: (subscription id, delivery id).
+async fn a_delivery_held_at_the_target(app: &TestApp, rx: &Receiver) -> (String, String) {
+    rx.hold();
+    let sub = create(app, json!({"url": rx.url, "events": ["organization.created"]})).await;
+    let id = sub["id"].as_str().unwrap().to_string();
+    rx.wait_for("the ping, held", |r| r.len() == 1).await;
+    rx.let_through(1);
+    put_org(app, O1, "One").await;
+    rx.wait_for("the delivery, held at the target", |r| r.len() == 2).await;
+    let delivery = delivery_of(app, &id, "organization.created").await;
+    (id, delivery)
+}
+
 /// The id of the one delivery of `event_type` on subscription `id`.
 async fn delivery_of(app: &TestApp, id: &str, event_type: &str) -> String {
     let page = app.get_as(&app.subscribe_key, &format!("/webhooks/{id}/deliveries?event_type={event_type}")).await;
@@ -1307,28 +1321,13 @@ async fn a_retry_asked_for_while_one_is_held_keeps_the_schedule(store: Store) {
     assert_eq!(ids.len(), 1, "one delivery, sent three times");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_retry_asked_for_while_one_is_held_keeps_the_schedule_sqlite() {
-    a_retry_asked_for_while_one_is_held_keeps_the_schedule(Store::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_retry_asked_for_while_one_is_held_keeps_the_schedule_postgres() {
-    a_retry_asked_for_while_one_is_held_keeps_the_schedule(Store::Postgres).await;
-}
+crate::each_store!(a_retry_asked_for_while_one_is_held_keeps_the_schedule);
 
 webhook_test!(a_retry_asked_for_during_an_attempt_sends_no_second_copy, |app| async move {
     // Asked for (twice) while the first attempt waits at the target, a retry leaves that attempt to finish:
     // no second copy goes out beside it, and the attempts counted are the attempts recorded.
     let rx = Receiver::start().await;
-    rx.hold();
-    let sub = create(&app, json!({"url": rx.url, "events": ["organization.created"]})).await;
-    let id = sub["id"].as_str().unwrap().to_string();
-    rx.wait_for("the ping, held", |r| r.len() == 1).await;
-    rx.let_through(1);
-    put_org(&app, O1, "One").await;
-    rx.wait_for("the delivery, held at the target", |r| r.len() == 2).await;
-    let delivery = delivery_of(&app, &id, "organization.created").await;
+    let (id, delivery) = a_delivery_held_at_the_target(&app, &rx).await;
     for _ in 0..2 {
         let r = app.post_as(&app.subscribe_key, &format!("/deliveries/{delivery}/retry"), None).await;
         assert_eq!(r.status(), 202);
@@ -1355,15 +1354,8 @@ webhook_test!(a_retry_asked_for_during_an_attempt_sends_no_second_copy, |app| as
 async fn a_retry_asked_for_during_a_failing_attempt_goes_at_once(store: Store) {
     let Some(app) = TestApp::spawn_with(store, |c| c.retry_schedule = Some("30,30".into())).await else { return };
     let rx = Receiver::start().await;
-    rx.hold();
     rx.script(&[(200, None), (500, None), (200, None)]);
-    let sub = create(&app, json!({"url": rx.url, "events": ["organization.created"]})).await;
-    let id = sub["id"].as_str().unwrap().to_string();
-    rx.wait_for("the ping, held", |r| r.len() == 1).await;
-    rx.let_through(1);
-    put_org(&app, O1, "One").await;
-    rx.wait_for("the delivery, held at the target", |r| r.len() == 2).await;
-    let delivery = delivery_of(&app, &id, "organization.created").await;
+    let (id, delivery) = a_delivery_held_at_the_target(&app, &rx).await;
     let r = app.post_as(&app.subscribe_key, &format!("/deliveries/{delivery}/retry"), None).await;
     assert_eq!(r.status(), 202);
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
@@ -1383,15 +1375,7 @@ async fn a_retry_asked_for_during_a_failing_attempt_goes_at_once(store: Store) {
     assert_eq!(listed["contents"][0]["attempts"], 2, "{listed}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_retry_asked_for_during_a_failing_attempt_goes_at_once_sqlite() {
-    a_retry_asked_for_during_a_failing_attempt_goes_at_once(Store::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_retry_asked_for_during_a_failing_attempt_goes_at_once_postgres() {
-    a_retry_asked_for_during_a_failing_attempt_goes_at_once(Store::Postgres).await;
-}
+crate::each_store!(a_retry_asked_for_during_a_failing_attempt_goes_at_once);
 
 webhook_test!(deliveries_filter_by_type_or_pattern_and_refuse_what_names_nothing, |app| async move {
     let rx = Receiver::start().await;
