@@ -263,14 +263,7 @@ impl Hsda {
 
     async fn put_org(&self, client: &reqwest::Client, id: &str, i: usize) {
         let body = json!({"id": id, "name": format!("Organization {i}"), "description": "bench"});
-        let r = client
-            .put(format!("{}/organizations/{id}", self.base))
-            .bearer_auth(&self.publish_key)
-            .json(&body)
-            .send()
-            .await
-            .expect("PUT /organizations");
-        assert!(r.status().is_success(), "PUT -> {}", r.status());
+        self.put(client, &format!("organizations/{id}"), &body).await;
     }
 }
 
@@ -350,6 +343,34 @@ fn sample(
 // ---------------------------------------------------------------------------------------------------------
 // Workloads
 
+/// `write(i)` for each `i` below `n`, from `WRITERS` concurrent writers, none started once `limit` has passed;
+/// returns how many were made, when all were answered.
+async fn with_writers<F, Fut>(n: usize, limit: Duration, write: F) -> usize
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..WRITERS {
+        let (next, write) = (next.clone(), write.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n || started.elapsed() > limit {
+                    break;
+                }
+                write(i).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("writer");
+    }
+    next.load(Ordering::Relaxed).min(n)
+}
+
 /// `n` PUTs from `WRITERS` concurrent writers; returns when all were answered. Each creates a new organization,
 /// or, given `existing` ids, changes the name of one of those in turn.
 async fn write_concurrently(
@@ -359,27 +380,18 @@ async fn write_concurrently(
     existing: Arc<Vec<String>>,
     first_name: usize,
 ) {
-    let next = Arc::new(AtomicUsize::new(0));
-    let mut tasks = Vec::new();
-    for _ in 0..WRITERS {
-        let (hsda, client, next, existing) = (hsda.clone(), client.clone(), next.clone(), existing.clone());
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= n {
-                    break;
-                }
-                let id = match existing.is_empty() {
-                    true => uuid::Uuid::new_v4().to_string(),
-                    false => existing[i % existing.len()].clone(),
-                };
-                hsda.put_org(&client, &id, first_name + i).await;
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.expect("writer");
-    }
+    let (hsda, client) = (hsda.clone(), client.clone());
+    with_writers(n, Duration::MAX, move |i| {
+        let (hsda, client, existing) = (hsda.clone(), client.clone(), existing.clone());
+        async move {
+            let id = match existing.is_empty() {
+                true => uuid::Uuid::new_v4().to_string(),
+                false => existing[i % existing.len()].clone(),
+            };
+            hsda.put_org(&client, &id, first_name + i).await;
+        }
+    })
+    .await;
 }
 
 /// Waits (bounded by `deadline`) until every path in `paths` saw `n` distinct deliveries; returns the
@@ -518,28 +530,18 @@ async fn clustered(store: Store) -> anyhow::Result<(f64, (u64, u64), (u64, u64))
         hsda.put(&client, &format!("phones/{id}"), &body).await;
     }
     let (groups_before, reruns_before) = (hsda.db.group_commit_stats(), hsda.db.group_commit_reruns());
-    let next = Arc::new(AtomicUsize::new(0));
     let t0 = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..WRITERS {
-        let (hsda, client, next, phones) = (hsda.clone(), client.clone(), next.clone(), phones.clone());
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= W1_CHANGES || t0.elapsed() > WORKLOAD_LIMIT {
-                    break;
-                }
-                let (id, service) = &phones[i % PHONES];
-                // Numbered apart from the untimed creations, so that no write is a no-op.
-                let body = json!({"id": id, "number": format!("556-{i:05}"), "service_id": service});
-                hsda.put(&client, &format!("phones/{id}"), &body).await;
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.expect("writer");
-    }
-    let writes = next.load(Ordering::Relaxed).min(W1_CHANGES);
+    let writer = (hsda.clone(), client.clone());
+    let writes = with_writers(W1_CHANGES, WORKLOAD_LIMIT, move |i| {
+        let ((hsda, client), phones) = (writer.clone(), phones.clone());
+        async move {
+            let (id, service) = &phones[i % PHONES];
+            // Numbered apart from the untimed creations, so that no write is a no-op.
+            let body = json!({"id": id, "number": format!("556-{i:05}"), "service_id": service});
+            hsda.put(&client, &format!("phones/{id}"), &body).await;
+        }
+    })
+    .await;
     let writes_per_s = writes as f64 / t0.elapsed().as_secs_f64();
     let (groups, reruns) = (hsda.db.group_commit_stats(), hsda.db.group_commit_reruns());
     if let Ok(hsda) = Arc::try_unwrap(hsda) {
