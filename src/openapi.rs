@@ -10,7 +10,8 @@ fn param(name: &str, schema: Value, description: &str) -> Value {
     json!({ "name": name, "in": "query", "required": false, "description": description, "schema": schema })
 }
 
-fn list_parameters(table: &Table) -> Vec<Value> {
+/// The query parameters of a list path, as the OpenAPI document lists them.
+pub(crate) fn list_parameters(table: &Table) -> Vec<Value> {
     let mut out = vec![
         param("page", json!({"type": "integer", "minimum": 1, "maximum": u32::MAX}), "Page number, from 1."),
         param("per_page", json!({"type": "integer", "minimum": 1, "maximum": 1000}), "Items per page (default 50)."),

@@ -490,3 +490,22 @@ async fn remove(
     state.db.apply(vec![Op::Delete { table, id }], options).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::hsds::catalog::TABLES;
+
+    /// A search body takes every parameter the OpenAPI document lists for any list, with the type it gives:
+    /// a parameter added to the document but not to `LIST_PARAMETERS` would be refused in a body.
+    #[test]
+    fn search_bodies_take_every_documented_list_parameter() {
+        for table in TABLES {
+            for parameter in crate::openapi::list_parameters(table) {
+                let name = parameter["name"].as_str().expect("a name");
+                let known = super::LIST_PARAMETERS.iter().find(|(known, _)| *known == name);
+                let (_, kind) = known.unwrap_or_else(|| panic!("{name} ({}) is not in LIST_PARAMETERS", table.name));
+                assert_eq!(parameter["schema"]["type"].as_str(), Some(*kind), "{name}");
+            }
+        }
+    }
+}
