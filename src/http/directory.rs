@@ -246,7 +246,7 @@ const LIST_PARAMETERS: [(&str, &str); 17] = [
 fn check_search_body(body: &serde_json::Map<String, Value>) -> Result<(), ApiError> {
     let mut errors = Vec::new();
     for (name, value) in body {
-        let pointer = format!("/{}", name.replace('~', "~0").replace('/', "~1"));
+        let pointer = crate::hsds::validate::pointer_join("", name);
         let Some((_, expected)) = LIST_PARAMETERS.iter().find(|(known, _)| known == name) else {
             let names: Vec<&str> = LIST_PARAMETERS.iter().map(|(name, _)| *name).collect();
             errors.push(FieldError::new(pointer, format!("is not a search parameter ({})", names.join(", "))));

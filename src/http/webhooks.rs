@@ -313,7 +313,7 @@ async fn owned(state: &AppState, caller: &Principal, id: &str) -> Result<Subscri
 fn known_fields(body: &Value, fields: &[&str]) -> Result<(), ApiError> {
     let Some(map) = body.as_object() else { return Err(ApiError::invalid("", "must be a JSON object")) };
     match map.keys().find(|k| !fields.contains(&k.as_str())) {
-        Some(unknown) => Err(ApiError::invalid(format!("/{unknown}"), "unknown field")),
+        Some(unknown) => Err(ApiError::invalid(crate::hsds::validate::pointer_join("", unknown), "unknown field")),
         None => Ok(()),
     }
 }
