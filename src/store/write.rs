@@ -1307,6 +1307,27 @@ impl Writer<'_, '_> {
     }
 }
 
+/// Whether a row one write's event shows (the touched row itself, or a root it reaches), compiled once for the
+/// whole batch, would show another write's change too: another write's walk went through it. Then it would
+/// not be its state right after its own write. (A batch of one write never meets itself.)
+fn two_writes_meet(starts: &[&Touched], walks: &[Walk], write_of: &[usize]) -> bool {
+    if write_of.iter().all(|&i| i == write_of[0]) {
+        return false;
+    }
+    let mut first_visitor: HashMap<&Root, usize> = HashMap::new();
+    let mut shared: HashSet<&Root> = HashSet::new();
+    for (walk, &i) in walks.iter().zip(write_of) {
+        for row in &walk.rows {
+            if *first_visitor.entry(row).or_insert(i) != i {
+                shared.insert(row);
+            }
+        }
+    }
+    starts.iter().zip(walks).any(|(t, walk)| {
+        shared.contains(&(t.table.name, t.id.clone())) || walk.roots.iter().any(|root| shared.contains(root))
+    })
+}
+
 /// A root document, or any row: (table, id).
 type Root = (&'static str, String);
 
@@ -1362,22 +1383,7 @@ pub(crate) async fn finish_staged(
         // documents to compile are looked for again under the lock (a link committed meanwhile adds one).
         walks = writer.embedding_roots_of(&starts).await?;
     }
-    // Every event shows a row (the touched one, or a root it reaches) compiled once for the whole batch. That
-    // is its state right after its own write only if no other write of the batch touched it or anything it
-    // shows: no other write's walk went through it.
-    let mut first_visitor: HashMap<&Root, usize> = HashMap::new();
-    let mut shared: HashSet<&Root> = HashSet::new();
-    for (walk, &i) in walks.iter().zip(&write_of) {
-        for row in &walk.rows {
-            if *first_visitor.entry(row).or_insert(i) != i {
-                shared.insert(row);
-            }
-        }
-    }
-    let shown_by_two = starts.iter().zip(&walks).any(|(t, walk)| {
-        shared.contains(&(t.table.name, t.id.clone())) || walk.roots.iter().any(|root| shared.contains(root))
-    });
-    if shown_by_two {
+    if two_writes_meet(&starts, &walks, &write_of) {
         return Ok(None);
     }
     let mut roots_of: Vec<BTreeSet<Root>> = walks.into_iter().map(|w| w.roots).collect();
