@@ -1188,7 +1188,7 @@ impl Writer<'_, '_> {
     /// (`phone.service_id` -> that service), and — only when the row itself changed, not something inside
     /// it — in the rows that nest it as a `One` (`service.organization`, `attribute.taxonomy_term`). An
     /// organization root also embeds its services and a service_at_location root its service.
-    async fn embedding_roots_of(&mut self, starts: &[&Touched]) -> sqlx::Result<Vec<Walk>> {
+    async fn embedding_walks_of(&mut self, starts: &[&Touched]) -> sqlx::Result<Vec<Walk>> {
         // A walk's first row is a node of its own (its rows are the write's before and after, and it changed
         // itself); any other row is one node, whichever walks reach it.
         #[derive(Clone, PartialEq, Eq, Hash)]
@@ -1374,14 +1374,14 @@ pub(crate) async fn finish_staged(
     // Every touched row of every write, and the write it belongs to.
     let starts: Vec<&Touched> = staged.iter().flat_map(|s| &s.touched).collect();
     let write_of: Vec<usize> = staged.iter().enumerate().flat_map(|(i, s)| s.touched.iter().map(move |_| i)).collect();
-    let mut walks = writer.embedding_roots_of(&starts).await?;
+    let mut walks = writer.embedding_walks_of(&starts).await?;
     let created: HashSet<Root> =
         starts.iter().filter(|t| t.action == Action::Created).map(|t| (t.table.name, t.id.clone())).collect();
     let existing_roots = walks.iter().flat_map(|w| &w.roots).any(|root| !created.contains(root));
     if existing_roots && writer.lock_documents().await? {
         // A document that already existed is compiled from rows other transactions may be changing: the
         // documents to compile are looked for again under the lock (a link committed meanwhile adds one).
-        walks = writer.embedding_roots_of(&starts).await?;
+        walks = writer.embedding_walks_of(&starts).await?;
     }
     if two_writes_meet(&starts, &walks, &write_of) {
         return Ok(None);
