@@ -140,8 +140,12 @@ impl TestApp {
 
     /// `GET path` with `key`, as JSON (whatever the status).
     pub async fn get_as(&self, key: &str, path: impl AsRef<str>) -> Value {
-        let r = self.client.get(self.url(path.as_ref())).bearer_auth(key).send().await.expect("GET");
-        r.json().await.expect("json")
+        self.get_response_as(key, path).await.json().await.expect("json")
+    }
+
+    /// `GET path` with `key`: the response itself, for its status and headers.
+    pub async fn get_response_as(&self, key: &str, path: impl AsRef<str>) -> reqwest::Response {
+        self.client.get(self.url(path.as_ref())).bearer_auth(key).send().await.expect("GET")
     }
 
     /// `POST path` with `key` and an optional JSON body.

@@ -1385,17 +1385,7 @@ webhook_test!(deliveries_filter_by_type_or_pattern_and_refuse_what_names_nothing
     put_org(&app, &org(2), "Two").await;
     put_org(&app, O1, "One renamed").await;
     rx.wait_for("the ping and three changes", |r| r.len() == 4).await;
-    let listed = |query: &'static str| {
-        let (app, id) = (&app, id.clone());
-        async move {
-            app.client
-                .get(app.url(&format!("/webhooks/{id}/deliveries?{query}")))
-                .bearer_auth(&app.subscribe_key)
-                .send()
-                .await
-                .unwrap()
-        }
-    };
+    let listed = |query: &str| app.get_response_as(&app.subscribe_key, format!("/webhooks/{id}/deliveries?{query}"));
     for (query, expected) in [
         ("event_type=organization.created", 2),
         ("event_type=organization.*", 3),
