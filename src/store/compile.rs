@@ -184,6 +184,38 @@ pub(crate) fn compile_many<'a, 'c>(
     })
 }
 
+/// The root document [`compile_many`] gives a new `table` row that nothing is nested in yet, compiled without
+/// the store: its own fields, an empty array for each `Many` key (an organization's `services` too). `None`
+/// where the document would hold a row it points at (a service's organization, a service_at_location's
+/// service), which only the store has. A write stores this document with the new row's insert, so a root
+/// created alone costs one row version, not an insert and then a rewrite of every index for its document.
+pub(crate) fn lone_document(table: &'static Table, row: &Row) -> Option<Value> {
+    if !table.is_root() || table.name == "service_at_location" {
+        return None;
+    }
+    let mut doc = row.clone();
+    for nested in table.nested {
+        match nested.kind {
+            NestedKind::Many => {
+                if table.back_reference(nested).is_some() && crate::hsds::catalog::table(nested.table).is_some() {
+                    doc.insert(nested.key.to_string(), Value::Array(Vec::new()));
+                }
+            }
+            NestedKind::One => {
+                let points =
+                    table.forward_reference(nested).is_some_and(|f| row.get(f.name).is_some_and(Value::is_string));
+                if points && crate::hsds::catalog::table(nested.table).is_some() {
+                    return None;
+                }
+            }
+        }
+    }
+    if table.name == "organization" {
+        doc.insert("services".to_string(), Value::Array(Vec::new()));
+    }
+    Some(Value::Object(doc))
+}
+
 /// The services of an organization: (table, reference field).
 const ORGANIZATION_SERVICES: (&str, &str) = ("service", "organization_id");
 

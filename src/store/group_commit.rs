@@ -758,6 +758,7 @@ mod tests {
 
     use serde_json::json;
 
+    use super::super::tests::on_fresh_postgres;
     use super::super::write::{Op, WriteError, WriteOptions, WriteOutcome};
     use super::{Db, Job};
     use crate::hsds::catalog::table;
@@ -1156,18 +1157,6 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         each_write_of_a_group_gets_its_own_sequences(&format!("sqlite://{}", dir.path().join("seq.db").display()))
             .await;
-    }
-
-    /// Runs `test` on a fresh PostgreSQL database (dropped afterwards), when `HSDA_TEST_POSTGRES_URL` names a
-    /// server.
-    async fn on_fresh_postgres<F: std::future::Future<Output = ()>>(test: impl FnOnce(String) -> F) {
-        let Ok(admin_url) = std::env::var("HSDA_TEST_POSTGRES_URL") else { return };
-        let name = format!("hsda_test_{}", uuid::Uuid::new_v4().simple());
-        let admin = sqlx::PgPool::connect(&admin_url).await.expect("PostgreSQL");
-        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await.expect("create database");
-        let (base, _) = admin_url.rsplit_once('/').expect("a database in the URL");
-        test(format!("{base}/{name}")).await;
-        let _ = sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)")).execute(&admin).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

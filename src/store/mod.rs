@@ -383,7 +383,19 @@ pub fn timestamp_text(t: chrono::DateTime<chrono::Utc>) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
+    /// Runs `test` on a fresh PostgreSQL database (dropped afterwards), when `HSDA_TEST_POSTGRES_URL` names a
+    /// server.
+    pub(crate) async fn on_fresh_postgres<F: std::future::Future<Output = ()>>(test: impl FnOnce(String) -> F) {
+        let Ok(admin_url) = std::env::var("HSDA_TEST_POSTGRES_URL") else { return };
+        let name = format!("hsda_test_{}", uuid::Uuid::new_v4().simple());
+        let admin = sqlx::PgPool::connect(&admin_url).await.expect("PostgreSQL");
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await.expect("create database");
+        let (base, _) = admin_url.rsplit_once('/').expect("a database in the URL");
+        test(format!("{base}/{name}")).await;
+        let _ = sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)")).execute(&admin).await;
+    }
+
     #[test]
     fn row_placeholders_number_every_row_after_the_leading_parameters() {
         assert_eq!(super::row_placeholders(3, 2, 2), vec!["$3, $4", "$5, $6"]);

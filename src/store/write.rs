@@ -271,12 +271,13 @@ impl Db {
             documents_locked,
             deleted_docs: HashMap::new(),
             known,
+            inserted_docs: HashMap::new(),
         };
         for op in ops {
             writer.apply_op(op).await?;
         }
         writer.check_references().await?;
-        let Writer { touched, deleted_docs, documents_locked, .. } = writer;
+        let Writer { touched, deleted_docs, documents_locked, inserted_docs, .. } = writer;
         let links = touched
             .iter()
             .flat_map(|t| {
@@ -286,7 +287,7 @@ impl Db {
                 std::iter::once(t.id.as_str()).chain(values).map(str::to_string).collect::<Vec<_>>()
             })
             .collect();
-        Ok(Staged { touched, links, deleted_docs, documents_locked, origin, now })
+        Ok(Staged { touched, links, deleted_docs, documents_locked, inserted_docs, origin, now })
     }
 }
 
@@ -297,6 +298,8 @@ pub(crate) struct Staged {
     links: HashSet<String>,
     deleted_docs: HashMap<(&'static str, String), Value>,
     documents_locked: bool,
+    /// See `Writer::inserted_docs`.
+    inserted_docs: HashMap<Root, (String, String)>,
     origin: String,
     now: String,
 }
@@ -443,6 +446,9 @@ struct Writer<'a, 'c> {
     deleted_docs: HashMap<(&'static str, String), Value>,
     /// Rows and tombstones known without asking the store.
     known: &'a mut Known,
+    /// The documents (text, time) new roots got with their insert; compiled again at the end of the write,
+    /// they are only written if they came out different.
+    inserted_docs: HashMap<Root, (String, String)>,
 }
 
 /// A stored row: its `rid` and its `data` as JSON text.
@@ -788,13 +794,27 @@ impl Writer<'_, '_> {
                 *rid
             }
             None => {
-                const INSERT: &str = "INSERT INTO records (kind, id, data, sort_key, search_text, modified_at, origin) \
-                                      VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING rid";
+                // A new root with nothing nested yet gets its document in the insert (see `lone_document`).
+                let lone = match self.bulk {
+                    false => super::compile::lone_document(table, &row).map(|mut doc| {
+                        document::stamp_last_modified(table, &mut doc, self.now);
+                        DocColumns::of(table, &doc)
+                    }),
+                    true => None,
+                };
+                const PLAIN: &str = "INSERT INTO records (kind, id, data, sort_key, search_text, modified_at, origin) \
+                                     VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING rid";
+                // Coordinates as in `store_docs`: a flag and a plain f64, never a NULL f64.
+                const WITH_DOC: &str = "INSERT INTO records (kind, id, data, sort_key, search_text, modified_at, \
+                                        origin, doc, summary, latitude, longitude) VALUES ($1, $2, $3, $4, $5, $6, \
+                                        $7, $8, $9, CASE WHEN $10 THEN $11 ELSE NULL END, \
+                                        CASE WHEN $12 THEN $13 ELSE NULL END) RETURNING rid";
+                let insert = if lone.is_some() { WITH_DOC } else { PLAIN };
                 // A new row's tombstone goes. On PostgreSQL always, in the insert's own statement (the group does
                 // not read tombstones there): another transaction may create and delete a row of that id at any
                 // time before this insert. SQLite has one writer, so what the group read of it holds.
                 let sql = match self.concurrent {
-                    true => format!("WITH gone AS (DELETE FROM tombstones WHERE kind = $1 AND id = $2) {INSERT}"),
+                    true => format!("WITH gone AS (DELETE FROM tombstones WHERE kind = $1 AND id = $2) {insert}"),
                     false => {
                         if self.known.tombstone(table.name, &id) != Some(false) {
                             self.conn
@@ -804,27 +824,36 @@ impl Writer<'_, '_> {
                                 )
                                 .await?;
                         }
-                        INSERT.to_string()
+                        insert.to_string()
                     }
                 };
                 if !self.bulk {
                     self.known.wrote_tombstone(table.name, &id, false);
                 }
-                let (rid,): (i64,) = self
-                    .conn
-                    .fetch_one(
-                        &sql,
-                        &[
-                            table.name.into(),
-                            (&id).into(),
-                            (&data).into(),
-                            (&sort_key).into(),
-                            (&search_text).into(),
-                            self.now.into(),
-                            self.origin.into(),
-                        ],
-                    )
-                    .await?;
+                let mut args: Vec<Arg> = vec![
+                    table.name.into(),
+                    (&id).into(),
+                    (&data).into(),
+                    lone.as_ref().map_or(&sort_key, |l| &l.sort_key).into(),
+                    lone.as_ref().map_or(&search_text, |l| &l.search_text).into(),
+                    self.now.into(),
+                    self.origin.into(),
+                ];
+                if let Some(lone) = &lone {
+                    let (latitude, longitude) = lone.coordinates;
+                    args.extend([
+                        Arg::from(&lone.text),
+                        (&lone.summary).into(),
+                        latitude.is_some().into(),
+                        latitude.unwrap_or(0.0).into(),
+                        longitude.is_some().into(),
+                        longitude.unwrap_or(0.0).into(),
+                    ]);
+                }
+                let (rid,): (i64,) = self.conn.fetch_one(&sql, &args).await?;
+                if let Some(lone) = lone {
+                    self.inserted_docs.insert((table.name, id.clone()), (lone.text, self.now.to_string()));
+                }
                 rid
             }
         };
@@ -1091,7 +1120,13 @@ impl Writer<'_, '_> {
         // driver sends a NULL f64 as a float4 parameter on PostgreSQL, the prepared statement keeps that
         // type, and the next real coordinate on that connection then fails ("incorrect binary data format").
         const PER_ROW: usize = 10;
-        for chunk in docs.chunks(100) {
+        // A new root's document its insert stored as it came out now is not written again.
+        let changed: Vec<(&DocToStore, DocColumns)> = docs
+            .iter()
+            .map(|d| (d, DocColumns::of(table, d.doc)))
+            .filter(|(d, columns)| d.inserted.is_none_or(|(text, at)| *text != columns.text || at != d.now))
+            .collect();
+        for chunk in changed.chunks(100) {
             let values: Vec<String> =
                 super::row_placeholders(2, chunk.len(), PER_ROW).into_iter().map(|p| format!("({p})")).collect();
             let sql = format!(
@@ -1102,32 +1137,21 @@ impl Writer<'_, '_> {
                  FROM v WHERE records.kind = $1 AND records.id = v.id",
                 values.join(", ")
             );
-            let texts: Vec<[String; 4]> = chunk
-                .iter()
-                .map(|d| {
-                    [
-                        d.doc.to_string(),
-                        document::search_text(table, d.doc),
-                        document::sort_key(table, d.doc),
-                        super::compile::list_form(d.doc).to_string(),
-                    ]
-                })
-                .collect();
             let mut args: Vec<Arg> = Vec::with_capacity(1 + PER_ROW * chunk.len());
             args.push(table.name.into());
-            for (d, [text, search_text, sort_key, summary]) in chunk.iter().zip(&texts) {
-                let (latitude, longitude) = document::coordinates(table, d.doc);
+            for (d, columns) in chunk {
+                let (latitude, longitude) = columns.coordinates;
                 args.extend([
                     Arg::from(d.id),
-                    text.into(),
-                    search_text.into(),
-                    sort_key.into(),
+                    (&columns.text).into(),
+                    (&columns.search_text).into(),
+                    (&columns.sort_key).into(),
                     d.now.into(),
                     latitude.is_some().into(),
                     latitude.unwrap_or(0.0).into(),
                     longitude.is_some().into(),
                     longitude.unwrap_or(0.0).into(),
-                    summary.into(),
+                    (&columns.summary).into(),
                 ]);
             }
             self.conn.execute(&sql, &args).await?;
@@ -1345,6 +1369,30 @@ struct DocToStore<'a> {
     facets: &'a Facets,
     fresh: bool,
     now: &'a str,
+    /// The document text and time its row's insert already stored (see `lone_document`), if any.
+    inserted: Option<&'a (String, String)>,
+}
+
+/// What a root's row stores of its document besides the text: its list form, search text, sort key and
+/// coordinates.
+struct DocColumns {
+    text: String,
+    summary: String,
+    search_text: String,
+    sort_key: String,
+    coordinates: (Option<f64>, Option<f64>),
+}
+
+impl DocColumns {
+    fn of(table: &Table, doc: &Value) -> DocColumns {
+        DocColumns {
+            text: doc.to_string(),
+            summary: super::compile::list_form(doc).to_string(),
+            search_text: document::search_text(table, doc),
+            sort_key: document::sort_key(table, doc),
+            coordinates: document::coordinates(table, doc),
+        }
+    }
 }
 
 /// Recompiles the root documents the `staged` writes touched or that embed what they touched, stores them and
@@ -1370,7 +1418,9 @@ pub(crate) async fn finish_staged(
         documents_locked: staged.iter().any(|s| s.documents_locked),
         deleted_docs: staged.iter().flat_map(|s| s.deleted_docs.iter().map(|(k, v)| (k.clone(), v.clone()))).collect(),
         known: &mut Known::default(),
+        inserted_docs: HashMap::new(),
     };
+    let inserted: HashMap<&Root, &(String, String)> = staged.iter().flat_map(|s| &s.inserted_docs).collect();
     // Every touched row of every write, and the write it belongs to.
     let starts: Vec<&Touched> = staged.iter().flat_map(|s| &s.touched).collect();
     let write_of: Vec<usize> = staged.iter().enumerate().flat_map(|(i, s)| s.touched.iter().map(move |_| i)).collect();
@@ -1455,6 +1505,7 @@ pub(crate) async fn finish_staged(
                 facets,
                 fresh: created.contains(&(root_table.name, id.clone())),
                 now,
+                inserted: inserted.get(&(root_table.name, id.clone())).copied(),
             })
             .collect();
         let held = writer.store_docs(root_table, &to_store).await?;
@@ -1741,6 +1792,7 @@ impl Db {
             documents_locked: concurrent,
             deleted_docs: HashMap::new(),
             known: &mut Known::default(),
+            inserted_docs: HashMap::new(),
         };
         let copies = copies.into_iter().map(|row| (row, true));
         for (i, ((table, row, pointer), copy)) in rows.into_iter().map(|row| (row, false)).chain(copies).enumerate() {
@@ -1886,7 +1938,14 @@ impl Writer<'_, '_> {
                     .iter()
                     .map(|&i| {
                         let e = &events[i];
-                        DocToStore { id: &e.object_id, doc: &e.data, facets: &e.facets, fresh: false, now }
+                        DocToStore {
+                            id: &e.object_id,
+                            doc: &e.data,
+                            facets: &e.facets,
+                            fresh: false,
+                            now,
+                            inserted: None,
+                        }
                     })
                     .collect();
                 let held = self.store_docs(t, &to_store).await?;
@@ -1945,4 +2004,106 @@ pub(crate) async fn apply_queued_search(conn: &mut Conn<'_>, backend: Backend) -
     .await?;
     conn.execute("DELETE FROM records_fts_queue", &[]).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::{Op, WriteOptions};
+    use crate::hsds::catalog::{Table, table};
+    use crate::hsds::document;
+    use crate::store::compile::{Form, compile_many, load_rows};
+    use crate::store::sql::Conn;
+    use crate::store::tests::on_fresh_postgres;
+    use crate::store::{Backend, Db};
+
+    /// Adds a trigger that counts every write of a root's document after its row's insert.
+    async fn count_document_rewrites(db: &Db) {
+        let statements: &[&str] = match db.backend {
+            Backend::Sqlite => &[
+                "CREATE TABLE doc_rewrites (kind TEXT NOT NULL)",
+                "CREATE TRIGGER doc_rewritten AFTER UPDATE OF doc ON records \
+                 BEGIN INSERT INTO doc_rewrites VALUES (NEW.kind); END",
+            ],
+            Backend::Postgres => &[
+                "CREATE TABLE doc_rewrites (kind TEXT NOT NULL)",
+                "CREATE FUNCTION count_doc_rewrite() RETURNS trigger LANGUAGE plpgsql AS \
+                 $$ BEGIN INSERT INTO doc_rewrites VALUES (NEW.kind); RETURN NEW; END $$",
+                "CREATE TRIGGER doc_rewritten AFTER UPDATE OF doc ON records \
+                 FOR EACH ROW EXECUTE FUNCTION count_doc_rewrite()",
+            ],
+        };
+        for sql in statements {
+            sqlx::query(sql).execute(&db.pool).await.expect(sql);
+        }
+    }
+
+    async fn document_rewrites(db: &Db) -> i64 {
+        sqlx::query_scalar("SELECT COUNT(*) FROM doc_rewrites").fetch_one(&db.pool).await.expect("count")
+    }
+
+    /// The stored document text of a root, and the text compiling its rows now gives (dated as stored).
+    async fn stored_and_compiled(db: &Db, table: &'static Table, id: &str) -> (String, String) {
+        let (stored,): (String,) = sqlx::query_as("SELECT doc FROM records WHERE kind = $1 AND id = $2")
+            .bind(table.name)
+            .bind(id)
+            .fetch_one(&db.pool)
+            .await
+            .expect("a stored document");
+        let mut pooled = db.pool.acquire().await.expect("a connection");
+        let mut conn = Conn::from(&mut *pooled);
+        let rows = load_rows(&mut conn, table.name, &[id.to_string()]).await.expect("rows");
+        let mut compiled =
+            compile_many(&mut conn, table, rows.into_values().collect(), Form::Root).await.expect("compile");
+        let mut doc = compiled.pop().expect("one document");
+        if let Some(at) = document::last_modified_of(&stored) {
+            document::stamp_last_modified(table, &mut doc, &at);
+        }
+        (stored, doc.to_string())
+    }
+
+    async fn write(db: &Db, table: &'static Table, body: Value) {
+        let flat = document::flatten(table, &body, "").expect("a valid body");
+        db.apply(Op::all_of(flat), WriteOptions::default()).await.expect("the write");
+    }
+
+    /// A new root with nothing nested in it gets its document with its insert, exactly as compiling it gives,
+    /// and it is not written a second time; one created with rows nested in it gets the compiled document too.
+    async fn a_new_root_gets_its_document_with_its_insert(database_url: &str) {
+        let db = Db::connect(database_url).await.expect("connect");
+        count_document_rewrites(&db).await;
+        let (organization, location) = (table("organization").unwrap(), table("location").unwrap());
+        let (alone, placed) = ("00000000-0000-4000-8000-0000000000b1", "00000000-0000-4000-8000-0000000000b2");
+        write(&db, organization, json!({"id": alone, "name": "Alone", "description": "d"})).await;
+        write(&db, location, json!({"id": placed, "name": "A place", "location_type": "physical"})).await;
+        assert_eq!(document_rewrites(&db).await, 0, "documents stored with their inserts");
+        for (table, id) in [(organization, alone), (location, placed)] {
+            let (stored, compiled) = stored_and_compiled(&db, table, id).await;
+            assert_eq!(stored, compiled, "{} {id}", table.name);
+        }
+
+        let (parent, phone) = ("00000000-0000-4000-8000-0000000000b3", "00000000-0000-4000-8000-0000000000b4");
+        let body =
+            json!({"id": parent, "name": "Parent", "description": "d", "phones": [{"id": phone, "number": "555"}]});
+        write(&db, organization, body).await;
+        assert_eq!(document_rewrites(&db).await, 1, "the document is written again with its phone");
+        let (stored, compiled) = stored_and_compiled(&db, organization, parent).await;
+        assert_eq!(stored, compiled);
+        let stored: Value = serde_json::from_str(&stored).expect("JSON");
+        assert_eq!(stored["phones"][0]["id"], phone, "{stored:#}");
+        db.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_new_root_gets_its_document_with_its_insert_sqlite() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        a_new_root_gets_its_document_with_its_insert(&format!("sqlite://{}", dir.path().join("lone.db").display()))
+            .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_new_root_gets_its_document_with_its_insert_postgres() {
+        on_fresh_postgres(|url| async move { a_new_root_gets_its_document_with_its_insert(&url).await }).await;
+    }
 }
