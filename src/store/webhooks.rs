@@ -718,7 +718,7 @@ impl Db {
         let now_s = timestamp_text(now);
         let lease = timestamp_text(now + chrono::Duration::seconds(lease_seconds));
         let sql = claim_sql(self.backend, busy.len());
-        let _guard = match &self.write_lock {
+        let guard = match &self.write_lock {
             Some(lock) => Some(lock.lock().await),
             None => None,
         };
@@ -726,8 +726,11 @@ impl Db {
         for id in busy {
             query = query.bind(id);
         }
-        let rows = query.bind(limit).fetch_all(&self.pool).await?;
-        rows.iter().map(delivery_from_row).collect()
+        let mut conn = self.pool.acquire().await?;
+        let rows = query.bind(limit).fetch_all(&mut *conn).await?;
+        drop(guard);
+        let claimed = rows.iter().map(delivery_from_row).collect::<sqlx::Result<Vec<_>>>()?;
+        with_event_bodies(&mut conn, claimed).await
     }
 
     /// On SQLite one process owns the file, so leases found at start-up were left by a crashed run and are
@@ -904,11 +907,13 @@ impl Db {
     }
 
     pub async fn delivery(&self, id: &str) -> sqlx::Result<Option<Delivery>> {
+        let mut conn = self.pool.acquire().await?;
         let row = sqlx::query(&format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = $1"))
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *conn)
             .await?;
-        row.as_ref().map(delivery_from_row).transpose()
+        let Some(delivery) = row.as_ref().map(delivery_from_row).transpose()? else { return Ok(None) };
+        Ok(with_event_bodies(&mut conn, vec![delivery]).await?.pop())
     }
 
     pub async fn attempts(&self, delivery_id: &str) -> sqlx::Result<Vec<Attempt>> {
@@ -1302,7 +1307,7 @@ fn insert_deliveries_sql(rows: usize, first: usize) -> String {
 /// One delivery per event and subscription that wants it, in event order, then in the order of `subs`.
 /// Subscriptions with the same payload form get the same bytes, serialized once per event. Deliveries of
 /// subscriptions that are not `ordered` and are receiving are leased (until `lease`) to the caller.
-fn fan_out(events: &[Event], subs: &[&Subscription], public_url: &str, now: &str, lease: &str) -> Vec<Delivery> {
+fn fan_out(events: &[Event], subs: &[&Subscription], public_url: &str, now: &str, lease: &str) -> Vec<NewDelivery> {
     let mut out = Vec::new();
     for event in events {
         let mut bodies: Vec<(&str, String)> = Vec::with_capacity(2);
@@ -1316,7 +1321,7 @@ fn fan_out(events: &[Event], subs: &[&Subscription], public_url: &str, now: &str
                 }
             };
             let leased = !sub.ordered && sub.receives_deliveries();
-            out.push(Delivery {
+            let delivery = Delivery {
                 id: delivery_id(&sub.id, &event.id),
                 subscription_id: sub.id.clone(),
                 tenant: sub.tenant.clone(),
@@ -1333,17 +1338,72 @@ fn fan_out(events: &[Event], subs: &[&Subscription], public_url: &str, now: &str
                 updated_at: now.to_string(),
                 body,
                 lease_until: leased.then(|| lease.to_string()),
-            });
+            };
+            out.push(NewDelivery { delivery, body_in_event: sub.payload != "thin" });
         }
     }
     out
+}
+
+/// A delivery [`fan_out`] made, and whether its body is its event's full payload (see [`BODY_IN_EVENT`]).
+struct NewDelivery {
+    delivery: Delivery,
+    body_in_event: bool,
+}
+
+/// Stored as a delivery's body when the body is its event's full payload. That payload is the event's data,
+/// which the log already holds: stored with every delivery it was most of the row's bytes, written at its
+/// insert and again by each attempt's update (a new row version), and once per subscription. The body is
+/// built again from the event when the delivery is read ([`with_event_bodies`]): [`delivery_body`] of the
+/// stored event gives the same bytes, since the log is append-only and its JSON text reads back to the value it
+/// was written from. Never a real body: every body is a JSON object.
+const BODY_IN_EVENT: &str = "";
+
+/// `deliveries` with the bodies stored as [`BODY_IN_EVENT`] built again from their events, read in one
+/// statement per 500.
+async fn with_event_bodies(
+    conn: &mut sqlx::AnyConnection,
+    mut deliveries: Vec<Delivery>,
+) -> sqlx::Result<Vec<Delivery>> {
+    let mut wanted: Vec<i64> =
+        deliveries.iter().filter(|d| d.body == BODY_IN_EVENT).map(|d| d.event_sequence).collect();
+    if wanted.is_empty() {
+        return Ok(deliveries);
+    }
+    wanted.sort_unstable();
+    wanted.dedup();
+    let mut events: HashMap<i64, Event> = HashMap::with_capacity(wanted.len());
+    for chunk in wanted.chunks(500) {
+        let sql = format!(
+            "SELECT sequence, id, type, object, object_id, occurred_at, origin, data, facets FROM events \
+             WHERE sequence IN ({})",
+            super::placeholders(0, chunk.len())
+        );
+        let mut query = sqlx::query(&sql);
+        for sequence in chunk {
+            query = query.bind(*sequence);
+        }
+        for row in query.fetch_all(&mut *conn).await? {
+            let event = super::events::event_from_any_row(&row)?;
+            events.insert(event.sequence, event);
+        }
+    }
+    for d in deliveries.iter_mut().filter(|d| d.body == BODY_IN_EVENT) {
+        match events.get(&d.event_sequence) {
+            Some(event) => d.body = delivery_body(event, "full", ""),
+            None => {
+                tracing::error!(delivery = %d.id, sequence = d.event_sequence, "the event of a delivery is missing")
+            }
+        }
+    }
+    Ok(deliveries)
 }
 
 /// Inserts `deliveries` (created at `now`) with multi-row statements, skipping any that exist (a dispatch
 /// run again after a crash); returns the ones inserted now.
 async fn insert_new_deliveries(
     conn: &mut Conn<'_>,
-    deliveries: Vec<Delivery>,
+    deliveries: Vec<NewDelivery>,
     now: &str,
 ) -> sqlx::Result<Vec<Delivery>> {
     let mut inserted = std::collections::HashSet::new();
@@ -1351,7 +1411,7 @@ async fn insert_new_deliveries(
         let sql = format!("{} ON CONFLICT DO NOTHING RETURNING id", insert_deliveries_sql(chunk.len(), 2));
         let mut args: Vec<Arg> = Vec::with_capacity(1 + 9 * chunk.len());
         args.push(now.into());
-        for d in chunk {
+        for NewDelivery { delivery: d, body_in_event } in chunk {
             args.extend([
                 Arg::from(&d.id),
                 (&d.subscription_id).into(),
@@ -1360,14 +1420,14 @@ async fn insert_new_deliveries(
                 d.event_sequence.into(),
                 (&d.event_type).into(),
                 (&d.object_id).into(),
-                (&d.body).into(),
+                if *body_in_event { BODY_IN_EVENT.into() } else { (&d.body).into() },
                 d.lease_until.as_deref().into(),
             ]);
         }
         let ids: Vec<(String,)> = conn.fetch_all(&sql, &args).await?;
         inserted.extend(ids.into_iter().map(|(id,)| id));
     }
-    Ok(deliveries.into_iter().filter(|d| inserted.contains(&d.id)).collect())
+    Ok(deliveries.into_iter().map(|new| new.delivery).filter(|d| inserted.contains(&d.id)).collect())
 }
 
 async fn insert_delivery(

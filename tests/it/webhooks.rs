@@ -1466,3 +1466,47 @@ async fn a_change_through_one_process_holds_for_what_another_sends_right_after_p
         0
     );
 }
+
+/// A full payload is not stored a second time with its delivery: the row keeps an empty body, and every
+/// attempt, also one claimed from the store (an ordered subscription's, a retry's), sends the event's payload
+/// built again, byte for byte what the first attempt sent, signed. A thin payload is stored as it is.
+async fn a_full_payload_is_built_again_from_its_event_to_the_same_bytes(store: Store) {
+    let Some(app) = TestApp::spawn_with(store, |c| c.retry_schedule = Some("1".into())).await else { return };
+    let (full, thin) = (Receiver::start().await, Receiver::start().await);
+    full.script(&[(200, None), (500, None), (200, None)]);
+    let ordered = create(&app, json!({"url": full.url, "events": ["organization.created"], "ordered": true})).await;
+    let skinny = create(&app, json!({"url": thin.url, "events": ["organization.created"], "payload": "thin"})).await;
+    full.wait_for("the ping", |r| r.len() == 1).await;
+    thin.wait_for("the ping", |r| r.len() == 1).await;
+    put_org(&app, O1, "One").await;
+    let got = full.wait_for("the event, failed once then sent again", |r| r.len() == 3).await;
+    thin.wait_for("the thin event", |r| r.len() == 2).await;
+
+    let (first, again) = (&got[1], &got[2]);
+    assert_eq!(first.header("webhook-id"), again.header("webhook-id"));
+    assert_eq!(first.body, again.body, "the retry sends the same bytes");
+    assert!(again.verify(ordered["secret"].as_str().unwrap()), "signed");
+    let message = first.json();
+    assert_eq!(message["data"]["id"], O1);
+    assert_eq!(message["data"]["name"], "One");
+    assert_data_as_published(&app, &message).await;
+
+    let id = ordered["id"].as_str().unwrap();
+    let delivery = delivery_of(&app, id, "organization.created").await;
+    let shown = app.get_as(&app.subscribe_key, &format!("/deliveries/{delivery}")).await;
+    assert_eq!(shown["payload"], message, "the delivery shows the payload it sends");
+    let thin_delivery = delivery_of(&app, skinny["id"].as_str().unwrap(), "organization.created").await;
+    use sqlx::Connection;
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(&app.database_url).await.expect("the database");
+    for (delivery, stored_empty) in [(&delivery, true), (&thin_delivery, false)] {
+        let (body,): (String,) = sqlx::query_as("SELECT body FROM deliveries WHERE id = $1")
+            .bind(delivery)
+            .fetch_one(&mut conn)
+            .await
+            .expect("the delivery row");
+        assert_eq!(body.is_empty(), stored_empty, "{delivery}: {body}");
+    }
+}
+
+crate::each_store!(a_full_payload_is_built_again_from_its_event_to_the_same_bytes);
