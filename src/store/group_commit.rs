@@ -518,7 +518,8 @@ async fn run_group(
                 records.push_front(job);
                 return Err(e.into());
             }
-            let result = record_in(&mut conn, db.backend, &job.batch, job.disable_after_seconds).await;
+            let result =
+                record_in(&mut conn, db.backend, &job.batch, job.disable_after_seconds, db.lease_holder()).await;
             let failed = result.is_err();
             // The subscriptions this group would dispatch to were read before a status changed here.
             if result.as_ref().is_ok_and(|r| r.statuses_changed) {
@@ -738,7 +739,7 @@ async fn record_alone(
 ) -> sqlx::Result<()> {
     let mut tx = opener.begin(db).await?;
     let mut conn = tx.conn();
-    let recorded = record_in(&mut conn, db.backend, batch, disable_after_seconds).await?;
+    let recorded = record_in(&mut conn, db.backend, batch, disable_after_seconds, db.lease_holder()).await?;
     let last = match recorded.events.is_empty() {
         true => None,
         false => Some(append_events(&mut conn, &recorded.events, db.instance_id(), &super::now_text()).await?.last),

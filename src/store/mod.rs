@@ -10,6 +10,7 @@ pub mod events;
 pub mod fault;
 pub mod group_commit;
 pub mod keys;
+pub mod liveness;
 pub mod read;
 pub(crate) mod sql;
 pub mod webhooks;
@@ -42,6 +43,8 @@ pub struct Db {
     /// SQLite allows one writer at a time; taking this in-process lock before `BEGIN` avoids busy retries.
     write_lock: Option<Arc<Mutex<()>>>,
     instance_id: Arc<str>,
+    /// This handle's name on the leases it takes: unique per connect, so per process (see [`liveness`]).
+    lease_holder: Arc<str>,
     /// Woken after every commit that appended events or deliveries, so workers need not poll.
     pub(crate) changed: Arc<tokio::sync::watch::Sender<u64>>,
     /// The group-commit queue directory writes go through (`None` inside the committers themselves).
@@ -87,6 +90,7 @@ const SQLITE_MIGRATIONS: &[(i64, &[&str])] = &[
     (7, &[include_str!("migrations/7_search_text_unchanged_sqlite.sql")]),
     (8, &[include_str!("migrations/8_claimable_at.sql")]),
     (9, &[include_str!("migrations/9_search_index_at_commit_sqlite.sql")]),
+    (10, &[include_str!("migrations/10_lease_holders.sql")]),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &[&str])] = &[
     (1, &[include_str!("migrations/1_records_postgres.sql"), include_str!("migrations/1_schema.sql")]),
@@ -95,6 +99,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &[&str])] = &[
     (5, &[include_str!("migrations/5_digests.sql")]),
     (6, &[include_str!("migrations/6_fewer_indexes.sql")]),
     (8, &[include_str!("migrations/8_claimable_at.sql")]),
+    (10, &[include_str!("migrations/10_lease_holders.sql"), include_str!("migrations/10_live_workers_postgres.sql")]),
 ];
 
 impl Db {
@@ -144,6 +149,7 @@ impl Db {
             backend,
             write_lock: (backend == Backend::Sqlite).then(|| Arc::new(Mutex::new(()))),
             instance_id: Arc::from(""),
+            lease_holder: Arc::from(format!("prc_{}", uuid::Uuid::new_v4().simple())),
             changed: Arc::new(tokio::sync::watch::channel(0).0),
             writes: None,
             group_stats: Arc::default(),
@@ -166,6 +172,11 @@ impl Db {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// The name this process's leases carry (see [`liveness`]).
+    pub fn lease_holder(&self) -> &str {
+        &self.lease_holder
     }
 
     /// The id of this hsda instance, recorded as the origin of every change made here.

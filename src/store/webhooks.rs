@@ -279,6 +279,11 @@ pub fn delivery_body(event: &Event, payload: &str, public_url: &str) -> String {
     delivery_value(event, payload, public_url).to_string()
 }
 
+/// The wire body of a full payload: a function of the event alone (see [`BODY_IN_EVENT`]).
+fn full_body(event: &Event) -> String {
+    delivery_body(event, "full", "")
+}
+
 /// [`delivery_body`] as a JSON value (digests embed it).
 pub fn delivery_value(event: &Event, payload: &str, public_url: &str) -> Value {
     let data = if payload == "thin" {
@@ -694,7 +699,7 @@ impl Db {
         let lease = timestamp_text(chrono::Utc::now() + chrono::Duration::seconds(lease_seconds));
         let subscriptions: Vec<&Subscription> = subscriptions.iter().collect();
         let deliveries = fan_out(&events, &subscriptions, public_url, &now, &lease);
-        let created = insert_new_deliveries(&mut Conn::from(&mut *tx), deliveries, &now).await?;
+        let created = insert_new_deliveries(&mut Conn::from(&mut *tx), deliveries, &now, &self.lease_holder).await?;
         if last != cursor {
             sqlx::query("UPDATE counters SET value = $1 WHERE name = 'dispatch_cursor'")
                 .bind(last)
@@ -727,10 +732,42 @@ impl Db {
             query = query.bind(id);
         }
         let mut conn = self.pool.acquire().await?;
-        let rows = query.bind(limit).fetch_all(&mut *conn).await?;
+        let rows = query.bind(limit).bind(&*self.lease_holder).fetch_all(&mut *conn).await?;
         drop(guard);
         let claimed = rows.iter().map(delivery_from_row).collect::<sqlx::Result<Vec<_>>>()?;
-        with_event_bodies(&mut conn, claimed).await
+        let leases: Vec<(String, String)> =
+            claimed.iter().filter_map(|d| Some((d.id.clone(), d.lease_until.clone()?))).collect();
+        let claimed = match with_event_bodies(&mut conn, claimed).await {
+            Ok(claimed) => claimed,
+            Err(e) => {
+                // Claimed (committed) but not started: given back, not left to wait for their leases.
+                drop(conn);
+                if let Err(e) = self.release_own_leases(&leases).await {
+                    tracing::warn!(error = %e, "claimed deliveries wait for their leases to run out");
+                }
+                return Err(e);
+            }
+        };
+        // A body that cannot be built (its event is gone from the log) is never sent empty: the delivery fails.
+        let (claimed, bodiless): (Vec<Delivery>, Vec<Delivery>) =
+            claimed.into_iter().partition(|d| d.body != BODY_IN_EVENT);
+        for d in &bodiless {
+            tracing::error!(delivery = %d.id, sequence = d.event_sequence, "the event of a delivery is missing");
+            let _guard = match &self.write_lock {
+                Some(lock) => Some(lock.lock().await),
+                None => None,
+            };
+            sqlx::query(
+                "UPDATE deliveries SET status = 'failed', last_error = $1, lease_until = NULL, updated_at = $2 \
+                 WHERE id = $3",
+            )
+            .bind(format!("event {} is missing from the event log", d.event_sequence))
+            .bind(&now_s)
+            .bind(&d.id)
+            .execute(&mut *conn)
+            .await?;
+        }
+        Ok(claimed)
     }
 
     /// On SQLite one process owns the file, so leases found at start-up were left by a crashed run and are
@@ -1004,13 +1041,15 @@ fn skip_busy(first: usize, busy: usize) -> String {
     }
 }
 
-/// [`Db::claim_due`]'s statement: `$1` the lease, `$2` now, then the busy subscriptions, then the limit.
+/// [`Db::claim_due`]'s statement: `$1` the lease, `$2` now, then the busy subscriptions, then the limit and
+/// the lease holder.
 fn claim_sql(backend: Backend, busy: usize) -> String {
     let lock = if backend == Backend::Postgres { "FOR UPDATE OF d SKIP LOCKED" } else { "" };
     format!(
-        "UPDATE deliveries SET lease_until = $1 WHERE id IN (SELECT d.id FROM {CLAIMABLE} \
+        "UPDATE deliveries SET lease_until = $1, lease_holder = ${} WHERE id IN (SELECT d.id FROM {CLAIMABLE} \
          AND {CLAIMABLE_AT} <= $2 AND (d.lease_until IS NULL OR d.lease_until < $2) {} \
          ORDER BY {CLAIMABLE_AT} LIMIT ${} {lock}) RETURNING {DELIVERY_COLUMNS}",
+        4 + busy,
         skip_busy(2, busy),
         3 + busy
     )
@@ -1048,6 +1087,7 @@ pub(crate) async fn record_in(
     backend: Backend,
     batch: &[(Delivery, AttemptRecord)],
     disable_after_seconds: i64,
+    lease_holder: &str,
 ) -> sqlx::Result<Recorded> {
     // Subscription rows first, in id order, as an owner's update takes them (before the deliveries it may end
     // as failed): the other order would let a PATCH and a batch of attempts deadlock on PostgreSQL.
@@ -1093,7 +1133,7 @@ pub(crate) async fn record_in(
         conn.execute(&sql, &args).await?;
 
         let values: Vec<String> =
-            super::row_placeholders(1, chunk.len(), 8).into_iter().map(|p| format!("({p})")).collect();
+            super::row_placeholders(1, chunk.len(), 9).into_iter().map(|p| format!("({p})")).collect();
         // Only a delivery still unfinished under the lease the attempt was made with takes its outcome. A late
         // attempt (one sent again because a retry was asked for while it was out, or whose lease ran out
         // and another process took the delivery over) is kept in the history, and changes nothing else: it
@@ -1103,8 +1143,8 @@ pub(crate) async fn record_in(
         // A retry asked for while the attempt was out moved the delivery's due time past the attempt's start
         // (`Db::retry_now`): a failure is then due at once, unleased (not held), instead of on the schedule.
         let sql = format!(
-            "WITH v (id, status, next_at, code, error, at, lease, ran_under) AS (VALUES {}) \
-             UPDATE deliveries SET status = v.status, attempts = attempts + 1, \
+            "WITH v (id, status, next_at, code, error, at, lease, ran_under, holder) AS (VALUES {}) \
+             UPDATE deliveries SET status = v.status, attempts = attempts + 1, lease_holder = v.holder, \
              next_attempt_at = CASE WHEN v.status = 'retrying' AND deliveries.next_attempt_at > v.at \
              THEN deliveries.next_attempt_at ELSE v.next_at END, \
              lease_until = CASE WHEN v.status = 'retrying' AND deliveries.next_attempt_at > v.at \
@@ -1116,7 +1156,7 @@ pub(crate) async fn record_in(
              RETURNING deliveries.id",
             values.join(", ")
         );
-        let mut args: Vec<Arg> = Vec::with_capacity(8 * chunk.len());
+        let mut args: Vec<Arg> = Vec::with_capacity(9 * chunk.len());
         for (delivery, record) in chunk {
             let a = &record.attempt;
             let (status, next, lease) = match &record.outcome {
@@ -1133,6 +1173,7 @@ pub(crate) async fn record_in(
                 (&a.at).into(),
                 lease.into(),
                 delivery.lease_until.as_deref().into(),
+                lease.is_some().then_some(lease_holder).into(),
             ]);
         }
         let taken: Vec<(String,)> = conn.fetch_all(&sql, &args).await?;
@@ -1292,14 +1333,14 @@ pub fn delivery_id(subscription_id: &str, event_id: &str) -> String {
     format!("msg_{}", hex::encode(&digest[..16]))
 }
 
-/// The multi-row insert of `rows` new deliveries: `$1` is the time; each row's nine values (id, subscription,
-/// tenant, event id, sequence, type, object id, body, lease) are numbered from `$first` on.
+/// The multi-row insert of `rows` new deliveries: `$1` is the time; each row's ten values (id, subscription,
+/// tenant, event id, sequence, type, object id, body, lease, lease holder) are numbered from `$first` on.
 fn insert_deliveries_sql(rows: usize, first: usize) -> String {
     let values: Vec<String> =
-        super::row_placeholders(first, rows, 9).into_iter().map(|p| format!("({p}, 'pending', $1, $1, $1)")).collect();
+        super::row_placeholders(first, rows, 10).into_iter().map(|p| format!("({p}, 'pending', $1, $1, $1)")).collect();
     format!(
         "INSERT INTO deliveries (id, subscription_id, tenant, event_id, event_sequence, event_type, object_id, \
-         body, lease_until, status, next_attempt_at, created_at, updated_at) VALUES {}",
+         body, lease_until, lease_holder, status, next_attempt_at, created_at, updated_at) VALUES {}",
         values.join(", ")
     )
 }
@@ -1312,10 +1353,14 @@ fn fan_out(events: &[Event], subs: &[&Subscription], public_url: &str, now: &str
     for event in events {
         let mut bodies: Vec<(&str, String)> = Vec::with_capacity(2);
         for sub in subs.iter().filter(|s| wants(s, event)) {
+            let body_in_event = sub.payload != "thin";
             let body = match bodies.iter().find(|(payload, _)| *payload == sub.payload) {
                 Some((_, body)) => body.clone(),
                 None => {
-                    let body = delivery_body(event, &sub.payload, public_url);
+                    let body = match body_in_event {
+                        true => full_body(event),
+                        false => delivery_body(event, &sub.payload, public_url),
+                    };
                     bodies.push((&sub.payload, body.clone()));
                     body
                 }
@@ -1339,7 +1384,7 @@ fn fan_out(events: &[Event], subs: &[&Subscription], public_url: &str, now: &str
                 body,
                 lease_until: leased.then(|| lease.to_string()),
             };
-            out.push(NewDelivery { delivery, body_in_event: sub.payload != "thin" });
+            out.push(NewDelivery { delivery, body_in_event });
         }
     }
     out
@@ -1360,7 +1405,8 @@ struct NewDelivery {
 const BODY_IN_EVENT: &str = "";
 
 /// `deliveries` with the bodies stored as [`BODY_IN_EVENT`] built again from their events, read in one
-/// statement per 500.
+/// statement per 500. One whose event is missing (only a damaged or partly restored database) keeps an empty
+/// body: [`Db::claim_due`] fails it rather than send it.
 async fn with_event_bodies(
     conn: &mut sqlx::AnyConnection,
     mut deliveries: Vec<Delivery>,
@@ -1389,11 +1435,8 @@ async fn with_event_bodies(
         }
     }
     for d in deliveries.iter_mut().filter(|d| d.body == BODY_IN_EVENT) {
-        match events.get(&d.event_sequence) {
-            Some(event) => d.body = delivery_body(event, "full", ""),
-            None => {
-                tracing::error!(delivery = %d.id, sequence = d.event_sequence, "the event of a delivery is missing")
-            }
+        if let Some(event) = events.get(&d.event_sequence) {
+            d.body = full_body(event);
         }
     }
     Ok(deliveries)
@@ -1405,11 +1448,12 @@ async fn insert_new_deliveries(
     conn: &mut Conn<'_>,
     deliveries: Vec<NewDelivery>,
     now: &str,
+    lease_holder: &str,
 ) -> sqlx::Result<Vec<Delivery>> {
     let mut inserted = std::collections::HashSet::new();
     for chunk in deliveries.chunks(50) {
         let sql = format!("{} ON CONFLICT DO NOTHING RETURNING id", insert_deliveries_sql(chunk.len(), 2));
-        let mut args: Vec<Arg> = Vec::with_capacity(1 + 9 * chunk.len());
+        let mut args: Vec<Arg> = Vec::with_capacity(1 + 10 * chunk.len());
         args.push(now.into());
         for NewDelivery { delivery: d, body_in_event } in chunk {
             args.extend([
@@ -1422,6 +1466,7 @@ async fn insert_new_deliveries(
                 (&d.object_id).into(),
                 if *body_in_event { BODY_IN_EVENT.into() } else { (&d.body).into() },
                 d.lease_until.as_deref().into(),
+                d.lease_until.is_some().then_some(lease_holder).into(),
             ]);
         }
         let ids: Vec<(String,)> = conn.fetch_all(&sql, &args).await?;
@@ -1752,6 +1797,8 @@ pub(crate) struct DispatchState {
 pub(crate) struct CommitDispatch {
     pub public_url: String,
     pub lease_seconds: i64,
+    /// Who the deliveries it leases are leased to ([`Db::lease_holder`]).
+    pub lease_holder: String,
     /// The process's subscription snapshot, which a dispatch's own read of the subscriptions renews.
     pub cache: Arc<SubscriptionCache>,
 }
@@ -1763,6 +1810,7 @@ impl Db {
         let settings = CommitDispatch {
             public_url: public_url.to_string(),
             lease_seconds,
+            lease_holder: self.lease_holder.to_string(),
             cache: self.subscription_cache.clone(),
         };
         *self.dispatch.settings.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(settings));
@@ -1852,7 +1900,7 @@ pub(crate) async fn dispatch_appended(
     subs.sort_by(|a, b| (&a.created_at, &a.id).cmp(&(&b.created_at, &b.id)));
     let lease = timestamp_text(chrono::Utc::now() + chrono::Duration::seconds(settings.lease_seconds));
     let deliveries = fan_out(events, &subs, &settings.public_url, &now, &lease);
-    let created = insert_new_deliveries(conn, deliveries, &now).await?;
+    let created = insert_new_deliveries(conn, deliveries, &now, &settings.lease_holder).await?;
     conn.execute("UPDATE counters SET value = $1 WHERE name = 'dispatch_cursor'", &[last.sequence.into()]).await?;
     Ok(Some((last.sequence, created.into_iter().filter(|d| d.lease_until.is_some()).collect())))
 }

@@ -271,6 +271,7 @@ impl Db {
             documents_locked,
             deleted_docs: HashMap::new(),
             known,
+            documents_at_insert: ops.len() == 1,
             inserted_docs: HashMap::new(),
         };
         for op in ops {
@@ -446,6 +447,9 @@ struct Writer<'a, 'c> {
     deleted_docs: HashMap<(&'static str, String), Value>,
     /// Rows and tombstones known without asking the store.
     known: &'a mut Known,
+    /// Whether a new root gets its document with its insert: when the write is that row alone, nothing is
+    /// nested in it yet (created with nested rows, it would get a document rewritten at once).
+    documents_at_insert: bool,
     /// The documents (text, time) new roots got with their insert; compiled again at the end of the write,
     /// they are only written if they came out different.
     inserted_docs: HashMap<Root, (String, String)>,
@@ -769,7 +773,8 @@ impl Writer<'_, '_> {
         }
         let data = Value::Object(row.clone()).to_string();
         let sort_key = document::sort_key(table, &Value::Object(row.clone()));
-        // A root's document is stored later in the write, with its search text; taken from the row now, it
+        // A root's document is stored at the end of the write (a new one's with its insert when the write is
+        // that row alone, see `lone_document`), with its search text; taken from the row now, it
         // already is what the document gives (but for a service_at_location, whose text also comes from its
         // service and location), so storing the document leaves it alone and SQLite's full-text trigger
         // (migration 7) does not write the entry twice. (PostgreSQL's CPU per write did not change.)
@@ -794,13 +799,13 @@ impl Writer<'_, '_> {
                 *rid
             }
             None => {
-                // A new root with nothing nested yet gets its document in the insert (see `lone_document`).
-                let lone = match self.bulk {
-                    false => super::compile::lone_document(table, &row).map(|mut doc| {
+                // A new root written alone gets its document in the insert (see `lone_document`).
+                let lone = match self.documents_at_insert {
+                    true => super::compile::lone_document(table, &row).map(|mut doc| {
                         document::stamp_last_modified(table, &mut doc, self.now);
                         DocColumns::of(table, &doc)
                     }),
-                    true => None,
+                    false => None,
                 };
                 const PLAIN: &str = "INSERT INTO records (kind, id, data, sort_key, search_text, modified_at, origin) \
                                      VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING rid";
@@ -1418,6 +1423,7 @@ pub(crate) async fn finish_staged(
         documents_locked: staged.iter().any(|s| s.documents_locked),
         deleted_docs: staged.iter().flat_map(|s| s.deleted_docs.iter().map(|(k, v)| (k.clone(), v.clone()))).collect(),
         known: &mut Known::default(),
+        documents_at_insert: false,
         inserted_docs: HashMap::new(),
     };
     let inserted: HashMap<&Root, &(String, String)> = staged.iter().flat_map(|s| &s.inserted_docs).collect();
@@ -1792,6 +1798,7 @@ impl Db {
             documents_locked: concurrent,
             deleted_docs: HashMap::new(),
             known: &mut Known::default(),
+            documents_at_insert: false,
             inserted_docs: HashMap::new(),
         };
         let copies = copies.into_iter().map(|row| (row, true));

@@ -163,6 +163,12 @@ impl Worker {
         if let Err(e) = self.db.release_leases_if_sole_worker().await {
             tracing::warn!(error = %e, "could not release leases left by a previous run");
         }
+        // PostgreSQL: shows this worker alive to the others, and gives back the leases of dead ones.
+        let alive_until = CancellationToken::new();
+        let alive = tokio::spawn({
+            let (db, until) = (self.db.clone(), alive_until.clone());
+            async move { db.keep_alive(until).await }
+        });
         let mut changes = self.db.watch_changes();
         // From now on, the group committers dispatch each group's events in the group's own transaction.
         self.db.dispatch_at_commit(&self.config.public_url, self.config.lease_seconds);
@@ -211,6 +217,8 @@ impl Worker {
         if let Err(e) = self.db.release_own_leases(&leases).await {
             tracing::warn!(error = %e, leases = leases.len(), "deliveries this worker had wait for their leases to run out");
         }
+        alive_until.cancel();
+        let _ = alive.await;
     }
 
     /// One round: dispatch new events (and start them), build due digests, start due verifications, then

@@ -1467,35 +1467,53 @@ async fn a_change_through_one_process_holds_for_what_another_sends_right_after_p
     );
 }
 
-/// A full payload is not stored a second time with its delivery: the row keeps an empty body, and every
-/// attempt, also one claimed from the store (an ordered subscription's, a retry's), sends the event's payload
-/// built again, byte for byte what the first attempt sent, signed. A thin payload is stored as it is.
+/// A full payload is not stored a second time with its delivery: the row keeps an empty body, and an attempt
+/// claimed from the store (a retry asked for, an ordered subscription's) sends the event's payload built again,
+/// byte for byte what the first attempt sent from memory, floats and non-ASCII text included, signed. A thin
+/// payload is stored as it is.
 async fn a_full_payload_is_built_again_from_its_event_to_the_same_bytes(store: Store) {
-    let Some(app) = TestApp::spawn_with(store, |c| c.retry_schedule = Some("1".into())).await else { return };
-    let (full, thin) = (Receiver::start().await, Receiver::start().await);
+    // The retry is not due for two minutes: not held in memory, it is claimed when asked for.
+    let Some(app) = TestApp::spawn_with(store, |c| c.retry_schedule = Some("120".into())).await else { return };
+    let (full, ordered_rx, thin) = (Receiver::start().await, Receiver::start().await, Receiver::start().await);
     full.script(&[(200, None), (500, None), (200, None)]);
-    let ordered = create(&app, json!({"url": full.url, "events": ["organization.created"], "ordered": true})).await;
-    let skinny = create(&app, json!({"url": thin.url, "events": ["organization.created"], "payload": "thin"})).await;
-    full.wait_for("the ping", |r| r.len() == 1).await;
-    thin.wait_for("the ping", |r| r.len() == 1).await;
-    put_org(&app, O1, "One").await;
-    let got = full.wait_for("the event, failed once then sent again", |r| r.len() == 3).await;
-    thin.wait_for("the thin event", |r| r.len() == 2).await;
+    let sub = create(&app, json!({"url": full.url, "events": ["location.created"]})).await;
+    let ordered = create(&app, json!({"url": ordered_rx.url, "events": ["location.created"], "ordered": true})).await;
+    let skinny = create(&app, json!({"url": thin.url, "events": ["location.created"], "payload": "thin"})).await;
+    for rx in [&full, &ordered_rx, &thin] {
+        rx.wait_for("the ping", |r| r.len() == 1).await;
+    }
+    let place = "00000000-0000-4000-8000-0000000000c1";
+    let body = json!({"id": place, "name": "Café ☕ «Zürich» 東京", "location_type": "physical",
+        "latitude": 40.712_776, "longitude": -74.005_974_1});
+    app.put_ok(&format!("/locations/{place}"), &body).await;
+    full.wait_for("the event, failed once", |r| r.len() == 2).await;
+    let delivery = delivery_of(&app, sub["id"].as_str().unwrap(), "location.created").await;
+    crate::helpers::eventually("the failure recorded", std::time::Duration::from_secs(10), || async {
+        let d = app.get_as(&app.subscribe_key, &format!("/deliveries/{delivery}")).await;
+        (d["status"] == "retrying").then_some(()).ok_or_else(|| d.to_string())
+    })
+    .await;
+    let r = app.post_as(&app.subscribe_key, &format!("/deliveries/{delivery}/retry"), None).await;
+    assert_eq!(r.status(), 202);
+    let got = full.wait_for("the retry asked for", |r| r.len() == 3).await;
 
     let (first, again) = (&got[1], &got[2]);
     assert_eq!(first.header("webhook-id"), again.header("webhook-id"));
     assert_eq!(first.body, again.body, "the retry sends the same bytes");
-    assert!(again.verify(ordered["secret"].as_str().unwrap()), "signed");
+    assert!(again.verify(sub["secret"].as_str().unwrap()), "signed");
     let message = first.json();
-    assert_eq!(message["data"]["id"], O1);
-    assert_eq!(message["data"]["name"], "One");
+    assert_eq!(message["data"]["name"], body["name"]);
+    assert_eq!(message["data"]["latitude"], body["latitude"]);
     assert_data_as_published(&app, &message).await;
-
-    let id = ordered["id"].as_str().unwrap();
-    let delivery = delivery_of(&app, id, "organization.created").await;
     let shown = app.get_as(&app.subscribe_key, &format!("/deliveries/{delivery}")).await;
     assert_eq!(shown["payload"], message, "the delivery shows the payload it sends");
-    let thin_delivery = delivery_of(&app, skinny["id"].as_str().unwrap(), "organization.created").await;
+    // An ordered subscription's deliveries are always claimed: the same payload.
+    let claimed = ordered_rx.wait_for("the ordered delivery", |r| r.len() == 2).await;
+    assert_eq!(claimed[1].json(), message);
+    assert!(claimed[1].verify(ordered["secret"].as_str().unwrap()), "signed");
+
+    thin.wait_for("the thin event", |r| r.len() == 2).await;
+    let thin_delivery = delivery_of(&app, skinny["id"].as_str().unwrap(), "location.created").await;
     use sqlx::Connection;
     sqlx::any::install_default_drivers();
     let mut conn = sqlx::AnyConnection::connect(&app.database_url).await.expect("the database");
@@ -1510,3 +1528,36 @@ async fn a_full_payload_is_built_again_from_its_event_to_the_same_bytes(store: S
 }
 
 crate::each_store!(a_full_payload_is_built_again_from_its_event_to_the_same_bytes);
+
+/// A delivery whose body cannot be built again (its event is gone from the log: only a damaged or partly
+/// restored database) is failed with the reason, never sent with an empty body.
+async fn a_delivery_whose_event_is_gone_fails_instead_of_sending_nothing(store: Store) {
+    let Some(app) = TestApp::spawn_with(store, |c| c.retry_schedule = Some("120".into())).await else { return };
+    let rx = Receiver::start().await;
+    rx.script(&[(200, None), (500, None)]);
+    let sub = create(&app, json!({"url": rx.url, "events": ["organization.created"]})).await;
+    rx.wait_for("the ping", |r| r.len() == 1).await;
+    put_org(&app, O1, "One").await;
+    rx.wait_for("the event, failed once", |r| r.len() == 2).await;
+    let delivery = delivery_of(&app, sub["id"].as_str().unwrap(), "organization.created").await;
+    crate::helpers::eventually("the failure recorded", std::time::Duration::from_secs(10), || async {
+        let d = app.get_as(&app.subscribe_key, &format!("/deliveries/{delivery}")).await;
+        (d["status"] == "retrying").then_some(()).ok_or_else(|| d.to_string())
+    })
+    .await;
+    use sqlx::Connection;
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(&app.database_url).await.expect("the database");
+    sqlx::query("DELETE FROM events WHERE type = 'organization.created'").execute(&mut conn).await.unwrap();
+    let r = app.post_as(&app.subscribe_key, &format!("/deliveries/{delivery}/retry"), None).await;
+    assert_eq!(r.status(), 202);
+    let failed = crate::helpers::eventually("the delivery failed", std::time::Duration::from_secs(10), || async {
+        let d = app.get_as(&app.subscribe_key, &format!("/deliveries/{delivery}")).await;
+        (d["status"] == "failed").then(|| d.clone()).ok_or_else(|| d.to_string())
+    })
+    .await;
+    assert!(failed["last_error"].as_str().unwrap().contains("missing from the event log"), "{failed}");
+    assert_eq!(rx.received().len(), 2, "nothing more was sent");
+}
+
+crate::each_store!(a_delivery_whose_event_is_gone_fails_instead_of_sending_nothing);

@@ -1,0 +1,141 @@
+//! Which webhook workers sharing a PostgreSQL database are alive, so that the leases of one that died (a
+//! `kill -9`, a lost machine) are given back at once instead of when they run out: the delivery timeout plus
+//! 15 s for an attempt in flight, longer for a retry held until its time.
+//!
+//! Each worker holds a session-level advisory lock, keyed by its [`Db::lease_holder`], on a connection of its
+//! own for as long as it runs, and lists itself in `live_workers`. PostgreSQL releases the lock when that
+//! session ends, however the process ended. A listed worker whose lock another process can take is therefore
+//! dead: that process gives back the dead one's leases and removes it from the list. Every worker looks at
+//! its start and then every [`CHECK_EVERY`].
+//!
+//! Should a live worker lose its lock connection for a moment, another may give back its leases while it still
+//! sends them: a delivery may then go out twice, which at-least-once delivery allows (receivers dedupe by
+//! `webhook-id`). SQLite needs none of this: one process owns the file, and a start gives back every lease.
+
+use std::time::Duration;
+
+use sqlx::AnyConnection;
+use tokio_util::sync::CancellationToken;
+
+use super::{Backend, Db, now_text};
+
+/// How often a worker looks for dead ones (and checks its own lock connection).
+pub const CHECK_EVERY: Duration = Duration::from_secs(5);
+
+/// The advisory lock key of a lease holder: the first eight bytes of its name's SHA-256.
+fn lock_key(holder: &str) -> i64 {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(holder.as_bytes());
+    i64::from_be_bytes(digest[..8].try_into().expect("eight bytes"))
+}
+
+impl Db {
+    /// PostgreSQL: holds this process's liveness lock, and gives back the leases of dead workers, until `stop`
+    /// (then it leaves the list). Returns at once on SQLite.
+    pub async fn keep_alive(&self, stop: CancellationToken) {
+        if self.backend != Backend::Postgres {
+            return;
+        }
+        let key = lock_key(&self.lease_holder);
+        while !stop.is_cancelled() {
+            let mut conn = match self.take_liveness_lock(key).await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not take this worker's liveness lock; trying again");
+                    tokio::select! {
+                        _ = tokio::time::sleep(CHECK_EVERY) => continue,
+                        _ = stop.cancelled() => return,
+                    }
+                }
+            };
+            loop {
+                match self.give_back_leases_of_dead_workers().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(deliveries = n, "gave back the leases of a worker that died"),
+                    Err(e) => tracing::warn!(error = %e, "could not look for dead workers"),
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(CHECK_EVERY) => {}
+                    _ = stop.cancelled() => {
+                        let _ = sqlx::query("DELETE FROM live_workers WHERE holder = $1")
+                            .bind(&*self.lease_holder)
+                            .execute(&mut conn)
+                            .await;
+                        return;
+                    }
+                }
+                if sqlx::query("SELECT 1").execute(&mut conn).await.is_err() {
+                    tracing::warn!("this worker's liveness connection was lost; taking the lock again");
+                    break;
+                }
+            }
+        }
+    }
+
+    /// A connection of its own (out of the pool) holding this worker's lock, the worker listed.
+    async fn take_liveness_lock(&self, key: i64) -> sqlx::Result<AnyConnection> {
+        let mut conn = self.pool.acquire().await?.detach();
+        // The lock first: listed before it is held, a worker would look dead to the others.
+        sqlx::query("SELECT pg_advisory_lock($1)::TEXT").bind(key).execute(&mut conn).await?;
+        sqlx::query(
+            "INSERT INTO live_workers (holder, lock_key, started_at) VALUES ($1, $2, $3) ON CONFLICT (holder) DO NOTHING",
+        )
+        .bind(&*self.lease_holder)
+        .bind(key)
+        .bind(now_text())
+        .execute(&mut conn)
+        .await?;
+        Ok(conn)
+    }
+
+    /// Gives back the leases of every listed worker whose lock is free (it died) and unlists it; returns how
+    /// many deliveries were given back.
+    pub async fn give_back_leases_of_dead_workers(&self) -> sqlx::Result<u64> {
+        let others: Vec<(String, i64)> = sqlx::query_as("SELECT holder, lock_key FROM live_workers WHERE holder <> $1")
+            .bind(&*self.lease_holder)
+            .fetch_all(&self.pool)
+            .await?;
+        if others.is_empty() {
+            return Ok(0);
+        }
+        // One connection throughout: a session-level lock is released by the session that took it.
+        let mut conn = self.pool.acquire().await?;
+        let mut given_back = 0;
+        for (holder, key) in others {
+            let (dead,): (bool,) =
+                sqlx::query_as("SELECT pg_try_advisory_lock($1)").bind(key).fetch_one(&mut *conn).await?;
+            if !dead {
+                continue;
+            }
+            let released = give_back(&mut conn, &holder).await;
+            sqlx::query("SELECT pg_advisory_unlock($1)::TEXT").bind(key).execute(&mut *conn).await?;
+            given_back += released?;
+        }
+        if given_back > 0 {
+            self.notify_changed();
+        }
+        Ok(given_back)
+    }
+}
+
+/// Gives back the leases `holder` (dead) held, and unlists it.
+async fn give_back(conn: &mut AnyConnection, holder: &str) -> sqlx::Result<u64> {
+    let done = sqlx::query(
+        "UPDATE deliveries SET lease_until = NULL, lease_holder = NULL \
+         WHERE lease_holder = $1 AND lease_until IS NOT NULL AND status IN ('pending', 'retrying')",
+    )
+    .bind(holder)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("DELETE FROM live_workers WHERE holder = $1").bind(holder).execute(&mut *conn).await?;
+    Ok(done.rows_affected())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn lock_keys_are_stable_and_distinct() {
+        assert_eq!(super::lock_key("prc_a"), super::lock_key("prc_a"));
+        assert_ne!(super::lock_key("prc_a"), super::lock_key("prc_b"));
+    }
+}
