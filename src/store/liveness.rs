@@ -51,7 +51,7 @@ impl Db {
             loop {
                 match self.give_back_leases_of_dead_workers().await {
                     Ok(0) => {}
-                    Ok(n) => tracing::info!(deliveries = n, "gave back the leases of a worker that died"),
+                    Ok(n) => tracing::info!(leases = n, "gave back the leases of a worker that died"),
                     Err(e) => tracing::warn!(error = %e, "could not look for dead workers"),
                 }
                 tokio::select! {
@@ -89,7 +89,7 @@ impl Db {
     }
 
     /// Gives back the leases of every listed worker whose lock is free (it died) and unlists it; returns how
-    /// many deliveries were given back.
+    /// many deliveries and challenges were given back.
     pub async fn give_back_leases_of_dead_workers(&self) -> sqlx::Result<u64> {
         let others: Vec<(String, i64)> = sqlx::query_as("SELECT holder, lock_key FROM live_workers WHERE holder <> $1")
             .bind(&*self.lease_holder)
@@ -118,7 +118,7 @@ impl Db {
     }
 }
 
-/// Gives back the leases `holder` (dead) held, and unlists it.
+/// Gives back the leases `holder` (dead) held, deliveries and verification challenges, and unlists it.
 async fn give_back(conn: &mut AnyConnection, holder: &str) -> sqlx::Result<u64> {
     let done = sqlx::query(
         "UPDATE deliveries SET lease_until = NULL, lease_holder = NULL \
@@ -127,8 +127,17 @@ async fn give_back(conn: &mut AnyConnection, holder: &str) -> sqlx::Result<u64> 
     .bind(holder)
     .execute(&mut *conn)
     .await?;
+    // A challenge it had in flight is due again now.
+    let challenges = sqlx::query(
+        "UPDATE subscriptions SET verification_due_at = $1, verification_holder = NULL \
+         WHERE verification_holder = $2 AND status = 'pending' AND verification_due_at > $1",
+    )
+    .bind(now_text())
+    .bind(holder)
+    .execute(&mut *conn)
+    .await?;
     sqlx::query("DELETE FROM live_workers WHERE holder = $1").bind(holder).execute(&mut *conn).await?;
-    Ok(done.rows_affected())
+    Ok(done.rows_affected() + challenges.rows_affected())
 }
 
 #[cfg(test)]

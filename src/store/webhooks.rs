@@ -771,14 +771,23 @@ impl Db {
     }
 
     /// On SQLite one process owns the file, so leases found at start-up were left by a crashed run and are
-    /// released at once (its claimed deliveries are sent again now rather than when the lease runs out).
-    /// On PostgreSQL other live processes may hold leases; those of a crashed one simply expire.
+    /// released at once (its claimed deliveries and challenges are sent again now rather than when the lease
+    /// runs out). On PostgreSQL other live processes may hold leases: those of a dead one are given back by
+    /// [`Db::keep_alive`].
     pub async fn release_leases_if_sole_worker(&self) -> sqlx::Result<()> {
         if self.backend == Backend::Sqlite {
             let (mut tx, _guard) = self.begin_write().await?;
             sqlx::query("UPDATE deliveries SET lease_until = NULL WHERE lease_until IS NOT NULL")
                 .execute(&mut *tx)
                 .await?;
+            // Challenges the crashed run had out are due again now.
+            sqlx::query(
+                "UPDATE subscriptions SET verification_due_at = $1, verification_holder = NULL \
+                 WHERE verification_holder IS NOT NULL AND status = 'pending' AND verification_due_at > $1",
+            )
+            .bind(now_text())
+            .execute(&mut *tx)
+            .await?;
             tx.commit().await?;
         }
         Ok(())
@@ -1667,8 +1676,9 @@ impl Db {
         let subs = rows.iter().map(from_row).collect::<sqlx::Result<Vec<_>>>()?;
         let lease = timestamp_text(now + chrono::Duration::seconds(lease_seconds));
         for sub in &subs {
-            sqlx::query("UPDATE subscriptions SET verification_due_at = $1 WHERE id = $2")
+            sqlx::query("UPDATE subscriptions SET verification_due_at = $1, verification_holder = $2 WHERE id = $3")
                 .bind(&lease)
+                .bind(&*self.lease_holder)
                 .bind(&sub.id)
                 .execute(&mut *tx)
                 .await?;

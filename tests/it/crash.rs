@@ -150,3 +150,49 @@ async fn sigterm_stops_gracefully_and_gives_back_held_retries(store: Store) {
 }
 
 crate::each_store!(sigterm_stops_gracefully_and_gives_back_held_retries);
+
+/// A verification challenge out when its process is killed is sent again right after the restart, not when
+/// its lease would have run out (the 5 s delivery timeout plus 15 s): the subscription turns active then.
+async fn a_challenge_out_at_kill9_goes_again_after_the_restart(store: Store) {
+    let Some((database_url, _dir)) = fresh_database(store).await else { return };
+    let rx = Receiver::start().await;
+    rx.answer_challenges(crate::receiver::Challenges::Echo);
+    rx.hold();
+    let (mut server, _db, key, client) = real_server(&database_url, &[]).await;
+    let sub: Value = client
+        .post(server.url("/webhooks"))
+        .bearer_auth(&key)
+        .json(&json!({"url": rx.url, "events": ["organization.created"], "verify": true}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = sub["id"].as_str().unwrap_or_else(|| panic!("no subscription: {sub}")).to_string();
+    rx.wait_for("the challenge, held at the target", |r| r.len() == 1).await;
+    server.kill9().await;
+    let killed = std::time::Instant::now();
+    rx.open();
+    server.restart().await;
+    let status = || async {
+        let shown: Value = client
+            .get(server.url(&format!("/webhooks/{id}")))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (shown["status"] == "active").then_some(()).ok_or_else(|| shown.to_string())
+    };
+    crate::helpers::eventually("the subscription verified after the restart", Duration::from_secs(30), status).await;
+    let late = killed.elapsed();
+    assert!(
+        late < Duration::from_secs(15),
+        "verified {late:?} after the kill: the killed worker's lease ran out first"
+    );
+}
+
+crate::each_store!(a_challenge_out_at_kill9_goes_again_after_the_restart);

@@ -588,6 +588,7 @@ store_test!(filters_follow_a_document_as_it_changes_and_goes, |app| async move {
 /// written then (SQLite cannot add a column only if it is missing, so the migration cannot run twice).
 async fn forget_migration_10(pool: &sqlx::AnyPool) {
     sqlx::query("ALTER TABLE deliveries DROP COLUMN lease_holder").execute(pool).await.unwrap();
+    sqlx::query("ALTER TABLE subscriptions DROP COLUMN verification_holder").execute(pool).await.unwrap();
     sqlx::query("DROP TABLE IF EXISTS live_workers").execute(pool).await.unwrap();
 }
 
