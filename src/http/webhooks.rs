@@ -631,10 +631,13 @@ async fn replay(
     if !errors.is_empty() {
         return Err(ApiError::Invalid(errors));
     }
-    let until = until.unwrap_or_else(now_text);
-    if until < since {
-        return Err(ApiError::invalid("/until", "must not be before since"));
+    match until {
+        Some(until) if until < since => return Err(ApiError::invalid("/until", "must not be before since")),
+        // The end defaults to now: a start after it is the field to fix.
+        None if since > now_text() => return Err(ApiError::invalid("/since", "must not be in the future")),
+        _ => {}
     }
+    let until = until.unwrap_or_else(now_text);
     let requeued = state.db.replay(&sub.id, &since, &until, only_failed).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "requeued": requeued }))).into_response())
 }

@@ -1520,6 +1520,7 @@ pub(crate) async fn finish_staged(
             // Its events match by what it held too: a subscriber filtering by a term hears of the service that
             // lost it (as one filtering by organization hears of a service that moved away).
             facets.extend(held);
+            facets.extend(document::member_facets(&doc));
             docs.insert((root_table.name, id), (doc, facets));
         }
     }
@@ -1565,7 +1566,10 @@ pub(crate) async fn finish_staged(
                 (Some(_), true) => docs.get(&key).cloned().unwrap_or_default(),
                 // A deleted root's event matches as its `updated` events did: by everything its document held.
                 (None, true) if s.deleted_docs.contains_key(&key) => {
-                    (json!({ "id": t.id, "deleted": true }), document::facets(t.table, &s.deleted_docs[&key]))
+                    let doc = &s.deleted_docs[&key];
+                    let mut facets = document::facets(t.table, doc);
+                    facets.extend(document::member_facets(doc));
+                    (json!({ "id": t.id, "deleted": true }), facets)
                 }
                 (after, _) => {
                     let data = match after {
@@ -1936,6 +1940,7 @@ impl Writer<'_, '_> {
                         event_type: format!("{}.{}", t.name, action.as_str()),
                         object: t.name,
                         object_id: id,
+                        // The stored facets first (see below); the members only match events.
                         facets: document::facets(t, &doc),
                         data: doc,
                     });
@@ -1957,6 +1962,10 @@ impl Writer<'_, '_> {
                     .collect();
                 let held = self.store_docs(t, &to_store).await?;
                 drop(to_store);
+                for event in &mut events {
+                    let members = document::member_facets(&event.data);
+                    event.facets.extend(members);
+                }
                 for (i, held) in changed.into_iter().zip(held) {
                     // Its events match by what it held too (as a write's do).
                     events[i].facets.extend(held);

@@ -248,6 +248,8 @@ webhook_test!(bad_subscriptions_are_422_naming_the_field_and_create_nothing, |ap
         ("enable", json!({"replay_missed": 1}), "/replay_missed"),
         ("test", json!({"event": "organization.created"}), "/event"),
         ("replay", json!({"since": "2027-01-01T00:00:00Z", "until": "2026-01-01T00:00:00Z"}), "/until"),
+        // Without `until` (now), a start in the future is what is wrong.
+        ("replay", json!({"since": "2999-01-01T00:00:00Z"}), "/since"),
         ("replay", json!([]), ""),
         ("replay", json!({"since": 5}), "/since"),
         // Every field's problem at once: the missing `since` and the flag that is not one.
@@ -1561,3 +1563,26 @@ async fn a_delivery_whose_event_is_gone_fails_instead_of_sending_nothing(store: 
 }
 
 crate::each_store!(a_delivery_whose_event_is_gone_fails_instead_of_sending_nothing);
+
+webhook_test!(a_filter_by_a_service_or_location_hears_of_the_organization_that_gets_it, |app| async move {
+    // The organization's `updated` event that announces a new service (or location) lists it: a subscriber
+    // filtering by that service hears of it, as of every later change of the organization.
+    let (service, location) = ("00000000-0000-4000-8000-0000000000d1", "00000000-0000-4000-8000-0000000000d2");
+    put_org(&app, O1, "One").await;
+    let rx = Receiver::start().await;
+    let by_service = Receiver::start().await;
+    create(&app, json!({"url": rx.url, "events": ["organization.*"], "filter": {"location_id": location}})).await;
+    create(&app, json!({"url": by_service.url, "events": ["organization.*"], "filter": {"service_id": service}})).await;
+    rx.wait_for("the ping", |r| r.len() == 1).await;
+    by_service.wait_for("the ping", |r| r.len() == 1).await;
+    let body = json!({"name": "A service", "organization_id": O1, "status": "active"});
+    app.put_ok(&format!("/services/{service}"), &body).await;
+    let got = by_service.wait_for("the organization, with its new service", |r| r.len() == 2).await;
+    assert_eq!(got[1].json()["type"], "organization.updated");
+    assert_eq!(got[1].json()["data"]["services"][0]["id"], service);
+    let body = json!({"name": "A place", "organization_id": O1, "location_type": "physical"});
+    app.put_ok(&format!("/locations/{location}"), &body).await;
+    let got = rx.wait_for("the organization, with its new location", |r| r.len() == 2).await;
+    assert_eq!(got[1].json()["type"], "organization.updated");
+    assert_eq!(got[1].json()["data"]["locations"][0]["id"], location);
+});
