@@ -278,6 +278,14 @@ struct Dispatch {
 }
 
 impl Opener<'_> {
+    /// Whether transactions it opens dispatch at commit.
+    fn dispatches(&self) -> bool {
+        match self {
+            Opener::Pool(dispatch) => dispatch.is_some(),
+            Opener::Direct(_, dispatch) => dispatch.is_some(),
+        }
+    }
+
     /// No more dispatching at commit on this opener (its snapshot of subscriptions is out of date).
     fn forget_dispatch(&mut self) {
         match self {
@@ -321,15 +329,25 @@ impl Tx<'_> {
         matches!(self, Tx::Direct(_, Some(_)) | Tx::Pooled(_, _, Some(_)))
     }
 
-    /// Dispatches `events` (appended in this transaction) inside it, behind a savepoint: should that fail,
-    /// the writes still commit and the worker dispatches their events later. Returns the deliveries to hand
-    /// to the worker once committed.
-    async fn dispatch(&mut self, events: &[Event]) -> Option<(i64, Vec<Delivery>)> {
+    /// Dispatches `events` (appended in this transaction) inside it. Returns the deliveries to hand to the
+    /// worker once committed.
+    ///
+    /// On SQLite behind a savepoint (in process, free): should the dispatch fail, the writes still commit and
+    /// the worker dispatches their events later. On PostgreSQL a savepoint is two more round trips for every
+    /// lone write (0.1-0.2 ms of W3's latency; BENCHMARKS.md, session 12), so a failed dispatch fails the
+    /// transaction instead: the error comes back, and the writes run again without dispatching at commit
+    /// ([`commit_alone`]).
+    async fn dispatch(&mut self, events: &[Event]) -> sqlx::Result<Option<(i64, Vec<Delivery>)>> {
         let (mut conn, subscriptions, settings) = match self {
             Tx::Direct(DirectTx(conn), Some(d)) => (Conn::Direct(conn), Some(&d.subscriptions), d.settings.clone()),
             Tx::Pooled(tx, _, Some(settings)) => (Conn::Pooled(tx), None, settings.clone()),
-            _ => return None,
+            _ => return Ok(None),
         };
+        if let Conn::Pooled(_) = conn {
+            #[cfg(test)]
+            tests::maybe_fail_dispatch(&settings, &mut conn).await?;
+            return dispatch_appended(&mut conn, events, None, &settings).await;
+        }
         let result = async {
             conn.execute("SAVEPOINT dispatch", &[]).await?;
             let dispatched = dispatch_appended(&mut conn, events, subscriptions.map(|s| &**s), &settings).await;
@@ -340,10 +358,20 @@ impl Tx<'_> {
             dispatched
         }
         .await;
-        result.unwrap_or_else(|e| {
+        Ok(result.unwrap_or_else(|e| {
             tracing::warn!(error = %e, "dispatching at commit failed; the worker dispatches these events");
             None
-        })
+        }))
+    }
+
+    /// Rolls back now, rather than when the connection is next used: the write runs again at once, and would
+    /// wait for this transaction's row locks.
+    async fn roll_back(self) {
+        if let Tx::Pooled(tx, _guard, _) = self
+            && let Err(e) = tx.rollback().await
+        {
+            tracing::warn!(error = %e, "rolling back a failed PostgreSQL write transaction");
+        }
     }
 
     /// Applies the search-index changes the transaction queued, then commits it.
@@ -383,8 +411,13 @@ async fn commit_alone(
     options: &WriteOptions,
 ) -> Result<WriteOutcome, WriteError> {
     for _ in 1..3 {
+        let dispatching = opener.dispatches();
         match commit_once(db, opener, ops.clone(), options).await {
             Err(e) if lost_a_race(&e) => tracing::debug!(error = %e, "a write lost a race; trying it again"),
+            // Its dispatch failed (PostgreSQL, see `Tx::dispatch`): again without, the worker dispatches.
+            Err(e) if dispatching && !opener.dispatches() => {
+                tracing::warn!(error = %e, "dispatching at commit failed; the write runs again without it")
+            }
             result => return result,
         }
     }
@@ -423,7 +456,14 @@ async fn commit_once(
     let mut conn = tx.conn();
     let pending = db.apply_in(&mut conn, ops, options).await?;
     let (outcome, events) = pending.append(&mut conn, keep_events).await?;
-    let dispatched = tx.dispatch(&events).await;
+    let dispatched = match tx.dispatch(&events).await {
+        Ok(dispatched) => dispatched,
+        Err(e) => {
+            tx.roll_back().await;
+            opener.forget_dispatch();
+            return Err(e.into());
+        }
+    };
     tx.commit(db).await?;
     db.group_stats.count(1);
     committed(db, outcome.last_sequence, dispatched);
@@ -627,8 +667,15 @@ async fn run_group(
             let origin = db.instance_id();
             events.extend(appended.into_events(std::mem::take(&mut r.events), origin, &record_time));
         }
+        // A failed dispatch fails the group (PostgreSQL); its writes then run again alone (`commit_alone`).
         let dispatched = match keep_events && !events.is_empty() {
-            true => tx.dispatch(&events).await,
+            true => match tx.dispatch(&events).await {
+                Ok(dispatched) => dispatched,
+                Err(e) => {
+                    tx.roll_back().await;
+                    return Err(e.into());
+                }
+            },
             false => None,
         };
         tx.commit(db).await?;
@@ -790,6 +837,24 @@ mod tests {
 
     /// The instances whose next commit panics (instances are per store, so tests running beside are spared).
     static PANIC_AT_NEXT_COMMIT: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+    /// The lease holders whose next dispatch at commit fails (PostgreSQL), as a failing statement would.
+    static FAIL_NEXT_DISPATCH: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+    pub(super) async fn maybe_fail_dispatch(
+        settings: &super::CommitDispatch,
+        conn: &mut super::Conn<'_>,
+    ) -> sqlx::Result<()> {
+        let fail = {
+            let mut targets = FAIL_NEXT_DISPATCH.lock().unwrap_or_else(|p| p.into_inner());
+            let at = targets.iter().position(|holder| *holder == settings.lease_holder);
+            at.map(|at| targets.remove(at)).is_some()
+        };
+        if fail {
+            conn.execute("SELECT no_such_column FROM counters", &[]).await?;
+        }
+        Ok(())
+    }
 
     pub(super) fn maybe_panic(db: &Db) {
         let mut targets = PANIC_AT_NEXT_COMMIT.lock().unwrap_or_else(|p| p.into_inner());
@@ -1158,6 +1223,33 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         each_write_of_a_group_gets_its_own_sequences(&format!("sqlite://{}", dir.path().join("seq.db").display()))
             .await;
+    }
+
+    /// On PostgreSQL a lone write dispatches at commit without a savepoint. When that dispatch fails, the
+    /// write runs again without it and commits once, its event left at the dispatch cursor for the worker.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_dispatch_at_commit_leaves_the_write_to_commit_and_its_event_to_the_worker_postgres() {
+        on_fresh_postgres(|url| async move {
+            let db = Db::connect(&url).await.expect("connect");
+            db.dispatch_at_commit("http://127.0.0.1:9", 30);
+            FAIL_NEXT_DISPATCH.lock().unwrap().push(db.lease_holder().to_string());
+            let id = "00000000-0000-4000-8000-0000000000e1";
+            let done = db.apply(organization(id, "Kept"), WriteOptions::default()).await.expect("the write");
+            assert!(FAIL_NEXT_DISPATCH.lock().unwrap().is_empty(), "its dispatch failed");
+            assert_eq!((done.first_sequence, done.last_sequence), (Some(1), Some(1)), "committed once");
+            assert_eq!(db.get(table("organization").unwrap(), id).await.unwrap().expect("kept")["name"], "Kept");
+            let cursor: i64 = sqlx::query_scalar("SELECT value FROM counters WHERE name = 'dispatch_cursor'")
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+            assert_eq!(cursor, 0, "its event waits for the worker's dispatcher");
+            // The next lone write dispatches at commit again (its event is not next after the cursor, so it
+            // too is left to the worker, but the write goes through the dispatch without failing).
+            let next = db.apply(organization("00000000-0000-4000-8000-0000000000e2", "Next"), WriteOptions::default());
+            assert_eq!(next.await.expect("the next write").first_sequence, Some(2));
+            db.close().await;
+        })
+        .await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
