@@ -26,16 +26,13 @@ async fn real_server(
 
 /// Subscribes `url` to `events`; returns the subscription's id.
 async fn subscribe(server: &RealServer, client: &reqwest::Client, key: &str, url: &str, events: &[&str]) -> String {
-    let sub: Value = client
-        .post(server.url("/webhooks"))
-        .bearer_auth(key)
-        .json(&json!({"url": url, "events": events}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    subscribe_with(server, client, key, &json!({"url": url, "events": events})).await
+}
+
+/// Creates the subscription `body` describes; returns its id.
+async fn subscribe_with(server: &RealServer, client: &reqwest::Client, key: &str, body: &Value) -> String {
+    let sub: Value =
+        client.post(server.url("/webhooks")).bearer_auth(key).json(body).send().await.unwrap().json().await.unwrap();
     sub["id"].as_str().unwrap_or_else(|| panic!("no subscription: {sub}")).to_string()
 }
 
@@ -159,17 +156,8 @@ async fn a_challenge_out_at_kill9_goes_again_after_the_restart(store: Store) {
     rx.answer_challenges(crate::receiver::Challenges::Echo);
     rx.hold();
     let (mut server, _db, key, client) = real_server(&database_url, &[]).await;
-    let sub: Value = client
-        .post(server.url("/webhooks"))
-        .bearer_auth(&key)
-        .json(&json!({"url": rx.url, "events": ["organization.created"], "verify": true}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = sub["id"].as_str().unwrap_or_else(|| panic!("no subscription: {sub}")).to_string();
+    let body = json!({"url": rx.url, "events": ["organization.created"], "verify": true});
+    let id = subscribe_with(&server, &client, &key, &body).await;
     rx.wait_for("the challenge, held at the target", |r| r.len() == 1).await;
     server.kill9().await;
     let killed = std::time::Instant::now();

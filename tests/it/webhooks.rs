@@ -1286,6 +1286,22 @@ async fn a_delivery_held_at_the_target(app: &TestApp, rx: &Receiver) -> (String,
     (id, delivery)
 }
 
+/// Delivery `id` as shown once its status is `status` (within 10 s).
+async fn delivery_reaches(app: &TestApp, id: &str, status: &str) -> Value {
+    crate::helpers::eventually(&format!("delivery {id} {status}"), std::time::Duration::from_secs(10), || async {
+        let d = app.get_as(&app.subscribe_key, &format!("/deliveries/{id}")).await;
+        (d["status"] == status).then(|| d.clone()).ok_or_else(|| d.to_string())
+    })
+    .await
+}
+
+/// A connection of the test's own to the server's database.
+async fn database_of(app: &TestApp) -> sqlx::AnyConnection {
+    use sqlx::Connection;
+    sqlx::any::install_default_drivers();
+    sqlx::AnyConnection::connect(&app.database_url).await.expect("the database")
+}
+
 /// The id of the one delivery of `event_type` on subscription `id`.
 async fn delivery_of(app: &TestApp, id: &str, event_type: &str) -> String {
     let page = app.get_as(&app.subscribe_key, &format!("/webhooks/{id}/deliveries?event_type={event_type}")).await;
@@ -1305,11 +1321,7 @@ async fn a_retry_asked_for_while_one_is_held_keeps_the_schedule(store: Store) {
     rx.wait_for("the ping", |r| r.len() == 1).await;
     put_org(&app, O1, "One").await;
     let delivery = delivery_of(&app, &id, "organization.created").await;
-    crate::helpers::eventually("the first failure recorded", std::time::Duration::from_secs(10), || async {
-        let d = app.get_as(&app.subscribe_key, &format!("/deliveries/{delivery}")).await;
-        (d["status"] == "retrying").then_some(()).ok_or_else(|| d.to_string())
-    })
-    .await;
+    delivery_reaches(&app, &delivery, "retrying").await;
     let r = app.post_as(&app.subscribe_key, &format!("/deliveries/{delivery}/retry"), None).await;
     assert_eq!(r.status(), 202);
     let asked = std::time::Instant::now();
@@ -1490,11 +1502,7 @@ async fn a_full_payload_is_built_again_from_its_event_to_the_same_bytes(store: S
     app.put_ok(&format!("/locations/{place}"), &body).await;
     full.wait_for("the event, failed once", |r| r.len() == 2).await;
     let delivery = delivery_of(&app, sub["id"].as_str().unwrap(), "location.created").await;
-    crate::helpers::eventually("the failure recorded", std::time::Duration::from_secs(10), || async {
-        let d = app.get_as(&app.subscribe_key, &format!("/deliveries/{delivery}")).await;
-        (d["status"] == "retrying").then_some(()).ok_or_else(|| d.to_string())
-    })
-    .await;
+    delivery_reaches(&app, &delivery, "retrying").await;
     let r = app.post_as(&app.subscribe_key, &format!("/deliveries/{delivery}/retry"), None).await;
     assert_eq!(r.status(), 202);
     let got = full.wait_for("the retry asked for", |r| r.len() == 3).await;
@@ -1516,9 +1524,7 @@ async fn a_full_payload_is_built_again_from_its_event_to_the_same_bytes(store: S
 
     thin.wait_for("the thin event", |r| r.len() == 2).await;
     let thin_delivery = delivery_of(&app, skinny["id"].as_str().unwrap(), "location.created").await;
-    use sqlx::Connection;
-    sqlx::any::install_default_drivers();
-    let mut conn = sqlx::AnyConnection::connect(&app.database_url).await.expect("the database");
+    let mut conn = database_of(&app).await;
     for (delivery, stored_empty) in [(&delivery, true), (&thin_delivery, false)] {
         let (body,): (String,) = sqlx::query_as("SELECT body FROM deliveries WHERE id = $1")
             .bind(delivery)
@@ -1542,22 +1548,12 @@ async fn a_delivery_whose_event_is_gone_fails_instead_of_sending_nothing(store: 
     put_org(&app, O1, "One").await;
     rx.wait_for("the event, failed once", |r| r.len() == 2).await;
     let delivery = delivery_of(&app, sub["id"].as_str().unwrap(), "organization.created").await;
-    crate::helpers::eventually("the failure recorded", std::time::Duration::from_secs(10), || async {
-        let d = app.get_as(&app.subscribe_key, &format!("/deliveries/{delivery}")).await;
-        (d["status"] == "retrying").then_some(()).ok_or_else(|| d.to_string())
-    })
-    .await;
-    use sqlx::Connection;
-    sqlx::any::install_default_drivers();
-    let mut conn = sqlx::AnyConnection::connect(&app.database_url).await.expect("the database");
+    delivery_reaches(&app, &delivery, "retrying").await;
+    let mut conn = database_of(&app).await;
     sqlx::query("DELETE FROM events WHERE type = 'organization.created'").execute(&mut conn).await.unwrap();
     let r = app.post_as(&app.subscribe_key, &format!("/deliveries/{delivery}/retry"), None).await;
     assert_eq!(r.status(), 202);
-    let failed = crate::helpers::eventually("the delivery failed", std::time::Duration::from_secs(10), || async {
-        let d = app.get_as(&app.subscribe_key, &format!("/deliveries/{delivery}")).await;
-        (d["status"] == "failed").then(|| d.clone()).ok_or_else(|| d.to_string())
-    })
-    .await;
+    let failed = delivery_reaches(&app, &delivery, "failed").await;
     assert!(failed["last_error"].as_str().unwrap().contains("missing from the event log"), "{failed}");
     assert_eq!(rx.received().len(), 2, "nothing more was sent");
 }
