@@ -133,36 +133,6 @@ fn collect_facets(value: &Value, out: &mut BTreeSet<(String, String)>) {
     }
 }
 
-/// What an event of a document matches besides its [`facets`]: the ids of the rows it lists under a facet's
-/// plural key (an organization's `services`, `locations`; a service's `service_at_locations`). `facets` finds
-/// a listed service only through rows inside it that name it (its phones' `service_id`), so a subscriber
-/// filtering by a service would miss the organization's `updated` event that announces the service, and then
-/// get every later one. Events only: the stored facets that list filters read stay as they are.
-pub fn member_facets(doc: &Value) -> BTreeSet<(String, String)> {
-    let mut out = BTreeSet::new();
-    collect_members(doc, &mut out);
-    out
-}
-
-fn collect_members(value: &Value, out: &mut BTreeSet<(String, String)>) {
-    match value {
-        Value::Object(map) => {
-            for (key, v) in map {
-                if let (Value::Array(items), Some(singular)) = (v, key.strip_suffix('s')) {
-                    let facet = format!("{singular}_id");
-                    if FACET_KEYS.contains(&facet.as_str()) {
-                        let ids = items.iter().filter_map(|item| item.get("id")?.as_str());
-                        out.extend(ids.map(|id| (facet.clone(), id.to_string())));
-                    }
-                }
-                collect_members(v, out);
-            }
-        }
-        Value::Array(items) => items.iter().for_each(|v| collect_members(v, out)),
-        _ => {}
-    }
-}
-
 /// The facets a root contributes to the events of rows inside it: its own id, its top-level references and
 /// the taxonomy terms it is tagged with itself (its own `attributes`, not those of what it embeds: a phone of
 /// one service must not match the terms of the organization's other services).

@@ -1520,7 +1520,6 @@ pub(crate) async fn finish_staged(
             // Its events match by what it held too: a subscriber filtering by a term hears of the service that
             // lost it (as one filtering by organization hears of a service that moved away).
             facets.extend(held);
-            facets.extend(document::member_facets(&doc));
             docs.insert((root_table.name, id), (doc, facets));
         }
     }
@@ -1557,6 +1556,19 @@ pub(crate) async fn finish_staged(
         let mut events: Vec<NewEvent> = Vec::new();
         let mut announced: HashSet<Root> = HashSet::new();
         let mut reached: BTreeSet<&Root> = BTreeSet::new();
+        // The rows this write touched inside each document it reaches, by id: the document's event matches
+        // them too, so a subscriber filtering by a service hears of the organization's update that the
+        // service's creation made (the document lists the service, but nothing in it names the service's id
+        // under a facet key until rows of its own do). Only the rows this write touched: another service's
+        // change is not about this one.
+        let mut touched_inside: HashMap<Root, Facets> = HashMap::new();
+        for i in range.clone() {
+            let t = starts[i];
+            for root in roots_of[i].iter().filter(|root| root.0 != t.table.name || root.1 != t.id) {
+                let facet = (format!("{}_id", t.table.name), t.id.clone());
+                touched_inside.entry(root.clone()).or_default().insert(facet);
+            }
+        }
         for i in range {
             let t = starts[i];
             let roots = &roots_of[i];
@@ -1566,10 +1578,7 @@ pub(crate) async fn finish_staged(
                 (Some(_), true) => docs.get(&key).cloned().unwrap_or_default(),
                 // A deleted root's event matches as its `updated` events did: by everything its document held.
                 (None, true) if s.deleted_docs.contains_key(&key) => {
-                    let doc = &s.deleted_docs[&key];
-                    let mut facets = document::facets(t.table, doc);
-                    facets.extend(document::member_facets(doc));
-                    (json!({ "id": t.id, "deleted": true }), facets)
+                    (json!({ "id": t.id, "deleted": true }), document::facets(t.table, &s.deleted_docs[&key]))
                 }
                 (after, _) => {
                     let data = match after {
@@ -1589,6 +1598,7 @@ pub(crate) async fn finish_staged(
                 facets.extend(document::identity_facets(kind, id, doc));
             }
             if t.table.is_root() {
+                facets.extend(touched_inside.get(&key).into_iter().flatten().cloned());
                 announced.insert(key.clone());
             }
             events.push(NewEvent {
@@ -1605,12 +1615,14 @@ pub(crate) async fn finish_staged(
                 continue;
             }
             let Some((doc, facets)) = docs.get(root) else { continue };
+            let mut facets = facets.clone();
+            facets.extend(touched_inside.get(root).into_iter().flatten().cloned());
             events.push(NewEvent {
                 event_type: format!("{}.updated", root.0),
                 object: root.0,
                 object_id: root.1.clone(),
                 data: doc.clone(),
-                facets: facets.clone(),
+                facets,
             });
         }
         let created =
@@ -1940,7 +1952,6 @@ impl Writer<'_, '_> {
                         event_type: format!("{}.{}", t.name, action.as_str()),
                         object: t.name,
                         object_id: id,
-                        // The stored facets first (see below); the members only match events.
                         facets: document::facets(t, &doc),
                         data: doc,
                     });
@@ -1962,10 +1973,6 @@ impl Writer<'_, '_> {
                     .collect();
                 let held = self.store_docs(t, &to_store).await?;
                 drop(to_store);
-                for event in &mut events {
-                    let members = document::member_facets(&event.data);
-                    event.facets.extend(members);
-                }
                 for (i, held) in changed.into_iter().zip(held) {
                     // Its events match by what it held too (as a write's do).
                     events[i].facets.extend(held);

@@ -196,29 +196,40 @@ impl Worker {
                 _ = stop.cancelled() => break,
             };
         }
-        // Drain: commits hand over nothing more; lanes start nothing more; every permit back means nothing is
-        // in flight; then the recorder writes what is left.
+        // Drain: commits hand over nothing more; lanes start nothing more; what is leased to this worker but not
+        // started goes back to the store at once (another process claims it now, not after the attempts in
+        // flight, which may take up to the delivery timeout); every permit back means nothing is in flight;
+        // then the recorder writes what is left, and the retries those last results held go back too.
         self.db.stop_dispatch_at_commit();
         self.stopping.store(true, std::sync::atomic::Ordering::Release);
+        self.give_back_unstarted().await;
         let _ = self.in_flight.acquire_many(self.config.max_in_flight as u32).await;
         if let Some(recorder) = recorder {
             let _ = self.results.send((Delivery::stop_marker(), AttemptRecord::stop_marker()));
             let _ = recorder.await;
         }
-        // Retries held for later and deliveries still waiting in lanes (or not yet in one) go back to the store
-        // now: another process (or the next start) claims them when due instead of when their leases would
-        // have run out.
+        self.give_back_unstarted().await;
+        alive_until.cancel();
+        let _ = alive.await;
+    }
+
+    /// Gives back to the store the leases of retries held for later and of deliveries still waiting in lanes
+    /// (or handed over and not yet in one): another process (or the next start) claims them when due instead of
+    /// when their leases would have run out.
+    async fn give_back_unstarted(&self) {
         let mut leases: Vec<(String, String)> = self.held.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
         // Handed over by a commit after this worker's last round: leased to it, never started.
         leases.extend(self.db.take_handed_over().into_iter().filter_map(|d| Some((d.id, d.lease_until?))));
-        for (_, lane) in self.lanes.lock().unwrap_or_else(|p| p.into_inner()).drain() {
-            leases.extend(lane.waiting.into_iter().filter_map(|w| Some((w.delivery.id, w.delivery.lease_until?))));
+        for lane in self.lanes.lock().unwrap_or_else(|p| p.into_inner()).values_mut() {
+            let waiting = std::mem::take(&mut lane.waiting);
+            leases.extend(waiting.into_iter().filter_map(|w| Some((w.delivery.id, w.delivery.lease_until?))));
+        }
+        if leases.is_empty() {
+            return;
         }
         if let Err(e) = self.db.release_own_leases(&leases).await {
             tracing::warn!(error = %e, leases = leases.len(), "deliveries this worker had wait for their leases to run out");
         }
-        alive_until.cancel();
-        let _ = alive.await;
     }
 
     /// One round: dispatch new events (and start them), build due digests, start due verifications, then

@@ -184,3 +184,45 @@ async fn a_challenge_out_at_kill9_goes_again_after_the_restart(store: Store) {
 }
 
 crate::each_store!(a_challenge_out_at_kill9_goes_again_after_the_restart);
+
+/// A SIGTERM gives back at once what the process had leased but not started (deliveries waiting behind an
+/// attempt held at a slow target), so that another process need not wait for the attempts in flight to end
+/// (up to the delivery timeout) before it sends them.
+async fn sigterm_gives_back_waiting_deliveries_before_the_attempts_in_flight_end(store: Store) {
+    let Some((database_url, _dir)) = fresh_database(store).await else { return };
+    let rx = Receiver::start().await;
+    let (mut server, db, key, client) = real_server(&database_url, &[]).await;
+    let body = json!({"url": rx.url, "events": ["organization.created"], "max_concurrency": 1});
+    let sub_id = subscribe_with(&server, &client, &key, &body).await;
+    rx.wait_for("the ping", |r| r.len() == 1).await;
+    rx.hold();
+    for i in 1..=3 {
+        let id = format!("00000000-0000-4000-8000-0000000000f{i}");
+        let r = client.put(server.url(&format!("/organizations/{id}"))).bearer_auth(&key);
+        let r = r.json(&json!({"name": format!("Org {i}"), "description": "waits"})).send().await.unwrap();
+        assert!(r.status().is_success());
+    }
+    rx.wait_for("the first event, held at the target", |r| r.len() == 2).await;
+    let waiting_given_back = async {
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        let given_back = loop {
+            let (_, page) = db.deliveries(&sub_id, &Default::default(), 1, 10).await.unwrap();
+            let unleased =
+                page.iter().filter(|d| d.event_type == "organization.created" && d.lease_until.is_none()).count();
+            if unleased == 2 {
+                break true;
+            }
+            if std::time::Instant::now() > deadline {
+                break false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        rx.open();
+        given_back
+    };
+    let (status, given_back) = tokio::join!(server.terminate(), waiting_given_back);
+    assert!(status.success(), "exited 0: {status:?}");
+    assert!(given_back, "the two waiting deliveries were given back while the first was still out");
+}
+
+crate::each_store!(sigterm_gives_back_waiting_deliveries_before_the_attempts_in_flight_end);

@@ -1561,14 +1561,18 @@ async fn a_delivery_whose_event_is_gone_fails_instead_of_sending_nothing(store: 
 crate::each_store!(a_delivery_whose_event_is_gone_fails_instead_of_sending_nothing);
 
 webhook_test!(a_filter_by_a_service_or_location_hears_of_the_organization_that_gets_it, |app| async move {
-    // The organization's `updated` event that announces a new service (or location) lists it: a subscriber
-    // filtering by that service hears of it, as of every later change of the organization.
+    // The organization's `updated` event that announces a new service (or location) matches a filter by that
+    // service, as a later change of the service does; a change of another service of the organization does not.
     let (service, location) = ("00000000-0000-4000-8000-0000000000d1", "00000000-0000-4000-8000-0000000000d2");
+    let other = "00000000-0000-4000-8000-0000000000d3";
     put_org(&app, O1, "One").await;
     let rx = Receiver::start().await;
     let by_service = Receiver::start().await;
     create(&app, json!({"url": rx.url, "events": ["organization.*"], "filter": {"location_id": location}})).await;
-    create(&app, json!({"url": by_service.url, "events": ["organization.*"], "filter": {"service_id": service}})).await;
+    // Ordered: what it gets comes in sequence order, so an event it should not get shows before the last.
+    let body = json!({"url": by_service.url, "events": ["organization.*"], "filter": {"service_id": service},
+        "ordered": true});
+    create(&app, body).await;
     rx.wait_for("the ping", |r| r.len() == 1).await;
     by_service.wait_for("the ping", |r| r.len() == 1).await;
     let body = json!({"name": "A service", "organization_id": O1, "status": "active"});
@@ -1581,4 +1585,15 @@ webhook_test!(a_filter_by_a_service_or_location_hears_of_the_organization_that_g
     let got = rx.wait_for("the organization, with its new location", |r| r.len() == 2).await;
     assert_eq!(got[1].json()["type"], "organization.updated");
     assert_eq!(got[1].json()["data"]["locations"][0]["id"], location);
+
+    let body = json!({"name": "Another service", "organization_id": O1, "status": "active"});
+    app.put_ok(&format!("/services/{other}"), &body).await;
+    let body = json!({"name": "Renamed", "organization_id": O1, "status": "active"});
+    app.put_ok(&format!("/services/{service}"), &body).await;
+    let got = by_service.wait_for("the organization, with the service renamed", |r| r.len() >= 3).await;
+    let message = got[2].json();
+    let services = message["data"]["services"].as_array().unwrap();
+    let renamed = services.iter().find(|s| s["id"] == service).unwrap();
+    assert_eq!(renamed["name"], "Renamed", "the other service's creation was not sent: {message}");
+    assert_eq!(rx.received().len(), 2, "nor to the location's subscriber");
 });
