@@ -628,6 +628,11 @@ impl Db {
     /// Deletes a subscription with its deliveries and their attempts.
     pub async fn delete_subscription(&self, id: &str) -> sqlx::Result<()> {
         let (mut tx, _guard) = self.begin_write().await?;
+        // The subscription row first, as the attempt recorder takes it before its deliveries: deleting the
+        // deliveries first deadlocked with a batch of attempts on PostgreSQL (and the owner got a 503).
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT id FROM subscriptions WHERE id = $1 FOR UPDATE").bind(id).execute(&mut *tx).await?;
+        }
         sqlx::query("DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE subscription_id = $1)")
             .bind(id)
             .execute(&mut *tx)
