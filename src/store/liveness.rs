@@ -10,7 +10,8 @@
 //!
 //! Should a live worker lose its lock connection for a moment, another may give back its leases while it still
 //! sends them: a delivery may then go out twice, which at-least-once delivery allows (receivers dedupe by
-//! `webhook-id`). SQLite needs none of this: one process owns the file, and a start gives back every lease.
+//! `webhook-id`). SQLite needs no lock: one process owns the file, and a start gives back every lease
+//! ([`Db::release_leases_if_sole_worker`]).
 
 use std::time::Duration;
 
@@ -107,7 +108,12 @@ impl Db {
             if !dead {
                 continue;
             }
-            let released = give_back(&mut conn, &holder).await;
+            let released = async {
+                let released = give_back(&mut conn, Holders::One(&holder)).await?;
+                sqlx::query("DELETE FROM live_workers WHERE holder = $1").bind(&holder).execute(&mut *conn).await?;
+                sqlx::Result::<u64>::Ok(released)
+            }
+            .await;
             sqlx::query("SELECT pg_advisory_unlock($1)::TEXT").bind(key).execute(&mut *conn).await?;
             given_back += released?;
         }
@@ -118,30 +124,120 @@ impl Db {
     }
 }
 
-/// Gives back the leases `holder` (dead) held, deliveries and verification challenges, and unlists it.
-async fn give_back(conn: &mut AnyConnection, holder: &str) -> sqlx::Result<u64> {
-    let done = sqlx::query(
+/// Whose leases [`give_back`] gives back.
+#[derive(Clone, Copy)]
+enum Holders<'a> {
+    /// A SQLite start: one process owns the file, so every lease found was left by a crashed run.
+    All,
+    /// A dead PostgreSQL worker.
+    One(&'a str),
+}
+
+/// Gives back the leases `holders` took: their unfinished deliveries' and their verification challenges out,
+/// which are due again now. Returns how many.
+async fn give_back(conn: &mut AnyConnection, holders: Holders<'_>) -> sqlx::Result<u64> {
+    let (deliveries, challenges) = match holders {
+        // Leases taken before the holders were recorded (migration 10) have none.
+        Holders::All => ("lease_until IS NOT NULL", "verification_holder IS NOT NULL"),
+        Holders::One(_) => ("lease_holder = $1 AND lease_until IS NOT NULL", "verification_holder = $2"),
+    };
+    let release = format!(
         "UPDATE deliveries SET lease_until = NULL, lease_holder = NULL \
-         WHERE lease_holder = $1 AND lease_until IS NOT NULL AND status IN ('pending', 'retrying')",
-    )
-    .bind(holder)
-    .execute(&mut *conn)
-    .await?;
-    // A challenge it had in flight is due again now.
-    let challenges = sqlx::query(
+         WHERE {deliveries} AND status IN ('pending', 'retrying')"
+    );
+    let make_due = format!(
         "UPDATE subscriptions SET verification_due_at = $1, verification_holder = NULL \
-         WHERE verification_holder = $2 AND status = 'pending' AND verification_due_at > $1",
-    )
-    .bind(now_text())
-    .bind(holder)
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query("DELETE FROM live_workers WHERE holder = $1").bind(holder).execute(&mut *conn).await?;
-    Ok(done.rows_affected() + challenges.rows_affected())
+         WHERE {challenges} AND status = 'pending' AND verification_due_at > $1"
+    );
+    let mut released = sqlx::query(&release);
+    let mut due_again = sqlx::query(&make_due).bind(now_text());
+    if let Holders::One(holder) = holders {
+        released = released.bind(holder);
+        due_again = due_again.bind(holder);
+    }
+    let released = released.execute(&mut *conn).await?;
+    let due_again = due_again.execute(&mut *conn).await?;
+    Ok(released.rows_affected() + due_again.rows_affected())
+}
+
+impl Db {
+    /// SQLite: gives back every lease a crashed run left, at start-up (its claimed deliveries and challenges go
+    /// again now rather than when their leases run out). On PostgreSQL other live processes may hold leases:
+    /// those of a dead one are given back by [`Db::keep_alive`].
+    pub async fn release_leases_if_sole_worker(&self) -> sqlx::Result<()> {
+        if self.backend == Backend::Sqlite {
+            let (mut tx, _guard) = self.begin_write().await?;
+            give_back(&mut tx, Holders::All).await?;
+            tx.commit().await?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::{Db, lock_key, now_text};
+    use crate::store::tests::on_fresh_postgres;
+
+    async fn lease_of(db: &Db, holder: &str) -> Option<String> {
+        sqlx::query_scalar("SELECT lease_until FROM deliveries WHERE id = $1")
+            .bind(format!("msg_{holder}"))
+            .fetch_one(&db.pool)
+            .await
+            .expect("the delivery")
+    }
+
+    /// A listed worker whose lock is free (its session ended) has its leases given back and is unlisted; one
+    /// whose lock is held keeps them, until its session ends too.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn only_a_dead_workers_leases_are_given_back_postgres() {
+        on_fresh_postgres(|url| async move {
+            let db = Db::connect(&url).await.expect("connect");
+            let lease = "2999-01-01T00:00:00.000000Z";
+            for holder in ["prc_alive", "prc_dead"] {
+                sqlx::query("INSERT INTO live_workers (holder, lock_key, started_at) VALUES ($1, $2, $3)")
+                    .bind(holder)
+                    .bind(lock_key(holder))
+                    .bind(now_text())
+                    .execute(&db.pool)
+                    .await
+                    .expect("listed");
+                sqlx::query(
+                    "INSERT INTO deliveries (id, subscription_id, tenant, event_id, event_sequence, event_type, \
+                     object_id, body, status, next_attempt_at, lease_until, lease_holder, created_at, updated_at) \
+                     VALUES ($1, 'sub_x', 't', 'evt_x', 1, 'organization.created', 'o', '{}', 'pending', $2, $3, $4, \
+                     $2, $2)",
+                )
+                .bind(format!("msg_{holder}"))
+                .bind(now_text())
+                .bind(lease)
+                .bind(holder)
+                .execute(&db.pool)
+                .await
+                .expect("a leased delivery");
+            }
+            let mut alive = db.pool.acquire().await.expect("a connection").detach();
+            sqlx::query("SELECT pg_advisory_lock($1)::TEXT")
+                .bind(lock_key("prc_alive"))
+                .execute(&mut alive)
+                .await
+                .unwrap();
+
+            assert_eq!(db.give_back_leases_of_dead_workers().await.unwrap(), 1);
+            assert_eq!(lease_of(&db, "prc_dead").await, None, "the dead worker's lease is given back");
+            assert_eq!(lease_of(&db, "prc_alive").await.as_deref(), Some(lease), "the live worker keeps its lease");
+            let listed: Vec<String> =
+                sqlx::query_scalar("SELECT holder FROM live_workers").fetch_all(&db.pool).await.unwrap();
+            assert_eq!(listed, ["prc_alive"]);
+
+            sqlx::Connection::close(alive).await.unwrap();
+            assert_eq!(db.give_back_leases_of_dead_workers().await.unwrap(), 1, "its session ended: dead too");
+            assert_eq!(lease_of(&db, "prc_alive").await, None);
+            db.close().await;
+        })
+        .await;
+    }
+
     #[test]
     fn lock_keys_are_stable_and_distinct() {
         assert_eq!(super::lock_key("prc_a"), super::lock_key("prc_a"));

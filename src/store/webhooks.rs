@@ -775,29 +775,6 @@ impl Db {
         Ok(claimed)
     }
 
-    /// On SQLite one process owns the file, so leases found at start-up were left by a crashed run and are
-    /// released at once (its claimed deliveries and challenges are sent again now rather than when the lease
-    /// runs out). On PostgreSQL other live processes may hold leases: those of a dead one are given back by
-    /// [`Db::keep_alive`].
-    pub async fn release_leases_if_sole_worker(&self) -> sqlx::Result<()> {
-        if self.backend == Backend::Sqlite {
-            let (mut tx, _guard) = self.begin_write().await?;
-            sqlx::query("UPDATE deliveries SET lease_until = NULL WHERE lease_until IS NOT NULL")
-                .execute(&mut *tx)
-                .await?;
-            // Challenges the crashed run had out are due again now.
-            sqlx::query(
-                "UPDATE subscriptions SET verification_due_at = $1, verification_holder = NULL \
-                 WHERE verification_holder IS NOT NULL AND status = 'pending' AND verification_due_at > $1",
-            )
-            .bind(now_text())
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
-        }
-        Ok(())
-    }
-
     /// The earliest time the worker has something to do: a claimable delivery becomes due (or its lease
     /// expires), a digest fires, or a verification challenge is due. Deliveries of the subscriptions in `busy`
     /// are left out, as [`Db::claim_due`] leaves them: they wait for a slot, not for a time.
