@@ -756,21 +756,23 @@ impl Db {
         // A body that cannot be built (its event is gone from the log) is never sent empty: the delivery fails.
         let (claimed, bodiless): (Vec<Delivery>, Vec<Delivery>) =
             claimed.into_iter().partition(|d| d.body != BODY_IN_EVENT);
-        for d in &bodiless {
-            tracing::error!(delivery = %d.id, sequence = d.event_sequence, "the event of a delivery is missing");
+        if !bodiless.is_empty() {
+            let ids: Vec<&str> = bodiless.iter().map(|d| d.id.as_str()).collect();
+            tracing::error!(deliveries = ?ids, "the events of these deliveries are missing; they fail");
+            let sql = format!(
+                "UPDATE deliveries SET status = 'failed', last_error = $1, lease_until = NULL, updated_at = $2 \
+                 WHERE id IN ({})",
+                super::placeholders(2, ids.len())
+            );
+            let mut query = sqlx::query(&sql).bind("its event is missing from the event log").bind(&now_s);
+            for id in ids {
+                query = query.bind(id);
+            }
             let _guard = match &self.write_lock {
                 Some(lock) => Some(lock.lock().await),
                 None => None,
             };
-            sqlx::query(
-                "UPDATE deliveries SET status = 'failed', last_error = $1, lease_until = NULL, updated_at = $2 \
-                 WHERE id = $3",
-            )
-            .bind(format!("event {} is missing from the event log", d.event_sequence))
-            .bind(&now_s)
-            .bind(&d.id)
-            .execute(&mut *conn)
-            .await?;
+            query.execute(&mut *conn).await?;
         }
         Ok(claimed)
     }

@@ -300,7 +300,7 @@ pub(crate) struct Staged {
     deleted_docs: HashMap<(&'static str, String), Value>,
     documents_locked: bool,
     /// See `Writer::inserted_docs`.
-    inserted_docs: HashMap<Root, (String, String)>,
+    inserted_docs: HashMap<Root, InsertedDoc>,
     origin: String,
     now: String,
 }
@@ -450,9 +450,9 @@ struct Writer<'a, 'c> {
     /// Whether a new root gets its document with its insert: when the write is that row alone, nothing is
     /// nested in it yet (created with nested rows, it would get a document rewritten at once).
     documents_at_insert: bool,
-    /// The documents (text, time) new roots got with their insert; compiled again at the end of the write,
+    /// The documents new roots got with their insert; compiled again at the end of the write,
     /// they are only written if they came out different.
-    inserted_docs: HashMap<Root, (String, String)>,
+    inserted_docs: HashMap<Root, InsertedDoc>,
 }
 
 /// A stored row: its `rid` and its `data` as JSON text.
@@ -771,16 +771,17 @@ impl Writer<'_, '_> {
         if before_row.as_ref() == Some(&row) {
             return Ok(());
         }
-        let data = Value::Object(row.clone()).to_string();
-        let sort_key = document::sort_key(table, &Value::Object(row.clone()));
+        let row_value = Value::Object(row.clone());
+        let data = row_value.to_string();
         // A root's document is stored at the end of the write (a new one's with its insert when the write is
         // that row alone, see `lone_document`), with its search text; taken from the row now, it
         // already is what the document gives (but for a service_at_location, whose text also comes from its
         // service and location), so storing the document leaves it alone and SQLite's full-text trigger
         // (migration 7) does not write the entry twice. (PostgreSQL's CPU per write did not change.)
-        let search_text = document::search_text(table, &Value::Object(row.clone()));
+        let from_row = || (document::sort_key(table, &row_value), document::search_text(table, &row_value));
         let rid: i64 = match &before {
             Some((rid, _)) => {
+                let (sort_key, search_text) = from_row();
                 self.conn
                     .execute(
                         "UPDATE records SET data = $1, sort_key = $2, search_text = $3, modified_at = $4, origin = $5 \
@@ -835,12 +836,16 @@ impl Writer<'_, '_> {
                 if !self.bulk {
                     self.known.wrote_tombstone(table.name, &id, false);
                 }
+                let (sort_key, search_text) = match &lone {
+                    Some(lone) => (lone.sort_key.clone(), lone.search_text.clone()),
+                    None => from_row(),
+                };
                 let mut args: Vec<Arg> = vec![
                     table.name.into(),
                     (&id).into(),
                     (&data).into(),
-                    lone.as_ref().map_or(&sort_key, |l| &l.sort_key).into(),
-                    lone.as_ref().map_or(&search_text, |l| &l.search_text).into(),
+                    (&sort_key).into(),
+                    (&search_text).into(),
                     self.now.into(),
                     self.origin.into(),
                 ];
@@ -857,7 +862,8 @@ impl Writer<'_, '_> {
                 }
                 let (rid,): (i64,) = self.conn.fetch_one(&sql, &args).await?;
                 if let Some(lone) = lone {
-                    self.inserted_docs.insert((table.name, id.clone()), (lone.text, self.now.to_string()));
+                    self.inserted_docs
+                        .insert((table.name, id.clone()), InsertedDoc { text: lone.text, at: self.now.to_string() });
                 }
                 rid
             }
@@ -1129,7 +1135,7 @@ impl Writer<'_, '_> {
         let changed: Vec<(&DocToStore, DocColumns)> = docs
             .iter()
             .map(|d| (d, DocColumns::of(table, d.doc)))
-            .filter(|(d, columns)| d.inserted.is_none_or(|(text, at)| *text != columns.text || at != d.now))
+            .filter(|(d, columns)| d.inserted.is_none_or(|stored| stored.text != columns.text || stored.at != d.now))
             .collect();
         for chunk in changed.chunks(100) {
             let values: Vec<String> =
@@ -1375,7 +1381,13 @@ struct DocToStore<'a> {
     fresh: bool,
     now: &'a str,
     /// The document text and time its row's insert already stored (see `lone_document`), if any.
-    inserted: Option<&'a (String, String)>,
+    inserted: Option<&'a InsertedDoc>,
+}
+
+/// A new root's document as its insert stored it (see `lone_document`), and the time it carries.
+struct InsertedDoc {
+    text: String,
+    at: String,
 }
 
 /// What a root's row stores of its document besides the text: its list form, search text, sort key and
@@ -1426,7 +1438,7 @@ pub(crate) async fn finish_staged(
         documents_at_insert: false,
         inserted_docs: HashMap::new(),
     };
-    let inserted: HashMap<&Root, &(String, String)> = staged.iter().flat_map(|s| &s.inserted_docs).collect();
+    let inserted: HashMap<&Root, &InsertedDoc> = staged.iter().flat_map(|s| &s.inserted_docs).collect();
     // Every touched row of every write, and the write it belongs to.
     let starts: Vec<&Touched> = staged.iter().flat_map(|s| &s.touched).collect();
     let write_of: Vec<usize> = staged.iter().enumerate().flat_map(|(i, s)| s.touched.iter().map(move |_| i)).collect();
