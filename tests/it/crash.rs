@@ -102,19 +102,34 @@ async fn kill9_mid_burst_loses_nothing(store: Store) {
 
 crate::each_store!(kill9_mid_burst_loses_nothing);
 
+/// A real server whose first attempt (a subscription's ping) failed and whose retry, due after `schedule`
+/// seconds, it holds.
+struct HeldRetry {
+    server: RealServer,
+    db: hsda::store::Db,
+    rx: Receiver,
+    held: hsda::store::webhooks::Delivery,
+    _dir: Option<tempfile::TempDir>,
+}
+
+async fn a_held_retry(store: Store, schedule: &str) -> Option<HeldRetry> {
+    let (database_url, _dir) = fresh_database(store).await?;
+    let rx = Receiver::start().await;
+    rx.script(&[(500, None)]);
+    let (server, db, key, client) = real_server(&database_url, &[("HSDA_RETRY_SCHEDULE", schedule)]).await;
+    let sub_id = subscribe(&server, &client, &key, &rx.url, &["webhook.ping"]).await;
+    let held = first_attempt_recorded(&db, &sub_id).await;
+    Some(HeldRetry { server, db, rx, held, _dir })
+}
+
 /// A retry the failing process kept for itself (its delivery leased to it past the retry's time) is not lost
 /// with the process, nor late: the next start gives the lease back at once and sends the retry when due
 /// (about 5 s after the failure), not when the lease would have run out (the retry's time plus the 5 s
 /// delivery timeout plus 15 s). On SQLite the start owns the file; on PostgreSQL it finds the killed worker's
 /// liveness lock free.
 async fn a_held_retry_survives_kill9_and_goes_when_due(store: Store) {
-    let Some((database_url, _dir)) = fresh_database(store).await else { return };
-    let rx = Receiver::start().await;
-    rx.script(&[(500, None)]);
-    let (mut server, db, key, client) = real_server(&database_url, &[("HSDA_RETRY_SCHEDULE", "5")]).await;
-    let sub_id = subscribe(&server, &client, &key, &rx.url, &["webhook.ping"]).await;
+    let Some(HeldRetry { mut server, db, rx, held, _dir }) = a_held_retry(store, "5").await else { return };
     // Killed once the failed attempt is recorded and its retry held (due 4-6 s later).
-    let held = first_attempt_recorded(&db, &sub_id).await;
     server.kill9().await;
     let killed = std::time::Instant::now();
     assert_eq!(rx.received().len(), 1, "killed before the held retry was due");
@@ -133,12 +148,7 @@ crate::each_store!(a_held_retry_survives_kill9_and_goes_when_due);
 /// gives back the retry it held, so that another process (or the next start) sends it when due instead of
 /// after the lease has run out. Before, SIGTERM killed the process as SIGKILL would.
 async fn sigterm_stops_gracefully_and_gives_back_held_retries(store: Store) {
-    let Some((database_url, _dir)) = fresh_database(store).await else { return };
-    let rx = Receiver::start().await;
-    rx.script(&[(500, None)]);
-    let (mut server, db, key, client) = real_server(&database_url, &[("HSDA_RETRY_SCHEDULE", "30")]).await;
-    let sub_id = subscribe(&server, &client, &key, &rx.url, &["webhook.ping"]).await;
-    let held = first_attempt_recorded(&db, &sub_id).await;
+    let Some(HeldRetry { mut server, db, held, _dir, .. }) = a_held_retry(store, "30").await else { return };
     assert!(db.delivery(&held.id).await.unwrap().unwrap().lease_until.is_some(), "the retry is held");
     let status = server.terminate().await;
     assert!(status.success(), "exited 0 after SIGTERM, not killed by it: {status:?}");
