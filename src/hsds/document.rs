@@ -103,6 +103,23 @@ pub fn facets(table: &Table, doc: &Value) -> BTreeSet<(String, String)> {
     out
 }
 
+/// The `(facet, value)` pairs of one flat row (no nested rows): its own id as `{table}_id` and the ids it
+/// references itself under a facet key.
+pub fn row_facets(table: &Table, row: &Map<String, Value>) -> BTreeSet<(String, String)> {
+    let mut out = BTreeSet::new();
+    if let Some(id) = row.get("id").and_then(Value::as_str) {
+        out.insert((format!("{}_id", table.name), id.to_string()));
+    }
+    for (key, value) in row {
+        if let Value::String(s) = value
+            && FACET_KEYS.contains(&key.as_str())
+        {
+            out.insert((key.clone(), s.clone()));
+        }
+    }
+    out
+}
+
 fn collect_facets(value: &Value, out: &mut BTreeSet<(String, String)>) {
     match value {
         Value::Object(map) => {

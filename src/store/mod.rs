@@ -91,6 +91,7 @@ const SQLITE_MIGRATIONS: &[(i64, &[&str])] = &[
     (8, &[include_str!("migrations/8_claimable_at.sql")]),
     (9, &[include_str!("migrations/9_search_index_at_commit_sqlite.sql")]),
     (10, &[include_str!("migrations/10_lease_holders.sql")]),
+    (11, &[include_str!("migrations/11_manual_attempts.sql")]),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &[&str])] = &[
     (1, &[include_str!("migrations/1_records_postgres.sql"), include_str!("migrations/1_schema.sql")]),
@@ -100,6 +101,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &[&str])] = &[
     (6, &[include_str!("migrations/6_fewer_indexes.sql")]),
     (8, &[include_str!("migrations/8_claimable_at.sql")]),
     (10, &[include_str!("migrations/10_lease_holders.sql"), include_str!("migrations/10_live_workers_postgres.sql")]),
+    (11, &[include_str!("migrations/11_manual_attempts.sql")]),
 ];
 
 impl Db {

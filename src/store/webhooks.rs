@@ -141,7 +141,7 @@ fn from_row(row: &AnyRow) -> sqlx::Result<Subscription> {
 }
 
 /// A delivery as listed and shown.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Delivery {
     pub id: String,
     pub subscription_id: String,
@@ -163,10 +163,28 @@ pub struct Delivery {
     /// Set on deliveries handed straight to the worker by the dispatcher (see [`Db::dispatch_batch`]).
     #[serde(skip)]
     pub lease_until: Option<String>,
+    /// How many of `attempts` were asked for by hand (a retry or a replay): they do not count against the
+    /// automatic schedule.
+    #[serde(skip)]
+    pub manual_attempts: i64,
+    /// Whether the next attempt is one asked for by hand.
+    #[serde(skip)]
+    pub manual_due: bool,
+}
+
+impl Delivery {
+    /// The place in the retry schedule of the attempt about to be made: the automatic attempts made so far,
+    /// plus this one if it is automatic. An attempt asked for by hand takes no place of its own: should it
+    /// fail, the schedule goes on where it stood.
+    pub fn schedule_position(&self) -> u32 {
+        let automatic = (self.attempts - self.manual_attempts).max(0);
+        (automatic + i64::from(!self.manual_due)).try_into().unwrap_or(u32::MAX)
+    }
 }
 
 const DELIVERY_COLUMNS: &str = "id, subscription_id, tenant, event_id, event_sequence, event_type, object_id, status, \
-     attempts, next_attempt_at, last_status_code, last_error, created_at, updated_at, body, lease_until";
+     attempts, next_attempt_at, last_status_code, last_error, created_at, updated_at, body, lease_until, \
+     manual_attempts, manual_due";
 
 fn delivery_from_row(row: &AnyRow) -> sqlx::Result<Delivery> {
     let status: String = row.try_get("status")?;
@@ -188,30 +206,15 @@ fn delivery_from_row(row: &AnyRow) -> sqlx::Result<Delivery> {
         updated_at: row.try_get("updated_at")?,
         body: row.try_get("body")?,
         lease_until: row.try_get("lease_until")?,
+        manual_attempts: row.try_get("manual_attempts")?,
+        manual_due: row.try_get::<i64, _>("manual_due")? != 0,
     })
 }
 
 impl Delivery {
     /// A sentinel (empty id) that tells the attempt recorder to finish.
     pub fn stop_marker() -> Delivery {
-        Delivery {
-            id: String::new(),
-            subscription_id: String::new(),
-            tenant: String::new(),
-            event_id: String::new(),
-            event_sequence: 0,
-            event_type: String::new(),
-            object_id: String::new(),
-            status: String::new(),
-            attempts: 0,
-            next_attempt_at: None,
-            last_status_code: None,
-            last_error: None,
-            created_at: String::new(),
-            updated_at: String::new(),
-            body: String::new(),
-            lease_until: None,
-        }
+        Delivery::default()
     }
 }
 
@@ -977,7 +980,7 @@ impl Db {
         // due yet) is brought forward; the worker's timer then finds its lease gone.
         let done = sqlx::query(
             "UPDATE deliveries SET status = CASE WHEN status = 'pending' THEN 'pending' ELSE 'retrying' END, \
-             lease_until = CASE WHEN lease_until IS NOT NULL AND lease_until > $1 AND next_attempt_at <= $1 \
+             manual_due = 1, lease_until = CASE WHEN lease_until IS NOT NULL AND lease_until > $1 AND next_attempt_at <= $1 \
              THEN lease_until ELSE NULL END, next_attempt_at = $1 WHERE id = $2",
         )
         .bind(now_text())
@@ -998,7 +1001,7 @@ impl Db {
     ) -> sqlx::Result<u64> {
         let status_filter = if only_failed { "status = 'failed'" } else { "status IN ('failed', 'succeeded')" };
         let done = sqlx::query(&format!(
-            "UPDATE deliveries SET status = 'retrying', next_attempt_at = $1, lease_until = NULL \
+            "UPDATE deliveries SET status = 'retrying', next_attempt_at = $1, lease_until = NULL, manual_due = 1 \
              WHERE subscription_id = $2 AND created_at >= $3 AND created_at < $4 AND {status_filter}"
         ))
         .bind(now_text())
@@ -1126,7 +1129,7 @@ pub(crate) async fn record_in(
         conn.execute(&sql, &args).await?;
 
         let values: Vec<String> =
-            super::row_placeholders(1, chunk.len(), 9).into_iter().map(|p| format!("({p})")).collect();
+            super::row_placeholders(1, chunk.len(), 10).into_iter().map(|p| format!("({p})")).collect();
         // Only a delivery still unfinished under the lease the attempt was made with takes its outcome. A late
         // attempt (one sent again because a retry was asked for while it was out, or whose lease ran out
         // and another process took the delivery over) is kept in the history, and changes nothing else: it
@@ -1136,8 +1139,10 @@ pub(crate) async fn record_in(
         // A retry asked for while the attempt was out moved the delivery's due time past the attempt's start
         // (`Db::retry_now`): a failure is then due at once, unleased (not held), instead of on the schedule.
         let sql = format!(
-            "WITH v (id, status, next_at, code, error, at, lease, ran_under, holder) AS (VALUES {}) \
+            "WITH v (id, status, next_at, code, error, at, lease, ran_under, holder, manual) AS (VALUES {}) \
              UPDATE deliveries SET status = v.status, attempts = attempts + 1, lease_holder = v.holder, \
+             manual_attempts = manual_attempts + v.manual, \
+             manual_due = CASE WHEN v.manual = 1 THEN 0 ELSE manual_due END, \
              next_attempt_at = CASE WHEN v.status = 'retrying' AND deliveries.next_attempt_at > v.at \
              THEN deliveries.next_attempt_at ELSE v.next_at END, \
              lease_until = CASE WHEN v.status = 'retrying' AND deliveries.next_attempt_at > v.at \
@@ -1149,7 +1154,7 @@ pub(crate) async fn record_in(
              RETURNING deliveries.id",
             values.join(", ")
         );
-        let mut args: Vec<Arg> = Vec::with_capacity(9 * chunk.len());
+        let mut args: Vec<Arg> = Vec::with_capacity(10 * chunk.len());
         for (delivery, record) in chunk {
             let a = &record.attempt;
             let (status, next, lease) = match &record.outcome {
@@ -1167,6 +1172,7 @@ pub(crate) async fn record_in(
                 lease.into(),
                 delivery.lease_until.as_deref().into(),
                 lease.is_some().then_some(lease_holder).into(),
+                i64::from(delivery.manual_due).into(),
             ]);
         }
         let taken: Vec<(String,)> = conn.fetch_all(&sql, &args).await?;
@@ -1376,6 +1382,7 @@ fn fan_out(events: &[Event], subs: &[&Subscription], public_url: &str, now: &str
                 updated_at: now.to_string(),
                 body,
                 lease_until: leased.then(|| lease.to_string()),
+                ..Delivery::default()
             };
             out.push(NewDelivery { delivery, body_in_event });
         }

@@ -1115,7 +1115,7 @@ impl Writer<'_, '_> {
     /// Stores root documents of `table` and what lists and filters need of them; returns, for each, the
     /// facets it held before. A `fresh` one (created in this transaction: a deleted row's facets went with it)
     /// has no facets to delete first. One statement per chunk of documents, not per document.
-    async fn store_docs(&mut self, table: &'static Table, docs: &[DocToStore<'_>]) -> sqlx::Result<Vec<Facets>> {
+    async fn store_docs(&mut self, table: &'static Table, docs: &[DocToStore<'_>]) -> sqlx::Result<()> {
         let mut previous: HashMap<String, String> = HashMap::new();
         let old: Vec<String> = docs.iter().filter(|d| !d.fresh).map(|d| d.id.to_string()).collect();
         for chunk in old.chunks(500) {
@@ -1169,7 +1169,6 @@ impl Writer<'_, '_> {
         }
         // Only the facets that changed are written: most updates change none, and each facet is a page of a
         // random-keyed index.
-        let mut held = Vec::with_capacity(docs.len());
         let mut new_facets: Vec<(&str, String, String)> = Vec::new();
         for d in docs {
             let mut facets = stored_facets(table, d.id, d.facets.clone());
@@ -1179,7 +1178,6 @@ impl Writer<'_, '_> {
                 facets.retain(|f| !before.contains(f));
             }
             new_facets.extend(facets.into_iter().map(|(facet, value)| (d.id, facet, value)));
-            held.push(before);
         }
         for chunk in new_facets.chunks(200) {
             let values: Vec<String> =
@@ -1194,7 +1192,7 @@ impl Writer<'_, '_> {
             }
             self.conn.execute(&sql, &args).await?;
         }
-        Ok(held)
+        Ok(())
     }
 
     async fn delete_facets(
@@ -1480,8 +1478,8 @@ pub(crate) async fn finish_staged(
     }
     let all_roots: BTreeSet<&Root> =
         roots_of.iter().flatten().filter(|root| last_action.get(*root) != Some(&Action::Deleted)).collect();
-    // Each recompiled root with its facets (derived once: stored, and carried by its events), grouped by table.
-    let mut docs: HashMap<Root, (Value, Facets)> = HashMap::new();
+    // Each recompiled root's document, compiled and stored table by table.
+    let mut docs: HashMap<Root, Value> = HashMap::new();
     for root_table in super::compile::ROOT_ORDER.iter().filter_map(|name| table(name)) {
         let ids: Vec<&String> = all_roots.iter().filter(|(k, _)| *k == root_table.name).map(|(_, id)| id).collect();
         if ids.is_empty() {
@@ -1526,13 +1524,10 @@ pub(crate) async fn finish_staged(
                 inserted: inserted.get(&(root_table.name, id.clone())).copied(),
             })
             .collect();
-        let held = writer.store_docs(root_table, &to_store).await?;
+        writer.store_docs(root_table, &to_store).await?;
         drop(to_store);
-        for (((id, mut facets, _), doc), held) in entries.into_iter().zip(compiled).zip(held) {
-            // Its events match by what it held too: a subscriber filtering by a term hears of the service that
-            // lost it (as one filtering by organization hears of a service that moved away).
-            facets.extend(held);
-            docs.insert((root_table.name, id), (doc, facets));
+        for ((id, _, _), doc) in entries.into_iter().zip(compiled) {
+            docs.insert((root_table.name, id), doc);
         }
     }
     // The event data of touched rows that are not roots and still exist, compiled per table for all writes.
@@ -1568,17 +1563,23 @@ pub(crate) async fn finish_staged(
         let mut events: Vec<NewEvent> = Vec::new();
         let mut announced: HashSet<Root> = HashSet::new();
         let mut reached: BTreeSet<&Root> = BTreeSet::new();
-        // The rows this write touched inside each document it reaches, by id: the document's event matches
-        // them too, so a subscriber filtering by a service hears of the organization's update that the
-        // service's creation made (the document lists the service, but nothing in it names the service's id
-        // under a facet key until rows of its own do). Only the rows this write touched: another service's
-        // change is not about this one.
+        // A root document's event matches its root's identity (its id, what it references itself, the terms
+        // and locations it carries itself: `document::identity_facets`) and what this write touched inside
+        // it: each touched row as it stood before and after (its id and what it referenced) and the other
+        // documents that hold that row (a phone of a service is news of that service). Not everything the
+        // document names at any depth: an organization lists every service and their phones, and a
+        // subscriber filtering by one service must hear of the organization's update that this service's
+        // change made, not of every update of its organization. The facets stored for list filters stay deep.
         let mut touched_inside: HashMap<Root, Facets> = HashMap::new();
         for i in range.clone() {
             let t = starts[i];
+            let mut facets = BTreeSet::from([(format!("{}_id", t.table.name), t.id.clone())]);
+            for row in [&t.before, &t.after].into_iter().flatten() {
+                facets.extend(document::row_facets(t.table, row));
+            }
+            facets.extend(roots_of[i].iter().map(|(kind, id)| (format!("{kind}_id"), id.clone())));
             for root in roots_of[i].iter().filter(|root| root.0 != t.table.name || root.1 != t.id) {
-                let facet = (format!("{}_id", t.table.name), t.id.clone());
-                touched_inside.entry(root.clone()).or_default().insert(facet);
+                touched_inside.entry(root.clone()).or_default().extend(facets.iter().cloned());
             }
         }
         for i in range {
@@ -1587,11 +1588,15 @@ pub(crate) async fn finish_staged(
             reached.extend(roots.iter());
             let key = (t.table.name, t.id.clone());
             let (data, mut facets) = match (&t.after, t.table.is_root()) {
-                (Some(_), true) => docs.get(&key).cloned().unwrap_or_default(),
-                // A deleted root's event matches as its `updated` events did: by everything its document held.
-                (None, true) if s.deleted_docs.contains_key(&key) => {
-                    (json!({ "id": t.id, "deleted": true }), document::facets(t.table, &s.deleted_docs[&key]))
+                (Some(_), true) => {
+                    let doc = docs.get(&key);
+                    (doc.cloned().unwrap_or_default(), document::identity_facets(t.table.name, &t.id, doc))
                 }
+                // A deleted root's event matches as its `updated` events did: by the identity its document held.
+                (None, true) if s.deleted_docs.contains_key(&key) => (
+                    json!({ "id": t.id, "deleted": true }),
+                    document::identity_facets(t.table.name, &t.id, Some(&s.deleted_docs[&key])),
+                ),
                 (after, _) => {
                     let data = match after {
                         None => json!({ "id": t.id, "deleted": true }),
@@ -1606,7 +1611,7 @@ pub(crate) async fn finish_staged(
             }
             for (kind, id) in roots {
                 let root = (*kind, id.clone());
-                let doc = docs.get(&root).map(|(doc, _)| doc).or_else(|| s.deleted_docs.get(&root));
+                let doc = docs.get(&root).or_else(|| s.deleted_docs.get(&root));
                 facets.extend(document::identity_facets(kind, id, doc));
             }
             if t.table.is_root() {
@@ -1626,8 +1631,8 @@ pub(crate) async fn finish_staged(
             if announced.contains(root) {
                 continue;
             }
-            let Some((doc, facets)) = docs.get(root) else { continue };
-            let mut facets = facets.clone();
+            let Some(doc) = docs.get(root) else { continue };
+            let mut facets = document::identity_facets(root.0, &root.1, Some(doc));
             facets.extend(touched_inside.get(root).into_iter().flatten().cloned());
             events.push(NewEvent {
                 event_type: format!("{}.updated", root.0),
@@ -1960,35 +1965,32 @@ impl Writer<'_, '_> {
                         changed.push(events.len());
                     }
                     let action = actions.get(&key).copied().unwrap_or(Action::Updated);
+                    // Its event matches by its identity before and after (as a write's do by the rows it
+                    // touched): a subscriber filtering by a term hears of the service that lost it.
+                    let mut facets = document::identity_facets(t.name, &id, Some(&doc));
+                    if let Some(old) = old_doc.and_then(|d| serde_json::from_str::<Value>(d).ok()) {
+                        facets.extend(document::identity_facets(t.name, &id, Some(&old)));
+                    }
                     events.push(NewEvent {
                         event_type: format!("{}.{}", t.name, action.as_str()),
                         object: t.name,
                         object_id: id,
-                        facets: document::facets(t, &doc),
+                        facets,
                         data: doc,
                     });
                 }
                 let now = self.now;
+                let stored: Vec<Facets> = changed.iter().map(|&i| document::facets(t, &events[i].data)).collect();
                 let to_store: Vec<DocToStore> = changed
                     .iter()
-                    .map(|&i| {
+                    .zip(&stored)
+                    .map(|(&i, facets)| {
                         let e = &events[i];
-                        DocToStore {
-                            id: &e.object_id,
-                            doc: &e.data,
-                            facets: &e.facets,
-                            fresh: false,
-                            now,
-                            inserted: None,
-                        }
+                        DocToStore { id: &e.object_id, doc: &e.data, facets, fresh: false, now, inserted: None }
                     })
                     .collect();
-                let held = self.store_docs(t, &to_store).await?;
+                self.store_docs(t, &to_store).await?;
                 drop(to_store);
-                for (i, held) in changed.into_iter().zip(held) {
-                    // Its events match by what it held too (as a write's do).
-                    events[i].facets.extend(held);
-                }
                 self.append(events, &mut outcome).await?;
                 progress(t.name, ((n + 1) * 500).min(all.len()) as u64, total);
             }

@@ -537,7 +537,8 @@ impl Worker {
             Some(code) if (200..300).contains(&code) => AttemptOutcome::Succeeded,
             Some(410) => AttemptOutcome::Gone,
             code => {
-                let made = (delivery.attempts + 1) as u32;
+                // Its place in the schedule: an attempt asked for by hand takes none (see `schedule_position`).
+                let made = delivery.schedule_position();
                 let honoured = match (code, &r.retry_after) {
                     (Some(429 | 503), Some(v)) => retry_after(v, std::time::SystemTime::now()),
                     _ => None,
@@ -644,6 +645,8 @@ fn as_recorded(delivery: &Delivery, record: &AttemptRecord, at: &str, held_until
         last_error: record.attempt.error.clone(),
         updated_at: record.attempt.at.clone(),
         lease_until: Some(held_until.to_string()),
+        manual_attempts: delivery.manual_attempts + i64::from(delivery.manual_due),
+        manual_due: false,
         ..delivery.clone()
     }
 }

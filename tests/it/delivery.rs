@@ -805,6 +805,7 @@ async fn a_disable_and_a_batch_of_attempts_take_rows_in_one_order() {
         updated_at: at(0),
         body: "{}".into(),
         lease_until: Some(lease),
+        ..Delivery::default()
     };
     let record = AttemptRecord {
         attempt: Attempt {

@@ -584,9 +584,11 @@ store_test!(filters_follow_a_document_as_it_changes_and_goes, |app| async move {
     assert_eq!(service_ids(&app, &format!("organization_id={O1}")).await, [S1]);
 });
 
-/// Takes back what migration 10 added, so that a store set back to an earlier schema version looks like one
-/// written then (SQLite cannot add a column only if it is missing, so the migration cannot run twice).
-async fn forget_migration_10(pool: &sqlx::AnyPool) {
+/// Takes back what migrations 10 and 11 added, so that a store set back to an earlier schema version looks like
+/// one written then (SQLite cannot add a column only if it is missing, so a migration cannot run twice).
+async fn forget_migrations_from_10(pool: &sqlx::AnyPool) {
+    sqlx::query("ALTER TABLE deliveries DROP COLUMN manual_attempts").execute(pool).await.unwrap();
+    sqlx::query("ALTER TABLE deliveries DROP COLUMN manual_due").execute(pool).await.unwrap();
     sqlx::query("ALTER TABLE deliveries DROP COLUMN lease_holder").execute(pool).await.unwrap();
     sqlx::query("ALTER TABLE subscriptions DROP COLUMN verification_holder").execute(pool).await.unwrap();
     sqlx::query("DROP TABLE IF EXISTS live_workers").execute(pool).await.unwrap();
@@ -604,7 +606,7 @@ store_test!(upgrading_a_store_drops_stored_self_facets_and_filters_still_match, 
     .execute(&pool)
     .await
     .unwrap();
-    forget_migration_10(&pool).await;
+    forget_migrations_from_10(&pool).await;
     sqlx::query("UPDATE meta SET value = '5' WHERE key = 'schema_version'").execute(&pool).await.unwrap();
     let upgraded = hsda::store::Db::connect(&app.database_url).await.expect("migrate to the current schema");
     upgraded.close().await;
@@ -615,7 +617,7 @@ store_test!(upgrading_a_store_drops_stored_self_facets_and_filters_still_match, 
     assert_eq!(left, 0, "self facets are gone");
     let version: String =
         sqlx::query_scalar("SELECT value FROM meta WHERE key = 'schema_version'").fetch_one(&pool).await.unwrap();
-    assert_eq!(version, "10", "migrated to the latest schema");
+    assert_eq!(version, "11", "migrated to the latest schema");
     pool.close().await;
     let page = app.get_json(&format!("/organizations?organization_id={O1}")).await;
     assert_eq!(page["total_items"], 1);
@@ -650,7 +652,7 @@ async fn a_sqlite_store_indexed_by_the_old_triggers_keeps_its_search_through_mig
         .await
         .unwrap();
     sqlx::query("DROP INDEX records_by_id").execute(&pool).await.unwrap();
-    forget_migration_10(&pool).await;
+    forget_migrations_from_10(&pool).await;
     sqlx::query("UPDATE meta SET value = '8' WHERE key = 'schema_version'").execute(&pool).await.unwrap();
     // A change made at schema 8: its trigger rewrites the index entry at once.
     sqlx::query("UPDATE records SET search_text = 'Seed Library' WHERE kind = 'organization' AND id = $1")
@@ -736,7 +738,7 @@ async fn processes_migrating_one_sqlite_file_at_once_all_open_it() {
     let pool = sqlx::AnyPool::connect(&url).await.unwrap();
     let version: String =
         sqlx::query_scalar("SELECT value FROM meta WHERE key = 'schema_version'").fetch_one(&pool).await.unwrap();
-    assert_eq!(version, "10");
+    assert_eq!(version, "11");
     let triggers: i64 =
         sqlx::query_scalar("SELECT COUNT(*) FROM sqlite_master WHERE type = 'trigger' AND name LIKE 'records_fts_%'")
             .fetch_one(&pool)

@@ -1337,6 +1337,39 @@ async fn a_retry_asked_for_while_one_is_held_keeps_the_schedule(store: Store) {
 
 crate::each_store!(a_retry_asked_for_while_one_is_held_keeps_the_schedule);
 
+/// An attempt asked for by hand is an extra one: it takes no place in the automatic retry schedule, so a
+/// failing delivery still gets every automatic retry after it (as a manual retry in Stripe or Svix leaves
+/// the schedule alone). Once the schedule is spent, a retry by hand that fails ends the delivery failed
+/// again after that one attempt.
+async fn a_retry_asked_for_uses_up_no_automatic_retry(store: Store) {
+    let Some(app) = TestApp::spawn_with(store, |c| c.retry_schedule = Some("1,1".into())).await else { return };
+    let rx = Receiver::start().await;
+    let mut script = vec![(200, None)];
+    script.extend([(500, None); 8]);
+    rx.script(&script);
+    let sub = create(&app, json!({"url": rx.url, "events": ["organization.created"]})).await;
+    rx.wait_for("the ping", |r| r.len() == 1).await;
+    put_org(&app, O1, "One").await;
+    let delivery = delivery_of(&app, sub["id"].as_str().unwrap(), "organization.created").await;
+    delivery_reaches(&app, &delivery, "retrying").await;
+    let r = app.post_as(&app.subscribe_key, &format!("/deliveries/{delivery}/retry"), None).await;
+    assert_eq!(r.status(), 202);
+    let failed = delivery_reaches(&app, &delivery, "failed").await;
+    // Three automatic attempts (the first and two retries) and the one asked for.
+    assert_eq!(failed["attempts"].as_array().map(Vec::len), Some(4), "{failed}");
+    assert_eq!(rx.received().len(), 5);
+
+    let r = app.post_as(&app.subscribe_key, &format!("/deliveries/{delivery}/retry"), None).await;
+    assert_eq!(r.status(), 202);
+    rx.wait_for("the retry asked for", |r| r.len() == 6).await;
+    let failed = delivery_reaches(&app, &delivery, "failed").await;
+    assert_eq!(failed["attempts"].as_array().map(Vec::len), Some(5), "{failed}");
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(rx.received().len(), 6, "no automatic retry after a spent schedule");
+}
+
+crate::each_store!(a_retry_asked_for_uses_up_no_automatic_retry);
+
 webhook_test!(a_retry_asked_for_during_an_attempt_sends_no_second_copy, |app| async move {
     // Asked for (twice) while the first attempt waits at the target, a retry leaves that attempt to finish:
     // no second copy goes out beside it, and the attempts counted are the attempts recorded.
@@ -1561,39 +1594,59 @@ async fn a_delivery_whose_event_is_gone_fails_instead_of_sending_nothing(store: 
 crate::each_store!(a_delivery_whose_event_is_gone_fails_instead_of_sending_nothing);
 
 webhook_test!(a_filter_by_a_service_or_location_hears_of_the_organization_that_gets_it, |app| async move {
-    // The organization's `updated` event that announces a new service (or location) matches a filter by that
-    // service, as a later change of the service does; a change of another service of the organization does not.
-    let (service, location) = ("00000000-0000-4000-8000-0000000000d1", "00000000-0000-4000-8000-0000000000d2");
-    let other = "00000000-0000-4000-8000-0000000000d3";
+    // An organization's `updated` event matches a filter by a service, location or term when the write changed
+    // that service, location or tag inside it (its creation, a phone of it), as the organization's own
+    // identity does; not because the organization lists it: a change of a sibling service reaches none of them,
+    // even once the filtered service has rows of its own that name it deep in the organization's document.
+    let id = |n: u32| format!("00000000-0000-4000-8000-0000000000{n:02x}");
+    let (service, location, other, term) = (id(0xd1), id(0xd2), id(0xd3), id(0xd4));
     put_org(&app, O1, "One").await;
-    let rx = Receiver::start().await;
-    let by_service = Receiver::start().await;
-    create(&app, json!({"url": rx.url, "events": ["organization.*"], "filter": {"location_id": location}})).await;
-    // Ordered: what it gets comes in sequence order, so an event it should not get shows before the last.
-    let body = json!({"url": by_service.url, "events": ["organization.*"], "filter": {"service_id": service},
-        "ordered": true});
-    create(&app, body).await;
-    rx.wait_for("the ping", |r| r.len() == 1).await;
-    by_service.wait_for("the ping", |r| r.len() == 1).await;
-    let body = json!({"name": "A service", "organization_id": O1, "status": "active"});
+    app.put_ok(&format!("/taxonomy_terms/{term}"), &json!({"name": "Food", "description": "d"})).await;
+    let mut subscribers = Vec::new();
+    for (field, value) in [("service_id", &service), ("location_id", &location), ("taxonomy_term_id", &term)] {
+        let rx = Receiver::start().await;
+        // Ordered: what each gets comes in sequence order.
+        let body = json!({"url": rx.url, "events": ["organization.*"], "filter": {field: value}, "ordered": true});
+        let sub = create(&app, body).await["id"].as_str().unwrap().to_string();
+        rx.wait_for("the ping", |r| r.len() == 1).await;
+        subscribers.push((rx, sub));
+    }
+    let body = json!({"name": "A service", "organization_id": O1, "status": "active",
+        "attributes": [{"id": id(0xe1), "taxonomy_term_id": term}]});
     app.put_ok(&format!("/services/{service}"), &body).await;
-    let got = by_service.wait_for("the organization, with its new service", |r| r.len() == 2).await;
-    assert_eq!(got[1].json()["type"], "organization.updated");
-    assert_eq!(got[1].json()["data"]["services"][0]["id"], service);
     let body = json!({"name": "A place", "organization_id": O1, "location_type": "physical"});
     app.put_ok(&format!("/locations/{location}"), &body).await;
-    let got = rx.wait_for("the organization, with its new location", |r| r.len() == 2).await;
-    assert_eq!(got[1].json()["type"], "organization.updated");
-    assert_eq!(got[1].json()["data"]["locations"][0]["id"], location);
+    app.put_ok(&format!("/phones/{}", id(0xe2)), &json!({"number": "1", "service_id": service})).await;
 
+    // A sibling service: created, given a phone, renamed. Nothing of it is news of the filtered service,
+    // location or term.
     let body = json!({"name": "Another service", "organization_id": O1, "status": "active"});
     app.put_ok(&format!("/services/{other}"), &body).await;
-    let body = json!({"name": "Renamed", "organization_id": O1, "status": "active"});
-    app.put_ok(&format!("/services/{service}"), &body).await;
-    let got = by_service.wait_for("the organization, with the service renamed", |r| r.len() >= 3).await;
-    let message = got[2].json();
-    let services = message["data"]["services"].as_array().unwrap();
-    let renamed = services.iter().find(|s| s["id"] == service).unwrap();
-    assert_eq!(renamed["name"], "Renamed", "the other service's creation was not sent: {message}");
-    assert_eq!(rx.received().len(), 2, "nor to the location's subscriber");
+    app.put_ok(&format!("/phones/{}", id(0xe3)), &json!({"number": "2", "service_id": other})).await;
+    assert!(app.patch(&format!("/services/{other}"), &json!({"name": "Renamed too"})).await.status().is_success());
+
+    assert!(app.patch(&format!("/services/{service}"), &json!({"name": "Renamed"})).await.status().is_success());
+    let tag = json!({"taxonomy_term_id": term, "link_id": location, "link_type": "location",
+        "link_entity": "location"});
+    app.put_ok(&format!("/attributes/{}", id(0xe5)), &tag).await;
+
+    // What each got, in order after its ping: (which service or location the change was about, what it shows).
+    let (by_service, by_location, by_term) = (&subscribers[0], &subscribers[1], &subscribers[2]);
+    let got = by_term.0.wait_for("the tag of the location", |r| r.len() >= 3).await;
+    // The last write's event is dispatched: every subscription's deliveries are all there is to get.
+    for ((rx, sub), count) in subscribers.iter().zip([4, 3, 3]) {
+        let page = app.get_as(&app.subscribe_key, &format!("/webhooks/{sub}/deliveries")).await;
+        assert_eq!(page["total_items"], count, "{page}");
+        rx.wait_for("all of them", |r| r.len() == count).await;
+    }
+    let service_in = |doc: &Value| doc["services"].as_array().unwrap().iter().find(|s| s["id"] == service).cloned();
+    assert!(got[1].json()["data"]["services"][0]["attributes"][0]["taxonomy_term"]["id"] == term.as_str());
+    assert_eq!(got[2].json()["data"]["locations"][0]["attributes"][0]["id"], id(0xe5));
+    let got: Vec<Value> = by_service.0.received().iter().skip(1).map(|r| r.json()["data"].clone()).collect();
+    assert!(service_in(&got[0]).is_some(), "its creation: {}", got[0]);
+    assert_eq!(service_in(&got[1]).unwrap()["phones"][0]["number"], "1", "its phone: {}", got[1]);
+    assert_eq!(service_in(&got[2]).unwrap()["name"], "Renamed", "its rename: {}", got[2]);
+    let got: Vec<Value> = by_location.0.received().iter().skip(1).map(|r| r.json()["data"].clone()).collect();
+    assert_eq!(got[0]["locations"][0]["id"], location, "its creation: {}", got[0]);
+    assert_eq!(got[1]["locations"][0]["attributes"][0]["id"], id(0xe5), "its tag: {}", got[1]);
 });
