@@ -310,7 +310,7 @@ fn add_webhook_paths(paths: &mut Map<String, Value>, schemas: &mut Map<String, V
                 "organization_id": {"type": "string", "format": "uuid"}, "service_id": {"type": "string", "format": "uuid"},
                 "location_id": {"type": "string", "format": "uuid"}, "taxonomy_term_id": {"type": "string", "format": "uuid"} },
                 "additionalProperties": false,
-                "description": "All given ids must match (AND). An event matches an id when its object is that object, lies inside it (a phone of the service), or references it itself (a service's organization_id, the terms of its own attributes, the locations of its own service_at_locations); and, for a document's `updated` event caused by a change inside it, when the change was to or inside that object (the organization update a new phone of service S makes matches service_id S; a change of a sibling service does not)."},
+                "description": "All given ids must match (AND). An event matches an id when its object is that object, is part of it (a phone of the service), or references it itself (a service's organization_id, the terms of its own attributes, the locations of its own service_at_locations); and, for a document's `updated` event caused by a change inside it, when the change was to or inside that object (the organization update a new phone of service S makes matches service_id S; a change of a sibling service, or the organization's own rename, does not)."},
             "schedule": {"type": ["string", "null"]},
             "description": {"type": "string"},
             "secret": {"type": "string", "description": "whsec_... (hmac-sha256) or whsk_... (ed25519); returned only at creation and rotation"},
@@ -402,7 +402,7 @@ fn add_webhook_paths(paths: &mut Map<String, Value>, schemas: &mut Map<String, V
     ] {
         paths.insert(path.into(), json!({ "parameters": id_param, "post": { "operationId": op, "summary": summary, "tags": ["webhooks"], "security": security,
             "requestBody": { "content": { "application/json": { "schema": { "type": "object", "properties": body, "additionalProperties": false } } } },
-            "responses": { "200": {"description": "Done."}, "202": {"description": "Queued."}, "404": not_found, "422": problem_response("A field is invalid or unknown.") } } }));
+            "responses": { "200": {"description": "Done."}, "202": {"description": "Queued."}, "404": not_found, "409": problem_response("The subscription's state does not allow it: a replay of a disabled one (enable it, with replay_missed), an enable of one awaiting verification."), "422": problem_response("A field is invalid or unknown.") } } }));
     }
     paths.insert("/webhooks/{id}/deliveries".into(), json!({ "parameters": id_param, "get": { "operationId": "listDeliveries", "tags": ["webhooks"], "security": security,
         "summary": "Delivery history, newest first",
@@ -416,5 +416,5 @@ fn add_webhook_paths(paths: &mut Map<String, Value>, schemas: &mut Map<String, V
     paths.insert("/deliveries/{id}/retry".into(), json!({ "parameters": id_param, "post": { "operationId": "retryDelivery", "tags": ["webhooks"], "security": security,
         "summary": "Attempt this delivery again now",
         "description": "Queues the delivery to be sent at once (its next scheduled retry, if any, is brought forward). An attempt asked for is an extra one: it uses up no automatic retry, so should it fail the schedule goes on where it stood (and a delivery whose schedule was spent is failed again). An attempt already at the target is left to finish and no second copy is sent beside it; should that attempt fail, the retry goes at once rather than on the schedule.",
-        "responses": { "202": {"description": "Queued."}, "404": not_found } } }));
+        "responses": { "202": {"description": "Queued."}, "404": not_found, "409": problem_response("Its subscription is disabled: enable it first (with replay_missed to send what it missed).") } } }));
 }

@@ -120,6 +120,56 @@ pub fn row_facets(table: &Table, row: &Map<String, Value>) -> BTreeSet<(String, 
     out
 }
 
+/// What changed inside a root document from `old` to `new`, as facets: for every nested object (one with an
+/// `id`) that is new, gone or different, its own id (under `{kind}_id`, where its key names a facet kind) and
+/// the ids it references itself. An object holding a changed one differs too, so the way to a change is in.
+/// (An import knows its documents, not the rows it touched: this stands in for the rows a write touched.)
+pub fn changed_inside(old: Option<&Value>, new: &Value) -> BTreeSet<(String, String)> {
+    let (mut before, mut after) = (HashMap::new(), HashMap::new());
+    if let Some(old) = old {
+        nested_objects(old, None, &mut before);
+    }
+    nested_objects(new, None, &mut after);
+    let mut out = BTreeSet::new();
+    for (these, others) in [(&before, &after), (&after, &before)] {
+        for (id, (kind, object)) in these {
+            if others.get(id).is_some_and(|(_, other)| other == object) {
+                continue;
+            }
+            if let Some(kind) = kind {
+                out.insert((format!("{kind}_id"), id.to_string()));
+            }
+            for (key, v) in object.as_object().into_iter().flatten() {
+                if let Value::String(s) = v
+                    && FACET_KEYS.contains(&key.as_str())
+                {
+                    out.insert((key.clone(), s.clone()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Every object with an id below the top of `value`, by id: the facet kind its key names (`services` and
+/// `service` name `service`), and the object.
+fn nested_objects<'v>(value: &'v Value, key: Option<&str>, out: &mut HashMap<&'v str, (Option<String>, &'v Value)>) {
+    match value {
+        Value::Object(map) => {
+            if let (Some(key), Some(id)) = (key, map.get("id").and_then(Value::as_str)) {
+                let kind = key.strip_suffix('s').unwrap_or(key);
+                let kind = FACET_KEYS.contains(&format!("{kind}_id").as_str()).then(|| kind.to_string());
+                out.insert(id, (kind, value));
+            }
+            for (k, v) in map {
+                nested_objects(v, Some(k), out);
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| nested_objects(v, key, out)),
+        _ => {}
+    }
+}
+
 fn collect_facets(value: &Value, out: &mut BTreeSet<(String, String)>) {
     match value {
         Value::Object(map) => {
@@ -150,9 +200,10 @@ fn collect_facets(value: &Value, out: &mut BTreeSet<(String, String)>) {
     }
 }
 
-/// The facets a root contributes to the events of rows inside it: its own id, its top-level references and
-/// the taxonomy terms it is tagged with itself (its own `attributes`, not those of what it embeds: a phone of
-/// one service must not match the terms of the organization's other services).
+/// A root's identity, which its own events and those of the rows it holds match: its own id, its top-level
+/// references, the locations it is linked to and the taxonomy terms it is tagged with itself (its own
+/// `attributes`, not those of what it embeds: a phone of one service must not match the terms of the
+/// organization's other services).
 pub fn identity_facets(kind: &str, id: &str, doc: Option<&Value>) -> BTreeSet<(String, String)> {
     let mut out = BTreeSet::new();
     out.insert((format!("{kind}_id"), id.to_string()));
@@ -607,6 +658,26 @@ mod tests {
         ] {
             assert!(f.contains(&(pair.0.to_string(), pair.1.to_string())), "{pair:?} in {f:?}");
         }
+    }
+
+    #[test]
+    fn what_changed_inside_a_document_names_the_changed_objects_and_the_way_to_them() {
+        let old = json!({"id": "o1", "name": "Org", "services": [
+            {"id": "s1", "organization_id": "o1", "phones": [{"id": "p1", "service_id": "s1", "number": "1"}]},
+            {"id": "s2", "organization_id": "o1", "phones": [{"id": "p2", "service_id": "s2", "number": "2"}]}]});
+        let mut new = old.clone();
+        new["services"][1]["phones"][0]["number"] = json!("3");
+        let pairs = |v: &[(&str, &str)]| v.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeSet<_>>();
+        // The phone of s2 changed: s2 is on the way; s1 and its phone are not named.
+        assert_eq!(changed_inside(Some(&old), &new), pairs(&[("service_id", "s2"), ("organization_id", "o1")]));
+        assert_eq!(changed_inside(Some(&old), &old), BTreeSet::new());
+        // A new document: everything in it is new.
+        let all = changed_inside(None, &new);
+        assert!(all.contains(&("service_id".into(), "s1".into())) && all.contains(&("service_id".into(), "s2".into())));
+        // A service gone from the list is named too.
+        let mut fewer = old.clone();
+        fewer["services"].as_array_mut().unwrap().remove(0);
+        assert_eq!(changed_inside(Some(&old), &fewer), pairs(&[("service_id", "s1"), ("organization_id", "o1")]));
     }
 
     #[test]

@@ -602,6 +602,9 @@ async fn replay(
     let principal = caller.require(&[Scope::Subscribe])?;
     let sub = owned(&state, principal, &id).await?;
     known_fields(&body, &["since", "until", "only_failed"])?;
+    if sub.status == "disabled" {
+        return Err(disabled_conflict());
+    }
     // Every field's problem at once. `since` is required: a replay of everything ever sent is rarely meant,
     // and `enable` with `replay_missed` covers a disabled subscription's gap.
     let mut errors = Vec::new();
@@ -678,6 +681,14 @@ async fn enable(
 
 fn conflict(message: &str) -> ApiError {
     ApiError::Conflict { message: message.to_string(), referenced_by: Vec::new() }
+}
+
+/// A retry or replay for a disabled subscription: nothing would send it.
+fn disabled_conflict() -> ApiError {
+    conflict(
+        "the subscription is disabled: enable it first (POST /webhooks/{id}/enable, with replay_missed to send \
+         what it missed)",
+    )
 }
 
 /// Sends a `pending` subscription's verification challenge now and answers with the subscription and the
@@ -829,6 +840,8 @@ async fn retry(State(state): State<AppState>, caller: Caller, Path(id): Path<Str
     if principal.scope != Scope::Admin && d.tenant != principal.tenant {
         return Err(ApiError::NotFound(format!("delivery {id}")));
     }
-    state.db.retry_now(&id).await?;
+    if !state.db.retry_now(&id).await? {
+        return Err(disabled_conflict());
+    }
     Ok((StatusCode::ACCEPTED, Json(json!({ "id": id, "status": "retrying" }))).into_response())
 }

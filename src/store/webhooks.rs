@@ -180,6 +180,11 @@ impl Delivery {
         let automatic = (self.attempts - self.manual_attempts).max(0);
         (automatic + i64::from(!self.manual_due)).try_into().unwrap_or(u32::MAX)
     }
+
+    /// A sentinel (empty id) that tells the attempt recorder to finish.
+    pub fn stop_marker() -> Delivery {
+        Delivery::default()
+    }
 }
 
 const DELIVERY_COLUMNS: &str = "id, subscription_id, tenant, event_id, event_sequence, event_type, object_id, status, \
@@ -209,13 +214,6 @@ fn delivery_from_row(row: &AnyRow) -> sqlx::Result<Delivery> {
         manual_attempts: row.try_get("manual_attempts")?,
         manual_due: row.try_get::<i64, _>("manual_due")? != 0,
     })
-}
-
-impl Delivery {
-    /// A sentinel (empty id) that tells the attempt recorder to finish.
-    pub fn stop_marker() -> Delivery {
-        Delivery::default()
-    }
 }
 
 impl AttemptRecord {
@@ -971,18 +969,22 @@ impl Db {
             .collect()
     }
 
-    /// Makes a finished or waiting delivery due now again (idempotent: a queued one stays queued).
+    /// Makes a finished or waiting delivery due now again (idempotent: a queued one stays queued). False if
+    /// there is no such delivery or its subscription is disabled (nothing would send it).
     pub async fn retry_now(&self, delivery_id: &str) -> sqlx::Result<bool> {
         // An attempt in flight (leased, and due: claimed, or a held retry whose time came) keeps its lease:
         // releasing it let a claim send a second copy beside it, and the two results raced on the delivery's
         // attempt count. Its due time moves to now instead, which the recorder reads as "asked for": should
         // the attempt fail, the retry is due at once, not on the schedule. A retry held for later (leased, not
         // due yet) is brought forward; the worker's timer then finds its lease gone.
-        let done = sqlx::query(
+        let done = sqlx::query(&format!(
             "UPDATE deliveries SET status = CASE WHEN status = 'pending' THEN 'pending' ELSE 'retrying' END, \
-             manual_due = 1, lease_until = CASE WHEN lease_until IS NOT NULL AND lease_until > $1 AND next_attempt_at <= $1 \
-             THEN lease_until ELSE NULL END, next_attempt_at = $1 WHERE id = $2",
-        )
+             manual_due = CASE WHEN status IN ('failed', 'succeeded') OR next_attempt_at > $1 \
+             OR (lease_until IS NOT NULL AND lease_until > $1) THEN 1 ELSE manual_due END, \
+             lease_until = CASE WHEN lease_until IS NOT NULL AND lease_until > $1 AND next_attempt_at <= $1 \
+             THEN lease_until ELSE NULL END, next_attempt_at = $1 WHERE id = $2 AND {}",
+            not_disabled(self.backend)
+        ))
         .bind(now_text())
         .bind(delivery_id)
         .execute(&self.pool)
@@ -991,7 +993,8 @@ impl Db {
         Ok(done.rows_affected() > 0)
     }
 
-    /// Re-queues a subscription's deliveries created in [since, until) (only failed ones if asked).
+    /// Re-queues a subscription's deliveries created in [since, until) (only failed ones if asked); none of a
+    /// disabled subscription.
     pub async fn replay(
         &self,
         subscription_id: &str,
@@ -1002,7 +1005,8 @@ impl Db {
         let status_filter = if only_failed { "status = 'failed'" } else { "status IN ('failed', 'succeeded')" };
         let done = sqlx::query(&format!(
             "UPDATE deliveries SET status = 'retrying', next_attempt_at = $1, lease_until = NULL, manual_due = 1 \
-             WHERE subscription_id = $2 AND created_at >= $3 AND created_at < $4 AND {status_filter}"
+             WHERE subscription_id = $2 AND created_at >= $3 AND created_at < $4 AND {status_filter} AND {}",
+            not_disabled(self.backend)
         ))
         .bind(now_text())
         .bind(subscription_id)
@@ -1013,6 +1017,17 @@ impl Db {
         self.notify_changed();
         Ok(done.rows_affected())
     }
+}
+
+/// That the subscription of the `deliveries` row being updated is not disabled: a delivery queued for one would
+/// wait unsent, and an `enable` without `replay_missed` would then send it. On PostgreSQL the subscription row is
+/// share-locked, so a disable (which locks it for update, then ends the open deliveries) either sees the
+/// delivery queued and ends it, or commits first and this sees it disabled.
+fn not_disabled(backend: Backend) -> String {
+    let lock = if backend == Backend::Postgres { " FOR SHARE" } else { "" };
+    format!(
+        "EXISTS (SELECT 1 FROM subscriptions s WHERE s.id = deliveries.subscription_id AND s.status <> 'disabled'{lock})"
+    )
 }
 
 /// The deliveries that may be claimed (`d`, joined with their subscription `s`): unfinished, of a live
@@ -1137,16 +1152,18 @@ pub(crate) async fn record_in(
         // One exception: a success the target acknowledged after a disable ended its delivery as failed
         // (FAILED_BY_DISABLE) makes it succeeded, so that nothing it got is sent again as missed.
         // A retry asked for while the attempt was out moved the delivery's due time past the attempt's start
-        // (`Db::retry_now`): a failure is then due at once, unleased (not held), instead of on the schedule.
+        // (`Db::retry_now`): a failure is then due at once, unleased (not held), instead of on the schedule,
+        // even one that spent the schedule (the retry was accepted; a 410 still ends it), and counts as asked
+        // for (`manual_due` stays set for it).
+        let asked = "(deliveries.next_attempt_at > v.at AND v.status <> 'succeeded' AND COALESCE(v.code, 0) <> 410)";
         let sql = format!(
             "WITH v (id, status, next_at, code, error, at, lease, ran_under, holder, manual) AS (VALUES {}) \
-             UPDATE deliveries SET status = v.status, attempts = attempts + 1, lease_holder = v.holder, \
-             manual_attempts = manual_attempts + v.manual, \
-             manual_due = CASE WHEN v.manual = 1 THEN 0 ELSE manual_due END, \
-             next_attempt_at = CASE WHEN v.status = 'retrying' AND deliveries.next_attempt_at > v.at \
-             THEN deliveries.next_attempt_at ELSE v.next_at END, \
-             lease_until = CASE WHEN v.status = 'retrying' AND deliveries.next_attempt_at > v.at \
-             THEN NULL ELSE v.lease END, \
+             UPDATE deliveries SET status = CASE WHEN {asked} THEN 'retrying' ELSE v.status END, \
+             attempts = attempts + 1, lease_holder = v.holder, manual_attempts = manual_attempts + v.manual, \
+             manual_due = CASE WHEN v.status = 'succeeded' THEN 0 WHEN {asked} THEN manual_due \
+             WHEN v.manual = 1 THEN 0 ELSE manual_due END, \
+             next_attempt_at = CASE WHEN {asked} THEN deliveries.next_attempt_at ELSE v.next_at END, \
+             lease_until = CASE WHEN {asked} THEN NULL ELSE v.lease END, \
              last_status_code = v.code, last_error = v.error, updated_at = v.at \
              FROM v WHERE deliveries.id = v.id AND ((deliveries.status IN ('pending', 'retrying') \
              AND (deliveries.lease_until = v.ran_under OR (deliveries.lease_until IS NULL AND v.ran_under IS NULL))) \
@@ -1523,7 +1540,8 @@ impl Db {
         // What was still owed when the subscription was last disabled goes out again first (not what an earlier
         // disable ended and a plain enable left so).
         let reopened = sqlx::query(
-            "UPDATE deliveries SET status = 'retrying', next_attempt_at = $1, lease_until = NULL, updated_at = $1 \
+            "UPDATE deliveries SET status = 'retrying', next_attempt_at = $1, lease_until = NULL, updated_at = $1, \
+             manual_due = 0 \
              WHERE subscription_id = $2 AND status = 'failed' AND last_error IN ($3, $4) AND updated_at >= $5",
         )
         .bind(&now)

@@ -1112,8 +1112,7 @@ impl Writer<'_, '_> {
         }
     }
 
-    /// Stores root documents of `table` and what lists and filters need of them; returns, for each, the
-    /// facets it held before. A `fresh` one (created in this transaction: a deleted row's facets went with it)
+    /// Stores root documents of `table` and what lists and filters need of them. A `fresh` one (created in this transaction: a deleted row's facets went with it)
     /// has no facets to delete first. One statement per chunk of documents, not per document.
     async fn store_docs(&mut self, table: &'static Table, docs: &[DocToStore<'_>]) -> sqlx::Result<()> {
         let mut previous: HashMap<String, String> = HashMap::new();
@@ -1221,6 +1220,11 @@ impl Writer<'_, '_> {
     /// (`phone.service_id` -> that service), and — only when the row itself changed, not something inside
     /// it — in the rows that nest it as a `One` (`service.organization`, `attribute.taxonomy_term`). An
     /// organization root also embeds its services and a service_at_location root its service.
+    ///
+    /// Each walk also tells which roots hold the row (reached only up through back references: the row is
+    /// one of theirs, as a phone is its service's and its organization's) and, for each root, the roots on
+    /// the way to it (a phone of a service reaches the organization through that service). A root reached
+    /// sideways only shows the row (a service shows its organization's own fields): the row is not its.
     async fn embedding_walks_of(&mut self, starts: &[&Touched]) -> sqlx::Result<Vec<Walk>> {
         // A walk's first row is a node of its own (its rows are the write's before and after, and it changed
         // itself); any other row is one node, whichever walks reach it.
@@ -1229,7 +1233,8 @@ impl Writer<'_, '_> {
             Start(usize),
             Row(&'static str, String),
         }
-        let mut edges: HashMap<Node, Vec<(&'static Table, String)>> = HashMap::new();
+        // Each node's edges: the row it leads to, and whether that row nests it (up) or shows it (sideways).
+        let mut edges: HashMap<Node, Vec<(&'static Table, String, bool)>> = HashMap::new();
         let mut frontier: Vec<(Node, &'static Table, String, Vec<Row>)> = starts
             .iter()
             .enumerate()
@@ -1258,7 +1263,7 @@ impl Writer<'_, '_> {
                     true => loaded.get(&(t.name, id.clone())).cloned().into_iter().collect(),
                     false => rows,
                 };
-                let mut out: Vec<(&'static Table, String)> = Vec::new();
+                let mut out: Vec<(&'static Table, String, bool)> = Vec::new();
                 // Up through back references: the parents that nest this row in a `Many` key.
                 for field in t.reference_fields() {
                     for row in &rows {
@@ -1287,7 +1292,7 @@ impl Writer<'_, '_> {
                             });
                             let root_extra = parent.name == "organization" && t.name == "service";
                             if nests_here || root_extra {
-                                out.push((parent, target_id.to_string()));
+                                out.push((parent, target_id.to_string(), true));
                             }
                         }
                     }
@@ -1303,10 +1308,10 @@ impl Writer<'_, '_> {
                     let full_location = referrer.name == "service_at_location" && t.name == "location";
                     let service_in_link = referrer.name == "service_at_location" && t.name == "service";
                     if (nests_one && (own_change || full_location)) || service_in_link {
-                        out.push((referrer, referrer_id.clone()));
+                        out.push((referrer, referrer_id.clone(), false));
                     }
                 }
-                for (parent, parent_id) in &out {
+                for (parent, parent_id, _) in &out {
                     let reached = Node::Row(parent.name, parent_id.clone());
                     if !edges.contains_key(&reached) && !next.iter().any(|(n, ..)| *n == reached) {
                         next.push((reached, parent, parent_id.clone(), Vec::new()));
@@ -1316,24 +1321,45 @@ impl Writer<'_, '_> {
             }
             frontier = next;
         }
-        // Each row's roots: every row its walk reaches (each row once, however reached).
+        // Each row's roots: every row its walk reaches. A row is gone through again only when reached up with
+        // roots on the way it was not yet reached up with (first reached sideways, say, or up through another
+        // root): holders and the roots on the way to them are then complete whatever the order. Each pass
+        // adds a root to a row's set, so the walk ends.
         let walks = (0..starts.len())
             .map(|i| {
-                let mut roots = BTreeSet::new();
+                let mut walk = Walk::default();
                 let mut seen: HashSet<Root> = HashSet::new();
-                let mut stack = vec![(Node::Start(i), starts[i].table, starts[i].id.clone())];
-                while let Some((node, t, id)) = stack.pop() {
-                    if !seen.insert((t.name, id.clone())) {
+                let mut up_with: HashMap<Root, BTreeSet<Root>> = HashMap::new();
+                let start = (Node::Start(i), starts[i].table, starts[i].id.clone(), true, Vec::<Root>::new());
+                let mut stack = vec![start];
+                while let Some((node, t, id, up, mut path)) = stack.pop() {
+                    let here: Root = (t.name, id);
+                    let first = seen.insert(here.clone());
+                    if up {
+                        let known = up_with.get(&here);
+                        let news = known.is_none() || path.iter().any(|root| !known.is_some_and(|k| k.contains(root)));
+                        if !news {
+                            continue;
+                        }
+                        up_with.entry(here.clone()).or_default().extend(path.iter().cloned());
+                    } else if !first {
                         continue;
                     }
                     if t.is_root() {
-                        roots.insert((t.name, id));
+                        walk.roots.insert(here.clone());
+                        if up {
+                            walk.holders.insert(here.clone());
+                            walk.via.entry(here.clone()).or_default().extend(path.iter().cloned());
+                        }
+                        path.push(here.clone());
                     }
-                    for (parent, parent_id) in edges.get(&node).into_iter().flatten() {
-                        stack.push((Node::Row(parent.name, parent_id.clone()), parent, parent_id.clone()));
+                    for (parent, parent_id, nests) in edges.get(&node).into_iter().flatten() {
+                        let next = Node::Row(parent.name, parent_id.clone());
+                        stack.push((next, parent, parent_id.clone(), up && *nests, path.clone()));
                     }
                 }
-                Walk { roots, rows: seen }
+                walk.rows = seen;
+                walk
             })
             .collect();
         Ok(walks)
@@ -1366,10 +1392,18 @@ type Root = (&'static str, String);
 
 /// Where a touched row's walk up the documents went: the roots it reached, and every row on the way (the row
 /// itself included), whose compiled forms may show it.
+#[derive(Default)]
 struct Walk {
     roots: BTreeSet<Root>,
     rows: HashSet<Root>,
+    /// The roots the row is one of the rows of (the row itself, if a root, included).
+    holders: BTreeSet<Root>,
+    /// For each holder, the roots on the ways up to it from the row.
+    via: RootsOnTheWay,
 }
+
+/// For each root a walk reached, the roots it went through to get there.
+type RootsOnTheWay = HashMap<Root, BTreeSet<Root>>;
 
 /// A root document to store (see [`Writer::store_docs`]).
 struct DocToStore<'a> {
@@ -1452,6 +1486,8 @@ pub(crate) async fn finish_staged(
     if two_writes_meet(&starts, &walks, &write_of) {
         return Ok(None);
     }
+    let holders_of: Vec<BTreeSet<Root>> = walks.iter_mut().map(|w| std::mem::take(&mut w.holders)).collect();
+    let via_of: Vec<RootsOnTheWay> = walks.iter_mut().map(|w| std::mem::take(&mut w.via)).collect();
     let mut roots_of: Vec<BTreeSet<Root>> = walks.into_iter().map(|w| w.roots).collect();
     // A write does not reach the roots a later write of the batch created: they did not exist after it (a
     // new organization's walk would otherwise announce a service created after it under the organization).
@@ -1565,21 +1601,41 @@ pub(crate) async fn finish_staged(
         let mut reached: BTreeSet<&Root> = BTreeSet::new();
         // A root document's event matches its root's identity (its id, what it references itself, the terms
         // and locations it carries itself: `document::identity_facets`) and what this write touched inside
-        // it: each touched row as it stood before and after (its id and what it referenced) and the other
-        // documents that hold that row (a phone of a service is news of that service). Not everything the
+        // it: each touched row as it stood before and after (its id and what it referenced; a root row its
+        // identity) and the identity of the roots on the way up from that row to this one (a phone of a
+        // service is news of that service, its terms and locations, to its organization). Not everything the
         // document names at any depth: an organization lists every service and their phones, and a
         // subscriber filtering by one service must hear of the organization's update that this service's
         // change made, not of every update of its organization. The facets stored for list filters stay deep.
+        let identity = |root: &Root| {
+            let doc = docs.get(root).or_else(|| s.deleted_docs.get(root));
+            document::identity_facets(root.0, &root.1, doc)
+        };
         let mut touched_inside: HashMap<Root, Facets> = HashMap::new();
         for i in range.clone() {
             let t = starts[i];
-            let mut facets = BTreeSet::from([(format!("{}_id", t.table.name), t.id.clone())]);
-            for row in [&t.before, &t.after].into_iter().flatten() {
-                facets.extend(document::row_facets(t.table, row));
+            let key = (t.table.name, t.id.clone());
+            let mut row = BTreeSet::from([(format!("{}_id", t.table.name), t.id.clone())]);
+            for state in [&t.before, &t.after].into_iter().flatten() {
+                row.extend(document::row_facets(t.table, state));
             }
-            facets.extend(roots_of[i].iter().map(|(kind, id)| (format!("{kind}_id"), id.clone())));
-            for root in roots_of[i].iter().filter(|root| root.0 != t.table.name || root.1 != t.id) {
-                touched_inside.entry(root.clone()).or_default().extend(facets.iter().cloned());
+            if t.table.is_root() {
+                row.extend(identity(&key));
+            }
+            for root in roots_of[i].iter().filter(|root| **root != key) {
+                let inside = touched_inside.entry(root.clone()).or_default();
+                inside.extend(row.iter().cloned());
+                let on_the_way = via_of[i].get(root).into_iter().flatten().filter(|q| roots_of[i].contains(*q));
+                on_the_way.for_each(|q| inside.extend(identity(q)));
+            }
+        }
+        // What was touched inside a touched root was touched inside the roots that hold it too (the rows a
+        // deleted service took with it are news of its organization: their walks end at the service, gone).
+        for i in range.clone().filter(|&i| starts[i].table.is_root()) {
+            let key = (starts[i].table.name, starts[i].id.clone());
+            let Some(inside) = touched_inside.get(&key).cloned() else { continue };
+            for holder in holders_of[i].iter().filter(|h| **h != key && roots_of[i].contains(*h)) {
+                touched_inside.entry(holder.clone()).or_default().extend(inside.iter().cloned());
             }
         }
         for i in range {
@@ -1587,16 +1643,13 @@ pub(crate) async fn finish_staged(
             let roots = &roots_of[i];
             reached.extend(roots.iter());
             let key = (t.table.name, t.id.clone());
+            // A root's event matches its own identity (it holds itself: the loop below), a deleted one's as its
+            // document held it.
             let (data, mut facets) = match (&t.after, t.table.is_root()) {
-                (Some(_), true) => {
-                    let doc = docs.get(&key);
-                    (doc.cloned().unwrap_or_default(), document::identity_facets(t.table.name, &t.id, doc))
+                (Some(_), true) => (docs.get(&key).cloned().unwrap_or_default(), Facets::new()),
+                (None, true) if s.deleted_docs.contains_key(&key) => {
+                    (json!({ "id": t.id, "deleted": true }), Facets::new())
                 }
-                // A deleted root's event matches as its `updated` events did: by the identity its document held.
-                (None, true) if s.deleted_docs.contains_key(&key) => (
-                    json!({ "id": t.id, "deleted": true }),
-                    document::identity_facets(t.table.name, &t.id, Some(&s.deleted_docs[&key])),
-                ),
                 (after, _) => {
                     let data = match after {
                         None => json!({ "id": t.id, "deleted": true }),
@@ -1609,7 +1662,9 @@ pub(crate) async fn finish_staged(
             if let Some(before) = &t.before {
                 facets.extend(document::facets(t.table, &Value::Object(before.clone())));
             }
-            for (kind, id) in roots {
+            // A row's event matches the identity of the roots it is a row of; not of those that only show it
+            // (renaming an organization is not news of each of its services, whose documents show its name).
+            for (kind, id) in roots.iter().filter(|root| holders_of[i].contains(*root)) {
                 let root = (*kind, id.clone());
                 let doc = docs.get(&root).or_else(|| s.deleted_docs.get(&root));
                 facets.extend(document::identity_facets(kind, id, doc));
@@ -1965,11 +2020,14 @@ impl Writer<'_, '_> {
                         changed.push(events.len());
                     }
                     let action = actions.get(&key).copied().unwrap_or(Action::Updated);
-                    // Its event matches by its identity before and after (as a write's do by the rows it
-                    // touched): a subscriber filtering by a term hears of the service that lost it.
+                    // Its event matches by its identity before and after, and by what changed inside it (a
+                    // write's by the rows it touched): a subscriber filtering by a term hears of the service
+                    // that lost it, one filtering by a service of the organization update that changed it.
+                    let old = old_doc.and_then(|d| serde_json::from_str::<Value>(d).ok());
                     let mut facets = document::identity_facets(t.name, &id, Some(&doc));
-                    if let Some(old) = old_doc.and_then(|d| serde_json::from_str::<Value>(d).ok()) {
-                        facets.extend(document::identity_facets(t.name, &id, Some(&old)));
+                    facets.extend(document::changed_inside(old.as_ref(), &doc));
+                    if let Some(old) = &old {
+                        facets.extend(document::identity_facets(t.name, &id, Some(old)));
                     }
                     events.push(NewEvent {
                         event_type: format!("{}.{}", t.name, action.as_str()),

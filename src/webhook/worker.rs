@@ -538,14 +538,14 @@ impl Worker {
             Some(410) => AttemptOutcome::Gone,
             code => {
                 // Its place in the schedule: an attempt asked for by hand takes none (see `schedule_position`).
-                let made = delivery.schedule_position();
+                let position = delivery.schedule_position();
                 let honoured = match (code, &r.retry_after) {
                     (Some(429 | 503), Some(v)) => retry_after(v, std::time::SystemTime::now()),
                     _ => None,
                 };
                 let delay = match honoured {
-                    Some(d) if (made as usize) < self.config.retry.max_attempts() => Some(d),
-                    _ => self.config.retry.next_delay(made, &mut rand::thread_rng()),
+                    Some(d) if (position as usize) < self.config.retry.max_attempts() => Some(d),
+                    _ => self.config.retry.next_delay(position, &mut rand::thread_rng()),
                 };
                 match delay {
                     Some(d) => {

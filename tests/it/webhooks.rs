@@ -1603,10 +1603,16 @@ webhook_test!(a_filter_by_a_service_or_location_hears_of_the_organization_that_g
     put_org(&app, O1, "One").await;
     app.put_ok(&format!("/taxonomy_terms/{term}"), &json!({"name": "Food", "description": "d"})).await;
     let mut subscribers = Vec::new();
-    for (field, value) in [("service_id", &service), ("location_id", &location), ("taxonomy_term_id", &term)] {
+    let organizations = "organization.*";
+    for (events, field, value) in [
+        (organizations, "service_id", &service),
+        (organizations, "location_id", &location),
+        (organizations, "taxonomy_term_id", &term),
+        ("service.*", "service_id", &service),
+    ] {
         let rx = Receiver::start().await;
         // Ordered: what each gets comes in sequence order.
-        let body = json!({"url": rx.url, "events": ["organization.*"], "filter": {field: value}, "ordered": true});
+        let body = json!({"url": rx.url, "events": [events], "filter": {field: value}, "ordered": true});
         let sub = create(&app, body).await["id"].as_str().unwrap().to_string();
         rx.wait_for("the ping", |r| r.len() == 1).await;
         subscribers.push((rx, sub));
@@ -1619,11 +1625,13 @@ webhook_test!(a_filter_by_a_service_or_location_hears_of_the_organization_that_g
     app.put_ok(&format!("/phones/{}", id(0xe2)), &json!({"number": "1", "service_id": service})).await;
 
     // A sibling service: created, given a phone, renamed. Nothing of it is news of the filtered service,
-    // location or term.
+    // location or term. Nor is the organization's rename, though every service's document shows its name: the
+    // filtered service's `updated` event goes to the `service.*` subscriber, the sibling's does not.
     let body = json!({"name": "Another service", "organization_id": O1, "status": "active"});
     app.put_ok(&format!("/services/{other}"), &body).await;
     app.put_ok(&format!("/phones/{}", id(0xe3)), &json!({"number": "2", "service_id": other})).await;
     assert!(app.patch(&format!("/services/{other}"), &json!({"name": "Renamed too"})).await.status().is_success());
+    assert!(app.patch(&format!("/organizations/{O1}"), &json!({"name": "Renamed org"})).await.status().is_success());
 
     assert!(app.patch(&format!("/services/{service}"), &json!({"name": "Renamed"})).await.status().is_success());
     let tag = json!({"taxonomy_term_id": term, "link_id": location, "link_type": "location",
@@ -1631,17 +1639,23 @@ webhook_test!(a_filter_by_a_service_or_location_hears_of_the_organization_that_g
     app.put_ok(&format!("/attributes/{}", id(0xe5)), &tag).await;
 
     // What each got, in order after its ping: (which service or location the change was about, what it shows).
-    let (by_service, by_location, by_term) = (&subscribers[0], &subscribers[1], &subscribers[2]);
-    let got = by_term.0.wait_for("the tag of the location", |r| r.len() >= 3).await;
+    let (by_service, by_location, by_term, services) =
+        (&subscribers[0], &subscribers[1], &subscribers[2], &subscribers[3]);
+    let got = by_term.0.wait_for("the tag of the location", |r| r.len() >= 5).await;
     // The last write's event is dispatched: every subscription's deliveries are all there is to get.
-    for ((rx, sub), count) in subscribers.iter().zip([4, 3, 3]) {
+    for ((rx, sub), count) in subscribers.iter().zip([4, 3, 5, 5]) {
         let page = app.get_as(&app.subscribe_key, &format!("/webhooks/{sub}/deliveries")).await;
         assert_eq!(page["total_items"], count, "{page}");
         rx.wait_for("all of them", |r| r.len() == count).await;
     }
     let service_in = |doc: &Value| doc["services"].as_array().unwrap().iter().find(|s| s["id"] == service).cloned();
-    assert!(got[1].json()["data"]["services"][0]["attributes"][0]["taxonomy_term"]["id"] == term.as_str());
-    assert_eq!(got[2].json()["data"]["locations"][0]["attributes"][0]["id"], id(0xe5));
+    // The term's subscriber hears of everything about the tagged service (its creation, its phone, its
+    // rename) and of the location's tag.
+    assert_eq!(got[1].json()["data"]["services"][0]["attributes"][0]["taxonomy_term"]["id"], term.as_str());
+    let tagged = |m: &Value| m["data"]["services"].as_array().unwrap().iter().find(|s| s["id"] == service).cloned();
+    assert_eq!(tagged(&got[2].json()).unwrap()["phones"][0]["number"], "1");
+    assert_eq!(tagged(&got[3].json()).unwrap()["name"], "Renamed");
+    assert_eq!(got[4].json()["data"]["locations"][0]["attributes"][0]["id"], id(0xe5));
     let got: Vec<Value> = by_service.0.received().iter().skip(1).map(|r| r.json()["data"].clone()).collect();
     assert!(service_in(&got[0]).is_some(), "its creation: {}", got[0]);
     assert_eq!(service_in(&got[1]).unwrap()["phones"][0]["number"], "1", "its phone: {}", got[1]);
@@ -1649,4 +1663,139 @@ webhook_test!(a_filter_by_a_service_or_location_hears_of_the_organization_that_g
     let got: Vec<Value> = by_location.0.received().iter().skip(1).map(|r| r.json()["data"].clone()).collect();
     assert_eq!(got[0]["locations"][0]["id"], location, "its creation: {}", got[0]);
     assert_eq!(got[1]["locations"][0]["attributes"][0]["id"], id(0xe5), "its tag: {}", got[1]);
+    let got: Vec<Value> = services.0.received().iter().skip(1).map(|r| r.json()).collect();
+    let seen: Vec<(&str, &str)> =
+        got.iter().map(|m| (m["type"].as_str().unwrap(), m["data"]["id"].as_str().unwrap())).collect();
+    let s = service.as_str();
+    let wanted = [("service.created", s), ("service.updated", s), ("service.updated", s), ("service.updated", s)];
+    assert_eq!(seen, wanted, "{got:?}");
+    assert_eq!(got[2]["data"]["organization"]["name"], "Renamed org");
+});
+
+webhook_test!(a_deleted_service_is_news_of_its_organization_to_its_term_and_location, |app| async move {
+    // Service S of O is tagged with T and at L, its link to L tagged with T2. A phone of L (not of S) is news
+    // of L, not of S; deleting S (its tag and its link go with it) is news of S, T, L and T2 to the
+    // organization's subscribers.
+    let id = |n: u32| format!("00000000-0000-4000-8000-0000000006{n:02}");
+    let (service, term, location, link_term) = (id(1), id(2), id(3), id(8));
+    put_org(&app, O1, "One").await;
+    for t in [&term, &link_term] {
+        app.put_ok(&format!("/taxonomy_terms/{t}"), &json!({"name": "Food", "description": "d"})).await;
+    }
+    let place = json!({"name": "Hall", "organization_id": O1, "location_type": "physical"});
+    app.put_ok(&format!("/locations/{location}"), &place).await;
+    let body = json!({"name": "Pantry", "organization_id": O1, "status": "active",
+        "attributes": [{"id": id(4), "taxonomy_term_id": term}],
+        "service_at_locations": [{"id": id(5), "location_id": location,
+            "attributes": [{"id": id(7), "taxonomy_term_id": link_term}]}]});
+    app.put_ok(&format!("/services/{service}"), &body).await;
+    let mut subscribers = Vec::new();
+    let filters = [
+        ("service_id", &service),
+        ("taxonomy_term_id", &term),
+        ("location_id", &location),
+        ("taxonomy_term_id", &link_term),
+    ];
+    for (field, value) in filters {
+        let rx = Receiver::start().await;
+        let body =
+            json!({"url": rx.url, "events": ["organization.updated"], "filter": {field: value}, "ordered": true});
+        create(&app, body).await;
+        rx.wait_for("the ping", |r| r.len() == 1).await;
+        subscribers.push(rx);
+    }
+    app.put_ok(&format!("/phones/{}", id(6)), &json!({"number": "1", "location_id": location})).await;
+    assert_eq!(app.delete(&format!("/services/{service}")).await.status(), 204);
+    let wanted = [("service_id", 2), ("taxonomy_term_id", 2), ("location_id", 3), ("the link's taxonomy_term_id", 2)];
+    for (rx, (field, count)) in subscribers.iter().zip(wanted) {
+        let got = rx.wait_for(&format!("{field}: the deletion"), |r| r.len() >= count).await;
+        let last = got[count - 1].json();
+        assert_eq!(last["data"]["services"], json!([]), "{field}: the organization without the service: {last}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert_eq!(rx.received().len(), count, "{field}");
+    }
+});
+
+webhook_test!(an_import_tells_a_service_filter_only_of_the_organization_updates_about_that_service, |app| async move {
+    // An import knows documents, not the rows it touched: an organization's update it makes matches a filter by
+    // a service when that service changed inside the organization, not when a sibling did.
+    let id = |n: u32| format!("00000000-0000-4000-8000-0000000005{n:02}");
+    let (service, other) = (id(1), id(2));
+    put_org(&app, O1, "One").await;
+    let doc = |service: &str, phone: &str, number: &str| {
+        json!({"id": service, "name": "A service", "organization_id": O1, "status": "active",
+            "phones": [{"id": phone, "number": number}]})
+    };
+    app.put_ok(&format!("/services/{service}"), &doc(&service, &id(3), "1")).await;
+    app.put_ok(&format!("/services/{other}"), &doc(&other, &id(4), "2")).await;
+    let rx = Receiver::start().await;
+    let body = json!({"url": rx.url, "events": ["organization.updated"], "filter": {"service_id": service},
+        "ordered": true});
+    let sub = create(&app, body).await["id"].as_str().unwrap().to_string();
+    rx.wait_for("the ping", |r| r.len() == 1).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    for (name, line) in [("sibling", doc(&other, &id(4), "20")), ("filtered", doc(&service, &id(3), "10"))] {
+        let file = dir.path().join(format!("{name}.ndjson"));
+        std::fs::write(&file, format!("{line}\n")).unwrap();
+        hsda::bulk::import::import_path(&app.db, &file, Default::default()).await.expect("imports");
+    }
+    let got = rx.wait_for("the organization with the filtered service's new number", |r| r.len() >= 2).await;
+    let services = got[1].json()["data"]["services"].clone();
+    let changed = services.as_array().unwrap().iter().find(|s| s["id"] == service.as_str()).unwrap().clone();
+    assert_eq!(changed["phones"][0]["number"], "10", "the sibling's import was not sent first: {services}");
+    let page = app.get_as(&app.subscribe_key, &format!("/webhooks/{sub}/deliveries")).await;
+    assert_eq!(page["total_items"], 2, "{page}");
+});
+
+/// A retry asked for while the schedule's last attempt is out, which then fails, still goes (it was accepted):
+/// the delivery is retried at once, not ended failed with the retry dropped.
+async fn a_retry_asked_for_during_the_last_attempt_is_not_dropped(store: Store) {
+    let Some(app) = TestApp::spawn_with(store, |c| c.retry_schedule = Some("1".into())).await else { return };
+    let rx = Receiver::start().await;
+    rx.script(&[(200, None), (500, None), (500, None), (500, None)]);
+    let (_, delivery) = a_delivery_held_at_the_target(&app, &rx).await;
+    rx.let_through(1); // the first attempt fails; the schedule's one retry follows
+    rx.wait_for("the last attempt, held at the target", |r| r.len() == 3).await;
+    let r = app.post_as(&app.subscribe_key, &format!("/deliveries/{delivery}/retry"), None).await;
+    assert_eq!(r.status(), 202);
+    rx.open(); // the last attempt fails
+    rx.wait_for_within("the retry asked for", std::time::Duration::from_secs(5), |r| r.len() == 4).await;
+    let failed = delivery_reaches(&app, &delivery, "failed").await;
+    assert_eq!(failed["attempts"].as_array().map(Vec::len), Some(3), "{failed}");
+}
+
+crate::each_store!(a_retry_asked_for_during_the_last_attempt_is_not_dropped);
+
+webhook_test!(a_disabled_subscription_refuses_retries_and_replays, |app| async move {
+    // Nothing would send them: they would wait as `retrying`, and an enable without replay_missed would then
+    // send them after all. The owner is told to enable it instead; nothing is queued.
+    let rx = Receiver::start().await;
+    rx.script(&[(200, None), (500, None)]);
+    let sub = create(&app, json!({"url": rx.url, "events": ["organization.created"]})).await;
+    let id = sub["id"].as_str().unwrap().to_string();
+    rx.wait_for("the ping", |r| r.len() == 1).await;
+    put_org(&app, O1, "One").await;
+    let delivery = delivery_of(&app, &id, "organization.created").await;
+    delivery_reaches(&app, &delivery, "retrying").await;
+    let r = app.patch_as(&app.subscribe_key, &format!("/webhooks/{id}"), &json!({"status": "disabled"})).await;
+    assert_eq!(r.status(), 200);
+    delivery_reaches(&app, &delivery, "failed").await;
+    let body = json!({"since": "2020-01-01T00:00:00Z"});
+    for (path, body) in
+        [(format!("/deliveries/{delivery}/retry"), None), (format!("/webhooks/{id}/replay"), Some(&body))]
+    {
+        let r = app.post_as(&app.subscribe_key, &path, body).await;
+        assert_eq!(r.status(), 409, "{path}");
+        assert_eq!(r.headers()["content-type"], "application/problem+json");
+        let problem: Value = r.json().await.unwrap();
+        assert!(problem["detail"].as_str().unwrap().contains("enable"), "{problem}");
+    }
+    assert_eq!(delivery_reaches(&app, &delivery, "failed").await["attempts"].as_array().map(Vec::len), Some(1));
+    // Enabled again without replay_missed, it sends nothing of before.
+    let r = app.post_as(&app.subscribe_key, &format!("/webhooks/{id}/enable"), None).await;
+    assert_eq!(r.status(), 200);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(rx.received().len(), 2);
+    assert_eq!(delivery_reaches(&app, &delivery, "failed").await["status"], "failed");
 });
