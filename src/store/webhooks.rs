@@ -875,12 +875,13 @@ impl Db {
     /// After a commit that recorded attempts (their `webhook.*` events are announced with the commit's).
     pub(crate) fn attempts_recorded(&self, recorded: &Recorded) {
         // The worker's snapshot routes by status (counters do not matter to it), and the worker needs waking
-        // only for new events or a retry to schedule: a batch of plain successes changes neither.
+        // only for new events, a retry to schedule or an ordered subscription's next delivery: other plain
+        // successes change none of them.
         if recorded.statuses_changed {
             self.subscriptions_changed();
         }
         // (`webhook.*` events only come with a status change.)
-        if recorded.statuses_changed || recorded.retries {
+        if recorded.statuses_changed || recorded.retries || recorded.next_in_order {
             self.notify_changed();
         }
     }
@@ -1088,6 +1089,8 @@ pub(crate) struct Recorded {
     pub events: Vec<NewEvent>,
     pub statuses_changed: bool,
     retries: bool,
+    /// Whether an ordered subscription's delivery was done with (its next one may be claimed now).
+    next_in_order: bool,
 }
 
 /// Records a batch of attempt results in the open transaction on `conn`: the attempt rows, each delivery's
@@ -1207,19 +1210,34 @@ pub(crate) async fn record_in(
     }
     let mut events = Vec::new();
     let mut statuses_changed = false;
+    let mut next_in_order = false;
     for sub_id in order {
-        type StatusRow = (String, String, String, Option<String>, i64, Option<String>, Option<String>, Option<String>);
+        type StatusRow =
+            (String, String, String, Option<String>, i64, Option<String>, Option<String>, Option<String>, i64);
         let row: Option<StatusRow> = conn
             .fetch_optional(
                 "SELECT tenant, url, status, disabled_reason, consecutive_failures, failing_since, last_success_at, \
-                 last_failure_at FROM subscriptions WHERE id = $1",
+                 last_failure_at, ordered FROM subscriptions WHERE id = $1",
                 &[sub_id.into()],
             )
             .await?;
-        let Some((tenant, url, was, was_reason, mut failures, mut failing_since, mut success_at, mut failure_at)) = row
+        let Some((
+            tenant,
+            url,
+            was,
+            was_reason,
+            mut failures,
+            mut failing_since,
+            mut success_at,
+            mut failure_at,
+            ordered,
+        )) = row
         else {
             continue;
         };
+        // An ordered subscription's next delivery can go once this one is done: the claim must not wait for
+        // the worker's fallback tick (a second per delivery).
+        next_in_order |= ordered != 0;
         let mut status = was.clone();
         let mut reason = was_reason.clone();
         // The deliveries a 410 ended (one disabled the subscription): missed like the ones the disable ended.
@@ -1316,7 +1334,7 @@ pub(crate) async fn record_in(
         }
     }
     let retries = applied.iter().any(|(_, record)| record.outcome != AttemptOutcome::Succeeded);
-    Ok(Recorded { events, statuses_changed, retries })
+    Ok(Recorded { events, statuses_changed, retries, next_in_order })
 }
 
 /// Why a delivery failed that was still open when its subscription was disabled. `enable` with

@@ -475,6 +475,21 @@ webhook_test!(an_ordered_subscription_holds_later_events_until_the_earlier_one_s
     assert!(sequences[2..].windows(2).all(|w| w[0] < w[1]), "then in sequence order: {sequences:?}");
 });
 
+webhook_test!(an_ordered_subscription_sends_the_next_delivery_as_soon_as_the_last_is_done, |app| async move {
+    // Each success lets the next delivery go at once: the worker is woken when the outcome is recorded, not
+    // by its one-second fallback tick (which made twelve changes take about twelve seconds to arrive).
+    let rx = Receiver::start().await;
+    create(&app, json!({"url": rx.url, "events": ["organization.*"], "ordered": true})).await;
+    rx.wait_for("the ping", has_ping).await;
+    for i in 0..12 {
+        put_org(&app, &org(i), "Org").await;
+    }
+    let written = std::time::Instant::now();
+    let all = |r: &[crate::receiver::Received]| Receiver::of_type(r, "organization.created").len() == 12;
+    rx.wait_for_within("the twelve, one after the other", std::time::Duration::from_secs(6), all).await;
+    assert!(written.elapsed() < std::time::Duration::from_secs(6));
+});
+
 webhook_test!(verify_holds_a_subscription_until_the_target_echoes_the_challenge, |app| async move {
     let rx = Receiver::start().await;
     rx.answer_challenges(Challenges::EchoWrong);
@@ -1286,6 +1301,18 @@ async fn a_delivery_held_at_the_target(app: &TestApp, rx: &Receiver) -> (String,
     (id, delivery)
 }
 
+/// A subscription to `rx` (whose script answers its ping and fails the next request) and the delivery of an
+/// organization's creation to it, once that first attempt failed: (subscription id, delivery id).
+async fn a_retrying_delivery(app: &TestApp, rx: &Receiver) -> (String, String) {
+    let sub = create(app, json!({"url": rx.url, "events": ["organization.created"]})).await;
+    let id = sub["id"].as_str().unwrap().to_string();
+    rx.wait_for("the ping", |r| r.len() == 1).await;
+    put_org(app, O1, "One").await;
+    let delivery = delivery_of(app, &id, "organization.created").await;
+    delivery_reaches(app, &delivery, "retrying").await;
+    (id, delivery)
+}
+
 /// Delivery `id` as shown once its status is `status` (within 10 s).
 async fn delivery_reaches(app: &TestApp, id: &str, status: &str) -> Value {
     crate::helpers::eventually(&format!("delivery {id} {status}"), std::time::Duration::from_secs(10), || async {
@@ -1316,12 +1343,7 @@ async fn a_retry_asked_for_while_one_is_held_keeps_the_schedule(store: Store) {
     let Some(app) = TestApp::spawn_with(store, |c| c.retry_schedule = Some("2,2,2,2".into())).await else { return };
     let rx = Receiver::start().await;
     rx.script(&[(200, None), (500, None), (500, None), (500, None)]);
-    let sub = create(&app, json!({"url": rx.url, "events": ["organization.created"]})).await;
-    let id = sub["id"].as_str().unwrap().to_string();
-    rx.wait_for("the ping", |r| r.len() == 1).await;
-    put_org(&app, O1, "One").await;
-    let delivery = delivery_of(&app, &id, "organization.created").await;
-    delivery_reaches(&app, &delivery, "retrying").await;
+    let (_, delivery) = a_retrying_delivery(&app, &rx).await;
     let r = app.post_as(&app.subscribe_key, &format!("/deliveries/{delivery}/retry"), None).await;
     assert_eq!(r.status(), 202);
     let asked = std::time::Instant::now();
@@ -1347,11 +1369,7 @@ async fn a_retry_asked_for_uses_up_no_automatic_retry(store: Store) {
     let mut script = vec![(200, None)];
     script.extend([(500, None); 8]);
     rx.script(&script);
-    let sub = create(&app, json!({"url": rx.url, "events": ["organization.created"]})).await;
-    rx.wait_for("the ping", |r| r.len() == 1).await;
-    put_org(&app, O1, "One").await;
-    let delivery = delivery_of(&app, sub["id"].as_str().unwrap(), "organization.created").await;
-    delivery_reaches(&app, &delivery, "retrying").await;
+    let (_, delivery) = a_retrying_delivery(&app, &rx).await;
     let r = app.post_as(&app.subscribe_key, &format!("/deliveries/{delivery}/retry"), None).await;
     assert_eq!(r.status(), 202);
     let failed = delivery_reaches(&app, &delivery, "failed").await;
@@ -1772,12 +1790,7 @@ webhook_test!(a_disabled_subscription_refuses_retries_and_replays, |app| async m
     // send them after all. The owner is told to enable it instead; nothing is queued.
     let rx = Receiver::start().await;
     rx.script(&[(200, None), (500, None)]);
-    let sub = create(&app, json!({"url": rx.url, "events": ["organization.created"]})).await;
-    let id = sub["id"].as_str().unwrap().to_string();
-    rx.wait_for("the ping", |r| r.len() == 1).await;
-    put_org(&app, O1, "One").await;
-    let delivery = delivery_of(&app, &id, "organization.created").await;
-    delivery_reaches(&app, &delivery, "retrying").await;
+    let (id, delivery) = a_retrying_delivery(&app, &rx).await;
     let r = app.patch_as(&app.subscribe_key, &format!("/webhooks/{id}"), &json!({"status": "disabled"})).await;
     assert_eq!(r.status(), 200);
     delivery_reaches(&app, &delivery, "failed").await;
