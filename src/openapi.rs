@@ -91,7 +91,8 @@ pub fn document(server: &str) -> Value {
         "Problem".into(),
         json!({ "type": "object", "description": "RFC 9457 problem details.", "properties": {
             "type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"}, "detail": {"type": "string"},
-            "errors": {"type": "array", "items": {"type": "object", "properties": {"pointer": {"type": "string"}, "parameter": {"type": "string"}, "detail": {"type": "string"}}}} } }),
+            "errors": {"type": "array", "items": {"type": "object", "properties": {"pointer": {"type": "string"}, "parameter": {"type": "string"}, "detail": {"type": "string"}}}},
+            "referenced_by": {"type": "array", "items": {"type": "string"}, "description": "A refused delete (409): the rows that still refer to what was to be deleted, as `kind id`."} } }),
     );
     schemas.insert(
         "Event".into(),

@@ -120,54 +120,121 @@ pub fn row_facets(table: &Table, row: &Map<String, Value>) -> BTreeSet<(String, 
     out
 }
 
-/// What changed inside a root document from `old` to `new`, as facets: for every nested object (one with an
-/// `id`) that is new, gone or different, its own id (under `{kind}_id`, where its key names a facet kind) and
-/// the ids it references itself. An object holding a changed one differs too, so the way to a change is in.
-/// (An import knows its documents, not the rows it touched: this stands in for the rows a write touched.)
-pub fn changed_inside(old: Option<&Value>, new: &Value) -> BTreeSet<(String, String)> {
+/// What changed inside root document `kind` from `old` to `new`, as facets: for every nested object (one with
+/// an `id`) that is new, gone or different in its own fields (a changed child does not make its parent
+/// different), its own id (under `{kind}_id`, where its key names a facet kind), the ids it references
+/// itself, and the identity of the objects it is inside: the objects holding it in their lists, up to the
+/// first that only shows it as a one-to-one member (a location's phone is inside the location, not inside
+/// a service whose link shows that location). An import knows its documents, not the rows it touched: this
+/// stands in for the rows a write touched and the roots on the way from them (`store::write`).
+pub fn changed_inside(kind: &str, old: Option<&Value>, new: &Value) -> BTreeSet<(String, String)> {
     let (mut before, mut after) = (HashMap::new(), HashMap::new());
     if let Some(old) = old {
-        nested_objects(old, None, &mut before);
+        nested_objects(old, kind, &[], &mut before);
     }
-    nested_objects(new, None, &mut after);
+    nested_objects(new, kind, &[], &mut after);
     let mut out = BTreeSet::new();
     for (these, others) in [(&before, &after), (&after, &before)] {
-        for (id, (kind, object)) in these {
-            if others.get(id).is_some_and(|(_, other)| other == object) {
+        for (id, nested) in these {
+            if others.get(id).is_some_and(|other: &Nested| other.own == nested.own) {
                 continue;
             }
-            if let Some(kind) = kind {
-                out.insert((format!("{kind}_id"), id.to_string()));
+            if FACET_KEYS.contains(&format!("{}_id", nested.kind).as_str()) {
+                out.insert((format!("{}_id", nested.kind), id.to_string()));
             }
-            for (key, v) in object.as_object().into_iter().flatten() {
+            for (key, v) in nested.own.as_object().into_iter().flatten() {
                 if let Value::String(s) = v
                     && FACET_KEYS.contains(&key.as_str())
                 {
                     out.insert((key.clone(), s.clone()));
                 }
             }
+            let holders = nested.inside.iter().chain(others.get(id).into_iter().flat_map(|o| &o.inside));
+            for (holder_kind, holder_id, holder) in holders {
+                out.extend(identity_facets(holder_kind, holder_id, Some(holder)));
+            }
         }
     }
     out
 }
 
-/// Every object with an id below the top of `value`, by id: the facet kind its key names (`services` and
-/// `service` name `service`), and the object.
-fn nested_objects<'v>(value: &'v Value, key: Option<&str>, out: &mut HashMap<&'v str, (Option<String>, &'v Value)>) {
-    match value {
-        Value::Object(map) => {
-            if let (Some(key), Some(id)) = (key, map.get("id").and_then(Value::as_str)) {
-                let kind = key.strip_suffix('s').unwrap_or(key);
-                let kind = FACET_KEYS.contains(&format!("{kind}_id").as_str()).then(|| kind.to_string());
-                out.insert(id, (kind, value));
-            }
-            for (k, v) in map {
-                nested_objects(v, Some(k), out);
-            }
-        }
-        Value::Array(items) => items.iter().for_each(|v| nested_objects(v, key, out)),
-        _ => {}
+/// An object with an id inside a document: its kind (its key, singular), its own fields (children with ids
+/// stand as their ids), and the objects that hold it, with their kinds and ids.
+struct Nested<'v> {
+    kind: String,
+    own: Value,
+    inside: Vec<(String, &'v str, &'v Value)>,
+}
+
+/// Every object with an id below the top of `value` (of kind `kind`), by id, as [`Nested`]. `inside` are the
+/// objects holding `value` in their lists.
+fn nested_objects<'v>(
+    value: &'v Value,
+    kind: &str,
+    inside: &[(String, &'v str, &'v Value)],
+    out: &mut HashMap<&'v str, Nested<'v>>,
+) {
+    let Value::Object(map) = value else { return };
+    let id = map.get("id").and_then(Value::as_str);
+    // What `value`'s list members are inside: `value` itself (when it has an id) and what holds it.
+    let mut holding: Vec<(String, &'v str, &'v Value)> = inside.to_vec();
+    if let Some(id) = id {
+        holding.insert(0, (kind.to_string(), id, value));
     }
+    for (key, child) in map {
+        let singular = key.strip_suffix('s').unwrap_or(key);
+        match child {
+            Value::Array(items) => {
+                for item in items {
+                    note_nested(item, singular, &holding, out);
+                    nested_objects(item, singular, &holding, out);
+                }
+            }
+            // A one-to-one member is shown, not held: nothing above counts as holding it.
+            Value::Object(_) => {
+                note_nested(child, key, &[], out);
+                nested_objects(child, key, &[], out);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Records `value` (of kind `kind`, held by `inside`) if it has an id; an object seen twice (an organization
+/// lists its locations, and its services' links show them again) is held by what holds either copy.
+fn note_nested<'v>(
+    value: &'v Value,
+    kind: &str,
+    inside: &[(String, &'v str, &'v Value)],
+    out: &mut HashMap<&'v str, Nested<'v>>,
+) {
+    let Some(id) = value.get("id").and_then(Value::as_str) else { return };
+    let entry =
+        out.entry(id).or_insert_with(|| Nested { kind: kind.to_string(), own: own_fields(value), inside: Vec::new() });
+    entry.inside.extend(inside.iter().cloned());
+}
+
+/// An object's own fields: its children that have ids stand as those ids, and its `last_modified` is left
+/// out (a service embedded in its organization is stamped anew when the organization's rename changes the
+/// service's own document: that is not a change of the service).
+fn own_fields(value: &Value) -> Value {
+    let id_of = |v: &Value| v.get("id").and_then(Value::as_str).map(|id| Value::String(id.to_string()));
+    let Value::Object(map) = value else { return value.clone() };
+    let own = map
+        .iter()
+        .filter(|(key, _)| *key != "last_modified")
+        .map(|(key, v)| {
+            let v = match v {
+                Value::Object(_) => id_of(v).unwrap_or_else(|| v.clone()),
+                Value::Array(items) => {
+                    Value::Array(items.iter().map(|item| id_of(item).unwrap_or_else(|| item.clone())).collect())
+                }
+                other => other.clone(),
+            };
+            (key.clone(), v)
+        })
+        .collect();
+    Value::Object(own)
 }
 
 fn collect_facets(value: &Value, out: &mut BTreeSet<(String, String)>) {
@@ -668,16 +735,35 @@ mod tests {
         let mut new = old.clone();
         new["services"][1]["phones"][0]["number"] = json!("3");
         let pairs = |v: &[(&str, &str)]| v.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeSet<_>>();
-        // The phone of s2 changed: s2 is on the way; s1 and its phone are not named.
-        assert_eq!(changed_inside(Some(&old), &new), pairs(&[("service_id", "s2"), ("organization_id", "o1")]));
-        assert_eq!(changed_inside(Some(&old), &old), BTreeSet::new());
+        // The phone of s2 changed: s2 (and the organization) hold it; s1 and its phone are not named.
+        let expected = pairs(&[("service_id", "s2"), ("organization_id", "o1")]);
+        assert_eq!(changed_inside("organization", Some(&old), &new), expected);
+        assert_eq!(changed_inside("organization", Some(&old), &old), BTreeSet::new());
         // A new document: everything in it is new.
-        let all = changed_inside(None, &new);
+        let all = changed_inside("organization", None, &new);
         assert!(all.contains(&("service_id".into(), "s1".into())) && all.contains(&("service_id".into(), "s2".into())));
         // A service gone from the list is named too.
         let mut fewer = old.clone();
         fewer["services"].as_array_mut().unwrap().remove(0);
-        assert_eq!(changed_inside(Some(&old), &fewer), pairs(&[("service_id", "s1"), ("organization_id", "o1")]));
+        assert_eq!(
+            changed_inside("organization", Some(&old), &fewer),
+            pairs(&[("service_id", "s1"), ("organization_id", "o1")])
+        );
+        // The organization's own rename names nothing inside it.
+        let mut renamed = old.clone();
+        renamed["name"] = json!("Renamed");
+        assert_eq!(changed_inside("organization", Some(&old), &renamed), BTreeSet::new());
+        // A location's phone, shown again by a service's link: inside the location only, not the service.
+        let located = json!({"id": "o1", "locations": [{"id": "l1", "phones": []}], "services": [{"id": "s1",
+            "service_at_locations": [{"id": "k1", "service_id": "s1", "location": {"id": "l1", "phones": []}}]}]});
+        let mut with_phone = located.clone();
+        let phone = json!({"id": "p9", "location_id": "l1", "number": "1"});
+        with_phone["locations"][0]["phones"] = json!([phone.clone()]);
+        with_phone["services"][0]["service_at_locations"][0]["location"]["phones"] = json!([phone]);
+        assert_eq!(
+            changed_inside("organization", Some(&located), &with_phone),
+            pairs(&[("location_id", "l1"), ("organization_id", "o1")])
+        );
     }
 
     #[test]

@@ -134,7 +134,12 @@ impl IntoResponse for ApiError {
                 problem(StatusCode::NOT_FOUND, "Not found", &format!("{what} not found"), json!({}))
             }
             ApiError::Conflict { message, referenced_by } => {
-                problem(StatusCode::CONFLICT, "Conflict", &message, json!({ "referenced_by": referenced_by }))
+                // `referenced_by` only where rows refer to what was to be deleted.
+                let extra = match referenced_by.is_empty() {
+                    true => json!({}),
+                    false => json!({ "referenced_by": referenced_by }),
+                };
+                problem(StatusCode::CONFLICT, "Conflict", &message, extra)
             }
             ApiError::PreconditionFailed => problem(
                 StatusCode::PRECONDITION_FAILED,

@@ -1321,41 +1321,43 @@ impl Writer<'_, '_> {
             }
             frontier = next;
         }
-        // Each row's roots: every row its walk reaches. A row is gone through again only when reached up with
-        // roots on the way it was not yet reached up with (first reached sideways, say, or up through another
-        // root): holders and the roots on the way to them are then complete whatever the order. Each pass
-        // adds a root to a row's set, so the walk ends.
+        // Each row's roots: every row its walk reaches. The roots on the way that count are those before the
+        // first sideways step (the row is inside them; past a sideways step it is only shown): a phone of a
+        // location is news of the location to the service linked there, but not news of that service to its
+        // organization. A row is gone through again when reached up for the first time, or with such roots
+        // it was not yet reached with: holders and the roots on the way are then complete whatever the order.
+        // Each pass adds to a row's sets, so the walk ends.
         let walks = (0..starts.len())
             .map(|i| {
                 let mut walk = Walk::default();
                 let mut seen: HashSet<Root> = HashSet::new();
-                let mut up_with: HashMap<Root, BTreeSet<Root>> = HashMap::new();
+                let mut reached_up: HashSet<Root> = HashSet::new();
+                let mut with: HashMap<Root, BTreeSet<Root>> = HashMap::new();
                 let start = (Node::Start(i), starts[i].table, starts[i].id.clone(), true, Vec::<Root>::new());
                 let mut stack = vec![start];
-                while let Some((node, t, id, up, mut path)) = stack.pop() {
+                while let Some((node, t, id, up, mut inside)) = stack.pop() {
                     let here: Root = (t.name, id);
                     let first = seen.insert(here.clone());
-                    if up {
-                        let known = up_with.get(&here);
-                        let news = known.is_none() || path.iter().any(|root| !known.is_some_and(|k| k.contains(root)));
-                        if !news {
-                            continue;
-                        }
-                        up_with.entry(here.clone()).or_default().extend(path.iter().cloned());
-                    } else if !first {
+                    let first_up = up && reached_up.insert(here.clone());
+                    let known = with.entry(here.clone()).or_default();
+                    let new_roots = inside.iter().any(|root| !known.contains(root));
+                    if !(first || first_up || new_roots) {
                         continue;
                     }
+                    known.extend(inside.iter().cloned());
                     if t.is_root() {
                         walk.roots.insert(here.clone());
                         if up {
                             walk.holders.insert(here.clone());
-                            walk.via.entry(here.clone()).or_default().extend(path.iter().cloned());
                         }
-                        path.push(here.clone());
+                        walk.via.entry(here.clone()).or_default().extend(inside.iter().cloned());
+                        if up {
+                            inside.push(here.clone());
+                        }
                     }
                     for (parent, parent_id, nests) in edges.get(&node).into_iter().flatten() {
                         let next = Node::Row(parent.name, parent_id.clone());
-                        stack.push((next, parent, parent_id.clone(), up && *nests, path.clone()));
+                        stack.push((next, parent, parent_id.clone(), up && *nests, inside.clone()));
                     }
                 }
                 walk.rows = seen;
@@ -1398,7 +1400,7 @@ struct Walk {
     rows: HashSet<Root>,
     /// The roots the row is one of the rows of (the row itself, if a root, included).
     holders: BTreeSet<Root>,
-    /// For each holder, the roots on the ways up to it from the row.
+    /// For each root reached, the roots the row is inside on the way to it (before any sideways step).
     via: RootsOnTheWay,
 }
 
@@ -2025,7 +2027,7 @@ impl Writer<'_, '_> {
                     // that lost it, one filtering by a service of the organization update that changed it.
                     let old = old_doc.and_then(|d| serde_json::from_str::<Value>(d).ok());
                     let mut facets = document::identity_facets(t.name, &id, Some(&doc));
-                    facets.extend(document::changed_inside(old.as_ref(), &doc));
+                    facets.extend(document::changed_inside(t.name, old.as_ref(), &doc));
                     if let Some(old) = &old {
                         facets.extend(document::identity_facets(t.name, &id, Some(old)));
                     }

@@ -1734,6 +1734,51 @@ webhook_test!(a_deleted_service_is_news_of_its_organization_to_its_term_and_loca
     }
 });
 
+webhook_test!(a_document_that_shows_a_change_matches_what_the_change_was_inside, |app| async move {
+    // S (tagged T1) is at L1 (tagged T4) through link SL1, all of O. A phone of S is news of S to SL1's
+    // document (which shows S): it matches T1 there. A phone of L1 is news of L1 to S's document (which shows
+    // L1 through SL1): it matches T4 there; but to O it is news of L1 only, not of S.
+    let id = |n: u32| format!("00000000-0000-4000-8000-0000000007{n:02}");
+    let (service, t1, location, t4, link) = (id(1), id(2), id(3), id(4), id(5));
+    put_org(&app, O1, "One").await;
+    for t in [&t1, &t4] {
+        app.put_ok(&format!("/taxonomy_terms/{t}"), &json!({"name": "Term", "description": "d"})).await;
+    }
+    let place = json!({"name": "Hall", "organization_id": O1, "location_type": "physical",
+        "attributes": [{"id": id(6), "taxonomy_term_id": t4}]});
+    app.put_ok(&format!("/locations/{location}"), &place).await;
+    let body = json!({"name": "Pantry", "organization_id": O1, "status": "active",
+        "attributes": [{"id": id(7), "taxonomy_term_id": t1}],
+        "service_at_locations": [{"id": link, "location_id": location}]});
+    app.put_ok(&format!("/services/{service}"), &body).await;
+    let mut subscribers = Vec::new();
+    for (event, field, value) in [
+        ("service_at_location.updated", "taxonomy_term_id", &t1),
+        ("service.updated", "taxonomy_term_id", &t4),
+        ("organization.updated", "service_id", &service),
+    ] {
+        let rx = Receiver::start().await;
+        let body = json!({"url": rx.url, "events": [event], "filter": {field: value}, "ordered": true});
+        let sub = create(&app, body).await["id"].as_str().unwrap().to_string();
+        rx.wait_for("the ping", |r| r.len() == 1).await;
+        subscribers.push((rx, sub));
+    }
+    app.put_ok(&format!("/phones/{}", id(8)), &json!({"number": "1", "service_id": service})).await;
+    app.put_ok(&format!("/phones/{}", id(9)), &json!({"number": "2", "location_id": location})).await;
+    let by_t4 = subscribers[1].0.wait_for("S showing L1's phone", |r| r.len() >= 2).await;
+    assert_eq!(by_t4[1].json()["data"]["id"], service);
+    // The last write's events are dispatched: the deliveries each subscription has are all it gets.
+    for (rx, sub) in &subscribers {
+        let page = app.get_as(&app.subscribe_key, &format!("/webhooks/{sub}/deliveries")).await;
+        assert_eq!(page["total_items"], 2, "{page}");
+        rx.wait_for("its one event", |r| r.len() == 2).await;
+    }
+    assert_eq!(subscribers[0].0.received()[1].json()["data"]["id"], link);
+    let org = subscribers[2].0.received()[1].json();
+    let phones_of_s = org["data"]["services"][0]["phones"].as_array().map(Vec::len);
+    assert_eq!(phones_of_s, Some(1), "the organization update of S's phone: {org}");
+});
+
 webhook_test!(an_import_tells_a_service_filter_only_of_the_organization_updates_about_that_service, |app| async move {
     // An import knows documents, not the rows it touched: an organization's update it makes matches a filter by
     // a service when that service changed inside the organization, not when a sibling did.
@@ -1753,7 +1798,10 @@ webhook_test!(an_import_tells_a_service_filter_only_of_the_organization_updates_
     rx.wait_for("the ping", |r| r.len() == 1).await;
 
     let dir = tempfile::tempdir().unwrap();
-    for (name, line) in [("sibling", doc(&other, &id(4), "20")), ("filtered", doc(&service, &id(3), "10"))] {
+    let renamed = json!({"id": O1, "name": "Renamed", "description": "helps"});
+    let lines =
+        [("renamed", renamed), ("sibling", doc(&other, &id(4), "20")), ("filtered", doc(&service, &id(3), "10"))];
+    for (name, line) in lines {
         let file = dir.path().join(format!("{name}.ndjson"));
         std::fs::write(&file, format!("{line}\n")).unwrap();
         hsda::bulk::import::import_path(&app.db, &file, Default::default()).await.expect("imports");
@@ -1761,7 +1809,7 @@ webhook_test!(an_import_tells_a_service_filter_only_of_the_organization_updates_
     let got = rx.wait_for("the organization with the filtered service's new number", |r| r.len() >= 2).await;
     let services = got[1].json()["data"]["services"].clone();
     let changed = services.as_array().unwrap().iter().find(|s| s["id"] == service.as_str()).unwrap().clone();
-    assert_eq!(changed["phones"][0]["number"], "10", "the sibling's import was not sent first: {services}");
+    assert_eq!(changed["phones"][0]["number"], "10", "neither the rename nor the sibling was sent first: {services}");
     let page = app.get_as(&app.subscribe_key, &format!("/webhooks/{sub}/deliveries")).await;
     assert_eq!(page["total_items"], 2, "{page}");
 });
@@ -1803,6 +1851,7 @@ webhook_test!(a_disabled_subscription_refuses_retries_and_replays, |app| async m
         assert_eq!(r.headers()["content-type"], "application/problem+json");
         let problem: Value = r.json().await.unwrap();
         assert!(problem["detail"].as_str().unwrap().contains("enable"), "{problem}");
+        assert!(problem.get("referenced_by").is_none(), "{problem}");
     }
     assert_eq!(delivery_reaches(&app, &delivery, "failed").await["attempts"].as_array().map(Vec::len), Some(1));
     // Enabled again without replay_missed, it sends nothing of before.
