@@ -7,7 +7,7 @@ use std::collections::{BTreeSet, HashMap};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use super::catalog::{NestedKind, Table};
+use super::catalog::{NestedKind, ROOTS, Table};
 use super::validate::{FieldError, validate_row};
 
 /// A strong ETag of a representation: a hash of its JSON text.
@@ -121,8 +121,8 @@ pub fn row_facets(table: &Table, row: &Map<String, Value>) -> BTreeSet<(String, 
 }
 
 /// What changed inside root document `kind` from `old` to `new`, as facets: for every nested object (one with
-/// an `id`) that is new, gone or different in its own fields (a changed child does not make its parent
-/// different), its own id (under `{kind}_id`, where its key names a facet kind), the ids it references
+/// an `id`) that is new, gone or different in its own fields (a child's change does not make its parent
+/// different; a child added or removed does, as the parent's list of ids changes), its own id (under `{kind}_id`, where its key names a facet kind), the ids it references
 /// itself, and the identity of the objects it is inside: the objects holding it in their lists, up to the
 /// first that only shows it as a one-to-one member (a location's phone is inside the location, not inside
 /// a service whose link shows that location). An import knows its documents, not the rows it touched: this
@@ -141,6 +141,13 @@ pub fn changed_inside(kind: &str, old: Option<&Value>, new: &Value) -> BTreeSet<
             }
             if FACET_KEYS.contains(&format!("{}_id", nested.kind).as_str()) {
                 out.insert((format!("{}_id", nested.kind), id.to_string()));
+            }
+            // A changed document (a service inside its organization) is news of its identity, as a write's
+            // touched root is: its terms and locations, as each copy shows them.
+            if ROOTS.contains(&nested.kind.as_str()) {
+                for copy in std::iter::once(nested).chain(others.get(id)) {
+                    out.extend(identity_facets(&copy.kind, id, Some(copy.full)));
+                }
             }
             for (key, v) in nested.own.as_object().into_iter().flatten() {
                 if let Value::String(s) = v
@@ -162,6 +169,7 @@ pub fn changed_inside(kind: &str, old: Option<&Value>, new: &Value) -> BTreeSet<
 /// stand as their ids), and the objects that hold it, with their kinds and ids.
 struct Nested<'v> {
     kind: String,
+    full: &'v Value,
     own: Value,
     inside: Vec<(String, &'v str, &'v Value)>,
 }
@@ -176,10 +184,13 @@ fn nested_objects<'v>(
 ) {
     let Value::Object(map) = value else { return };
     let id = map.get("id").and_then(Value::as_str);
-    // What `value`'s list members are inside: `value` itself (when it has an id) and what holds it.
+    // What `value`'s list members are inside: `value` itself (when it is a document: a phone's attributes are
+    // not inside the phone as a filter sees it) and what holds it.
     let mut holding: Vec<(String, &'v str, &'v Value)> = inside.to_vec();
-    if let Some(id) = id {
-        holding.insert(0, (kind.to_string(), id, value));
+    if let Some(id) = id
+        && ROOTS.contains(&kind)
+    {
+        holding.push((kind.to_string(), id, value));
     }
     for (key, child) in map {
         let singular = key.strip_suffix('s').unwrap_or(key);
@@ -209,8 +220,12 @@ fn note_nested<'v>(
     out: &mut HashMap<&'v str, Nested<'v>>,
 ) {
     let Some(id) = value.get("id").and_then(Value::as_str) else { return };
-    let entry =
-        out.entry(id).or_insert_with(|| Nested { kind: kind.to_string(), own: own_fields(value), inside: Vec::new() });
+    let entry = out.entry(id).or_insert_with(|| Nested {
+        kind: kind.to_string(),
+        full: value,
+        own: own_fields(value),
+        inside: Vec::new(),
+    });
     entry.inside.extend(inside.iter().cloned());
 }
 

@@ -1337,6 +1337,11 @@ impl Writer<'_, '_> {
                 let mut stack = vec![start];
                 while let Some((node, t, id, up, mut inside)) = stack.pop() {
                     let here: Root = (t.name, id);
+                    // Back to a document the row is already inside (a service's links show the service that
+                    // holds them): nothing new, and its roots on the way must not grow by the detour.
+                    if inside.contains(&here) {
+                        continue;
+                    }
                     let first = seen.insert(here.clone());
                     let first_up = up && reached_up.insert(here.clone());
                     let known = with.entry(here.clone()).or_default();
@@ -1355,7 +1360,15 @@ impl Writer<'_, '_> {
                             inside.push(here.clone());
                         }
                     }
+                    // A link shows its service without the service's links: a change that came up through one
+                    // link changes nothing the service's other links show.
+                    let through_a_link = t.name == "service"
+                        && up
+                        && inside.iter().rev().nth(1).is_some_and(|root| root.0 == "service_at_location");
                     for (parent, parent_id, nests) in edges.get(&node).into_iter().flatten() {
+                        if through_a_link && !*nests && parent.name == "service_at_location" {
+                            continue;
+                        }
                         let next = Node::Row(parent.name, parent_id.clone());
                         stack.push((next, parent, parent_id.clone(), up && *nests, inside.clone()));
                     }
@@ -1609,10 +1622,16 @@ pub(crate) async fn finish_staged(
         // document names at any depth: an organization lists every service and their phones, and a
         // subscriber filtering by one service must hear of the organization's update that this service's
         // change made, not of every update of its organization. The facets stored for list filters stay deep.
-        let identity = |root: &Root| {
-            let doc = docs.get(root).or_else(|| s.deleted_docs.get(root));
-            document::identity_facets(root.0, &root.1, doc)
-        };
+        // Each root's identity, derived once for this write (a service with many links reaches each of them
+        // from every row it touched).
+        let mut identities: HashMap<&Root, Facets> = HashMap::new();
+        for root in range.clone().flat_map(|i| &roots_of[i]) {
+            identities.entry(root).or_insert_with(|| {
+                let doc = docs.get(root).or_else(|| s.deleted_docs.get(root));
+                document::identity_facets(root.0, &root.1, doc)
+            });
+        }
+        let identity = |root: &Root| identities.get(root).into_iter().flatten();
         let mut touched_inside: HashMap<Root, Facets> = HashMap::new();
         for i in range.clone() {
             let t = starts[i];
@@ -1622,22 +1641,33 @@ pub(crate) async fn finish_staged(
                 row.extend(document::row_facets(t.table, state));
             }
             if t.table.is_root() {
-                row.extend(identity(&key));
+                row.extend(identity(&key).cloned());
             }
             for root in roots_of[i].iter().filter(|root| **root != key) {
                 let inside = touched_inside.entry(root.clone()).or_default();
                 inside.extend(row.iter().cloned());
                 let on_the_way = via_of[i].get(root).into_iter().flatten().filter(|q| roots_of[i].contains(*q));
-                on_the_way.for_each(|q| inside.extend(identity(q)));
+                on_the_way.for_each(|q| inside.extend(identity(q).cloned()));
             }
         }
         // What was touched inside a touched root was touched inside the roots that hold it too (the rows a
         // deleted service took with it are news of its organization: their walks end at the service, gone).
-        for i in range.clone().filter(|&i| starts[i].table.is_root()) {
-            let key = (starts[i].table.name, starts[i].id.clone());
-            let Some(inside) = touched_inside.get(&key).cloned() else { continue };
-            for holder in holders_of[i].iter().filter(|h| **h != key && roots_of[i].contains(*h)) {
-                touched_inside.entry(holder.clone()).or_default().extend(inside.iter().cloned());
+        // Until nothing grows: a deleted link's rows reach the service, the service's reach the organization,
+        // in whatever order the rows came.
+        loop {
+            let mut grew = false;
+            for i in range.clone().filter(|&i| starts[i].table.is_root()) {
+                let key = (starts[i].table.name, starts[i].id.clone());
+                let Some(inside) = touched_inside.get(&key).cloned() else { continue };
+                for holder in holders_of[i].iter().filter(|h| **h != key && roots_of[i].contains(*h)) {
+                    let theirs = touched_inside.entry(holder.clone()).or_default();
+                    let before = theirs.len();
+                    theirs.extend(inside.iter().cloned());
+                    grew |= theirs.len() > before;
+                }
+            }
+            if !grew {
+                break;
             }
         }
         for i in range {
@@ -1666,10 +1696,8 @@ pub(crate) async fn finish_staged(
             }
             // A row's event matches the identity of the roots it is a row of; not of those that only show it
             // (renaming an organization is not news of each of its services, whose documents show its name).
-            for (kind, id) in roots.iter().filter(|root| holders_of[i].contains(*root)) {
-                let root = (*kind, id.clone());
-                let doc = docs.get(&root).or_else(|| s.deleted_docs.get(&root));
-                facets.extend(document::identity_facets(kind, id, doc));
+            for root in roots.iter().filter(|root| holders_of[i].contains(*root)) {
+                facets.extend(identity(root).cloned());
             }
             if t.table.is_root() {
                 facets.extend(touched_inside.get(&key).into_iter().flatten().cloned());
@@ -2025,11 +2053,14 @@ impl Writer<'_, '_> {
                     // Its event matches by its identity before and after, and by what changed inside it (a
                     // write's by the rows it touched): a subscriber filtering by a term hears of the service
                     // that lost it, one filtering by a service of the organization update that changed it.
-                    let old = old_doc.and_then(|d| serde_json::from_str::<Value>(d).ok());
                     let mut facets = document::identity_facets(t.name, &id, Some(&doc));
-                    facets.extend(document::changed_inside(t.name, old.as_ref(), &doc));
-                    if let Some(old) = &old {
-                        facets.extend(document::identity_facets(t.name, &id, Some(old)));
+                    // (An unchanged document: nothing changed inside it, and its identity is the same.)
+                    if !unchanged {
+                        let old = old_doc.and_then(|d| serde_json::from_str::<Value>(d).ok());
+                        facets.extend(document::changed_inside(t.name, old.as_ref(), &doc));
+                        if let Some(old) = &old {
+                            facets.extend(document::identity_facets(t.name, &id, Some(old)));
+                        }
                     }
                     events.push(NewEvent {
                         event_type: format!("{}.{}", t.name, action.as_str()),

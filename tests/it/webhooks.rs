@@ -1779,6 +1779,32 @@ webhook_test!(a_document_that_shows_a_change_matches_what_the_change_was_inside,
     assert_eq!(phones_of_s, Some(1), "the organization update of S's phone: {org}");
 });
 
+webhook_test!(a_change_at_one_link_of_a_service_is_no_news_of_its_other_links, |app| async move {
+    // S is at L1 through K1 and at L2 through K2. A link shows its service without the service's links, so a
+    // phone of K1 changes nothing K2 shows: K2 gets no `updated` event, and a filter by L2 hears nothing of it.
+    let id = |n: u32| format!("00000000-0000-4000-8000-0000000008{n:02}");
+    let (service, l1, l2, k1, k2) = (id(1), id(2), id(3), id(4), id(5));
+    put_org(&app, O1, "One").await;
+    for l in [&l1, &l2] {
+        let place = json!({"name": "Hall", "organization_id": O1, "location_type": "physical"});
+        app.put_ok(&format!("/locations/{l}"), &place).await;
+    }
+    let body = json!({"name": "Pantry", "organization_id": O1, "status": "active",
+        "service_at_locations": [{"id": k1, "location_id": l1}, {"id": k2, "location_id": l2}]});
+    app.put_ok(&format!("/services/{service}"), &body).await;
+    let rx = Receiver::start().await;
+    let body = json!({"url": rx.url, "events": ["service_at_location.updated"], "filter": {"location_id": l2},
+        "ordered": true});
+    let sub = create(&app, body).await["id"].as_str().unwrap().to_string();
+    rx.wait_for("the ping", |r| r.len() == 1).await;
+    app.put_ok(&format!("/phones/{}", id(6)), &json!({"number": "1", "service_at_location_id": k1})).await;
+    app.put_ok(&format!("/phones/{}", id(7)), &json!({"number": "2", "service_at_location_id": k2})).await;
+    let got = rx.wait_for("K2 with its phone", |r| r.len() >= 2).await;
+    assert_eq!(got[1].json()["data"]["id"], k2, "K1's phone was not sent as news of K2 first");
+    let page = app.get_as(&app.subscribe_key, &format!("/webhooks/{sub}/deliveries")).await;
+    assert_eq!(page["total_items"], 2, "{page}");
+});
+
 webhook_test!(an_import_tells_a_service_filter_only_of_the_organization_updates_about_that_service, |app| async move {
     // An import knows documents, not the rows it touched: an organization's update it makes matches a filter by
     // a service when that service changed inside the organization, not when a sibling did.
