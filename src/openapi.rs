@@ -391,7 +391,7 @@ fn add_webhook_paths(paths: &mut Map<String, Value>, schemas: &mut Map<String, V
         (
             "/webhooks/{id}/replay",
             "replayWebhook",
-            "Re-queue the deliveries created in a time range",
+            "Re-queue the finished deliveries created in a time range (ones still pending or retrying are queued already and left as they are; answer: requeued)",
             json!({"since": {"type": "string", "format": "date-time", "description": "Required."}, "until": {"type": "string", "format": "date-time", "description": "Default: now; not before since."}, "only_failed": {"type": "boolean"}}),
         ),
         (
