@@ -110,13 +110,7 @@ pub fn row_facets(table: &Table, row: &Map<String, Value>) -> BTreeSet<(String, 
     if let Some(id) = row.get("id").and_then(Value::as_str) {
         out.insert((format!("{}_id", table.name), id.to_string()));
     }
-    for (key, value) in row {
-        if let Value::String(s) = value
-            && FACET_KEYS.contains(&key.as_str())
-        {
-            out.insert((key.clone(), s.clone()));
-        }
-    }
+    out.extend(references(row));
     out
 }
 
@@ -149,13 +143,7 @@ pub fn changed_inside(kind: &str, old: Option<&Value>, new: &Value) -> BTreeSet<
                     out.extend(identity_facets(&copy.kind, id, Some(copy.full)));
                 }
             }
-            for (key, v) in nested.own.as_object().into_iter().flatten() {
-                if let Value::String(s) = v
-                    && FACET_KEYS.contains(&key.as_str())
-                {
-                    out.insert((key.clone(), s.clone()));
-                }
-            }
+            out.extend(nested.own.as_object().into_iter().flat_map(references));
             let holders = nested.inside.iter().chain(others.get(id).into_iter().flat_map(|o| &o.inside));
             for (holder_kind, holder_id, holder) in holders {
                 out.extend(identity_facets(holder_kind, holder_id, Some(holder)));
@@ -250,6 +238,14 @@ fn own_fields(value: &Value) -> Value {
         })
         .collect();
     Value::Object(own)
+}
+
+/// The ids an object references itself, at its top level, under a facet key.
+fn references(map: &Map<String, Value>) -> impl Iterator<Item = (String, String)> + '_ {
+    map.iter().filter_map(|(key, value)| match value {
+        Value::String(s) if FACET_KEYS.contains(&key.as_str()) => Some((key.clone(), s.clone())),
+        _ => None,
+    })
 }
 
 fn collect_facets(value: &Value, out: &mut BTreeSet<(String, String)>) {

@@ -1313,6 +1313,21 @@ async fn a_retrying_delivery(app: &TestApp, rx: &Receiver) -> (String, String) {
     (id, delivery)
 }
 
+/// One `ordered` subscription per `(events pattern, filter field, value)`, each to a receiver of its own, with
+/// its ping received: (receiver, subscription id). Ordered, so that what each gets comes in sequence order and
+/// an event it should not have got shows before a later one it should.
+async fn ordered_subscribers(app: &TestApp, filters: &[(&str, &str, &String)]) -> Vec<(Receiver, String)> {
+    let mut subscribers = Vec::new();
+    for (events, field, value) in filters {
+        let rx = Receiver::start().await;
+        let body = json!({"url": rx.url, "events": [events], "filter": {*field: value}, "ordered": true});
+        let sub = create(app, body).await["id"].as_str().unwrap().to_string();
+        rx.wait_for("the ping", |r| r.len() == 1).await;
+        subscribers.push((rx, sub));
+    }
+    subscribers
+}
+
 /// Delivery `id` as shown once its status is `status` (within 10 s).
 async fn delivery_reaches(app: &TestApp, id: &str, status: &str) -> Value {
     crate::helpers::eventually(&format!("delivery {id} {status}"), std::time::Duration::from_secs(10), || async {
@@ -1620,21 +1635,17 @@ webhook_test!(a_filter_by_a_service_or_location_hears_of_the_organization_that_g
     let (service, location, other, term) = (id(0xd1), id(0xd2), id(0xd3), id(0xd4));
     put_org(&app, O1, "One").await;
     app.put_ok(&format!("/taxonomy_terms/{term}"), &json!({"name": "Food", "description": "d"})).await;
-    let mut subscribers = Vec::new();
     let organizations = "organization.*";
-    for (events, field, value) in [
-        (organizations, "service_id", &service),
-        (organizations, "location_id", &location),
-        (organizations, "taxonomy_term_id", &term),
-        ("service.*", "service_id", &service),
-    ] {
-        let rx = Receiver::start().await;
-        // Ordered: what each gets comes in sequence order.
-        let body = json!({"url": rx.url, "events": [events], "filter": {field: value}, "ordered": true});
-        let sub = create(&app, body).await["id"].as_str().unwrap().to_string();
-        rx.wait_for("the ping", |r| r.len() == 1).await;
-        subscribers.push((rx, sub));
-    }
+    let subscribers = ordered_subscribers(
+        &app,
+        &[
+            (organizations, "service_id", &service),
+            (organizations, "location_id", &location),
+            (organizations, "taxonomy_term_id", &term),
+            ("service.*", "service_id", &service),
+        ],
+    )
+    .await;
     let body = json!({"name": "A service", "organization_id": O1, "status": "active",
         "attributes": [{"id": id(0xe1), "taxonomy_term_id": term}]});
     app.put_ok(&format!("/services/{service}"), &body).await;
@@ -1707,25 +1718,21 @@ webhook_test!(a_deleted_service_is_news_of_its_organization_to_its_term_and_loca
         "service_at_locations": [{"id": id(5), "location_id": location,
             "attributes": [{"id": id(7), "taxonomy_term_id": link_term}]}]});
     app.put_ok(&format!("/services/{service}"), &body).await;
-    let mut subscribers = Vec::new();
-    let filters = [
-        ("service_id", &service),
-        ("taxonomy_term_id", &term),
-        ("location_id", &location),
-        ("taxonomy_term_id", &link_term),
-    ];
-    for (field, value) in filters {
-        let rx = Receiver::start().await;
-        let body =
-            json!({"url": rx.url, "events": ["organization.updated"], "filter": {field: value}, "ordered": true});
-        create(&app, body).await;
-        rx.wait_for("the ping", |r| r.len() == 1).await;
-        subscribers.push(rx);
-    }
+    let updated = "organization.updated";
+    let subscribers = ordered_subscribers(
+        &app,
+        &[
+            (updated, "service_id", &service),
+            (updated, "taxonomy_term_id", &term),
+            (updated, "location_id", &location),
+            (updated, "taxonomy_term_id", &link_term),
+        ],
+    )
+    .await;
     app.put_ok(&format!("/phones/{}", id(6)), &json!({"number": "1", "location_id": location})).await;
     assert_eq!(app.delete(&format!("/services/{service}")).await.status(), 204);
     let wanted = [("service_id", 2), ("taxonomy_term_id", 2), ("location_id", 3), ("the link's taxonomy_term_id", 2)];
-    for (rx, (field, count)) in subscribers.iter().zip(wanted) {
+    for ((rx, _), (field, count)) in subscribers.iter().zip(wanted) {
         let got = rx.wait_for(&format!("{field}: the deletion"), |r| r.len() >= count).await;
         let last = got[count - 1].json();
         assert_eq!(last["data"]["services"], json!([]), "{field}: the organization without the service: {last}");
@@ -1751,18 +1758,15 @@ webhook_test!(a_document_that_shows_a_change_matches_what_the_change_was_inside,
         "attributes": [{"id": id(7), "taxonomy_term_id": t1}],
         "service_at_locations": [{"id": link, "location_id": location}]});
     app.put_ok(&format!("/services/{service}"), &body).await;
-    let mut subscribers = Vec::new();
-    for (event, field, value) in [
-        ("service_at_location.updated", "taxonomy_term_id", &t1),
-        ("service.updated", "taxonomy_term_id", &t4),
-        ("organization.updated", "service_id", &service),
-    ] {
-        let rx = Receiver::start().await;
-        let body = json!({"url": rx.url, "events": [event], "filter": {field: value}, "ordered": true});
-        let sub = create(&app, body).await["id"].as_str().unwrap().to_string();
-        rx.wait_for("the ping", |r| r.len() == 1).await;
-        subscribers.push((rx, sub));
-    }
+    let subscribers = ordered_subscribers(
+        &app,
+        &[
+            ("service_at_location.updated", "taxonomy_term_id", &t1),
+            ("service.updated", "taxonomy_term_id", &t4),
+            ("organization.updated", "service_id", &service),
+        ],
+    )
+    .await;
     app.put_ok(&format!("/phones/{}", id(8)), &json!({"number": "1", "service_id": service})).await;
     app.put_ok(&format!("/phones/{}", id(9)), &json!({"number": "2", "location_id": location})).await;
     let by_t4 = subscribers[1].0.wait_for("S showing L1's phone", |r| r.len() >= 2).await;
