@@ -1,7 +1,7 @@
 //! Webhook delivery benchmark: hsda in-process (real HTTP API, real worker, signatures on, every attempt
 //! recorded), a real axum receiver on 127.0.0.1, and a keep-alive reqwest driver, all in one tokio runtime.
 //!
-//! `cargo bench --bench webhooks -- [--store sqlite|postgres|both] [--workload W1|W2|W3|W4|W0|U0|C0|all]
+//! `cargo bench --bench webhooks -- [--store sqlite|postgres|both] [--workload W1|W2|W3|W4|W5|W0|U0|C0|all]
 //! [--max-concurrency N] [--keep-db DIR]`
 //!
 //! - W0: writes only, no subscription (the write path's own ceiling).
@@ -14,6 +14,8 @@
 //! - W2: ten subscriptions, 2k changes -> deliveries/s (20k deliveries).
 //! - W3: 100 changes/s for 10 s -> end-to-end latency (just before the PUT -> arrival at the receiver).
 //! - W4: W3 beside a second subscription whose target fails (500) or hangs (30 s) -> the healthy p99.
+//! - W5: W1 beside 500 more subscriptions (other partners), each filtered to an organization no write
+//!   touches -> deliveries/s: what following partners who want none of these changes costs. Not part of `all`.
 //! - ceiling: the same driver POSTing 1 KB JSON straight to the same receiver, same concurrency.
 //!
 //! The machine is shared, so every figure is printed beside the loopback ceiling measured in the same run.
@@ -49,6 +51,9 @@ const W1_CHANGES: usize = 20_000;
 const U0_ORGANIZATIONS: usize = 2_000;
 const W2_CHANGES: usize = 2_000;
 const W2_SUBSCRIPTIONS: usize = 10;
+/// W5 runs W1 beside this many other partners' subscriptions, each filtered to an organization the writes
+/// never touch: the cost of being one directory many partners follow, none of whom wants these changes.
+const W5_PARTNERS: usize = 500;
 const PACED_RATE: u64 = 100;
 const PACED_SECONDS: u64 = 10;
 const CEILING_REQUESTS: usize = 20_000;
@@ -238,10 +243,15 @@ impl Hsda {
         if let Some(n) = max_concurrency {
             body["max_concurrency"] = json!(n);
         }
+        self.subscribe_with(client, &body).await
+    }
+
+    /// Creates the subscription `body` describes; returns its secret.
+    async fn subscribe_with(&self, client: &reqwest::Client, body: &Value) -> String {
         let r = client
             .post(format!("{}/webhooks", self.base))
             .bearer_auth(&self.subscribe_key)
-            .json(&body)
+            .json(body)
             .send()
             .await
             .expect("POST /webhooks");
@@ -431,13 +441,15 @@ struct Throughput {
 }
 
 /// W1 (one subscription) and W2 (several), and W0 (none: writes only); U0 is W0 changing `existing` (created
-/// first, untimed) organizations instead of creating new ones.
+/// first, untimed) organizations instead of creating new ones. W5 is W1 with `partners` more subscriptions
+/// beside, each filtered to an organization no write touches (they get their pings, then nothing).
 async fn throughput(
     store: Store,
     subscriptions: usize,
     changes: usize,
     max_concurrency: Option<i64>,
     existing: usize,
+    partners: usize,
 ) -> anyhow::Result<Throughput> {
     let (rx, rx_base) = start_receiver().await;
     let hsda = Arc::new(Hsda::start(store).await?);
@@ -453,7 +465,14 @@ async fn throughput(
         let secret = hsda.subscribe(&client, &format!("{rx_base}/hook/{p}"), max_concurrency).await;
         *rx.path(p).secret.lock().unwrap() = Some(secret);
     }
+    let partner_paths: Vec<usize> = (0..partners).map(|p| 10_000 + p).collect();
+    for &p in &partner_paths {
+        let filter = json!({"organization_id": uuid::Uuid::new_v4().to_string()});
+        let body = json!({"url": format!("{rx_base}/hook/{p}"), "events": ["*"], "filter": filter});
+        hsda.subscribe_with(&client, &body).await;
+    }
     wait_for_pings(&rx, &paths).await;
+    wait_for_pings(&rx, &partner_paths).await;
 
     let t0 = Instant::now();
     let written_before = disk_bytes_written();
@@ -809,7 +828,7 @@ async fn main() -> anyhow::Result<()> {
             match w.as_str() {
                 "W0" => throughput_rows(
                     "W0",
-                    &throughput(store, 0, W1_CHANGES, mc, 0).await?,
+                    &throughput(store, 0, W1_CHANGES, mc, 0, 0).await?,
                     ceiling,
                     &mut rows,
                     &mut phases,
@@ -827,21 +846,28 @@ async fn main() -> anyhow::Result<()> {
                 }
                 "U0" => throughput_rows(
                     "U0",
-                    &throughput(store, 0, W1_CHANGES, mc, U0_ORGANIZATIONS).await?,
+                    &throughput(store, 0, W1_CHANGES, mc, U0_ORGANIZATIONS, 0).await?,
                     ceiling,
                     &mut rows,
                     &mut phases,
                 ),
                 "W1" => throughput_rows(
                     "W1",
-                    &throughput(store, 1, W1_CHANGES, mc, 0).await?,
+                    &throughput(store, 1, W1_CHANGES, mc, 0, 0).await?,
                     ceiling,
                     &mut rows,
                     &mut phases,
                 ),
                 "W2" => throughput_rows(
                     "W2",
-                    &throughput(store, W2_SUBSCRIPTIONS, W2_CHANGES, mc, 0).await?,
+                    &throughput(store, W2_SUBSCRIPTIONS, W2_CHANGES, mc, 0, 0).await?,
+                    ceiling,
+                    &mut rows,
+                    &mut phases,
+                ),
+                "W5" => throughput_rows(
+                    "W5",
+                    &throughput(store, 1, W1_CHANGES, mc, 0, W5_PARTNERS).await?,
                     ceiling,
                     &mut rows,
                     &mut phases,

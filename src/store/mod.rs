@@ -92,6 +92,7 @@ const SQLITE_MIGRATIONS: &[(i64, &[&str])] = &[
     (9, &[include_str!("migrations/9_search_index_at_commit_sqlite.sql")]),
     (10, &[include_str!("migrations/10_lease_holders.sql")]),
     (11, &[include_str!("migrations/11_manual_attempts.sql")]),
+    (12, &[include_str!("migrations/12_subscriptions_version.sql")]),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &[&str])] = &[
     (1, &[include_str!("migrations/1_records_postgres.sql"), include_str!("migrations/1_schema.sql")]),
@@ -102,6 +103,13 @@ const POSTGRES_MIGRATIONS: &[(i64, &[&str])] = &[
     (8, &[include_str!("migrations/8_claimable_at.sql")]),
     (10, &[include_str!("migrations/10_lease_holders.sql"), include_str!("migrations/10_live_workers_postgres.sql")]),
     (11, &[include_str!("migrations/11_manual_attempts.sql")]),
+    (
+        12,
+        &[
+            include_str!("migrations/12_subscriptions_version.sql"),
+            include_str!("migrations/12_subscriptions_version_postgres.sql"),
+        ],
+    ),
 ];
 
 impl Db {

@@ -338,8 +338,10 @@ pub fn wants(sub: &Subscription, event: &Event) -> bool {
 
 /// Every subscription as last read from the store, shared by the worker's hot paths (one query per change
 /// instead of several per delivery). On SQLite this process makes every change, each of which bumps the
-/// generation, so the snapshot is exact; on PostgreSQL other processes' changes are seen within
-/// [`SNAPSHOT_MAX_AGE`].
+/// generation, so the snapshot is exact. On PostgreSQL other processes change them too: a snapshot carries the
+/// store's subscriptions version it was read at (migration 12), and a dispatcher that finds the version
+/// unchanged uses it without reading the subscriptions again; the worker's own use sees other processes'
+/// changes within [`SNAPSHOT_MAX_AGE`] (then one row tells whether anything changed).
 #[derive(Default)]
 pub struct SubscriptionCache {
     generation: AtomicU64,
@@ -352,15 +354,55 @@ impl std::fmt::Debug for SubscriptionCache {
     }
 }
 
+/// What the cache keeps: every subscription by id, and when and at which versions it was read.
+struct Snapshot {
+    /// This process's [`SubscriptionCache::generation`] when read.
+    generation: u64,
+    /// When read, or last found current (PostgreSQL).
+    checked: Instant,
+    /// The same, as a store timestamp (compared with deliveries' creation times).
+    read_at: String,
+    /// The store's subscriptions version it shows (PostgreSQL only).
+    version: Option<i64>,
+    subscriptions: Arc<HashMap<String, Subscription>>,
+}
+
 impl SubscriptionCache {
-    /// Keeps `snapshot`, read at `read_at` while the generation was `generation`, unless a change of this
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Snapshot>> {
+        self.snapshot.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Keeps `subscriptions`, read at `read_at` while the generation was `generation`, unless a change of this
     /// process came since (it would hide that change) or a later read is kept already.
-    fn offer(&self, generation: u64, read_at: String, snapshot: Arc<HashMap<String, Subscription>>) {
-        let mut kept = self.snapshot.lock().unwrap_or_else(|p| p.into_inner());
-        let newer = kept.as_ref().is_none_or(|(seen, _, at, _)| *seen != generation || *at <= read_at);
+    fn offer(
+        &self,
+        generation: u64,
+        read_at: String,
+        version: Option<i64>,
+        subscriptions: Arc<HashMap<String, Subscription>>,
+    ) {
+        let mut kept = self.lock();
+        let newer = kept.as_ref().is_none_or(|k| k.generation != generation || k.read_at <= read_at);
         if self.generation.load(Ordering::Acquire) == generation && newer {
-            *kept = Some((generation, Instant::now(), read_at, snapshot));
+            *kept = Some(Snapshot { generation, checked: Instant::now(), read_at, version, subscriptions });
         }
+    }
+
+    /// The kept snapshot if it shows the store's subscriptions at `version`, which was read after `read_at`
+    /// while the generation was `generation`; it then counts as read then. Every change the pipeline sees bumps
+    /// the version in its own transaction (this process's ones before they bump the generation), so an equal
+    /// version means nothing changed since the snapshot was read.
+    fn at_version(&self, generation: u64, version: i64, read_at: &str) -> Option<Arc<HashMap<String, Subscription>>> {
+        let mut kept = self.lock();
+        let snapshot = kept.as_mut().filter(|k| k.version == Some(version))?;
+        if self.generation.load(Ordering::Acquire) == generation {
+            snapshot.generation = generation;
+        }
+        snapshot.checked = Instant::now();
+        if snapshot.read_at.as_str() < read_at {
+            snapshot.read_at = read_at.to_string();
+        }
+        Some(snapshot.subscriptions.clone())
     }
 }
 
@@ -368,10 +410,47 @@ fn subscriptions_of(rows: &[sqlx::any::AnyRow]) -> sqlx::Result<HashMap<String, 
     rows.iter().map(from_row).map(|s| s.map(|s| (s.id.clone(), s))).collect()
 }
 
-/// (generation, when read, when read as a store timestamp, every subscription by id).
-type Snapshot = (u64, Instant, String, Arc<HashMap<String, Subscription>>);
-
 const SNAPSHOT_MAX_AGE: Duration = Duration::from_secs(1);
+
+/// PostgreSQL: the subscriptions' version (migration 12).
+const SUBSCRIPTIONS_VERSION: &str = "SELECT value FROM counters WHERE name = 'subscriptions_version'";
+
+/// PostgreSQL: every subscription and the version they are at, read in one statement (one snapshot).
+async fn versioned_subscriptions<'c>(
+    conn: impl sqlx::Executor<'c, Database = sqlx::Any>,
+) -> sqlx::Result<(i64, HashMap<String, Subscription>)> {
+    let rows = sqlx::query(
+        "SELECT v.value AS subscriptions_version, s.* FROM counters v LEFT JOIN subscriptions s ON TRUE \
+         WHERE v.name = 'subscriptions_version'",
+    )
+    .fetch_all(conn)
+    .await?;
+    let version = match rows.first() {
+        Some(row) => row.try_get("subscriptions_version")?,
+        None => return Err(sqlx::Error::RowNotFound),
+    };
+    // No subscription at all: one row, the version's, with every subscription column NULL.
+    let subscriptions = rows.iter().filter(|row| row.try_get::<Option<String>, _>("id").is_ok_and(|id| id.is_some()));
+    Ok((version, subscriptions.map(from_row).map(|s| s.map(|s| (s.id.clone(), s))).collect::<sqlx::Result<_>>()?))
+}
+
+/// PostgreSQL: the subscriptions as committed now, from `cache` when its snapshot is at the store's version
+/// (one row read), else read again and offered to it. `read_at` is a time before this call.
+async fn current_subscriptions(
+    cache: &SubscriptionCache,
+    conn: &mut sqlx::AnyConnection,
+    read_at: &str,
+) -> sqlx::Result<Arc<HashMap<String, Subscription>>> {
+    let generation = cache.generation.load(Ordering::Acquire);
+    let version: i64 = sqlx::query_scalar(SUBSCRIPTIONS_VERSION).fetch_one(&mut *conn).await?;
+    if let Some(snapshot) = cache.at_version(generation, version, read_at) {
+        return Ok(snapshot);
+    }
+    let (version, subscriptions) = versioned_subscriptions(&mut *conn).await?;
+    let snapshot = Arc::new(subscriptions);
+    cache.offer(generation, read_at.to_string(), Some(version), snapshot.clone());
+    Ok(snapshot)
+}
 
 impl Db {
     /// Every subscription, keyed by id, from the cache when it is current.
@@ -379,16 +458,27 @@ impl Db {
         let cache = &self.subscription_cache;
         // Read before the query: a change committed meanwhile bumps it, and the next call reloads.
         let generation = cache.generation.load(Ordering::Acquire);
-        if let Some((seen, at, _, snapshot)) = cache.snapshot.lock().unwrap_or_else(|p| p.into_inner()).as_ref()
-            && *seen == generation
-            && (self.backend == Backend::Sqlite || at.elapsed() < SNAPSHOT_MAX_AGE)
+        if let Some(kept) = cache.lock().as_ref()
+            && kept.generation == generation
+            && (self.backend == Backend::Sqlite || kept.checked.elapsed() < SNAPSHOT_MAX_AGE)
         {
-            return Ok(snapshot.clone());
+            return Ok(kept.subscriptions.clone());
         }
         let read_at = now_text();
-        let rows = sqlx::query("SELECT * FROM subscriptions").fetch_all(&self.pool).await?;
-        let snapshot = Arc::new(subscriptions_of(&rows)?);
-        cache.offer(generation, read_at, snapshot.clone());
+        if self.backend == Backend::Sqlite {
+            let rows = sqlx::query("SELECT * FROM subscriptions").fetch_all(&self.pool).await?;
+            let snapshot = Arc::new(subscriptions_of(&rows)?);
+            cache.offer(generation, read_at, None, snapshot.clone());
+            return Ok(snapshot);
+        }
+        // Aged, or this process changed one: one row tells whether to read them all.
+        let version: i64 = sqlx::query_scalar(SUBSCRIPTIONS_VERSION).fetch_one(&self.pool).await?;
+        if let Some(snapshot) = cache.at_version(generation, version, &read_at) {
+            return Ok(snapshot);
+        }
+        let (version, subscriptions) = versioned_subscriptions(&self.pool).await?;
+        let snapshot = Arc::new(subscriptions);
+        cache.offer(generation, read_at, Some(version), snapshot.clone());
         Ok(snapshot)
     }
 
@@ -400,8 +490,8 @@ impl Db {
         if self.backend != Backend::Postgres {
             return false;
         }
-        match self.subscription_cache.snapshot.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-            Some((_, _, read_at, _)) => read_at.as_str() < created_at,
+        match self.subscription_cache.lock().as_ref() {
+            Some(kept) => kept.read_at.as_str() < created_at,
             None => true,
         }
     }
@@ -676,21 +766,14 @@ impl Db {
         // Read under the cursor lock, so a schedule change (which takes it too) is seen by the next batch. On
         // SQLite the snapshot is exact (every change is this process's and bumps it; the lock is held here).
         let immediate = |s: &Subscription| s.status != "disabled" && s.schedule.is_none();
-        let subscriptions: Vec<Subscription> = match self.backend {
-            Backend::Sqlite => {
-                let mut subs: Vec<Subscription> =
-                    self.subscription_snapshot().await?.values().filter(|s| immediate(s)).cloned().collect();
-                subs.sort_by(|a, b| (&a.created_at, &a.id).cmp(&(&b.created_at, &b.id)));
-                subs
-            }
-            Backend::Postgres => sqlx::query("SELECT * FROM subscriptions ORDER BY created_at, id")
-                .fetch_all(&mut *tx)
-                .await?
-                .iter()
-                .map(from_row)
-                .filter(|s| s.as_ref().map_or(true, immediate))
-                .collect::<sqlx::Result<Vec<_>>>()?,
+        // The deliveries are dated when the subscriptions are read (before), as at commit (`dispatch_appended`).
+        let now = now_text();
+        let snapshot = match self.backend {
+            Backend::Sqlite => self.subscription_snapshot().await?,
+            Backend::Postgres => current_subscriptions(&self.subscription_cache, &mut tx, &now).await?,
         };
+        let mut subscriptions: Vec<&Subscription> = snapshot.values().filter(|s| immediate(s)).collect();
+        subscriptions.sort_by(|a, b| (&a.created_at, &a.id).cmp(&(&b.created_at, &b.id)));
         let rows = sqlx::query(
             "SELECT sequence, id, type, object, object_id, occurred_at, origin, data, facets FROM events \
              WHERE sequence > $1 ORDER BY sequence LIMIT $2",
@@ -701,9 +784,7 @@ impl Db {
         .await?;
         let events: Vec<Event> = rows.iter().map(super::events::event_from_any_row).collect::<sqlx::Result<_>>()?;
         let last = events.last().map_or(cursor, |e| e.sequence);
-        let now = now_text();
         let lease = timestamp_text(chrono::Utc::now() + chrono::Duration::seconds(lease_seconds));
-        let subscriptions: Vec<&Subscription> = subscriptions.iter().collect();
         let deliveries = fan_out(&events, &subscriptions, public_url, &now, &lease);
         let created = insert_new_deliveries(&mut Conn::from(&mut *tx), deliveries, &now, &self.lease_holder).await?;
         if last != cursor {
@@ -1923,11 +2004,8 @@ pub(crate) async fn dispatch_appended(
     let subscriptions = match (subscriptions, &mut *conn) {
         (Some(subscriptions), _) => subscriptions,
         (None, Conn::Pooled(pooled)) => {
-            let generation = settings.cache.generation.load(Ordering::Acquire);
-            let rows = sqlx::query("SELECT * FROM subscriptions").fetch_all(&mut **pooled).await?;
             // Committed rows only (this transaction changes no subscription): a snapshot like any other.
-            read = Arc::new(subscriptions_of(&rows)?);
-            settings.cache.offer(generation, now.clone(), read.clone());
+            read = current_subscriptions(&settings.cache, pooled, &now).await?;
             &*read
         }
         (None, Conn::Direct(_)) => return Ok(None),

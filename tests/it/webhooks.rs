@@ -1547,6 +1547,73 @@ async fn a_change_through_one_process_holds_for_what_another_sends_right_after_p
     );
 }
 
+/// PostgreSQL, two processes on one database: who gets a change is decided by the subscriptions as they are
+/// when it is dispatched, though a dispatcher reads them all again only when their version moved (migration
+/// 12). A filter, a new subscription, a disable and a delete made through one process hold for the other's
+/// very next write; an attempt's bookkeeping (last success, failure streak) moves no version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_decides_who_gets_a_change_through_one_process_holds_for_the_next_write_of_another_postgres() {
+    let Some(a) = TestApp::spawn(Store::Postgres).await else { return };
+    let shared = a.database_url.clone();
+    let Some(b) = TestApp::spawn_with(Store::Postgres, |c| c.database_url = shared).await else { return };
+    let mut db = database_of(&a).await;
+    let mut version = async || -> i64 {
+        sqlx::query_scalar("SELECT value FROM counters WHERE name = 'subscriptions_version'")
+            .fetch_one(&mut db)
+            .await
+            .unwrap()
+    };
+    let rx = Receiver::start().await;
+    let sub = create(&a, json!({"url": rx.url, "events": ["organization.*"]})).await;
+    let id = sub["id"].as_str().unwrap().to_string();
+    rx.wait_for("the ping", |r| r.len() == 1).await;
+    put_org(&b, &org(0), "First").await;
+    delivery_reaches(&a, &delivery_of(&a, &id, "organization.created").await, "succeeded").await;
+    let before = version().await;
+    put_org(&b, &org(0), "Second").await;
+    delivery_reaches(&a, &delivery_of(&a, &id, "organization.updated").await, "succeeded").await;
+    assert_eq!(version().await, before, "recording a success changes nothing a dispatcher goes by");
+
+    let path = format!("/webhooks/{id}");
+    let patched = a.patch_as(&a.subscribe_key, &path, &json!({"filter": {"organization_id": org(2)}})).await;
+    assert_eq!(patched.status(), 200);
+    assert!(version().await > before, "a new filter is a new version");
+    put_org(&b, &org(3), "Elsewhere").await;
+    put_org(&b, &org(2), "Here").await;
+    rx.wait_for("the filtered-in change", |r| r.iter().any(|d| d.json()["data"]["name"] == "Here")).await;
+    // Dispatched in sequence order: the change before it was fanned out by then.
+    let deliveries_of = async |db: &mut sqlx::AnyConnection, sub: &str, object: &str| -> i64 {
+        sqlx::query_scalar("SELECT COUNT(*) FROM deliveries WHERE subscription_id = $1 AND object_id = $2")
+            .bind(sub)
+            .bind(object)
+            .fetch_one(db)
+            .await
+            .unwrap()
+    };
+    assert_eq!(deliveries_of(&mut db, &id, &org(3)).await, 0, "the filter set through A held for B's write");
+
+    let (everything, deleted) = (Receiver::start().await, Receiver::start().await);
+    let sentinel = create(&a, json!({"url": everything.url, "events": ["*"]})).await;
+    let doomed = create(&a, json!({"url": deleted.url, "events": ["*"]})).await;
+    put_org(&b, &org(4), "New").await;
+    everything.wait_for("a new subscription's first change", |r| has_created(r, &org(4))).await;
+    deleted.wait_for("the other new subscription's first change", |r| has_created(r, &org(4))).await;
+
+    assert_eq!(a.patch_as(&a.subscribe_key, &path, &json!({"status": "disabled"})).await.status(), 200);
+    let doomed_id = doomed["id"].as_str().unwrap().to_string();
+    let removed = a.client.delete(a.url(&format!("/webhooks/{doomed_id}"))).bearer_auth(&a.subscribe_key).send();
+    assert_eq!(removed.await.unwrap().status(), 204);
+    put_org(&b, &org(2), "After").await;
+    everything.wait_for("the change after", |r| r.iter().any(|d| d.json()["data"]["name"] == "After")).await;
+    assert_eq!(deliveries_of(&mut db, &id, &org(2)).await, 1, "disabled through A: only the change before it");
+    assert_eq!(deliveries_of(&mut db, &doomed_id, &org(2)).await, 0, "deleted through A: nothing made for it");
+    assert!(sentinel["id"].is_string());
+}
+
+fn has_created(received: &[crate::receiver::Received], id: &str) -> bool {
+    Receiver::of_type(received, "organization.created").iter().any(|d| d.json()["data"]["id"] == id)
+}
+
 /// A full payload is not stored a second time with its delivery: the row keeps an empty body, and an attempt
 /// claimed from the store (a retry asked for, an ordered subscription's) sends the event's payload built again,
 /// byte for byte what the first attempt sent from memory, floats and non-ASCII text included, signed. A thin
