@@ -133,8 +133,11 @@ pub fn system_message_data_schema(name: &str) -> Value {
         "webhook.digest" => json!({
             "type": "object",
             "properties": {
-                "since": { "type": "string", "format": "date-time" },
-                "until": { "type": "string", "format": "date-time" },
+                "since": { "type": "string", "format": "date-time", "description": "Where the previous digest \
+                    ended (or the schedule began); earlier when an event in it was written before then and committed \
+                    after (its timestamp is when its write began): every event's timestamp is at or after since." },
+                "until": { "type": "string", "format": "date-time", "description": "When this digest was made; \
+                    events committed later are in the next one." },
                 "events": {
                     "type": "array",
                     "description": "The events covered, oldest first, each as it would have been delivered alone \

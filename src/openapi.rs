@@ -166,7 +166,7 @@ pub fn document(server: &str) -> Value {
                     "requestBody": { "required": true, "content": { "application/json": { "schema": item_ref } } },
                     "responses": put_responses },
                 "patch": { "operationId": format!("patch_{}", t.name), "tags": [t.name], "summary": format!("Change a {} with a JSON merge patch (RFC 7386)", t.name),
-                    "description": "Merged into the document as GET returns it, as it stands when the write commits: concurrent patches each apply to what the one before left. 412 only for the client's own If-Match or If-None-Match.",
+                    "description": "Merged into the document as GET returns it, as it stands when the write commits: concurrent patches each apply to what the one before left. A list of children set to null (`{\"phones\": null}`) removes them all, as `[]` does; a list left out stays. 412 only for the client's own If-Match or If-None-Match.",
                     "security": [{"bearer": []}], "parameters": [if_match.clone(), if_none_match.clone()],
                     "requestBody": { "required": true, "content": { "application/merge-patch+json": { "schema": {"type": "object"} }, "application/json": { "schema": {"type": "object"} } } },
                     "responses": write_responses("200") },
@@ -370,7 +370,7 @@ fn add_webhook_paths(paths: &mut Map<String, Value>, schemas: &mut Map<String, V
     paths.insert("/webhooks/{id}".into(), json!({ "parameters": id_param,
         "get": { "operationId": "getWebhook", "tags": ["webhooks"], "security": security, "responses": { "200": ok("The subscription.", sub_ref.clone()), "404": not_found } },
         "patch": { "operationId": "updateWebhook", "tags": ["webhooks"], "security": security, "summary": "Change fields; status: active or disabled", 
-            "description": "A JSON merge patch (RFC 7386): fields left out stay as they are; filter, headers (names compared without case) and metadata merge into the current ones, a member set to null removing it; null for filter, headers, metadata, schedule or rate_limit_per_second clears it, and for description empties it. Disabling ends the subscription's open deliveries as `failed` (last_error: the subscription was disabled before this was delivered); nothing is sent to it while disabled. A new `url` of a `verify: true` subscription must echo a challenge again.",
+            "description": "A JSON merge patch (RFC 7386): fields left out stay as they are; filter, headers (names compared without case) and metadata merge into the current ones, a member set to null removing it; null for filter, headers, metadata, schedule or rate_limit_per_second clears it, and for description empties it. Disabling ends the subscription's open deliveries as `failed` (last_error: the subscription was disabled before this was delivered); nothing is sent to it while disabled. Every attempt that starts after the answer goes as the subscription is then: to its new url, signed with its new secret, not at all once disabled or deleted (only attempts already under way finish as they began; another hsda process on the same PostgreSQL sees the change within a second). A delivery's body stays as it was made: a new payload form applies to deliveries made after the change. A new `url` of a `verify: true` subscription must echo a challenge again.",
             "requestBody": { "content": { "application/json": { "schema": sub_ref } } },
             "responses": { "200": ok("The subscription.", sub_ref.clone()), "404": not_found, "422": problem_response("A field is invalid.") } },
         "delete": { "operationId": "deleteWebhook", "tags": ["webhooks"], "security": security, "responses": { "204": {"description": "Deleted with its history."}, "404": not_found } } }));
@@ -397,7 +397,7 @@ fn add_webhook_paths(paths: &mut Map<String, Value>, schemas: &mut Map<String, V
         (
             "/webhooks/{id}/enable",
             "enableWebhook",
-            "Re-enable; with replay_missed, reopen the deliveries the latest disable ended and queue the events that occurred while disabled (answer: replayed)",
+            "Re-enable; with replay_missed, reopen the deliveries the latest disable ended and queue the events that occurred while disabled, or were dispatched after it (a change committed just before the disable; none twice) (answer: replayed)",
             json!({"replay_missed": {"type": "boolean"}}),
         ),
     ] {

@@ -101,6 +101,28 @@ impl Table {
         })
     }
 
+    /// For a polymorphic reference (`references == Some("*")`: `attribute.link_id`, `metadata.resource_id`),
+    /// the field of the same row that names the table it points into (`link_entity`, `resource_type`).
+    pub fn entity_field(&self, field: &Field) -> Option<&'static str> {
+        if field.references != Some("*") {
+            return None;
+        }
+        self.fields.iter().find(|f| matches!(f.name, "link_entity" | "resource_type")).map(|f| f.name)
+    }
+
+    /// Whether `row` of this table, whose `field` holds some id, points at the row of `parent` with that id.
+    /// Ids are unique per table only, so a polymorphic reference says which table it means: an attribute of
+    /// a phone is not one of the service that happens to have the phone's id. One that names no table (rows
+    /// written before hsda filled it in; the official examples' placeholder `"link_entity": "link_entity"`)
+    /// counts for any table that can hold it.
+    pub fn points_into(&self, field: &Field, row: &serde_json::Map<String, serde_json::Value>, parent: &str) -> bool {
+        let named = self.entity_field(field).and_then(|entity| row.get(entity)?.as_str());
+        match named.filter(|named| TABLES.iter().any(|t| t.name.eq_ignore_ascii_case(named))) {
+            Some(named) => named.eq_ignore_ascii_case(parent),
+            None => field.references == Some("*") || field.references == Some(parent),
+        }
+    }
+
     /// Fields that point at other rows.
     pub fn reference_fields(&self) -> impl Iterator<Item = &'static Field> {
         self.fields.iter().filter(|f| f.references.is_some())

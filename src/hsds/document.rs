@@ -329,6 +329,8 @@ pub struct FlatRow {
 pub struct ChildSet {
     pub table: &'static Table,
     pub field: &'static str,
+    /// The parent's table: a polymorphic `field` (`attribute.link_id`) may hold the same id for rows of others.
+    pub parent: &'static str,
     pub parent_id: String,
     pub keep: Vec<String>,
 }
@@ -457,7 +459,13 @@ fn flatten_into(table: &'static Table, body: &Value, pointer: &str, out: &mut Fl
         let Some(keep) = flatten_children(table, &id, child_table, back, value, &child_pointer, out, errors) else {
             continue;
         };
-        out.child_sets.push(ChildSet { table: child_table, field: back.name, parent_id: id.clone(), keep });
+        out.child_sets.push(ChildSet {
+            table: child_table,
+            field: back.name,
+            parent: table.name,
+            parent_id: id.clone(),
+            keep,
+        });
     }
     // An organization's services are upserted with it, but they are entities of their own: one the body does
     // not list is left alone (a body that lists some services, or none, deletes nothing), unlike a phone.

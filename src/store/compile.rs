@@ -117,6 +117,11 @@ pub(crate) fn compile_many<'a, 'c>(
                 NestedKind::Many => {
                     let Some(back) = table.back_reference(nested) else { continue };
                     let children = children_of.remove(&(child_table.name, back.name)).unwrap_or_default();
+                    // A polymorphic child of another table's row with the same id is not this row's.
+                    let children: Vec<(String, Row)> = children
+                        .into_iter()
+                        .filter(|(_, row)| child_table.points_into(back, row, table.name))
+                        .collect();
                     let (parents, child_rows): (Vec<String>, Vec<Row>) = children.into_iter().unzip();
                     let compiled = compile_many(conn, child_table, child_rows, Form::Nested).await?;
                     let mut grouped: BTreeMap<String, Vec<Value>> = BTreeMap::new();

@@ -664,6 +664,12 @@ impl Db {
                 .bind(&s.id)
                 .execute(&mut *tx)
                 .await?;
+            // Under the cursor's lock: every event after it is dispatched with the subscription disabled.
+            sqlx::query("UPDATE subscriptions SET disabled_after_sequence = $1 WHERE id = $2")
+                .bind(cursor)
+                .bind(&s.id)
+                .execute(&mut *tx)
+                .await?;
         }
         // Enabled again: a dispatcher (of another process) that read the subscription before it was disabled
         // may have queued deliveries after the disable ended the open ones. They end the same way, so that
@@ -1387,7 +1393,9 @@ pub(crate) async fn record_in(
         conn.execute(
             "UPDATE subscriptions SET status = $1, disabled_reason = $2, consecutive_failures = $3, \
              failing_since = $4, last_success_at = $5, last_failure_at = $6, \
-             disabled_at = CASE WHEN $7 = 'disabled' AND status <> 'disabled' THEN $8 ELSE disabled_at END \
+             disabled_at = CASE WHEN $7 = 'disabled' AND status <> 'disabled' THEN $8 ELSE disabled_at END, \
+             disabled_after_sequence = CASE WHEN $7 = 'disabled' AND status <> 'disabled' \
+             THEN (SELECT value FROM counters WHERE name = 'dispatch_cursor') ELSE disabled_after_sequence END \
              WHERE id = $9",
             &[
                 (&status).into(),
@@ -1625,11 +1633,21 @@ impl Db {
         let rows = match sub.schedule {
             Some(_) => Vec::new(),
             None => {
+                // Every event dispatched while it was disabled: after the cursor at the disable (a write may
+                // commit just before the disable and be dispatched after it), or, for a store disabled before
+                // that was kept, since the disable. Those that got their delivery anyway are not queued twice.
+                let after: Option<i64> =
+                    sqlx::query_scalar("SELECT disabled_after_sequence FROM subscriptions WHERE id = $1")
+                        .bind(&sub.id)
+                        .fetch_optional(&self.pool)
+                        .await?
+                        .flatten();
                 sqlx::query(
                     "SELECT sequence, id, type, object, object_id, occurred_at, origin, data, facets FROM events \
-                     WHERE occurred_at >= $1 ORDER BY sequence LIMIT 100000",
+                     WHERE occurred_at >= $1 OR sequence > $2 ORDER BY sequence LIMIT 100000",
                 )
                 .bind(since)
+                .bind(after.unwrap_or(i64::MAX))
                 .fetch_all(&self.pool)
                 .await?
             }
@@ -1719,17 +1737,21 @@ impl Db {
         let mut last = sub.digest_after_sequence;
         let mut events = Vec::new();
         let mut last_included = None;
+        let mut since = sub.digest_since.clone().unwrap_or_else(|| sub.created_at.clone());
         let mut facets = std::collections::BTreeSet::new();
         for row in &rows {
             let event = super::events::event_from_any_row(row)?;
             last = event.sequence;
             if wants(&sub, &event) {
                 last_included = Some(event.sequence);
+                // A write that began before the window and committed in it: the digest still covers it.
+                if event.occurred_at < since {
+                    since = event.occurred_at.clone();
+                }
                 facets.extend(event.facets.iter().cloned());
                 events.push(delivery_value(&event, &sub.payload, public_url));
             }
         }
-        let since = sub.digest_since.clone().unwrap_or_else(|| sub.created_at.clone());
         let mut queued = None;
         if let Some(sequence) = last_included {
             let digest = Event {

@@ -12,7 +12,7 @@ use super::compile::{Form, Row, compile_many, id_of, load_rows, parse_row};
 use super::events::{Appended, Batch, Event, NewEvent, append_events};
 use super::sql::{Arg, Conn};
 use super::{Backend, Db, now_text};
-use crate::hsds::catalog::{NestedKind, TABLES, Table, table};
+use crate::hsds::catalog::{Field, NestedKind, TABLES, Table, table};
 use crate::hsds::document;
 use crate::hsds::validate::FieldError;
 
@@ -24,7 +24,13 @@ pub enum Op {
     /// Delete a row and the details it owns.
     Delete { table: &'static Table, id: String },
     /// Make the `table` rows whose `field` points at `parent_id` exactly the ids in `keep` (deleting others).
-    KeepChildren { table: &'static Table, field: &'static str, parent_id: String, keep: Vec<String> },
+    KeepChildren {
+        table: &'static Table,
+        field: &'static str,
+        parent: &'static str,
+        parent_id: String,
+        keep: Vec<String>,
+    },
     /// Apply `ops` only when no `table` row `id` exists yet: a related row's copy in another row's body
     /// creates it, never edits it.
     CreateIfAbsent { table: &'static Table, id: String, ops: Vec<Op> },
@@ -42,6 +48,7 @@ impl Op {
         ops.extend(flat.child_sets.into_iter().map(|c| Op::KeepChildren {
             table: c.table,
             field: c.field,
+            parent: c.parent,
             parent_id: c.parent_id,
             keep: c.keep,
         }));
@@ -589,7 +596,7 @@ impl Writer<'_, '_> {
                 }
                 self.delete_cascade(table, id).await
             }
-            Op::KeepChildren { table, field, parent_id, keep } => {
+            Op::KeepChildren { table, field, parent, parent_id, keep } => {
                 // A parent this write created has no children but its own; an existing one's are read under
                 // the lock.
                 if !self.created_here(&parent_id) {
@@ -606,6 +613,9 @@ impl Writer<'_, '_> {
                 for (id,) in existing.into_iter().filter(|(id,)| !keep.contains(id)) {
                     let stored = load_rows(self.conn, table.name, std::slice::from_ref(&id)).await?;
                     let Some(mut row) = stored.into_values().next() else { continue };
+                    if table.field(field).is_some_and(|f| !table.points_into(f, &row, parent)) {
+                        continue; // another table's row with this id holds it
+                    }
                     if self.has_other_parent(table, field, &row).await? {
                         // Also another row's child (a phone of a service and of its location): left out here, it
                         // only leaves this parent.
@@ -687,7 +697,17 @@ impl Writer<'_, '_> {
         // What the document only shows of other rows goes first: an organization's stored services are not
         // written back, nor a service's copy of its organization, but a patch that gives them is taken.
         document::strip_copies(table, &mut current);
-        crate::hsds::merge_patch::merge_patch(&mut current, patch);
+        // `"phones": null` removes the member, and a body without it would keep the stored phones (a missing
+        // list leaves the children as they are): null means none left, as `[]` does.
+        let mut patch = patch.clone();
+        if let Some(members) = patch.as_object_mut() {
+            for nested in table.nested.iter().filter(|n| n.kind == NestedKind::Many) {
+                if let Some(value) = members.get_mut(nested.key).filter(|v| v.is_null()) {
+                    *value = Value::Array(Vec::new());
+                }
+            }
+        }
+        crate::hsds::merge_patch::merge_patch(&mut current, &patch);
         // `"id": null` cannot remove the id: the row keeps it. (Another id is refused before the write.)
         if let Some(map) = current.as_object_mut()
             && map.get("id").and_then(Value::as_str).is_none_or(|kept| !kept.eq_ignore_ascii_case(id))
@@ -934,7 +954,14 @@ impl Writer<'_, '_> {
             for (kind, field, child_id) in referrers {
                 let Some(child) = table_of(&kind) else { continue };
                 let Some(child_field) = child.field(&field) else { continue };
-                let points_here = child_field.references == Some(t.name) || child_field.references == Some("*");
+                let points_here = match child_field.references {
+                    Some("*") => {
+                        // Ids are unique per table only: the attribute may be another table's row's.
+                        let row = load_rows(self.conn, child.name, std::slice::from_ref(&child_id)).await?;
+                        row.values().next().is_some_and(|row| child.points_into(child_field, row, t.name))
+                    }
+                    references => references == Some(t.name),
+                };
                 if !points_here {
                     continue;
                 }
@@ -1269,7 +1296,7 @@ impl Writer<'_, '_> {
                     for row in &rows {
                         let Some(target_id) = row.get(field.name).and_then(Value::as_str) else { continue };
                         let parents: Vec<&'static Table> = match field.references {
-                            Some("*") => match parent_table_of(self.conn, target_id, t, field.name).await? {
+                            Some("*") => match parent_table_of(self.conn, target_id, t, field, row).await? {
                                 Some(p) => vec![p],
                                 // Gone already: a root deleted earlier in this write (its cascade deletes the
                                 // row after it), known by the document kept for its events.
@@ -1278,7 +1305,9 @@ impl Writer<'_, '_> {
                                     .keys()
                                     .filter(|(_, id)| id == target_id)
                                     .filter_map(|(kind, _)| table_of(kind))
-                                    .filter(|parent| nests(parent, t, field.name))
+                                    .filter(|parent| {
+                                        nests(parent, t, field.name) && t.points_into(field, row, parent.name)
+                                    })
                                     .collect(),
                             },
                             Some(name) => table_of(name).into_iter().collect(),
@@ -1842,16 +1871,21 @@ fn nests(parent: &Table, child: &Table, field: &str) -> bool {
     parent.nested.iter().any(|n| n.table == child.name && parent.back_reference(n).map(|f| f.name) == Some(field))
 }
 
-/// The table of the row with this id, for polymorphic references (`attribute.link_id`): only tables that
-/// nest `child` rows through `field` can be the parent, and each is probed on its `(kind, id)` key (there
-/// is no index on the id alone: it would cost a random page write on every insert to save this rare read).
+/// The table of the row with this id that `row` points at through the polymorphic `field`
+/// (`attribute.link_id`): only tables that nest `child` rows through `field`, and the one `row` names if it
+/// does (`link_entity`), can be the parent; each is probed on its `(kind, id)` key (there is no index on the
+/// id alone: it would cost a random page write on every insert to save this rare read).
 async fn parent_table_of(
     conn: &mut Conn<'_>,
     id: &str,
     child: &Table,
-    field: &str,
+    field: &Field,
+    row: &Row,
 ) -> sqlx::Result<Option<&'static Table>> {
-    let candidates: Vec<&'static Table> = TABLES.iter().filter(|parent| nests(parent, child, field)).collect();
+    let candidates: Vec<&'static Table> = TABLES
+        .iter()
+        .filter(|parent| nests(parent, child, field.name) && child.points_into(field, row, parent.name))
+        .collect();
     if candidates.is_empty() {
         return Ok(None);
     }

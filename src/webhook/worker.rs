@@ -102,7 +102,6 @@ struct Lane {
 
 struct Waiting {
     delivery: Delivery,
-    sub: Subscription,
     /// When the rate limiter lets it start (None: now).
     start_at: Option<tokio::time::Instant>,
     claimed_at: tokio::time::Instant,
@@ -374,7 +373,7 @@ impl Worker {
                     lane.slots = Arc::new(Semaphore::new(size));
                     lane.size = size;
                 }
-                lane.waiting.push_back(Waiting { delivery, sub: sub.clone(), start_at, claimed_at });
+                lane.waiting.push_back(Waiting { delivery, start_at, claimed_at });
             }
         }
         // At once, not at the end of the round: what was just handed over must not wait for the claim's query.
@@ -435,8 +434,8 @@ impl Worker {
             let late = next.claimed_at.elapsed() > START_WITHIN;
             let worker = self.clone();
             tokio::spawn(async move {
-                let id = next.sub.id.clone();
-                if let Some((delivery, sub)) = worker.ready_to_start(next.delivery, next.sub, late).await {
+                let id = next.delivery.subscription_id.clone();
+                if let Some((delivery, sub)) = worker.ready_to_start(next.delivery, late).await {
                     if let Some(at) = next.start_at {
                         tokio::time::sleep_until(at).await;
                     }
@@ -465,26 +464,24 @@ impl Worker {
     /// renewed lease, with its subscription as it is now. None if the store no longer has it unfinished
     /// under our lease (a retry asked for meanwhile, or a lease that ran out and another process took), or
     /// the subscription stopped receiving while it waited.
-    async fn ready_to_start(
-        &self,
-        mut delivery: Delivery,
-        sub: Subscription,
-        late: bool,
-    ) -> Option<(Delivery, Subscription)> {
-        if !late {
-            return Some((delivery, sub));
-        }
-        // Waiting may have taken long: the owner may have disabled the subscription or changed its URL,
-        // headers or secret meanwhile.
-        let sub = match self.db.subscription_snapshot().await {
+    async fn ready_to_start(&self, mut delivery: Delivery, late: bool) -> Option<(Delivery, Subscription)> {
+        // The owner may have disabled or deleted the subscription, or changed its URL, headers or secret, since
+        // the delivery was dispatched (a backlog waits in its lane): it goes out as the subscription is now, or
+        // not at all. (Its body stays as it was made: what was sent once is sent again the same.) The snapshot
+        // is current: this process's changes reset it, other processes' show within `SNAPSHOT_MAX_AGE`.
+        let current = match self.db.subscription_snapshot().await {
             Ok(subscriptions) => {
                 subscriptions.get(&delivery.subscription_id).filter(|s| s.receives_deliveries())?.clone()
             }
             Err(e) => {
-                tracing::warn!(error = %e, delivery = %delivery.id, "no subscriptions to check a late delivery against; it is sent once its lease runs out");
+                tracing::warn!(error = %e, delivery = %delivery.id, "no subscriptions to check a delivery against; it is sent once its lease runs out");
                 return None;
             }
         };
+        if !late {
+            return Some((delivery, current));
+        }
+        let sub = current;
         match self.db.renew_lease(&delivery.id, delivery.lease_until.as_deref(), self.config.lease_seconds).await {
             Ok(Some(lease)) => {
                 delivery.lease_until = Some(lease);

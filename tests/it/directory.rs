@@ -584,7 +584,7 @@ store_test!(filters_follow_a_document_as_it_changes_and_goes, |app| async move {
     assert_eq!(service_ids(&app, &format!("organization_id={O1}")).await, [S1]);
 });
 
-/// Takes back what migrations 10 and 11 added, so that a store set back to an earlier schema version looks like
+/// Takes back what migrations 10 to 12 added, so that a store set back to an earlier schema version looks like
 /// one written then (SQLite cannot add a column only if it is missing, so a migration cannot run twice).
 async fn forget_migrations_from_10(pool: &sqlx::AnyPool) {
     sqlx::query("ALTER TABLE deliveries DROP COLUMN manual_attempts").execute(pool).await.unwrap();
@@ -592,6 +592,7 @@ async fn forget_migrations_from_10(pool: &sqlx::AnyPool) {
     sqlx::query("ALTER TABLE deliveries DROP COLUMN lease_holder").execute(pool).await.unwrap();
     sqlx::query("ALTER TABLE subscriptions DROP COLUMN verification_holder").execute(pool).await.unwrap();
     sqlx::query("DROP TABLE IF EXISTS live_workers").execute(pool).await.unwrap();
+    sqlx::query("ALTER TABLE subscriptions DROP COLUMN disabled_after_sequence").execute(pool).await.unwrap();
 }
 
 store_test!(upgrading_a_store_drops_stored_self_facets_and_filters_still_match, |app| async move {
@@ -1315,4 +1316,44 @@ store_test!(concurrent_patches_without_if_match_all_apply, |app| async move {
         .await
         .unwrap();
     assert_eq!(r.status(), 412);
+});
+
+// Ids are unique per table only: a phone may have the id of a service. The service's attribute (its
+// `link_entity` says `service`) is not the phone's, in what either shows, in what a phone's empty list
+// replaces, nor in what deleting the phone takes with it.
+store_test!(an_attribute_is_only_of_the_table_it_names, |app| async move {
+    let term = "00000000-0000-4000-8000-0000000000c1";
+    let attribute = "00000000-0000-4000-8000-0000000000c2";
+    app.put_ok(&format!("/taxonomy_terms/{term}"), &json!({"name": "Food", "description": "Food help"})).await;
+    app.put_ok(&format!("/organizations/{O1}"), &org_body(O1, "Food Bank")).await;
+    let mut service = service_body(S1, O1, "Community Pantry");
+    service["attributes"] = json!([{"id": attribute, "taxonomy_term_id": term, "label": "of the service"}]);
+    service["phones"] = json!([]);
+    app.put_ok(&format!("/services/{S1}"), &service).await;
+    // A phone of that service, with the service's id.
+    app.put_ok(&format!("/phones/{S1}"), &json!({"number": "555-0100", "service_id": S1})).await;
+    let attributes_of = async |path: String| app.get_json(&path).await["attributes"].clone();
+    assert_eq!(attributes_of(format!("/phones/{S1}")).await, json!([]), "the phone has no attribute");
+    let shown = app.get_json(&format!("/services/{S1}")).await;
+    assert_eq!(shown["attributes"][0]["id"], attribute, "{shown}");
+    assert_eq!(shown["phones"][0]["attributes"], json!([]), "{shown}");
+
+    app.put_ok(&format!("/phones/{S1}"), &json!({"number": "555-0101", "service_id": S1, "attributes": []})).await;
+    assert_eq!(app.delete(&format!("/phones/{S1}")).await.status(), 204);
+    let shown = app.get_json(&format!("/services/{S1}")).await;
+    assert_eq!(shown["attributes"][0]["id"], attribute, "the service keeps its attribute: {shown}");
+    assert_eq!(app.get(&format!("/attributes/{attribute}")).await.status(), 200);
+});
+
+// In a merge patch `null` removes a member; for a list of children that leaves none, as `[]` does (a body
+// without the list would keep them).
+store_test!(a_patch_that_nulls_a_list_of_children_removes_them, |app| async move {
+    app.put_ok(&format!("/organizations/{O1}"), &org_body(O1, "Food Bank")).await;
+    app.put_ok(&format!("/services/{S1}"), &service_body(S1, O1, "Community Pantry")).await;
+    let r = app.patch(&format!("/services/{S1}"), &json!({"phones": null})).await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let shown = app.get_json(&format!("/services/{S1}")).await;
+    assert_eq!(shown["phones"], json!([]), "{shown}");
+    assert_eq!(shown["schedules"].as_array().map(Vec::len), Some(1), "the other children stay: {shown}");
+    assert_eq!(app.get("/phones/00000000-0000-4000-8000-0000000000a1").await.status(), 404);
 });

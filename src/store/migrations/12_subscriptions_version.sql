@@ -4,3 +4,8 @@
 -- reading all of them for every batch of events. SQLite has the row too (one schema); its only process knows
 -- its own changes and does not read it.
 INSERT INTO counters (name, value) VALUES ('subscriptions_version', 0) ON CONFLICT (name) DO NOTHING;
+
+-- The dispatch cursor when a subscription was last disabled: every event after it was dispatched while the
+-- subscription took none, even one that occurred before the disable (on PostgreSQL a write may commit just
+-- before a disable and be dispatched just after it). `enable` with `replay_missed` replays from there.
+ALTER TABLE subscriptions ADD COLUMN disabled_after_sequence BIGINT;
