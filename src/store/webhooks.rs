@@ -1896,6 +1896,13 @@ mod tests {
                 assert!(uses_index, "{sql}\n{plan:#?}");
             }
         }
+        // Nor does it read every subscription for the next digest or challenge (hundreds of partners).
+        let plan: Vec<(i64, i64, i64, String)> =
+            sqlx::query_as(&format!("EXPLAIN QUERY PLAN {}", next_due_sql(0))).fetch_all(&db.pool).await.expect("plan");
+        for index in ["subscriptions_digests_due", "subscriptions_verifications_due"] {
+            assert!(plan.iter().any(|(.., detail)| detail.contains(index)), "{index}\n{plan:#?}");
+        }
+        assert!(!plan.iter().any(|(.., detail)| detail.starts_with("SCAN subscriptions")), "{plan:#?}");
         db.close().await;
     }
 

@@ -9,3 +9,9 @@ INSERT INTO counters (name, value) VALUES ('subscriptions_version', 0) ON CONFLI
 -- subscription took none, even one that occurred before the disable (on PostgreSQL a write may commit just
 -- before a disable and be dispatched just after it). `enable` with `replay_missed` replays from there.
 ALTER TABLE subscriptions ADD COLUMN disabled_after_sequence BIGINT;
+
+-- Every round of the worker asks when the next digest and the next challenge are due. Without these it read
+-- every subscription twice per round: 0.2 ms each with 500 subscriptions, most of a round's own cost.
+CREATE INDEX IF NOT EXISTS subscriptions_digests_due ON subscriptions (next_digest_at) WHERE schedule IS NOT NULL;
+CREATE INDEX IF NOT EXISTS subscriptions_verifications_due ON subscriptions (verification_due_at)
+    WHERE status = 'pending';
