@@ -22,7 +22,8 @@ pub struct Cli {
 // Parsed once per run: the size of the `serve` variant costs nothing worth a Box.
 #[allow(clippy::large_enum_variant)]
 pub enum Command {
-    /// Run the HTTP server.
+    /// Run the HTTP server. On a database without any live (unrevoked) API key it first creates an admin key
+    /// for tenant `default` and prints it once; later starts print none (`hsda keys create` makes more).
     Serve(ServeFlags),
     /// Create or upgrade the database schema, then exit.
     Migrate,
@@ -234,7 +235,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         crate::bulk::import::load_demo(&db, config.demo_services).await?;
         eprintln!("demo directory ready in {:.1}s", started.elapsed().as_secs_f64());
     }
-    let key = db.create_key("default", Scope::Admin).await?;
+    // A key made at every start piled up unrevoked admin keys, each one printed into the logs: only a database
+    // that nobody can administer (no live key) gets one.
+    let starter_key = db.create_key_if_none_live("default", Scope::Admin).await?;
     let app = crate::startup::Application::build_with_db(config, db).await?;
     let token = app.shutdown_token();
     tokio::spawn(async move {
@@ -242,6 +245,8 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         token.cancel();
     });
     println!("hsda listening on http://{}", app.local_addr());
-    println!("admin API key (shown once): {}", key.secret);
+    if let Some(key) = starter_key {
+        println!("admin API key (shown once): {}", key.secret);
+    }
     app.run().await
 }

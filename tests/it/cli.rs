@@ -57,6 +57,67 @@ async fn serve(url: &str) -> Server {
     Server { base, token }
 }
 
+/// Runs `hsda serve` over `url` until it answers `/health`, stops it and returns what it printed.
+async fn serve_output(url: &str) -> String {
+    use tokio::io::AsyncBufReadExt;
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_hsda"));
+    command
+        .args(["serve", "--bind", "127.0.0.1:0", "--database-url", url])
+        .env_remove("HSDA_DATABASE_URL")
+        .env_remove("HSDA_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let mut child = command.spawn().expect("start hsda serve");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut printed = String::new();
+    let run = async {
+        let base = loop {
+            let line = lines.next_line().await.unwrap().unwrap_or_else(|| panic!("no address printed: {printed}"));
+            printed += &format!("{line}\n");
+            if let Some(base) = line.strip_prefix("hsda listening on ") {
+                break base.to_string();
+            }
+        };
+        // Everything is printed before the server starts answering: once it answers, it has said it all.
+        crate::helpers::eventually("hsda serve answers", std::time::Duration::from_secs(30), || async {
+            let health = reqwest::get(format!("{base}/health")).await.map_err(|e| e.to_string())?;
+            health.status().is_success().then_some(()).ok_or_else(|| health.status().to_string())
+        })
+        .await;
+        child.start_kill().expect("stop hsda serve");
+        while let Some(line) = lines.next_line().await.unwrap() {
+            printed += &format!("{line}\n");
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(60), run).await.expect("hsda serve within a minute");
+    printed
+}
+
+#[tokio::test]
+async fn serve_makes_a_starter_admin_key_only_while_the_database_has_no_live_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite_url(dir.path());
+    let banner = "admin API key (shown once): ";
+    let starter_key = |printed: &str| printed.lines().find_map(|l| l.strip_prefix(banner)).map(str::to_string);
+    let first = serve_output(&url).await;
+    let key = starter_key(&first).unwrap_or_else(|| panic!("a new database gets an admin key: {first}"));
+    let db = hsda::store::Db::connect(&url).await.unwrap();
+    let principal = db.authenticate(&key).await.unwrap().expect("the printed key works");
+    assert_eq!((principal.scope, principal.tenant.as_str()), (hsda::store::keys::Scope::Admin, "default"));
+
+    let second = serve_output(&url).await;
+    assert_eq!(starter_key(&second), None, "a live key exists: no second one, nothing in the logs: {second}");
+    let listed = ok(&hsda(&["--database-url", &url, "keys", "list"], &[]).await, "keys list");
+    assert_eq!(listed.lines().count(), 2, "header and the one starter key: {listed}");
+
+    // Revoked keys count as none: a database nobody can administer gets a new starter key.
+    assert!(db.revoke_key(&principal.key_id).await.unwrap());
+    let third = serve_output(&url).await;
+    let new_key = starter_key(&third).unwrap_or_else(|| panic!("only a revoked key was left: {third}"));
+    assert_ne!(new_key, key);
+}
+
 #[tokio::test]
 async fn migrate_then_a_created_key_publishes() {
     let dir = tempfile::tempdir().unwrap();
