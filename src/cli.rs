@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
+use clap::builder::BoolishValueParser;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{Config, Flags, ServeFlags};
@@ -31,13 +32,16 @@ pub enum Command {
     Import {
         /// A folder or .zip with datapackage.json and CSVs, a .json file or a .ndjson file.
         path: PathBuf,
-        /// Do not draw a progress bar.
-        #[arg(long, env = "HSDA_QUIET")]
-        quiet: bool,
+        /// Do not draw a progress bar. A switch like `serve --demo`: `--quiet` alone is true, `--quiet=false`
+        /// and `HSDA_QUIET=true|false|1|0|yes|no|on|off` set it either way.
+        #[arg(long, env = "HSDA_QUIET", num_args = 0..=1, require_equals = true, default_missing_value = "true",
+              value_parser = BoolishValueParser::new())]
+        quiet: Option<bool>,
         /// Refuse references to rows that are neither in the directory nor in the import (by default they
-        /// are imported and listed as warnings).
-        #[arg(long, env = "HSDA_STRICT_REFERENCES")]
-        strict_references: bool,
+        /// are imported and listed as warnings). A switch like `--quiet`, with `HSDA_STRICT_REFERENCES`.
+        #[arg(long, env = "HSDA_STRICT_REFERENCES", num_args = 0..=1, require_equals = true,
+              default_missing_value = "true", value_parser = BoolishValueParser::new())]
+        strict_references: Option<bool>,
     },
     /// Export the directory as a tabular data package (folder, or .zip if OUT ends in .zip) or as NDJSON
     /// (to standard output if OUT is `-`).
@@ -134,7 +138,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Import { path, quiet, strict_references } => {
             let db = Db::connect_with(&config.database_url, config.store_options()).await?;
-            let options = crate::bulk::import::ImportOptions { progress: !quiet, strict_references };
+            let options = crate::bulk::import::ImportOptions {
+                progress: !quiet.unwrap_or(false),
+                strict_references: strict_references.unwrap_or(false),
+            };
             let report = crate::bulk::import::import_path(&db, &path, options).await?;
             println!("{report}");
             Ok(())
@@ -249,4 +256,51 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         println!("admin API key (shown once): {}", key.secret);
     }
     app.run().await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::any::TypeId;
+
+    use clap::CommandFactory;
+
+    use super::*;
+
+    /// The subcommands (at any depth) with their boolean arguments that have an environment twin.
+    fn switches_with_twins(command: &clap::Command) -> Vec<(clap::Command, clap::Arg)> {
+        let mut found = Vec::new();
+        for sub in command.get_subcommands() {
+            let switches = sub
+                .get_arguments()
+                .filter(|arg| arg.get_env().is_some() && arg.get_value_parser().type_id() == TypeId::of::<bool>());
+            found.extend(switches.map(|arg| (sub.clone(), arg.clone())));
+            found.extend(switches_with_twins(sub));
+        }
+        found
+    }
+
+    /// An environment twin goes through its flag's value parser: `HSDA_QUIET=1` was refused while `HSDA_DEMO=1`
+    /// worked, so every switch with a twin must read the same words, and a bare switch must mean true.
+    #[test]
+    fn every_switch_with_an_environment_twin_takes_the_same_boolish_values() {
+        let switches = switches_with_twins(&Cli::command());
+        let names: Vec<&str> = switches.iter().filter_map(|(_, arg)| arg.get_long()).collect();
+        for expected in ["demo", "require-key-for-reads", "quiet", "strict-references"] {
+            assert!(names.contains(&expected), "{expected} is among {names:?}");
+        }
+        for (command, arg) in switches {
+            let long = arg.get_long().expect("a switch has a long name");
+            // Alone, so that other required arguments (import's PATH) do not get in the way.
+            let alone = command.clone().mut_args(|a| a.required(false));
+            let parse = |given: &str| {
+                let matches = alone.clone().try_get_matches_from([command.get_name(), given]);
+                let matches = matches.unwrap_or_else(|e| panic!("{} {given}: {e}", command.get_name()));
+                matches.get_one::<bool>(arg.get_id().as_str()).copied()
+            };
+            for (value, meant) in [("1", true), ("0", false), ("yes", true), ("no", false), ("TRUE", true)] {
+                assert_eq!(parse(&format!("--{long}={value}")), Some(meant), "--{long}={value}");
+            }
+            assert_eq!(parse(&format!("--{long}")), Some(true), "--{long} alone");
+        }
+    }
 }

@@ -282,3 +282,37 @@ async fn a_failed_import_exits_non_zero() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("services.csv line 2, field minimum_age"), "{stderr}");
 }
+
+#[tokio::test]
+async fn import_switches_take_boolish_values_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite_url(dir.path());
+    let package = dir.path().join("package");
+    std::fs::create_dir(&package).unwrap();
+    // A service of an organization the directory does not hold: refused by strict imports only.
+    std::fs::write(
+        package.join("services.csv"),
+        "id,name,status,organization_id\n\
+         00000000-0000-4000-8000-000000000001,A,active,00000000-0000-4000-8000-0000000000ff\n",
+    )
+    .unwrap();
+    let path = package.to_string_lossy().into_owned();
+    let import = |strict: &'static str| {
+        let (url, path) = (url.clone(), path.clone());
+        async move {
+            let env = [("HSDA_QUIET", "1"), ("HSDA_STRICT_REFERENCES", strict)];
+            hsda(&["--database-url", &url, "import", &path], &env).await
+        }
+    };
+    for strict in ["1", "yes", "TRUE"] {
+        let refused = import(strict).await;
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success(), "HSDA_STRICT_REFERENCES={strict} is strict: {stderr}");
+        assert!(stderr.contains("nothing was imported"), "HSDA_STRICT_REFERENCES={strict}: {stderr}");
+    }
+    let out = ok(&import("0").await, "HSDA_STRICT_REFERENCES=0");
+    assert!(out.contains("imported") && out.contains("warning:"), "{out}");
+    // The flag wins over its twin, and a bare switch still leaves PATH alone.
+    let args = ["--database-url", &url, "import", "--strict-references=no", "--quiet", &path];
+    ok(&hsda(&args, &[("HSDA_STRICT_REFERENCES", "yes")]).await, "--strict-references=no");
+}
