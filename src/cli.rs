@@ -147,7 +147,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Export { format, out } => {
-            let db = Db::connect_with(&config.database_url, config.store_options()).await?;
+            let db = existing_database(&config).await?;
             let to_stdout = out == std::path::Path::new("-");
             let report = match format {
                 ExportFormat::Datapackage if to_stdout => {
@@ -173,7 +173,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Keys { command: KeysCommand::List { tenant } } => {
             use std::io::Write;
-            let db = Db::connect_with(&config.database_url, config.store_options()).await?;
+            let db = existing_database(&config).await?;
             let keys = db.list_keys(tenant.as_deref()).await?;
             let mut out = std::io::stdout().lock();
             let written = (|| {
@@ -193,7 +193,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Keys { command: KeysCommand::Revoke { id } } => {
-            let db = Db::connect_with(&config.database_url, config.store_options()).await?;
+            let db = existing_database(&config).await?;
             if !db.revoke_key(&id).await? {
                 anyhow::bail!("no key {id} that is not revoked already (see hsda keys list)");
             }
@@ -208,6 +208,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The database of a command that reads it (or changes rows it must already hold, as `keys revoke`): a SQLite
+/// file that does not exist is refused, not created empty.
+async fn existing_database(config: &Config) -> anyhow::Result<Db> {
+    let options = crate::store::StoreOptions { create_if_missing: false, ..config.store_options() };
+    Db::connect_with(&config.database_url, options).await
 }
 
 /// SIGINT (Ctrl-C) or SIGTERM, which service managers (systemd, Docker, Kubernetes) stop a process with: both

@@ -13,7 +13,8 @@ pub struct Flags {
     /// TOML file with any of the settings below (flags and environment variables win over it).
     #[arg(long, env = "HSDA_CONFIG", global = true)]
     pub config: Option<PathBuf>,
-    /// `sqlite://FILE` (default `sqlite://hsda.db`) or `postgres://USER@HOST/DB`.
+    /// `sqlite://FILE` (default `sqlite://hsda.db`; export and keys list/revoke refuse a FILE that does not
+    /// exist, the other commands create it) or `postgres://USER@HOST/DB`.
     #[arg(long, env = "HSDA_DATABASE_URL", global = true)]
     pub database_url: Option<String>,
 }
@@ -139,9 +140,12 @@ impl Config {
         self.public_url.clone().unwrap_or_else(|| format!("http://{}", self.bind)).trim_end_matches('/').to_string()
     }
 
-    /// How the store waits for the database.
+    /// How the store waits for the database (a missing SQLite file is created).
     pub fn store_options(&self) -> crate::store::StoreOptions {
-        crate::store::StoreOptions { busy_timeout: std::time::Duration::from_millis(self.busy_timeout_ms) }
+        crate::store::StoreOptions {
+            busy_timeout: std::time::Duration::from_millis(self.busy_timeout_ms),
+            create_if_missing: true,
+        }
     }
 
     /// Resolves flags (and their environment twins) over the config file over defaults.

@@ -316,3 +316,30 @@ async fn import_switches_take_boolish_values_from_the_environment() {
     let args = ["--database-url", &url, "import", "--strict-references=no", "--quiet", &path];
     ok(&hsda(&args, &[("HSDA_STRICT_REFERENCES", "yes")]).await, "--strict-references=no");
 }
+
+#[tokio::test]
+async fn commands_that_read_refuse_a_database_that_does_not_exist_and_do_not_create_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.db");
+    let url = format!("sqlite://{}", missing.display());
+    let out = dir.path().join("out.ndjson").to_string_lossy().into_owned();
+    let package = dir.path().join("package").to_string_lossy().into_owned();
+    let reads: [&[&str]; 4] = [
+        &["export", "--format", "ndjson", &out],
+        &["export", &package],
+        &["keys", "list"],
+        &["keys", "revoke", "key_0123456789abcdef0123456789abcdef"],
+    ];
+    for args in reads {
+        let output = hsda(&[&["--database-url", url.as_str()], args].concat(), &[]).await;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} fails");
+        assert!(stderr.contains(&format!("no SQLite database at {}", missing.display())), "{args:?}: {stderr}");
+        assert!(!missing.exists(), "{args:?} created the database");
+    }
+    assert!(!dir.path().join("out.ndjson").exists() && !dir.path().join("package").exists());
+    // The commands that make a directory still create the file.
+    ok(&hsda(&["--database-url", &url, "keys", "create", "--scope", "admin"], &[]).await, "keys create");
+    assert!(missing.is_file());
+    ok(&hsda(&["--database-url", &url, "export", "--format", "ndjson", &out], &[]).await, "export");
+}
