@@ -46,8 +46,9 @@ pub enum Command {
     /// Export the directory as a tabular data package (folder, or .zip if OUT ends in .zip) or as NDJSON
     /// (to standard output if OUT is `-`).
     Export {
-        #[arg(long, env = "HSDA_FORMAT", value_enum, default_value_t = ExportFormat::Datapackage)]
-        format: ExportFormat,
+        /// `datapackage` (default) or `ndjson`.
+        #[arg(long, env = "HSDA_FORMAT", value_enum)]
+        format: Option<ExportFormat>,
         out: PathBuf,
     },
     /// Manage API keys.
@@ -57,18 +58,20 @@ pub enum Command {
     },
     /// Write a generated, realistic directory as a tabular data package (deterministic for a seed).
     Generate {
-        /// Number of services.
-        #[arg(long, env = "HSDA_SERVICES", default_value_t = 1000)]
-        services: usize,
-        #[arg(long, env = "HSDA_SEED", default_value_t = 1)]
-        seed: u64,
-        /// Output folder (or .zip).
-        #[arg(long, env = "HSDA_OUT", default_value = "generated")]
-        out: PathBuf,
+        /// Number of services (default 1000).
+        #[arg(long, env = "HSDA_SERVICES")]
+        services: Option<usize>,
+        /// The seed the directory is made from (default 1).
+        #[arg(long, env = "HSDA_SEED")]
+        seed: Option<u64>,
+        /// Output folder (or .zip; default `generated`).
+        #[arg(long, env = "HSDA_OUT")]
+        out: Option<PathBuf>,
     },
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ExportFormat {
     Datapackage,
     Ndjson,
@@ -76,7 +79,7 @@ pub enum ExportFormat {
 
 /// A tenant is named by at least one character, without white space around it (an empty one named nobody,
 /// and " acme " would be another tenant than "acme").
-fn tenant_name(value: &str) -> Result<String, String> {
+pub(crate) fn tenant_name(value: &str) -> Result<String, String> {
     if value.trim().is_empty() {
         return Err("a tenant name must not be empty".into());
     }
@@ -90,10 +93,12 @@ fn tenant_name(value: &str) -> Result<String, String> {
 pub enum KeysCommand {
     /// Create a key; the key itself is printed alone on the last line and never shown again.
     Create {
+        /// What the key may do (required, here, in `HSDA_SCOPE` or in the config file).
         #[arg(long, env = "HSDA_SCOPE", value_enum)]
-        scope: ScopeArg,
-        #[arg(long, env = "HSDA_TENANT", default_value = "default", value_parser = tenant_name)]
-        tenant: String,
+        scope: Option<ScopeArg>,
+        /// The tenant whose key it is (default `default`).
+        #[arg(long, env = "HSDA_TENANT", value_parser = tenant_name)]
+        tenant: Option<String>,
     },
     /// List keys (id, tenant, scope, the secret's first characters, created, revoked), never the secrets.
     List {
@@ -138,9 +143,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Import { path, quiet, strict_references } => {
             let db = Db::connect_with(&config.database_url, config.store_options()).await?;
+            let from_file = &config.commands;
             let options = crate::bulk::import::ImportOptions {
-                progress: !quiet.unwrap_or(false),
-                strict_references: strict_references.unwrap_or(false),
+                progress: !quiet.or(from_file.quiet).unwrap_or(false),
+                strict_references: strict_references.or(from_file.strict_references).unwrap_or(false),
             };
             let report = crate::bulk::import::import_path(&db, &path, options).await?;
             println!("{report}");
@@ -149,7 +155,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Export { format, out } => {
             let db = existing_database(&config).await?;
             let to_stdout = out == std::path::Path::new("-");
-            let report = match format {
+            let report = match format.or(config.commands.format).unwrap_or(ExportFormat::Datapackage) {
                 ExportFormat::Datapackage if to_stdout => {
                     anyhow::bail!("a data package is a folder or a .zip: give it a path (only ndjson goes to -)")
                 }
@@ -165,8 +171,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Keys { command: KeysCommand::Create { scope, tenant } } => {
+            let scope = scope.map(Scope::from).or(config.commands.scope).context(
+                "a key needs a scope: --scope admin|publish|subscribe (or HSDA_SCOPE, or scope in the config file)",
+            )?;
+            let tenant = tenant.or_else(|| config.commands.tenant.clone()).unwrap_or_else(|| "default".into());
             let db = Db::connect_with(&config.database_url, config.store_options()).await?;
-            let key = db.create_key(&tenant, scope.into()).await?;
+            let key = db.create_key(&tenant, scope).await?;
             println!("created {} key {} for tenant {}", key.principal.scope.as_str(), key.id, tenant);
             println!("{}", key.secret);
             Ok(())
@@ -174,6 +184,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keys { command: KeysCommand::List { tenant } } => {
             use std::io::Write;
             let db = existing_database(&config).await?;
+            let tenant = tenant.or_else(|| config.commands.tenant.clone());
             let keys = db.list_keys(tenant.as_deref()).await?;
             let mut out = std::io::stdout().lock();
             let written = (|| {
@@ -201,6 +212,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Generate { services, seed, out } => {
+            let from_file = &config.commands;
+            let services = services.or(from_file.services).unwrap_or(1000);
+            let seed = seed.or(from_file.seed).unwrap_or(1);
+            let out = out.or_else(|| from_file.out.clone()).unwrap_or_else(|| "generated".into());
             let opts = crate::generate::GenerateOptions { services, seed, ..Default::default() };
             crate::bulk::write_datapackage(&out, crate::generate::generate(&opts))
                 .with_context(|| format!("writing {}", out.display()))?;

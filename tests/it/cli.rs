@@ -343,3 +343,62 @@ async fn commands_that_read_refuse_a_database_that_does_not_exist_and_do_not_cre
     assert!(missing.is_file());
     ok(&hsda(&["--database-url", &url, "export", "--format", "ndjson", &out], &[]).await, "export");
 }
+
+/// `args` after `--config FILE`.
+fn with_config<'a>(file: &'a str, args: &[&'a str]) -> Vec<&'a str> {
+    [&["--config", file][..], args].concat()
+}
+
+#[tokio::test]
+async fn the_config_file_holds_every_commands_settings_under_their_flags_and_environment_twins() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite_url(dir.path());
+    let file = dir.path().join("hsda.toml");
+    let settings = format!(
+        "database_url = {url:?}\nquiet = true\nstrict_references = true\nformat = \"ndjson\"\n\
+         scope = \"subscribe\"\ntenant = \"ops\"\nservices = 3\nout = {:?}\n",
+        dir.path().join("generated").display().to_string()
+    );
+    std::fs::write(&file, settings).unwrap();
+    let config = file.to_string_lossy().into_owned();
+
+    let out = ok(&hsda(&with_config(&config, &["generate"]), &[]).await, "generate");
+    assert!(out.contains("wrote 3 services"), "services and out from the file: {out}");
+    let package = dir.path().join("package");
+    std::fs::create_dir(&package).unwrap();
+    // A service of an organization the directory does not hold: refused by strict imports only.
+    std::fs::write(
+        package.join("services.csv"),
+        "id,name,status,organization_id\n\
+         00000000-0000-4000-8000-000000000001,A,active,00000000-0000-4000-8000-0000000000ff\n",
+    )
+    .unwrap();
+    let package = package.to_string_lossy().into_owned();
+    let refused = hsda(&with_config(&config, &["import", &package]), &[]).await;
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("nothing was imported"), "strict by the file: {stderr}");
+    let lenient = [("HSDA_STRICT_REFERENCES", "0")];
+    ok(&hsda(&with_config(&config, &["import", &package]), &lenient).await, "the twin wins over the file");
+
+    let ndjson = dir.path().join("out");
+    ok(&hsda(&with_config(&config, &["export", &ndjson.to_string_lossy()]), &[]).await, "export");
+    let text = std::fs::read_to_string(&ndjson).expect("NDJSON, as the file says, is one file");
+    serde_json::from_str::<Value>(text.lines().next().expect("a line")).expect("a JSON line");
+    let package_out = dir.path().join("package-out");
+    let args = ["export", "--format", "datapackage", &package_out.to_string_lossy()];
+    ok(&hsda(&with_config(&config, &args), &[]).await, "the flag wins over the file");
+    assert!(package_out.join("datapackage.json").is_file());
+
+    let created = ok(&hsda(&with_config(&config, &["keys", "create"]), &[]).await, "keys create");
+    assert!(created.contains("created subscribe key") && created.contains("for tenant ops"), "{created}");
+    let listed = ok(&hsda(&with_config(&config, &["keys", "list"]), &[]).await, "keys list");
+    assert!(listed.lines().skip(1).all(|l| l.split('\t').nth(1) == Some("ops")), "{listed}");
+
+    // A key no command knows still fails every command, and is named.
+    std::fs::write(&file, "quiet = true\nquite = true\n").unwrap();
+    for args in [&["migrate"][..], &["keys", "list"]] {
+        let refused = hsda(&with_config(&config, args), &[]).await;
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success() && stderr.contains("unknown field `quite`"), "{args:?}: {stderr}");
+    }
+}
