@@ -1,5 +1,6 @@
 //! Configuration: command-line flags, each with an `HSDA_*` environment twin, over an optional TOML file
-//! (`--config`, see `config.example.toml`), over built-in defaults. Validated once at start-up.
+//! (`--config`, see `config.example.toml`), over built-in defaults. Validated once at start-up. The file holds
+//! every command's settings: one file serves them all, so a command takes its own and leaves the others'.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,13 +8,18 @@ use std::path::PathBuf;
 use anyhow::Context;
 use serde::Deserialize;
 
+use crate::cli::ExportFormat;
+use crate::store::keys::Scope;
+
 /// Settings shared by every command.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct Flags {
-    /// TOML file with any of the settings below (flags and environment variables win over it).
+    /// TOML file with any command's settings, as in config.example.toml (flags and environment variables win
+    /// over it).
     #[arg(long, env = "HSDA_CONFIG", global = true)]
     pub config: Option<PathBuf>,
-    /// `sqlite://FILE` (default `sqlite://hsda.db`) or `postgres://USER@HOST/DB`.
+    /// `sqlite://FILE` (default `sqlite://hsda.db`; export and keys list/revoke refuse a FILE that does not
+    /// exist, the other commands create it) or `postgres://USER@HOST/DB`.
     #[arg(long, env = "HSDA_DATABASE_URL", global = true)]
     pub database_url: Option<String>,
 }
@@ -88,6 +94,37 @@ struct FileConfig {
     min_digest_seconds: Option<i64>,
     max_in_flight: Option<usize>,
     busy_timeout_ms: Option<u64>,
+    // The other commands' settings (see `CommandSettings`).
+    quiet: Option<bool>,
+    strict_references: Option<bool>,
+    format: Option<ExportFormat>,
+    scope: Option<Scope>,
+    tenant: Option<String>,
+    services: Option<usize>,
+    seed: Option<u64>,
+    out: Option<PathBuf>,
+}
+
+/// What the config file says for the commands other than `serve`. Each command puts its flag first (or the
+/// flag's environment twin: clap reads both), then this, then its default.
+#[derive(Debug, Clone, Default)]
+pub struct CommandSettings {
+    /// `import`: draw no progress bar.
+    pub quiet: Option<bool>,
+    /// `import`: refuse references to rows that are nowhere.
+    pub strict_references: Option<bool>,
+    /// `export`: the format.
+    pub format: Option<ExportFormat>,
+    /// `keys create`: the new key's scope.
+    pub scope: Option<Scope>,
+    /// `keys create`: the new key's tenant; `keys list`: whose keys to show.
+    pub tenant: Option<String>,
+    /// `generate`: how many services.
+    pub services: Option<usize>,
+    /// `generate`: the seed.
+    pub seed: Option<u64>,
+    /// `generate`: where to write.
+    pub out: Option<PathBuf>,
 }
 
 /// The resolved configuration.
@@ -109,6 +146,8 @@ pub struct Config {
     pub max_in_flight: usize,
     pub min_digest_seconds: i64,
     pub busy_timeout_ms: u64,
+    /// The file's settings of the other commands.
+    pub commands: CommandSettings,
 }
 
 impl Default for Config {
@@ -129,6 +168,7 @@ impl Default for Config {
             max_in_flight: 512,
             min_digest_seconds: 1,
             busy_timeout_ms: 10_000,
+            commands: CommandSettings::default(),
         }
     }
 }
@@ -139,9 +179,12 @@ impl Config {
         self.public_url.clone().unwrap_or_else(|| format!("http://{}", self.bind)).trim_end_matches('/').to_string()
     }
 
-    /// How the store waits for the database.
+    /// How the store waits for the database (a missing SQLite file is created).
     pub fn store_options(&self) -> crate::store::StoreOptions {
-        crate::store::StoreOptions { busy_timeout: std::time::Duration::from_millis(self.busy_timeout_ms) }
+        crate::store::StoreOptions {
+            busy_timeout: std::time::Duration::from_millis(self.busy_timeout_ms),
+            create_if_missing: true,
+        }
     }
 
     /// Resolves flags (and their environment twins) over the config file over defaults.
@@ -176,7 +219,20 @@ impl Config {
             max_in_flight: serve.max_in_flight.or(file.max_in_flight).unwrap_or(d.max_in_flight).clamp(1, 100_000),
             min_digest_seconds: serve.min_digest_seconds.or(file.min_digest_seconds).unwrap_or(d.min_digest_seconds),
             busy_timeout_ms: serve.busy_timeout_ms.or(file.busy_timeout_ms).unwrap_or(d.busy_timeout_ms),
+            commands: CommandSettings {
+                quiet: file.quiet,
+                strict_references: file.strict_references,
+                format: file.format,
+                scope: file.scope,
+                tenant: file.tenant,
+                services: file.services,
+                seed: file.seed,
+                out: file.out,
+            },
         };
+        if let Some(tenant) = &config.commands.tenant {
+            crate::cli::tenant_name(tenant).map_err(anyhow::Error::msg).context("tenant")?;
+        }
         crate::webhook::ssrf::AllowList::parse(&config.allow_targets).context("allow_targets")?;
         if let Some(schedule) = &config.retry_schedule {
             crate::webhook::retry::RetrySchedule::parse(schedule).context("retry_schedule")?;
@@ -236,6 +292,32 @@ mod tests {
                 crate::cli::Cli::try_parse_from(["hsda", "keys", "create", "--scope", "admin", "--tenant", tenant]);
             assert!(parsed.is_err(), "tenant {tenant:?}");
         }
+    }
+
+    #[test]
+    fn the_file_holds_the_other_commands_settings_and_refuses_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = |text: &str| {
+            let path = dir.path().join("hsda.toml");
+            std::fs::write(&path, text).unwrap();
+            let flags = Flags { config: Some(path), database_url: None };
+            Config::load(&flags, &ServeFlags::default()).map_err(|e| format!("{e:#}"))
+        };
+        let every = "quiet = true\nstrict_references = true\nformat = \"ndjson\"\nscope = \"publish\"\n\
+                     tenant = \"ops\"\nservices = 5\nseed = 7\nout = \"elsewhere\"\nbind = \"127.0.0.1:9999\"\n";
+        let config = load(every).expect("every command's settings in one file");
+        let c = &config.commands;
+        assert_eq!((c.quiet, c.strict_references, c.format), (Some(true), Some(true), Some(ExportFormat::Ndjson)));
+        assert_eq!((c.scope, c.tenant.as_deref()), (Some(Scope::Publish), Some("ops")));
+        assert_eq!((c.services, c.seed, c.out.as_deref()), (Some(5), Some(7), Some(std::path::Path::new("elsewhere"))));
+        assert_eq!(config.bind.port(), 9999, "serve's settings beside them");
+
+        let unknown = load("quiet = true\nquite = true\n").unwrap_err();
+        assert!(unknown.contains("unknown field `quite`"), "{unknown}");
+        let bad = load("format = \"xml\"\n").unwrap_err();
+        assert!(bad.contains("xml") && bad.contains("ndjson"), "{bad}");
+        let tenant = load("tenant = \" ops \"\n").unwrap_err();
+        assert!(tenant.contains("tenant") && tenant.contains("white space"), "{tenant}");
     }
 
     #[test]

@@ -28,11 +28,18 @@ pub fn read_path(path: &Path) -> anyhow::Result<ImportRows> {
     if name.ends_with(".json") || name.ends_with(".ndjson") || name.ends_with(".jsonl") {
         let docs = super::ndjson::read_json_documents(path).map_err(|e| anyhow::anyhow!("{e}"))?;
         let referenced = Referenced::in_documents(docs.iter().map(|(_, doc)| doc));
+        let mut first_seen = FirstSeen::default();
         for (label, doc) in docs {
             let Some(table) = document_table(&doc, &referenced) else {
                 problems.push(format!("{label}: cannot tell which HSDS object this is (give it an id and the fields of a service, organization, location, service_at_location, taxonomy or taxonomy_term)"));
                 continue;
             };
+            if let Some(id) = doc.get("id").and_then(Value::as_str)
+                && let Some(first) = first_seen.again(table, id, &label)
+            {
+                problems.push(format!("{label}: id {id} already at {first}"));
+                continue;
+            }
             let labelled = |r: crate::hsds::document::FlatRow| {
                 let at = if r.pointer.is_empty() { String::new() } else { format!(" at {}", r.pointer) };
                 (r.table, r.row, format!("{label}{at}"))
@@ -52,9 +59,16 @@ pub fn read_path(path: &Path) -> anyhow::Result<ImportRows> {
         copies.retain(|(t, row, _)| given.insert((t.name, crate::store::compile::id_of(row).unwrap_or_default())));
     } else {
         let source = read_datapackage(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut first_seen = FirstSeen::default();
         for mut r in source {
             let label = format!("{} line {}", r.file, r.line);
             crate::hsds::validate::normalize_uuids(r.table, &mut r.data);
+            if let Some(Value::String(id)) = r.data.get("id")
+                && let Some(first) = first_seen.again(r.table, id, &format!("line {}", r.line))
+            {
+                problems.push(format!("{label}: id {id} already at {first}"));
+                continue;
+            }
             for e in validate_row(r.table, &r.data, "") {
                 problems.push(format!("{label}, field {}: {}", e.pointer.trim_start_matches('/'), e.detail));
             }
@@ -67,6 +81,25 @@ pub fn read_path(path: &Path) -> anyhow::Result<ImportRows> {
     }
     // References are checked once all rows are in (`Db::import`), so the copies may come last.
     Ok(ImportRows { rows, copies })
+}
+
+/// Where each row of the input was first given, by table and id. A second row with the same id used to win
+/// silently over the first; it is a problem of the input instead, naming both places.
+#[derive(Default)]
+struct FirstSeen(std::collections::HashMap<(&'static str, String), String>);
+
+impl FirstSeen {
+    /// Notes that `table`'s row `id` is given at `place`; where it was given first when that was elsewhere.
+    fn again(&mut self, table: &'static Table, id: &str, place: &str) -> Option<String> {
+        let id = crate::hsds::validate::canonical_id(id).into_owned();
+        match self.0.entry((table.name, id)) {
+            std::collections::hash_map::Entry::Occupied(first) => Some(first.get().clone()),
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                entry.insert(place.to_string());
+                None
+            }
+        }
+    }
 }
 
 /// Fields only an organization has (of those that share `id`, `name`, `description` and `uri` with it).

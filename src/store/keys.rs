@@ -59,28 +59,53 @@ impl std::fmt::Debug for NewKey {
     }
 }
 
+impl NewKey {
+    fn generate(tenant: &str, scope: Scope) -> NewKey {
+        let mut bytes = [0u8; 24];
+        rand::thread_rng().fill_bytes(&mut bytes);
+        let secret = format!("hsda_{}_{}", scope.as_str(), hex::encode(bytes));
+        let id = format!("key_{}", uuid::Uuid::new_v4().simple());
+        NewKey { id: id.clone(), secret, principal: Principal { key_id: id, tenant: tenant.to_string(), scope } }
+    }
+}
+
 fn hash(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
 }
 
 impl Db {
     pub async fn create_key(&self, tenant: &str, scope: Scope) -> sqlx::Result<NewKey> {
-        let mut bytes = [0u8; 24];
-        rand::thread_rng().fill_bytes(&mut bytes);
-        let secret = format!("hsda_{}_{}", scope.as_str(), hex::encode(bytes));
-        let id = format!("key_{}", uuid::Uuid::new_v4().simple());
-        sqlx::query(
-            "INSERT INTO api_keys (id, tenant, scope, key_hash, prefix, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(&id)
-        .bind(tenant)
-        .bind(scope.as_str())
-        .bind(hash(&secret))
-        .bind(&secret[..secret.len().min(16)])
-        .bind(now_text())
-        .execute(&self.pool)
-        .await?;
-        Ok(NewKey { id: id.clone(), secret, principal: Principal { key_id: id, tenant: tenant.to_string(), scope } })
+        let key = NewKey::generate(tenant, scope);
+        self.insert_key(&key, "").await?;
+        Ok(key)
+    }
+
+    /// Creates a key only when the store holds no live (unrevoked) key at all, so `hsda serve` can hand out a
+    /// starter admin key on a new database without adding one at every start. `None` when a live key exists.
+    pub async fn create_key_if_none_live(&self, tenant: &str, scope: Scope) -> sqlx::Result<Option<NewKey>> {
+        let key = NewKey::generate(tenant, scope);
+        // One statement, so the check and the insert see the same keys.
+        let inserted =
+            self.insert_key(&key, "WHERE NOT EXISTS (SELECT 1 FROM api_keys WHERE revoked_at IS NULL)").await?;
+        Ok(inserted.then_some(key))
+    }
+
+    /// Stores `key` if `condition` (a `WHERE` clause, or nothing) holds; whether it was stored.
+    async fn insert_key(&self, key: &NewKey, condition: &str) -> sqlx::Result<bool> {
+        let sql = format!(
+            "INSERT INTO api_keys (id, tenant, scope, key_hash, prefix, created_at) \
+             SELECT $1, $2, $3, $4, $5, $6 {condition}"
+        );
+        let done = sqlx::query(&sql)
+            .bind(&key.id)
+            .bind(&key.principal.tenant)
+            .bind(key.principal.scope.as_str())
+            .bind(hash(&key.secret))
+            .bind(&key.secret[..key.secret.len().min(16)])
+            .bind(now_text())
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// Every key (of `tenant`, when given), oldest first: ids, scopes and the first characters of each secret,

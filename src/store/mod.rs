@@ -65,16 +65,20 @@ pub struct Db {
     next_analyze: Arc<std::sync::atomic::AtomicI64>,
 }
 
-/// How the store waits for the database.
+/// How the store opens and waits for the database.
 #[derive(Debug, Clone, Copy)]
 pub struct StoreOptions {
     /// See [`Db`]'s `busy_timeout`; default 10 s.
     pub busy_timeout: Duration,
+    /// Whether a SQLite file that does not exist is created (default) or refused: a command that only reads
+    /// would otherwise make an empty database and report on it as if it were the directory (a mistyped path
+    /// "exported 0 documents").
+    pub create_if_missing: bool,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { busy_timeout: Duration::from_secs(10) }
+        StoreOptions { busy_timeout: Duration::from_secs(10), create_if_missing: true }
     }
 }
 
@@ -113,7 +117,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &[&str])] = &[
 ];
 
 impl Db {
-    /// Connects to `sqlite://path` (created if missing) or `postgres://...` and runs pending migrations.
+    /// Connects to `sqlite://path` (created if missing, unless [`StoreOptions::create_if_missing`] says not) or `postgres://...` and runs pending migrations.
     pub async fn connect(url: &str) -> anyhow::Result<Db> {
         Self::connect_with(url, StoreOptions::default()).await
     }
@@ -131,7 +135,17 @@ impl Db {
         };
         let pool = match backend {
             Backend::Sqlite => {
-                let url = if url.contains('?') { url.to_string() } else { format!("{url}?mode=rwc") };
+                if !options.create_if_missing
+                    && let Some(path) = sqlite_file(url)
+                    && !path.exists()
+                {
+                    bail!(
+                        "no SQLite database at {} (only serve, migrate, import and keys create make one)",
+                        path.display()
+                    );
+                }
+                let mode = if options.create_if_missing { "rwc" } else { "rw" };
+                let url = if url.contains('?') { url.to_string() } else { format!("{url}?mode={mode}") };
                 let options = AnyConnectOptions::from_str(&url).context("parsing the SQLite URL")?;
                 AnyPoolOptions::new()
                     .max_connections(8)

@@ -354,3 +354,39 @@ store_test!(an_imported_service_is_last_modified_when_imported_and_a_round_trip_
     assert_eq!(app.db.last_sequence().await.unwrap(), last, "no change, no event");
     assert_eq!(again["last_modified"], time.as_str());
 });
+
+store_test!(a_row_given_twice_names_both_places_and_imports_nothing, |app| async move {
+    let id = |n: u32| format!("00000000-0000-4000-8000-{n:012}");
+    let dir = tempfile::tempdir().unwrap();
+    let package = dir.path().join("package");
+    std::fs::create_dir(&package).unwrap();
+    // The third service repeats the first one's id (in capitals, which name the same row).
+    let services = format!(
+        "id,name,status\n{},First,active\n{},Other,active\n{},Second,active\n",
+        id(1),
+        id(2),
+        id(1).to_uppercase()
+    );
+    std::fs::write(package.join("services.csv"), services).unwrap();
+    let err = import_path(&app.db, &package, ImportOptions::default()).await.expect_err("a repeated id is refused");
+    let message = format!("{err:#}");
+    assert!(message.contains(&format!("services.csv line 4: id {} already at line 2", id(1))), "{message}");
+    assert!(message.contains("nothing was imported"), "{message}");
+
+    // JSON documents: by line in NDJSON, by item in an array.
+    let doc = |n: u32, name: &str| json!({"id": id(n), "name": name, "status": "active"});
+    let ndjson = dir.path().join("twice.ndjson");
+    std::fs::write(&ndjson, format!("{}\n{}\n{}\n", doc(1, "First"), doc(2, "Other"), doc(1, "Second"))).unwrap();
+    let err = import_path(&app.db, &ndjson, ImportOptions::default()).await.expect_err("NDJSON refused");
+    let message = format!("{err:#}");
+    assert!(message.contains(&format!("line 3: id {} already at line 1", id(1))), "{message}");
+    assert!(message.contains("twice.ndjson"), "the file is named: {message}");
+    let array = dir.path().join("twice.json");
+    std::fs::write(&array, json!([doc(1, "First"), doc(1, "Second")]).to_string()).unwrap();
+    let err = import_path(&app.db, &array, ImportOptions::default()).await.expect_err("JSON array refused");
+    let message = format!("{err:#}");
+    assert!(message.contains(&format!("item 2: id {} already at item 1", id(1))), "{message}");
+
+    assert_eq!(app.db.last_sequence().await.unwrap(), 0, "nothing written");
+    assert_eq!(total(&app, "/services").await, 0);
+});

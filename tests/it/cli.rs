@@ -57,6 +57,67 @@ async fn serve(url: &str) -> Server {
     Server { base, token }
 }
 
+/// Runs `hsda serve` over `url` until it answers `/health`, stops it and returns what it printed.
+async fn serve_output(url: &str) -> String {
+    use tokio::io::AsyncBufReadExt;
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_hsda"));
+    command
+        .args(["serve", "--bind", "127.0.0.1:0", "--database-url", url])
+        .env_remove("HSDA_DATABASE_URL")
+        .env_remove("HSDA_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let mut child = command.spawn().expect("start hsda serve");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut printed = String::new();
+    let run = async {
+        let base = loop {
+            let line = lines.next_line().await.unwrap().unwrap_or_else(|| panic!("no address printed: {printed}"));
+            printed += &format!("{line}\n");
+            if let Some(base) = line.strip_prefix("hsda listening on ") {
+                break base.to_string();
+            }
+        };
+        // Everything is printed before the server starts answering: once it answers, it has said it all.
+        crate::helpers::eventually("hsda serve answers", std::time::Duration::from_secs(30), || async {
+            let health = reqwest::get(format!("{base}/health")).await.map_err(|e| e.to_string())?;
+            health.status().is_success().then_some(()).ok_or_else(|| health.status().to_string())
+        })
+        .await;
+        child.start_kill().expect("stop hsda serve");
+        while let Some(line) = lines.next_line().await.unwrap() {
+            printed += &format!("{line}\n");
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(60), run).await.expect("hsda serve within a minute");
+    printed
+}
+
+#[tokio::test]
+async fn serve_makes_a_starter_admin_key_only_while_the_database_has_no_live_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite_url(dir.path());
+    let banner = "admin API key (shown once): ";
+    let starter_key = |printed: &str| printed.lines().find_map(|l| l.strip_prefix(banner)).map(str::to_string);
+    let first = serve_output(&url).await;
+    let key = starter_key(&first).unwrap_or_else(|| panic!("a new database gets an admin key: {first}"));
+    let db = hsda::store::Db::connect(&url).await.unwrap();
+    let principal = db.authenticate(&key).await.unwrap().expect("the printed key works");
+    assert_eq!((principal.scope, principal.tenant.as_str()), (hsda::store::keys::Scope::Admin, "default"));
+
+    let second = serve_output(&url).await;
+    assert_eq!(starter_key(&second), None, "a live key exists: no second one, nothing in the logs: {second}");
+    let listed = ok(&hsda(&["--database-url", &url, "keys", "list"], &[]).await, "keys list");
+    assert_eq!(listed.lines().count(), 2, "header and the one starter key: {listed}");
+
+    // Revoked keys count as none: a database nobody can administer gets a new starter key.
+    assert!(db.revoke_key(&principal.key_id).await.unwrap());
+    let third = serve_output(&url).await;
+    let new_key = starter_key(&third).unwrap_or_else(|| panic!("only a revoked key was left: {third}"));
+    assert_ne!(new_key, key);
+}
+
 #[tokio::test]
 async fn migrate_then_a_created_key_publishes() {
     let dir = tempfile::tempdir().unwrap();
@@ -220,4 +281,124 @@ async fn a_failed_import_exits_non_zero() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("services.csv line 2, field minimum_age"), "{stderr}");
+}
+
+#[tokio::test]
+async fn import_switches_take_boolish_values_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite_url(dir.path());
+    let package = dir.path().join("package");
+    std::fs::create_dir(&package).unwrap();
+    // A service of an organization the directory does not hold: refused by strict imports only.
+    std::fs::write(
+        package.join("services.csv"),
+        "id,name,status,organization_id\n\
+         00000000-0000-4000-8000-000000000001,A,active,00000000-0000-4000-8000-0000000000ff\n",
+    )
+    .unwrap();
+    let path = package.to_string_lossy().into_owned();
+    let import = |strict: &'static str| {
+        let (url, path) = (url.clone(), path.clone());
+        async move {
+            let env = [("HSDA_QUIET", "1"), ("HSDA_STRICT_REFERENCES", strict)];
+            hsda(&["--database-url", &url, "import", &path], &env).await
+        }
+    };
+    for strict in ["1", "yes", "TRUE"] {
+        let refused = import(strict).await;
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success(), "HSDA_STRICT_REFERENCES={strict} is strict: {stderr}");
+        assert!(stderr.contains("nothing was imported"), "HSDA_STRICT_REFERENCES={strict}: {stderr}");
+    }
+    let out = ok(&import("0").await, "HSDA_STRICT_REFERENCES=0");
+    assert!(out.contains("imported") && out.contains("warning:"), "{out}");
+    // The flag wins over its twin, and a bare switch still leaves PATH alone.
+    let args = ["--database-url", &url, "import", "--strict-references=no", "--quiet", &path];
+    ok(&hsda(&args, &[("HSDA_STRICT_REFERENCES", "yes")]).await, "--strict-references=no");
+}
+
+#[tokio::test]
+async fn commands_that_read_refuse_a_database_that_does_not_exist_and_do_not_create_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.db");
+    let url = format!("sqlite://{}", missing.display());
+    let out = dir.path().join("out.ndjson").to_string_lossy().into_owned();
+    let package = dir.path().join("package").to_string_lossy().into_owned();
+    let reads: [&[&str]; 4] = [
+        &["export", "--format", "ndjson", &out],
+        &["export", &package],
+        &["keys", "list"],
+        &["keys", "revoke", "key_0123456789abcdef0123456789abcdef"],
+    ];
+    for args in reads {
+        let output = hsda(&[&["--database-url", url.as_str()], args].concat(), &[]).await;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} fails");
+        assert!(stderr.contains(&format!("no SQLite database at {}", missing.display())), "{args:?}: {stderr}");
+        assert!(!missing.exists(), "{args:?} created the database");
+    }
+    assert!(!dir.path().join("out.ndjson").exists() && !dir.path().join("package").exists());
+    // The commands that make a directory still create the file.
+    ok(&hsda(&["--database-url", &url, "keys", "create", "--scope", "admin"], &[]).await, "keys create");
+    assert!(missing.is_file());
+    ok(&hsda(&["--database-url", &url, "export", "--format", "ndjson", &out], &[]).await, "export");
+}
+
+/// `args` after `--config FILE`.
+fn with_config<'a>(file: &'a str, args: &[&'a str]) -> Vec<&'a str> {
+    [&["--config", file][..], args].concat()
+}
+
+#[tokio::test]
+async fn the_config_file_holds_every_commands_settings_under_their_flags_and_environment_twins() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite_url(dir.path());
+    let file = dir.path().join("hsda.toml");
+    let settings = format!(
+        "database_url = {url:?}\nquiet = true\nstrict_references = true\nformat = \"ndjson\"\n\
+         scope = \"subscribe\"\ntenant = \"ops\"\nservices = 3\nout = {:?}\n",
+        dir.path().join("generated").display().to_string()
+    );
+    std::fs::write(&file, settings).unwrap();
+    let config = file.to_string_lossy().into_owned();
+
+    let out = ok(&hsda(&with_config(&config, &["generate"]), &[]).await, "generate");
+    assert!(out.contains("wrote 3 services"), "services and out from the file: {out}");
+    let package = dir.path().join("package");
+    std::fs::create_dir(&package).unwrap();
+    // A service of an organization the directory does not hold: refused by strict imports only.
+    std::fs::write(
+        package.join("services.csv"),
+        "id,name,status,organization_id\n\
+         00000000-0000-4000-8000-000000000001,A,active,00000000-0000-4000-8000-0000000000ff\n",
+    )
+    .unwrap();
+    let package = package.to_string_lossy().into_owned();
+    let refused = hsda(&with_config(&config, &["import", &package]), &[]).await;
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("nothing was imported"), "strict by the file: {stderr}");
+    let lenient = [("HSDA_STRICT_REFERENCES", "0")];
+    ok(&hsda(&with_config(&config, &["import", &package]), &lenient).await, "the twin wins over the file");
+
+    let ndjson = dir.path().join("out");
+    ok(&hsda(&with_config(&config, &["export", &ndjson.to_string_lossy()]), &[]).await, "export");
+    let text = std::fs::read_to_string(&ndjson).expect("NDJSON, as the file says, is one file");
+    serde_json::from_str::<Value>(text.lines().next().expect("a line")).expect("a JSON line");
+    let package_out = dir.path().join("package-out");
+    let args = ["export", "--format", "datapackage", &package_out.to_string_lossy()];
+    ok(&hsda(&with_config(&config, &args), &[]).await, "the flag wins over the file");
+    assert!(package_out.join("datapackage.json").is_file());
+
+    let created = ok(&hsda(&with_config(&config, &["keys", "create"]), &[]).await, "keys create");
+    assert!(created.contains("created subscribe key") && created.contains("for tenant ops"), "{created}");
+    let listed = ok(&hsda(&with_config(&config, &["keys", "list"]), &[]).await, "keys list");
+    assert!(listed.lines().skip(1).all(|l| l.split('\t').nth(1) == Some("ops")), "{listed}");
+
+    // A key no command knows still fails every command, and is named.
+    std::fs::write(&file, "quiet = true\nquite = true\n").unwrap();
+    for args in [&["migrate"][..], &["keys", "list"]] {
+        let refused = hsda(&with_config(&config, args), &[]).await;
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success() && stderr.contains("unknown field `quite`"), "{args:?}: {stderr}");
+    }
 }

@@ -62,8 +62,9 @@ pub fn free_port() -> std::io::Result<u16> {
 }
 
 impl RealServer {
-    /// Starts `binary serve` over `database_url` with extra `HSDA_*` settings in `env`; waits (bounded by
-    /// `limit`) for its admin key and a healthy `/health`. Its log goes to `log` (else nowhere).
+    /// Starts `binary serve` over `database_url` (a database without live API keys: only such a one gets a
+    /// starter admin key) with extra `HSDA_*` settings in `env`; waits (bounded by `limit`) for its admin key
+    /// and a healthy `/health`. Its log goes to `log` (else nowhere).
     pub async fn start(
         binary: &str,
         database_url: &str,
