@@ -283,20 +283,25 @@ async fn a_failed_import_exits_non_zero() {
     assert!(stderr.contains("services.csv line 2, field minimum_age"), "{stderr}");
 }
 
-#[tokio::test]
-async fn import_switches_take_boolish_values_from_the_environment() {
-    let dir = tempfile::tempdir().unwrap();
-    let url = sqlite_url(dir.path());
-    let package = dir.path().join("package");
+/// A package (folder) in `dir` with one service of an organization the directory does not hold: refused by
+/// strict imports only. Its path.
+fn a_package_naming_a_missing_organization(dir: &std::path::Path) -> String {
+    let package = dir.join("package");
     std::fs::create_dir(&package).unwrap();
-    // A service of an organization the directory does not hold: refused by strict imports only.
     std::fs::write(
         package.join("services.csv"),
         "id,name,status,organization_id\n\
          00000000-0000-4000-8000-000000000001,A,active,00000000-0000-4000-8000-0000000000ff\n",
     )
     .unwrap();
-    let path = package.to_string_lossy().into_owned();
+    package.to_string_lossy().into_owned()
+}
+
+#[tokio::test]
+async fn import_switches_take_boolish_values_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite_url(dir.path());
+    let path = a_package_naming_a_missing_organization(dir.path());
     let import = |strict: &'static str| {
         let (url, path) = (url.clone(), path.clone());
         async move {
@@ -364,16 +369,7 @@ async fn the_config_file_holds_every_commands_settings_under_their_flags_and_env
 
     let out = ok(&hsda(&with_config(&config, &["generate"]), &[]).await, "generate");
     assert!(out.contains("wrote 3 services"), "services and out from the file: {out}");
-    let package = dir.path().join("package");
-    std::fs::create_dir(&package).unwrap();
-    // A service of an organization the directory does not hold: refused by strict imports only.
-    std::fs::write(
-        package.join("services.csv"),
-        "id,name,status,organization_id\n\
-         00000000-0000-4000-8000-000000000001,A,active,00000000-0000-4000-8000-0000000000ff\n",
-    )
-    .unwrap();
-    let package = package.to_string_lossy().into_owned();
+    let package = a_package_naming_a_missing_organization(dir.path());
     let refused = hsda(&with_config(&config, &["import", &package]), &[]).await;
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success() && stderr.contains("nothing was imported"), "strict by the file: {stderr}");

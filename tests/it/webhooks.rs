@@ -2002,21 +2002,28 @@ webhook_test!(deliveries_waiting_behind_a_slow_target_go_as_the_subscription_is_
     assert_eq!(moved_to.received().len(), 5, "nothing started after the disable");
 });
 
+/// PostgreSQL: an app with a subscription to `organization.created` (its ping arrived) and a connection of
+/// the test's own holding the `counter` row's lock in an open transaction (`COMMIT` on it lets go).
+async fn subscribed_with_a_counter_held(counter: &str) -> Option<(TestApp, Receiver, String, sqlx::AnyConnection)> {
+    let app = TestApp::spawn(Store::Postgres).await?;
+    let rx = Receiver::start().await;
+    let sub = create(&app, json!({"url": rx.url, "events": ["organization.created"]})).await;
+    let id = sub["id"].as_str().unwrap().to_string();
+    rx.wait_for("the ping", |r| r.len() == 1).await;
+    let mut db = database_of(&app).await;
+    sqlx::query("BEGIN").execute(&mut db).await.unwrap();
+    let lock = sqlx::query("SELECT value FROM counters WHERE name = $1 FOR UPDATE").bind(counter);
+    lock.execute(&mut db).await.unwrap();
+    Some((app, rx, id, db))
+}
+
 /// PostgreSQL: a write that commits just before a disable but is dispatched after it (here the dispatch
 /// cursor is held while the disable and the write queue up behind it) gets no delivery then, though it
 /// happened before the disable; `enable` with `replay_missed` sends it (the acceptance run lost 2-13 of 120
 /// such changes: the replay went by the time of the disable).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_dispatched_after_a_disable_it_preceded_is_replayed_postgres() {
-    let Some(app) = TestApp::spawn(Store::Postgres).await else { return };
-    let rx = Receiver::start().await;
-    let sub = create(&app, json!({"url": rx.url, "events": ["organization.created"]})).await;
-    let id = sub["id"].as_str().unwrap().to_string();
-    rx.wait_for("the ping", |r| r.len() == 1).await;
-
-    let mut db = database_of(&app).await;
-    sqlx::query("BEGIN").execute(&mut db).await.unwrap();
-    sqlx::query("SELECT value FROM counters WHERE name = 'dispatch_cursor' FOR UPDATE").execute(&mut db).await.unwrap();
+    let Some((app, rx, id, mut db)) = subscribed_with_a_counter_held("dispatch_cursor").await else { return };
     let path = format!("/webhooks/{id}");
     let off = json!({"status": "disabled"});
     let disable = app.patch_as(&app.subscribe_key, &path, &off);
@@ -2043,15 +2050,7 @@ async fn a_change_dispatched_after_a_disable_it_preceded_is_replayed_postgres() 
 /// `since` covers it: no event in a digest is older than its `since`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_digest_covers_a_change_whose_write_began_before_its_window_postgres() {
-    let Some(app) = TestApp::spawn(Store::Postgres).await else { return };
-    let rx = Receiver::start().await;
-    let sub = create(&app, json!({"url": rx.url, "events": ["organization.created"]})).await;
-    let id = sub["id"].as_str().unwrap().to_string();
-    rx.wait_for("the ping", |r| r.len() == 1).await;
-
-    let mut db = database_of(&app).await;
-    sqlx::query("BEGIN").execute(&mut db).await.unwrap();
-    sqlx::query("SELECT value FROM counters WHERE name = 'event_sequence' FOR UPDATE").execute(&mut db).await.unwrap();
+    let Some((app, rx, id, mut db)) = subscribed_with_a_counter_held("event_sequence").await else { return };
     let path = format!("/webhooks/{id}");
     let organization = org(0);
     let write = put_org(&app, &organization, "Began before");
