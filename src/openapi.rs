@@ -195,7 +195,17 @@ pub fn document(server: &str) -> Value {
     paths.insert(
         "/event-types".into(),
         json!({ "get": { "operationId": "listEventTypes", "summary": "The event catalog with payload schemas",
-        "responses": { "200": { "description": "Every event type." } } } }),
+        "responses": { "200": { "description": "Every event type.", "content": { "application/json": { "schema": {
+            "type": "object", "required": ["event_types"], "properties": { "event_types": { "type": "array", "items": {
+                "type": "object", "required": ["name", "object", "description", "schema", "subscribable"],
+                "properties": {
+                    "name": {"type": "string", "description": "The event type, e.g. `service.updated`."},
+                    "object": {"type": "string", "description": "The HSDS table (or `webhook`) the event is about."},
+                    "description": {"type": "string"},
+                    "schema": {"type": "object", "description": "JSON Schema of the event's `data` in a full payload."},
+                    "thin_schema": {"type": "object", "description": "JSON Schema of `data` in a thin payload."},
+                    "subscribable": {"type": "boolean", "description": "False for messages hsda sends on its own (a digest, a challenge)."}
+                } } } } } } } } } } }),
     );
     paths.insert(
         "/webhooks/{id}/verify".into(),

@@ -76,6 +76,12 @@ store_test!(metadata_openapi_and_cors, |app| async move {
         assert!(webhooks.contains_key(*t), "webhooks lists {t}");
     }
     assert_eq!(webhooks.len(), types.len());
+    // The catalog is what its OpenAPI response schema says.
+    let catalog_schema =
+        &doc["paths"]["/event-types"]["get"]["responses"]["200"]["content"]["application/json"]["schema"];
+    let validator = jsonschema::validator_for(catalog_schema).expect("a schema for /event-types");
+    let errors: Vec<String> = validator.iter_errors(&catalog).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{errors:?}");
 
     let r = app.client.get(app.url("/services")).header("origin", "https://example.org").send().await.unwrap();
     assert_eq!(r.status(), 200);
