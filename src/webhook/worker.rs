@@ -102,6 +102,9 @@ struct Lane {
 
 struct Waiting {
     delivery: Delivery,
+    /// Its subscription's `updated_at` when it was queued: an owner's change since (a disable and an enable,
+    /// a replay) may have ended or reopened it in the store.
+    queued_under: String,
     /// When the rate limiter lets it start (None: now).
     start_at: Option<tokio::time::Instant>,
     claimed_at: tokio::time::Instant,
@@ -373,7 +376,12 @@ impl Worker {
                     lane.slots = Arc::new(Semaphore::new(size));
                     lane.size = size;
                 }
-                lane.waiting.push_back(Waiting { delivery, start_at, claimed_at });
+                lane.waiting.push_back(Waiting {
+                    delivery,
+                    queued_under: sub.updated_at.clone(),
+                    start_at,
+                    claimed_at,
+                });
             }
         }
         // At once, not at the end of the round: what was just handed over must not wait for the claim's query.
@@ -435,7 +443,7 @@ impl Worker {
             let worker = self.clone();
             tokio::spawn(async move {
                 let id = next.delivery.subscription_id.clone();
-                if let Some((delivery, sub)) = worker.ready_to_start(next.delivery, late).await {
+                if let Some((delivery, sub)) = worker.ready_to_start(next.delivery, &next.queued_under, late).await {
                     if let Some(at) = next.start_at {
                         tokio::time::sleep_until(at).await;
                     }
@@ -464,7 +472,12 @@ impl Worker {
     /// renewed lease, with its subscription as it is now. None if the store no longer has it unfinished
     /// under our lease (a retry asked for meanwhile, or a lease that ran out and another process took), or
     /// the subscription stopped receiving while it waited.
-    async fn ready_to_start(&self, mut delivery: Delivery, late: bool) -> Option<(Delivery, Subscription)> {
+    async fn ready_to_start(
+        &self,
+        mut delivery: Delivery,
+        queued_under: &str,
+        late: bool,
+    ) -> Option<(Delivery, Subscription)> {
         // The owner may have disabled or deleted the subscription, or changed its URL, headers or secret, since
         // the delivery was dispatched (a backlog waits in its lane): it goes out as the subscription is now, or
         // not at all. (Its body stays as it was made: what was sent once is sent again the same.) The snapshot
@@ -478,8 +491,24 @@ impl Worker {
                 return None;
             }
         };
-        if !late {
+        if !late && current.updated_at == queued_under {
             return Some((delivery, current));
+        }
+        if !late {
+            // Changed by its owner meanwhile: a disable ended the delivery (and a replay may have queued it
+            // again, to be claimed): sent only if it is still ours, unfinished, in the store.
+            return match self.db.delivery_state(&delivery.id).await {
+                Ok(Some((status, lease)))
+                    if matches!(status.as_str(), "pending" | "retrying") && lease == delivery.lease_until =>
+                {
+                    Some((delivery, current))
+                }
+                Ok(_) => None,
+                Err(e) => {
+                    tracing::warn!(error = %e, delivery = %delivery.id, "could not check a delivery whose subscription changed; it is sent once its lease runs out");
+                    None
+                }
+            };
         }
         let sub = current;
         match self.db.renew_lease(&delivery.id, delivery.lease_until.as_deref(), self.config.lease_seconds).await {

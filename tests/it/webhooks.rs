@@ -2070,3 +2070,36 @@ async fn a_digest_covers_a_change_whose_write_began_before_its_window_postgres()
     assert!(events[0]["timestamp"].as_str().unwrap() >= since, "since covers the event: {digest}");
     assert!(Receiver::of_type(&got, "organization.created").is_empty(), "sent in the digest only");
 }
+
+webhook_test!(a_backlog_disabled_and_enabled_with_replay_is_sent_once, |app| async move {
+    // Deliveries waiting in the worker behind a held one when the subscription is disabled, then enabled with
+    // `replay_missed` before they start: the replay queues them again in the store, and the copies that
+    // waited must not go too (the acceptance run got 64 of 120 changes twice).
+    let rx = Receiver::start().await;
+    let sub = create(&app, json!({"url": rx.url, "events": ["organization.created"], "max_concurrency": 1})).await;
+    let id = sub["id"].as_str().unwrap().to_string();
+    rx.wait_for("the ping", |r| r.len() == 1).await;
+    rx.hold();
+    for i in 0..5 {
+        put_org(&app, &org(i), "Queued").await;
+    }
+    rx.wait_for("the first, held at the target", |r| r.len() == 2).await;
+    let path = format!("/webhooks/{id}");
+    assert_eq!(app.patch_as(&app.subscribe_key, &path, &json!({"status": "disabled"})).await.status(), 200);
+    let body = json!({"replay_missed": true});
+    let enabled = app.post_as(&app.subscribe_key, format!("{path}/enable"), Some(&body)).await;
+    assert_eq!(enabled.status(), 200);
+    rx.open();
+    let all_five = |r: &[crate::receiver::Received]| Receiver::object_ids(r, "organization.created").len() == 5;
+    rx.wait_for("every change", all_five).await;
+    // Whatever is still due goes within the retry schedule's first step; give it that long.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let got = Receiver::of_type(&rx.received(), "organization.created");
+    // The held one was out when the disable came: its answer, recorded after the replay queued it again, may
+    // send it once more (same webhook-id). Those that waited go once.
+    let held = got[0].json()["data"]["id"].clone();
+    for waited in (0..5).map(org).filter(|o| held != o.as_str()) {
+        let times = got.iter().filter(|d| d.json()["data"]["id"] == waited.as_str()).count();
+        assert_eq!(times, 1, "{waited} waited behind {held} and went {times} times");
+    }
+});
