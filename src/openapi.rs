@@ -407,7 +407,7 @@ fn add_webhook_paths(paths: &mut Map<String, Value>, schemas: &mut Map<String, V
         (
             "/webhooks/{id}/enable",
             "enableWebhook",
-            "Re-enable; with replay_missed, reopen the deliveries the latest disable ended and queue the events that occurred while disabled, or were dispatched after it (a change committed just before the disable; none twice) (answer: replayed)",
+            "Re-enable; with replay_missed, reopen the deliveries the latest disable ended and queue the events that occurred while disabled, or were dispatched after it (a change committed just before the disable), each once; an attempt that was already out at the target when the disable came may be sent again, with the same webhook-id (answer: replayed)",
             json!({"replay_missed": {"type": "boolean"}}),
         ),
     ] {
