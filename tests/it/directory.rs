@@ -1357,3 +1357,28 @@ store_test!(a_patch_that_nulls_a_list_of_children_removes_them, |app| async move
     assert_eq!(shown["schedules"].as_array().map(Vec::len), Some(1), "the other children stay: {shown}");
     assert_eq!(app.get("/phones/00000000-0000-4000-8000-0000000000a1").await.status(), 404);
 });
+
+// Eight clients PUT the same new service of an existing organization at once, while other writes of that
+// organization's services share their groups, for ten ids: never a 500 or a 503. (An acceptance run saw both
+// once on PostgreSQL, in a burst like this while a subscription was disabled and enabled; not reproduced
+// here so far. Suspected: a write that inserted the new row before it took the document lock, waiting for
+// it while the lock's holder inserts the same row; see the session 14 note.)
+store_test!(concurrent_puts_creating_the_same_service_of_one_organization_all_succeed, |app| async move {
+    app.put_ok(&format!("/organizations/{O1}"), &org_body(O1, "Food Bank")).await;
+    for n in 0..10 {
+        let id = format!("00000000-0000-4000-8000-0000000d{n:04}");
+        let path = format!("/services/{id}");
+        let body = json!({"name": "Raced", "status": "active", "organization_id": O1});
+        let app = &app;
+        let racers = (0..8).map(|_| app.put(&path, &body));
+        let others = (0..8).map(|i| {
+            let other = format!("00000000-0000-4000-8000-0000000e{n:02}{i:02}");
+            let body = json!({"name": "Beside", "status": "active", "organization_id": O1});
+            async move { app.put(&format!("/services/{other}"), &body).await }
+        });
+        let (raced, beside) =
+            futures::future::join(futures::future::join_all(racers), futures::future::join_all(others)).await;
+        let statuses: Vec<u16> = raced.iter().chain(&beside).map(|r| r.status().as_u16()).collect();
+        assert!(statuses.iter().all(|s| *s == 200 || *s == 201), "PUT {id}: {statuses:?}");
+    }
+});
