@@ -1653,6 +1653,15 @@ impl Db {
             }
         };
         let (mut tx, _guard) = self.begin_write().await?;
+        // The subscription's row first, as a batch of attempt results takes it before its deliveries: reopening
+        // them in the other order deadlocked with such a batch on PostgreSQL (an acceptance run's enable got a
+        // 503 about once in 1 600 disable/enable cycles under a burst; the server log showed the cycle).
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT id FROM subscriptions WHERE id = $1 FOR UPDATE")
+                .bind(&sub.id)
+                .execute(&mut *tx)
+                .await?;
+        }
         let now = now_text();
         // What was still owed when the subscription was last disabled goes out again first (not what an earlier
         // disable ended and a plain enable left so).
