@@ -472,7 +472,14 @@ impl Db {
             return Ok(snapshot);
         }
         // Aged, or this process changed one: one row tells whether to read them all.
-        current_subscriptions(cache, &mut *self.pool.acquire().await?, &read_at).await
+        let version: i64 = sqlx::query_scalar(SUBSCRIPTIONS_VERSION).fetch_one(&self.pool).await?;
+        if let Some(snapshot) = cache.at_version(generation, version, &read_at) {
+            return Ok(snapshot);
+        }
+        let (version, subscriptions) = versioned_subscriptions(&self.pool).await?;
+        let snapshot = Arc::new(subscriptions);
+        cache.offer(generation, read_at, Some(version), snapshot.clone());
+        Ok(snapshot)
     }
 
     /// PostgreSQL: whether the cached snapshot was read before `created_at` (a delivery's creation). Another
@@ -871,13 +878,6 @@ impl Db {
     }
 
     /// A delivery's status and lease as stored now (None if it is gone).
-    /// Whether the store still has `delivery` unfinished under the lease this process holds for it (not
-    /// ended by a disable, reopened by a replay, or taken over after its lease ran out).
-    pub async fn still_ours(&self, delivery: &Delivery) -> sqlx::Result<bool> {
-        Ok(matches!(self.delivery_state(&delivery.id).await?,
-            Some((status, lease)) if matches!(status.as_str(), "pending" | "retrying") && lease == delivery.lease_until))
-    }
-
     pub async fn delivery_state(&self, id: &str) -> sqlx::Result<Option<(String, Option<String>)>> {
         sqlx::query_as("SELECT status, lease_until FROM deliveries WHERE id = $1")
             .bind(id)
