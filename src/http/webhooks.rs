@@ -821,9 +821,8 @@ async fn delivery(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let principal = caller.require(&[Scope::Subscribe])?;
-    // Attempts first: the delivery read after them is at least as new, so its status never lags the log.
-    let attempts = state.db.attempts(&id).await?;
-    let d = state.db.delivery(&id).await?.ok_or_else(|| ApiError::NotFound(format!("delivery {id}")))?;
+    let (d, attempts) =
+        state.db.delivery_with_attempts(&id).await?.ok_or_else(|| ApiError::NotFound(format!("delivery {id}")))?;
     if principal.scope != Scope::Admin && d.tenant != principal.tenant {
         return Err(ApiError::NotFound(format!("delivery {id}")));
     }

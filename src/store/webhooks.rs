@@ -472,14 +472,7 @@ impl Db {
             return Ok(snapshot);
         }
         // Aged, or this process changed one: one row tells whether to read them all.
-        let version: i64 = sqlx::query_scalar(SUBSCRIPTIONS_VERSION).fetch_one(&self.pool).await?;
-        if let Some(snapshot) = cache.at_version(generation, version, &read_at) {
-            return Ok(snapshot);
-        }
-        let (version, subscriptions) = versioned_subscriptions(&self.pool).await?;
-        let snapshot = Arc::new(subscriptions);
-        cache.offer(generation, read_at, Some(version), snapshot.clone());
-        Ok(snapshot)
+        current_subscriptions(cache, &mut *self.pool.acquire().await?, &read_at).await
     }
 
     /// PostgreSQL: whether the cached snapshot was read before `created_at` (a delivery's creation). Another
@@ -877,12 +870,16 @@ impl Db {
         query.fetch_one(&self.pool).await
     }
 
-    /// A delivery's status and lease as stored now (None if it is gone).
-    pub async fn delivery_state(&self, id: &str) -> sqlx::Result<Option<(String, Option<String>)>> {
-        sqlx::query_as("SELECT status, lease_until FROM deliveries WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await
+    /// Whether the store still has `delivery` unfinished under the lease this process holds for it (not
+    /// ended by a disable, reopened by a replay, or taken over after its lease ran out).
+    pub async fn still_ours(&self, delivery: &Delivery) -> sqlx::Result<bool> {
+        let stored: Option<(String, Option<String>)> =
+            sqlx::query_as("SELECT status, lease_until FROM deliveries WHERE id = $1")
+                .bind(&delivery.id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(matches!(stored, Some((status, lease))
+            if matches!(status.as_str(), "pending" | "retrying") && lease == delivery.lease_until))
     }
 
     /// Releases leases this process holds (`(delivery id, lease)`), where they are still the ones it set: what
@@ -1026,35 +1023,21 @@ impl Db {
     }
 
     pub async fn delivery(&self, id: &str) -> sqlx::Result<Option<Delivery>> {
-        let mut conn = self.pool.acquire().await?;
-        let row = sqlx::query(&format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&mut *conn)
-            .await?;
-        let Some(delivery) = row.as_ref().map(delivery_from_row).transpose()? else { return Ok(None) };
-        Ok(with_event_bodies(&mut conn, vec![delivery]).await?.pop())
+        delivery_on(&mut *self.pool.acquire().await?, id).await
     }
 
-    pub async fn attempts(&self, delivery_id: &str) -> sqlx::Result<Vec<Attempt>> {
-        let rows = sqlx::query(
-            "SELECT at, status_code, duration_ms, error, error_class, response_body FROM attempts \
-             WHERE delivery_id = $1 ORDER BY at",
-        )
-        .bind(delivery_id)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Attempt {
-                    at: r.try_get("at")?,
-                    status_code: r.try_get("status_code")?,
-                    duration_ms: r.try_get("duration_ms")?,
-                    error: r.try_get("error")?,
-                    error_class: r.try_get("error_class")?,
-                    response_body: r.try_get("response_body")?,
-                })
-            })
-            .collect()
+    /// Delivery `id` and its attempt log as of one moment. Read in one snapshot (a read transaction; repeatable
+    /// read on PostgreSQL), so the attempts listed are the ones its status and count reflect: two reads let an
+    /// attempt recorded between them show in one and not the other.
+    pub async fn delivery_with_attempts(&self, id: &str) -> sqlx::Result<Option<(Delivery, Vec<Attempt>)>> {
+        let mut tx = self.pool.begin().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
+        }
+        let Some(delivery) = delivery_on(&mut tx, id).await? else { return Ok(None) };
+        let attempts = attempts_on(&mut tx, id).await?;
+        tx.commit().await?;
+        Ok(Some((delivery, attempts)))
     }
 
     /// Makes a finished or waiting delivery due now again (idempotent: a queued one stays queued). False if
@@ -1527,6 +1510,37 @@ struct NewDelivery {
 /// stored event gives the same bytes, since the log is append-only and its JSON text reads back to the value it
 /// was written from. Never a real body: every body is a JSON object.
 const BODY_IN_EVENT: &str = "";
+
+async fn delivery_on(conn: &mut sqlx::AnyConnection, id: &str) -> sqlx::Result<Option<Delivery>> {
+    let row = sqlx::query(&format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let Some(delivery) = row.as_ref().map(delivery_from_row).transpose()? else { return Ok(None) };
+    Ok(with_event_bodies(conn, vec![delivery]).await?.pop())
+}
+
+async fn attempts_on(conn: &mut sqlx::AnyConnection, delivery_id: &str) -> sqlx::Result<Vec<Attempt>> {
+    let rows = sqlx::query(
+        "SELECT at, status_code, duration_ms, error, error_class, response_body FROM attempts \
+         WHERE delivery_id = $1 ORDER BY at",
+    )
+    .bind(delivery_id)
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Attempt {
+                at: r.try_get("at")?,
+                status_code: r.try_get("status_code")?,
+                duration_ms: r.try_get("duration_ms")?,
+                error: r.try_get("error")?,
+                error_class: r.try_get("error_class")?,
+                response_body: r.try_get("response_body")?,
+            })
+        })
+        .collect()
+}
 
 /// `deliveries` with the bodies stored as [`BODY_IN_EVENT`] built again from their events, read in one
 /// statement per 500. One whose event is missing (only a damaged or partly restored database) keeps an empty

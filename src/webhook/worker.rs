@@ -497,13 +497,9 @@ impl Worker {
         if !late {
             // Changed by its owner meanwhile: a disable ended the delivery (and a replay may have queued it
             // again, to be claimed): sent only if it is still ours, unfinished, in the store.
-            return match self.db.delivery_state(&delivery.id).await {
-                Ok(Some((status, lease)))
-                    if matches!(status.as_str(), "pending" | "retrying") && lease == delivery.lease_until =>
-                {
-                    Some((delivery, current))
-                }
-                Ok(_) => None,
+            return match self.db.still_ours(&delivery).await {
+                Ok(true) => Some((delivery, current)),
+                Ok(false) => None,
                 Err(e) => {
                     tracing::warn!(error = %e, delivery = %delivery.id, "could not check a delivery whose subscription changed; it is sent once its lease runs out");
                     None
@@ -633,10 +629,9 @@ impl Worker {
             if worker.stopping.load(std::sync::atomic::Ordering::Acquire) || !worker.forget_hold(&delivery.id, lease) {
                 return; // the stopping worker releases its lease
             }
-            match worker.db.delivery_state(&delivery.id).await {
-                Ok(Some((status, lease)))
-                    if matches!(status.as_str(), "pending" | "retrying") && lease == delivery.lease_until => {}
-                Ok(_) => return,
+            match worker.db.still_ours(&delivery).await {
+                Ok(true) => {}
+                Ok(false) => return,
                 Err(e) => {
                     tracing::warn!(error = %e, delivery = %delivery.id, "a held retry waits for its lease to run out");
                     return;

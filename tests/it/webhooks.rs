@@ -1403,6 +1403,35 @@ async fn a_retry_asked_for_uses_up_no_automatic_retry(store: Store) {
 
 crate::each_store!(a_retry_asked_for_uses_up_no_automatic_retry);
 
+/// A delivery shown while its attempts are being recorded lists exactly the attempts its count and status
+/// reflect (one snapshot): read in two statements, an attempt recorded between them showed in one only.
+async fn a_delivery_is_shown_as_of_one_moment(store: Store) {
+    let schedule = vec!["0"; 40].join(",");
+    let Some(app) = TestApp::spawn_with(store, |c| c.retry_schedule = Some(schedule)).await else { return };
+    let rx = Receiver::start().await;
+    let mut script = vec![(200, None)];
+    script.extend([(500, None); 41]);
+    rx.script(&script);
+    let sub = create(&app, json!({"url": rx.url, "events": ["organization.created"]})).await;
+    rx.wait_for("the ping", |r| r.len() == 1).await;
+    put_org(&app, O1, "One").await;
+    let delivery = delivery_of(&app, sub["id"].as_str().unwrap(), "organization.created").await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut reads = 0;
+    loop {
+        let d = app.get_as(&app.subscribe_key, &format!("/deliveries/{delivery}")).await;
+        reads += 1;
+        assert_eq!(d["attempts"].as_array().map(|a| a.len() as u64), d["attempt_count"].as_u64(), "read {reads}: {d}");
+        if d["status"] == "failed" || std::time::Instant::now() > deadline {
+            assert_eq!(d["status"], "failed", "{d}");
+            assert_eq!(d["attempt_count"], 41, "{d}");
+            break;
+        }
+    }
+}
+
+crate::each_store!(a_delivery_is_shown_as_of_one_moment);
+
 webhook_test!(a_retry_asked_for_during_an_attempt_sends_no_second_copy, |app| async move {
     // Asked for (twice) while the first attempt waits at the target, a retry leaves that attempt to finish:
     // no second copy goes out beside it, and the attempts counted are the attempts recorded.
