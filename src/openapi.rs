@@ -314,7 +314,7 @@ fn add_webhook_paths(paths: &mut Map<String, Value>, schemas: &mut Map<String, V
         "Subscription".into(),
         json!({ "type": "object", "properties": {
             "id": {"type": "string", "description": "sub_..."},
-            "url": {"type": "string", "format": "uri"},
+            "url": {"type": "string", "format": "uri", "maxLength": 4096, "description": "http or https; no whitespace around it, no user name or password, no port 0; refused if it resolves to a private, loopback, link-local or metadata address (unless the operator allows it)."},
             "events": {"type": "array", "items": {"type": "string"}, "description": "Event types or patterns: service.updated, service.*, *"},
             "payload": {"type": "string", "enum": ["full", "thin"]},
             "filter": {"type": "object", "properties": {
@@ -332,8 +332,8 @@ fn add_webhook_paths(paths: &mut Map<String, Value>, schemas: &mut Map<String, V
             "max_concurrency": {"type": "integer", "minimum": 1, "maximum": 100, "description": "Deliveries of this subscription in flight at once, per hsda process (several processes on one PostgreSQL database each allow this many)."},
             "rate_limit_per_second": {"type": ["integer", "null"], "description": "Delivery starts per second, per hsda process (several processes on one PostgreSQL database each allow this many)."},
             "ordered": {"type": "boolean"},
-            "headers": {"type": "object", "additionalProperties": {"type": "string"}},
-            "metadata": {"type": "object"},
+            "headers": {"type": "object", "additionalProperties": {"type": "string"}, "description": "Static headers sent with every delivery. Names compare without case (one name once); content-type, user-agent, host, content-length, transfer-encoding and webhook-* are hsda's."},
+            "metadata": {"type": "object", "description": "The owner's own notes, at most 16 KiB as JSON."},
             "verify": {"type": "boolean"},
             "status": {"type": "string", "enum": ["pending", "active", "failing", "disabled"]},
             "last_success_at": {"type": ["string", "null"]}, "last_failure_at": {"type": ["string", "null"]},
@@ -377,13 +377,25 @@ fn add_webhook_paths(paths: &mut Map<String, Value>, schemas: &mut Map<String, V
         "get": { "operationId": "listWebhooks", "summary": "The caller's subscriptions (admin: all)", "tags": ["webhooks"], "security": security,
             "parameters": [ param("page", json!({"type": "integer", "minimum": 1, "maximum": u32::MAX}), "Page, from 1."), param("per_page", json!({"type": "integer", "minimum": 1, "maximum": 1000}), "Items per page.") ],
             "responses": { "200": ok("A page of subscriptions.", json!({"$ref": "#/components/schemas/Page"})) } } }));
+    let if_match_write = json!({ "name": "If-Match", "in": "header", "required": false, "schema": {"type": "string"}, "description": "Change only if the subscription's ETag is one of these (strong comparison), or * ." });
+    let if_none_match_write = json!({ "name": "If-None-Match", "in": "header", "required": false, "schema": {"type": "string"}, "description": "Refused (412) if the subscription's ETag is one of these (weak comparison), or at all for * ." });
+    let if_none_match_read = json!({ "name": "If-None-Match", "in": "header", "required": false, "schema": {"type": "string"}, "description": "304 when the ETag is one of these (weak comparison)." });
+    let with_etag_header = |mut response: Value| {
+        response["headers"] = json!({"ETag": {"schema": {"type": "string"}}});
+        response
+    };
     paths.insert("/webhooks/{id}".into(), json!({ "parameters": id_param,
-        "get": { "operationId": "getWebhook", "tags": ["webhooks"], "security": security, "responses": { "200": ok("The subscription.", sub_ref.clone()), "404": not_found } },
+        "get": { "operationId": "getWebhook", "tags": ["webhooks"], "security": security,
+            "description": "With an `ETag`: a hash of this representation, so it changes with the delivery counters too. `If-None-Match` naming it answers 304.",
+            "parameters": [if_none_match_read.clone()],
+            "responses": { "200": with_etag_header(ok("The subscription.", sub_ref.clone())), "304": {"description": "Not modified (If-None-Match)."}, "404": not_found } },
         "patch": { "operationId": "updateWebhook", "tags": ["webhooks"], "security": security, "summary": "Change fields; status: active or disabled", 
             "description": "A JSON merge patch (RFC 7386): fields left out stay as they are; filter, headers (names compared without case) and metadata merge into the current ones, a member set to null removing it; null for filter, headers, metadata, schedule or rate_limit_per_second clears it, and for description empties it. Disabling ends the subscription's open deliveries as `failed` (last_error: the subscription was disabled before this was delivered); nothing is sent to it while disabled. Every attempt that starts after the answer goes as the subscription is then: to its new url, signed with its new secret, not at all once disabled or deleted (only attempts already under way finish as they began; another hsda process on the same PostgreSQL sees the change within a second). A delivery's body stays as it was made: a new payload form applies to deliveries made after the change; so do new events and filter (a delivery already made for an event the subscription no longer wants still goes). A new `url` of a `verify: true` subscription must echo a challenge again.",
+            "parameters": [if_match_write.clone(), if_none_match_write.clone()],
             "requestBody": { "content": { "application/json": { "schema": sub_ref } } },
-            "responses": { "200": ok("The subscription.", sub_ref.clone()), "404": not_found, "422": problem_response("A field is invalid.") } },
-        "delete": { "operationId": "deleteWebhook", "tags": ["webhooks"], "security": security, "responses": { "204": {"description": "Deleted with its history."}, "404": not_found } } }));
+            "responses": { "200": with_etag_header(ok("The subscription.", sub_ref.clone())), "404": not_found, "409": problem_response("Changed concurrently through other processes, again and again: try again."), "412": problem_response("An If-Match or If-None-Match precondition failed: it changed since that ETag was read."), "422": problem_response("A field is invalid.") } },
+        "delete": { "operationId": "deleteWebhook", "tags": ["webhooks"], "security": security, "parameters": [if_match_write, if_none_match_write],
+            "responses": { "204": {"description": "Deleted with its history."}, "404": not_found, "412": problem_response("An If-Match or If-None-Match precondition failed.") } } }));
     for (path, op, summary, body) in [
         (
             "/webhooks/{id}/test",
@@ -402,7 +414,7 @@ fn add_webhook_paths(paths: &mut Map<String, Value>, schemas: &mut Map<String, V
             "/webhooks/{id}/replay",
             "replayWebhook",
             "Re-queue the finished deliveries created in a time range (ones still pending or retrying are queued already and left as they are; answer: requeued)",
-            json!({"since": {"type": "string", "format": "date-time", "description": "Required."}, "until": {"type": "string", "format": "date-time", "description": "Default: now; not before since."}, "only_failed": {"type": "boolean"}}),
+            json!({"since": {"type": "string", "format": "date-time", "description": "Required."}, "until": {"type": "string", "format": "date-time", "description": "Default: now; not before since."}, "only_failed": {"type": "boolean", "default": false, "description": "Only deliveries that failed; by default succeeded ones are sent again too."}}),
         ),
         (
             "/webhooks/{id}/enable",
@@ -413,7 +425,7 @@ fn add_webhook_paths(paths: &mut Map<String, Value>, schemas: &mut Map<String, V
     ] {
         paths.insert(path.into(), json!({ "parameters": id_param, "post": { "operationId": op, "summary": summary, "tags": ["webhooks"], "security": security,
             "requestBody": { "content": { "application/json": { "schema": { "type": "object", "properties": body, "additionalProperties": false } } } },
-            "responses": { "200": {"description": "Done."}, "202": {"description": "Queued."}, "404": not_found, "409": problem_response("The subscription's state does not allow it: a replay of a disabled one (enable it, with replay_missed), an enable of one awaiting verification."), "422": problem_response("A field is invalid or unknown.") } } }));
+            "responses": { "200": {"description": "Done."}, "202": {"description": "Queued."}, "404": not_found, "409": problem_response("The subscription's state does not allow it: a replay or test of a disabled one (enable it, with replay_missed), an enable or test of one awaiting verification."), "422": problem_response("A field is invalid or unknown.") } } }));
     }
     paths.insert("/webhooks/{id}/deliveries".into(), json!({ "parameters": id_param, "get": { "operationId": "listDeliveries", "tags": ["webhooks"], "security": security,
         "summary": "Delivery history, newest first",

@@ -303,7 +303,7 @@ async fn respond_list(
 
 /// A 304 when the request's `If-None-Match` names `tag` (weak comparison, RFC 9110 13.1.2: `W/"x"` matches
 /// `"x"`; `*` matches whatever exists).
-fn not_modified(headers: &HeaderMap, tag: &str) -> Option<Response> {
+pub(super) fn not_modified(headers: &HeaderMap, tag: &str) -> Option<Response> {
     let listed = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok())?;
     document::etag_listed(listed, tag, true).then(|| {
         let mut r = StatusCode::NOT_MODIFIED.into_response();
@@ -352,7 +352,7 @@ fn header_value(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("\"\""))
 }
 
-fn with_etag(status: StatusCode, body: Value, tag: &str) -> Response {
+pub(super) fn with_etag(status: StatusCode, body: Value, tag: &str) -> Response {
     let mut r = (status, axum::Json(body)).into_response();
     r.headers_mut().insert(header::ETAG, header_value(tag));
     r

@@ -7,13 +7,13 @@ use std::collections::HashMap;
 use axum::Json;
 use axum::Router;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Map, Value, json};
 
 use super::AppState;
-use super::directory::{page_envelope, parse_timestamp};
+use super::directory::{not_modified, page_envelope, parse_timestamp, with_etag};
 use super::error::ApiError;
 use super::extract::{Caller, JsonBody};
 use crate::hsds::validate::FieldError;
@@ -39,6 +39,8 @@ pub fn router() -> Router<AppState> {
 }
 
 const OPERATIONAL: [&str; 4] = ["webhook.ping", "webhook.failing", "webhook.recovered", "webhook.disabled"];
+/// The largest `metadata` taken, as JSON text.
+const MAX_METADATA_BYTES: usize = 16 * 1024;
 const FILTER_KEYS: [&str; 4] = ["organization_id", "service_id", "location_id", "taxonomy_term_id"];
 const RESERVED_HEADERS: [&str; 8] = [
     "content-type",
@@ -235,9 +237,16 @@ async fn apply_fields(
     if let Some(v) = body.get("headers") {
         match v.as_object() {
             Some(map) => {
+                let mut seen = std::collections::HashSet::new();
                 for (k, value) in map {
                     let lower = k.to_ascii_lowercase();
-                    if RESERVED_HEADERS.contains(&lower.as_str()) || lower.starts_with("webhook-") {
+                    if !seen.insert(lower.clone()) {
+                        // Names are case-insensitive: both would go, and which one a target reads is its guess.
+                        err(
+                            &format!("/headers/{k}"),
+                            "names a header given already (names compare without case)".into(),
+                        );
+                    } else if RESERVED_HEADERS.contains(&lower.as_str()) || lower.starts_with("webhook-") {
                         err(&format!("/headers/{k}"), "is set by hsda and cannot be overridden".into());
                     } else if axum::http::HeaderName::from_bytes(k.as_bytes()).is_err() {
                         err(&format!("/headers/{k}"), "is not a valid header name".into());
@@ -252,6 +261,10 @@ async fn apply_fields(
     }
     if let Some(v) = body.get("metadata") {
         match v {
+            // The owner's notes, shown with every read of the subscription: bounded as other APIs bound theirs.
+            Value::Object(_) if v.to_string().len() > MAX_METADATA_BYTES => {
+                err("/metadata", format!("must be at most {MAX_METADATA_BYTES} bytes as JSON"))
+            }
             Value::Object(_) => sub.metadata = v.clone(),
             _ => err("/metadata", "must be an object".into()),
         }
@@ -324,6 +337,15 @@ fn flag(body: &Value, name: &str) -> Result<bool, ApiError> {
         None | Some(Value::Null) => Ok(false),
         Some(Value::Bool(b)) => Ok(*b),
         Some(_) => Err(ApiError::invalid(format!("/{name}"), "must be true or false")),
+    }
+}
+
+/// An optional string field (absent or null: `None`).
+fn optional_text<'a>(body: &'a Value, name: &str) -> Result<Option<&'a str>, ApiError> {
+    match body.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) => Ok(Some(text)),
+        Some(_) => Err(ApiError::invalid(format!("/{name}"), "must be a string")),
     }
 }
 
@@ -475,32 +497,104 @@ async fn list(
     Ok(Json(page_envelope(total, page, per_page, subs.iter().map(|s| output(s, None)).collect())))
 }
 
-async fn show(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn show(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let principal = caller.require(&[Scope::Subscribe])?;
-    Ok(Json(output(&owned(&state, principal, &id).await?, None)))
+    let sub = owned(&state, principal, &id).await?;
+    let tag = subscription_etag(&sub);
+    Ok(not_modified(&headers, &tag).unwrap_or_else(|| with_etag(StatusCode::OK, output(&sub, None), &tag)))
+}
+
+/// A subscription's ETag: a hash of its representation (GET's body), so it changes with anything shown,
+/// the delivery counters included.
+fn subscription_etag(sub: &Subscription) -> String {
+    crate::hsds::document::etag(&output(sub, None))
+}
+
+/// Whether the request's `If-Match` (strong comparison) and `If-None-Match` (weak) let a change of `sub`
+/// go ahead (RFC 9110 13.1.1-2); absent, they do.
+fn preconditions_hold(headers: &HeaderMap, sub: &Subscription) -> bool {
+    let listed = |name| {
+        let lines: Vec<&str> = headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).map(str::trim).collect();
+        (!lines.is_empty()).then(|| lines.join(", "))
+    };
+    let tag = subscription_etag(sub);
+    listed(header::IF_MATCH).is_none_or(|list| crate::hsds::document::etag_listed(&list, &tag, false))
+        && !listed(header::IF_NONE_MATCH).is_some_and(|list| crate::hsds::document::etag_listed(&list, &tag, true))
+}
+
+/// A change of a subscription, made to a copy of it: the copy changed, or why it cannot be.
+type Changed<'a> = std::pin::Pin<Box<dyn Future<Output = Result<Subscription, ApiError>> + Send + 'a>>;
+
+/// Locks that serialize this process's changes of one subscription (striped: a subscription id picks one).
+static CHANGE_LOCKS: [tokio::sync::Mutex<()>; 64] = [const { tokio::sync::Mutex::const_new(()) }; 64];
+
+fn stripe_of(id: &str) -> usize {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(id) as usize % CHANGE_LOCKS.len()
+}
+
+/// How many times a change is made again when an owner's other change came in between.
+const CHANGE_TRIES: usize = 5;
+
+/// Makes `change` to subscription `id` as it stands, within the request's preconditions: read, changed,
+/// written only if no other change came in between (else made again on what that one left), so that
+/// concurrent changes each apply, none lost. Returns the subscription before and after.
+async fn change_subscription<'a>(
+    state: &AppState,
+    principal: &Principal,
+    id: &str,
+    headers: &HeaderMap,
+    status_edited: bool,
+    mut change: impl FnMut(Subscription) -> Changed<'a>,
+) -> Result<(Subscription, Subscription), ApiError> {
+    // One change of a subscription at a time in this process (most come through one); the check in the
+    // store's transaction covers changes made through other processes, which are then made again.
+    let _one_at_a_time = CHANGE_LOCKS[stripe_of(id)].lock().await;
+    for _ in 0..CHANGE_TRIES {
+        let before = owned(state, principal, id).await?;
+        if !preconditions_hold(headers, &before) {
+            return Err(ApiError::PreconditionFailed);
+        }
+        let after = change(before.clone()).await?;
+        let unchanged = |stored: &Subscription| stored.same_settings(&before) && preconditions_hold(headers, stored);
+        if state.db.update_subscription(&after, status_edited, &state.config.public_url(), unchanged).await? {
+            return Ok((before, after));
+        }
+    }
+    Err(conflict("the subscription kept changing while this change was being made: try again"))
 }
 
 async fn update(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
+    headers: HeaderMap,
     JsonBody(body): JsonBody,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let principal = caller.require(&[Scope::Subscribe])?;
-    let mut sub = owned(&state, principal, &id).await?;
-    let url_before = sub.url.clone();
-    let mut body = body_object(body)?;
-    as_merge_patch(&sub, &mut body);
-    let errors = apply_fields(&state, &mut sub, &body, false).await;
-    if !errors.is_empty() {
-        return Err(ApiError::Invalid(errors));
-    }
-    state.db.update_subscription(&sub, body.contains_key("status"), &state.config.public_url()).await?;
-    if sub.verify && sub.url != url_before && sub.status != "disabled" {
+    let patch = body_object(body)?;
+    let edits_status = patch.contains_key("status");
+    let (before, sub) = change_subscription(&state, principal, &id, &headers, edits_status, |mut sub| {
+        let (state, patch) = (&state, &patch);
+        Box::pin(async move {
+            let mut body = patch.clone();
+            as_merge_patch(&sub, &mut body);
+            let errors = apply_fields(state, &mut sub, &body, false).await;
+            if errors.is_empty() { Ok(sub) } else { Err(ApiError::Invalid(errors)) }
+        })
+    })
+    .await?;
+    if sub.verify && sub.url != before.url && sub.status != "disabled" {
         // Intent verification is of a URL: a new one must prove it wants the events too.
         state.db.request_verification(&sub.id).await?;
     }
-    Ok(Json(output(&owned(&state, principal, &id).await?, None)))
+    let now = owned(&state, principal, &id).await?;
+    Ok(with_etag(StatusCode::OK, output(&now, None), &subscription_etag(&now)))
 }
 
 /// Reads a PATCH body as the JSON merge patch (RFC 7386) it is declared to be: an object field (`filter`,
@@ -536,10 +630,22 @@ fn as_merge_patch(sub: &Subscription, body: &mut Map<String, Value>) {
     }
 }
 
-async fn remove(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+async fn remove(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
     let principal = caller.require(&[Scope::Subscribe])?;
-    owned(&state, principal, &id).await?;
-    state.db.delete_subscription(&id).await?;
+    let sub = owned(&state, principal, &id).await?;
+    if !preconditions_hold(&headers, &sub) {
+        return Err(ApiError::PreconditionFailed);
+    }
+    if !state.db.delete_subscription(&id, |stored| preconditions_hold(&headers, stored)).await? {
+        // Gone meanwhile (404), or changed so that the precondition no longer holds.
+        owned(&state, principal, &id).await?;
+        return Err(ApiError::PreconditionFailed);
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -547,10 +653,10 @@ async fn rotate(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
+    headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let principal = caller.require(&[Scope::Subscribe])?;
-    let mut sub = owned(&state, principal, &id).await?;
     let body = optional_json(&body)?;
     known_fields(&body, &["grace_seconds", "secret"])?;
     let grace = match body.get("grace_seconds") {
@@ -560,14 +666,22 @@ async fn rotate(
             .filter(|n| (0..=7 * 86_400).contains(n))
             .ok_or_else(|| ApiError::invalid("/grace_seconds", "must be an integer from 0 to 604800"))?,
     };
+    // The new secret may be the caller's own (in the form creation takes), or is generated.
+    let chosen = optional_text(&body, "secret")?;
+    let (_, sub) = change_subscription(&state, principal, &id, &headers, false, |sub| {
+        Box::pin(std::future::ready(rotated(sub, chosen, grace)))
+    })
+    .await?;
+    let mut out = output(&sub, Some(&sub.secret));
+    // A grace of 0 s ends at once; the answer still says when.
+    out["previous_secret_expires_at"] = json!(sub.previous_secret_until);
+    Ok(Json(out))
+}
+
+/// `sub` with a new secret (`chosen`, or generated), the current one still signing for `grace` seconds.
+fn rotated(mut sub: Subscription, chosen: Option<&str>, grace: i64) -> Result<Subscription, ApiError> {
     // Both keys sign until the grace period ends (`v1a,` signatures by the old and the new private key), so
     // receivers can switch to the new public key whenever they like within it.
-    // The new secret may be the caller's own (in the form creation takes), or is generated.
-    let chosen = match body.get("secret") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s.as_str()),
-        Some(_) => return Err(ApiError::invalid("/secret", "must be a string")),
-    };
     let new_secret = if sub.signing == "ed25519" {
         let key = match chosen {
             Some(s) => Ed25519SigningKey::parse(s).map_err(|e| ApiError::invalid("/secret", e.to_string()))?,
@@ -585,12 +699,7 @@ async fn rotate(
     let until = chrono::Utc::now() + chrono::Duration::seconds(grace);
     sub.previous_secret = Some(std::mem::replace(&mut sub.secret, new_secret));
     sub.previous_secret_until = Some(crate::store::timestamp_text(until));
-    state.db.update_subscription(&sub, false, &state.config.public_url()).await?;
-    let secret = sub.secret.clone();
-    let mut out = output(&sub, Some(&secret));
-    // A grace of 0 s ends at once; the answer still says when.
-    out["previous_secret_expires_at"] = json!(sub.previous_secret_until);
-    Ok(Json(out))
+    Ok(sub)
 }
 
 async fn replay(
@@ -649,34 +758,39 @@ async fn enable(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
+    headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let principal = caller.require(&[Scope::Subscribe])?;
-    let mut sub = owned(&state, principal, &id).await?;
     let body = optional_json(&body)?;
     known_fields(&body, &["replay_missed"])?;
     let replay_missed = flag(&body, "replay_missed")?;
-    let disabled_at = sub.disabled_at.clone();
+    let (before, sub) =
+        change_subscription(&state, principal, &id, &headers, true, |sub| Box::pin(std::future::ready(enabled(sub))))
+            .await?;
+    if awaiting_verification(&sub) {
+        state.db.request_verification(&sub.id).await?;
+    }
+    let mut replayed = 0usize;
+    if replay_missed && let Some(since) = &before.disabled_at {
+        replayed = state.db.queue_missed(&sub, since, &state.config.public_url()).await?;
+    }
+    let mut out = output(&owned(&state, principal, &id).await?, None);
+    out["replayed"] = json!(replayed);
+    Ok(Json(out))
+}
+
+/// `sub` enabled: active, its failure streak forgotten; `pending` if its target has not echoed a challenge
+/// (its URL changed while disabled): nothing is sent to it before.
+fn enabled(mut sub: Subscription) -> Result<Subscription, ApiError> {
     if sub.status == "pending" {
         return Err(conflict("this subscription is awaiting verification: POST /webhooks/{id}/verify"));
     }
     sub.consecutive_failures = 0;
     sub.failing_since = None;
     sub.disabled_reason = None;
-    // A target that has not echoed a challenge (its URL changed while disabled) is asked first: nothing is
-    // sent to it before.
     sub.status = if awaiting_verification(&sub) { "pending" } else { "active" }.into();
-    state.db.update_subscription(&sub, true, &state.config.public_url()).await?;
-    if awaiting_verification(&sub) {
-        state.db.request_verification(&sub.id).await?;
-    }
-    let mut replayed = 0usize;
-    if replay_missed && let Some(since) = disabled_at {
-        replayed = state.db.queue_missed(&sub, &since, &state.config.public_url()).await?;
-    }
-    let mut out = output(&owned(&state, principal, &id).await?, None);
-    out["replayed"] = json!(replayed);
-    Ok(Json(out))
+    Ok(sub)
 }
 
 fn conflict(message: &str) -> ApiError {
@@ -724,14 +838,25 @@ async fn test(
         // Nothing but the challenge goes to a target that has not agreed to receive events.
         return Err(conflict("this subscription is awaiting verification: POST /webhooks/{id}/verify"));
     }
+    if sub.status == "disabled" {
+        // Nothing is sent to a disabled subscription, a test neither (a 410 may have asked for exactly that).
+        return Err(disabled_conflict());
+    }
     let body = optional_json(&body)?;
     known_fields(&body, &["event_type", "object_id"])?;
-    let event_type = body.get("event_type").and_then(Value::as_str).unwrap_or("webhook.ping").to_string();
+    let event_type = optional_text(&body, "event_type")?.unwrap_or("webhook.ping").to_string();
     if !(OPERATIONAL.contains(&event_type.as_str()) || crate::events::event_types().contains(&event_type)) {
-        return Err(ApiError::invalid("/event_type", "is not a known event type"));
+        let detail = if matches!(event_type.as_str(), "webhook.digest" | "webhook.verification") {
+            "cannot be tested: digests and verification challenges are sent on their own schedule"
+        } else if event_type.contains('*') {
+            "must be one event type, not a pattern"
+        } else {
+            "is not a known event type"
+        };
+        return Err(ApiError::invalid("/event_type", detail));
     }
     let object = event_type.split('.').next().unwrap_or_default().to_string();
-    let (object_id, data) = match body.get("object_id").and_then(Value::as_str) {
+    let (object_id, data) = match optional_text(&body, "object_id")? {
         Some(object_id) => {
             let object_id = &*crate::hsds::validate::canonical_id(object_id);
             let table = crate::hsds::catalog::table(&object)

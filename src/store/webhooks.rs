@@ -97,6 +97,24 @@ impl Subscription {
     pub fn receives_deliveries(&self) -> bool {
         self.status == "active" || self.status == "failing"
     }
+
+    /// Whether the two agree on everything an owner's change writes (its status aside, which such a change
+    /// sets only when it means to): a change made to one of them, written over the other, loses nothing.
+    pub fn same_settings(&self, other: &Subscription) -> bool {
+        (&self.url, &self.events, &self.payload, &self.filter, &self.schedule, &self.description)
+            == (&other.url, &other.events, &other.payload, &other.filter, &other.schedule, &other.description)
+            && (&self.secret, &self.previous_secret, &self.previous_secret_until, &self.signing, &self.public_key)
+                == (
+                    &other.secret,
+                    &other.previous_secret,
+                    &other.previous_secret_until,
+                    &other.signing,
+                    &other.public_key,
+                )
+            && (self.max_concurrency, self.rate_limit_per_second, self.ordered, self.verify)
+                == (other.max_concurrency, other.rate_limit_per_second, other.ordered, other.verify)
+            && (&self.headers, &self.metadata) == (&other.headers, &other.metadata)
+    }
 }
 
 fn from_row(row: &AnyRow) -> sqlx::Result<Subscription> {
@@ -552,12 +570,17 @@ impl Db {
     /// the subscription between the dispatcher and the digest builder without losing or repeating events:
     /// it takes the dispatch cursor's lock, so no dispatch runs in between; events the digest had not yet
     /// covered when it turns immediate are queued as individual deliveries.
+    ///
+    /// The change is made only if the subscription as stored, read in its transaction, passes `unchanged`
+    /// (the caller's check that it is the one it changed, and its precondition): false if it did not, or if
+    /// it is gone; nothing is written then.
     pub async fn update_subscription(
         &self,
         s: &Subscription,
         status_edited: bool,
         public_url: &str,
-    ) -> sqlx::Result<()> {
+        unchanged: impl Fn(&Subscription) -> bool,
+    ) -> sqlx::Result<bool> {
         let (mut tx, _guard) = self.begin_write().await?;
         let cursor: i64 =
             sqlx::query_scalar("UPDATE counters SET value = value WHERE name = 'dispatch_cursor' RETURNING value")
@@ -565,7 +588,10 @@ impl Db {
                 .await?;
         let before =
             sqlx::query("SELECT * FROM subscriptions WHERE id = $1").bind(&s.id).fetch_optional(&mut *tx).await?;
-        let Some(before) = before.as_ref().map(from_row).transpose()? else { return tx.commit().await };
+        let Some(before) = before.as_ref().map(from_row).transpose()? else { return Ok(false) };
+        if !unchanged(&before) {
+            return Ok(false);
+        }
         let (next_digest_at, after, since) = match (&before.schedule, &s.schedule) {
             (None, Some(_)) => (s.next_digest_at.clone(), cursor, Some(now_text())),
             (Some(old), Some(new)) if old != new => {
@@ -682,7 +708,7 @@ impl Db {
         tx.commit().await?;
         self.subscriptions_changed();
         self.notify_changed();
-        Ok(())
+        Ok(true)
     }
 
     pub async fn subscription(&self, id: &str) -> sqlx::Result<Option<Subscription>> {
@@ -715,13 +741,19 @@ impl Db {
         Ok((total.max(0) as u64, rows.iter().map(from_row).collect::<sqlx::Result<_>>()?))
     }
 
-    /// Deletes a subscription with its deliveries and their attempts.
-    pub async fn delete_subscription(&self, id: &str) -> sqlx::Result<()> {
+    /// Deletes a subscription with its deliveries and their attempts, if the subscription as stored passes
+    /// `unchanged` (the caller's precondition), read in the same transaction: false if it did not or is gone.
+    pub async fn delete_subscription(&self, id: &str, unchanged: impl Fn(&Subscription) -> bool) -> sqlx::Result<bool> {
         let (mut tx, _guard) = self.begin_write().await?;
         // The subscription row first, as the attempt recorder takes it before its deliveries: deleting the
         // deliveries first deadlocked with a batch of attempts on PostgreSQL (and the owner got a 503).
-        if self.backend == Backend::Postgres {
-            sqlx::query("SELECT id FROM subscriptions WHERE id = $1 FOR UPDATE").bind(id).execute(&mut *tx).await?;
+        let lock = if self.backend == Backend::Postgres { " FOR UPDATE" } else { "" };
+        let stored = sqlx::query(&format!("SELECT * FROM subscriptions WHERE id = $1{lock}"))
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if !stored.as_ref().map(from_row).transpose()?.is_some_and(|stored| unchanged(&stored)) {
+            return Ok(false);
         }
         sqlx::query("DELETE FROM attempts WHERE delivery_id IN (SELECT id FROM deliveries WHERE subscription_id = $1)")
             .bind(id)
@@ -731,7 +763,7 @@ impl Db {
         sqlx::query("DELETE FROM subscriptions WHERE id = $1").bind(id).execute(&mut *tx).await?;
         tx.commit().await?;
         self.subscriptions_changed();
-        Ok(())
+        Ok(true)
     }
 
     /// Fans the next events out into deliveries and advances the dispatch cursor, in one transaction.

@@ -79,7 +79,8 @@ impl WebhookClient {
             body_excerpt: None,
             retry_after: None,
         };
-        let parsed = match self.guard.parse_target_url(url) {
+        // Trimmed: a URL stored before surrounding whitespace was refused still goes.
+        let parsed = match self.guard.parse_target_url(url.trim()) {
             Ok(u) => u,
             Err(e) => return fail("ssrf", e.to_string()),
         };
@@ -129,9 +130,24 @@ impl WebhookClient {
             },
             error: if success { None } else { Some(format!("the target answered {status}")) },
             // A NUL would make PostgreSQL refuse the attempt's record (and the batch it shares with others).
-            body_excerpt: Some(String::from_utf8_lossy(&excerpt).replace('\0', "\u{FFFD}")),
+            body_excerpt: Some(
+                String::from_utf8_lossy(without_cut_character(&excerpt, RESPONSE_EXCERPT_BYTES))
+                    .replace('\0', "\u{FFFD}"),
+            ),
             retry_after,
         }
+    }
+}
+
+/// An excerpt cut at `limit` bytes without the character the cut fell in (which would show as U+FFFD).
+fn without_cut_character(bytes: &[u8], limit: usize) -> &[u8] {
+    match bytes.utf8_chunks().last() {
+        Some(last)
+            if bytes.len() >= limit && std::str::from_utf8(last.invalid()).is_err_and(|e| e.error_len().is_none()) =>
+        {
+            &bytes[..bytes.len() - last.invalid().len()]
+        }
+        _ => bytes,
     }
 }
 
@@ -170,5 +186,21 @@ fn classify(e: &reqwest::Error) -> &'static str {
         "connect"
     } else {
         "request"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_cut_character;
+
+    #[test]
+    fn an_excerpt_drops_only_a_character_its_limit_cut() {
+        let text = "aé€".as_bytes(); // 1 + 2 + 3 bytes
+        assert_eq!(without_cut_character(&text[..5], 5), "aé".as_bytes(), "the euro sign was cut");
+        assert_eq!(without_cut_character(&text[..2], 2), b"a", "the é was cut");
+        assert_eq!(without_cut_character(text, 6), text, "nothing cut");
+        // Invalid bytes the target sent are kept (shown as U+FFFD), and a body shorter than the limit is as sent.
+        assert_eq!(without_cut_character(b"ab\xff", 3), b"ab\xff");
+        assert_eq!(without_cut_character(&text[..5], 4096), &text[..5]);
     }
 }

@@ -245,9 +245,18 @@ impl Guard {
     /// URL parsers accept (`2130706433`, `0177.0.0.1`, `0x7f.1`) are normalized before the check. Names are
     /// not resolved here: that is [`resolve_checked`]'s job at delivery time.
     pub fn parse_target_url(&self, text: &str) -> Result<Url, TargetError> {
-        let url = Url::parse(text.trim()).map_err(TargetError::Invalid)?;
+        if text.len() > MAX_TARGET_URL_BYTES {
+            return Err(TargetError::TooLong);
+        }
+        if text.trim() != text {
+            return Err(TargetError::Whitespace);
+        }
+        let url = Url::parse(text).map_err(TargetError::Invalid)?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(TargetError::Scheme { scheme: url.scheme().to_owned() });
+        }
+        if url.port() == Some(0) {
+            return Err(TargetError::PortZero);
         }
         if !url.username().is_empty() || url.password().is_some() {
             return Err(TargetError::UserInfo);
@@ -268,9 +277,21 @@ impl Guard {
     }
 }
 
+/// The longest target URL taken (as browsers and most HTTP servers take; a longer one is a mistake).
+pub const MAX_TARGET_URL_BYTES: usize = 4096;
+
 /// Why a subscription's target URL was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TargetError {
+    /// Longer than [`MAX_TARGET_URL_BYTES`].
+    #[error("`url` is longer than 4096 bytes")]
+    TooLong,
+    /// Spaces or line breaks around it (pasted with them, most likely).
+    #[error("`url` must not begin or end with whitespace")]
+    Whitespace,
+    /// Port 0, which nothing listens on.
+    #[error("`url` names port 0")]
+    PortZero,
     /// Not a URL at all.
     #[error("`url` is not a valid absolute URL: {0}")]
     Invalid(#[source] url::ParseError),
@@ -552,6 +573,19 @@ mod tests {
         assert_eq!(url.host_str(), Some("127.0.0.1"));
         let url = Url::parse("http://0177.0.0.1/").expect("parses");
         assert_eq!(url.host_str(), Some("127.0.0.1"));
+    }
+
+    #[test]
+    fn urls_nothing_could_deliver_to_are_refused_before_any_lookup() {
+        let guard = Guard::default();
+        let long = format!("https://example.org/{}", "a".repeat(MAX_TARGET_URL_BYTES));
+        assert_eq!(guard.parse_target_url(&long), Err(TargetError::TooLong));
+        assert!(guard.parse_target_url(&long[..MAX_TARGET_URL_BYTES]).is_ok(), "the longest taken");
+        for pasted in [" https://example.org/", "https://example.org/\n", "\thttps://example.org/"] {
+            assert_eq!(guard.parse_target_url(pasted), Err(TargetError::Whitespace), "{pasted:?}");
+        }
+        assert_eq!(guard.parse_target_url("https://example.org:0/"), Err(TargetError::PortZero));
+        assert!(guard.parse_target_url("https://example.org:8443/").is_ok());
     }
 
     #[test]

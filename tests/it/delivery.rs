@@ -691,7 +691,7 @@ both_stores!(
 
         let mut edit = stale.clone();
         edit.description = "edited".into();
-        app.db.update_subscription(&edit, false, "http://127.0.0.1").await.unwrap();
+        assert!(app.db.update_subscription(&edit, false, "http://127.0.0.1", |_| true).await.unwrap());
         let after = app.db.subscription(&stale.id).await.unwrap().unwrap();
         assert_eq!(after.description, "edited");
         assert_eq!((after.status.as_str(), after.consecutive_failures), ("failing", 1), "the failure stays");

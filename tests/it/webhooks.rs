@@ -225,6 +225,11 @@ webhook_test!(bad_subscriptions_are_422_naming_the_field_and_create_nothing, |ap
         (json!({"url": "http://127.0.0.1:9/x", "max_concurrency": 0}), "/max_concurrency"),
         (json!({"url": "http://127.0.0.1:9/x", "headers": {"webhook-id": "x"}}), "/headers/webhook-id"),
         (json!({"url": "http://no-such-host.invalid/x"}), "/url"),
+        (json!({"url": " http://127.0.0.1:9/x"}), "/url"),
+        (json!({"url": "http://127.0.0.1:0/x"}), "/url"),
+        (json!({"url": format!("http://127.0.0.1:9/{}", "x".repeat(4096))}), "/url"),
+        (json!({"url": "http://127.0.0.1:9/x", "headers": {"X-Api-Key": "a", "x-api-key": "b"}}), "/headers/x-api-key"),
+        (json!({"url": "http://127.0.0.1:9/x", "metadata": {"notes": "x".repeat(17_000)}}), "/metadata"),
     ];
     for (body, pointer) in cases {
         let r = subscribe(&app, &app.subscribe_key, body.clone()).await;
@@ -247,6 +252,11 @@ webhook_test!(bad_subscriptions_are_422_naming_the_field_and_create_nothing, |ap
         ("enable", json!({"replay": true}), "/replay"),
         ("enable", json!({"replay_missed": 1}), "/replay_missed"),
         ("test", json!({"event": "organization.created"}), "/event"),
+        // A test sends what it is asked for, or nothing: a field of the wrong type is not taken as absent.
+        ("test", json!({"event_type": 5}), "/event_type"),
+        ("test", json!({"event_type": ["organization.created"]}), "/event_type"),
+        ("test", json!({"event_type": "organization.created", "object_id": 5}), "/object_id"),
+        ("test", json!({"event_type": "webhook.digest"}), "/event_type"),
         ("replay", json!({"since": "2027-01-01T00:00:00Z", "until": "2026-01-01T00:00:00Z"}), "/until"),
         // Without `until` (now), a start in the future is what is wrong.
         ("replay", json!({"since": "2999-01-01T00:00:00Z"}), "/since"),
@@ -411,6 +421,80 @@ webhook_test!(test_endpoint_sends_now_and_reports_the_attempt, |app| async move 
     assert_eq!(r.status(), 200);
     let got = rx.wait_for("the test delete", |r| !Receiver::of_type(r, "organization.deleted").is_empty()).await;
     assert_eq!(Receiver::of_type(&got, "organization.deleted")[0].json()["data"], json!({"id": O1, "deleted": true}));
+});
+
+webhook_test!(a_disabled_subscription_is_sent_no_test, |app| async move {
+    let rx = Receiver::start().await;
+    let sub: Value = subscribed(&app, json!({"url": rx.url, "events": ["organization.*"]})).await;
+    let id = sub["id"].as_str().unwrap();
+    rx.wait_for("the ping", has_ping).await;
+    let r = app.patch_as(&app.subscribe_key, &format!("/webhooks/{id}"), &json!({"status": "disabled"})).await;
+    assert_eq!(r.status(), 200);
+    let body = json!({"event_type": "organization.updated"});
+    let r = app.post_as(&app.subscribe_key, &format!("/webhooks/{id}/test"), Some(&body)).await;
+    assert_eq!(r.status(), 409);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(rx.received().len(), 1, "the ping only");
+});
+
+webhook_test!(a_subscription_has_an_etag_that_its_changes_can_be_conditional_on, |app| async move {
+    let rx = Receiver::start().await;
+    let sub: Value = subscribed(&app, json!({"url": rx.url, "events": ["organization.*"]})).await;
+    let path = format!("/webhooks/{}", sub["id"].as_str().unwrap());
+    // The tag covers the delivery counters too: read it once the ping's success is recorded.
+    crate::helpers::eventually("the ping recorded", std::time::Duration::from_secs(10), || async {
+        let shown = app.get_as(&app.subscribe_key, &path).await;
+        shown["last_success_at"].as_str().map(|_| ()).ok_or_else(|| shown.to_string())
+    })
+    .await;
+    let read = app.get_response_as(&app.subscribe_key, &path).await;
+    let tag = read.headers()["etag"].to_str().unwrap().to_string();
+    let unchanged =
+        app.client.get(app.url(&path)).bearer_auth(&app.subscribe_key).header("if-none-match", &tag).send().await;
+    assert_eq!(unchanged.unwrap().status(), 304);
+
+    let conditional = |method: reqwest::Method, header: &'static str, tag: String, body: Option<Value>| {
+        let mut request =
+            app.client.request(method, app.url(&path)).bearer_auth(&app.subscribe_key).header(header, tag);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        async move { request.send().await.unwrap() }
+    };
+    let stale = "\"not-its-tag\"".to_string();
+    let r = conditional(reqwest::Method::PATCH, "if-match", stale.clone(), Some(json!({"description": "lost"}))).await;
+    assert_eq!(r.status(), 412);
+    assert_eq!(show(&app, sub["id"].as_str().unwrap()).await["description"], "", "a refused change changes nothing");
+    let r = conditional(reqwest::Method::PATCH, "if-match", tag.clone(), Some(json!({"description": "kept"}))).await;
+    assert_eq!(r.status(), 200);
+    let new_tag = r.headers()["etag"].to_str().unwrap().to_string();
+    assert_ne!(new_tag, tag, "a change makes a new tag");
+    assert_eq!(app.get_response_as(&app.subscribe_key, &path).await.headers()["etag"].to_str().unwrap(), new_tag);
+    // The old tag no longer names it: a delete conditional on it is refused and deletes nothing.
+    assert_eq!(conditional(reqwest::Method::DELETE, "if-match", tag, None).await.status(), 412);
+    assert_eq!(conditional(reqwest::Method::DELETE, "if-none-match", "*".into(), None).await.status(), 412);
+    assert_eq!(app.get_response_as(&app.subscribe_key, &path).await.status(), 200, "not deleted");
+    assert_eq!(conditional(reqwest::Method::DELETE, "if-match", new_tag, None).await.status(), 204);
+    assert_eq!(app.get_response_as(&app.subscribe_key, &path).await.status(), 404);
+});
+
+webhook_test!(concurrent_changes_of_one_subscription_each_apply, |app| async move {
+    // Each PATCH changes what it read: without a check that nothing changed in between, concurrent ones
+    // wrote over each other's metadata and all but one key was lost.
+    let rx = Receiver::start().await;
+    let sub: Value = subscribed(&app, json!({"url": rx.url, "events": ["organization.*"]})).await;
+    let path = format!("/webhooks/{}", sub["id"].as_str().unwrap());
+    let app = &app;
+    let patches = (0..12).map(|i| {
+        let path = path.clone();
+        async move {
+            let r = app.patch_as(&app.subscribe_key, &path, &json!({"metadata": {format!("k{i}"): i}})).await;
+            assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+        }
+    });
+    futures::future::join_all(patches).await;
+    let metadata = app.get_as(&app.subscribe_key, &path).await["metadata"].clone();
+    assert_eq!(metadata.as_object().map(|m| m.len()), Some(12), "{metadata}");
 });
 
 /// Creates a subscription, asserting 201.
