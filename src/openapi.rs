@@ -335,6 +335,7 @@ fn add_webhook_paths(paths: &mut Map<String, Value>, schemas: &mut Map<String, V
             "headers": {"type": "object", "additionalProperties": {"type": "string"}, "description": "Static headers sent with every delivery. Names compare without case (one name once); content-type, user-agent, host, content-length, transfer-encoding and webhook-* are hsda's."},
             "metadata": {"type": "object", "description": "The owner's own notes, at most 16 KiB as JSON."},
             "verify": {"type": "boolean"},
+            "all_tenants": {"type": "boolean", "readOnly": true, "description": "Made with an admin key: it hears the operational events (webhook.failing, webhook.recovered, webhook.disabled) of every tenant's subscriptions; others hear their own tenant's only."},
             "status": {"type": "string", "enum": ["pending", "active", "failing", "disabled"]},
             "last_success_at": {"type": ["string", "null"]}, "last_failure_at": {"type": ["string", "null"]},
             "consecutive_failures": {"type": "integer"}, "disabled_reason": {"type": ["string", "null"]},

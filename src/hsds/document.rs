@@ -16,14 +16,36 @@ pub fn etag(value: &Value) -> String {
     format!("\"{}\"", hex::encode(&digest[..12]))
 }
 
+/// What marks the ETag of an organization served with its services in full (`full_service=true`).
+const FULL_SERVICE_MARK: &str = "-full_service";
+
+/// The ETag of an organization's representation with its services in full: the document's tag, marked, so
+/// that a cache never takes one representation for the other (RFC 9110 8.8.1), while a write's `If-Match`
+/// may name either (both say which state of the document the client saw).
+pub fn full_service_etag(tag: &str) -> String {
+    format!("{}{FULL_SERVICE_MARK}\"", tag.strip_suffix('"').unwrap_or(tag))
+}
+
 /// Whether a precondition header's list of ETags (`"a", W/"b"` or `*`) names `current` (RFC 9110 13.1):
-/// weakly, tags match whatever their `W/` (on either side); strongly, a weak tag never matches.
+/// weakly, tags match whatever their `W/` (on either side); strongly (a write's `If-Match`), a weak tag never
+/// matches, and a representation's variant tag counts as its document's.
 pub fn etag_listed(list: &str, current: &str, weak: bool) -> bool {
     fn opaque(tag: &str) -> &str {
         tag.strip_prefix("W/").unwrap_or(tag)
     }
+    fn document_tag(tag: &str) -> String {
+        match tag.strip_suffix(&format!("{FULL_SERVICE_MARK}\"")) {
+            Some(base) => format!("{base}\""),
+            None => tag.to_string(),
+        }
+    }
     list.split(',').map(str::trim).any(|tag| {
-        tag == "*" || if weak { opaque(tag) == opaque(current) } else { tag == current && !current.starts_with("W/") }
+        tag == "*"
+            || if weak {
+                opaque(tag) == opaque(current)
+            } else {
+                document_tag(tag) == current && !current.starts_with("W/")
+            }
     })
 }
 
@@ -565,11 +587,24 @@ fn flatten_children(
                     format!("must be {id}, the id of the {} it is nested in", table.name),
                 )),
             }
-            if back.references == Some("*") && child_table.name == "attribute" && !obj.contains_key("link_entity") {
-                obj.insert("link_entity".into(), Value::String(table.name.to_string()));
-            }
-            if back.references == Some("*") && child_table.name == "metadata" && !obj.contains_key("resource_type") {
-                obj.insert("resource_type".into(), Value::String(table.name.to_string()));
+            // A polymorphic child (an attribute, a metadata row) nested in a row is that row's: its type field
+            // says the parent's table, as its id field holds the parent's id. Given as another table's, it was
+            // stored as that table's and vanished from the document it was written in; a value that names no
+            // table (the official examples' placeholder) is kept: it counts for any table.
+            let type_field = match child_table.name {
+                "attribute" => Some("link_entity"),
+                "metadata" => Some("resource_type"),
+                _ => None,
+            };
+            if let Some(type_field) = type_field.filter(|_| back.references == Some("*")) {
+                let names_another_table = |given: &str| given != table.name && super::catalog::table(given).is_some();
+                match obj.get(type_field) {
+                    None | Some(Value::Null) => drop(obj.insert(type_field.into(), table.name.into())),
+                    Some(Value::String(given)) if names_another_table(given) => {
+                        obj.insert(type_field.into(), table.name.into());
+                    }
+                    _ => {}
+                }
             }
             if let Some(child_id) = obj.get("id").and_then(Value::as_str) {
                 keep.push(super::validate::canonical_id(child_id).into_owned());
@@ -789,6 +824,18 @@ mod tests {
     fn etag_changes_with_content() {
         assert_ne!(etag(&json!({"a": 1})), etag(&json!({"a": 2})));
         assert_eq!(etag(&json!({"a": 1})), etag(&json!({"a": 1})));
+    }
+
+    #[test]
+    fn a_variant_has_a_tag_of_its_own_that_a_write_takes_as_its_documents() {
+        let tag = etag(&json!({"a": 1}));
+        let full = full_service_etag(&tag);
+        assert_ne!(full, tag);
+        assert!(full.starts_with('"') && full.ends_with("-full_service\""), "{full}");
+        assert!(!etag_listed(&tag, &full, true), "a cache of one is not the other");
+        assert!(!etag_listed(&full, &tag, true));
+        assert!(etag_listed(&full, &tag, false), "If-Match with the variant's tag names the document");
+        assert!(!etag_listed(&full_service_etag(&etag(&json!({"a": 2}))), &tag, false));
     }
 }
 

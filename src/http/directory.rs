@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{Caller, JsonBody};
+use super::extract::{Caller, JsonBody, Params};
 use crate::hsds::catalog::{Table, table_by_plural};
 use crate::hsds::document::{self, etag};
 use crate::hsds::validate::FieldError;
@@ -177,7 +177,7 @@ fn view_document(table: &'static Table, mut doc: Value, full_service: bool) -> V
 async fn list(
     State(state): State<AppState>,
     Path(plural): Path<String>,
-    Query(params): Query<HashMap<String, String>>,
+    Params(params): Params,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     state.check_read_access(&headers).await?;
@@ -190,7 +190,7 @@ async fn list(
 async fn search(
     State(state): State<AppState>,
     Path(plural): Path<String>,
-    Query(mut params): Query<HashMap<String, String>>,
+    Params(mut params): Params,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
@@ -330,7 +330,7 @@ pub fn page_envelope(total: u64, page: u64, per_page: u64, contents: Vec<Value>)
 async fn fetch(
     State(state): State<AppState>,
     Path((plural, id)): Path<(String, String)>,
-    Query(params): Query<HashMap<String, String>>,
+    Params(params): Params,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     state.check_read_access(&headers).await?;
@@ -340,7 +340,11 @@ async fn fetch(
     let Some(doc) = state.db.get(table, &id).await? else {
         return Err(ApiError::NotFound(format!("{} {id}", table.name)));
     };
-    let tag = etag(&doc);
+    let mut tag = etag(&doc);
+    // An organization with its services in full is another representation of it, with a tag of its own.
+    if table.name == "organization" && full_service {
+        tag = document::full_service_etag(&tag);
+    }
     if let Some(r) = not_modified(&headers, &tag) {
         return Ok(r);
     }
@@ -419,10 +423,25 @@ async fn put(
     };
     // Created or replaced is decided inside the write's transaction, so two racing PUTs of a new id get one
     // 201 and one 200.
+    for _ in 1..PUT_ATTEMPTS {
+        let mut outcome = state.db.apply(ops.clone(), options.clone()).await?;
+        let created = outcome.created.iter().any(|(kind, created)| *kind == table.name && *created == id);
+        match written(&state, table, &id, if created { StatusCode::CREATED } else { StatusCode::OK }, &mut outcome)
+            .await
+        {
+            // It changed nothing (the row was as given) and was deleted before it could be read back: a PUT
+            // creates what is not there, so it goes again, after that delete.
+            Err(ApiError::NotFound(_)) => continue,
+            answer => return answer,
+        }
+    }
     let mut outcome = state.db.apply(ops, options).await?;
     let created = outcome.created.iter().any(|(kind, created)| *kind == table.name && *created == id);
     written(&state, table, &id, if created { StatusCode::CREATED } else { StatusCode::OK }, &mut outcome).await
 }
+
+/// How many times in all a PUT is made when a concurrent DELETE keeps removing the row it left unchanged.
+const PUT_ATTEMPTS: usize = 3;
 
 /// The answer to a write: the row as the write left it (read again only when the write changed nothing).
 async fn written(

@@ -1,5 +1,5 @@
-//! Request extractors that answer in problem+json: a JSON body parser with clear messages, and the API
-//! key of the caller with its scope.
+//! Request extractors that answer in problem+json: a JSON body parser with clear messages, query parameters
+//! each given once, and the API key of the caller with its scope.
 
 use axum::body::Bytes;
 use axum::extract::{FromRef, FromRequest, FromRequestParts, Request};
@@ -25,7 +25,10 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
             .unwrap_or("application/json")
             .to_ascii_lowercase();
         let essence = content_type.split(';').next().unwrap_or("").trim().to_string();
-        if essence != "application/json" && essence != "application/merge-patch+json" && !essence.ends_with("+json") {
+        // A JSON Patch (RFC 6902, a list of operations) is JSON too, but not what any endpoint here takes: its
+        // operations would be read as a body and refused field by field.
+        let json = essence == "application/json" || essence.ends_with("+json");
+        if !json || essence == "application/json-patch+json" {
             return Err(ApiError::UnsupportedMediaType);
         }
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
@@ -43,6 +46,25 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
         })?;
         refuse_nul(&value)?;
         Ok(JsonBody(value))
+    }
+}
+
+/// The query parameters, each given at most once: a repeated one (`per_page=1&per_page=2`) is a 400 naming
+/// it, rather than one of its values taken silently.
+pub struct Params(pub std::collections::HashMap<String, String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Params {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let mut params = std::collections::HashMap::new();
+        let query = parts.uri.query().unwrap_or_default();
+        for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+            if params.insert(key.to_string(), value.into_owned()).is_some() {
+                return Err(ApiError::parameter(&key, "may be given only once"));
+            }
+        }
+        Ok(Params(params))
     }
 }
 

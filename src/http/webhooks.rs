@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -15,7 +15,7 @@ use serde_json::{Map, Value, json};
 use super::AppState;
 use super::directory::{not_modified, page_envelope, parse_timestamp, with_etag};
 use super::error::ApiError;
-use super::extract::{Caller, JsonBody};
+use super::extract::{Caller, JsonBody, Params};
 use crate::hsds::validate::FieldError;
 use crate::store::events::Event;
 use crate::store::keys::{Principal, Scope};
@@ -391,6 +391,7 @@ async fn create(State(state): State<AppState>, caller: Caller, JsonBody(body): J
         headers: Map::new(),
         metadata: json!({}),
         verify: false,
+        all_tenants: principal.scope == Scope::Admin,
         status: "active".into(),
         disabled_reason: None,
         last_success_at: None,
@@ -485,11 +486,7 @@ fn page_params(params: &HashMap<String, String>) -> Result<(u64, u64), ApiError>
     Ok((page, per_page))
 }
 
-async fn list(
-    State(state): State<AppState>,
-    caller: Caller,
-    Query(params): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
+async fn list(State(state): State<AppState>, caller: Caller, Params(params): Params) -> Result<Json<Value>, ApiError> {
     let principal = caller.require(&[Scope::Subscribe])?;
     let (page, per_page) = page_params(&params)?;
     let tenant = (principal.scope != Scope::Admin).then_some(principal.tenant.as_str());
@@ -903,7 +900,7 @@ async fn deliveries(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    Query(params): Query<HashMap<String, String>>,
+    Params(params): Params,
 ) -> Result<Json<Value>, ApiError> {
     let principal = caller.require(&[Scope::Subscribe])?;
     let sub = owned(&state, principal, &id).await?;

@@ -401,19 +401,27 @@ impl Drop for DirectTx<'_> {
     }
 }
 
-/// One write in its own transaction; tried again (up to three times in all) when it lost a race with a
-/// concurrent transaction on PostgreSQL — two PUTs creating the same new row, a deadlock — so that the
-/// loser is applied on top of the winner instead of failing.
+/// How many times in all a write that keeps losing races is tried.
+const RACE_ATTEMPTS: u32 = 8;
+
+/// One write in its own transaction; tried again (up to [`RACE_ATTEMPTS`] times in all) when it lost a race
+/// with a concurrent transaction on PostgreSQL — two PUTs creating the same new row, a deadlock — so that the
+/// loser is applied on top of the winner instead of failing. Writers of one row that keep colliding (PUTs and
+/// DELETEs of one id in a loop) are spread out by a short random pause that grows with each loss.
 async fn commit_alone(
     db: &Db,
     opener: &mut Opener<'_>,
     ops: Vec<Op>,
     options: &WriteOptions,
 ) -> Result<WriteOutcome, WriteError> {
-    for _ in 1..3 {
+    for attempt in 1..RACE_ATTEMPTS {
         let dispatching = opener.dispatches();
         match commit_once(db, opener, ops.clone(), options).await {
-            Err(e) if lost_a_race(&e) => tracing::debug!(error = %e, "a write lost a race; trying it again"),
+            Err(e) if lost_a_race(&e) => {
+                tracing::debug!(error = %e, attempt, "a write lost a race; trying it again");
+                let pause_micros = rand::Rng::gen_range(&mut rand::thread_rng(), 200..=1_000) * u64::from(attempt);
+                tokio::time::sleep(std::time::Duration::from_micros(pause_micros)).await;
+            }
             // Its dispatch failed (PostgreSQL, see `Tx::dispatch`): again without, the worker dispatches.
             Err(e) if dispatching && !opener.dispatches() => {
                 tracing::warn!(error = %e, "dispatching at commit failed; the write runs again without it")

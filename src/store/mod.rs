@@ -97,6 +97,7 @@ const SQLITE_MIGRATIONS: &[(i64, &[&str])] = &[
     (10, &[include_str!("migrations/10_lease_holders.sql")]),
     (11, &[include_str!("migrations/11_manual_attempts.sql")]),
     (12, &[include_str!("migrations/12_subscriptions_version.sql")]),
+    (13, &[include_str!("migrations/13_all_tenants.sql")]),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &[&str])] = &[
     (1, &[include_str!("migrations/1_records_postgres.sql"), include_str!("migrations/1_schema.sql")]),
@@ -114,6 +115,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &[&str])] = &[
             include_str!("migrations/12_subscriptions_version_postgres.sql"),
         ],
     ),
+    (13, &[include_str!("migrations/13_all_tenants.sql")]),
 ];
 
 impl Db {

@@ -46,6 +46,8 @@ pub struct Subscription {
     pub headers: Map<String, Value>,
     pub metadata: Value,
     pub verify: bool,
+    /// Made with an admin key: hears every tenant's operational events (`webhook.failing` ...), not only its own.
+    pub all_tenants: bool,
     pub status: String,
     pub disabled_reason: Option<String>,
     pub last_success_at: Option<String>,
@@ -139,6 +141,7 @@ fn from_row(row: &AnyRow) -> sqlx::Result<Subscription> {
         headers: parse(row.try_get("headers")?).as_object().cloned().unwrap_or_default(),
         metadata: parse(row.try_get("metadata")?),
         verify: row.try_get::<i64, _>("verify")? != 0,
+        all_tenants: row.try_get::<i64, _>("all_tenants")? != 0,
         status: row.try_get("status")?,
         disabled_reason: row.try_get("disabled_reason")?,
         last_success_at: row.try_get("last_success_at")?,
@@ -344,7 +347,9 @@ pub fn wants(sub: &Subscription, event: &Event) -> bool {
     if !type_ok {
         return false;
     }
-    if event.event_type.starts_with("webhook.") && !event.facets.iter().any(|(k, v)| k == "tenant" && *v == sub.tenant)
+    if event.event_type.starts_with("webhook.")
+        && !sub.all_tenants
+        && !event.facets.iter().any(|(k, v)| k == "tenant" && *v == sub.tenant)
     {
         return false;
     }
@@ -527,10 +532,10 @@ impl Db {
             "INSERT INTO subscriptions (id, tenant, url, events, payload, filter, schedule, description, secret, \
              signing, public_key, max_concurrency, rate_limit_per_second, ordered, headers, metadata, verify, status, \
              start_sequence, created_at, updated_at, next_digest_at, digest_after_sequence, digest_since, \
-             verification_due_at) \
+             verification_due_at, all_tenants) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, \
              (SELECT COALESCE(MAX(sequence), 0) FROM events), $19, $20, $21, \
-             (SELECT COALESCE(MAX(sequence), 0) FROM events), $19, $22)",
+             (SELECT COALESCE(MAX(sequence), 0) FROM events), $19, $22, $23)",
         )
         .bind(&s.id)
         .bind(&s.tenant)
@@ -554,6 +559,7 @@ impl Db {
         .bind(&s.updated_at)
         .bind(&s.next_digest_at)
         .bind(&s.verification_due_at)
+        .bind(s.all_tenants as i64)
         .execute(&mut *tx)
         .await?;
         let body = delivery_body(ping, &s.payload, public_url);

@@ -591,6 +591,9 @@ impl Writer<'_, '_> {
             }
             Op::Upsert { table, row, pointer } => self.upsert(table, row, pointer).await,
             Op::Delete { table, id } => {
+                // Whether it is there is read under the lock: of two DELETEs of one row, one deletes it (204)
+                // and the other finds it gone (404), rather than both answering 204 on PostgreSQL.
+                self.lock_documents().await?;
                 if !self.exists(table.name, &id).await? {
                     return Err(WriteError::NotFound(format!("{} {id}", table.name)));
                 }

@@ -117,6 +117,11 @@ store_test!(bodies_paths_and_ids_are_refused_in_problem_json, |app| async move {
     for path in ["/services/%00", "/organizations?postcode=%00", "/phones/abc%00"] {
         assert_problem(app.get(path).await, 400).await;
     }
+    // A parameter given twice is not one of its values taken silently.
+    let r = app.get("/services?per_page=1&per_page=2").await;
+    assert_eq!(r.status(), 400);
+    let problem: Value = r.json().await.unwrap();
+    assert_eq!(problem["errors"][0]["parameter"], "per_page", "{problem}");
 
     let r = app
         .client
@@ -124,6 +129,17 @@ store_test!(bodies_paths_and_ids_are_refused_in_problem_json, |app| async move {
         .bearer_auth(&app.publish_key)
         .header("content-type", "text/plain")
         .body(json!({"id": ORG, "name": "n", "description": "d"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_problem(r, 415).await;
+    // A JSON Patch is not the merge patch PATCH takes.
+    let r = app
+        .client
+        .patch(&url)
+        .bearer_auth(&app.publish_key)
+        .header("content-type", "application/json-patch+json")
+        .body(json!([{"op": "replace", "path": "/name", "value": "n"}]).to_string())
         .send()
         .await
         .unwrap();

@@ -539,9 +539,13 @@ both_stores!(
             object_id: Some("00000000-0000-4000-8000-00000000000b".into()),
             ..Default::default()
         };
-        let b_lease = || async {
-            let (_, found) = app.db.deliveries(sub["id"].as_str().unwrap(), &b_query, 1, 1).await.unwrap();
-            found[0].lease_until.clone().expect("B is leased")
+        // On PostgreSQL a write may be dispatched just after its answer (by the worker, when the dispatch at
+        // commit gave way): B's delivery is waited for.
+        let b_lease = || {
+            crate::helpers::eventually("B's delivery, leased", Duration::from_secs(10), || async {
+                let (_, found) = app.db.deliveries(sub["id"].as_str().unwrap(), &b_query, 1, 1).await.unwrap();
+                found.first().and_then(|b| b.lease_until.clone()).ok_or_else(|| format!("{found:?}"))
+            })
         };
         let handed_over = b_lease().await;
         let deadline = written + Duration::from_secs(30);

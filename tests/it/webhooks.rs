@@ -910,6 +910,30 @@ webhook_test!(operational_events_are_visible_only_to_their_tenant_and_admins, |a
     assert_eq!(r.status(), 200);
 });
 
+webhook_test!(an_admin_subscription_hears_every_tenants_operational_events, |app| async move {
+    let operator = Receiver::start().await;
+    let neighbour = Receiver::start().await;
+    let globex = app.db.create_key("globex", hsda::store::keys::Scope::Subscribe).await.unwrap().secret;
+    let watching = json!({"url": operator.url, "events": ["webhook.*"]});
+    let r = subscribe(&app, &app.admin_key, watching).await;
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.json::<Value>().await.unwrap()["all_tenants"], true);
+    let r = subscribe(&app, &globex, json!({"url": neighbour.url, "events": ["webhook.*"]})).await;
+    assert_eq!(r.json::<Value>().await.unwrap()["all_tenants"], false);
+    operator.wait_for("the ping", has_ping).await;
+    neighbour.wait_for("the ping", has_ping).await;
+    // A subscription of the subscribe key's tenant, disabled by its target's 410 at the ping.
+    let gone = Receiver::start().await;
+    gone.script(&[(410, None)]);
+    let sub: Value = subscribed(&app, json!({"url": gone.url})).await;
+    let got = operator
+        .wait_for("another tenant's webhook.disabled", |r| !Receiver::of_type(r, "webhook.disabled").is_empty())
+        .await;
+    assert_eq!(Receiver::of_type(&got, "webhook.disabled")[0].json()["data"]["id"], sub["id"]);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(neighbour.received().len(), 1, "a third tenant hears only its own: the ping");
+});
+
 webhook_test!(a_change_and_its_deliveries_commit_together, |app| async move {
     let rx = Receiver::start().await;
     let sub: Value = subscribed(&app, json!({"url": rx.url, "events": ["organization.*"]})).await;
