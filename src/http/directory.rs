@@ -192,10 +192,22 @@ async fn search(
     Path(plural): Path<String>,
     Params(mut params): Params,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
     state.check_read_access(&headers).await?;
     let table = table_of(&plural)?;
+    // The same answers as a write's body: 413 past the limit, 415 for what is not JSON (a form, say).
+    let body = body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge,
+        _ => ApiError::BadRequest(format!("could not read the request body: {e}")),
+    })?;
+    let essence = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or_default().trim().to_ascii_lowercase());
+    if !body.is_empty() && essence.is_some_and(|e| e != "application/json" && !e.ends_with("+json")) {
+        return Err(ApiError::UnsupportedMediaType);
+    }
     if !body.is_empty() {
         let value: Value = serde_json::from_slice(&body).map_err(|e| {
             ApiError::BadRequest(format!("malformed JSON at line {} column {}: {e}", e.line(), e.column()))

@@ -430,6 +430,10 @@ store_test!(search_filters_and_paging_combine, |app| async move {
         let r = app.client.post(app.url("/services")).json(&body).send().await.unwrap();
         crate::helpers::assert_problem_at(r, 422, pointer).await;
     }
+    // A form is not JSON: said so (415), not read as malformed JSON.
+    let form = app.client.post(app.url("/services")).header("content-type", "application/x-www-form-urlencoded");
+    let r = form.body("search=clinic").send().await.unwrap();
+    assert_eq!(r.status(), 415);
 });
 
 store_test!(modified_after_includes_the_boundary, |app| async move {
