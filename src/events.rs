@@ -205,7 +205,8 @@ pub fn operational_schema() -> Value {
     json!({
         "type": "object",
         "properties": {
-            "id": { "type": "string" }, "url": { "type": "string" }, "status": { "type": "string" },
+            "id": { "type": "string" }, "tenant": { "type": "string", "description": "The tenant that owns the subscription." },
+            "url": { "type": "string" }, "status": { "type": "string" },
             "disabled_reason": { "type": ["string", "null"] }, "consecutive_failures": { "type": "integer" },
             "last_error": { "type": ["string", "null"] }
         },

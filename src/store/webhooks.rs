@@ -1397,7 +1397,7 @@ pub(crate) async fn record_in(
                 facets.insert(("tenant".to_string(), tenant.clone()));
                 facets.insert(("subscription_id".to_string(), sub_id.to_string()));
                 let data = json!({
-                    "id": sub_id, "url": url, "status": status, "disabled_reason": reason,
+                    "id": sub_id, "tenant": tenant, "url": url, "status": status, "disabled_reason": reason,
                     "consecutive_failures": failures, "last_error": a.error,
                 });
                 events.push(NewEvent {

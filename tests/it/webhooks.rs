@@ -922,14 +922,17 @@ webhook_test!(an_admin_subscription_hears_every_tenants_operational_events, |app
     assert_eq!(r.json::<Value>().await.unwrap()["all_tenants"], false);
     operator.wait_for("the ping", has_ping).await;
     neighbour.wait_for("the ping", has_ping).await;
-    // A subscription of the subscribe key's tenant, disabled by its target's 410 at the ping.
+    // A subscription of a third tenant (the admin key is acme's), disabled by its target's 410 at the ping.
+    let initech = app.db.create_key("initech", hsda::store::keys::Scope::Subscribe).await.unwrap().secret;
     let gone = Receiver::start().await;
     gone.script(&[(410, None)]);
-    let sub: Value = subscribed(&app, json!({"url": gone.url})).await;
+    let sub: Value = subscribe(&app, &initech, json!({"url": gone.url})).await.json().await.unwrap();
     let got = operator
         .wait_for("another tenant's webhook.disabled", |r| !Receiver::of_type(r, "webhook.disabled").is_empty())
         .await;
-    assert_eq!(Receiver::of_type(&got, "webhook.disabled")[0].json()["data"]["id"], sub["id"]);
+    let disabled = Receiver::of_type(&got, "webhook.disabled")[0].json();
+    assert_eq!(disabled["data"]["id"], sub["id"]);
+    assert_eq!(disabled["data"]["tenant"], "initech", "whose it is: {disabled}");
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert_eq!(neighbour.received().len(), 1, "a third tenant hears only its own: the ping");
 });
