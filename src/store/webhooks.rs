@@ -1044,7 +1044,9 @@ impl Db {
         for b in &binds {
             count = count.bind(b);
         }
-        let total = count.fetch_one(&self.pool).await?;
+        // The count and the page from one snapshot: a delivery made between two reads showed in one only.
+        let mut tx = self.read_snapshot().await?;
+        let total = count.fetch_one(&mut *tx).await?;
         let n = binds.len();
         let sql = format!(
             "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE {filter} ORDER BY created_at DESC, id DESC LIMIT ${} OFFSET ${}",
@@ -1055,8 +1057,8 @@ impl Db {
         for b in &binds {
             query = query.bind(b);
         }
-        let rows =
-            query.bind(per_page as i64).bind(((page.max(1) - 1) * per_page) as i64).fetch_all(&self.pool).await?;
+        let rows = query.bind(per_page as i64).bind(((page.max(1) - 1) * per_page) as i64).fetch_all(&mut *tx).await?;
+        tx.commit().await?;
         Ok((total.max(0) as u64, rows.iter().map(delivery_from_row).collect::<sqlx::Result<_>>()?))
     }
 
@@ -1064,14 +1066,21 @@ impl Db {
         delivery_on(&mut *self.pool.acquire().await?, id).await
     }
 
-    /// Delivery `id` and its attempt log as of one moment. Read in one snapshot (a read transaction; repeatable
-    /// read on PostgreSQL), so the attempts listed are the ones its status and count reflect: two reads let an
-    /// attempt recorded between them show in one and not the other.
-    pub async fn delivery_with_attempts(&self, id: &str) -> sqlx::Result<Option<(Delivery, Vec<Attempt>)>> {
+    /// A read-only transaction whose reads all see one state of the store (repeatable read on PostgreSQL; a
+    /// SQLite transaction reads one snapshot of the WAL).
+    async fn read_snapshot(&self) -> sqlx::Result<sqlx::Transaction<'static, sqlx::Any>> {
         let mut tx = self.pool.begin().await?;
         if self.backend == Backend::Postgres {
             sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
         }
+        Ok(tx)
+    }
+
+    /// Delivery `id` and its attempt log as of one moment. Read in one snapshot (a read transaction; repeatable
+    /// read on PostgreSQL), so the attempts listed are the ones its status and count reflect: two reads let an
+    /// attempt recorded between them show in one and not the other.
+    pub async fn delivery_with_attempts(&self, id: &str) -> sqlx::Result<Option<(Delivery, Vec<Attempt>)>> {
+        let mut tx = self.read_snapshot().await?;
         let Some(delivery) = delivery_on(&mut tx, id).await? else { return Ok(None) };
         let attempts = attempts_on(&mut tx, id).await?;
         tx.commit().await?;

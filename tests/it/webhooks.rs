@@ -1543,6 +1543,34 @@ async fn a_delivery_is_shown_as_of_one_moment(store: Store) {
 
 crate::each_store!(a_delivery_is_shown_as_of_one_moment);
 
+// A page of the delivery history counts what it lists: read while deliveries are being made, `total_items`
+// and the rows come from one snapshot (two reads let a delivery made between them show in one only).
+webhook_test!(a_delivery_history_page_counts_what_it_lists, |app| async move {
+    let rx = Receiver::start().await;
+    let sub: Value = subscribed(&app, json!({"url": rx.url, "events": ["organization.*"]})).await;
+    let path = format!("/webhooks/{}/deliveries?per_page=1000", sub["id"].as_str().unwrap());
+    let app = &app;
+    let writes = async {
+        for i in 0..120 {
+            put_org(app, &org(i), "Org").await;
+        }
+    };
+    let reads = async {
+        let mut checked = 0;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while checked < 2000 && std::time::Instant::now() < deadline {
+            let page = app.get_as(&app.subscribe_key, &path).await;
+            let listed = page["contents"].as_array().map_or(0, Vec::len) as u64;
+            assert_eq!(Some(listed), page["total_items"].as_u64(), "read {checked}");
+            if listed == 121 {
+                break;
+            }
+            checked += 1;
+        }
+    };
+    futures::future::join(writes, reads).await;
+});
+
 webhook_test!(a_retry_asked_for_during_an_attempt_sends_no_second_copy, |app| async move {
     // Asked for (twice) while the first attempt waits at the target, a retry leaves that attempt to finish:
     // no second copy goes out beside it, and the attempts counted are the attempts recorded.
