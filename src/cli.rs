@@ -30,7 +30,9 @@ pub enum Command {
     Migrate,
     /// Import an HSDS tabular data package (folder or .zip), or HSDS JSON / NDJSON documents, all or nothing.
     Import {
-        /// A folder or .zip with datapackage.json and CSVs, a .json file or a .ndjson file.
+        /// A folder or .zip with datapackage.json and CSVs, a .json file or a .ndjson file. A JSON object
+        /// `{"table": "phone", "data": {...}}` (as `export --format ndjson` writes each line) is an object
+        /// of that table; a bare HSDS object's table is guessed from its fields.
         path: PathBuf,
         /// Do not draw a progress bar. A switch like `serve --demo`: `--quiet` alone is true, `--quiet=false`
         /// and `HSDA_QUIET=true|false|1|0|yes|no|on|off` set it either way.
@@ -44,9 +46,10 @@ pub enum Command {
         strict_references: Option<bool>,
     },
     /// Export the directory as a tabular data package (folder, or .zip if OUT ends in .zip) or as NDJSON
-    /// (to standard output if OUT is `-`).
+    /// (to standard output if OUT is `-`). Either imports back to the same directory.
     Export {
-        /// `datapackage` (default) or `ndjson`.
+        /// `datapackage` (default) or `ndjson`: one `{"table": ..., "data": ...}` per line, the compiled
+        /// documents (taxonomies, terms, organizations, locations, services) then each row they do not hold.
         #[arg(long, env = "HSDA_FORMAT", value_enum)]
         format: Option<ExportFormat>,
         out: PathBuf,

@@ -1,15 +1,22 @@
-//! `hsda export`: the directory as a tabular data package (every table, one CSV each) or as NDJSON of the
-//! compiled documents (taxonomies and their terms, which no root document holds whole, then organizations,
-//! locations, and services with everything they nest).
+//! `hsda export`: the directory as a tabular data package (every table, one CSV each) or as NDJSON. Each
+//! NDJSON line names its table, `{"table": "service", "data": {...}}`: first the compiled documents
+//! (taxonomies and their terms, which no root document holds whole, then organizations, locations, and
+//! services with everything they nest), then every row those documents do not hold as the directory does
+//! (a phone of nothing, an unused unit, a meta_table_description, a location's attribute...), as a flat row
+//! of its table. `hsda import` of the file gives the same directory, as the data package does.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 
 use anyhow::Context;
 use futures::StreamExt;
+use serde_json::json;
 
-use crate::hsds::catalog::{TABLES, table};
+use crate::hsds::catalog::{TABLES, Table, table};
+use crate::hsds::document::keeps_last_modified;
 use crate::store::Db;
+use crate::store::compile::{Row, id_of};
 use crate::store::read::ListQuery;
 
 /// Writes every row of every table as a data package; returns a one-line report.
@@ -26,8 +33,8 @@ pub async fn export_datapackage(db: &Db, out: &Path) -> anyhow::Result<String> {
     Ok(format!("exported {count} rows to {}", out.display()))
 }
 
-/// Writes the compiled root documents, one JSON object per line.
-/// `-` is standard output.
+/// Writes the compiled documents, then the rows they do not hold, one JSON object per line, each naming its
+/// table. `-` is standard output.
 pub async fn export_ndjson(db: &Db, out: &Path) -> anyhow::Result<String> {
     let sink: Box<dyn Write> = if out == Path::new("-") {
         Box::new(std::io::stdout().lock())
@@ -35,10 +42,10 @@ pub async fn export_ndjson(db: &Db, out: &Path) -> anyhow::Result<String> {
         Box::new(std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?)
     };
     let mut writer = std::io::BufWriter::new(sink);
-    let mut count = 0usize;
+    let mut lines = Vec::new();
     // Taxonomies and terms first (no root document holds them whole; services' attributes point at terms),
-    // then organizations (without their service list) and locations, so that a re-import finds every
-    // referenced row before the services that point at them.
+    // then organizations (without their service list) and locations, then services: the order a reader
+    // that resolves references line by line needs.
     for name in ["taxonomy", "taxonomy_term", "organization", "location", "service"] {
         let Some(t) = table(name) else { continue };
         let mut stream = std::pin::pin!(db.stream(t, ListQuery::default(), true));
@@ -46,18 +53,56 @@ pub async fn export_ndjson(db: &Db, out: &Path) -> anyhow::Result<String> {
             let listed = listed?;
             let mut doc = listed.value;
             if !t.is_root() {
-                // Read as `GET` shows it: with its metadata, which the list form leaves out (and which tells
-                // a bare term from an organization on import).
+                // Read as `GET` shows it: with its metadata, which the list form leaves out.
                 doc = db.get(t, &listed.id).await?.unwrap_or(doc);
             }
             if let Some(map) = doc.as_object_mut() {
                 map.remove("services");
             }
-            serde_json::to_writer(&mut writer, &doc)?;
+            let line = json!({ "table": t.name, "data": doc });
+            serde_json::to_writer(&mut writer, &line)?;
             writer.write_all(b"\n")?;
-            count += 1;
+            lines.push((String::new(), line));
+        }
+    }
+    let documents = lines.len();
+    // What an import of these lines would make of them, by the importer's own reading, against every row
+    // the directory holds: a row they miss, or give otherwise, follows on a line of its own (a later line's
+    // row replaces an earlier one's on import).
+    let mut ignored = Vec::new();
+    let read = super::import::rows_of_documents(lines, &mut ignored);
+    let mut imported: HashMap<(&str, String), Row> = HashMap::new();
+    for (t, row, _) in read.rows.into_iter().chain(read.copies) {
+        imported.insert((t.name, id_of(&row).unwrap_or_default()), row);
+    }
+    let mut rows = 0usize;
+    for t in TABLES {
+        let mut stream = std::pin::pin!(db.stream_rows(t));
+        while let Some(row) = stream.next().await {
+            let row = row?;
+            let as_imported = imported.remove(&(t.name, id_of(&row).unwrap_or_default()));
+            if as_imported.is_some_and(|imported| same_row(t, &imported, &row)) {
+                continue;
+            }
+            serde_json::to_writer(&mut writer, &json!({ "table": t.name, "data": row }))?;
+            writer.write_all(b"\n")?;
+            rows += 1;
         }
     }
     writer.flush()?;
-    Ok(format!("exported {count} documents to {}", out.display()))
+    Ok(format!("exported {documents} documents and {rows} rows they do not hold to {}", out.display()))
+}
+
+/// Whether an imported row is the stored one. hsda keeps a service's `last_modified` itself (an import
+/// stamps its own time), so that one is not compared.
+fn same_row(t: &Table, imported: &Row, stored: &Row) -> bool {
+    if !keeps_last_modified(t) {
+        return imported == stored;
+    }
+    let without = |row: &Row| {
+        let mut row = row.clone();
+        row.remove("last_modified");
+        row
+    };
+    without(imported) == without(stored)
 }

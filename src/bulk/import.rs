@@ -21,42 +21,11 @@ pub use crate::store::write::{ImportRows, LabelledRows};
 pub fn read_path(path: &Path) -> anyhow::Result<ImportRows> {
     let name = path.to_string_lossy().to_lowercase();
     let mut rows: LabelledRows = Vec::new();
-    // Related rows' copies (a capacity's unit, shared by many services) are imported too, once each, only where
-    // no document gives the row itself, and only where the directory does not hold it yet.
     let mut copies: LabelledRows = Vec::new();
     let mut problems: Vec<String> = Vec::new();
     if name.ends_with(".json") || name.ends_with(".ndjson") || name.ends_with(".jsonl") {
         let docs = super::ndjson::read_json_documents(path).map_err(|e| anyhow::anyhow!("{e}"))?;
-        let referenced = Referenced::in_documents(docs.iter().map(|(_, doc)| doc));
-        let mut first_seen = FirstSeen::default();
-        for (label, doc) in docs {
-            let Some(table) = document_table(&doc, &referenced) else {
-                problems.push(format!("{label}: cannot tell which HSDS object this is (give it an id and the fields of a service, organization, location, service_at_location, taxonomy or taxonomy_term)"));
-                continue;
-            };
-            if let Some(id) = doc.get("id").and_then(Value::as_str)
-                && let Some(first) = first_seen.again(table, id, &label)
-            {
-                problems.push(format!("{label}: id {id} already at {first}"));
-                continue;
-            }
-            let labelled = |r: crate::hsds::document::FlatRow| {
-                let at = if r.pointer.is_empty() { String::new() } else { format!(" at {}", r.pointer) };
-                (r.table, r.row, format!("{label}{at}"))
-            };
-            match flatten(table, &doc, "") {
-                Ok(flat) => {
-                    copies.extend(flat.related.into_iter().flat_map(|r| r.body.all_rows()).map(labelled));
-                    rows.extend(flat.rows.into_iter().map(labelled));
-                }
-                Err(errors) => {
-                    problems.extend(errors.into_iter().map(|e| format!("{label}, field {}: {}", e.pointer, e.detail)))
-                }
-            }
-        }
-        let mut given: std::collections::HashSet<(&str, String)> =
-            rows.iter().map(|(t, row, _)| (t.name, crate::store::compile::id_of(row).unwrap_or_default())).collect();
-        copies.retain(|(t, row, _)| given.insert((t.name, crate::store::compile::id_of(row).unwrap_or_default())));
+        ImportRows { rows, copies } = rows_of_documents(docs, &mut problems);
     } else {
         let source = read_datapackage(path).map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut first_seen = FirstSeen::default();
@@ -81,6 +50,79 @@ pub fn read_path(path: &Path) -> anyhow::Result<ImportRows> {
     }
     // References are checked once all rows are in (`Db::import`), so the copies may come last.
     Ok(ImportRows { rows, copies })
+}
+
+/// The rows of JSON documents, each labelled with where it was found; what is wrong with them goes to
+/// `problems`. A document is either a line as `hsda export --format ndjson` writes it, `{"table": "phone",
+/// "data": {...}}`, whose `data` is an object of that table (nesting what a `PUT` of it may nest), or a bare
+/// HSDS object, whose table is guessed from its fields (files of other tools, and hsda's exports from
+/// before its lines named their table, name none). Rows come in document order, so a later document's row replaces an earlier one's
+/// (`hsda export` writes a row on a line of its own after the documents when they do not hold it as it is).
+pub(crate) fn rows_of_documents(docs: Vec<(String, Value)>, problems: &mut Vec<String>) -> ImportRows {
+    let mut rows: LabelledRows = Vec::new();
+    // Related rows' copies (a capacity's unit, shared by many services) are imported too, once each, only where
+    // no document gives the row itself, and only where the directory does not hold it yet.
+    let mut copies: LabelledRows = Vec::new();
+    let referenced = Referenced::in_documents(docs.iter().map(|(_, doc)| typed_line(doc).map_or(doc, |(_, d)| d)));
+    let mut first_seen = FirstSeen::default();
+    for (label, line) in &docs {
+        let (table, doc) = match typed_line(line) {
+            Some((Ok(table), doc)) => (table, doc),
+            Some((Err(problem), _)) => {
+                problems.push(format!("{label}: {problem}"));
+                continue;
+            }
+            None => match document_table(line, &referenced) {
+                Some(table) => (table, line),
+                None => {
+                    problems.push(format!(
+                        "{label}: cannot tell which HSDS object this is (name its table as \
+                        {{\"table\": \"service\", \"data\": {{...}}}}, or give it an id and the fields of a service, \
+                        organization, location, service_at_location, taxonomy or taxonomy_term)"
+                    ));
+                    continue;
+                }
+            },
+        };
+        if let Some(id) = doc.get("id").and_then(Value::as_str)
+            && let Some(first) = first_seen.again(table, id, label)
+        {
+            problems.push(format!("{label}: id {id} already at {first}"));
+            continue;
+        }
+        let labelled = |r: crate::hsds::document::FlatRow| {
+            let at = if r.pointer.is_empty() { String::new() } else { format!(" at {}", r.pointer) };
+            (r.table, r.row, format!("{label}{at}"))
+        };
+        match flatten(table, doc, "") {
+            Ok(flat) => {
+                copies.extend(flat.related.into_iter().flat_map(|r| r.body.all_rows()).map(labelled));
+                rows.extend(flat.rows.into_iter().map(labelled));
+            }
+            Err(errors) => {
+                problems.extend(errors.into_iter().map(|e| format!("{label}, field {}: {}", e.pointer, e.detail)))
+            }
+        }
+    }
+    let mut given: std::collections::HashSet<(&str, String)> =
+        rows.iter().map(|(t, row, _)| (t.name, crate::store::compile::id_of(row).unwrap_or_default())).collect();
+    copies.retain(|(t, row, _)| given.insert((t.name, crate::store::compile::id_of(row).unwrap_or_default())));
+    ImportRows { rows, copies }
+}
+
+/// A line that names its table, `{"table": "phone", "data": {...}}`: the table (or why it is no table of
+/// HSDS) and the object. `None` for anything else, a bare HSDS object (no HSDS object has a `table` field).
+fn typed_line(line: &Value) -> Option<(Result<&'static Table, String>, &Value)> {
+    let name = line.get("table")?.as_str()?;
+    let data = line.get("data").filter(|d| d.is_object())?;
+    let table = match table(name) {
+        _ if line.as_object().is_some_and(|m| m.len() > 2) => {
+            Err("a line naming its table has only `table` and `data`".to_string())
+        }
+        Some(table) => Ok(table),
+        None => Err(format!("no HSDS table is called {name:?}")),
+    };
+    Some((table, data))
 }
 
 /// Where each row of the input was first given, by table and id. A second row with the same id used to win
@@ -186,7 +228,8 @@ fn document_table(doc: &Value, referenced: &Referenced) -> Option<&'static Table
         "taxonomy"
     } else if has("metadata") && !ORGANIZATION_ONLY.iter().any(|k| has(k)) {
         // A compiled document (it lists its metadata) without any of the arrays a compiled organization always
-        // has (`hsda export` writes a bare term so): a term nothing in the file points at.
+        // has (`hsda export` wrote a bare term so before its lines named their table): a term nothing in the
+        // file points at.
         "taxonomy_term"
     } else if has("name") && has("description") {
         "organization"

@@ -1,5 +1,5 @@
 //! Bulk exchange over real stores: the official example package survives import and export cell by cell,
-//! zips import like folders, a bad cell is named and writes nothing, NDJSON round-trips the documents, and
+//! zips import like folders, a bad cell is named and writes nothing, NDJSON round-trips the directory, and
 //! `strict_references` refuses what a lenient import only warns about.
 
 use std::collections::BTreeMap;
@@ -14,7 +14,6 @@ use crate::helpers::{Store, TestApp, hsds_dir};
 use crate::store_test;
 
 const SERVICE: &str = "ac148810-d857-441c-9679-408f346de14b";
-const ORG: &str = "d9d5e0f5-d3ce-4f73-9a2f-4dd0ecc6c610";
 
 fn example() -> Option<PathBuf> {
     Some(hsds_dir()?.join("examples/csv"))
@@ -179,53 +178,76 @@ store_test!(one_bad_cell_names_file_line_and_field_and_writes_nothing, |app| asy
     assert_eq!(total(&app, "/organizations").await, 0);
 });
 
-store_test!(ndjson_export_reimports_to_the_same_documents, |app| async move {
+/// Every row of every table as `GET /{table}/{id}` shows it (services without `last_modified`: see
+/// [`but_last_modified`]), by table and id.
+async fn every_row(app: &TestApp) -> BTreeMap<(String, String), Value> {
+    let mut rows = BTreeMap::new();
+    for t in hsda::hsds::catalog::TABLES {
+        let page = app.get_json(&format!("/{}?per_page=1000", t.plural)).await;
+        assert!(page["total_pages"].as_u64().unwrap() <= 1, "{} fits on one page", t.plural);
+        for item in page["contents"].as_array().unwrap() {
+            let id = item["id"].as_str().unwrap();
+            let row = forget_last_modified(app.get_json(&format!("/{}/{id}", t.plural)).await);
+            rows.insert((t.name.to_string(), id.to_string()), row);
+        }
+    }
+    rows
+}
+
+store_test!(ndjson_export_reimports_to_the_same_directory, |app| async move {
     let Some(example) = example() else { return };
     import_path(&app.db, &example, ImportOptions::default()).await.expect("import");
-    // A term nothing points at, and a unit only a capacity shows (no document holds units).
-    let (term, unit) = ("00000000-0000-4000-8000-00000000e001", "00000000-0000-4000-8000-00000000e002");
+    // Rows no document holds, or holds otherwise: a taxonomy with nothing but a name and description and a
+    // term nothing points at (no line of the file says what they are but their own), a unit only a capacity
+    // shows, an unused unit, a phone of nothing and a meta_table_description.
+    let id = |n: u32| format!("00000000-0000-4000-8000-00000000e{n:03}");
+    let (term, unit, taxonomy, unused_unit, phone, table_description) = (id(1), id(2), id(4), id(5), id(6), id(7));
     app.put_ok(&format!("/taxonomy_terms/{term}"), &json!({"name": "Food", "description": "Food help"})).await;
     app.put_ok(&format!("/units/{unit}"), &json!({"name": "Bed"})).await;
-    let capacity = json!({"id": "00000000-0000-4000-8000-00000000e003", "service_id": SERVICE, "unit_id": unit,
-                          "available": 3, "updated": "2024-01-01T00:00:00Z"});
-    app.put_ok("/service_capacities/00000000-0000-4000-8000-00000000e003", &capacity).await;
+    let capacity = json!({"service_id": SERVICE, "unit_id": unit, "available": 3, "updated": "2024-01-01T00:00:00Z"});
+    app.put_ok(&format!("/service_capacities/{}", id(3)), &capacity).await;
+    app.put_ok(&format!("/taxonomies/{taxonomy}"), &json!({"name": "Needs", "description": "What people need"})).await;
+    app.put_ok(&format!("/units/{unused_unit}"), &json!({"name": "Seat"})).await;
+    app.put_ok(&format!("/phones/{phone}"), &json!({"number": "555-0199"})).await;
+    app.put_ok(
+        &format!("/meta_table_descriptions/{table_description}"),
+        &json!({"name": "services", "language": "en"}),
+    )
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("directory.ndjson");
-    export_ndjson(&app.db, &file).await.expect("export");
+    let report = export_ndjson(&app.db, &file).await.expect("export");
+    assert!(report.contains(" rows they do not hold"), "{report}");
     let text = std::fs::read_to_string(&file).unwrap();
-    assert!(text.lines().count() >= 3, "{text}");
-    for line in text.lines() {
-        serde_json::from_str::<Value>(line).expect("each line is JSON");
+    let lines: Vec<Value> = text.lines().map(|line| serde_json::from_str(line).expect("each line is JSON")).collect();
+    for line in &lines {
+        let table = line["table"].as_str().unwrap_or_else(|| panic!("every line names its table: {line}"));
+        assert!(hsda::hsds::catalog::table(table).is_some(), "{line}");
+        assert!(line["data"].is_object() && line.as_object().unwrap().len() == 2, "{line}");
     }
+    let line_of = |id: &str| lines.iter().find(|l| l["data"]["id"] == id).cloned();
+    assert_eq!(line_of(&phone).unwrap()["table"], "phone", "a phone of nothing is a line of its own");
+    assert_eq!(line_of(SERVICE).unwrap()["table"], "service", "services are whole documents");
 
     let store = if app.db.backend() == hsda::store::Backend::Sqlite { Store::Sqlite } else { Store::Postgres };
     let fresh = TestApp::spawn(store).await.expect("second store");
     import_path(&fresh.db, &file, ImportOptions::default()).await.expect("ndjson imports");
-    let ids: Vec<String> = app.get_json("/services?per_page=1000").await["contents"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["id"].as_str().unwrap().to_string())
-        .collect();
-    assert!(ids.contains(&SERVICE.to_string()));
-    assert_eq!(total(&fresh, "/services").await, ids.len() as u64);
-    for id in &ids {
-        let original = app.get_json(&format!("/services/{id}")).await;
-        let copy = fresh.get_json(&format!("/services/{id}")).await;
-        assert_eq!(forget_last_modified(copy), forget_last_modified(original), "service {id}");
+    let (original, copy) = (every_row(&app).await, every_row(&fresh).await);
+    for table in ["taxonomy", "unit", "phone", "meta_table_description", "attribute", "metadata", "url"] {
+        assert!(original.keys().any(|(t, _)| t == table), "the directory has a {table}");
     }
-    assert_eq!(
-        forget_last_modified(fresh.get_json(&format!("/organizations/{ORG}")).await),
-        forget_last_modified(app.get_json(&format!("/organizations/{ORG}")).await)
-    );
-    assert_eq!(fresh.get_json(&format!("/units/{unit}")).await, app.get_json(&format!("/units/{unit}")).await);
+    for (key, row) in &original {
+        assert_eq!(copy.get(key), Some(row), "{key:?} is the same after export and import");
+    }
+    assert_eq!(copy.len(), original.len(), "nothing more: {:?}", copy.keys().filter(|k| !original.contains_key(*k)));
+    assert_eq!(fresh.get(&format!("/taxonomy_terms/{taxonomy}")).await.status(), 404, "a taxonomy stays a taxonomy");
     assert_eq!(fresh.get(&format!("/organizations/{term}")).await.status(), 404, "a term stays a term");
-    // Taxonomies and their terms travel too, though no root document holds them whole.
-    for list in ["/taxonomies?per_page=1000", "/taxonomy_terms?per_page=1000"] {
-        let original = app.get_json(list).await;
-        assert!(original["total_items"].as_u64().unwrap() > 0, "the example has {list}");
-        assert_eq!(fresh.get_json(list).await, original, "{list}");
-    }
+
+    // A line naming a table hsda does not know is refused, naming its line.
+    let bad = dir.path().join("bad.ndjson");
+    std::fs::write(&bad, format!("{}\n", json!({"table": "phonez", "data": {"id": phone}}))).unwrap();
+    let err = import_path(&fresh.db, &bad, ImportOptions::default()).await.expect_err("an unknown table");
+    assert!(format!("{err:#}").contains("line 1: no HSDS table is called \"phonez\""), "{err:#}");
 });
 
 store_test!(an_import_never_edits_through_a_copy_and_keeps_only_the_links_its_rows_give, |app| async move {
@@ -274,8 +296,9 @@ fn the_official_full_documents_import_as_their_kinds() {
 
 #[test]
 fn hsda_exports_of_terms_and_taxonomies_read_back_as_such() {
-    // Documents as `hsda export --format ndjson` writes them, down to the fewest fields each kind may have: a
-    // bare `{id, name, description}` is told by what the other lines point at it as.
+    // Documents as `hsda export --format ndjson` wrote them before its lines named their table (other tools'
+    // still look so), down to the fewest fields each kind may have: a bare `{id, name, description}` is told
+    // by what the other lines point at it as.
     let id = |n: u32| format!("00000000-0000-4000-8000-{n:012}");
     let bare = |n: u32| json!({"id": id(n), "name": format!("n{n}"), "description": "d"});
     let lines = [

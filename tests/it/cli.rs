@@ -248,13 +248,16 @@ async fn generate_import_and_export() {
         page["contents"].as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap().to_string()).collect();
     listed.sort();
 
-    // The NDJSON holds every service (with `status`), besides organizations and locations.
+    // The NDJSON holds every service as a line of its table, besides organizations and locations.
     let mut exported: Vec<String> = std::fs::read_to_string(&ndjson)
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).expect("JSON line"))
-        .filter(|d| d.get("status").is_some())
-        .map(|d| d["id"].as_str().unwrap().to_string())
+        .filter(|line| line["table"] == "service")
+        .map(|line| {
+            assert!(line["data"]["status"].is_string(), "a whole service: {line}");
+            line["data"]["id"].as_str().unwrap().to_string()
+        })
         .collect();
     exported.sort();
     assert_eq!(exported, listed);
