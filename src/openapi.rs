@@ -103,11 +103,23 @@ pub fn document(server: &str) -> Value {
             "occurred_at": {"type": ["string", "null"], "format": "date-time"},
             "object": {"type": "string"}, "object_id": {"type": ["string", "null"]}, "origin": {"type": ["string", "null"]}, "data": {"type": ["object", "null"]} } }),
     );
+    schemas.insert(
+        "service_minimal".into(),
+        json!({ "type": "object", "description": "A service as `minimal=true` lists it.",
+            "properties": { "id": {"type": "string", "format": "uuid"}, "last_modified": {"type": "string", "format": "date-time"} },
+            "required": ["id", "last_modified"], "additionalProperties": false }),
+    );
     for t in TABLES {
         let name = t.name.to_string();
         schemas.insert(name.clone(), object_schema(t, 2));
         let item_ref = json!({ "$ref": format!("#/components/schemas/{name}") });
-        let page = json!({ "allOf": [ {"$ref": "#/components/schemas/Page"}, {"type": "object", "properties": {"contents": {"type": "array", "items": item_ref}}} ] });
+        // `minimal=true` lists services as `{id, last_modified}`, which the full schema (name, status
+        // required) refuses: a list item is one or the other.
+        let list_item = match t.name {
+            "service" => json!({ "oneOf": [item_ref, {"$ref": "#/components/schemas/service_minimal"}] }),
+            _ => item_ref.clone(),
+        };
+        let page = json!({ "allOf": [ {"$ref": "#/components/schemas/Page"}, {"type": "object", "properties": {"contents": {"type": "array", "items": list_item}}} ] });
         let list_op = |method: &str| {
             let mut op = json!({
                 "operationId": format!("{method}{}", t.plural),
@@ -116,7 +128,7 @@ pub fn document(server: &str) -> Value {
                 "parameters": list_parameters(t),
                 "responses": {
                     "200": { "description": "A page of results (or application/x-ndjson with format=ndjson).",
-                        "content": { "application/json": { "schema": page }, "application/x-ndjson": { "schema": item_ref } } },
+                        "content": { "application/json": { "schema": page }, "application/x-ndjson": { "schema": list_item } } },
                     "400": problem_response("A parameter is invalid.")
                 }
             });

@@ -363,6 +363,14 @@ store_test!(organization_nesting_and_minimal_services, |app| async move {
     let keys: BTreeSet<&str> = item.keys().map(String::as_str).collect();
     assert_eq!(keys, BTreeSet::from(["id", "last_modified"]), "{item:?}");
     assert_eq!(item["id"], SERVICE);
+    // The served OpenAPI describes both forms of a list page's items.
+    let openapi = app.get_json("/openapi.json").await;
+    let page = "/paths/~1services/get/responses/200/content/application~1json/schema";
+    let errors = crate::helpers::openapi_violations(&openapi, page, &minimal);
+    assert!(errors.is_empty(), "a minimal page as the OpenAPI says: {errors:?} in {minimal}");
+    let whole = app.get_json("/services").await;
+    let errors = crate::helpers::openapi_violations(&openapi, page, &whole);
+    assert!(errors.is_empty(), "a page of list items as the OpenAPI says: {errors:?} in {whole}");
     // HSDS gives `minimal` to services only: organizations stay whole list items (their schema needs a name).
     let organizations = app.get_json("/organizations?minimal=true").await;
     assert_eq!(organizations["contents"][0]["name"], "Food Bank", "{organizations}");

@@ -313,3 +313,15 @@ pub async fn assert_problem_at(r: reqwest::Response, status: u16, pointer: &str)
     assert!(pointers.contains(&pointer), "{pointer} in {problem}");
     problem
 }
+
+/// What `value` breaks of the schema at `pointer` in the served OpenAPI document `openapi` (its `$ref`s
+/// resolved against that document): empty when it is valid.
+pub fn openapi_violations(openapi: &serde_json::Value, pointer: &str, value: &serde_json::Value) -> Vec<String> {
+    assert!(openapi.pointer(pointer).is_some_and(|s| s.is_object()), "the OpenAPI document has a schema at {pointer}");
+    // The whole document is the root schema (its other members are no keywords), so `#/components/...`
+    // references resolve as a client's validator resolves them.
+    let mut root = openapi.clone();
+    root["$ref"] = serde_json::Value::String(format!("#{pointer}"));
+    let validator = jsonschema::validator_for(&root).expect("the OpenAPI schema compiles");
+    validator.iter_errors(value).map(|e| format!("{} at {}", e, e.instance_path)).collect()
+}
