@@ -76,6 +76,20 @@ fn problem_response(description: &str) -> Value {
     json!({ "description": description, "content": { "application/problem+json": { "schema": { "$ref": "#/components/schemas/Problem" } } } })
 }
 
+/// The `data` of an HSDS event as delivered: the object (a tombstone for a deletion) to a full-payload
+/// subscription, where to read it to a `payload: thin` one. Exactly one form matches any payload: a thin one
+/// has no other fields, and no HSDS table has an `object` field, the thin form's mark.
+fn event_data_schema(object: &str, action: &str) -> Value {
+    let full = if action == "deleted" {
+        crate::hsds::schema::tombstone_schema()
+    } else {
+        json!({ "$ref": format!("#/components/schemas/{object}"), "not": { "required": ["object"] } })
+    };
+    let mut thin = crate::events::thin_schema();
+    thin["properties"]["object"] = json!({ "const": object });
+    json!({ "oneOf": [full, thin] })
+}
+
 /// The whole document; `server` is the base URL clients reached us at.
 pub fn document(server: &str) -> Value {
     let mut paths = Map::new();
@@ -272,7 +286,7 @@ pub fn document(server: &str) -> Value {
             "responses": { "2XX": { "description": "Accepted by the subscriber." } } } }));
     }
     for event_type in crate::events::event_types() {
-        let object = event_type.split('.').next().unwrap_or_default().to_string();
+        let (object, action) = event_type.split_once('.').unwrap_or_default();
         webhooks.insert(
             event_type.clone(),
             json!({ "post": {
@@ -280,7 +294,7 @@ pub fn document(server: &str) -> Value {
             "requestBody": { "content": { "application/json": { "schema": { "type": "object", "properties": {
                 "id": {"type": "string"}, "sequence": {"type": "integer"}, "type": {"const": event_type},
                 "timestamp": {"type": "string", "format": "date-time"},
-                "data": { "$ref": format!("#/components/schemas/{object}") } } } } } },
+                "data": event_data_schema(object, action) } } } } },
             "responses": { "2XX": { "description": "Accepted by the subscriber." } } } }),
         );
     }

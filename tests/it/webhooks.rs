@@ -338,6 +338,35 @@ webhook_test!(filters_and_thin_payloads, |app| async move {
     assert!(url.ends_with(&format!("/webhooks/{}", sub["id"].as_str().unwrap())), "{url}");
 });
 
+webhook_test!(real_payloads_full_thin_and_deleted_are_what_the_openapi_webhooks_say, |app| async move {
+    let (full_rx, thin_rx) = (Receiver::start().await, Receiver::start().await);
+    let events = json!(["organization.*", "url.*"]);
+    subscribed(&app, json!({"url": full_rx.url, "events": events})).await;
+    subscribed(&app, json!({"url": thin_rx.url, "events": events, "payload": "thin"})).await;
+    put_org(&app, O1, "Food Bank").await;
+    // A url row needs only an id and a url: its thin payload is a valid url row too, told apart by `object`.
+    let url = "00000000-0000-4000-8000-000000000021";
+    app.put_ok(&format!("/urls/{url}"), &json!({"url": "https://food.example", "organization_id": O1})).await;
+    assert_eq!(app.delete(&format!("/urls/{url}")).await.status(), 204);
+    assert_eq!(app.delete(&format!("/organizations/{O1}")).await.status(), 204);
+    let wanted = ["organization.created", "url.created", "url.deleted", "organization.deleted"];
+    let all_arrived = |r: &[crate::receiver::Received]| wanted.iter().all(|t| !Receiver::of_type(r, t).is_empty());
+    let full = full_rx.wait_for("every full payload", all_arrived).await;
+    let thin = thin_rx.wait_for("every thin payload", all_arrived).await;
+    let deleted = Receiver::of_type(&full, "organization.deleted")[0].json();
+    assert_eq!(deleted["data"], json!({"id": O1, "deleted": true}), "a deletion's full payload is a tombstone");
+    assert_eq!(Receiver::of_type(&thin, "url.created")[0].json()["data"]["object"], "url");
+
+    let openapi = app.get_json("/openapi.json").await;
+    for received in full.iter().chain(&thin) {
+        let message = received.json();
+        let Some(name) = message["type"].as_str().filter(|t| wanted.contains(t)) else { continue };
+        let pointer = format!("/webhooks/{name}/post/requestBody/content/application~1json/schema");
+        let errors = crate::helpers::openapi_violations(&openapi, &pointer, &message);
+        assert!(errors.is_empty(), "{name} as the OpenAPI says: {errors:?} in {message}");
+    }
+});
+
 webhook_test!(rotation_signs_with_both_secrets_during_the_grace_period, |app| async move {
     let rx = Receiver::start().await;
     let sub: Value = subscribed(&app, json!({"url": rx.url, "events": ["organization.*"]})).await;
