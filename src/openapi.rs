@@ -90,6 +90,14 @@ fn event_data_schema(object: &str, action: &str) -> Value {
     json!({ "oneOf": [full, thin] })
 }
 
+/// The `data` of an operational event as delivered: about the subscription, or where to read it (thin). The
+/// subscription's form requires only its `id`, so a thin one matches it too: any of the two, not one of them.
+fn operational_data_schema() -> Value {
+    let mut thin = crate::events::thin_schema();
+    thin["properties"]["object"] = json!({ "const": "webhook" });
+    json!({ "anyOf": [crate::events::operational_schema(), thin] })
+}
+
 /// The whole document; `server` is the base URL clients reached us at.
 pub fn document(server: &str) -> Value {
     let mut paths = Map::new();
@@ -268,7 +276,7 @@ pub fn document(server: &str) -> Value {
             "summary": description,
             "requestBody": { "content": { "application/json": { "schema": { "type": "object", "properties": {
                 "id": {"type": "string"}, "type": {"const": name}, "timestamp": {"type": "string", "format": "date-time"},
-                "data": crate::events::operational_schema() } } } } },
+                "data": operational_data_schema() } } } } },
             "responses": { "2XX": { "description": "Accepted by the subscriber." } } } }));
     }
     for (name, description) in crate::events::SYSTEM_MESSAGES {
