@@ -1,7 +1,7 @@
 //! Webhook delivery benchmark: hsda in-process (real HTTP API, real worker, signatures on, every attempt
 //! recorded), a real axum receiver on 127.0.0.1, and a keep-alive reqwest driver, all in one tokio runtime.
 //!
-//! `cargo bench --bench webhooks -- [--store sqlite|postgres|both] [--workload W1|W2|W3|W4|W5|W0|U0|C0|all]
+//! `cargo bench --bench webhooks -- [--store sqlite|postgres|both] [--workload W1|W2|W3|W4|W5|W6|W0|U0|C0|all]
 //! [--max-concurrency N] [--keep-db DIR]`
 //!
 //! - W0: writes only, no subscription (the write path's own ceiling).
@@ -16,6 +16,8 @@
 //! - W4: W3 beside a second subscription whose target fails (500) or hangs (30 s) -> the healthy p99.
 //! - W5: W1 beside 500 more subscriptions (other partners), each filtered to an organization no write
 //!   touches -> deliveries/s: what following partners who want none of these changes costs. Not part of `all`.
+//! - W6: W1's writes (5k changes) to one `ordered` subscription -> deliveries/s: one delivery in flight at a
+//!   time, while a backlog of thousands waits behind it. Not part of `all`.
 //! - ceiling: the same driver POSTing 1 KB JSON straight to the same receiver, same concurrency.
 //!
 //! The machine is shared, so every figure is printed beside the loopback ceiling measured in the same run.
@@ -54,6 +56,8 @@ const W2_SUBSCRIPTIONS: usize = 10;
 /// W5 runs W1 beside this many other partners' subscriptions, each filtered to an organization the writes
 /// never touch: the cost of being one directory many partners follow, none of whom wants these changes.
 const W5_PARTNERS: usize = 500;
+/// W6's changes, delivered one at a time in order (20k would take minutes).
+const W6_CHANGES: usize = 5_000;
 const PACED_RATE: u64 = 100;
 const PACED_SECONDS: u64 = 10;
 const CEILING_REQUESTS: usize = 20_000;
@@ -238,8 +242,14 @@ impl Hsda {
     }
 
     /// Creates a subscription to `url`; returns its secret.
-    async fn subscribe(&self, client: &reqwest::Client, url: &str, max_concurrency: Option<i64>) -> String {
-        let mut body = json!({"url": url, "events": ["organization.*"]});
+    async fn subscribe(
+        &self,
+        client: &reqwest::Client,
+        url: &str,
+        max_concurrency: Option<i64>,
+        ordered: bool,
+    ) -> String {
+        let mut body = json!({"url": url, "events": ["organization.*"], "ordered": ordered});
         if let Some(n) = max_concurrency {
             body["max_concurrency"] = json!(n);
         }
@@ -440,16 +450,27 @@ struct Throughput {
     groups: (u64, u64),
 }
 
+/// What a throughput workload has besides its subscriptions and changes.
+#[derive(Default, Clone, Copy)]
+struct Extras {
+    /// Organizations created first (untimed), which the timed writes then change (U0).
+    existing: usize,
+    /// Other partners' subscriptions, each filtered to an organization no write touches (W5).
+    partners: usize,
+    /// The subscriptions are `ordered` (W6).
+    ordered: bool,
+}
+
 /// W1 (one subscription) and W2 (several), and W0 (none: writes only); U0 is W0 changing `existing` (created
 /// first, untimed) organizations instead of creating new ones. W5 is W1 with `partners` more subscriptions
-/// beside, each filtered to an organization no write touches (they get their pings, then nothing).
+/// beside, each filtered to an organization no write touches (they get their pings, then nothing). W6 is W1
+/// with its subscription `ordered`.
 async fn throughput(
     store: Store,
     subscriptions: usize,
     changes: usize,
     max_concurrency: Option<i64>,
-    existing: usize,
-    partners: usize,
+    Extras { existing, partners, ordered }: Extras,
 ) -> anyhow::Result<Throughput> {
     let (rx, rx_base) = start_receiver().await;
     let hsda = Arc::new(Hsda::start(store).await?);
@@ -462,7 +483,7 @@ async fn throughput(
     }
     let paths: Vec<usize> = (0..subscriptions).collect();
     for &p in &paths {
-        let secret = hsda.subscribe(&client, &format!("{rx_base}/hook/{p}"), max_concurrency).await;
+        let secret = hsda.subscribe(&client, &format!("{rx_base}/hook/{p}"), max_concurrency, ordered).await;
         *rx.path(p).secret.lock().unwrap() = Some(secret);
     }
     let partner_paths: Vec<usize> = (0..partners).map(|p| 10_000 + p).collect();
@@ -604,12 +625,12 @@ async fn latency(store: Store, beside: Beside, max_concurrency: Option<i64>) -> 
     let (rx, rx_base) = start_receiver().await;
     let hsda = Arc::new(Hsda::start(store).await?);
     let client = driver();
-    let secret = hsda.subscribe(&client, &format!("{rx_base}/hook/0"), max_concurrency).await;
+    let secret = hsda.subscribe(&client, &format!("{rx_base}/hook/0"), max_concurrency, false).await;
     *rx.path(0).secret.lock().unwrap() = Some(secret);
     match beside {
         Beside::Nothing => {}
-        Beside::Failing => drop(hsda.subscribe(&client, &format!("{rx_base}/fail"), max_concurrency).await),
-        Beside::Hanging => drop(hsda.subscribe(&client, &format!("{rx_base}/hang"), max_concurrency).await),
+        Beside::Failing => drop(hsda.subscribe(&client, &format!("{rx_base}/fail"), max_concurrency, false).await),
+        Beside::Hanging => drop(hsda.subscribe(&client, &format!("{rx_base}/hang"), max_concurrency, false).await),
     }
     wait_for_pings(&rx, &[0]).await;
 
@@ -828,7 +849,7 @@ async fn main() -> anyhow::Result<()> {
             match w.as_str() {
                 "W0" => throughput_rows(
                     "W0",
-                    &throughput(store, 0, W1_CHANGES, mc, 0, 0).await?,
+                    &throughput(store, 0, W1_CHANGES, mc, Extras::default()).await?,
                     ceiling,
                     &mut rows,
                     &mut phases,
@@ -846,28 +867,37 @@ async fn main() -> anyhow::Result<()> {
                 }
                 "U0" => throughput_rows(
                     "U0",
-                    &throughput(store, 0, W1_CHANGES, mc, U0_ORGANIZATIONS, 0).await?,
+                    &throughput(store, 0, W1_CHANGES, mc, Extras { existing: U0_ORGANIZATIONS, ..Extras::default() })
+                        .await?,
                     ceiling,
                     &mut rows,
                     &mut phases,
                 ),
                 "W1" => throughput_rows(
                     "W1",
-                    &throughput(store, 1, W1_CHANGES, mc, 0, 0).await?,
+                    &throughput(store, 1, W1_CHANGES, mc, Extras::default()).await?,
                     ceiling,
                     &mut rows,
                     &mut phases,
                 ),
                 "W2" => throughput_rows(
                     "W2",
-                    &throughput(store, W2_SUBSCRIPTIONS, W2_CHANGES, mc, 0, 0).await?,
+                    &throughput(store, W2_SUBSCRIPTIONS, W2_CHANGES, mc, Extras::default()).await?,
                     ceiling,
                     &mut rows,
                     &mut phases,
                 ),
                 "W5" => throughput_rows(
                     "W5",
-                    &throughput(store, 1, W1_CHANGES, mc, 0, W5_PARTNERS).await?,
+                    &throughput(store, 1, W1_CHANGES, mc, Extras { partners: W5_PARTNERS, ..Extras::default() })
+                        .await?,
+                    ceiling,
+                    &mut rows,
+                    &mut phases,
+                ),
+                "W6" => throughput_rows(
+                    "W6",
+                    &throughput(store, 1, W6_CHANGES, mc, Extras { ordered: true, ..Extras::default() }).await?,
                     ceiling,
                     &mut rows,
                     &mut phases,

@@ -98,6 +98,7 @@ const SQLITE_MIGRATIONS: &[(i64, &[&str])] = &[
     (11, &[include_str!("migrations/11_manual_attempts.sql")]),
     (12, &[include_str!("migrations/12_subscriptions_version.sql")]),
     (13, &[include_str!("migrations/13_all_tenants.sql")]),
+    (14, &[include_str!("migrations/14_ordered_queues.sql")]),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &[&str])] = &[
     (1, &[include_str!("migrations/1_records_postgres.sql"), include_str!("migrations/1_schema.sql")]),
@@ -116,6 +117,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &[&str])] = &[
         ],
     ),
     (13, &[include_str!("migrations/13_all_tenants.sql")]),
+    (14, &[include_str!("migrations/14_ordered_queues.sql")]),
 ];
 
 impl Db {

@@ -301,6 +301,73 @@ both_stores!(a_late_failed_attempt_never_reopens_a_delivery_that_succeeded, |_| 
 });
 
 both_stores!(
+    an_attempt_older_than_the_last_one_recorded_leaves_the_status_alone,
+    |c| c.retry_schedule = Some("60".into()),
+    |app| async move {
+        use hsda::store::webhooks::{Attempt, AttemptOutcome, AttemptRecord};
+        let rx = Receiver::start().await;
+        rx.script(&[(500, None)]);
+        let sub = subscribe(&app, json!({"url": rx.url, "events": ["webhook.ping", "organization.created"]})).await;
+        let sub_id = sub["id"].as_str().unwrap();
+        let failed = ping_delivery(&app, sub_id, 1).await;
+        let ping = app.db.delivery(failed["id"].as_str().unwrap()).await.unwrap().expect("the ping");
+        // Sent before the next delivery went out (its answer comes in a later batch, or through another process).
+        let sent_before = hsda::store::now_text();
+        let (app, path) = (&app, format!("/webhooks/{sub_id}"));
+        let shown = || app.get_as(&app.subscribe_key, &path);
+        assert_eq!(shown().await["status"], "failing");
+        let org = "00000000-0000-4000-8000-00000000f1a9";
+        app.put_ok(
+            &format!("/organizations/{org}"),
+            &json!({"id": org, "name": "Flap Pantry", "description": "Food for all."}),
+        )
+        .await;
+        rx.wait_for("the organization", |r| r.iter().any(|r| r.json()["type"] == "organization.created")).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while shown().await["status"] != "active" {
+            assert!(tokio::time::Instant::now() < deadline, "never recovered: {}", shown().await);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let failing_events =
+            || async move { app.events_after(0).await.iter().filter(|e| e["type"] == "webhook.failing").count() };
+        assert_eq!(failing_events().await, 1);
+
+        let failure = |at: String| AttemptRecord {
+            attempt: Attempt {
+                at,
+                status_code: Some(500),
+                duration_ms: 2,
+                error: Some("HTTP 500".into()),
+                error_class: Some("http_status".into()),
+                response_body: None,
+            },
+            outcome: AttemptOutcome::Retry {
+                at: "2999-01-01T00:00:00.000000Z".into(),
+                held_until: Some("2999-01-01T00:00:00.000000Z".into()),
+            },
+        };
+        // The ping's retry failed, sent before the organization's delivery succeeded: the target answered
+        // since, so the subscription stays recovered and no second `webhook.failing` goes out.
+        app.db.record_attempts(vec![(ping, failure(sent_before))], 3600).await.unwrap();
+        let now = shown().await;
+        assert_eq!((now["status"].as_str(), now["consecutive_failures"].as_i64()), (Some("active"), Some(0)), "{now}");
+        assert_eq!(failing_events().await, 1);
+        let ping = app.db.delivery(&ping_id(&failed)).await.unwrap().expect("the ping");
+        assert_eq!((ping.status.as_str(), ping.attempts), ("retrying", 2), "the delivery takes it: {ping:?}");
+
+        // A failure sent after that success is news: failing again.
+        app.db.record_attempts(vec![(ping, failure(hsda::store::now_text()))], 3600).await.unwrap();
+        let now = shown().await;
+        assert_eq!((now["status"].as_str(), now["consecutive_failures"].as_i64()), (Some("failing"), Some(1)), "{now}");
+        assert_eq!(failing_events().await, 2);
+    }
+);
+
+fn ping_id(delivery: &Value) -> String {
+    delivery["id"].as_str().unwrap().to_string()
+}
+
+both_stores!(
     a_retry_asked_for_while_one_is_held_is_sent_once,
     |c| c.retry_schedule = Some("3".into()),
     |app| async move {

@@ -603,6 +603,41 @@ webhook_test!(an_ordered_subscription_sends_the_next_delivery_as_soon_as_the_las
     assert!(written.elapsed() < std::time::Duration::from_secs(6));
 });
 
+webhook_test!(a_subscription_made_ordered_or_unordered_takes_its_waiting_deliveries_along, |app| async move {
+    // The deliveries waiting behind an in-flight one change queues with the flag: made unordered, the four
+    // waiting in the ordered queue go (they waited there for good before: that queue is only read for
+    // ordered subscriptions); made ordered again, new ones wait in order.
+    let rx = Receiver::start().await;
+    let sub = create(&app, json!({"url": rx.url, "events": ["organization.*"], "ordered": true})).await;
+    let path = format!("/webhooks/{}", sub["id"].as_str().unwrap());
+    rx.wait_for("the ping", has_ping).await;
+    rx.hold();
+    for i in 0..5 {
+        put_org(&app, &org(i), "Org").await;
+    }
+    rx.wait_for("the first, held", |r| Receiver::of_type(r, "organization.created").len() == 1).await;
+    let patched = app.patch_as(&app.subscribe_key, &path, &json!({"ordered": false})).await;
+    assert_eq!(patched.status(), 200);
+    rx.open();
+    let five = |r: &[crate::receiver::Received]| Receiver::of_type(r, "organization.created").len() >= 5;
+    rx.wait_for("all five", five).await;
+
+    let patched = app.patch_as(&app.subscribe_key, &path, &json!({"ordered": true})).await;
+    assert_eq!(patched.status(), 200);
+    rx.script(&[(500, None)]);
+    for i in 5..9 {
+        put_org(&app, &org(i), "Org").await;
+    }
+    let nine = |r: &[crate::receiver::Received]| Receiver::of_type(r, "organization.created").len() >= 10;
+    rx.wait_for("the first of four twice, then the others", nine).await;
+    let sequences: Vec<i64> = Receiver::of_type(&rx.received(), "organization.created")[5..]
+        .iter()
+        .map(|r| r.json()["sequence"].as_i64().unwrap())
+        .collect();
+    assert_eq!(sequences[0], sequences[1], "retried first: {sequences:?}");
+    assert!(sequences[1..].windows(2).all(|w| w[0] < w[1]), "then in sequence order: {sequences:?}");
+});
+
 webhook_test!(verify_holds_a_subscription_until_the_target_echoes_the_challenge, |app| async move {
     let rx = Receiver::start().await;
     rx.answer_challenges(Challenges::EchoWrong);
