@@ -1231,11 +1231,14 @@ const UNORDERED_CLAIMABLE: &str = "deliveries d JOIN subscriptions s ON s.id = d
 /// the head of its queue, its earliest unfinished delivery by event sequence, so a failing delivery holds back
 /// the later ones until it succeeds or fails for good. Found per subscription through the partial index
 /// `deliveries_in_order_queue` (one probe each, whatever the backlog): testing every open delivery against
-/// all earlier ones made each claim read the whole backlog.
+/// all earlier ones made each claim read the whole backlog. The head's own state is tested again on `d`:
+/// PostgreSQL re-checks only those conditions on the newest version of a row it waited for (`FOR UPDATE`),
+/// and the subquery's answer may be a delivery finished meanwhile.
 const ORDERED_HEADS: &str = "subscriptions s JOIN deliveries d ON d.id = (SELECT e.id FROM deliveries e \
      WHERE e.subscription_id = s.id AND e.status IN ('pending', 'retrying') AND e.in_order = 1 \
      ORDER BY e.event_sequence, e.id LIMIT 1) \
-     WHERE s.ordered = 1 AND s.status IN ('active', 'failing')";
+     WHERE s.ordered = 1 AND s.status IN ('active', 'failing') AND d.status IN ('pending', 'retrying') \
+     AND d.in_order = 1";
 
 /// When a delivery can be claimed next: when due, or when its lease runs out if that is later. Written exactly
 /// as the expression of the partial index `deliveries_unordered_claimable_at` (migration 14), which serves the
@@ -1440,32 +1443,41 @@ pub(crate) async fn record_in(
         let mut reason = was_reason.clone();
         // The deliveries a 410 ended (one disabled the subscription): missed like the ones the disable ended.
         let mut gone = Vec::new();
+        let recorded_at = now_text();
         for (delivery, record) in applied.iter().filter(|(d, _)| d.subscription_id == sub_id) {
             let a = &record.attempt;
             let before = status.clone();
-            // The status follows the latest attempt made. One that began before an attempt already recorded
-            // (answered while another went out, recorded in a later batch or by another process) says nothing
-            // newer about the target: applied, a failure sent before a success flipped a recovered
-            // subscription back to failing, and out of order both ways it emitted failing/recovered pairs.
-            // A 410 is final, whenever it was asked.
-            let latest = success_at.as_deref().max(failure_at.as_deref());
-            if latest.is_some_and(|latest| a.at.as_str() < latest) && record.outcome != AttemptOutcome::Gone {
+            // The status follows the attempts in the order they were sent. A success sent before the last
+            // failure recorded, or a failure sent before the last success (answered while the other went
+            // out, recorded in a later batch or by another process), says nothing newer about the target:
+            // applied, a failure sent before a success flipped a recovered subscription back to failing, and
+            // out of order both ways it emitted failing/recovered pairs. It still counts for its delivery.
+            // A 410 is final, whenever it was asked. A time later than now here (a process whose clock runs
+            // ahead recorded it) overrules nothing.
+            let trusted = |t: &Option<String>| t.clone().filter(|t| t.as_str() <= recorded_at.as_str());
+            let newer = match record.outcome {
+                AttemptOutcome::Succeeded => trusted(&failure_at),
+                _ => trusted(&success_at),
+            };
+            if newer.is_some_and(|newer| a.at < newer) && record.outcome != AttemptOutcome::Gone {
                 continue;
             }
+            let later = |t: Option<String>| Some(t.map_or_else(|| a.at.clone(), |t| t.max(a.at.clone())));
             if record.outcome == AttemptOutcome::Succeeded {
                 failures = 0;
                 failing_since = None;
                 if status == "failing" {
                     status = "active".into();
                 }
-                success_at = Some(a.at.clone());
+                success_at = later(success_at);
             } else {
                 failures += 1;
-                failing_since.get_or_insert_with(|| a.at.clone());
+                // The first failure of the run, whichever was recorded first.
+                failing_since = Some(failing_since.map_or_else(|| a.at.clone(), |since| since.min(a.at.clone())));
                 if status == "active" {
                     status = "failing".into();
                 }
-                failure_at = Some(a.at.clone());
+                failure_at = later(failure_at);
             }
             if record.outcome == AttemptOutcome::Gone {
                 gone.push(delivery.id.clone());
@@ -1754,6 +1766,10 @@ async fn insert_new_deliveries(
     Ok(deliveries.into_iter().map(|new| new.delivery).filter(|d| inserted.contains(&d.id)).collect())
 }
 
+/// Inserts one delivery of `event` to `sub` (a ping, a digest, a missed or undigested event). Its `in_order`
+/// is read from the stored subscription, not `sub`: the callers hold that row's lock (or made it in this
+/// transaction), and a copy read before may predate a change of `ordered` (its delivery would then wait in a
+/// queue no claim reads).
 async fn insert_delivery(
     conn: &mut sqlx::AnyConnection,
     sub: &Subscription,
@@ -1764,7 +1780,8 @@ async fn insert_delivery(
     let done = sqlx::query(
         "INSERT INTO deliveries (id, subscription_id, tenant, event_id, event_sequence, event_type, object_id, body, \
          in_order, status, next_attempt_at, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $10, 'pending', $9, $9, $9) ON CONFLICT DO NOTHING",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, COALESCE((SELECT ordered FROM subscriptions WHERE id = $2), 0), \
+         'pending', $9, $9, $9) ON CONFLICT DO NOTHING",
     )
     .bind(delivery_id(&sub.id, &event.id))
     .bind(&sub.id)
@@ -1775,7 +1792,6 @@ async fn insert_delivery(
     .bind(&event.object_id)
     .bind(body)
     .bind(now)
-    .bind(sub.ordered as i64)
     .execute(&mut *conn)
     .await?;
     Ok(done.rows_affected() as usize)

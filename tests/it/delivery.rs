@@ -348,7 +348,7 @@ both_stores!(
         };
         // The ping's retry failed, sent before the organization's delivery succeeded: the target answered
         // since, so the subscription stays recovered and no second `webhook.failing` goes out.
-        app.db.record_attempts(vec![(ping, failure(sent_before))], 3600).await.unwrap();
+        app.db.record_attempts(vec![(ping, failure(sent_before.clone()))], 3600).await.unwrap();
         let now = shown().await;
         assert_eq!((now["status"].as_str(), now["consecutive_failures"].as_i64()), (Some("active"), Some(0)), "{now}");
         assert_eq!(failing_events().await, 1);
@@ -360,6 +360,17 @@ both_stores!(
         let now = shown().await;
         assert_eq!((now["status"].as_str(), now["consecutive_failures"].as_i64()), (Some("failing"), Some(1)), "{now}");
         assert_eq!(failing_events().await, 2);
+
+        // And a success sent before that failure, recorded after it, does not recover it.
+        let ping = app.db.delivery(&ping_id(&failed)).await.unwrap().expect("the ping");
+        let mut success = failure(sent_before);
+        (success.attempt.status_code, success.attempt.error, success.attempt.error_class) = (Some(200), None, None);
+        success.outcome = AttemptOutcome::Succeeded;
+        app.db.record_attempts(vec![(ping, success)], 3600).await.unwrap();
+        let now = shown().await;
+        assert_eq!((now["status"].as_str(), now["consecutive_failures"].as_i64()), (Some("failing"), Some(1)), "{now}");
+        let recovered = app.events_after(0).await.iter().filter(|e| e["type"] == "webhook.recovered").count();
+        assert_eq!(recovered, 1, "only the real recovery");
     }
 );
 

@@ -10,7 +10,7 @@ DROP INDEX IF EXISTS deliveries_open_claimable_at;
 CREATE INDEX IF NOT EXISTS deliveries_unordered_claimable_at ON deliveries
     ((CASE WHEN lease_until IS NOT NULL AND lease_until > next_attempt_at THEN lease_until ELSE next_attempt_at END))
     WHERE status IN ('pending', 'retrying') AND in_order = 0;
-DROP INDEX IF EXISTS deliveries_open_by_subscription;
+-- (`deliveries_open_by_subscription` stays: a disable ends a subscription's open deliveries through it.)
 CREATE INDEX IF NOT EXISTS deliveries_in_order_queue ON deliveries (subscription_id, event_sequence, id)
     WHERE status IN ('pending', 'retrying') AND in_order = 1;
 CREATE INDEX IF NOT EXISTS subscriptions_receiving_in_order ON subscriptions (id)
