@@ -431,31 +431,17 @@ async fn put(
     let options = WriteOptions {
         if_match: precondition(header::IF_MATCH, table, &id, &headers),
         if_none_match: precondition(header::IF_NONE_MATCH, table, &id, &headers),
+        answer: Some((table, id.clone())),
         ..WriteOptions::default()
     };
     // Created or replaced is decided inside the write's transaction, so two racing PUTs of a new id get one
-    // 201 and one 200.
-    for _ in 1..PUT_ATTEMPTS {
-        let mut outcome = state.db.apply(ops.clone(), options.clone()).await?;
-        let created = outcome.created.iter().any(|(kind, created)| *kind == table.name && *created == id);
-        match written(&state, table, &id, if created { StatusCode::CREATED } else { StatusCode::OK }, &mut outcome)
-            .await
-        {
-            // It changed nothing (the row was as given) and was deleted before it could be read back: a PUT
-            // creates what is not there, so it goes again, after that delete.
-            Err(ApiError::NotFound(_)) => continue,
-            answer => return answer,
-        }
-    }
+    // 201 and one 200; the row answered with is read there too, so a DELETE right after cannot make it a 404.
     let mut outcome = state.db.apply(ops, options).await?;
     let created = outcome.created.iter().any(|(kind, created)| *kind == table.name && *created == id);
     written(&state, table, &id, if created { StatusCode::CREATED } else { StatusCode::OK }, &mut outcome).await
 }
 
-/// How many times in all a PUT is made when a concurrent DELETE keeps removing the row it left unchanged.
-const PUT_ATTEMPTS: usize = 3;
-
-/// The answer to a write: the row as the write left it (read again only when the write changed nothing).
+/// The answer to a write: the row as the write left it (handed back by the write: see `WriteOptions::answer`).
 async fn written(
     state: &AppState,
     table: &'static Table,
@@ -497,6 +483,7 @@ async fn patch(
     let options = WriteOptions {
         if_match: precondition(header::IF_MATCH, table, &id, &headers),
         if_none_match: precondition(header::IF_NONE_MATCH, table, &id, &headers),
+        answer: Some((table, id.clone())),
         ..WriteOptions::default()
     };
     // Merged inside the write, under the row's lock: a concurrent change is merged with, never lost or refused.

@@ -1075,6 +1075,9 @@ impl Db {
         if recorded.statuses_changed {
             self.subscriptions_changed();
         }
+        if recorded.next_in_order {
+            self.dispatch.next_in_order.store(true, Ordering::Release);
+        }
         // (`webhook.*` events only come with a status change.)
         if recorded.statuses_changed || recorded.retries || recorded.next_in_order {
             self.notify_changed();
@@ -2208,6 +2211,9 @@ pub(crate) struct DispatchState {
     /// The last event sequence this process appended, and the last one either dispatcher covered.
     appended_through: AtomicI64,
     dispatched_through: AtomicI64,
+    /// An ordered subscription's delivery was done with since the worker last asked: the next one in its
+    /// queue may be claimed now.
+    next_in_order: std::sync::atomic::AtomicBool,
 }
 
 /// What dispatching needs that the store does not know: how thin payloads link back, and the lease.
@@ -2267,6 +2273,12 @@ impl Db {
     /// The deliveries dispatched at commit since the last call.
     pub(crate) fn take_handed_over(&self) -> Vec<Delivery> {
         std::mem::take(&mut *self.dispatch.handed.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Whether an ordered subscription's delivery was done with (here) since the last call: its next one
+    /// waits for a claim.
+    pub(crate) fn take_next_in_order(&self) -> bool {
+        self.dispatch.next_in_order.swap(false, Ordering::AcqRel)
     }
 }
 

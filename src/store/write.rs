@@ -102,6 +102,11 @@ pub struct WriteOptions {
     pub origin: Option<String>,
     /// Keep the `modified_at` time given here instead of now (imports of older data keep their times).
     pub at: Option<String>,
+    /// The row the caller answers with (a PUT's or PATCH's own): when the write leaves it as it was, its
+    /// representation is read in the write's transaction right after it (before the writes grouped after
+    /// it) and handed back in [`WriteOutcome::documents`] like a changed row's. Read after the commit
+    /// instead, a DELETE committed in between made a PUT answer 404.
+    pub answer: Option<(&'static Table, String)>,
 }
 
 /// What a write did.
@@ -206,7 +211,9 @@ impl Db {
         let mut known = Known::prefetch(tx, self.backend, ops.iter()).await?;
         let staged = self.stage_in(tx, ops, options, &mut known).await?;
         let finished = finish_staged(tx, self.backend, vec![staged]).await?;
-        Ok(finished.and_then(|mut f| f.pop()).expect("one write staged, one finished"))
+        let mut pending = finished.and_then(|mut f| f.pop()).expect("one write staged, one finished");
+        pending.read_answer(tx, options).await?;
+        Ok(pending)
     }
 
     /// Writes the rows of `ops` inside `tx` and checks their references, leaving the documents that embed
@@ -390,9 +397,23 @@ pub(crate) struct PendingWrite {
     pub events: Vec<NewEvent>,
     pub origin: String,
     pub now: String,
+    /// The representation of [`WriteOptions::answer`] when this write left it unchanged (see
+    /// [`PendingWrite::read_answer`]).
+    pub answer: Option<(&'static str, String, Value)>,
 }
 
 impl PendingWrite {
+    /// Reads the representation of `options.answer` on `conn` (in the write's transaction, before any write
+    /// after it), unless the write changed that row: its event carries it then.
+    pub(crate) async fn read_answer(&mut self, conn: &mut Conn<'_>, options: &WriteOptions) -> sqlx::Result<()> {
+        let Some((table, id)) = &options.answer else { return Ok(()) };
+        if self.events.iter().any(|e| e.object == table.name && e.object_id == *id) {
+            return Ok(());
+        }
+        self.answer = super::read::representation(conn, table, id).await?.map(|doc| (table.name, id.clone(), doc));
+        Ok(())
+    }
+
     /// Appends the events (taking their sequence numbers) and tells what the write did; with `keep_events`,
     /// also returns the events as appended (for dispatching them in the same transaction).
     pub(crate) async fn append(
@@ -412,8 +433,12 @@ impl PendingWrite {
     /// What the write did, its events having been appended as `appended`; with `keep_events`, also the
     /// events as appended (for dispatching them in the same transaction).
     pub(crate) fn appended(self, appended: Appended, keep_events: bool) -> (WriteOutcome, Vec<Event>) {
-        let mut outcome =
-            WriteOutcome { rows_changed: self.rows_changed, created: self.created, ..WriteOutcome::default() };
+        let mut outcome = WriteOutcome {
+            rows_changed: self.rows_changed,
+            created: self.created,
+            documents: self.answer.into_iter().collect(),
+            ..WriteOutcome::default()
+        };
         if self.events.is_empty() {
             return (outcome, Vec::new());
         }
@@ -423,16 +448,12 @@ impl PendingWrite {
         // What each changed row reads as now is its event's data: handed back, so the caller need not read it.
         let document = |e: &NewEvent| !e.event_type.ends_with(".deleted") && !e.data.is_null();
         if keep_events {
-            outcome.documents = self
-                .events
-                .iter()
-                .filter(|e| document(e))
-                .map(|e| (e.object, e.object_id.clone(), e.data.clone()))
-                .collect();
+            outcome.documents.extend(
+                self.events.iter().filter(|e| document(e)).map(|e| (e.object, e.object_id.clone(), e.data.clone())),
+            );
             return (outcome, appended.into_events(self.events, &self.origin, &self.now));
         }
-        outcome.documents =
-            self.events.into_iter().filter(|e| document(e)).map(|e| (e.object, e.object_id, e.data)).collect();
+        outcome.documents.extend(self.events.into_iter().filter(document).map(|e| (e.object, e.object_id, e.data)));
         (outcome, Vec::new())
     }
 }
@@ -1773,6 +1794,7 @@ pub(crate) async fn finish_staged(
                 events,
                 origin: s.origin,
                 now: s.now,
+                answer: None,
             })
             .collect(),
     ))
