@@ -599,7 +599,16 @@ async fn run_group(
                 }
                 // The ops are kept in case the group has to run again.
                 match db.stage_in(&mut conn, job.ops.clone(), &job.options, &mut known).await {
-                    Ok(write) => staged.push((job, write)),
+                    Ok(write) => {
+                        // A write that changed nothing answers with its row as it reads now: finished at
+                        // once, so that no write staged after it (which `may_precede` would let through, this
+                        // one having touched nothing) shows in that answer.
+                        let answers_unchanged = job.options.answer.is_some() && write.changed_nothing();
+                        staged.push((job, write));
+                        if answers_unchanged {
+                            finish(&mut conn, db.backend, &mut staged, &mut applied, &mut waiting).await?;
+                        }
+                    }
                     Err(_) => {
                         waiting.push_front(job);
                         for (job, _) in std::mem::take(&mut staged).into_iter().rev() {

@@ -320,6 +320,11 @@ pub(crate) struct Staged {
 }
 
 impl Staged {
+    /// Whether this write changed no row.
+    pub(crate) fn changed_nothing(&self) -> bool {
+        self.touched.is_empty()
+    }
+
     /// Whether this write touched the `table` row `id`.
     fn touches(&self, table: &str, id: &str) -> bool {
         self.touched.iter().any(|t| t.table.name == table && t.id == id)

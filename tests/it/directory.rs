@@ -1393,6 +1393,26 @@ store_test!(concurrent_puts_creating_the_same_service_of_one_organization_all_su
     }
 });
 
+store_test!(each_of_racing_puts_of_one_row_answers_with_its_own_body, |app| async move {
+    // A PUT answers with the row as it left it: a PUT that finds the row already as it says (it changes
+    // nothing) and is grouped with a PUT that changes it must not answer with the other one's body.
+    let app = &app;
+    let path = format!("/organizations/{O1}");
+    app.put_ok(&path, &org_body(O1, "Name A")).await;
+    for round in 0..6 {
+        let puts = (0..8).map(|i| {
+            let name = if (i + round) % 2 == 0 { "Name A" } else { "Name B" };
+            let path = path.clone();
+            async move { (name, app.put(&path, &org_body(O1, name)).await) }
+        });
+        for (name, answer) in futures::future::join_all(puts).await {
+            assert_eq!(answer.status(), 200);
+            let body: Value = answer.json().await.expect("JSON");
+            assert_eq!(body["name"], name, "round {round}: {body}");
+        }
+    }
+});
+
 store_test!(puts_and_deletes_of_one_row_racing_each_other_all_succeed, |app| async move {
     // A PUT creates or replaces: whatever DELETE of the same id runs beside it, it answers 200 or 201, never
     // 404 (its row, left unchanged, deleted before it was read back) nor 500 (an insert that kept losing to
