@@ -438,12 +438,12 @@ async fn put(
     // 201 and one 200; the row answered with is read there too, so a DELETE right after cannot make it a 404.
     let mut outcome = state.db.apply(ops, options).await?;
     let created = outcome.created.iter().any(|(kind, created)| *kind == table.name && *created == id);
-    written(&state, table, &id, if created { StatusCode::CREATED } else { StatusCode::OK }, &mut outcome).await
+    written(table, &id, if created { StatusCode::CREATED } else { StatusCode::OK }, &mut outcome)
 }
 
-/// The answer to a write: the row as the write left it (handed back by the write: see `WriteOptions::answer`).
-async fn written(
-    state: &AppState,
+/// The answer to a write: the row as the write left it, which the write hands back (its event's data, or
+/// read in its transaction when it left the row unchanged: see `WriteOptions::answer`).
+fn written(
     table: &'static Table,
     id: &str,
     status: StatusCode,
@@ -452,7 +452,7 @@ async fn written(
     let mine = outcome.documents.iter().position(|(t, i, _)| *t == table.name && i == id);
     let doc = match mine {
         Some(at) => outcome.documents.swap_remove(at).2,
-        None => state.db.get(table, id).await?.ok_or_else(|| ApiError::NotFound(format!("{} {id}", table.name)))?,
+        None => return Err(ApiError::NotFound(format!("{} {id}", table.name))),
     };
     let tag = etag(&doc);
     // The same view a plain GET serves.
@@ -488,7 +488,7 @@ async fn patch(
     };
     // Merged inside the write, under the row's lock: a concurrent change is merged with, never lost or refused.
     let mut outcome = state.db.apply(vec![Op::MergePatch { table, id: id.clone(), patch }], options).await?;
-    written(&state, table, &id, StatusCode::OK, &mut outcome).await
+    written(table, &id, StatusCode::OK, &mut outcome)
 }
 
 async fn remove(

@@ -211,9 +211,7 @@ impl Db {
         let mut known = Known::prefetch(tx, self.backend, ops.iter()).await?;
         let staged = self.stage_in(tx, ops, options, &mut known).await?;
         let finished = finish_staged(tx, self.backend, vec![staged]).await?;
-        let mut pending = finished.and_then(|mut f| f.pop()).expect("one write staged, one finished");
-        pending.read_answer(tx, options).await?;
-        Ok(pending)
+        Ok(finished.and_then(|mut f| f.pop()).expect("one write staged, one finished"))
     }
 
     /// Writes the rows of `ops` inside `tx` and checks their references, leaving the documents that embed
@@ -302,7 +300,8 @@ impl Db {
                 std::iter::once(t.id.as_str()).chain(values).map(str::to_string).collect::<Vec<_>>()
             })
             .collect();
-        Ok(Staged { touched, links, deleted_docs, documents_locked, inserted_docs, origin, now })
+        let answer = options.answer.clone();
+        Ok(Staged { touched, links, deleted_docs, documents_locked, inserted_docs, origin, now, answer })
     }
 }
 
@@ -317,6 +316,8 @@ pub(crate) struct Staged {
     inserted_docs: HashMap<Root, InsertedDoc>,
     origin: String,
     now: String,
+    /// [`WriteOptions::answer`], read when the write is finished.
+    answer: Option<(&'static Table, String)>,
 }
 
 impl Staged {
@@ -402,23 +403,12 @@ pub(crate) struct PendingWrite {
     pub events: Vec<NewEvent>,
     pub origin: String,
     pub now: String,
-    /// The representation of [`WriteOptions::answer`] when this write left it unchanged (see
-    /// [`PendingWrite::read_answer`]).
+    /// The representation of [`WriteOptions::answer`] when this write left it unchanged (read by
+    /// [`finish_staged`]; a changed row's is its event's data).
     pub answer: Option<(&'static str, String, Value)>,
 }
 
 impl PendingWrite {
-    /// Reads the representation of `options.answer` on `conn` (in the write's transaction, before any write
-    /// after it), unless the write changed that row: its event carries it then.
-    pub(crate) async fn read_answer(&mut self, conn: &mut Conn<'_>, options: &WriteOptions) -> sqlx::Result<()> {
-        let Some((table, id)) = &options.answer else { return Ok(()) };
-        if self.events.iter().any(|e| e.object == table.name && e.object_id == *id) {
-            return Ok(());
-        }
-        self.answer = super::read::representation(conn, table, id).await?.map(|doc| (table.name, id.clone(), doc));
-        Ok(())
-    }
-
     /// Appends the events (taking their sequence numbers) and tells what the write did; with `keep_events`,
     /// also returns the events as appended (for dispatching them in the same transaction).
     pub(crate) async fn append(
@@ -1789,20 +1779,19 @@ pub(crate) async fn finish_staged(
             s.touched.iter().filter(|t| t.action == Action::Created).map(|t| (t.table.name, t.id.clone())).collect();
         finished.push((s.touched.len(), created, events));
     }
-    Ok(Some(
-        staged
-            .into_iter()
-            .zip(finished)
-            .map(|(s, (rows_changed, created, events))| PendingWrite {
-                rows_changed,
-                created,
-                events,
-                origin: s.origin,
-                now: s.now,
-                answer: None,
-            })
-            .collect(),
-    ))
+    let mut pending = Vec::with_capacity(staged.len());
+    for (s, (rows_changed, created, events)) in staged.into_iter().zip(finished) {
+        // The row a caller answers with, where this write left it unchanged: read here, in the write's
+        // transaction and before any write after it (see `WriteOptions::answer`).
+        let answer = match s.answer {
+            Some((table, id)) if !events.iter().any(|e| e.object == table.name && e.object_id == id) => {
+                super::read::representation(writer.conn, table, &id).await?.map(|doc| (table.name, id, doc))
+            }
+            _ => None,
+        };
+        pending.push(PendingWrite { rows_changed, created, events, origin: s.origin, now: s.now, answer });
+    }
+    Ok(Some(pending))
 }
 
 /// Who points at each of `ids`: (kind, field, id) of every reference to it.
