@@ -1439,19 +1439,16 @@ pub(crate) async fn record_in(
         else {
             continue;
         };
-        // An ordered subscription's next delivery can go once this one is done (succeeded or failed for
-        // good): the claim must not wait for the worker's fallback tick (a second per delivery), nor for the
-        // spacing between claims. A retry releases nothing: its queue stays behind it.
-        next_in_order |= ordered != 0
-            && applied
-                .iter()
-                .any(|(d, r)| d.subscription_id == sub_id && !matches!(r.outcome, AttemptOutcome::Retry { .. }));
         let mut status = was.clone();
         let mut reason = was_reason.clone();
         // The deliveries a 410 ended (one disabled the subscription): missed like the ones the disable ended.
         let mut gone = Vec::new();
         let recorded_at = now_text();
         for (delivery, record) in applied.iter().filter(|(d, _)| d.subscription_id == sub_id) {
+            // An ordered subscription's next delivery can go once this one is done (succeeded or failed for
+            // good): the claim must not wait for the worker's fallback tick (a second per delivery), nor for
+            // the spacing between claims. A retry releases nothing: its queue stays behind it.
+            next_in_order |= ordered != 0 && !matches!(record.outcome, AttemptOutcome::Retry { .. });
             let a = &record.attempt;
             let before = status.clone();
             // The status follows the attempts in the order they were sent. A success sent before the last

@@ -267,7 +267,7 @@ both_stores!(
 );
 
 both_stores!(a_late_failed_attempt_never_reopens_a_delivery_that_succeeded, |_| {}, |app| async move {
-    use hsda::store::webhooks::{Attempt, AttemptOutcome, AttemptRecord};
+    use hsda::store::webhooks::AttemptOutcome;
     let rx = Receiver::start().await;
     let sub = subscribe(&app, json!({"url": rx.url, "events": ["webhook.ping"]})).await;
     let done = ping_delivery(&app, sub["id"].as_str().unwrap(), 1).await;
@@ -277,17 +277,7 @@ both_stores!(a_late_failed_attempt_never_reopens_a_delivery_that_succeeded, |_| 
     // An attempt that was still in flight when the delivery was sent again (a retry asked for meanwhile, say)
     // fails after the other one succeeded: it is recorded, and the delivery stays done.
     let at = hsda::store::now_text();
-    let late = AttemptRecord {
-        attempt: Attempt {
-            at: at.clone(),
-            status_code: Some(500),
-            duration_ms: 3,
-            error: Some("HTTP 500".into()),
-            error_class: Some("http_status".into()),
-            response_body: None,
-        },
-        outcome: AttemptOutcome::Retry { at, held_until: None },
-    };
+    let late = answered(at.clone(), 500, AttemptOutcome::Retry { at, held_until: None });
     app.db.record_attempts(vec![(delivery, late)], 3600).await.unwrap();
     let after = app.get_as(&app.subscribe_key, &format!("/deliveries/{id}")).await;
     assert_eq!(after["status"], "succeeded", "{after}");
@@ -304,13 +294,13 @@ both_stores!(
     an_attempt_older_than_the_last_one_recorded_leaves_the_status_alone,
     |c| c.retry_schedule = Some("60".into()),
     |app| async move {
-        use hsda::store::webhooks::{Attempt, AttemptOutcome, AttemptRecord};
+        use hsda::store::webhooks::AttemptOutcome;
         let rx = Receiver::start().await;
         rx.script(&[(500, None)]);
         let sub = subscribe(&app, json!({"url": rx.url, "events": ["webhook.ping", "organization.created"]})).await;
         let sub_id = sub["id"].as_str().unwrap();
-        let failed = ping_delivery(&app, sub_id, 1).await;
-        let ping = app.db.delivery(failed["id"].as_str().unwrap()).await.unwrap().expect("the ping");
+        let ping_id = ping_delivery(&app, sub_id, 1).await["id"].as_str().unwrap().to_string();
+        let ping = app.db.delivery(&ping_id).await.unwrap().expect("the ping");
         // Sent before the next delivery went out (its answer comes in a later batch, or through another process).
         let sent_before = hsda::store::now_text();
         let (app, path) = (&app, format!("/webhooks/{sub_id}"));
@@ -332,27 +322,16 @@ both_stores!(
             || async move { app.events_after(0).await.iter().filter(|e| e["type"] == "webhook.failing").count() };
         assert_eq!(failing_events().await, 1);
 
-        let failure = |at: String| AttemptRecord {
-            attempt: Attempt {
-                at,
-                status_code: Some(500),
-                duration_ms: 2,
-                error: Some("HTTP 500".into()),
-                error_class: Some("http_status".into()),
-                response_body: None,
-            },
-            outcome: AttemptOutcome::Retry {
-                at: "2999-01-01T00:00:00.000000Z".into(),
-                held_until: Some("2999-01-01T00:00:00.000000Z".into()),
-            },
-        };
+        let far = "2999-01-01T00:00:00.000000Z";
+        let failure =
+            |at: String| answered(at, 500, AttemptOutcome::Retry { at: far.into(), held_until: Some(far.into()) });
         // The ping's retry failed, sent before the organization's delivery succeeded: the target answered
         // since, so the subscription stays recovered and no second `webhook.failing` goes out.
         app.db.record_attempts(vec![(ping, failure(sent_before.clone()))], 3600).await.unwrap();
         let now = shown().await;
         assert_eq!((now["status"].as_str(), now["consecutive_failures"].as_i64()), (Some("active"), Some(0)), "{now}");
         assert_eq!(failing_events().await, 1);
-        let ping = app.db.delivery(&ping_id(&failed)).await.unwrap().expect("the ping");
+        let ping = app.db.delivery(&ping_id).await.unwrap().expect("the ping");
         assert_eq!((ping.status.as_str(), ping.attempts), ("retrying", 2), "the delivery takes it: {ping:?}");
 
         // A failure sent after that success is news: failing again.
@@ -362,10 +341,8 @@ both_stores!(
         assert_eq!(failing_events().await, 2);
 
         // And a success sent before that failure, recorded after it, does not recover it.
-        let ping = app.db.delivery(&ping_id(&failed)).await.unwrap().expect("the ping");
-        let mut success = failure(sent_before);
-        (success.attempt.status_code, success.attempt.error, success.attempt.error_class) = (Some(200), None, None);
-        success.outcome = AttemptOutcome::Succeeded;
+        let ping = app.db.delivery(&ping_id).await.unwrap().expect("the ping");
+        let success = answered(sent_before, 200, AttemptOutcome::Succeeded);
         app.db.record_attempts(vec![(ping, success)], 3600).await.unwrap();
         let now = shown().await;
         assert_eq!((now["status"].as_str(), now["consecutive_failures"].as_i64()), (Some("failing"), Some(1)), "{now}");
@@ -374,8 +351,25 @@ both_stores!(
     }
 );
 
-fn ping_id(delivery: &Value) -> String {
-    delivery["id"].as_str().unwrap().to_string()
+/// The record of an attempt sent `at` that the target answered with `status_code` (a failure unless 2xx),
+/// and what the recorder is to do next: as the worker hands it over.
+fn answered(
+    at: String,
+    status_code: i64,
+    outcome: hsda::store::webhooks::AttemptOutcome,
+) -> hsda::store::webhooks::AttemptRecord {
+    let failed = !(200..300).contains(&status_code);
+    hsda::store::webhooks::AttemptRecord {
+        attempt: hsda::store::webhooks::Attempt {
+            at,
+            status_code: Some(status_code),
+            duration_ms: 2,
+            error: failed.then(|| format!("HTTP {status_code}")),
+            error_class: failed.then(|| "http_status".into()),
+            response_body: None,
+        },
+        outcome,
+    }
 }
 
 both_stores!(
