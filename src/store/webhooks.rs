@@ -2162,6 +2162,9 @@ mod tests {
                 }
                 let plan = query.fetch_all(&mut *tx).await.expect("explain").join("\n");
                 tx.rollback().await.expect("rollback");
+                // The figures BENCHMARKS.md quotes (`-- --nocapture`).
+                let took = plan.lines().find(|l| l.starts_with("Execution Time")).unwrap_or_default();
+                eprintln!("{took}: {}", &sql[..sql.len().min(160)]);
                 assert!(!plan.contains("Seq Scan on deliveries"), "{sql}\n{plan}");
                 if sql.contains("e.in_order = 1") {
                     assert!(plan.contains("deliveries_in_order_queue"), "{sql}\n{plan}");
