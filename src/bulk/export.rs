@@ -42,7 +42,11 @@ pub async fn export_ndjson(db: &Db, out: &Path) -> anyhow::Result<String> {
         Box::new(std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?)
     };
     let mut writer = std::io::BufWriter::new(sink);
-    let mut lines = Vec::new();
+    // What an import of the lines would make of them, by the importer's own reading of each line as it is
+    // written (the documents themselves are not kept): checked below against every row the directory holds.
+    let mut imported: HashMap<(&str, String), Row> = HashMap::new();
+    let mut ignored = Vec::new();
+    let mut documents = 0usize;
     // Taxonomies and terms first (no root document holds them whole; services' attributes point at terms),
     // then organizations (without their service list) and locations, then services: the order a reader
     // that resolves references line by line needs.
@@ -62,19 +66,19 @@ pub async fn export_ndjson(db: &Db, out: &Path) -> anyhow::Result<String> {
             let line = json!({ "table": t.name, "data": doc });
             serde_json::to_writer(&mut writer, &line)?;
             writer.write_all(b"\n")?;
-            lines.push((String::new(), line));
+            documents += 1;
+            // A later line's row replaces an earlier one's on import; a related row's copy (a capacity's
+            // unit) counts only where no line gives the row itself.
+            let read = super::import::rows_of_documents(vec![(String::new(), line)], &mut ignored);
+            for (t, row, _) in read.rows {
+                imported.insert((t.name, id_of(&row).unwrap_or_default()), row);
+            }
+            for (t, row, _) in read.copies {
+                imported.entry((t.name, id_of(&row).unwrap_or_default())).or_insert(row);
+            }
         }
     }
-    let documents = lines.len();
-    // What an import of these lines would make of them, by the importer's own reading, against every row
-    // the directory holds: a row they miss, or give otherwise, follows on a line of its own (a later line's
-    // row replaces an earlier one's on import).
-    let mut ignored = Vec::new();
-    let read = super::import::rows_of_documents(lines, &mut ignored);
-    let mut imported: HashMap<(&str, String), Row> = HashMap::new();
-    for (t, row, _) in read.rows.into_iter().chain(read.copies) {
-        imported.insert((t.name, id_of(&row).unwrap_or_default()), row);
-    }
+    // A row the lines miss, or give otherwise, follows on a line of its own.
     let mut rows = 0usize;
     for t in TABLES {
         let mut stream = std::pin::pin!(db.stream_rows(t));
