@@ -2,6 +2,10 @@
 //! a `.zip`. Reading finds each table's file through the descriptor (falling back to the catalog's file
 //! name), checks every column against the catalog and converts each cell to JSON by the column's type.
 //! Writing produces a package of every catalog table, rows sorted by id, with a descriptor of our own.
+//!
+//! A cell cannot tell an empty string from no value: both are an empty cell, read back as no value. So an
+//! optional field holding `""` comes back `null` (the NDJSON form keeps it), and a required text field may
+//! not be `""` at all (writes refuse it, `hsds::validate`), or its export could never be imported back.
 
 use std::collections::{HashMap, HashSet};
 use std::fs;

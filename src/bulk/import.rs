@@ -22,10 +22,12 @@ pub fn read_path(path: &Path) -> anyhow::Result<ImportRows> {
     let name = path.to_string_lossy().to_lowercase();
     let mut rows: LabelledRows = Vec::new();
     let mut copies: LabelledRows = Vec::new();
+    let mut child_sets = Vec::new();
     let mut problems: Vec<String> = Vec::new();
     if name.ends_with(".json") || name.ends_with(".ndjson") || name.ends_with(".jsonl") {
         let docs = super::ndjson::read_json_documents(path).map_err(|e| anyhow::anyhow!("{e}"))?;
-        ImportRows { rows, copies } = rows_of_documents(docs, &mut problems);
+        let documents = rows_of_documents(docs, &mut problems);
+        (rows, copies, child_sets) = (documents.rows, documents.copies, documents.child_sets);
     } else {
         let source = read_datapackage(path).map_err(|e| anyhow::anyhow!("{e}"))?;
         let mut first_seen = FirstSeen::default();
@@ -49,20 +51,22 @@ pub fn read_path(path: &Path) -> anyhow::Result<ImportRows> {
         bail!("{} problem(s), nothing was imported:\n  {shown}", problems.len());
     }
     // References are checked once all rows are in (`Db::import`), so the copies may come last.
-    Ok(ImportRows { rows, copies })
+    Ok(ImportRows { rows, copies, child_sets })
 }
 
 /// The rows of JSON documents, each labelled with where it was found; what is wrong with them goes to
 /// `problems`. A document is either a line as `hsda export --format ndjson` writes it, `{"table": "phone",
 /// "data": {...}}`, whose `data` is an object of that table (nesting what a `PUT` of it may nest), or a bare
 /// HSDS object, whose table is guessed from its fields (files of other tools, and hsda's exports from
-/// before its lines named their table, name none). Rows come in document order, so a later document's row replaces an earlier one's
+/// before its lines named their table, name none). The nested arrays a document gives replace its row's
+/// children there, as a `PUT` of it would (`ImportRows::child_sets`). Rows come in document order, so a later document's row replaces an earlier one's
 /// (`hsda export` writes a row on a line of its own after the documents when they do not hold it as it is).
 pub(crate) fn rows_of_documents(docs: Vec<(String, Value)>, problems: &mut Vec<String>) -> ImportRows {
     let mut rows: LabelledRows = Vec::new();
     // Related rows' copies (a capacity's unit, shared by many services) are imported too, once each, only where
     // no document gives the row itself, and only where the directory does not hold it yet.
     let mut copies: LabelledRows = Vec::new();
+    let mut child_sets = Vec::new();
     let referenced = Referenced::in_documents(docs.iter().map(|(_, doc)| typed_line(doc).map_or(doc, |(_, d)| d)));
     let mut first_seen = FirstSeen::default();
     for (label, line) in &docs {
@@ -98,6 +102,7 @@ pub(crate) fn rows_of_documents(docs: Vec<(String, Value)>, problems: &mut Vec<S
             Ok(flat) => {
                 copies.extend(flat.related.into_iter().flat_map(|r| r.body.all_rows()).map(labelled));
                 rows.extend(flat.rows.into_iter().map(labelled));
+                child_sets.extend(flat.child_sets);
             }
             Err(errors) => {
                 problems.extend(errors.into_iter().map(|e| format!("{label}, field {}: {}", e.pointer, e.detail)))
@@ -107,7 +112,7 @@ pub(crate) fn rows_of_documents(docs: Vec<(String, Value)>, problems: &mut Vec<S
     let mut given: std::collections::HashSet<(&str, String)> =
         rows.iter().map(|(t, row, _)| (t.name, crate::store::compile::id_of(row).unwrap_or_default())).collect();
     copies.retain(|(t, row, _)| given.insert((t.name, crate::store::compile::id_of(row).unwrap_or_default())));
-    ImportRows { rows, copies }
+    ImportRows { rows, copies, child_sets }
 }
 
 /// A line that names its table, `{"table": "phone", "data": {...}}`: the table (or why it is no table of

@@ -1115,7 +1115,9 @@ impl Writer<'_, '_> {
         Ok(())
     }
 
-    /// Every reference of every row written must name an existing row of the referenced table.
+    /// Every reference a write sets must name an existing row of the referenced table. A reference the row
+    /// already had is not checked again: a lenient import may have stored one to a row its package lacked
+    /// (with a warning), and a change of another field of that row must not be refused for it.
     async fn check_references(&mut self) -> Result<(), WriteError> {
         // (kind, id) -> pointers that need it
         let mut wanted: HashMap<&'static str, HashMap<String, Vec<String>>> = HashMap::new();
@@ -1123,7 +1125,12 @@ impl Writer<'_, '_> {
             let Some(after) = &t.after else { continue };
             for field in t.table.reference_fields() {
                 let Some(target) = t.table.checked_reference(field) else { continue };
-                if let Some(value) = after.get(field.name).and_then(Value::as_str) {
+                let value = after.get(field.name).and_then(Value::as_str);
+                let kept = t.before.as_ref().and_then(|before| before.get(field.name)?.as_str());
+                if value.is_some() && value == kept {
+                    continue;
+                }
+                if let Some(value) = value {
                     wanted
                         .entry(target)
                         .or_default()
@@ -1824,11 +1831,14 @@ pub type LabelledRows = Vec<(&'static Table, Row, String)>;
 pub struct ImportRows {
     pub rows: LabelledRows,
     pub copies: LabelledRows,
+    /// The nested arrays the documents give (a service's `phones`): as a `PUT` of the document would, they
+    /// replace the parent's children, except children the import gives elsewhere.
+    pub child_sets: Vec<document::ChildSet>,
 }
 
 impl From<LabelledRows> for ImportRows {
     fn from(rows: LabelledRows) -> Self {
-        ImportRows { rows, copies: Vec::new() }
+        ImportRows { rows, copies: Vec::new(), child_sets: Vec::new() }
     }
 }
 
@@ -1945,7 +1955,7 @@ impl Db {
 
     async fn import_in_tx(
         &self,
-        ImportRows { rows, copies }: ImportRows,
+        ImportRows { rows, copies, child_sets }: ImportRows,
         strict_references: bool,
         progress: Progress<'_>,
     ) -> Result<WriteOutcome, WriteError> {
@@ -1972,6 +1982,8 @@ impl Db {
             documents_at_insert: false,
             inserted_docs: HashMap::new(),
         };
+        let given: HashSet<(&'static str, String)> =
+            rows.iter().chain(&copies).filter_map(|(t, row, _)| Some((t.name, id_of(row)?))).collect();
         let copies = copies.into_iter().map(|row| (row, true));
         for (i, ((table, row, pointer), copy)) in rows.into_iter().map(|row| (row, false)).chain(copies).enumerate() {
             if copy
@@ -1986,6 +1998,7 @@ impl Db {
             }
         }
         progress("rows", total, total);
+        writer.replace_child_sets(child_sets, &given).await?;
         let dangling = writer.dangling_references().await?;
         if strict_references && !dangling.is_empty() {
             return Err(WriteError::Invalid(dangling));
@@ -2003,6 +2016,43 @@ impl Db {
 }
 
 impl Writer<'_, '_> {
+    /// Removes from each of `sets` the children of its parent that neither the set nor any other part of the
+    /// import (`given`) holds, as [`Op::KeepChildren`] does for a `PUT`. A parent the import created has no
+    /// other children (nothing is read for it: a first import reads nothing more).
+    async fn replace_child_sets(
+        &mut self,
+        sets: Vec<document::ChildSet>,
+        given: &HashSet<(&'static str, String)>,
+    ) -> Result<(), WriteError> {
+        let created: HashSet<&str> =
+            self.touched.iter().filter(|t| t.action == Action::Created).map(|t| t.id.as_str()).collect();
+        let sets: Vec<document::ChildSet> =
+            sets.into_iter().filter(|set| !created.contains(set.parent_id.as_str())).collect();
+        for set in sets {
+            let existing: Vec<(String,)> = self
+                .conn
+                .fetch_all(
+                    "SELECT id FROM record_refs WHERE target_id = $1 AND kind = $2 AND field = $3",
+                    &[(&set.parent_id).into(), set.table.name.into(), set.field.into()],
+                )
+                .await?;
+            let leaving = |id: &String| !set.keep.contains(id) && !given.contains(&(set.table.name, id.clone()));
+            if !existing.iter().any(|(id,)| leaving(id)) {
+                continue;
+            }
+            let keep = existing.iter().map(|(id,)| id).filter(|id| !leaving(id)).cloned().collect();
+            let op = Op::KeepChildren {
+                table: set.table,
+                field: set.field,
+                parent: set.parent,
+                parent_id: set.parent_id,
+                keep,
+            };
+            self.apply_op(op).await?;
+        }
+        Ok(())
+    }
+
     /// References of imported rows to rows that do not exist.
     async fn dangling_references(&mut self) -> Result<Vec<FieldError>, WriteError> {
         let pointers: HashMap<(&str, &str), &str> =
@@ -2037,6 +2087,23 @@ impl Writer<'_, '_> {
         let mut outcome = WriteOutcome { rows_changed: touched.len(), ..WriteOutcome::default() };
         let touched_roots: HashSet<(&'static str, String)> =
             touched.iter().filter(|t| t.table.is_root()).map(|t| (t.table.name, t.id.clone())).collect();
+        // Rows a document's child set removed (`replace_child_sets`): a tombstone each, matching the
+        // identity the row had.
+        let deleted: Vec<NewEvent> = touched
+            .iter()
+            .filter(|t| t.action == Action::Deleted)
+            .map(|t| {
+                let before = t.before.clone().map(Value::Object).unwrap_or(Value::Null);
+                NewEvent {
+                    event_type: format!("{}.deleted", t.table.name),
+                    object: t.table.name,
+                    object_id: t.id.clone(),
+                    facets: document::facets(t.table, &before),
+                    data: json!({ "id": t.id, "deleted": true }),
+                }
+            })
+            .collect();
+        self.append(deleted, &mut outcome).await?;
         // Row events of non-root rows, compiled in batches per table.
         for t in TABLES.iter().filter(|t| !t.is_root()) {
             let mine: Vec<&Touched> = touched.iter().filter(|x| x.table.name == t.name).collect();

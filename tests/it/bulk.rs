@@ -413,3 +413,107 @@ store_test!(a_row_given_twice_names_both_places_and_imports_nothing, |app| async
     assert_eq!(app.db.last_sequence().await.unwrap(), 0, "nothing written");
     assert_eq!(total(&app, "/services").await, 0);
 });
+
+// A lenient import keeps references to rows its package lacks (with a warning); editing another field of such a
+// row later must not be refused for the reference it already had, while a write that sets a missing one still is.
+store_test!(a_row_imported_with_a_missing_reference_can_still_be_edited, |app| async move {
+    let Some(example) = example() else { return };
+    let report = import_path(&app.db, &example, ImportOptions::default()).await.expect("lenient import");
+    assert!(
+        report.contains("985e4a42-bd9f-4edc-911d-0243a4640aca"),
+        "the missing organization is warned about: {report}"
+    );
+    let location = "/locations/3a19ff88-4620-4d17-9830-ac1d859eb5d5";
+    let r = app.patch(location, &json!({"name": "Renamed Civic Center"})).await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    let stored = app.get_json(location).await;
+    assert_eq!(stored["name"], "Renamed Civic Center");
+    assert_eq!(stored["organization_id"], "985e4a42-bd9f-4edc-911d-0243a4640aca", "the reference stays");
+    // A PUT of the whole row (its reference unchanged) that changes something is accepted too.
+    let mut body = stored.clone();
+    body["description"] = json!("Changed by a PUT");
+    let r = app.put(location, &body).await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    // Setting a reference to a row that does not exist is still refused, naming the field.
+    let r = app.patch(location, &json!({"organization_id": "00000000-0000-4000-8000-000000000001"})).await;
+    crate::helpers::assert_problem_at(r, 422, "/organization_id").await;
+});
+
+/// Writes `lines` (one JSON value each) to `name` in `dir` and imports it.
+async fn import_lines(app: &TestApp, dir: &Path, name: &str, lines: &[Value]) -> String {
+    let path = dir.join(name);
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(&path, text).expect("write ndjson");
+    import_path(&app.db, &path, ImportOptions::default()).await.expect("import")
+}
+
+// A document's nested arrays say what its row nests, as a PUT of it would: a re-import of a service without
+// a phone or schedule it had removes them (with their events), and a child the import gives elsewhere stays.
+store_test!(an_imported_document_replaces_the_children_its_arrays_give, |app| async move {
+    let dir = tempfile::tempdir().unwrap();
+    let (org, service) = ("0b7e7e39-0000-4000-8000-000000000001", "0b7e7e39-0000-4000-8000-000000000002");
+    let [p1, p2, p3, schedule] = [
+        "0b7e7e39-0000-4000-8000-0000000000a1",
+        "0b7e7e39-0000-4000-8000-0000000000a2",
+        "0b7e7e39-0000-4000-8000-0000000000a3",
+        "0b7e7e39-0000-4000-8000-0000000000b1",
+    ];
+    let organization = json!({"table": "organization", "data": {"id": org, "name": "Org", "description": "d"}});
+    let document = |phones: Value, schedules: Value| {
+        json!({"table": "service", "data": {"id": service, "name": "Meals", "status": "active",
+            "organization_id": org, "phones": phones, "schedules": schedules}})
+    };
+    let first = document(
+        json!([{"id": p1, "number": "555-0001"}, {"id": p2, "number": "555-0002"}, {"id": p3, "number": "555-0003"}]),
+        json!([{"id": schedule, "description": "weekdays"}]),
+    );
+    import_lines(&app, dir.path(), "first.ndjson", &[organization.clone(), first]).await;
+    assert_eq!(app.get_json(&format!("/services/{service}")).await["phones"].as_array().map(Vec::len), Some(3));
+    let after = app.events_after(0).await.last().and_then(|e| e["sequence"].as_i64()).expect("events");
+
+    // p3 is left out of the service's phones but given on a line of its own (moved to the organization).
+    let second = document(json!([{"id": p1, "number": "555-0001"}]), json!([]));
+    let moved = json!({"table": "phone", "data": {"id": p3, "number": "555-0003", "organization_id": org}});
+    let report = import_lines(&app, dir.path(), "second.ndjson", &[organization, second, moved]).await;
+    assert!(report.starts_with("imported "), "{report}");
+    let stored = app.get_json(&format!("/services/{service}")).await;
+    let phones: Vec<&str> = stored["phones"].as_array().unwrap().iter().filter_map(|p| p["id"].as_str()).collect();
+    assert_eq!(phones, [p1], "{stored}");
+    assert_eq!(stored["schedules"], json!([]), "{stored}");
+    assert_eq!(app.get(&format!("/phones/{p2}")).await.status(), 404, "left out: removed");
+    assert_eq!(app.get(&format!("/schedules/{schedule}")).await.status(), 404, "left out: removed");
+    assert_eq!(app.get_json(&format!("/phones/{p3}")).await["organization_id"], org, "given elsewhere: kept");
+    // Each removal is an event, as a PUT's would be, and the service's document change too.
+    let types: Vec<(String, String)> = app
+        .events_after(after)
+        .await
+        .iter()
+        .map(|e| {
+            (
+                e["type"].as_str().unwrap_or_default().to_string(),
+                e["object_id"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    for expected in [("phone.deleted", p2), ("schedule.deleted", schedule), ("service.updated", service)] {
+        assert!(types.iter().any(|(t, id)| t == expected.0 && id == expected.1), "{expected:?} in {types:?}");
+    }
+    let tombstone = app.events_after(after).await.into_iter().find(|e| e["type"] == "phone.deleted").expect("event");
+    assert_eq!(tombstone["data"], json!({"id": p2, "deleted": true}));
+});
+
+// A data package cannot tell an empty cell from a missing one: a required text left empty is refused at the
+// write (it could be exported, never imported back), naming the field; an optional one is kept as given.
+store_test!(a_required_text_left_empty_is_refused_so_every_export_imports_back, |app| async move {
+    let organization = "0b7e7e39-0000-4000-8000-000000000011";
+    let r = app.put(&format!("/organizations/{organization}"), &json!({"name": "", "description": "d"})).await;
+    crate::helpers::assert_problem_at(r, 422, "/name").await;
+    let r = app
+        .put(
+            &format!("/organizations/{organization}"),
+            &json!({"name": "Org", "description": "d", "alternate_name": ""}),
+        )
+        .await;
+    assert!(r.status().is_success(), "{}", r.status());
+    assert_eq!(app.get_json(&format!("/organizations/{organization}")).await["alternate_name"], "");
+});
