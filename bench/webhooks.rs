@@ -1,7 +1,7 @@
 //! Webhook delivery benchmark: hsda in-process (real HTTP API, real worker, signatures on, every attempt
 //! recorded), a real axum receiver on 127.0.0.1, and a keep-alive reqwest driver, all in one tokio runtime.
 //!
-//! `cargo bench --bench webhooks -- [--store sqlite|postgres|both] [--workload W1|W2|W3|W4|W5|W6|W0|U0|C0|all]
+//! `cargo bench --bench webhooks -- [--store sqlite|postgres|both] [--workload W1|W2|W3|W4|W5|W6|W7|W0|U0|C0|all]
 //! [--max-concurrency N] [--keep-db DIR]`
 //!
 //! - W0: writes only, no subscription (the write path's own ceiling).
@@ -18,6 +18,9 @@
 //!   touches -> deliveries/s: what following partners who want none of these changes costs. Not part of `all`.
 //! - W6: W1's writes (5k changes) to one `ordered` subscription -> deliveries/s: one delivery in flight at a
 //!   time, while a backlog of thousands waits behind it. Not part of `all`.
+//! - W7: W1 beside a partner whose target hangs (30 s) with a backlog of 20k deliveries waiting (made first,
+//!   untimed, from location changes W1's subscription does not follow) -> deliveries/s to the healthy target:
+//!   what a dead partner's queue costs everyone else. Not part of `all`.
 //! - ceiling: the same driver POSTing 1 KB JSON straight to the same receiver, same concurrency.
 //!
 //! The machine is shared, so every figure is printed beside the loopback ceiling measured in the same run.
@@ -58,6 +61,8 @@ const W2_SUBSCRIPTIONS: usize = 10;
 const W5_PARTNERS: usize = 500;
 /// W6's changes, delivered one at a time in order (20k would take minutes).
 const W6_CHANGES: usize = 5_000;
+/// W7's hanging partner has this many deliveries waiting before the timed writes start.
+const W7_BACKLOG: usize = 20_000;
 const PACED_RATE: u64 = 100;
 const PACED_SECONDS: u64 = 10;
 const CEILING_REQUESTS: usize = 20_000;
@@ -459,22 +464,27 @@ struct Extras {
     partners: usize,
     /// The subscriptions are `ordered` (W6).
     ordered: bool,
+    /// Deliveries waiting for a partner whose target hangs, made before the timed writes (W7).
+    hanging_backlog: usize,
 }
 
 /// W1 (one subscription) and W2 (several), and W0 (none: writes only); U0 is W0 changing `existing` (created
 /// first, untimed) organizations instead of creating new ones. W5 is W1 with `partners` more subscriptions
 /// beside, each filtered to an organization no write touches (they get their pings, then nothing). W6 is W1
-/// with its subscription `ordered`.
+/// with its subscription `ordered`. W7 is W1 beside a hanging partner with a backlog.
 async fn throughput(
     store: Store,
     subscriptions: usize,
     changes: usize,
     max_concurrency: Option<i64>,
-    Extras { existing, partners, ordered }: Extras,
+    Extras { existing, partners, ordered, hanging_backlog }: Extras,
 ) -> anyhow::Result<Throughput> {
     let (rx, rx_base) = start_receiver().await;
     let hsda = Arc::new(Hsda::start(store).await?);
     let client = driver();
+    if hanging_backlog > 0 {
+        make_hanging_backlog(&hsda, &client, &rx_base, hanging_backlog).await?;
+    }
     let existing: Arc<Vec<String>> = Arc::new((0..existing).map(|_| uuid::Uuid::new_v4().to_string()).collect());
     if !existing.is_empty() {
         // Each created once (untimed), so that the timed writes only change them.
@@ -499,7 +509,9 @@ async fn throughput(
     let written_before = disk_bytes_written();
     let groups_before = hsda.db.group_commit_stats();
     let stop = tokio_util::sync::CancellationToken::new();
-    let sampler = sample(hsda.database_url.clone(), t0, changes as i64, subscriptions > 0, stop.clone());
+    // The hanging partner's deliveries stay open: "all recorded" is not measured beside them.
+    let expect_deliveries = subscriptions > 0 && hanging_backlog == 0;
+    let sampler = sample(hsda.database_url.clone(), t0, changes as i64, expect_deliveries, stop.clone());
     write_concurrently(&hsda, &client, changes, existing, 0).await;
     let written = t0.elapsed();
     let (last, arrived) = wait_for_arrivals(&rx, &paths, changes, t0 + WORKLOAD_LIMIT).await;
@@ -541,6 +553,38 @@ async fn throughput(
         bad,
         groups,
     })
+}
+
+/// W7's untimed start: a partner following `location.*` whose target hangs, and `backlog` new locations, so
+/// that (once dispatched) `backlog` deliveries wait for it, due now, behind the few its lane holds.
+async fn make_hanging_backlog(
+    hsda: &Arc<Hsda>,
+    client: &reqwest::Client,
+    rx_base: &str,
+    backlog: usize,
+) -> anyhow::Result<()> {
+    hsda.subscribe_with(client, &json!({"url": format!("{rx_base}/hang"), "events": ["location.*"]})).await;
+    let writer = (hsda.clone(), client.clone());
+    with_writers(backlog, Duration::MAX, move |_| {
+        let (hsda, client) = writer.clone();
+        async move {
+            let id = uuid::Uuid::new_v4().to_string();
+            let body = json!({"id": id, "name": "bench", "location_type": "physical"});
+            hsda.put(&client, &format!("locations/{id}"), &body).await;
+        }
+    })
+    .await;
+    let mut conn = sqlx::AnyConnection::connect(&hsda.database_url).await?;
+    let deadline = Instant::now() + WORKLOAD_LIMIT;
+    loop {
+        let p = progress(&mut conn).await;
+        if p.dispatched >= p.written && p.open as usize >= backlog / 2 {
+            eprintln!("W7: {} deliveries open for the hanging partner", p.open);
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the backlog was not dispatched in time ({p:?})");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// C0: 1 000 phones of 200 services of 10 organizations (created first, untimed) changed by 50 writers, no
@@ -898,6 +942,14 @@ async fn main() -> anyhow::Result<()> {
                 "W6" => throughput_rows(
                     "W6",
                     &throughput(store, 1, W6_CHANGES, mc, Extras { ordered: true, ..Extras::default() }).await?,
+                    ceiling,
+                    &mut rows,
+                    &mut phases,
+                ),
+                "W7" => throughput_rows(
+                    "W7",
+                    &throughput(store, 1, W1_CHANGES, mc, Extras { hanging_backlog: W7_BACKLOG, ..Extras::default() })
+                        .await?,
                     ceiling,
                     &mut rows,
                     &mut phases,

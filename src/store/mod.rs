@@ -99,6 +99,7 @@ const SQLITE_MIGRATIONS: &[(i64, &[&str])] = &[
     (12, &[include_str!("migrations/12_subscriptions_version.sql")]),
     (13, &[include_str!("migrations/13_all_tenants.sql")]),
     (14, &[include_str!("migrations/14_ordered_queues.sql")]),
+    (15, &[include_str!("migrations/15_open_by_subscription_claimable_at.sql")]),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &[&str])] = &[
     (1, &[include_str!("migrations/1_records_postgres.sql"), include_str!("migrations/1_schema.sql")]),
@@ -118,6 +119,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &[&str])] = &[
     ),
     (13, &[include_str!("migrations/13_all_tenants.sql")]),
     (14, &[include_str!("migrations/14_ordered_queues.sql")]),
+    (15, &[include_str!("migrations/15_open_by_subscription_claimable_at.sql")]),
 ];
 
 impl Db {

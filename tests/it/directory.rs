@@ -588,11 +588,15 @@ store_test!(filters_follow_a_document_as_it_changes_and_goes, |app| async move {
     assert_eq!(service_ids(&app, &format!("organization_id={O1}")).await, [S1]);
 });
 
-/// Takes back what migrations 10 to 14 added, so that a store set back to an earlier schema version looks like
+/// Takes back what migrations 10 to 15 added, so that a store set back to an earlier schema version looks like
 /// one written then (SQLite cannot add a column only if it is missing, so a migration cannot run twice).
 async fn forget_migrations_from_10(pool: &sqlx::AnyPool) {
-    for index in ["deliveries_unordered_claimable_at", "deliveries_in_order_queue", "subscriptions_receiving_in_order"]
-    {
+    for index in [
+        "deliveries_unordered_claimable_at",
+        "deliveries_in_order_queue",
+        "subscriptions_receiving_in_order",
+        "deliveries_open_by_subscription_claimable_at",
+    ] {
         sqlx::query(&format!("DROP INDEX {index}")).execute(pool).await.unwrap();
     }
     sqlx::query("ALTER TABLE deliveries DROP COLUMN in_order").execute(pool).await.unwrap();
@@ -628,7 +632,7 @@ store_test!(upgrading_a_store_drops_stored_self_facets_and_filters_still_match, 
     assert_eq!(left, 0, "self facets are gone");
     let version: String =
         sqlx::query_scalar("SELECT value FROM meta WHERE key = 'schema_version'").fetch_one(&pool).await.unwrap();
-    assert_eq!(version, "14", "migrated to the latest schema");
+    assert_eq!(version, "15", "migrated to the latest schema");
     pool.close().await;
     let page = app.get_json(&format!("/organizations?organization_id={O1}")).await;
     assert_eq!(page["total_items"], 1);
@@ -749,7 +753,7 @@ async fn processes_migrating_one_sqlite_file_at_once_all_open_it() {
     let pool = sqlx::AnyPool::connect(&url).await.unwrap();
     let version: String =
         sqlx::query_scalar("SELECT value FROM meta WHERE key = 'schema_version'").fetch_one(&pool).await.unwrap();
-    assert_eq!(version, "14");
+    assert_eq!(version, "15");
     let triggers: i64 =
         sqlx::query_scalar("SELECT COUNT(*) FROM sqlite_master WHERE type = 'trigger' AND name LIKE 'records_fts_%'")
             .fetch_one(&pool)
