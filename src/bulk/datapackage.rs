@@ -3,9 +3,9 @@
 //! name), checks every column against the catalog and converts each cell to JSON by the column's type.
 //! Writing produces a package of every catalog table, rows sorted by id, with a descriptor of our own.
 //!
-//! A cell cannot tell an empty string from no value: both are an empty cell, read back as no value. So an
-//! optional field holding `""` comes back `null` (the NDJSON form keeps it), and a required text field may
-//! not be `""` at all (writes refuse it, `hsds::validate`), or its export could never be imported back.
+//! A cell cannot tell an empty string from no value: both are an empty cell. It is read as no value, but in
+//! a column of required text, whose only empty value is `""`: so a directory holding `""` there imports
+//! its own export back, and an optional field holding `""` comes back `null` (the NDJSON form keeps it).
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
@@ -302,6 +302,11 @@ fn read_table(table: &'static Table, file: &str, bytes: &[u8], rows: &mut Vec<So
             }
         }
         if !data.is_empty() {
+            // An empty cell is no value, but a required text cannot be without one: there it is the empty
+            // text (the only value it can hold, and what a package of a directory holding it says).
+            for field in columns.iter().filter(|f| f.required && f.ty == FieldType::Text) {
+                data.entry(field.name).or_insert_with(|| Value::String(String::new()));
+            }
             rows.push(SourceRow { table, data, file: file.to_owned(), line });
         }
     }
@@ -735,8 +740,10 @@ mod properties {
         any_table().prop_flat_map(|table| {
             let row = (valid_row(table), "[a-z0-9-]{1,12}").prop_map(|(mut row, id)| {
                 row.insert("id".into(), Value::String(id));
-                // An empty cell reads back as an absent field.
-                row.retain(|_, v| v.as_str() != Some(""));
+                // An empty cell reads back as an absent field, but in a column of required text.
+                row.retain(|key, v| {
+                    v.as_str() != Some("") || table.field(key).is_some_and(|f| f.required && f.ty == FieldType::Text)
+                });
                 row
             });
             (Just(table), vec(row, 0..6))

@@ -54,10 +54,6 @@ pub fn validate_row(table: &Table, row: &Map<String, Value>, base_pointer: &str)
             Some(value) => {
                 if let Err(detail) = check_value(field.ty, value) {
                     errors.push(FieldError::new(pointer_join(base_pointer, field.name), detail));
-                } else if field.required && value.as_str() == Some("") {
-                    // The tabular form cannot tell an empty cell from a missing one: a required field left
-                    // empty could be exported but never imported back.
-                    errors.push(FieldError::new(pointer_join(base_pointer, field.name), "must not be empty"));
                 }
             }
         }
@@ -264,13 +260,6 @@ mod tests {
         let pointers: Vec<&str> = errs.iter().map(|e| e.pointer.as_str()).collect();
         assert_eq!(pointers, ["/name", "/status"]);
         assert!(errs.iter().all(|e| e.detail == "is required"));
-    }
-
-    #[test]
-    fn a_required_text_must_not_be_empty_where_an_optional_one_may() {
-        let errs = errors("service", json!({"id": ID, "name": "", "status": "active", "description": ""}));
-        assert_eq!(errs, vec![FieldError::new("/name", "must not be empty")]);
-        assert_eq!(errors("service", json!({"id": ID, "name": " ", "status": "active"})), vec![]);
     }
 
     #[test]

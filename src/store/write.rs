@@ -947,6 +947,9 @@ impl Writer<'_, '_> {
             };
             existing.after = touched.after;
             existing.pointer = touched.pointer;
+            // The row as it stood before the write: the first touch's, unless that one did not read it (an
+            // import's upsert), as the events' identity needs it.
+            existing.before = existing.before.take().or(touched.before);
         } else {
             self.touched.push(touched);
         }
@@ -1982,15 +1985,16 @@ impl Db {
             documents_at_insert: false,
             inserted_docs: HashMap::new(),
         };
-        let given: HashSet<(&'static str, String)> =
-            rows.iter().chain(&copies).filter_map(|(t, row, _)| Some((t.name, id_of(row)?))).collect();
+        // The rows the import gives (a copy only where it creates the row): no child set removes them.
+        let mut given: HashSet<(&'static str, String)> =
+            rows.iter().filter_map(|(t, row, _)| Some((t.name, id_of(row)?))).collect();
         let copies = copies.into_iter().map(|row| (row, true));
         for (i, ((table, row, pointer), copy)) in rows.into_iter().map(|row| (row, false)).chain(copies).enumerate() {
-            if copy
-                && let Some(id) = id_of(&row)
-                && writer.exists(table.name, &id).await?
-            {
-                continue;
+            if copy && let Some(id) = id_of(&row) {
+                if writer.exists(table.name, &id).await? {
+                    continue;
+                }
+                given.insert((table.name, id));
             }
             writer.upsert(table, row, pointer).await?;
             if i % 1000 == 0 {
@@ -2017,38 +2021,49 @@ impl Db {
 
 impl Writer<'_, '_> {
     /// Removes from each of `sets` the children of its parent that neither the set nor any other part of the
-    /// import (`given`) holds, as [`Op::KeepChildren`] does for a `PUT`. A parent the import created has no
-    /// other children (nothing is read for it: a first import reads nothing more).
+    /// import (`given`) holds, as [`Op::KeepChildren`] does for a `PUT`. The children parents have are read per
+    /// table and field, 500 parents a statement; only a set with children leaving costs more.
     async fn replace_child_sets(
         &mut self,
         sets: Vec<document::ChildSet>,
         given: &HashSet<(&'static str, String)>,
     ) -> Result<(), WriteError> {
-        let created: HashSet<&str> =
-            self.touched.iter().filter(|t| t.action == Action::Created).map(|t| t.id.as_str()).collect();
-        let sets: Vec<document::ChildSet> =
-            sets.into_iter().filter(|set| !created.contains(set.parent_id.as_str())).collect();
+        let mut by_link: BTreeMap<(&'static str, &'static str), Vec<document::ChildSet>> = BTreeMap::new();
         for set in sets {
-            let existing: Vec<(String,)> = self
-                .conn
-                .fetch_all(
-                    "SELECT id FROM record_refs WHERE target_id = $1 AND kind = $2 AND field = $3",
-                    &[(&set.parent_id).into(), set.table.name.into(), set.field.into()],
-                )
-                .await?;
-            let leaving = |id: &String| !set.keep.contains(id) && !given.contains(&(set.table.name, id.clone()));
-            if !existing.iter().any(|(id,)| leaving(id)) {
-                continue;
+            by_link.entry((set.table.name, set.field)).or_default().push(set);
+        }
+        for ((kind, field), sets) in by_link {
+            let parents: BTreeSet<&str> = sets.iter().map(|set| set.parent_id.as_str()).collect();
+            let parents: Vec<&str> = parents.into_iter().collect();
+            let mut children: HashMap<String, Vec<String>> = HashMap::new();
+            for chunk in parents.chunks(500) {
+                let sql = format!(
+                    "SELECT target_id, id FROM record_refs WHERE kind = $1 AND field = $2 AND target_id IN ({}) \
+                     ORDER BY target_id, id",
+                    super::placeholders(2, chunk.len())
+                );
+                let args: Vec<Arg> = [kind, field].into_iter().chain(chunk.iter().copied()).map(Arg::from).collect();
+                let found: Vec<(String, String)> = self.conn.fetch_all(&sql, &args).await?;
+                for (parent, child) in found {
+                    children.entry(parent).or_default().push(child);
+                }
             }
-            let keep = existing.iter().map(|(id,)| id).filter(|id| !leaving(id)).cloned().collect();
-            let op = Op::KeepChildren {
-                table: set.table,
-                field: set.field,
-                parent: set.parent,
-                parent_id: set.parent_id,
-                keep,
-            };
-            self.apply_op(op).await?;
+            for set in sets {
+                let existing = children.get(&set.parent_id).map(Vec::as_slice).unwrap_or_default();
+                let leaving = |id: &String| !set.keep.contains(id) && !given.contains(&(kind, id.clone()));
+                if !existing.iter().any(leaving) {
+                    continue;
+                }
+                let keep = existing.iter().filter(|id| !leaving(id)).cloned().collect();
+                let op = Op::KeepChildren {
+                    table: set.table,
+                    field: set.field,
+                    parent: set.parent,
+                    parent_id: set.parent_id,
+                    keep,
+                };
+                self.apply_op(op).await?;
+            }
         }
         Ok(())
     }

@@ -414,28 +414,29 @@ store_test!(a_row_given_twice_names_both_places_and_imports_nothing, |app| async
     assert_eq!(total(&app, "/services").await, 0);
 });
 
-// A lenient import keeps references to rows its package lacks (with a warning); editing another field of such a
-// row later must not be refused for the reference it already had, while a write that sets a missing one still is.
+// A lenient import keeps references to rows the directory lacks (with a warning); editing another field of such
+// a row later must not be refused for the reference it already had, while a write that sets a missing one still
+// is.
 store_test!(a_row_imported_with_a_missing_reference_can_still_be_edited, |app| async move {
-    let Some(example) = example() else { return };
-    let report = import_path(&app.db, &example, ImportOptions::default()).await.expect("lenient import");
-    assert!(
-        report.contains("985e4a42-bd9f-4edc-911d-0243a4640aca"),
-        "the missing organization is warned about: {report}"
-    );
-    let location = "/locations/3a19ff88-4620-4d17-9830-ac1d859eb5d5";
-    let r = app.patch(location, &json!({"name": "Renamed Civic Center"})).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (location, missing) = ("0b7e7e39-0000-4000-8000-000000000021", "0b7e7e39-0000-4000-8000-000000000022");
+    let line = json!({"table": "location", "data": {"id": location, "name": "Civic Center",
+        "location_type": "physical", "organization_id": missing}});
+    let report = import_lines(&app, dir.path(), "dangling.ndjson", &[line]).await;
+    assert!(report.contains(missing), "the missing organization is warned about: {report}");
+    let path = format!("/locations/{location}");
+    let r = app.patch(&path, &json!({"name": "Renamed Civic Center"})).await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
-    let stored = app.get_json(location).await;
+    let stored = app.get_json(&path).await;
     assert_eq!(stored["name"], "Renamed Civic Center");
-    assert_eq!(stored["organization_id"], "985e4a42-bd9f-4edc-911d-0243a4640aca", "the reference stays");
+    assert_eq!(stored["organization_id"], missing, "the reference stays");
     // A PUT of the whole row (its reference unchanged) that changes something is accepted too.
     let mut body = stored.clone();
     body["description"] = json!("Changed by a PUT");
-    let r = app.put(location, &body).await;
+    let r = app.put(&path, &body).await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
     // Setting a reference to a row that does not exist is still refused, naming the field.
-    let r = app.patch(location, &json!({"organization_id": "00000000-0000-4000-8000-000000000001"})).await;
+    let r = app.patch(&path, &json!({"organization_id": "0b7e7e39-0000-4000-8000-000000000023"})).await;
     crate::helpers::assert_problem_at(r, 422, "/organization_id").await;
 });
 
@@ -471,18 +472,19 @@ store_test!(an_imported_document_replaces_the_children_its_arrays_give, |app| as
     assert_eq!(app.get_json(&format!("/services/{service}")).await["phones"].as_array().map(Vec::len), Some(3));
     let after = app.events_after(0).await.last().and_then(|e| e["sequence"].as_i64()).expect("events");
 
-    // p3 is left out of the service's phones but given on a line of its own (moved to the organization).
+    // p3 is left out of the service's phones but given on a line of its own, still the service's: the import
+    // gives it, so it stays as given.
     let second = document(json!([{"id": p1, "number": "555-0001"}]), json!([]));
-    let moved = json!({"table": "phone", "data": {"id": p3, "number": "555-0003", "organization_id": org}});
+    let moved = json!({"table": "phone", "data": {"id": p3, "number": "555-0003", "service_id": service}});
     let report = import_lines(&app, dir.path(), "second.ndjson", &[organization, second, moved]).await;
     assert!(report.starts_with("imported "), "{report}");
     let stored = app.get_json(&format!("/services/{service}")).await;
     let phones: Vec<&str> = stored["phones"].as_array().unwrap().iter().filter_map(|p| p["id"].as_str()).collect();
-    assert_eq!(phones, [p1], "{stored}");
+    assert_eq!(phones, [p1, p3], "{stored}");
     assert_eq!(stored["schedules"], json!([]), "{stored}");
     assert_eq!(app.get(&format!("/phones/{p2}")).await.status(), 404, "left out: removed");
     assert_eq!(app.get(&format!("/schedules/{schedule}")).await.status(), 404, "left out: removed");
-    assert_eq!(app.get_json(&format!("/phones/{p3}")).await["organization_id"], org, "given elsewhere: kept");
+    assert_eq!(app.get_json(&format!("/phones/{p3}")).await["service_id"], service, "given elsewhere: kept");
     // Each removal is an event, as a PUT's would be, and the service's document change too.
     let types: Vec<(String, String)> = app
         .events_after(after)
@@ -502,18 +504,20 @@ store_test!(an_imported_document_replaces_the_children_its_arrays_give, |app| as
     assert_eq!(tombstone["data"], json!({"id": p2, "deleted": true}));
 });
 
-// A data package cannot tell an empty cell from a missing one: a required text left empty is refused at the
-// write (it could be exported, never imported back), naming the field; an optional one is kept as given.
-store_test!(a_required_text_left_empty_is_refused_so_every_export_imports_back, |app| async move {
+// A data package cannot tell an empty cell from a missing one. A required text holding "" (schema-valid) is
+// exported as an empty cell and read back as "", its only empty value, so the package imports back; an
+// optional "" comes back as no value.
+store_test!(a_required_text_left_empty_survives_a_data_package, |app| async move {
     let organization = "0b7e7e39-0000-4000-8000-000000000011";
-    let r = app.put(&format!("/organizations/{organization}"), &json!({"name": "", "description": "d"})).await;
-    crate::helpers::assert_problem_at(r, 422, "/name").await;
-    let r = app
-        .put(
-            &format!("/organizations/{organization}"),
-            &json!({"name": "Org", "description": "d", "alternate_name": ""}),
-        )
-        .await;
+    let body = json!({"name": "", "description": "d", "alternate_name": ""});
+    let r = app.put(&format!("/organizations/{organization}"), &body).await;
     assert!(r.status().is_success(), "{}", r.status());
-    assert_eq!(app.get_json(&format!("/organizations/{organization}")).await["alternate_name"], "");
+    let dir = tempfile::tempdir().unwrap();
+    export_datapackage(&app.db, dir.path()).await.expect("export");
+    let store = if app.db.backend() == hsda::store::Backend::Sqlite { Store::Sqlite } else { Store::Postgres };
+    let copy = TestApp::spawn(store).await.expect("second store");
+    import_path(&copy.db, dir.path(), ImportOptions::default()).await.expect("the export imports back");
+    let stored = copy.get_json(&format!("/organizations/{organization}")).await;
+    assert_eq!(stored["name"], "", "{stored}");
+    assert_eq!(stored["alternate_name"], Value::Null, "{stored}");
 });
