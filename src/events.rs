@@ -78,12 +78,29 @@ pub fn is_known_pattern(pattern: &str) -> bool {
     }
 }
 
+/// The schema of a `created`/`updated` event's `data`: the compiled object, and for the roots that hold more
+/// than their own rows (`store::compile`), that too: an organization's `services`, a service_at_location's
+/// `service`.
+fn payload_schema(t: &Table) -> Value {
+    let mut schema = object_schema(t, 2);
+    let service = || TABLES.iter().find(|t| t.name == "service").map(|s| object_schema(s, 1));
+    let extra = match t.name {
+        "organization" => service().map(|s| ("services", json!({ "type": "array", "items": s }))),
+        "service_at_location" => service().map(|s| ("service", s)),
+        _ => None,
+    };
+    if let (Some((key, extra)), Some(properties)) = (extra, schema["properties"].as_object_mut()) {
+        properties.insert(key.to_string(), extra);
+    }
+    schema
+}
+
 /// The catalog served by `GET /event-types`: each type with a description and its payload schema.
 pub fn catalog() -> Value {
     let mut out = Vec::new();
     for t in TABLES {
         for action in ACTIONS {
-            let schema = if action == "deleted" { tombstone_schema() } else { object_schema(t, 2) };
+            let schema = if action == "deleted" { tombstone_schema() } else { payload_schema(t) };
             let description = match action {
                 "created" => format!("{} was created; data is the new object.", a_or_an(t.name)),
                 "updated" if t.is_root() => format!(

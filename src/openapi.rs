@@ -1,6 +1,8 @@
 //! hsda's OpenAPI 3.1 document, generated from the catalog: the HSDS read paths and parameters, hsda's
 //! writes, the event feed, and every event type under the top-level `webhooks` key.
 
+use std::collections::HashMap;
+
 use serde_json::{Map, Value, json};
 
 use crate::hsds::catalog::{TABLES, Table};
@@ -431,6 +433,35 @@ fn add_webhook_paths(paths: &mut Map<String, Value>, schemas: &mut Map<String, V
             "responses": { "200": with_etag_header(ok("The subscription.", sub_ref.clone())), "404": not_found, "409": problem_response("Changed concurrently through other processes, again and again: try again."), "412": problem_response("An If-Match or If-None-Match precondition failed: it changed since that ETag was read."), "422": problem_response("A field is invalid.") } },
         "delete": { "operationId": "deleteWebhook", "tags": ["webhooks"], "security": security, "parameters": [if_match_write, if_none_match_write],
             "responses": { "204": {"description": "Deleted with its history."}, "404": not_found, "412": problem_response("An If-Match or If-None-Match precondition failed.") } } }));
+    let attempt_result = json!({ "type": "object", "properties": {
+        "webhook_id": {"type": "string", "description": "msg_test_...: the webhook-id the test request carried"},
+        "status_code": {"type": ["integer", "null"], "description": "The target's answer; null when none came"},
+        "response_body": {"type": ["string", "null"], "description": "The first 4 096 bytes"},
+        "duration_ms": {"type": "integer"}, "error": {"type": ["string", "null"]},
+        "error_class": {"type": ["string", "null"], "description": "timeout, dns, connect, tls, ssrf, http_status, read, request"},
+        "success": {"type": "boolean", "description": "A 2xx answer"} },
+        "required": ["webhook_id", "status_code", "duration_ms", "error", "success"] });
+    let with_member = |name: &str, schema: Value| json!({ "allOf": [sub_ref.clone(), { "type": "object", "properties": { name: schema } }] });
+    let answers: HashMap<&str, Value> = HashMap::from([
+        (
+            "/webhooks/{id}/test",
+            json!({ "200": ok("The attempt: sent now, not recorded in the history.", attempt_result) }),
+        ),
+        (
+            "/webhooks/{id}/rotate-secret",
+            json!({ "200": ok("The subscription with its new secret (shown only now), and when the previous one stops signing.",
+            with_member("previous_secret_expires_at", json!({"type": ["string", "null"], "format": "date-time"}))) }),
+        ),
+        (
+            "/webhooks/{id}/replay",
+            json!({ "202": ok("Queued.", json!({ "type": "object", "properties": { "requeued": {"type": "integer", "description": "Deliveries queued again"} }, "required": ["requeued"] })) }),
+        ),
+        (
+            "/webhooks/{id}/enable",
+            json!({ "200": ok("The subscription, and how many missed deliveries were queued (0 without replay_missed).",
+            with_member("replayed", json!({"type": "integer"}))) }),
+        ),
+    ]);
     for (path, op, summary, body) in [
         (
             "/webhooks/{id}/test",
@@ -458,9 +489,13 @@ fn add_webhook_paths(paths: &mut Map<String, Value>, schemas: &mut Map<String, V
             json!({"replay_missed": {"type": "boolean"}}),
         ),
     ] {
+        let mut responses = json!({ "404": not_found, "409": problem_response("The subscription's state does not allow it: a replay or test of a disabled one (enable it, with replay_missed), an enable or test of one awaiting verification."), "413": problem_response("The body is larger than the configured limit."), "415": problem_response("The body is not application/json."), "422": problem_response("A field is invalid or unknown.") });
+        if let (Some(all), Some(answer)) = (responses.as_object_mut(), answers.get(path).and_then(Value::as_object)) {
+            all.extend(answer.clone());
+        }
         paths.insert(path.into(), json!({ "parameters": id_param, "post": { "operationId": op, "summary": summary, "tags": ["webhooks"], "security": security,
             "requestBody": { "content": { "application/json": { "schema": { "type": "object", "properties": body, "additionalProperties": false } } } },
-            "responses": { "200": {"description": "Done."}, "202": {"description": "Queued."}, "404": not_found, "409": problem_response("The subscription's state does not allow it: a replay or test of a disabled one (enable it, with replay_missed), an enable or test of one awaiting verification."), "422": problem_response("A field is invalid or unknown.") } } }));
+            "responses": responses } }));
     }
     paths.insert("/webhooks/{id}/deliveries".into(), json!({ "parameters": id_param, "get": { "operationId": "listDeliveries", "tags": ["webhooks"], "security": security,
         "summary": "Delivery history, newest first",
@@ -474,5 +509,5 @@ fn add_webhook_paths(paths: &mut Map<String, Value>, schemas: &mut Map<String, V
     paths.insert("/deliveries/{id}/retry".into(), json!({ "parameters": id_param, "post": { "operationId": "retryDelivery", "tags": ["webhooks"], "security": security,
         "summary": "Attempt this delivery again now",
         "description": "Queues the delivery to be sent at once (its next scheduled retry, if any, is brought forward). An attempt asked for is an extra one: it uses up no automatic retry, so should it fail the schedule goes on where it stood (and a delivery whose schedule was spent is failed again). An attempt already at the target is left to finish and no second copy is sent beside it; should that attempt fail, the retry goes at once rather than on the schedule.",
-        "responses": { "202": {"description": "Queued."}, "404": not_found, "409": problem_response("Its subscription is disabled: enable it first (with replay_missed to send what it missed).") } } }));
+        "responses": { "202": ok("Queued.", json!({ "type": "object", "properties": { "id": {"type": "string"}, "status": {"const": "retrying"} }, "required": ["id", "status"] })), "404": not_found, "409": problem_response("Its subscription is disabled: enable it first (with replay_missed to send what it missed).") } } }));
 }

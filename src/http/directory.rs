@@ -438,7 +438,12 @@ async fn put(
     // 201 and one 200; the row answered with is read there too, so a DELETE right after cannot make it a 404.
     let mut outcome = state.db.apply(ops, options).await?;
     let created = outcome.created.iter().any(|(kind, created)| *kind == table.name && *created == id);
-    written(table, &id, if created { StatusCode::CREATED } else { StatusCode::OK }, &mut outcome)
+    let mut r = written(table, &id, if created { StatusCode::CREATED } else { StatusCode::OK }, &mut outcome)?;
+    if created {
+        let location = state.location(&format!("/{}/{id}", table.plural));
+        r.headers_mut().insert(header::LOCATION, header_value(&location));
+    }
+    Ok(r)
 }
 
 /// The answer to a write: the row as the write left it, which the write hands back (its event's data, or
@@ -457,11 +462,7 @@ fn written(
     let tag = etag(&doc);
     // The same view a plain GET serves.
     let view = if table.is_root() { view_document(table, doc, false) } else { doc };
-    let mut r = with_etag(status, view, &tag);
-    if status == StatusCode::CREATED {
-        r.headers_mut().insert(header::LOCATION, header_value(&format!("/{}/{id}", table.plural)));
-    }
-    Ok(r)
+    Ok(with_etag(status, view, &tag))
 }
 
 async fn patch(

@@ -37,6 +37,15 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// The `Location` of `path` (`/organizations/{id}`): under the configured `public_url`, path included (behind
+    /// a proxy at `https://example.org/directory`, a bare path would leave `/directory` out), else the path.
+    pub fn location(&self, path: &str) -> String {
+        match &self.configured_public_url {
+            Some(base) => format!("{}{path}", base.trim_end_matches('/')),
+            None => path.to_string(),
+        }
+    }
+
     /// The caller if a key was presented (an invalid key is refused, no key is `None`).
     pub async fn principal(&self, headers: &HeaderMap) -> Result<Option<crate::store::keys::Principal>, ApiError> {
         let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else { return Ok(None) };

@@ -435,7 +435,7 @@ async fn create(State(state): State<AppState>, caller: Caller, JsonBody(body): J
     state.db.insert_subscription(&sub, &ping, &state.config.public_url()).await?;
     let secret = sub.secret.clone();
     let stored = state.db.subscription(&sub.id).await?.unwrap_or(sub);
-    let location = format!("/webhooks/{}", stored.id);
+    let location = state.location(&format!("/webhooks/{}", stored.id));
     Ok((StatusCode::CREATED, [(axum::http::header::LOCATION, location)], Json(output(&stored, Some(&secret))))
         .into_response())
 }

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{AnyPool, Executor};
+use sqlx::{AnyPool, Connection, Executor};
 use tokio::sync::Mutex;
 
 /// The event sequence at which statistics are first refreshed (see [`Db::keep_statistics_fresh`]).
@@ -153,6 +153,14 @@ impl Db {
                 let mode = if options.create_if_missing { "rwc" } else { "rw" };
                 let url = if url.contains('?') { url.to_string() } else { format!("{url}?mode={mode}") };
                 let options = AnyConnectOptions::from_str(&url).context("parsing the SQLite URL")?;
+                // The pool retries a connection that fails until its acquire timeout (30 s), then says only that
+                // it timed out: one connection made first says at once what is wrong (a file that is not a
+                // database, a folder that cannot be written).
+                let opening = format!("opening {url}");
+                let said = |e| first_connection_error(e, &opening);
+                let mut first = sqlx::AnyConnection::connect_with(&options).await.map_err(said)?;
+                first.execute(sqlite_pragmas(busy_ms).as_str()).await.map_err(said)?;
+                first.close().await.map_err(said)?;
                 AnyPoolOptions::new()
                     .max_connections(8)
                     .before_acquire(|conn, _| Box::pin(async move { Ok(still_usable(conn)) }))
@@ -166,13 +174,21 @@ impl Db {
                     .await
                     .with_context(|| format!("opening {url}"))?
             }
-            Backend::Postgres => AnyPoolOptions::new()
-                .max_connections(16)
-                .before_acquire(|conn, _| Box::pin(async move { Ok(still_usable(conn)) }))
-                .acquire_timeout(options.busy_timeout.max(Duration::from_secs(1)))
-                .connect(&with_statement_cache(url))
-                .await
-                .context("connecting to PostgreSQL")?,
+            Backend::Postgres => {
+                let url = with_statement_cache(url);
+                // As for SQLite: the server refusing, or no such database, said at once.
+                let first = sqlx::AnyConnection::connect(&url)
+                    .await
+                    .map_err(|e| first_connection_error(e, "connecting to PostgreSQL"))?;
+                first.close().await.context("connecting to PostgreSQL")?;
+                AnyPoolOptions::new()
+                    .max_connections(16)
+                    .before_acquire(|conn, _| Box::pin(async move { Ok(still_usable(conn)) }))
+                    .acquire_timeout(options.busy_timeout.max(Duration::from_secs(1)))
+                    .connect(&url)
+                    .await
+                    .context("connecting to PostgreSQL")?
+            }
         };
         let mut db = Db {
             pool,
@@ -394,6 +410,16 @@ fn open_direct(path: &std::path::Path, busy_ms: u128) -> anyhow::Result<rusqlite
 /// when SQLite rolls a transaction back by itself (a COMMIT failing with "disk full" or an I/O error does): the
 /// driver's own ROLLBACK then fails and it keeps counting the transaction as open, so every later BEGIN on that
 /// connection would fail. Such a connection is closed and replaced.
+/// Why the database could not be opened (`what` was being done), said once: sqlx's errors from the database
+/// or the operating system repeat their cause's message as their own, which a chained report printed twice.
+fn first_connection_error(e: sqlx::Error, what: &str) -> anyhow::Error {
+    match e {
+        sqlx::Error::Database(e) => anyhow::anyhow!("{what}: {}", e.message()),
+        sqlx::Error::Io(e) => anyhow::anyhow!("{what}: {e}"),
+        e => anyhow::Error::new(e).context(what.to_string()),
+    }
+}
+
 fn still_usable(conn: &sqlx::AnyConnection) -> bool {
     use sqlx::Connection;
     if conn.is_in_transaction() {

@@ -608,8 +608,65 @@ async fn the_api_documents_name_the_configured_public_url() {
     assert_eq!(root["openapi_url"], format!("{public}/openapi.json"), "{root}");
     let doc = app.get_json("/openapi.json").await;
     assert_eq!(doc["servers"][0]["url"], public, "{}", doc["servers"]);
-    // Without one, the request's host tells (the address the server is reached at).
+    // What a write creates is located there too, the base path included.
+    let id = "5d0f6f2e-0000-4000-8000-000000000001";
+    let r = app.put(&format!("/organizations/{id}"), &json!({"name": "Org", "description": "d"})).await;
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.headers()["location"], format!("{public}/organizations/{id}").as_str());
+    let body = json!({"url": "http://127.0.0.1:9/hook", "events": ["*"]});
+    let r = app.post_as(&app.subscribe_key, "/webhooks", Some(&body)).await;
+    assert_eq!(r.status(), 201);
+    let location = r.headers()["location"].to_str().unwrap().to_string();
+    let sub: Value = r.json().await.unwrap();
+    assert_eq!(location, format!("{public}/webhooks/{}", sub["id"].as_str().unwrap()));
+    // Without one, the request's host tells (the address the server is reached at), and a location is a path.
     let Some(plain) = crate::helpers::TestApp::spawn(crate::helpers::Store::Sqlite).await else { return };
     let root = plain.get_json("/").await;
     assert_eq!(root["openapi_url"], plain.url("/openapi.json"), "{root}");
+    let r = plain.put(&format!("/organizations/{id}"), &json!({"name": "Org", "description": "d"})).await;
+    assert_eq!(r.headers()["location"], format!("/organizations/{id}").as_str());
 }
+
+// Every member of a root's event data is described by the schema `/event-types` publishes for it, those the
+// roots hold beyond their own rows included (an organization's `services`, a service_at_location's `service`).
+store_test!(root_event_payloads_are_described_member_by_member, |app| async move {
+    let (org, service, location, sal) = (
+        "6a1e0c3d-0000-4000-8000-000000000001",
+        "6a1e0c3d-0000-4000-8000-000000000002",
+        "6a1e0c3d-0000-4000-8000-000000000003",
+        "6a1e0c3d-0000-4000-8000-000000000004",
+    );
+    app.put_ok(&format!("/organizations/{org}"), &json!({"name": "Org", "description": "d"})).await;
+    let body = json!({"name": "Meals", "status": "active", "organization_id": org});
+    app.put_ok(&format!("/services/{service}"), &body).await;
+    app.put_ok(&format!("/locations/{location}"), &json!({"name": "Hall", "location_type": "physical"})).await;
+    app.put_ok(&format!("/service_at_locations/{sal}"), &json!({"service_id": service, "location_id": location})).await;
+    let catalog = app.get_json("/event-types").await;
+    let schema_of = |name: &str| {
+        catalog["event_types"].as_array().unwrap().iter().find(|t| t["name"] == name).expect(name)["schema"].clone()
+    };
+    let mut checked = BTreeSet::new();
+    for event in app.events_after(0).await {
+        let name = event["type"].as_str().unwrap().to_string();
+        let expected = ["organization.updated", "service_at_location.created"];
+        if !expected.contains(&name.as_str()) {
+            continue;
+        }
+        let schema = schema_of(&name);
+        let data = event["data"].as_object().unwrap();
+        for key in data.keys() {
+            assert!(schema["properties"].get(key).is_some(), "{name}: `{key}` is not in its schema");
+        }
+        let validator = jsonschema::validator_for(&schema).unwrap();
+        let errors: Vec<String> = validator.iter_errors(&event["data"]).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{name}: {errors:?}");
+        let holds_more = match name.as_str() {
+            "organization.updated" => data["services"].as_array().is_some_and(|s| !s.is_empty()),
+            _ => data["service"].is_object(),
+        };
+        if holds_more {
+            checked.insert(name);
+        }
+    }
+    assert_eq!(checked.len(), 2, "both roots' extra members were seen: {checked:?}");
+});

@@ -401,3 +401,28 @@ async fn the_config_file_holds_every_commands_settings_under_their_flags_and_env
         assert!(!refused.status.success() && stderr.contains("unknown field `quite`"), "{args:?}: {stderr}");
     }
 }
+
+/// A database that cannot be opened is named for what is wrong with it, not as a pool that timed out (the
+/// pool retried the failing connection for its whole acquire timeout, 10 to 30 s, and said only that).
+#[tokio::test]
+async fn a_database_that_cannot_be_opened_is_named_for_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.db");
+    std::fs::write(&junk, "this is a text file, not a database\n".repeat(200)).unwrap();
+    let output = hsda(&["--database-url", &format!("sqlite://{}", junk.display()), "migrate"], &[]).await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("not a database") && !stderr.contains("timed out"), "{stderr}");
+    // Nothing listens on port 1: refused, said as such.
+    let output = hsda(&["--database-url", "postgres://postgres@127.0.0.1:1/none", "migrate"], &[]).await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.to_lowercase().contains("refused") && !stderr.contains("timed out"), "{stderr}");
+    // A PostgreSQL database that does not exist, said once.
+    let Some(url) = crate::helpers::postgres_url() else { return };
+    let base = url.rsplit_once('/').map_or(url.as_str(), |(base, _)| base);
+    let output = hsda(&["--database-url", &format!("{base}/hsda_no_such_database"), "migrate"], &[]).await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert_eq!(stderr.matches("does not exist").count(), 1, "{stderr}");
+}
