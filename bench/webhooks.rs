@@ -20,7 +20,7 @@
 //!   time, while a backlog of thousands waits behind it. Not part of `all`.
 //! - W7: W1 beside a partner whose target hangs (30 s) with a backlog of 20k deliveries waiting (made first,
 //!   untimed, from location changes W1's subscription does not follow) -> deliveries/s to the healthy target:
-//!   what a dead partner's queue costs everyone else. Not part of `all`.
+//!   what a dead partner's queue costs everyone else. Not part of `all`. `HSDA_BENCH_W7_BACKLOG=N` sets the backlog.
 //! - ceiling: the same driver POSTing 1 KB JSON straight to the same receiver, same concurrency.
 //!
 //! The machine is shared, so every figure is printed beside the loopback ceiling measured in the same run.
@@ -63,6 +63,11 @@ const W5_PARTNERS: usize = 500;
 const W6_CHANGES: usize = 5_000;
 /// W7's hanging partner has this many deliveries waiting before the timed writes start.
 const W7_BACKLOG: usize = 20_000;
+
+/// W7's backlog: `HSDA_BENCH_W7_BACKLOG` if set (to see how its cost grows), else [`W7_BACKLOG`].
+fn w7_backlog() -> usize {
+    std::env::var("HSDA_BENCH_W7_BACKLOG").ok().and_then(|n| n.parse().ok()).unwrap_or(W7_BACKLOG)
+}
 const PACED_RATE: u64 = 100;
 const PACED_SECONDS: u64 = 10;
 const CEILING_REQUESTS: usize = 20_000;
@@ -453,6 +458,8 @@ struct Throughput {
     bad: u64,
     /// Write transactions committed and the directory writes they carried (see `store::group_commit`).
     groups: (u64, u64),
+    /// This process's resident memory once all arrived (Linux `/proc/self/status`; hsda, driver and receiver).
+    resident_bytes: Option<u64>,
 }
 
 /// What a throughput workload has besides its subscriptions and changes.
@@ -523,6 +530,7 @@ async fn throughput(
     stop.cancel();
     let phases = sampler.await.unwrap_or_default();
     let disk_bytes = written_before.zip(disk_bytes_written()).map(|(before, after)| after - before);
+    let resident_bytes = resident_bytes();
     let groups = hsda.db.group_commit_stats();
     let groups = (groups.0 - groups_before.0, groups.1 - groups_before.1);
     if let (Some(to), Some(dir)) = (KEEP_DB.get(), hsda.dir.as_ref()) {
@@ -552,6 +560,7 @@ async fn throughput(
         verified,
         bad,
         groups,
+        resident_bytes,
     })
 }
 
@@ -773,6 +782,14 @@ fn at(s: Option<f64>) -> String {
 /// Where `--keep-db` copies the SQLite databases of W0-W2.
 static KEEP_DB: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
 
+/// This process's resident memory now (Linux `/proc/self/status`).
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: u64 =
+        status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kb * 1024)
+}
+
 /// The bytes this process has written to storage so far (Linux `/proc/self/io`).
 fn disk_bytes_written() -> Option<u64> {
     let io = std::fs::read_to_string("/proc/self/io").ok()?;
@@ -850,7 +867,7 @@ fn throughput_rows(name: &str, t: &Throughput, ceiling: f64, rows: &mut Vec<Stri
         t.writes_per_s / ceiling
     ));
     phases.push(format!(
-        "| {name} | {} | {} | {:.2} s | {} | signatures checked {} ok, {} bad; {} written to disk; {} |",
+        "| {name} | {} | {} | {:.2} s | {} | signatures checked {} ok, {} bad; {} written to disk; {} resident; {} |",
         at(t.phases.written),
         at(t.phases.dispatched),
         t.seconds,
@@ -858,6 +875,7 @@ fn throughput_rows(name: &str, t: &Throughput, ceiling: f64, rows: &mut Vec<Stri
         t.verified,
         t.bad,
         megabytes(t.disk_bytes),
+        megabytes(t.resident_bytes),
         group_sizes(t.groups),
     ));
 }
@@ -957,8 +975,14 @@ async fn main() -> anyhow::Result<()> {
                 ),
                 "W7" => throughput_rows(
                     "W7",
-                    &throughput(store, 1, W1_CHANGES, mc, Extras { hanging_backlog: W7_BACKLOG, ..Extras::default() })
-                        .await?,
+                    &throughput(
+                        store,
+                        1,
+                        W1_CHANGES,
+                        mc,
+                        Extras { hanging_backlog: w7_backlog(), ..Extras::default() },
+                    )
+                    .await?,
                     ceiling,
                     &mut rows,
                     &mut phases,

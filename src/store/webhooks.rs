@@ -876,7 +876,8 @@ impl Db {
         let events: Vec<Event> = rows.iter().map(super::events::event_from_any_row).collect::<sqlx::Result<_>>()?;
         let last = events.last().map_or(cursor, |e| e.sequence);
         let lease = timestamp_text(chrono::Utc::now() + chrono::Duration::seconds(lease_seconds));
-        let deliveries = fan_out(&events, &subscriptions, public_url, &now, &lease);
+        let full = self.dispatch.full_lanes.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let deliveries = fan_out(&events, &subscriptions, public_url, &now, &lease, &full);
         let created = insert_new_deliveries(&mut Conn::from(&mut *tx), deliveries, &now, &self.lease_holder).await?;
         if last != cursor {
             sqlx::query("UPDATE counters SET value = $1 WHERE name = 'dispatch_cursor'")
@@ -1767,8 +1768,16 @@ fn insert_deliveries_sql(rows: usize, first: usize) -> String {
 
 /// One delivery per event and subscription that wants it, in event order, then in the order of `subs`.
 /// Subscriptions with the same payload form get the same bytes, serialized once per event. Deliveries of
-/// subscriptions that are not `ordered` and are receiving are leased (until `lease`) to the caller.
-fn fan_out(events: &[Event], subs: &[&Subscription], public_url: &str, now: &str, lease: &str) -> Vec<NewDelivery> {
+/// subscriptions that are not `ordered` and are receiving are leased (until `lease`) to the caller, but for
+/// those whose lane in the caller is `full`.
+fn fan_out(
+    events: &[Event],
+    subs: &[&Subscription],
+    public_url: &str,
+    now: &str,
+    lease: &str,
+    full: &std::collections::HashSet<String>,
+) -> Vec<NewDelivery> {
     let mut out = Vec::new();
     for event in events {
         let mut bodies: Vec<(&str, String)> = Vec::with_capacity(2);
@@ -1785,7 +1794,7 @@ fn fan_out(events: &[Event], subs: &[&Subscription], public_url: &str, now: &str
                     body
                 }
             };
-            let leased = !sub.ordered && sub.receives_deliveries();
+            let leased = !sub.ordered && sub.receives_deliveries() && !full.contains(&sub.id);
             let delivery = Delivery {
                 id: delivery_id(&sub.id, &event.id),
                 subscription_id: sub.id.clone(),
@@ -2567,6 +2576,11 @@ pub(crate) struct DispatchState {
     /// An ordered subscription's delivery was done with since the worker last asked: the next one in its
     /// queue may be claimed now.
     next_in_order: std::sync::atomic::AtomicBool,
+    /// The subscriptions whose lane in this process's worker is full (a hanging target's): their new
+    /// deliveries are not leased to this process at dispatch, but wait in the store to be claimed when there
+    /// is room (here or in another process). Leased, they all went to the lane in memory: a target that hangs
+    /// while the directory changes made it grow without bound.
+    full_lanes: Arc<std::sync::RwLock<std::collections::HashSet<String>>>,
 }
 
 /// What dispatching needs that the store does not know: how thin payloads link back, and the lease.
@@ -2578,6 +2592,8 @@ pub(crate) struct CommitDispatch {
     pub lease_holder: String,
     /// The process's subscription snapshot, which a dispatch's own read of the subscriptions renews.
     pub cache: Arc<SubscriptionCache>,
+    /// The subscriptions whose lane is full ([`DispatchState::full_lanes`]).
+    pub full_lanes: Arc<std::sync::RwLock<std::collections::HashSet<String>>>,
 }
 
 impl Db {
@@ -2589,6 +2605,7 @@ impl Db {
             lease_seconds,
             lease_holder: self.lease_holder.to_string(),
             cache: self.subscription_cache.clone(),
+            full_lanes: self.dispatch.full_lanes.clone(),
         };
         *self.dispatch.settings.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(settings));
     }
@@ -2632,6 +2649,15 @@ impl Db {
     /// waits for a claim.
     pub(crate) fn take_next_in_order(&self) -> bool {
         self.dispatch.next_in_order.swap(false, Ordering::AcqRel)
+    }
+
+    /// The subscriptions whose lane in this process is full now: dispatch stops leasing their new deliveries
+    /// to this process ([`DispatchState::full_lanes`]).
+    pub(crate) fn set_full_lanes(&self, full: std::collections::HashSet<String>) {
+        let mut current = self.dispatch.full_lanes.write().unwrap_or_else(|p| p.into_inner());
+        if *current != full {
+            *current = full;
+        }
     }
 }
 
@@ -2679,7 +2705,8 @@ pub(crate) async fn dispatch_appended(
         subscriptions.values().filter(|s| s.status != "disabled" && s.schedule.is_none()).collect();
     subs.sort_by(|a, b| (&a.created_at, &a.id).cmp(&(&b.created_at, &b.id)));
     let lease = timestamp_text(chrono::Utc::now() + chrono::Duration::seconds(settings.lease_seconds));
-    let deliveries = fan_out(events, &subs, &settings.public_url, &now, &lease);
+    let full = settings.full_lanes.read().unwrap_or_else(|p| p.into_inner()).clone();
+    let deliveries = fan_out(events, &subs, &settings.public_url, &now, &lease, &full);
     let created = insert_new_deliveries(conn, deliveries, &now, &settings.lease_holder).await?;
     conn.execute("UPDATE counters SET value = $1 WHERE name = 'dispatch_cursor'", &[last.sequence.into()]).await?;
     Ok(Some((last.sequence, created.into_iter().filter(|d| d.lease_until.is_some()).collect())))

@@ -86,6 +86,10 @@ const HOLD_RETRIES_WITHIN: Duration = Duration::from_secs(60);
 const MAX_HELD: usize = 4096;
 /// A lane keeps at most this many times its `max_concurrency` claimed deliveries waiting for a slot.
 const LANE_DEPTH: usize = 4;
+/// A lane holds at most this many times its claimable depth of deliveries handed over by dispatch (those
+/// dispatched before it was known full); more go back to the store, so that a hanging target's lane never
+/// grows with the directory's changes.
+const LANE_OVERFLOW: usize = 4;
 /// A delivery that waited in its lane longer than this after its claim has its lease renewed before it is
 /// started: the lease (the delivery timeout plus 15 s) could otherwise run out mid-attempt and another process
 /// could send it too. (Dropping it instead left it to wait for the lease to run out: a held retry behind a
@@ -362,6 +366,8 @@ impl Worker {
             }
         }
         let claimed_at = tokio::time::Instant::now();
+        // Handed over past a full lane (dispatched before the lane was known full): given back to the store.
+        let mut overflow: Vec<(String, String)> = Vec::new();
         {
             let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
             for (delivery, start_at) in starts {
@@ -381,6 +387,12 @@ impl Worker {
                     lane.slots = Arc::new(Semaphore::new(size));
                     lane.size = size;
                 }
+                if lane.waiting.len() >= lane.size * LANE_DEPTH * LANE_OVERFLOW
+                    && let Some(lease) = delivery.lease_until.clone()
+                {
+                    overflow.push((delivery.id, lease));
+                    continue;
+                }
                 lane.waiting.push_back(Waiting {
                     delivery,
                     queued_under: sub.updated_at.clone(),
@@ -391,19 +403,31 @@ impl Worker {
         }
         // At once, not at the end of the round: what was just handed over must not wait for the claim's query.
         self.pump_all();
+        if !overflow.is_empty() {
+            self.busy_subscriptions();
+            // A failure leaves them leased: they are claimable again when the leases run out.
+            if let Err(e) = self.db.release_own_leases(&overflow).await {
+                tracing::warn!(error = %e, deliveries = overflow.len(), "deliveries past a full lane wait for their leases");
+            }
+        }
         // A failure here leaves them leased: they are retried when the lease expires.
         self.db.defer_deliveries(&deferred).await?;
         Ok(())
     }
 
-    /// The subscriptions whose lane is full: nothing more of theirs is claimed before one of its slots frees.
+    /// The subscriptions whose lane is full: nothing more of theirs is claimed before one of its slots frees,
+    /// and dispatch stops leasing their new deliveries to this process (they wait in the store).
     fn busy_subscriptions(&self) -> Vec<String> {
-        let lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
-        lanes
-            .iter()
-            .filter(|(_, lane)| lane.waiting.len() >= lane.size * LANE_DEPTH)
-            .map(|(id, _)| id.clone())
-            .collect()
+        let busy: Vec<String> = {
+            let lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+            lanes
+                .iter()
+                .filter(|(_, lane)| lane.waiting.len() >= lane.size * LANE_DEPTH)
+                .map(|(id, _)| id.clone())
+                .collect()
+        };
+        self.db.set_full_lanes(busy.iter().cloned().collect());
+        busy
     }
 
     /// Every lane, not only those that got deliveries: one may have waited for an in-flight permit.
