@@ -13,6 +13,6 @@ for round in $(seq 1 "$rounds"); do
   for bin in "$@"; do
     psql postgres://postgres@127.0.0.1:5432/test -qc CHECKPOINT >/dev/null 2>&1 || true
     echo "=== $bin round $round ($store $workloads) $(date -u +%H:%M:%S)"
-    "$bin" --bench --store "$store" --workload "$workloads" 2>/dev/null | grep -E '^\| (ceiling|W|U|C)'
+    "$bin" --bench --store "$store" --workload "$workloads" 2>/dev/null | grep -E "^\| (ceiling|W|U|C)"
   done
 done
