@@ -1055,13 +1055,24 @@ impl Db {
         if leases.is_empty() {
             return Ok(());
         }
-        let (mut tx, _guard) = self.begin_write().await?;
+        // One statement per lease given (a claim's, a dispatch's share one) and 500 deliveries.
+        let mut by_lease: std::collections::BTreeMap<&str, Vec<&str>> = std::collections::BTreeMap::new();
         for (id, until) in leases {
-            sqlx::query("UPDATE deliveries SET lease_until = NULL WHERE id = $1 AND lease_until = $2")
-                .bind(id)
-                .bind(until)
-                .execute(&mut *tx)
-                .await?;
+            by_lease.entry(until.as_str()).or_default().push(id.as_str());
+        }
+        let (mut tx, _guard) = self.begin_write().await?;
+        for (until, ids) in by_lease {
+            for chunk in ids.chunks(500) {
+                let sql = format!(
+                    "UPDATE deliveries SET lease_until = NULL WHERE lease_until = $1 AND id IN ({})",
+                    super::placeholders(1, chunk.len())
+                );
+                let mut query = sqlx::query(&sql).bind(until);
+                for id in chunk {
+                    query = query.bind(*id);
+                }
+                query.execute(&mut *tx).await?;
+            }
         }
         tx.commit().await
     }
@@ -2608,6 +2619,7 @@ impl Db {
             cache: self.subscription_cache.clone(),
             full_lanes: self.dispatch.full_lanes.clone(),
         };
+        self.set_full_lanes(Default::default());
         *self.dispatch.settings.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(settings));
     }
 
@@ -2615,6 +2627,7 @@ impl Db {
     /// ran out): their events wait at the cursor for the next dispatcher, here or in another process.
     pub fn stop_dispatch_at_commit(&self) {
         *self.dispatch.settings.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.set_full_lanes(Default::default());
     }
 
     pub(crate) fn commit_dispatch(&self) -> Option<Arc<CommitDispatch>> {
@@ -2650,6 +2663,11 @@ impl Db {
     /// waits for a claim.
     pub(crate) fn take_next_in_order(&self) -> bool {
         self.dispatch.next_in_order.swap(false, Ordering::AcqRel)
+    }
+
+    /// Whether dispatch leaves `subscription`'s new deliveries in the store (its lane was full when last told).
+    pub(crate) fn is_full_lane(&self, subscription: &str) -> bool {
+        self.dispatch.full_lanes.read().unwrap_or_else(|p| p.into_inner()).contains(subscription)
     }
 
     /// The subscriptions whose lane in this process is full now: dispatch stops leasing their new deliveries

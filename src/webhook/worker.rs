@@ -88,8 +88,17 @@ const MAX_HELD: usize = 4096;
 const LANE_DEPTH: usize = 4;
 /// A lane holds at most this many times its claimable depth of deliveries handed over by dispatch (those
 /// dispatched before it was known full); more go back to the store, so that a hanging target's lane never
-/// grows with the directory's changes.
+/// grows with the directory's changes. Claimed deliveries fill a lane to its depth only.
 const LANE_OVERFLOW: usize = 4;
+
+/// How deliveries came to the worker ([`Worker::start`]).
+#[derive(Clone, Copy)]
+enum Came {
+    /// Leased to this process by dispatch, before it knew the lane full.
+    HandedOver,
+    /// Claimed from the store (or a held retry).
+    Claimed,
+}
 /// A delivery that waited in its lane longer than this after its claim has its lease renewed before it is
 /// started: the lease (the delivery timeout plus 15 s) could otherwise run out mid-attempt and another process
 /// could send it too. (Dropping it instead left it to wait for the lease to run out: a held retry behind a
@@ -256,7 +265,7 @@ impl Worker {
         };
         fresh.extend(self.db.take_handed_over());
         let subscriptions = self.db.subscription_snapshot().await?;
-        self.start(fresh, subscriptions.clone()).await?;
+        self.start(fresh, subscriptions.clone(), Came::HandedOver).await?;
         // The snapshot tells whether a digest or a challenge is due at all, sparing the store a query
         // (and a write transaction) per round when none is.
         let now = now_text();
@@ -314,8 +323,13 @@ impl Worker {
             }
             (false, _) => Vec::new(),
         };
+        if free <= 0 && due_now {
+            // Due, but no room to claim it: a freed slot wakes the loop (or the fallback), not a time already past
+            // (which would turn the loop without a pause).
+            next_due = None;
+        }
         let count = claimed.len() as i64;
-        self.start(claimed, subscriptions).await?;
+        self.start(claimed, subscriptions, Came::Claimed).await?;
         self.pump_all();
         Ok((read as i64 == DISPATCH_BATCH || count == CLAIM_BATCH, next_due))
     }
@@ -326,6 +340,7 @@ impl Worker {
         self: &Arc<Self>,
         leased: Vec<Delivery>,
         subscriptions: Arc<HashMap<String, Subscription>>,
+        came: Came,
     ) -> anyhow::Result<()> {
         if leased.is_empty() {
             return Ok(());
@@ -366,7 +381,8 @@ impl Worker {
             }
         }
         let claimed_at = tokio::time::Instant::now();
-        // Handed over past a full lane (dispatched before the lane was known full): given back to the store.
+        // Past a full lane (handed over before the lane was known full, or claimed when a lane with room took
+        // more of one subscription than the room): given back to the store.
         let mut overflow: Vec<(String, String)> = Vec::new();
         {
             let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
@@ -387,7 +403,11 @@ impl Worker {
                     lane.slots = Arc::new(Semaphore::new(size));
                     lane.size = size;
                 }
-                if lane.waiting.len() >= lane.size * LANE_DEPTH * LANE_OVERFLOW
+                let keeps = match came {
+                    Came::HandedOver => lane.size * LANE_DEPTH * LANE_OVERFLOW,
+                    Came::Claimed => lane.size * LANE_DEPTH,
+                };
+                if lane.waiting.len() >= keeps
                     && let Some(lease) = delivery.lease_until.clone()
                 {
                     overflow.push((delivery.id, lease));
@@ -463,6 +483,7 @@ impl Worker {
         }
         let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
         let Some(lane) = lanes.get_mut(subscription_id) else { return true };
+        let was_full = lane.waiting.len() >= lane.size * LANE_DEPTH;
         while !lane.waiting.is_empty() {
             let Ok(slot) = lane.slots.clone().try_acquire_owned() else { break };
             let Ok(permit) = self.in_flight.clone().try_acquire_owned() else { break };
@@ -491,6 +512,10 @@ impl Worker {
             });
         }
         let drained = lane.waiting.is_empty();
+        if was_full && lane.waiting.len() < lane.size * LANE_DEPTH && self.db.is_full_lane(subscription_id) {
+            // No longer full, and dispatch left its new deliveries in the store meanwhile: they may be claimed now.
+            self.slot_freed.notify_one();
+        }
         if drained && lane.slots.available_permits() == lane.size {
             lanes.remove(subscription_id);
         }
@@ -678,7 +703,7 @@ impl Worker {
             if !subscriptions.get(&delivery.subscription_id).is_some_and(|s| s.receives_deliveries()) {
                 return;
             }
-            if let Err(e) = worker.start(vec![delivery], subscriptions).await {
+            if let Err(e) = worker.start(vec![delivery], subscriptions, Came::Claimed).await {
                 tracing::warn!(error = %e, "starting a held retry failed; it is claimed again when its lease runs out");
             }
         });
