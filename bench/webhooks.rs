@@ -325,7 +325,14 @@ async fn progress(conn: &mut sqlx::AnyConnection, count_open: bool) -> Progress 
     ))
     .fetch_one(&mut *conn)
     .await;
-    row.map(|(written, dispatched, open)| Progress { written, dispatched, open }).unwrap_or_default()
+    match row {
+        Ok((written, dispatched, open)) => Progress { written, dispatched, open },
+        Err(e) => {
+            // Said, not swallowed: the phase table then shows "not reached".
+            eprintln!("progress sample failed: {e}");
+            Progress::default()
+        }
+    }
 }
 
 /// When each phase completed, in seconds after t0.
@@ -351,7 +358,13 @@ fn sample(
         if std::env::var_os("HSDA_BENCH_NO_SAMPLER").is_some() {
             return phases;
         }
-        let Ok(mut conn) = sqlx::AnyConnection::connect(&database_url).await else { return phases };
+        let mut conn = match sqlx::AnyConnection::connect(&database_url).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                eprintln!("the progress sampler could not connect: {e}");
+                return phases;
+            }
+        };
         let base = progress(&mut conn, expect_deliveries).await;
         loop {
             // Read before the sample: once stopped, one last sample still counts (a fast run could end between
