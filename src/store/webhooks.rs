@@ -2309,6 +2309,35 @@ mod tests {
         db.close().await;
     }
 
+    /// `sql` run for real under `EXPLAIN ANALYZE` in a transaction rolled back after: the plan as executed, with
+    /// rows counted. A claim (`UPDATE`) gets a lease and `now` first, then `subscriptions`, then a limit of 100 and
+    /// a lease holder; a read gets `subscriptions` alone. Prints the execution time (the figures BENCHMARKS.md
+    /// quotes, `-- --nocapture`), and the plan with `HSDA_SHOW_PLANS` set.
+    async fn explain_analyze(db: &Db, sql: &str, subscriptions: &[String]) -> String {
+        let mut conn = db.pool.acquire().await.expect("connection");
+        let mut tx = sqlx::Connection::begin(&mut *conn).await.expect("begin");
+        let explain = format!("EXPLAIN (ANALYZE, FORMAT TEXT) {sql}");
+        let mut query = sqlx::query_scalar::<_, String>(&explain);
+        let claim = sql.starts_with("UPDATE");
+        if claim {
+            query = query.bind("2999-01-01").bind("2027-01-01");
+        }
+        for id in subscriptions {
+            query = query.bind(id);
+        }
+        if claim {
+            query = query.bind(100i64).bind("prc_test");
+        }
+        let plan = query.fetch_all(&mut *tx).await.expect("explain").join("\n");
+        tx.rollback().await.expect("rollback");
+        let took = plan.lines().find(|l| l.trim_start().starts_with("Execution Time")).unwrap_or_default();
+        eprintln!("{took}: {}", &sql[..sql.len().min(160)]);
+        if std::env::var_os("HSDA_SHOW_PLANS").is_some() {
+            eprintln!("{plan}");
+        }
+        plan
+    }
+
     /// On PostgreSQL, with an ordered subscription's backlog of thousands of deliveries beside a long history
     /// (the planner's statistics taken), a claim reads the head of the queue through its index: it used to
     /// test every open delivery against all earlier ones, each a scan of the table (seconds per claim).
@@ -2345,23 +2374,8 @@ mod tests {
                 claim_sql(Backend::Postgres, ORDERED_HEADS, 1),
                 next_due_sql(0, 1),
             ] {
-                let mut conn = db.pool.acquire().await.expect("connection");
-                let mut tx = sqlx::Connection::begin(&mut *conn).await.expect("begin");
-                // The claim runs for real (rolled back): the plan as executed, with rows counted.
-                let explain = format!("EXPLAIN (ANALYZE, FORMAT TEXT) {sql}");
-                let mut query = sqlx::query_scalar::<_, String>(&explain);
-                if sql.starts_with("UPDATE") {
-                    query = query.bind("2999-01-01").bind("2027-01-01");
-                    if sql.contains("NOT IN") {
-                        query = query.bind("sub_3");
-                    }
-                    query = query.bind(100i64).bind("prc_test");
-                }
-                let plan = query.fetch_all(&mut *tx).await.expect("explain").join("\n");
-                tx.rollback().await.expect("rollback");
-                // The figures BENCHMARKS.md quotes (`-- --nocapture`).
-                let took = plan.lines().find(|l| l.starts_with("Execution Time")).unwrap_or_default();
-                eprintln!("{took}: {}", &sql[..sql.len().min(160)]);
+                let busy = if sql.contains("NOT IN") { vec!["sub_3".to_string()] } else { Vec::new() };
+                let plan = explain_analyze(&db, &sql, &busy).await;
                 assert!(!plan.contains("Seq Scan on deliveries"), "{sql}\n{plan}");
                 if sql.contains("e.in_order = 1") {
                     assert!(plan.contains("deliveries_in_order_queue"), "{sql}\n{plan}");
@@ -2463,34 +2477,16 @@ mod tests {
             let db = Db::connect(&url).await.expect("connect");
             insert_busy_backlog(&db).await;
             // The statements as they run past the backlog, with rows counted: none walks it, the old ones did.
-            for (sql, walks) in [
-                (next_due_sql(1, DUE_WINDOW), false),
-                (front_sql(256), false),
-                (earliest_by_subscription_sql(1), false),
-                (claim_of_sql(Backend::Postgres, 16), false),
-                (claim_sql(Backend::Postgres, UNORDERED_CLAIMABLE, 1), true),
+            let busy = vec!["sub_1".to_string()];
+            let others: Vec<String> = (2..18).map(|i| format!("sub_{i}")).collect();
+            for (sql, subscriptions, walks) in [
+                (next_due_sql(1, DUE_WINDOW), &busy, false),
+                (front_sql(256), &Vec::new(), false),
+                (earliest_by_subscription_sql(1), &busy, false),
+                (claim_of_sql(Backend::Postgres, 16), &others, false),
+                (claim_sql(Backend::Postgres, UNORDERED_CLAIMABLE, 1), &busy, true),
             ] {
-                let mut conn = db.pool.acquire().await.expect("connection");
-                let mut tx = sqlx::Connection::begin(&mut *conn).await.expect("begin");
-                let explain = format!("EXPLAIN (ANALYZE, FORMAT TEXT) {sql}");
-                let mut query = sqlx::query_scalar::<_, String>(&explain);
-                if sql.starts_with("UPDATE") {
-                    query = query.bind("2999-01-01").bind("2027-01-01");
-                    if sql.contains("NOT IN") {
-                        query = query.bind("sub_1");
-                    } else {
-                        for i in 2..18 {
-                            query = query.bind(format!("sub_{i}"));
-                        }
-                    }
-                    query = query.bind(100i64).bind("prc_test");
-                } else if sql.contains("$1") {
-                    query = query.bind("sub_1");
-                }
-                let plan = query.fetch_all(&mut *tx).await.expect("explain").join("\n");
-                tx.rollback().await.expect("rollback");
-                let took = plan.lines().find(|l| l.trim_start().starts_with("Execution Time")).unwrap_or_default();
-                eprintln!("{took}: {}", &sql[..sql.len().min(160)]);
+                let plan = explain_analyze(&db, &sql, subscriptions).await;
                 // The most rows any step over `deliveries` read: rows returned (times loops) or filtered out.
                 let number_after = |line: &str, key: &str| -> u64 {
                     line.split(key).nth(1).and_then(|r| r.split([' ', ')']).next()?.parse().ok()).unwrap_or(0)
@@ -2509,9 +2505,6 @@ mod tests {
                     }
                 }
                 assert!(!plan.contains("Seq Scan on deliveries"), "{sql}\n{plan}");
-                if std::env::var_os("HSDA_SHOW_PLANS").is_some() {
-                    eprintln!("{plan}");
-                }
                 assert_eq!(most_read >= 20_000, walks, "read {most_read} rows: {sql}\n{plan}");
             }
             a_busy_backlog_is_passed_over(&db).await;
