@@ -876,8 +876,10 @@ impl Db {
         let events: Vec<Event> = rows.iter().map(super::events::event_from_any_row).collect::<sqlx::Result<_>>()?;
         let last = events.last().map_or(cursor, |e| e.sequence);
         let lease = timestamp_text(chrono::Utc::now() + chrono::Duration::seconds(lease_seconds));
-        let full = self.dispatch.full_lanes.read().unwrap_or_else(|p| p.into_inner()).clone();
-        let deliveries = fan_out(&events, &subscriptions, public_url, &now, &lease, &full);
+        let deliveries = {
+            let full = self.dispatch.full_lanes.read().unwrap_or_else(|p| p.into_inner());
+            fan_out(&events, &subscriptions, public_url, &now, &lease, &full)
+        };
         let created = insert_new_deliveries(&mut Conn::from(&mut *tx), deliveries, &now, &self.lease_holder).await?;
         if last != cursor {
             sqlx::query("UPDATE counters SET value = $1 WHERE name = 'dispatch_cursor'")
@@ -2717,8 +2719,10 @@ pub(crate) async fn dispatch_appended(
         subscriptions.values().filter(|s| s.status != "disabled" && s.schedule.is_none()).collect();
     subs.sort_by(|a, b| (&a.created_at, &a.id).cmp(&(&b.created_at, &b.id)));
     let lease = timestamp_text(chrono::Utc::now() + chrono::Duration::seconds(settings.lease_seconds));
-    let full = settings.full_lanes.read().unwrap_or_else(|p| p.into_inner()).clone();
-    let deliveries = fan_out(events, &subs, &settings.public_url, &now, &lease, &full);
+    let deliveries = {
+        let full = settings.full_lanes.read().unwrap_or_else(|p| p.into_inner());
+        fan_out(events, &subs, &settings.public_url, &now, &lease, &full)
+    };
     let created = insert_new_deliveries(conn, deliveries, &now, &settings.lease_holder).await?;
     conn.execute("UPDATE counters SET value = $1 WHERE name = 'dispatch_cursor'", &[last.sequence.into()]).await?;
     Ok(Some((last.sequence, created.into_iter().filter(|d| d.lease_until.is_some()).collect())))
