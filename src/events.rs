@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use crate::hsds::catalog::{FieldType, TABLES, Table};
+use crate::hsds::catalog::{FieldType, TABLES, Table, table};
 use crate::hsds::schema::{object_schema, tombstone_schema};
 
 pub const ACTIONS: [&str; 3] = ["created", "updated", "deleted"];
@@ -83,7 +83,7 @@ pub fn is_known_pattern(pattern: &str) -> bool {
 /// `service`.
 fn payload_schema(t: &Table) -> Value {
     let mut schema = object_schema(t, 2);
-    let service = || TABLES.iter().find(|t| t.name == "service").map(|s| object_schema(s, 1));
+    let service = || table("service").map(|s| object_schema(s, 1));
     let extra = match t.name {
         "organization" => service().map(|s| ("services", json!({ "type": "array", "items": s }))),
         "service_at_location" => service().map(|s| ("service", s)),
