@@ -2311,6 +2311,22 @@ mod tests {
         db.close().await;
     }
 
+    /// Active subscriptions `sub_1` to `sub_{count}` of one tenant, the first `ordered` of them ordered.
+    async fn insert_subscriptions(db: &Db, count: i64, ordered: i64) {
+        sqlx::query(
+            "INSERT INTO subscriptions (id, tenant, url, events, payload, filter, secret, signing, \
+             max_concurrency, ordered, headers, metadata, verify, status, created_at, updated_at) \
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < $1) \
+             SELECT 'sub_' || i, 't', 'http://127.0.0.1:9/', '[\"*\"]', 'full', '{}', 'whsec_x', 'hmac', 4, \
+             CASE WHEN i <= $2 THEN 1 ELSE 0 END, '{}', '{}', 0, 'active', '2026-01-01', '2026-01-01' FROM n",
+        )
+        .bind(count)
+        .bind(ordered)
+        .execute(&db.pool)
+        .await
+        .expect("subscriptions");
+    }
+
     /// `sql` run for real under `EXPLAIN ANALYZE` in a transaction rolled back after: the plan as executed, with
     /// rows counted. A claim (`UPDATE`) gets a lease and `now` first, then `subscriptions`, then a limit of 100 and
     /// a lease holder; a read gets `subscriptions` alone. Prints the execution time (the figures BENCHMARKS.md
@@ -2347,16 +2363,7 @@ mod tests {
     async fn an_ordered_backlog_is_claimed_from_its_head_on_postgres() {
         crate::store::tests::on_fresh_postgres(|url| async move {
             let db = Db::connect(&url).await.expect("connect");
-            sqlx::query(
-                "INSERT INTO subscriptions (id, tenant, url, events, payload, filter, secret, signing, \
-                 max_concurrency, ordered, headers, metadata, verify, status, created_at, updated_at) \
-                 SELECT 'sub_' || n, 't', 'http://127.0.0.1:9/', '[\"*\"]', 'full', '{}', 'whsec_x', 'hmac', 4, \
-                 CASE WHEN n <= 2 THEN 1 ELSE 0 END, '{}', '{}', 0, 'active', '2026-01-01', '2026-01-01' \
-                 FROM generate_series(1, 20) n",
-            )
-            .execute(&db.pool)
-            .await
-            .expect("subscriptions");
+            insert_subscriptions(&db, 20, 2).await;
             // 40 000 deliveries, a seventh finished; the ordered subscriptions' open ones are the backlog.
             sqlx::query(
                 "INSERT INTO deliveries (id, subscription_id, tenant, event_id, event_sequence, event_type, \
@@ -2436,16 +2443,7 @@ mod tests {
     /// 2026-01-01; sub_2 to sub_20 about 100 each on 2026-01-03 (1 900 open, the rest finished); sub_21 to sub_60
     /// one each on 2026-01-02; sub_61 ten on 2025-12-31.
     async fn insert_busy_backlog(db: &Db) {
-        sqlx::query(
-            "INSERT INTO subscriptions (id, tenant, url, events, payload, filter, secret, signing, \
-             max_concurrency, ordered, headers, metadata, verify, status, created_at, updated_at) \
-             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 61) \
-             SELECT 'sub_' || i, 't', 'http://127.0.0.1:9/', '[\"*\"]', 'full', '{}', 'whsec_x', 'hmac', 4, 0, \
-             '{}', '{}', 0, 'active', '2026-01-01', '2026-01-01' FROM n",
-        )
-        .execute(&db.pool)
-        .await
-        .expect("subscriptions");
+        insert_subscriptions(db, 61, 0).await;
         sqlx::query(
             "INSERT INTO deliveries (id, subscription_id, tenant, event_id, event_sequence, event_type, \
              object_id, body, in_order, status, next_attempt_at, created_at, updated_at) \
