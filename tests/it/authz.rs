@@ -480,6 +480,25 @@ async fn authz_matrix_reads_require_a_key_postgres() {
     matrix(Store::Postgres, true).await;
 }
 
+/// A path that names no table is 404 for every key, writes included: the scope guards only what exists, so a
+/// subscribe key learns nothing more from a write than a publish key does.
+#[tokio::test]
+async fn a_write_to_no_table_is_not_found_whatever_the_scope() {
+    let Some(app) = TestApp::spawn(Store::Sqlite).await else { return };
+    let path = app.url("/unicorns/3e1f2c4a-5b6d-4e7f-8a9b-0c1d2e3f4a5b");
+    for (scope, key) in [("subscribe", &app.subscribe_key), ("publish", &app.publish_key), ("admin", &app.admin_key)] {
+        for method in [reqwest::Method::PUT, reqwest::Method::PATCH, reqwest::Method::DELETE] {
+            let r = app.client.request(method.clone(), &path).bearer_auth(key).json(&json!({"name": "x"})).send();
+            let r = r.await.expect("request");
+            assert_eq!(r.status(), 404, "{method} with a {scope} key");
+        }
+    }
+    // A table that exists still answers a subscribe key's write with 403.
+    let service = app.url("/services/3e1f2c4a-5b6d-4e7f-8a9b-0c1d2e3f4a5b");
+    let r = app.client.put(&service).bearer_auth(&app.subscribe_key).json(&json!({"name": "x"})).send().await;
+    assert_eq!(r.expect("request").status(), 403);
+}
+
 /// Every text column of every table of the database at `url` that contains `needle`, as `table.column`.
 async fn columns_containing(url: &str, needle: &str) -> Vec<String> {
     use sqlx::Row;
