@@ -97,7 +97,10 @@ fn parse_list_params(table: &Table, params: &HashMap<String, String>) -> Result<
     // HSDS defines `minimal` for services only; elsewhere an `{id, last_modified}` item would fail the list's
     // schema (which requires the other fields), so the parameter changes nothing there.
     let minimal = parse_bool(params, "minimal")? && table.name == "service";
+    // HSDS asks a minimal list to "aim to return all services within one call": unless a page size is
+    // asked for, it is one page of up to 100 000 (an id and a time each, about 8 MB at most).
     let per_page_max = if minimal { 100_000 } else { MAX_PER_PAGE };
+    let per_page_default = if minimal { per_page_max } else { DEFAULT_PER_PAGE };
     let format = params.get("format").map(String::as_str).unwrap_or("json");
     let ndjson = match format {
         "json" => false,
@@ -135,7 +138,7 @@ fn parse_list_params(table: &Table, params: &HashMap<String, String>) -> Result<
             proximity,
         },
         page: parse_uint(params, "page", 1, 1, u32::MAX as u64)?,
-        per_page: parse_uint(params, "per_page", DEFAULT_PER_PAGE, 1, per_page_max)?,
+        per_page: parse_uint(params, "per_page", per_page_default, 1, per_page_max)?,
         ndjson,
         // Organizations "with full service information" are full organizations: it implies `full`.
         full: parse_bool(params, "full")? || (table.name == "organization" && parse_bool(params, "full_service")?),

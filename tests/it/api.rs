@@ -371,6 +371,21 @@ store_test!(organization_nesting_and_minimal_services, |app| async move {
     let whole = app.get_json("/services").await;
     let errors = crate::helpers::openapi_violations(&openapi, page, &whole);
     assert!(errors.is_empty(), "a page of list items as the OpenAPI says: {errors:?} in {whole}");
+    // "Aim to return all services within one call": more than a default page, in one, unless per_page asks.
+    for i in 0..60 {
+        let id = format!("51000000-0000-4000-8000-{i:012}");
+        app.put_ok(
+            &format!("/services/{id}"),
+            &json!({"organization_id": ORG, "name": format!("S{i}"), "status": "active"}),
+        )
+        .await;
+    }
+    let all = app.get_json("/services?minimal=true").await;
+    assert_eq!((all["total_items"].as_u64(), all["total_pages"].as_u64()), (Some(61), Some(1)), "{all}");
+    assert_eq!(all["contents"].as_array().map(Vec::len), Some(61));
+    let paged = app.get_json("/services?minimal=true&per_page=10&page=7").await;
+    assert_eq!((paged["size"].as_u64(), paged["total_pages"].as_u64()), (Some(1), Some(7)), "{paged}");
+    assert_eq!(app.get_json("/services").await["size"], 50, "other lists keep their default page");
     // HSDS gives `minimal` to services only: organizations stay whole list items (their schema needs a name).
     let organizations = app.get_json("/organizations?minimal=true").await;
     assert_eq!(organizations["contents"][0]["name"], "Food Bank", "{organizations}");
