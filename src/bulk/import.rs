@@ -109,10 +109,40 @@ pub(crate) fn rows_of_documents(docs: Vec<(String, Value)>, problems: &mut Vec<S
             }
         }
     }
-    let mut given: std::collections::HashSet<(&str, String)> =
-        rows.iter().map(|(t, row, _)| (t.name, crate::store::compile::id_of(row).unwrap_or_default())).collect();
-    copies.retain(|(t, row, _)| given.insert((t.name, crate::store::compile::id_of(row).unwrap_or_default())));
+    let copies = fold_copies_into_rows(&mut rows, copies);
     ImportRows { rows, copies, child_sets }
+}
+
+/// Folds each related copy of a row the documents give (the official examples show one phone under a service
+/// and again under its organization) into that row, and each further copy of a row into its first copy: the
+/// copy adds only the fields the row lacks (its link to the organization), as a `PUT` of the document does
+/// (`Op::CreateIfAbsent`). Returns the copies of rows no document gives.
+fn fold_copies_into_rows(rows: &mut LabelledRows, copies: LabelledRows) -> LabelledRows {
+    use crate::store::compile::id_of;
+    enum Given {
+        Row(usize),
+        Copy(usize),
+    }
+    // The last row with an id is the one an import keeps.
+    let mut given: std::collections::HashMap<(&str, String), Given> =
+        rows.iter().enumerate().filter_map(|(i, (t, row, _))| Some(((t.name, id_of(row)?), Given::Row(i)))).collect();
+    let mut kept: LabelledRows = Vec::new();
+    for (table, copy, label) in copies {
+        let Some(id) = id_of(&copy) else { continue };
+        let into = match given.get(&(table.name, id.clone())) {
+            Some(Given::Row(i)) => &mut rows[*i].1,
+            Some(Given::Copy(i)) => &mut kept[*i].1,
+            None => {
+                given.insert((table.name, id), Given::Copy(kept.len()));
+                kept.push((table, copy, label));
+                continue;
+            }
+        };
+        for (field, value) in copy {
+            into.entry(field).or_insert(value);
+        }
+    }
+    kept
 }
 
 /// A line that names its table, `{"table": "phone", "data": {...}}`: the table (or why it is no table of

@@ -2,7 +2,7 @@
 //! zips import like folders, a bad cell is named and writes nothing, NDJSON round-trips the directory, and
 //! `strict_references` refuses what a lenient import only warns about.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -342,6 +342,36 @@ fn hsda_exports_of_terms_and_taxonomies_read_back_as_such() {
         assert_eq!(row.0.name, *expected, "{doc}");
     }
 }
+
+// A phone given under a service and again under its (new) organization is one phone of both, on import as
+// on a PUT of the same document; the official full examples show every phone, contact and schedule so.
+store_test!(a_row_shown_again_inside_a_related_object_keeps_both_links_on_import, |app| async move {
+    let id = |n: u32| format!("0c0e0000-0000-4000-8000-{n:012}");
+    let (service, org, phone) = (id(1), id(2), id(3));
+    let document = json!({"id": service, "name": "s", "status": "active",
+        "organization": {"id": org, "name": "o", "description": "d", "phones": [{"id": phone, "number": "1"}]},
+        "phones": [{"id": phone, "number": "1"}]});
+    let dir = tempfile::tempdir().unwrap();
+    import_lines(&app, dir.path(), "one.ndjson", &[document]).await;
+    let row = app.get_json(&format!("/phones/{phone}")).await;
+    assert_eq!((row["service_id"].as_str(), row["organization_id"].as_str()), (Some(&*service), Some(&*org)), "{row}");
+    let organization = app.get_json(&format!("/organizations/{org}")).await;
+    assert_eq!(organization["phones"][0]["id"], phone.as_str(), "{organization}");
+
+    let Some(hsds) = hsds_dir() else { return };
+    let example = hsds.join("examples").join("service_full.json");
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&example).unwrap()).unwrap();
+    import_path(&app.db, &example, ImportOptions::default()).await.expect("imports");
+    let org = doc["organization"]["id"].as_str().unwrap();
+    let stored = app.get_json(&format!("/organizations/{org}")).await;
+    for field in ["phones", "contacts", "funding", "additional_websites"] {
+        let ids = |v: &Value| -> BTreeSet<String> {
+            v[field].as_array().into_iter().flatten().filter_map(|x| x["id"].as_str().map(str::to_owned)).collect()
+        };
+        assert!(!ids(&doc["organization"]).is_empty(), "the example's organization has {field}");
+        assert_eq!(ids(&stored), ids(&doc["organization"]), "{field} of {stored}");
+    }
+});
 
 store_test!(strict_references_refuse_what_lenient_imports_warn_about, |app| async move {
     let Some(example) = example() else { return };
