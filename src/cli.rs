@@ -46,7 +46,8 @@ pub enum Command {
         strict_references: Option<bool>,
     },
     /// Export the directory as a tabular data package (folder, or .zip if OUT ends in .zip) or as NDJSON
-    /// (to standard output if OUT is `-`). Either imports back to the same directory.
+    /// (to standard output if OUT is `-`). Either imports back to the same directory (but a CSV cell cannot
+    /// tell `""` from no value: an empty optional text comes back absent; NDJSON keeps every value).
     Export {
         /// `datapackage` (default) or `ndjson`: one `{"table": ..., "data": ...}` per line, the compiled
         /// documents (taxonomies, terms, organizations, locations, services) then each row they do not hold.

@@ -8,11 +8,14 @@ use std::path::Path;
 use serde_json::Value;
 
 use super::ImportError;
+use crate::hsds::catalog::{Field, FieldType, TABLES};
 
 /// Reads the JSON objects of a `.json`, `.ndjson` or `.jsonl` file, in file order.
 ///
 /// Each object is labelled `line N` (1-based) in a line-delimited file, `item N` (1-based) in an array,
-/// and `document` when a `.json` file holds a single object. Blank lines are ignored. Anything that is not
+/// and `document` when a `.json` file holds a single object. A `.json` file may also hold a saved page of an
+/// HSDS list (its `contents` are the documents) or HSDS's tabular form in JSON (each row a line naming its
+/// table). Blank lines are ignored. Anything that is not
 /// an object, or not JSON, is an error naming the file and, where known, the line.
 pub fn read_json_documents(path: &Path) -> Result<Vec<(String, Value)>, ImportError> {
     let file = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
@@ -31,21 +34,66 @@ fn parse_json(file: &str, text: &str) -> Result<Vec<(String, Value)>, ImportErro
     let value: Value = serde_json::from_str(text)
         .map_err(|e| ImportError::new(file, format!("not valid JSON: {e}")).at_line(e.line() as u64))?;
     match value {
+        Value::Object(mut map) if is_page(&map) => objects(file, "contents item", map.remove("contents")),
+        Value::Object(map) if is_tabular(&map) => tabular_rows(file, map),
         Value::Object(_) => Ok(vec![("document".to_owned(), value)]),
-        Value::Array(items) => items
-            .into_iter()
-            .enumerate()
-            .map(|(index, item)| {
-                let label = format!("item {}", index + 1);
-                if item.is_object() {
-                    Ok((label, item))
-                } else {
-                    Err(ImportError::new(file, format!("{label} is not a JSON object")))
-                }
-            })
-            .collect(),
+        array @ Value::Array(_) => objects(file, "item", Some(array)),
         _ => Err(ImportError::new(file, "expected a JSON object or an array of objects")),
     }
+}
+
+/// The objects of a JSON array, labelled `{label} N` (1-based).
+fn objects(file: &str, label: &str, array: Option<Value>) -> Result<Vec<(String, Value)>, ImportError> {
+    let Some(Value::Array(items)) = array else {
+        return Err(ImportError::new(file, "expected an array of objects"));
+    };
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(index, item)| {
+            let label = format!("{label} {}", index + 1);
+            if item.is_object() {
+                Ok((label, item))
+            } else {
+                Err(ImportError::new(file, format!("{label} is not a JSON object")))
+            }
+        })
+        .collect()
+}
+
+/// A page of an HSDS list as the API serves it (`GET /services` saved to a file): its `contents` are the
+/// documents. No HSDS object has a `contents` and a `total_items` field.
+fn is_page(map: &serde_json::Map<String, Value>) -> bool {
+    map.contains_key("total_items") && map.get("contents").is_some_and(Value::is_array)
+}
+
+/// The tabular form in JSON (`{"services.csv": [row, ...], ...}`, as HSDS's `tabular.json` example): every
+/// key names a table's CSV file of a data package.
+fn is_tabular(map: &serde_json::Map<String, Value>) -> bool {
+    !map.is_empty() && map.iter().all(|(key, rows)| key.ends_with(".csv") && rows.is_array())
+}
+
+/// Each row of the tabular form as a line naming its table, `{"table": "service", "data": {...}}`, labelled
+/// `{file} row N`; a key that is no HSDS table's file is an error.
+fn tabular_rows(file: &str, map: serde_json::Map<String, Value>) -> Result<Vec<(String, Value)>, ImportError> {
+    let mut lines = Vec::new();
+    for (csv_file, rows) in map {
+        let Some(table) = TABLES.iter().find(|t| t.csv_file == csv_file) else {
+            return Err(ImportError::new(file, format!("{csv_file} is not the file of an HSDS table")));
+        };
+        for (label, mut row) in objects(file, &format!("{csv_file} row"), Some(rows))? {
+            // A cell's value as its CSV cell would read: a number in a text column is its text (HSDS's own
+            // example gives an organization identifier as 1234567).
+            for (name, value) in row.as_object_mut().into_iter().flatten() {
+                let numeric = |f: &&Field| matches!(f.ty, FieldType::Number | FieldType::Integer | FieldType::Boolean);
+                if (value.is_number() || value.is_boolean()) && table.field(name).is_some_and(|f| !numeric(&f)) {
+                    *value = Value::String(value.to_string());
+                }
+            }
+            lines.push((label, serde_json::json!({ "table": table.name, "data": row })));
+        }
+    }
+    Ok(lines)
 }
 
 fn parse_lines(file: &str, text: &str) -> Result<Vec<(String, Value)>, ImportError> {
@@ -89,6 +137,32 @@ mod tests {
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[1].0, "line 4");
         assert_eq!(lines[1].1["id"], "b");
+    }
+
+    #[test]
+    fn reads_a_saved_list_page_and_the_tabular_form() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let page = r#"{"total_items": 2, "total_pages": 1, "page_number": 1, "contents": [{"id":"a"},{"id":"b"}]}"#;
+        let items = read_json_documents(&write(dir.path(), "list.json", page)).expect("page");
+        assert_eq!(
+            items.iter().map(|(label, _)| label.as_str()).collect::<Vec<_>>(),
+            ["contents item 1", "contents item 2"]
+        );
+
+        let tabular = r#"{"services.csv": [{"id":"s", "minimum_age": 3}], "phones.csv": [{"id":"p", "number": 5550100}, {"id":"q"}]}"#;
+        let lines = read_json_documents(&write(dir.path(), "tabular.json", tabular)).expect("tabular");
+        let tables: Vec<(&str, &str)> =
+            lines.iter().map(|(label, line)| (label.as_str(), line["table"].as_str().unwrap_or_default())).collect();
+        assert_eq!(
+            tables,
+            [("services.csv row 1", "service"), ("phones.csv row 1", "phone"), ("phones.csv row 2", "phone")]
+        );
+        // A number in a text column reads as its text, as in a CSV cell; a number column's stays a number.
+        assert_eq!(lines[0].1["data"], serde_json::json!({"id": "s", "minimum_age": 3}));
+        assert_eq!(lines[1].1["data"], serde_json::json!({"id": "p", "number": "5550100"}));
+
+        let err = read_json_documents(&write(dir.path(), "odd.json", r#"{"widgets.csv": []}"#)).unwrap_err();
+        assert_eq!(err.to_string(), "odd.json: widgets.csv is not the file of an HSDS table");
     }
 
     #[test]

@@ -141,6 +141,11 @@ impl Db {
         };
         let pool = match backend {
             Backend::Sqlite => {
+                // Without a file each pooled connection would open a database of its own in memory, gone
+                // with it: nothing written would be read back.
+                if sqlite_file(url).is_none() {
+                    bail!("the SQLite URL {url:?} names no file: use sqlite://FILE, e.g. sqlite://hsda.db");
+                }
                 if !options.create_if_missing
                     && let Some(path) = sqlite_file(url)
                     && !path.exists()

@@ -294,6 +294,40 @@ fn the_official_full_documents_import_as_their_kinds() {
     }
 }
 
+// A saved page of an HSDS list and the tabular form in JSON are HSDS JSON too: HSDS's own examples of both
+// import (the tabular one row for row as its CSV twin reads).
+store_test!(the_official_list_pages_and_tabular_json_import, |app| async move {
+    let Some(hsds) = hsds_dir() else { return };
+    let examples = hsds.join("examples");
+    for (file, path) in [("service_list.json", "/services"), ("taxonomy_term_list.json", "/taxonomy_terms")] {
+        let page: Value = serde_json::from_str(&std::fs::read_to_string(examples.join(file)).unwrap()).unwrap();
+        import_path(&app.db, &examples.join(file), ImportOptions::default()).await.expect(file);
+        for item in page["contents"].as_array().expect("contents") {
+            let id = item["id"].as_str().expect("id");
+            assert_eq!(app.get(&format!("{path}/{id}")).await.status(), 200, "{file}: {id}");
+        }
+    }
+    let rows = hsda::bulk::import::read_path(&examples.join("tabular.json")).expect("tabular.json reads").rows;
+    let csv = hsda::bulk::import::read_path(&examples.join("csv")).expect("csv reads").rows;
+    let by_id = |rows: &[(&'static hsda::hsds::catalog::Table, serde_json::Map<String, Value>, String)]| {
+        rows.iter().map(|(t, row, _)| ((t.name, row["id"].to_string()), row.clone())).collect::<BTreeMap<_, _>>()
+    };
+    let (tabular, csv) = (by_id(&rows), by_id(&csv));
+    assert!(tabular.len() > 15, "{}", tabular.len());
+    // The two examples differ a little (the CSV attribute has a label): each value the tabular row gives is
+    // read as the CSV's, typed alike.
+    let mut compared = 0;
+    for (key, row) in &tabular {
+        let Some(twin) = csv.get(key) else { continue };
+        for (field, value) in row {
+            assert_eq!(Some(value), twin.get(field), "{key:?} {field}");
+            compared += 1;
+        }
+    }
+    assert!(compared > 100, "{compared} values compared");
+    import_path(&app.db, &examples.join("tabular.json"), ImportOptions::default()).await.expect("tabular.json");
+});
+
 #[test]
 fn hsda_exports_of_terms_and_taxonomies_read_back_as_such() {
     // Documents as `hsda export --format ndjson` wrote them before its lines named their table (other tools'

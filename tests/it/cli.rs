@@ -413,6 +413,12 @@ async fn a_database_that_cannot_be_opened_is_named_for_what_is_wrong() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
     assert!(stderr.contains("not a database") && !stderr.contains("timed out"), "{stderr}");
+    // A URL that names no file (each connection would have a database of its own in memory).
+    for url in ["sqlite://", "sqlite:", "sqlite://?mode=rwc"] {
+        let output = hsda(&["--database-url", url, "migrate"], &[]).await;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && stderr.contains("names no file"), "{url}: {stderr}");
+    }
     // Nothing listens on port 1: refused, said as such.
     let output = hsda(&["--database-url", "postgres://postgres@127.0.0.1:1/none", "migrate"], &[]).await;
     let stderr = String::from_utf8_lossy(&output.stderr);
