@@ -350,7 +350,8 @@ fn add_webhook_paths(paths: &mut Map<String, Value>, schemas: &mut Map<String, V
         "Subscription".into(),
         json!({ "type": "object", "properties": {
             "id": {"type": "string", "description": "sub_..."},
-            "url": {"type": "string", "format": "uri", "maxLength": 4096, "description": "http or https; no whitespace around it, no user name or password, no port 0; refused if it resolves to a private, loopback, link-local or metadata address (unless the operator allows it)."},
+            "tenant": {"type": "string", "description": "The tenant of the key that made it (an admin key lists every tenant's)."},
+            "url": {"type": "string", "format": "uri", "maxLength": 4096, "description": "http or https; no whitespace around it, no user name or password, no #fragment, no port 0; refused if it resolves to a private, loopback, link-local or metadata address (unless the operator allows it)."},
             "events": {"type": "array", "items": {"type": "string"}, "description": "Event types or patterns: service.updated, service.*, *"},
             "payload": {"type": "string", "enum": ["full", "thin"]},
             "filter": {"type": "object", "properties": {
@@ -368,7 +369,7 @@ fn add_webhook_paths(paths: &mut Map<String, Value>, schemas: &mut Map<String, V
             "max_concurrency": {"type": "integer", "minimum": 1, "maximum": 100, "description": "Deliveries of this subscription in flight at once, per hsda process (several processes on one PostgreSQL database each allow this many)."},
             "rate_limit_per_second": {"type": ["integer", "null"], "description": "Delivery starts per second, per hsda process (several processes on one PostgreSQL database each allow this many)."},
             "ordered": {"type": "boolean"},
-            "headers": {"type": "object", "additionalProperties": {"type": "string"}, "description": "Static headers sent with every delivery. Names compare without case (one name once); content-type, user-agent, host, content-length, transfer-encoding and webhook-* are hsda's."},
+            "headers": {"type": "object", "additionalProperties": {"type": "string"}, "description": "Static headers sent with every delivery. Names compare without case (one name once); content-type, content-length, content-encoding, user-agent, host, transfer-encoding and webhook-* are hsda's, and the hop-by-hop ones (connection, keep-alive, upgrade, te, trailer, expect, proxy-*) the connection's: refused."},
             "metadata": {"type": "object", "description": "The owner's own notes, at most 16 KiB as JSON."},
             "verify": {"type": "boolean"},
             "all_tenants": {"type": "boolean", "readOnly": true, "description": "Made with an admin key: it hears the operational events (webhook.failing, webhook.recovered, webhook.disabled) of every tenant's subscriptions; others hear their own tenant's only."},
@@ -381,6 +382,14 @@ fn add_webhook_paths(paths: &mut Map<String, Value>, schemas: &mut Map<String, V
             "created_at": {"type": "string"}, "updated_at": {"type": "string"} },
             "required": ["url"] }),
     );
+    // What hsda sets: a create refuses it, a PATCH takes it only unchanged (sent back as read).
+    if let Some(properties) = schemas["Subscription"]["properties"].as_object_mut() {
+        for name in crate::http::webhooks::READ_ONLY {
+            if let Some(property) = properties.get_mut(name) {
+                property["readOnly"] = Value::Bool(true);
+            }
+        }
+    }
     let delivery_fields = json!({
             "id": {"type": "string", "description": "msg_...; sent as webhook-id, the same on every retry"},
             "subscription_id": {"type": "string"}, "event_id": {"type": "string"}, "event_sequence": {"type": "integer"},
@@ -397,7 +406,7 @@ fn add_webhook_paths(paths: &mut Map<String, Value>, schemas: &mut Map<String, V
     detail["attempts"] = json!({"type": "array", "items": {"type": "object", "properties": {
         "at": {"type": "string", "format": "date-time", "description": "When the request was sent (its answer came `duration_ms` later)."}, "status_code": {"type": ["integer", "null"]},
         "duration_ms": {"type": "integer"}, "error": {"type": ["string", "null"]},
-        "error_class": {"type": ["string", "null"], "description": "timeout, dns, connect, tls, ssrf, http_status, read, request"},
+        "error_class": {"type": ["string", "null"], "description": "timeout (no full answer in time), dns (the name did not resolve), connect (no connection could be made: refused, unreachable), tls, ssrf (the address is refused), http_status (a non-2xx answer), read (the connection was made but broke before a full answer: reset, closed, body cut), request (anything else)"},
         "response_body": {"type": ["string", "null"], "description": "The first 4 096 bytes"} } } });
     schemas.insert("DeliveryDetail".into(), json!({ "type": "object", "properties": detail }));
     let sub_ref = json!({"$ref": "#/components/schemas/Subscription"});
@@ -438,7 +447,7 @@ fn add_webhook_paths(paths: &mut Map<String, Value>, schemas: &mut Map<String, V
         "status_code": {"type": ["integer", "null"], "description": "The target's answer; null when none came"},
         "response_body": {"type": ["string", "null"], "description": "The first 4 096 bytes"},
         "duration_ms": {"type": "integer"}, "error": {"type": ["string", "null"]},
-        "error_class": {"type": ["string", "null"], "description": "timeout, dns, connect, tls, ssrf, http_status, read, request"},
+        "error_class": {"type": ["string", "null"], "description": "timeout (no full answer in time), dns (the name did not resolve), connect (no connection could be made: refused, unreachable), tls, ssrf (the address is refused), http_status (a non-2xx answer), read (the connection was made but broke before a full answer: reset, closed, body cut), request (anything else)"},
         "success": {"type": "boolean", "description": "A 2xx answer"} },
         "required": ["webhook_id", "status_code", "duration_ms", "error", "success"] });
     let with_member = |name: &str, schema: Value| json!({ "allOf": [sub_ref.clone(), { "type": "object", "properties": { name: schema } }] });

@@ -42,15 +42,46 @@ const OPERATIONAL: [&str; 4] = ["webhook.ping", "webhook.failing", "webhook.reco
 /// The largest `metadata` taken, as JSON text.
 const MAX_METADATA_BYTES: usize = 16 * 1024;
 const FILTER_KEYS: [&str; 4] = ["organization_id", "service_id", "location_id", "taxonomy_term_id"];
-const RESERVED_HEADERS: [&str; 8] = [
+/// Header names a subscription's `headers` may not set: what hsda says of the body and the request itself
+/// (a `content-encoding: gzip` on a plain JSON body breaks receivers that decode before they verify), the
+/// connection's own (hop-by-hop, RFC 9110 7.6.1), and the signature's.
+const RESERVED_HEADERS: [&str; 17] = [
     "content-type",
     "content-length",
+    "content-encoding",
     "host",
     "user-agent",
     "webhook-id",
     "webhook-timestamp",
     "webhook-signature",
     "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "expect",
+    "proxy-authorization",
+    "proxy-connection",
+];
+
+/// The fields of a subscription that hsda sets and shows (see `apply_fields`).
+pub(crate) const READ_ONLY: [&str; 15] = [
+    "id",
+    "tenant",
+    "all_tenants",
+    "public_key",
+    "previous_public_key",
+    "previous_secret_expires_at",
+    "disabled_reason",
+    "last_success_at",
+    "last_failure_at",
+    "consecutive_failures",
+    "next_digest_at",
+    "verified_at",
+    "verification_error",
+    "created_at",
+    "updated_at",
 ];
 
 fn known_pattern(p: &str) -> bool {
@@ -66,7 +97,7 @@ async fn apply_fields(
 ) -> Vec<FieldError> {
     let mut errors = Vec::new();
     let mut err = |p: &str, d: String| errors.push(FieldError::new(p, d));
-    const FIELDS: [&str; 16] = [
+    const FIELDS: [&str; 15] = [
         "url",
         "events",
         "payload",
@@ -82,19 +113,24 @@ async fn apply_fields(
         "metadata",
         "verify",
         "status",
-        "id",
     ];
-    for key in body.keys() {
-        if !FIELDS.contains(&key.as_str()) {
+    // What hsda sets and shows is read-only: a PATCH may send back what it read (the value it has now), a
+    // create none of it.
+    let shown = output(sub, None);
+    for (key, value) in body {
+        if FIELDS.contains(&key.as_str()) {
+            continue;
+        }
+        if !READ_ONLY.contains(&key.as_str()) {
             err(&format!("/{key}"), "unknown field".into());
+        } else if creating {
+            err(&format!("/{key}"), "is read-only: hsda sets it".into());
+        } else if shown.get(key).unwrap_or(&Value::Null) != value {
+            err(&format!("/{key}"), "is read-only: hsda sets it, and a PATCH may only send back what it has".into());
         }
     }
     if creating && !body.contains_key("url") {
         err("/url", "is required".into());
-    }
-    // Accepted (a client may send back what it read), but never changed.
-    if !creating && body.get("id").is_some_and(|id| id.as_str() != Some(sub.id.as_str())) {
-        err("/id", "cannot change".into());
     }
     if let Some(v) = body.get("url") {
         match v.as_str() {
@@ -187,6 +223,7 @@ async fn apply_fields(
     if let Some(v) = body.get("signing") {
         match v.as_str() {
             Some(s @ ("hmac-sha256" | "ed25519")) if creating => sub.signing = s.to_string(),
+            Some(s) if s == sub.signing => {}
             Some("hmac-sha256" | "ed25519") => err("/signing", "cannot change after creation".into()),
             _ => err("/signing", "must be hmac-sha256 or ed25519".into()),
         }
@@ -271,6 +308,8 @@ async fn apply_fields(
     }
     if let Some(v) = body.get("status") {
         match v.as_str() {
+            // Sent back as read (`failing` too, which only hsda sets): nothing changes.
+            Some(status) if !creating && status == sub.status => {}
             Some("disabled") if !creating => {
                 sub.status = "disabled".into();
                 sub.disabled_reason = Some("disabled by the owner".into());

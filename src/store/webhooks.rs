@@ -23,7 +23,7 @@ use super::{Backend, Db, now_text, timestamp_text};
 #[derive(Clone, Serialize)]
 pub struct Subscription {
     pub id: String,
-    #[serde(skip)]
+    /// Whose it is: an admin key lists every tenant's.
     pub tenant: String,
     pub url: String,
     pub events: Vec<String>,

@@ -34,7 +34,7 @@ impl Resolve for GuardedResolver {
 pub struct Response {
     pub status_code: Option<u16>,
     pub duration: Duration,
-    /// A class of failure: `timeout`, `dns`, `connect`, `tls`, `ssrf`, `http_status`, `request`.
+    /// A class of failure: `timeout`, `dns`, `connect`, `tls`, `ssrf`, `http_status`, `read`, `request`.
     pub error_class: Option<&'static str>,
     pub error: Option<String>,
     pub body_excerpt: Option<String>,
@@ -166,8 +166,8 @@ fn describe(e: &reqwest::Error) -> String {
     chain(e)
 }
 
-/// A connection the target reset or closed under the request (after the TCP connect succeeded): to the
-/// subscriber it is the same failure as a refused connection, so it is classed `connect` too, not `request`.
+/// A connection the target reset or closed under the request (after the TCP connect succeeded): classed
+/// `read`, not `connect`, so a subscriber tells a target that dropped the request from one nobody could reach.
 fn connection_lost(text: &str) -> bool {
     ["connection reset", "connection closed", "connection aborted", "broken pipe"].iter().any(|m| text.contains(m))
 }
@@ -182,8 +182,10 @@ fn classify(e: &reqwest::Error) -> &'static str {
         "dns"
     } else if text.contains("certificate") || text.contains("tls") || text.contains("handshake") {
         "tls"
-    } else if e.is_connect() || connection_lost(&text) {
+    } else if e.is_connect() {
         "connect"
+    } else if connection_lost(&text) {
+        "read"
     } else {
         "request"
     }

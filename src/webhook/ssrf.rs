@@ -261,6 +261,9 @@ impl Guard {
         if !url.username().is_empty() || url.password().is_some() {
             return Err(TargetError::UserInfo);
         }
+        if url.fragment().is_some() {
+            return Err(TargetError::Fragment);
+        }
         let ip = match url.host() {
             None => return Err(TargetError::MissingHost),
             Some(Host::Domain("")) => {
@@ -307,6 +310,9 @@ pub enum TargetError {
     /// Credentials in the URL.
     #[error("`url` must not carry a user name or password; use `headers` for credentials")]
     UserInfo,
+    /// A `#fragment`, which HTTP never sends: the target would not get what the URL says.
+    #[error("`url` must not have a #fragment (it is never sent to the target)")]
+    Fragment,
     /// A literal IP host in a forbidden range.
     #[error(
         "`url` points at {ip}, a private, loopback, link-local or otherwise reserved address; deliveries to it are refused"
@@ -535,6 +541,8 @@ mod tests {
             ("https://user:pw@example.com/", |e| matches!(e, TargetError::UserInfo)),
             ("https://user@example.com/", |e| matches!(e, TargetError::UserInfo)),
             ("https://:pw@example.com/", |e| matches!(e, TargetError::UserInfo)),
+            ("https://example.com/hooks?t=1#part", |e| matches!(e, TargetError::Fragment)),
+            ("https://example.com/#", |e| matches!(e, TargetError::Fragment)),
             ("http://", |e| matches!(e, TargetError::Invalid(_))),
             ("http://127.0.0.1/", |e| matches!(e, TargetError::Forbidden { .. })),
             ("http://169.254.169.254/latest/meta-data/", |e| matches!(e, TargetError::Forbidden { .. })),

@@ -503,7 +503,8 @@ pub async fn audit(
             let duration = Duration::from_millis(a["duration_ms"].as_u64().unwrap_or(0));
             let ok = match answer {
                 Answer::Status(s) => code == Some(*s) && (class.is_none() == (200..300).contains(s)),
-                Answer::Reset => code.is_none() && class == Some("connect"),
+                // The connection was made, then dropped: `read`, not `connect` (nobody reached).
+                Answer::Reset => code.is_none() && class == Some("read"),
                 Answer::Hung(_) => {
                     code.is_none()
                         && class == Some("timeout")

@@ -230,6 +230,15 @@ webhook_test!(bad_subscriptions_are_422_naming_the_field_and_create_nothing, |ap
         (json!({"url": format!("http://127.0.0.1:9/{}", "x".repeat(4096))}), "/url"),
         (json!({"url": "http://127.0.0.1:9/x", "headers": {"X-Api-Key": "a", "x-api-key": "b"}}), "/headers/x-api-key"),
         (json!({"url": "http://127.0.0.1:9/x", "metadata": {"notes": "x".repeat(17_000)}}), "/metadata"),
+        // A fragment is never sent: the target would not get the URL it was given.
+        (json!({"url": "http://127.0.0.1:9/x?t=1#part"}), "/url"),
+        // What says how the body is encoded is hsda's, and hop-by-hop headers are the connection's.
+        (json!({"url": "http://127.0.0.1:9/x", "headers": {"Content-Encoding": "gzip"}}), "/headers/Content-Encoding"),
+        (json!({"url": "http://127.0.0.1:9/x", "headers": {"Connection": "close"}}), "/headers/Connection"),
+        (json!({"url": "http://127.0.0.1:9/x", "headers": {"upgrade": "websocket"}}), "/headers/upgrade"),
+        // What hsda sets is read-only, said as such.
+        (json!({"url": "http://127.0.0.1:9/x", "id": "sub_mine"}), "/id"),
+        (json!({"url": "http://127.0.0.1:9/x", "all_tenants": true}), "/all_tenants"),
     ];
     for (body, pointer) in cases {
         let r = subscribe(&app, &app.subscribe_key, body.clone()).await;
@@ -276,6 +285,19 @@ webhook_test!(bad_subscriptions_are_422_naming_the_field_and_create_nothing, |ap
     crate::helpers::assert_problem_at(r.unwrap(), 422, "/id").await;
     let r = app.client.patch(&path).bearer_auth(&app.subscribe_key).json(&json!({"id": id, "description": "x"})).send();
     assert_eq!(r.await.unwrap().status(), 200);
+    // So may everything else hsda sets: a PATCH of the subscription as read (and changed) is taken whole.
+    let mut read: Value = app.get_as(&app.subscribe_key, format!("/webhooks/{id}")).await;
+    assert_eq!(read["tenant"], "acme", "{read}");
+    read["description"] = json!("as read");
+    let r = app.client.patch(&path).bearer_auth(&app.subscribe_key).json(&read).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    let r = app
+        .client
+        .patch(&path)
+        .bearer_auth(&app.subscribe_key)
+        .json(&json!({"consecutive_failures": 0, "created_at": "2020-01-01T00:00:00Z"}));
+    let problem = crate::helpers::assert_problem_at(r.send().await.unwrap(), 422, "/created_at").await;
+    assert_eq!(problem["errors"].as_array().map(Vec::len), Some(1), "an unchanged counter is taken: {problem}");
 });
 
 #[tokio::test]
