@@ -302,7 +302,27 @@ impl Db {
                 value: Value::Object(parse_row(&text)),
             });
         }
-        Ok((total.max(0) as u64, out))
+        Ok((total.max(0) as u64, self.as_served(table, out).await?))
+    }
+
+    /// Rows of a table that is no root as `GET /{table}/{id}` serves them, with what they nest (a capacity's
+    /// `unit`, which HSDS requires, a phone's languages): one compile for all of them. Roots' listed
+    /// documents are served as stored.
+    async fn as_served(&self, table: &'static Table, mut listed: Vec<Listed>) -> sqlx::Result<Vec<Listed>> {
+        if table.is_root() || listed.is_empty() {
+            return Ok(listed);
+        }
+        let rows = listed.iter_mut().map(|l| std::mem::take(&mut l.value)).filter_map(|v| match v {
+            Value::Object(row) => Some(row),
+            _ => None,
+        });
+        let rows: Vec<_> = rows.collect();
+        let mut conn = self.pool.acquire().await?;
+        let compiled = compile_many(&mut Conn::from(&mut *conn), table, rows, Form::Nested).await?;
+        for (l, value) in listed.iter_mut().zip(compiled) {
+            l.value = value;
+        }
+        Ok(listed)
     }
 
     /// Every matching row, in list order, without paging (for `format=ndjson` and exports).
@@ -318,11 +338,22 @@ impl Db {
             let column = column_for(table, full);
             let (text, params) = sql.query(&format!("SELECT r.id, r.modified_at, {column}"), &format!("ORDER BY {}", sql.order()));
             let mut rows = bind_all(sqlx::query(&text), &params).fetch(&db.pool);
+            // Rows of a table that is no root are compiled (`as_served`) a batch at a time.
+            let batch = if table.is_root() { 1 } else { 200 };
+            let mut pending = Vec::with_capacity(batch);
             while let Some(row) = rows.next().await {
                 use sqlx::Row;
                 let row = row?;
                 let data: String = row.try_get(2)?;
-                yield Listed { id: row.try_get(0)?, modified_at: row.try_get(1)?, value: Value::Object(parse_row(&data)) };
+                pending.push(Listed { id: row.try_get(0)?, modified_at: row.try_get(1)?, value: Value::Object(parse_row(&data)) });
+                if pending.len() >= batch {
+                    for listed in db.as_served(table, std::mem::take(&mut pending)).await? {
+                        yield listed;
+                    }
+                }
+            }
+            for listed in db.as_served(table, pending).await? {
+                yield listed;
             }
         }
     }
