@@ -80,11 +80,41 @@ pub fn sort_key(table: &Table, doc: &Value) -> String {
         "service_at_location" => doc.pointer("/service/name").or_else(|| doc.get("description")),
         _ => doc.get("name"),
     };
-    name.and_then(Value::as_str).unwrap_or("").trim().to_lowercase().chars().take(200).collect()
+    let name = name.and_then(Value::as_str).unwrap_or("").trim().to_lowercase();
+    // Folded as search words are (a name search ranks names holding the words first), and so `Éclair`
+    // sorts among the e's.
+    fold_diacritics(&name).chars().take(200).collect()
+}
+
+/// `text` with the diacritics of Latin letters taken off (`Café Niño` -> `Cafe Nino`), so that a search for
+/// a word typed without its accents finds it: SQLite's full-text index does this itself (FTS5's
+/// `remove_diacritics`), PostgreSQL's `simple` configuration does not, so hsda folds the text it indexes and
+/// the words it searches for on both. Letters of other scripts keep their marks (in many, a mark changes
+/// the letter, not its accent).
+pub fn fold_diacritics(text: &str) -> std::borrow::Cow<'_, str> {
+    use unicode_normalization::char::{decompose_canonical, is_combining_mark};
+    // Latin-1 Supplement to Latin Extended-B, and Latin Extended Additional (Vietnamese).
+    let latin = |c: char| matches!(c, '\u{C0}'..='\u{24F}' | '\u{1E00}'..='\u{1EFF}');
+    if !text.chars().any(latin) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if latin(c) {
+            decompose_canonical(c, |part| {
+                if !is_combining_mark(part) {
+                    out.push(part);
+                }
+            });
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// The words full-text search matches: names, alternate names and descriptions (and a
-/// service_at_location's service and location names).
+/// service_at_location's service and location names), with Latin diacritics folded ([`fold_diacritics`]).
 pub fn search_text(table: &Table, doc: &Value) -> String {
     let mut sources = vec![doc];
     if table.name == "service_at_location" {
@@ -97,7 +127,7 @@ pub fn search_text(table: &Table, doc: &Value) -> String {
             ["name", "alternate_name", "description", "code"].into_iter().filter_map(|key| v.get(key)?.as_str())
         })
         .collect();
-    parts.join(" ")
+    fold_diacritics(&parts.join(" ")).into_owned()
 }
 
 /// Latitude and longitude of a location, or of a service_at_location's location.
@@ -648,6 +678,25 @@ pub fn strip_copies(table: &'static Table, doc: &mut Value) {
                     strip_copies(child, item);
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod folding {
+    use super::fold_diacritics;
+
+    #[test]
+    fn latin_diacritics_come_off_and_other_marks_stay() {
+        assert_eq!(
+            fold_diacritics("Café Niño, Educación à São Paulo; Đà Nẵng"),
+            "Cafe Nino, Educacion a Sao Paulo; Đa Nang"
+        );
+        assert!(matches!(fold_diacritics("plain ascii"), std::borrow::Cow::Borrowed(_)), "nothing to fold: no copy");
+        // Other scripts' marks are part of their letters: Devanagari and Arabic keep theirs; so do letters
+        // that are no accented base letter (ß, ø).
+        for kept in ["हिन्दी", "مَدرسة", "Straße", "Søren"] {
+            assert_eq!(fold_diacritics(kept), kept);
         }
     }
 }

@@ -276,6 +276,7 @@ impl Db {
                 .execute(&mut *conn)
                 .await?;
             }
+            fold_stored_text(&mut conn).await?;
             sqlx::query(
                 "INSERT INTO counters (name, value) VALUES ('event_sequence', 0) ON CONFLICT (name) DO NOTHING",
             )
@@ -368,6 +369,50 @@ impl Db {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// Folds, once, the sort keys and search text of rows written before hsda folded Latin diacritics in them
+/// ([`crate::hsds::document::fold_diacritics`]; new writes fold their own), so that `cafe` finds `Café` on
+/// PostgreSQL too. Done in `migrate` (under its lock), marked done in `meta`; not a schema version, as an
+/// older hsda still reads and writes the folded rows correctly (its own writes are merely unfolded).
+async fn fold_stored_text(conn: &mut sqlx::AnyConnection) -> anyhow::Result<()> {
+    use crate::hsds::document::fold_diacritics;
+    use std::borrow::Cow;
+    const DONE: &str = "text_folded";
+    let done: Option<String> =
+        sqlx::query_scalar("SELECT value FROM meta WHERE key = $1").bind(DONE).fetch_optional(&mut *conn).await?;
+    if done.is_some() {
+        return Ok(());
+    }
+    let mut after = 0i64;
+    loop {
+        let rows: Vec<(i64, String, String)> = sqlx::query_as(
+            "SELECT CAST(rid AS BIGINT), sort_key, search_text FROM records WHERE rid > $1 ORDER BY rid LIMIT 2000",
+        )
+        .bind(after)
+        .fetch_all(&mut *conn)
+        .await
+        .context("folding stored search text")?;
+        let Some(&(last, _, _)) = rows.last() else { break };
+        after = last;
+        for (rid, sort_key, search_text) in &rows {
+            let (key, text) = (fold_diacritics(sort_key), fold_diacritics(search_text));
+            if matches!((&key, &text), (Cow::Borrowed(_), Cow::Borrowed(_))) {
+                continue;
+            }
+            sqlx::query("UPDATE records SET sort_key = $1, search_text = $2 WHERE rid = $3")
+                .bind(&*key)
+                .bind(&*text)
+                .bind(rid)
+                .execute(&mut *conn)
+                .await?;
+        }
+    }
+    sqlx::query("INSERT INTO meta (key, value) VALUES ($1, '1') ON CONFLICT (key) DO NOTHING")
+        .bind(DONE)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
 }
 
 /// The file a `sqlite:` URL names (`None` for an in-memory database, which only the pool can reach).

@@ -114,9 +114,11 @@ fn column_for(table: &Table, full: bool) -> &'static str {
     }
 }
 
-/// Words of a free-text search, lower-cased; punctuation separates words, as both engines tokenise.
+/// Words of a free-text search, lower-cased, Latin diacritics folded as the indexed text's are
+/// ([`crate::hsds::document::fold_diacritics`]); punctuation separates words, as both engines tokenise.
 pub fn search_words(search: &str) -> Vec<String> {
-    search.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_lowercase).take(16).collect()
+    let folded = crate::hsds::document::fold_diacritics(search);
+    folded.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_lowercase).take(16).collect()
 }
 
 impl Db {
