@@ -102,7 +102,19 @@ impl WebhookClient {
         let mut excerpt = BytesMut::new();
         let mut stream = response.bytes_stream();
         let mut read_error = None;
-        while let Some(chunk) = stream.next().await {
+        // A 2xx is a success whatever its body: only the excerpt is wanted, so a body that trickles in does
+        // not hold the attempt (and its lane's slot) until the timeout. A failure's body may say why: it gets
+        // the whole timeout.
+        let body_deadline = status.is_success().then(|| tokio::time::Instant::now() + SUCCESS_BODY_WAIT);
+        loop {
+            let next = match body_deadline {
+                Some(deadline) => match tokio::time::timeout_at(deadline, stream.next()).await {
+                    Ok(next) => next,
+                    Err(_) => break,
+                },
+                None => stream.next().await,
+            };
+            let Some(chunk) = next else { break };
             match chunk {
                 Ok(chunk) => {
                     let room = RESPONSE_EXCERPT_BYTES.saturating_sub(excerpt.len());
@@ -138,6 +150,9 @@ impl WebhookClient {
         }
     }
 }
+
+/// How long the body of a 2xx answer is read for its excerpt, after its head came.
+const SUCCESS_BODY_WAIT: Duration = Duration::from_secs(1);
 
 /// An excerpt cut at `limit` bytes without the character the cut fell in (which would show as U+FFFD).
 fn without_cut_character(bytes: &[u8], limit: usize) -> &[u8] {

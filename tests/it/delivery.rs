@@ -53,6 +53,18 @@ async fn awkward_targets() -> (String, Hits) {
             }),
         )
         .route(
+            "/trickle",
+            post(|State(h): State<Hits>| async move {
+                hit(State(h), "trickle").await;
+                // A 200 whose body comes a byte every 300 ms, for 9 s.
+                let bytes = futures::StreamExt::then(futures::stream::iter(0..30), |_| async {
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    Ok::<_, std::io::Error>(Bytes::from_static(b"x"))
+                });
+                axum::body::Body::from_stream(bytes)
+            }),
+        )
+        .route(
             "/elsewhere",
             post(|State(h): State<Hits>| async move {
                 hit(State(h), "elsewhere").await;
@@ -228,6 +240,24 @@ both_stores!(
             (d["attempts"][0]["status_code"].as_i64(), d["attempts"][0]["response_body"].as_str()),
             (Some(500), Some("a\u{FFFD}b"))
         );
+    }
+);
+
+// A 2xx is a success as soon as it comes: a body that trickles in after it is read for its excerpt for a
+// second, not until the timeout, which would hold the lane's slot meanwhile.
+both_stores!(
+    a_success_whose_body_trickles_in_is_not_held_until_the_timeout,
+    |c| c.delivery_timeout_seconds = 8,
+    |app| async move {
+        let (base, _) = awkward_targets().await;
+        let trickle = subscribe(&app, json!({"url": format!("{base}/trickle"), "events": ["webhook.ping"]})).await;
+        let d = ping_delivery(&app, trickle["id"].as_str().unwrap(), 1).await;
+        let attempt = &d["attempts"][0];
+        assert_eq!((d["status"].as_str(), attempt["status_code"].as_i64()), (Some("succeeded"), Some(200)), "{d}");
+        let took = attempt["duration_ms"].as_i64().unwrap();
+        assert!((900..4000).contains(&took), "{took} ms: {d}");
+        let excerpt = attempt["response_body"].as_str().unwrap();
+        assert!(!excerpt.is_empty() && excerpt.len() < 15 && excerpt.bytes().all(|b| b == b'x'), "{d}");
     }
 );
 
