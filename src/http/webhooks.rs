@@ -42,28 +42,6 @@ const OPERATIONAL: [&str; 4] = ["webhook.ping", "webhook.failing", "webhook.reco
 /// The largest `metadata` taken, as JSON text.
 const MAX_METADATA_BYTES: usize = 16 * 1024;
 const FILTER_KEYS: [&str; 4] = ["organization_id", "service_id", "location_id", "taxonomy_term_id"];
-/// Header names a subscription's `headers` may not set: what hsda says of the body and the request itself
-/// (a `content-encoding: gzip` on a plain JSON body breaks receivers that decode before they verify), the
-/// connection's own (hop-by-hop, RFC 9110 7.6.1), and the signature's.
-const RESERVED_HEADERS: [&str; 17] = [
-    "content-type",
-    "content-length",
-    "content-encoding",
-    "host",
-    "user-agent",
-    "webhook-id",
-    "webhook-timestamp",
-    "webhook-signature",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "upgrade",
-    "te",
-    "trailer",
-    "expect",
-    "proxy-authorization",
-    "proxy-connection",
-];
 
 /// The fields of a subscription that hsda sets and shows (see `apply_fields`).
 pub(crate) const READ_ONLY: [&str; 15] = [
@@ -83,6 +61,9 @@ pub(crate) const READ_ONLY: [&str; 15] = [
     "created_at",
     "updated_at",
 ];
+
+/// The read-only fields that never change after creation.
+const FIXED: [&str; 4] = ["id", "tenant", "all_tenants", "created_at"];
 
 fn known_pattern(p: &str) -> bool {
     crate::events::is_known_pattern(p) || OPERATIONAL.contains(&p) || p == "webhook.*"
@@ -114,8 +95,10 @@ async fn apply_fields(
         "verify",
         "status",
     ];
-    // What hsda sets and shows is read-only: a PATCH may send back what it read (the value it has now), a
-    // create none of it.
+    // What hsda sets and shows is read-only: a create may give none of it; a PATCH may send it back as read.
+    // What never changes must be sent back as it is (an `id` naming another subscription is a mistake worth
+    // saying); what hsda changes on its own (counters, times) is ignored, as a copy read a moment ago may
+    // already be behind.
     let shown = output(sub, None);
     for (key, value) in body {
         if FIELDS.contains(&key.as_str()) {
@@ -125,8 +108,8 @@ async fn apply_fields(
             err(&format!("/{key}"), "unknown field".into());
         } else if creating {
             err(&format!("/{key}"), "is read-only: hsda sets it".into());
-        } else if shown.get(key).unwrap_or(&Value::Null) != value {
-            err(&format!("/{key}"), "is read-only: hsda sets it, and a PATCH may only send back what it has".into());
+        } else if FIXED.contains(&key.as_str()) && shown.get(key).unwrap_or(&Value::Null) != value {
+            err(&format!("/{key}"), "is read-only and cannot change".into());
         }
     }
     if creating && !body.contains_key("url") {
@@ -283,7 +266,7 @@ async fn apply_fields(
                             &format!("/headers/{k}"),
                             "names a header given already (names compare without case)".into(),
                         );
-                    } else if RESERVED_HEADERS.contains(&lower.as_str()) || lower.starts_with("webhook-") {
+                    } else if crate::webhook::client::is_reserved_header(&lower) {
                         err(&format!("/headers/{k}"), "is set by hsda and cannot be overridden".into());
                     } else if axum::http::HeaderName::from_bytes(k.as_bytes()).is_err() {
                         err(&format!("/headers/{k}"), "is not a valid header name".into());
@@ -308,8 +291,10 @@ async fn apply_fields(
     }
     if let Some(v) = body.get("status") {
         match v.as_str() {
-            // Sent back as read (`failing` too, which only hsda sets): nothing changes.
-            Some(status) if !creating && status == sub.status => {}
+            // Sent back as read: nothing changes. `failing` is an active subscription whose attempts fail,
+            // which only hsda says; a copy read before it began to fail says `active` and changes nothing either
+            // (`POST .../enable` is how an owner restarts a subscription).
+            Some(status) if !creating && (status == sub.status || (status == "active" && sub.status == "failing")) => {}
             Some("disabled") if !creating => {
                 sub.status = "disabled".into();
                 sub.disabled_reason = Some("disabled by the owner".into());
@@ -597,7 +582,15 @@ async fn change_subscription<'a>(
             return Err(ApiError::PreconditionFailed);
         }
         let after = change(before.clone()).await?;
-        let unchanged = |stored: &Subscription| stored.same_settings(&before) && preconditions_hold(headers, stored);
+        // A status sent back as it was is no edit of it: the counters and times the attempt recorder keeps
+        // beside it are left to the recorder (written from this copy, a failure recorded meanwhile would be
+        // lost). One that changes it is written only over the status it was read with.
+        let status_edited = status_edited && after.status != before.status;
+        let unchanged = |stored: &Subscription| {
+            stored.same_settings(&before)
+                && (!status_edited || stored.status == before.status)
+                && preconditions_hold(headers, stored)
+        };
         if state.db.update_subscription(&after, status_edited, &state.config.public_url(), unchanged).await? {
             return Ok((before, after));
         }

@@ -41,6 +41,36 @@ pub struct Response {
     pub retry_after: Option<String>,
 }
 
+/// Header names a subscription's `headers` may not set: what hsda says of the body and the request itself
+/// (a `content-encoding: gzip` on a plain JSON body breaks receivers that decode before they verify), the
+/// connection's own (hop-by-hop, RFC 9110 7.6.1), and the signature's.
+const RESERVED_HEADERS: [&str; 17] = [
+    "content-type",
+    "content-length",
+    "content-encoding",
+    "host",
+    "user-agent",
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "expect",
+    "proxy-authorization",
+    "proxy-connection",
+];
+
+/// Whether a subscription's extra header `name` (lower case) is one it may not set ([`RESERVED_HEADERS`], or
+/// any `webhook-*`): refused when a subscription is made or changed, and left out at delivery (one stored
+/// before a name was refused is not sent).
+pub fn is_reserved_header(name: &str) -> bool {
+    RESERVED_HEADERS.contains(&name) || name.starts_with("webhook-")
+}
+
 #[derive(Clone)]
 pub struct WebhookClient {
     http: reqwest::Client,
@@ -79,8 +109,11 @@ impl WebhookClient {
             body_excerpt: None,
             retry_after: None,
         };
-        // Trimmed: a URL stored before surrounding whitespace was refused still goes.
-        let parsed = match self.guard.parse_target_url(url.trim()) {
+        // Trimmed, and without a #fragment (never sent anyway): a URL stored before either was refused still
+        // goes.
+        let url = url.trim();
+        let url = url.split_once('#').map_or(url, |(before, _)| before);
+        let parsed = match self.guard.parse_target_url(url) {
             Ok(u) => u,
             Err(e) => return fail("ssrf", e.to_string()),
         };

@@ -821,8 +821,12 @@ pub fn in_grace(sub: &Subscription) -> bool {
 pub async fn send(client: &WebhookClient, sub: &Subscription, message_id: &str, body: &str) -> super::client::Response {
     let timestamp = chrono::Utc::now().timestamp();
     let signature = signature_header(&signers(sub), message_id, timestamp, body.as_bytes());
-    let mut headers: Vec<(String, String)> =
-        sub.headers.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect();
+    let mut headers: Vec<(String, String)> = sub
+        .headers
+        .iter()
+        .filter(|(k, _)| !super::client::is_reserved_header(&k.to_ascii_lowercase()))
+        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+        .collect();
     headers.push(("webhook-id".into(), message_id.to_string()));
     headers.push(("webhook-timestamp".into(), timestamp.to_string()));
     headers.push(("webhook-signature".into(), signature));

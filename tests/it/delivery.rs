@@ -339,6 +339,34 @@ both_stores!(a_late_failed_attempt_never_reopens_a_delivery_that_succeeded, |_| 
     );
 });
 
+// A PATCH that sends the status back as it read it (`active` from before the target began to fail, or
+// `failing` itself) changes the other fields and leaves the status, its counters and its clock to hsda.
+both_stores!(
+    a_status_sent_back_as_read_leaves_a_failing_subscription_failing,
+    |c| c.retry_schedule = Some("60".into()),
+    |app| async move {
+        let rx = Receiver::start().await;
+        rx.script(&[(500, None)]);
+        let sub = subscribe(&app, json!({"url": rx.url, "events": ["webhook.ping"]})).await;
+        let sub_id = sub["id"].as_str().unwrap();
+        assert_eq!(sub["status"], "active");
+        ping_delivery(&app, sub_id, 1).await;
+        let path = format!("/webhooks/{sub_id}");
+        let failing: Value = app.get_as(&app.subscribe_key, &path).await;
+        assert_eq!((failing["status"].as_str(), failing["consecutive_failures"].as_i64()), (Some("failing"), Some(1)));
+        for (status, description) in [("active", "renamed"), ("failing", "renamed again")] {
+            let r =
+                app.patch_as(&app.subscribe_key, &path, &json!({"status": status, "description": description})).await;
+            assert_eq!(r.status(), 200, "{status}");
+            let now: Value = app.get_as(&app.subscribe_key, &path).await;
+            assert_eq!(now["description"], description);
+            for field in ["status", "consecutive_failures", "last_failure_at"] {
+                assert_eq!(now[field], failing[field], "{field} after sending back {status}: {now}");
+            }
+        }
+    }
+);
+
 both_stores!(
     an_attempt_older_than_the_last_one_recorded_leaves_the_status_alone,
     |c| c.retry_schedule = Some("60".into()),

@@ -291,13 +291,42 @@ webhook_test!(bad_subscriptions_are_422_naming_the_field_and_create_nothing, |ap
     read["description"] = json!("as read");
     let r = app.client.patch(&path).bearer_auth(&app.subscribe_key).json(&read).send().await.unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
-    let r = app
-        .client
-        .patch(&path)
-        .bearer_auth(&app.subscribe_key)
-        .json(&json!({"consecutive_failures": 0, "created_at": "2020-01-01T00:00:00Z"}));
+    let r = app.client.patch(&path).bearer_auth(&app.subscribe_key).json(
+        &json!({"consecutive_failures": 7, "updated_at": "2020-01-01T00:00:00Z", "created_at": "2020-01-01T00:00:00Z"}),
+    );
+    // What never changes is refused changed; what hsda changes on its own (a counter, a time) is taken as sent
+    // back from an older read, and changes nothing.
     let problem = crate::helpers::assert_problem_at(r.send().await.unwrap(), 422, "/created_at").await;
-    assert_eq!(problem["errors"].as_array().map(Vec::len), Some(1), "an unchanged counter is taken: {problem}");
+    assert_eq!(problem["errors"].as_array().map(Vec::len), Some(1), "only created_at: {problem}");
+    let r = app.client.patch(&path).bearer_auth(&app.subscribe_key).json(&json!({"consecutive_failures": 7})).send();
+    assert_eq!(r.await.unwrap().status(), 200);
+    let now: Value = app.get_as(&app.subscribe_key, format!("/webhooks/{id}")).await;
+    assert_eq!(now["consecutive_failures"], 0, "{now}");
+});
+
+// A subscription stored before a #fragment or a header name was refused keeps its deliveries: the fragment
+// was never sent, and the header is left out now.
+webhook_test!(a_subscription_stored_with_what_is_now_refused_still_gets_its_deliveries, |app| async move {
+    let rx = Receiver::start().await;
+    let sub = subscribed(&app, json!({"url": rx.url, "events": ["organization.*"], "headers": {"X-Ok": "1"}})).await;
+    let id = sub["id"].as_str().unwrap();
+    rx.wait_for("the ping", |r| r.len() == 1).await;
+    let pool = sqlx::AnyPool::connect(&app.database_url).await.unwrap();
+    let stored = json!({"X-Ok": "1", "Content-Encoding": "gzip", "Connection": "close"}).to_string();
+    sqlx::query("UPDATE subscriptions SET url = $1, headers = $2 WHERE id = $3")
+        .bind(format!("{}#part", rx.url))
+        .bind(stored)
+        .bind(id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let body = json!({"event_type": "organization.created"});
+    let r = app.post_as(&app.subscribe_key, &format!("/webhooks/{id}/test"), Some(&body)).await;
+    let attempt: Value = r.json().await.unwrap();
+    assert_eq!(attempt["status_code"], 200, "{attempt}");
+    let received = rx.wait_for("the test", |r| r.len() == 2).await;
+    assert_eq!(received[1].header("x-ok"), "1");
+    assert_eq!(received[1].header("content-encoding"), "", "a refused header stored earlier is not sent");
 });
 
 #[tokio::test]
