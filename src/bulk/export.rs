@@ -17,7 +17,7 @@ use crate::hsds::catalog::{TABLES, Table, table};
 use crate::hsds::document::keeps_last_modified;
 use crate::store::Db;
 use crate::store::compile::{Row, id_of};
-use crate::store::read::ListQuery;
+use crate::store::read::{ListQuery, Shape};
 
 /// Writes every row of every table as a data package; returns a one-line report.
 pub async fn export_datapackage(db: &Db, out: &Path) -> anyhow::Result<String> {
@@ -52,14 +52,10 @@ pub async fn export_ndjson(db: &Db, out: &Path) -> anyhow::Result<String> {
     // that resolves references line by line needs.
     for name in ["taxonomy", "taxonomy_term", "organization", "location", "service"] {
         let Some(t) = table(name) else { continue };
-        let mut stream = std::pin::pin!(db.stream(t, ListQuery::default(), true));
+        let mut stream = std::pin::pin!(db.stream(t, ListQuery::default(), Shape::Full));
         while let Some(listed) = stream.next().await {
-            let listed = listed?;
-            let mut doc = listed.value;
-            if !t.is_root() {
-                // Read as `GET` shows it: with its metadata, which the list form leaves out.
-                doc = db.get(t, &listed.id).await?.unwrap_or(doc);
-            }
+            // As `GET` shows it: a root's whole document, another table's row with what it nests (metadata).
+            let mut doc = listed?.value;
             if let Some(map) = doc.as_object_mut() {
                 map.remove("services");
             }

@@ -115,8 +115,8 @@ pub(crate) fn rows_of_documents(docs: Vec<(String, Value)>, problems: &mut Vec<S
 
 /// Folds each related copy of a row the documents give (the official examples show one phone under a service
 /// and again under its organization) into that row, and each further copy of a row into its first copy: the
-/// copy adds only the fields the row lacks (its link to the organization), as a `PUT` of the document does
-/// (`Op::CreateIfAbsent`). Returns the copies of rows no document gives.
+/// copy adds only the links the row lacks (the phone's to the organization), as a `PUT` of the document
+/// links a row it creates (`Op::CreateIfAbsent`). Returns the copies of rows no document gives.
 fn fold_copies_into_rows(rows: &mut LabelledRows, copies: LabelledRows) -> LabelledRows {
     use crate::store::compile::id_of;
     enum Given {
@@ -138,8 +138,11 @@ fn fold_copies_into_rows(rows: &mut LabelledRows, copies: LabelledRows) -> Label
                 continue;
             }
         };
+        // Only its links: the row as given says what its own fields are (one it leaves out, it clears).
         for (field, value) in copy {
-            into.entry(field).or_insert(value);
+            if table.field(&field).is_some_and(|f| f.references.is_some()) {
+                into.entry(field).or_insert(value);
+            }
         }
     }
     kept
@@ -333,7 +336,7 @@ pub async fn import_path(db: &Db, path: &Path, options: ImportOptions) -> anyhow
 /// Loads generated demo data into an empty directory (does nothing when services exist already).
 pub async fn load_demo(db: &Db, services: usize) -> anyhow::Result<()> {
     let service = table("service").context("catalog has services")?;
-    let (existing, _) = db.list(service, &Default::default(), 1, 1, false).await?;
+    let (existing, _) = db.list(service, &Default::default(), 1, 1, crate::store::read::Shape::List).await?;
     if existing > 0 {
         return Ok(());
     }

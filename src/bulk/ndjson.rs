@@ -61,6 +61,11 @@ fn objects(file: &str, label: &str, array: Option<Value>) -> Result<Vec<(String,
         .collect()
 }
 
+/// Whether a column holds numbers or booleans (not text of some kind).
+fn typed(field: &Field) -> bool {
+    matches!(field.ty, FieldType::Number | FieldType::Integer | FieldType::Boolean)
+}
+
 /// A page of an HSDS list as the API serves it (`GET /services` saved to a file): its `contents` are the
 /// documents. No HSDS object has a `contents` and a `total_items` field.
 fn is_page(map: &serde_json::Map<String, Value>) -> bool {
@@ -85,8 +90,7 @@ fn tabular_rows(file: &str, map: serde_json::Map<String, Value>) -> Result<Vec<(
             // A cell's value as its CSV cell would read: a number in a text column is its text (HSDS's own
             // example gives an organization identifier as 1234567).
             for (name, value) in row.as_object_mut().into_iter().flatten() {
-                let numeric = |f: &&Field| matches!(f.ty, FieldType::Number | FieldType::Integer | FieldType::Boolean);
-                if (value.is_number() || value.is_boolean()) && table.field(name).is_some_and(|f| !numeric(&f)) {
+                if (value.is_number() || value.is_boolean()) && table.field(name).is_some_and(|f| !typed(f)) {
                     *value = Value::String(value.to_string());
                 }
             }

@@ -93,21 +93,28 @@ pub fn sort_key(table: &Table, doc: &Value) -> String {
 /// the letter, not its accent).
 pub fn fold_diacritics(text: &str) -> std::borrow::Cow<'_, str> {
     use unicode_normalization::char::{decompose_canonical, is_combining_mark};
-    // Latin-1 Supplement to Latin Extended-B, and Latin Extended Additional (Vietnamese).
-    let latin = |c: char| matches!(c, '\u{C0}'..='\u{24F}' | '\u{1E00}'..='\u{1EFF}');
-    if !text.chars().any(latin) {
+    // Latin-1 Supplement to Latin Extended-B, and Latin Extended Additional (Vietnamese): the precomposed
+    // letters. A mark written after its letter (`e` + U+0301, as some systems store text) comes off too.
+    let precomposed = |c: char| matches!(c, '\u{C0}'..='\u{24F}' | '\u{1E00}'..='\u{1EFF}');
+    if !text.chars().any(|c| precomposed(c) || is_combining_mark(c)) {
         return std::borrow::Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len());
+    // Whether the last letter written is a Latin one, whose marks come off.
+    let mut after_latin = false;
     for c in text.chars() {
-        if latin(c) {
+        if precomposed(c) {
             decompose_canonical(c, |part| {
                 if !is_combining_mark(part) {
                     out.push(part);
                 }
             });
+            after_latin = true;
+        } else if is_combining_mark(c) && after_latin {
+            continue;
         } else {
             out.push(c);
+            after_latin = c.is_ascii_alphabetic();
         }
     }
     std::borrow::Cow::Owned(out)
@@ -693,6 +700,8 @@ mod folding {
             "Cafe Nino, Educacion a Sao Paulo; Đa Nang"
         );
         assert!(matches!(fold_diacritics("plain ascii"), std::borrow::Cow::Borrowed(_)), "nothing to fold: no copy");
+        // Marks written after their letter, and a lower-cased dotted capital I (i + U+0307).
+        assert_eq!(fold_diacritics("Cafe\u{301} n\u{303}o i\u{307}stanbul"), "Cafe no istanbul");
         // Other scripts' marks are part of their letters: Devanagari and Arabic keep theirs; so do letters
         // that are no accented base letter (ß, ø).
         for kept in ["हिन्दी", "مَدرسة", "Straße", "Søren"] {

@@ -20,7 +20,7 @@ use crate::hsds::document::{self, etag};
 use crate::hsds::validate::FieldError;
 use crate::store::compile::list_form;
 use crate::store::keys::Scope;
-use crate::store::read::{ListQuery, Listed};
+use crate::store::read::{ListQuery, Listed, Shape};
 use crate::store::write::{Op, WriteOptions, WriteOutcome};
 
 pub fn router() -> Router<AppState> {
@@ -45,6 +45,16 @@ struct ListParams {
     full: bool,
     minimal: bool,
     full_service: bool,
+}
+
+impl ListParams {
+    fn shape(&self) -> Shape {
+        match (self.minimal, self.full) {
+            (true, _) => Shape::Minimal,
+            (false, true) => Shape::Full,
+            (false, false) => Shape::List,
+        }
+    }
 }
 
 fn parse_bool(params: &HashMap<String, String>, name: &str) -> Result<bool, ApiError> {
@@ -98,7 +108,7 @@ fn parse_list_params(table: &Table, params: &HashMap<String, String>) -> Result<
     // schema (which requires the other fields), so the parameter changes nothing there.
     let minimal = parse_bool(params, "minimal")? && table.name == "service";
     // HSDS asks a minimal list to "aim to return all services within one call": unless a page size is
-    // asked for, it is one page of up to 100 000 (an id and a time each, about 8 MB at most).
+    // asked for, it is one page of up to 100 000 (an id and a time each, read as such: `Shape::Minimal`).
     let per_page_max = if minimal { 100_000 } else { MAX_PER_PAGE };
     let per_page_default = if minimal { per_page_max } else { DEFAULT_PER_PAGE };
     let format = params.get("format").map(String::as_str).unwrap_or("json");
@@ -150,7 +160,8 @@ fn parse_list_params(table: &Table, params: &HashMap<String, String>) -> Result<
 /// How one listed row is shown, per `full`, `minimal` and `full_service`.
 fn present(table: &'static Table, listed: Listed, p: &ListParams) -> Value {
     if p.minimal {
-        let last_modified = listed.value.get("last_modified").cloned().unwrap_or(Value::String(listed.modified_at));
+        let last_modified = listed.value.get("last_modified").filter(|v| !v.is_null()).cloned();
+        let last_modified = last_modified.unwrap_or(Value::String(listed.modified_at));
         return json!({ "id": listed.id, "last_modified": last_modified });
     }
     if !table.is_root() {
@@ -292,7 +303,7 @@ async fn respond_list(
     conditional: Option<&HeaderMap>,
 ) -> Result<Response, ApiError> {
     if p.ndjson {
-        let stream = state.db.stream(table, p.query.clone(), p.full).map(move |row| match row {
+        let stream = state.db.stream(table, p.query.clone(), p.shape()).map(move |row| match row {
             Ok(listed) => {
                 let mut line = present(table, listed, &p).to_string();
                 line.push('\n');
@@ -307,7 +318,7 @@ async fn respond_list(
         response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
         return Ok(response);
     }
-    let (total, rows) = state.db.list(table, &p.query, p.page, p.per_page, p.full).await?;
+    let (total, rows) = state.db.list(table, &p.query, p.page, p.per_page, p.shape()).await?;
     let contents: Vec<Value> = rows.into_iter().map(|r| present(table, r, &p)).collect();
     let page = page_envelope(total, p.page, p.per_page, contents);
     let Some(headers) = conditional else { return Ok(axum::Json(page).into_response()) };

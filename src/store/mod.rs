@@ -82,6 +82,9 @@ impl Default for StoreOptions {
     }
 }
 
+/// The migration after whose SQL [`fold_stored_text`] folds the rows stored before it.
+const FOLDED_TEXT: i64 = 16;
+
 // Each migration is one or more SQL files applied in order. Files shared by both engines appear in both lists;
 // only the `records` table and its full-text index differ. Version 3 was never released (the digest migration
 // landed as 5).
@@ -100,6 +103,7 @@ const SQLITE_MIGRATIONS: &[(i64, &[&str])] = &[
     (13, &[include_str!("migrations/13_all_tenants.sql")]),
     (14, &[include_str!("migrations/14_ordered_queues.sql")]),
     (15, &[include_str!("migrations/15_open_by_subscription_claimable_at.sql")]),
+    (FOLDED_TEXT, &[include_str!("migrations/16_folded_text.sql")]),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &[&str])] = &[
     (1, &[include_str!("migrations/1_records_postgres.sql"), include_str!("migrations/1_schema.sql")]),
@@ -120,6 +124,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &[&str])] = &[
     (13, &[include_str!("migrations/13_all_tenants.sql")]),
     (14, &[include_str!("migrations/14_ordered_queues.sql")]),
     (15, &[include_str!("migrations/15_open_by_subscription_claimable_at.sql")]),
+    (FOLDED_TEXT, &[include_str!("migrations/16_folded_text.sql")]),
 ];
 
 impl Db {
@@ -268,6 +273,9 @@ impl Db {
                 for sql in *parts {
                     conn.execute(*sql).await.with_context(|| format!("applying migration {version}"))?;
                 }
+                if *version == FOLDED_TEXT {
+                    fold_stored_text(&mut conn, self.backend).await.context("folding stored text (migration 16)")?;
+                }
                 sqlx::query(
                     "INSERT INTO meta (key, value) VALUES ('schema_version', $1) \
                      ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -276,7 +284,6 @@ impl Db {
                 .execute(&mut *conn)
                 .await?;
             }
-            fold_stored_text(&mut conn).await?;
             sqlx::query(
                 "INSERT INTO counters (name, value) VALUES ('event_sequence', 0) ON CONFLICT (name) DO NOTHING",
             )
@@ -371,19 +378,14 @@ impl Db {
     }
 }
 
-/// Folds, once, the sort keys and search text of rows written before hsda folded Latin diacritics in them
-/// ([`crate::hsds::document::fold_diacritics`]; new writes fold their own), so that `cafe` finds `Café` on
-/// PostgreSQL too. Done in `migrate` (under its lock), marked done in `meta`; not a schema version, as an
-/// older hsda still reads and writes the folded rows correctly (its own writes are merely unfolded).
-async fn fold_stored_text(conn: &mut sqlx::AnyConnection) -> anyhow::Result<()> {
+/// Folds the sort keys and search text of the rows stored before migration 16 (see its file), a batch of
+/// rows at a time. On PostgreSQL each batch is a transaction of its own (the migration lock keeps other
+/// processes' migrations out, not their writes: a row rewritten meanwhile is left as its write left it, which
+/// is folded). On SQLite it all happens in the migration's one transaction, and only sort keys change: FTS5
+/// folds the text it indexes itself.
+async fn fold_stored_text(conn: &mut sqlx::AnyConnection, backend: Backend) -> anyhow::Result<()> {
     use crate::hsds::document::fold_diacritics;
-    use std::borrow::Cow;
-    const DONE: &str = "text_folded";
-    let done: Option<String> =
-        sqlx::query_scalar("SELECT value FROM meta WHERE key = $1").bind(DONE).fetch_optional(&mut *conn).await?;
-    if done.is_some() {
-        return Ok(());
-    }
+    let postgres = backend == Backend::Postgres;
     let mut after = 0i64;
     loop {
         let rows: Vec<(i64, String, String)> = sqlx::query_as(
@@ -391,31 +393,46 @@ async fn fold_stored_text(conn: &mut sqlx::AnyConnection) -> anyhow::Result<()> 
         )
         .bind(after)
         .fetch_all(&mut *conn)
-        .await
-        .context("folding stored search text")?;
-        let Some(&(last, _, _)) = rows.last() else { break };
+        .await?;
+        let Some(&(last, _, _)) = rows.last() else { return Ok(()) };
         after = last;
-        for (rid, sort_key, search_text) in &rows {
-            let (key, text) = (fold_diacritics(sort_key), fold_diacritics(search_text));
-            if matches!((&key, &text), (Cow::Borrowed(_), Cow::Borrowed(_))) {
-                continue;
-            }
-            sqlx::query("UPDATE records SET sort_key = $1, search_text = $2 WHERE rid = $3")
-                .bind(&*key)
-                .bind(&*text)
-                .bind(rid)
-                .execute(&mut *conn)
-                .await?;
+        let changed = rows.iter().filter_map(|(rid, sort_key, search_text)| {
+            let key = fold_diacritics(sort_key);
+            let text = if postgres { fold_diacritics(search_text) } else { search_text.into() };
+            (key != sort_key.as_str() || text != search_text.as_str()).then_some((
+                rid,
+                sort_key,
+                search_text,
+                key,
+                text,
+            ))
+        });
+        let changed: Vec<_> = changed.collect();
+        if changed.is_empty() {
+            continue;
+        }
+        if postgres {
+            conn.execute("BEGIN").await?;
+        }
+        for (rid, sort_key, search_text, key, text) in &changed {
+            sqlx::query(
+                "UPDATE records SET sort_key = $1, search_text = $2 WHERE rid = $3 AND sort_key = $4 AND search_text = $5",
+            )
+            .bind(&**key)
+            .bind(&**text)
+            .bind(**rid)
+            .bind(*sort_key)
+            .bind(*search_text)
+            .execute(&mut *conn)
+            .await?;
+        }
+        if postgres {
+            conn.execute("COMMIT").await?;
         }
     }
-    sqlx::query("INSERT INTO meta (key, value) VALUES ($1, '1') ON CONFLICT (key) DO NOTHING")
-        .bind(DONE)
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
 }
 
-/// The file a `sqlite:` URL names (`None` for an in-memory database, which only the pool can reach).
+/// The file a `sqlite:` URL names (`None` when it names none: `sqlite://`, or an in-memory `:memory:`).
 fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
     let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
     let path = rest.split('?').next().unwrap_or_default();

@@ -48,7 +48,7 @@ pub struct ListQuery {
     pub proximity: Option<f64>,
 }
 
-/// What a list row yields: the stored document (roots) or the row's own fields.
+/// What a list row yields: the stored document (roots), or the row as `GET` serves it (see `as_served`).
 #[derive(Debug, Clone)]
 pub struct Listed {
     pub id: String,
@@ -105,12 +105,28 @@ fn bind_all<'q>(
     q
 }
 
-/// The column a list reads: a root's whole document or its list form; other tables' own fields.
-fn column_for(table: &Table, full: bool) -> &'static str {
-    match (table.is_root(), full) {
-        (true, true) => "COALESCE(r.doc, r.data)",
-        (true, false) => "COALESCE(r.summary, r.doc, r.data)",
-        (false, _) => "r.data",
+/// What a list shows of each root: its list form, its whole document, or (`minimal=true`) only its
+/// `last_modified`. Other tables' rows are shown as `GET` shows them whatever is asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    List,
+    Full,
+    Minimal,
+}
+
+/// The column a list reads. A minimal list takes `last_modified` out of the document in the database, so a
+/// list of every service does not carry each whole document to hsda to keep one field of it.
+fn column_for(table: &Table, shape: Shape, backend: Backend) -> &'static str {
+    match (table.is_root(), shape, backend) {
+        (false, _, _) => "r.data",
+        (true, Shape::Full, _) => "COALESCE(r.doc, r.data)",
+        (true, Shape::List, _) => "COALESCE(r.summary, r.doc, r.data)",
+        (true, Shape::Minimal, Backend::Sqlite) => {
+            "json_object('last_modified', json_extract(COALESCE(r.doc, r.data), '$.last_modified'))"
+        }
+        (true, Shape::Minimal, Backend::Postgres) => {
+            "CAST(json_build_object('last_modified', CAST(COALESCE(r.doc, r.data) AS json) ->> 'last_modified') AS TEXT)"
+        }
     }
 }
 
@@ -259,7 +275,7 @@ impl Db {
         q: &ListQuery,
         page: u64,
         per_page: u64,
-        full: bool,
+        shape: Shape,
     ) -> sqlx::Result<(u64, Vec<Listed>)> {
         let Some(sql) = self.where_clause(table, q).await? else { return Ok((0, Vec::new())) };
         let (count_sql, params) = sql.query("SELECT COUNT(*)", "");
@@ -271,7 +287,7 @@ impl Db {
         let mut sql = sql;
         let limit = sql.push(Param::Int(per_page as i64));
         let offset = sql.push(Param::Int(((page.max(1) - 1) * per_page) as i64));
-        let column = column_for(table, full);
+        let column = column_for(table, shape, self.backend);
         // The page is chosen on the index alone (skipped rows never load their documents), then only its
         // rows are read.
         let order = sql.order();
@@ -293,72 +309,85 @@ impl Db {
             }
         };
         let params = sql.params.clone();
-        let rows = bind_all(sqlx::query(&page_sql), &params).fetch_all(&self.pool).await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            use sqlx::Row;
-            let text: String = row.try_get(2)?;
-            out.push(Listed {
-                id: row.try_get(0)?,
-                modified_at: row.try_get(1)?,
-                value: Value::Object(parse_row(&text)),
-            });
-        }
-        Ok((total.max(0) as u64, self.as_served(table, out).await?))
-    }
-
-    /// Rows of a table that is no root as `GET /{table}/{id}` serves them, with what they nest (a capacity's
-    /// `unit`, which HSDS requires, a phone's languages): one compile for all of them. Roots' listed
-    /// documents are served as stored.
-    async fn as_served(&self, table: &'static Table, mut listed: Vec<Listed>) -> sqlx::Result<Vec<Listed>> {
-        if table.is_root() || listed.is_empty() {
-            return Ok(listed);
-        }
-        let rows = listed.iter_mut().map(|l| std::mem::take(&mut l.value)).filter_map(|v| match v {
-            Value::Object(row) => Some(row),
-            _ => None,
-        });
-        let rows: Vec<_> = rows.collect();
         let mut conn = self.pool.acquire().await?;
-        let compiled = compile_many(&mut Conn::from(&mut *conn), table, rows, Form::Nested).await?;
-        for (l, value) in listed.iter_mut().zip(compiled) {
-            l.value = value;
-        }
-        Ok(listed)
+        let rows = bind_all(sqlx::query(&page_sql), &params).fetch_all(&mut *conn).await?;
+        let page = rows.iter().map(listed).collect::<sqlx::Result<Vec<_>>>()?;
+        Ok((total.max(0) as u64, as_served(&mut conn, table, page).await?))
     }
 
-    /// Every matching row, in list order, without paging (for `format=ndjson` and exports).
+    /// Every matching row, in list order, without paging (for `format=ndjson` and exports). A root's rows
+    /// come from one cursor; a table that is no root is read and compiled ([`as_served`]) 200 rows at a time,
+    /// each batch on one connection held for it alone (a stream holding its cursor's connection while
+    /// waiting for another to compile on could wait forever once as many streams as connections ran).
     pub fn stream(
         &self,
         table: &'static Table,
         q: ListQuery,
-        full: bool,
+        shape: Shape,
     ) -> impl Stream<Item = sqlx::Result<Listed>> + Send + 'static {
+        const BATCH: i64 = 200;
         let db = self.clone();
         async_stream::try_stream! {
             let Some(sql) = db.where_clause(table, &q).await? else { return };
-            let column = column_for(table, full);
-            let (text, params) = sql.query(&format!("SELECT r.id, r.modified_at, {column}"), &format!("ORDER BY {}", sql.order()));
-            let mut rows = bind_all(sqlx::query(&text), &params).fetch(&db.pool);
-            // Rows of a table that is no root are compiled (`as_served`) a batch at a time.
-            let batch = if table.is_root() { 1 } else { 200 };
-            let mut pending = Vec::with_capacity(batch);
-            while let Some(row) = rows.next().await {
-                use sqlx::Row;
-                let row = row?;
-                let data: String = row.try_get(2)?;
-                pending.push(Listed { id: row.try_get(0)?, modified_at: row.try_get(1)?, value: Value::Object(parse_row(&data)) });
-                if pending.len() >= batch {
-                    for listed in db.as_served(table, std::mem::take(&mut pending)).await? {
-                        yield listed;
-                    }
+            let select = format!("SELECT r.id, r.modified_at, {}", column_for(table, shape, db.backend));
+            if table.is_root() {
+                let (text, params) = sql.query(&select, &format!("ORDER BY {}", sql.order()));
+                let mut rows = bind_all(sqlx::query(&text), &params).fetch(&db.pool);
+                while let Some(row) = rows.next().await {
+                    yield listed(&row?)?;
                 }
+                return;
             }
-            for listed in db.as_served(table, pending).await? {
-                yield listed;
+            let (limit, offset) = (sql.params.len() + 1, sql.params.len() + 2);
+            let (text, params) = sql.query(&select, &format!("ORDER BY {} LIMIT ${limit} OFFSET ${offset}", sql.order()));
+            for batch in 0.. {
+                let mut params = params.clone();
+                params.extend([Param::Int(BATCH), Param::Int(batch * BATCH)]);
+                let mut conn = db.pool.acquire().await?;
+                let rows = bind_all(sqlx::query(&text), &params).fetch_all(&mut *conn).await?;
+                let page = rows.iter().map(listed).collect::<sqlx::Result<Vec<_>>>()?;
+                let full_batch = page.len() as i64 == BATCH;
+                let served = as_served(&mut conn, table, page).await?;
+                drop(conn);
+                for row in served {
+                    yield row;
+                }
+                if !full_batch {
+                    break;
+                }
             }
         }
     }
+}
+
+/// One row of a list statement (`id, modified_at, data`).
+fn listed(row: &sqlx::any::AnyRow) -> sqlx::Result<Listed> {
+    use sqlx::Row;
+    let data: String = row.try_get(2)?;
+    Ok(Listed { id: row.try_get(0)?, modified_at: row.try_get(1)?, value: Value::Object(parse_row(&data)) })
+}
+
+/// Rows of a table that is no root as `GET /{table}/{id}` serves them, with what they nest (a capacity's
+/// `unit`, which HSDS requires, a phone's languages): one compile for all of them. Roots' listed documents
+/// are served as stored.
+async fn as_served(
+    conn: &mut sqlx::AnyConnection,
+    table: &'static Table,
+    mut listed: Vec<Listed>,
+) -> sqlx::Result<Vec<Listed>> {
+    if table.is_root() || listed.is_empty() {
+        return Ok(listed);
+    }
+    let rows = listed.iter_mut().map(|l| match std::mem::take(&mut l.value) {
+        Value::Object(row) => row,
+        _ => Default::default(),
+    });
+    let rows: Vec<_> = rows.collect();
+    let compiled = compile_many(&mut Conn::from(conn), table, rows, Form::Nested).await?;
+    for (l, value) in listed.iter_mut().zip(compiled) {
+        l.value = value;
+    }
+    Ok(listed)
 }
 
 impl Db {

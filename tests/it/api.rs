@@ -363,6 +363,9 @@ store_test!(organization_nesting_and_minimal_services, |app| async move {
     let keys: BTreeSet<&str> = item.keys().map(String::as_str).collect();
     assert_eq!(keys, BTreeSet::from(["id", "last_modified"]), "{item:?}");
     assert_eq!(item["id"], SERVICE);
+    let service = app.get_json(&format!("/services/{SERVICE}")).await;
+    assert_eq!(item["last_modified"], service["last_modified"], "{item:?}");
+    assert!(item["last_modified"].is_string());
     // The served OpenAPI describes both forms of a list page's items.
     let openapi = app.get_json("/openapi.json").await;
     let page = "/paths/~1services/get/responses/200/content/application~1json/schema";

@@ -386,11 +386,19 @@ store_test!(a_row_shown_again_inside_a_related_object_keeps_both_links_on_import
         "organization": {"id": org, "name": "o", "description": "d", "phones": [{"id": phone, "number": "1"}]},
         "phones": [{"id": phone, "number": "1"}]});
     let dir = tempfile::tempdir().unwrap();
-    import_lines(&app, dir.path(), "one.ndjson", &[document]).await;
+    import_lines(&app, dir.path(), "one.ndjson", std::slice::from_ref(&document)).await;
     let row = app.get_json(&format!("/phones/{phone}")).await;
     assert_eq!((row["service_id"].as_str(), row["organization_id"].as_str()), (Some(&*service), Some(&*org)), "{row}");
     let organization = app.get_json(&format!("/organizations/{org}")).await;
     assert_eq!(organization["phones"][0]["id"], phone.as_str(), "{organization}");
+    // A copy adds links only: an organization given on its own line without an email has none, whatever a
+    // service's copy of it shows.
+    let line = json!({"table": "organization", "data": {"id": org, "name": "o", "description": "d"}});
+    let mut stale = document.clone();
+    stale["organization"]["email"] = json!("old@example.org");
+    import_lines(&app, dir.path(), "two.ndjson", &[line, stale]).await;
+    let organization = app.get_json(&format!("/organizations/{org}")).await;
+    assert!(organization.get("email").is_none(), "{organization}");
 
     let Some(hsds) = hsds_dir() else { return };
     let example = hsds.join("examples").join("service_full.json");
