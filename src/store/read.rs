@@ -338,13 +338,29 @@ impl Db {
                 }
                 return;
             }
-            let (limit, offset) = (sql.params.len() + 1, sql.params.len() + 2);
-            let (text, params) = sql.query(&select, &format!("ORDER BY {} LIMIT ${limit} OFFSET ${offset}", sql.order()));
-            for batch in 0.. {
-                let mut params = params.clone();
-                params.extend([Param::Int(BATCH), Param::Int(batch * BATCH)]);
+            // Each batch starts after the last row of the one before, by the list order (name, then id), so
+            // no batch reads past the rows the others read; a search's order (by rank) is paged by offset.
+            let order = sql.order();
+            let select = format!("{select}, r.sort_key");
+            let mut after: Option<(String, String)> = None;
+            let mut offset = 0i64;
+            loop {
+                let mut params = sql.params.clone();
+                let mut text = format!("{}{select} {}", sql.with, sql.text);
+                if let Some((sort_key, id)) = after.take() {
+                    params.extend([Param::Text(sort_key), Param::Text(id)]);
+                    text += &format!(" AND (r.sort_key, r.id) > (${}, ${})", params.len() - 1, params.len());
+                }
+                params.extend([Param::Int(BATCH), Param::Int(offset)]);
+                text += &format!(" ORDER BY {order} LIMIT ${} OFFSET ${}", params.len() - 1, params.len());
                 let mut conn = db.pool.acquire().await?;
                 let rows = bind_all(sqlx::query(&text), &params).fetch_all(&mut *conn).await?;
+                if sql.rank.is_none() && let Some(last) = rows.last() {
+                    use sqlx::Row;
+                    after = Some((last.try_get(3)?, last.try_get(0)?));
+                } else {
+                    offset += BATCH;
+                }
                 let page = rows.iter().map(listed).collect::<sqlx::Result<Vec<_>>>()?;
                 let full_batch = page.len() as i64 == BATCH;
                 let served = as_served(&mut conn, table, page).await?;

@@ -106,6 +106,17 @@ store_test!(every_other_tables_list_serves_rows_as_their_get_does, |app| async m
     let capacities = app.get_json(&format!("/service_capacities?service_id={SERVICE}&per_page=1000")).await;
     let listed = capacities["contents"].as_array().unwrap().iter().find(|c| c["id"] == capacity).cloned();
     assert_eq!(listed.as_ref().map(|c| &c["unit"]["name"]), Some(&json!("Bed")), "{capacities}");
+    // Streamed in batches of 200 (each after the last row of the one before): every row once, in list order.
+    let phones: Vec<Value> = (0..450)
+        .map(|n| json!({"id": format!("0e0e0000-0000-4000-8000-1{n:011}"), "number": format!("555-{n:04}")}))
+        .collect();
+    app.put_ok(&format!("/services/{SERVICE}"), &json!({"name": "Many phones", "status": "active", "phones": phones}))
+        .await;
+    let page = app.get_json("/phones?per_page=1000").await;
+    let lines = app.get("/phones?format=ndjson").await.text().await.unwrap();
+    let streamed: Vec<Value> = lines.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(streamed.len() >= 450, "{}", streamed.len());
+    assert_eq!(page["contents"].as_array().unwrap(), &streamed);
 });
 
 // A word typed without its accents finds it, and with them finds it too, on both stores; names sort by
