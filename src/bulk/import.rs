@@ -314,8 +314,12 @@ pub async fn import_path(db: &Db, path: &Path, options: ImportOptions) -> anyhow
         Err(e) => return Err(anyhow::Error::new(e).context("writing the import")),
     };
     bar.finish_and_clear();
+    let removed = match outcome.rows_removed {
+        0 => String::new(),
+        n => format!(", {n} removed as their documents left them out"),
+    };
     let mut report = format!(
-        "imported {count} rows ({} changed) and appended {} events in {:.1}s",
+        "imported {count} rows ({} changed{removed}) and appended {} events in {:.1}s",
         outcome.rows_changed,
         outcome.events,
         started.elapsed().as_secs_f64()

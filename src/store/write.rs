@@ -117,6 +117,8 @@ pub struct WriteOutcome {
     pub last_sequence: Option<i64>,
     pub events: usize,
     pub rows_changed: usize,
+    /// Of `rows_changed`, the rows it removed (an import's document leaving out a child it had).
+    pub rows_removed: usize,
     /// The rows this write created (table, id), as opposed to replaced or deleted.
     pub created: Vec<(&'static str, String)>,
     /// Problems accepted by a lenient import (references to rows the package does not contain).
@@ -2099,7 +2101,8 @@ impl Writer<'_, '_> {
 
     async fn finish_bulk(mut self, progress: Progress<'_>) -> Result<WriteOutcome, WriteError> {
         let touched = std::mem::take(&mut self.touched);
-        let mut outcome = WriteOutcome { rows_changed: touched.len(), ..WriteOutcome::default() };
+        let rows_removed = touched.iter().filter(|t| t.action == Action::Deleted).count();
+        let mut outcome = WriteOutcome { rows_changed: touched.len(), rows_removed, ..WriteOutcome::default() };
         let touched_roots: HashSet<(&'static str, String)> =
             touched.iter().filter(|t| t.table.is_root()).map(|t| (t.table.name, t.id.clone())).collect();
         // Rows a document's child set removed (`replace_child_sets`): a tombstone each, matching the

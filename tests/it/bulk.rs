@@ -549,7 +549,10 @@ store_test!(an_imported_document_replaces_the_children_its_arrays_give, |app| as
     let second = document(json!([{"id": p1, "number": "555-0001"}]), json!([]));
     let moved = json!({"table": "phone", "data": {"id": p3, "number": "555-0003", "service_id": service}});
     let report = import_lines(&app, dir.path(), "second.ndjson", &[organization, second, moved]).await;
-    assert!(report.starts_with("imported "), "{report}");
+    assert!(
+        report.starts_with("imported ") && report.contains(", 2 removed as their documents left them out"),
+        "{report}"
+    );
     let stored = app.get_json(&format!("/services/{service}")).await;
     let phones: Vec<&str> = stored["phones"].as_array().unwrap().iter().filter_map(|p| p["id"].as_str()).collect();
     assert_eq!(phones, [p1, p3], "{stored}");
