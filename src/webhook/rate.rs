@@ -44,6 +44,18 @@ impl RateLimiter {
     }
 }
 
+impl RateLimiter {
+    /// Gives back the latest slot of subscription `key`, taken by a delivery that then did not start (past a
+    /// full lane, it went back to the queue): the next delivery takes it instead of one an interval later.
+    /// Slots are taken in order and given back from the latest, so the ones still held stay spaced.
+    pub fn give_back(&mut self, key: &str, per_second: u32) {
+        let interval = Duration::from_secs(1) / per_second.max(1);
+        if let Some(next) = self.next_slot.get_mut(key) {
+            *next = next.checked_sub(interval).unwrap_or(*next);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,6 +76,21 @@ mod tests {
         assert_eq!(ms, vec![0, 200, 400, 600, 800, 1000]);
         let ms: Vec<u128> = deferred.iter().map(Duration::as_millis).collect();
         assert_eq!(ms, vec![1200, 1400, 1600, 1800]);
+    }
+
+    #[test]
+    fn a_slot_given_back_is_the_next_one_taken() {
+        let mut limiter = RateLimiter::default();
+        let now = Instant::now();
+        for _ in 0..5 {
+            limiter.decide("a", 10, now, 0);
+        }
+        // The last two did not start: their slots (300 and 400 ms) go to the next two.
+        limiter.give_back("a", 10);
+        limiter.give_back("a", 10);
+        assert_eq!(limiter.decide("a", 10, now, 0), Decision::StartAt(now + Duration::from_millis(300)));
+        assert_eq!(limiter.decide("a", 10, now, 0), Decision::StartAt(now + Duration::from_millis(400)));
+        assert_eq!(limiter.decide("a", 10, now, 0), Decision::StartAt(now + Duration::from_millis(500)));
     }
 
     #[test]

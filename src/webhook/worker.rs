@@ -410,6 +410,11 @@ impl Worker {
                 if lane.waiting.len() >= keeps
                     && let Some(lease) = delivery.lease_until.clone()
                 {
+                    if let (Some(_), Some(rate)) = (start_at, rates.get(sub.id.as_str())) {
+                        // Its rate slot goes to the next delivery (the lanes are filled in slot order).
+                        let mut limiter = self.limiter.lock().unwrap_or_else(|p| p.into_inner());
+                        limiter.give_back(&sub.id, (*rate).clamp(1, 10_000) as u32);
+                    }
                     overflow.push((delivery.id, lease));
                     continue;
                 }
