@@ -1090,9 +1090,9 @@ impl Writer<'_, '_> {
             if t.is_root() {
                 let gone = doc.as_deref().map(|text| stored_facets_of_text(t, &row_id, text)).unwrap_or_default();
                 self.delete_facets(t, &row_id, gone.iter()).await?;
-                if !self.bulk
-                    && let Some(doc) = doc.as_deref().and_then(|text| serde_json::from_str::<Value>(text).ok())
-                {
+                // Kept in imports too: a root an import's document removes (a service_at_location its service
+                // left out) is told to the subscribers filtering by what its document held (few are).
+                if let Some(doc) = doc.as_deref().and_then(|text| serde_json::from_str::<Value>(text).ok()) {
                     self.deleted_docs.insert((t.name, row_id.clone()), doc);
                 }
             }
@@ -2112,11 +2112,16 @@ impl Writer<'_, '_> {
             .filter(|t| t.action == Action::Deleted)
             .map(|t| {
                 let before = t.before.clone().map(Value::Object).unwrap_or(Value::Null);
+                let mut facets = document::facets(t.table, &before);
+                // A root matches what its document held (its organization, its terms), as a PUT's removal does.
+                if let Some(doc) = self.deleted_docs.get(&(t.table.name, t.id.clone())) {
+                    facets.extend(document::facets(t.table, doc));
+                }
                 NewEvent {
                     event_type: format!("{}.deleted", t.table.name),
                     object: t.table.name,
                     object_id: t.id.clone(),
-                    facets: document::facets(t.table, &before),
+                    facets,
                     data: json!({ "id": t.id, "deleted": true }),
                 }
             })

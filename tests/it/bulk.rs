@@ -522,6 +522,32 @@ async fn import_lines(app: &TestApp, dir: &Path, name: &str, lines: &[Value]) ->
 
 // A document's nested arrays say what its row nests, as a PUT of it would: a re-import of a service without
 // a phone or schedule it had removes them (with their events), and a child the import gives elsewhere stays.
+// A root an import's document removes (a service_at_location its service left out) is told to subscribers
+// filtering by what its document held (the service's organization), as a PUT's removal is.
+store_test!(a_root_an_import_removes_matches_what_its_document_held, |app| async move {
+    let dir = tempfile::tempdir().unwrap();
+    let id = |n: u32| format!("0d0d0000-0000-4000-8000-{n:012}");
+    let (org, location, service, link) = (id(1), id(2), id(3), id(4));
+    let lines = |links: Value| {
+        [
+            json!({"table": "organization", "data": {"id": org, "name": "Org", "description": "d"}}),
+            json!({"table": "location", "data": {"id": location, "name": "Hall", "location_type": "physical"}}),
+            json!({"table": "service", "data": {"id": service, "name": "Meals", "status": "active",
+                "organization_id": org, "service_at_locations": links}}),
+        ]
+    };
+    import_lines(&app, dir.path(), "first.ndjson", &lines(json!([{"id": link, "location_id": location}]))).await;
+    assert_eq!(app.get(&format!("/service_at_locations/{link}")).await.status(), 200);
+    import_lines(&app, dir.path(), "second.ndjson", &lines(json!([]))).await;
+    assert_eq!(app.get(&format!("/service_at_locations/{link}")).await.status(), 404);
+    let pool = sqlx::AnyPool::connect(&app.database_url).await.unwrap();
+    let facets: String = sqlx::query_scalar("SELECT facets FROM events WHERE type = 'service_at_location.deleted'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(facets.contains(&org) && facets.contains(&location), "{facets}");
+});
+
 store_test!(an_imported_document_replaces_the_children_its_arrays_give, |app| async move {
     let dir = tempfile::tempdir().unwrap();
     let (org, service) = ("0b7e7e39-0000-4000-8000-000000000001", "0b7e7e39-0000-4000-8000-000000000002");
