@@ -131,10 +131,14 @@ fn column_for(table: &Table, shape: Shape, backend: Backend) -> &'static str {
 }
 
 /// Words of a free-text search, lower-cased, Latin diacritics folded as the indexed text's are
-/// ([`crate::hsds::document::fold_diacritics`]); punctuation separates words, as both engines tokenise.
+/// ([`crate::hsds::document::fold_diacritics`]); punctuation separates words, as both engines tokenise. A
+/// combining mark is part of its word: in Indic scripts a virama joins letters (`खाद्य`), and split there
+/// the word matched nothing on PostgreSQL, whose index holds it whole.
 pub fn search_words(search: &str) -> Vec<String> {
+    use unicode_normalization::char::is_combining_mark;
     let folded = crate::hsds::document::fold_diacritics(search);
-    folded.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).map(str::to_lowercase).take(16).collect()
+    let separates = |c: char| !c.is_alphanumeric() && !is_combining_mark(c);
+    folded.split(separates).filter(|w| !w.is_empty()).map(str::to_lowercase).take(16).collect()
 }
 
 impl Db {
