@@ -53,7 +53,7 @@ pub(crate) fn list_parameters(table: &Table) -> Vec<Value> {
     }
     match table.name {
         "service" => {
-            out.push(param("minimal", json!({"type": "boolean"}), "Only id and last_modified of each service; all of them in one page (up to 100 000) unless per_page is given."))
+            out.push(param("minimal", json!({"type": "boolean"}), "Only id and last_modified of each service; all of them in one page (up to 100 000) unless per_page (at most 1000) is given."))
         }
         "organization" => out.push(param("full_service", json!({"type": "boolean"}), "Nest each service fully.")),
         "service_at_location" => {

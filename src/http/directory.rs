@@ -26,11 +26,13 @@ use crate::store::write::{Op, WriteOptions, WriteOutcome};
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/{plural}", get(list).post(search))
-        .route("/{plural}/{id}", get(fetch).put(put).patch(patch).delete(remove))
+        .route("/{plural}/{id}", get(fetch).put(put).patch(patch).delete(remove).post(post_to_row))
 }
 
 const MAX_PER_PAGE: u64 = 1000;
 const DEFAULT_PER_PAGE: u64 = 50;
+/// A `minimal=true` list's page when none is asked for: every service (of up to this many).
+const MINIMAL_PAGE: u64 = 100_000;
 
 fn table_of(plural: &str) -> Result<&'static Table, ApiError> {
     table_by_plural(plural).ok_or_else(|| ApiError::NotFound(format!("/{plural}")))
@@ -109,8 +111,8 @@ fn parse_list_params(table: &Table, params: &HashMap<String, String>) -> Result<
     let minimal = parse_bool(params, "minimal")? && table.name == "service";
     // HSDS asks a minimal list to "aim to return all services within one call": unless a page size is
     // asked for, it is one page of up to 100 000 (an id and a time each, read as such: `Shape::Minimal`).
-    let per_page_max = if minimal { 100_000 } else { MAX_PER_PAGE };
-    let per_page_default = if minimal { per_page_max } else { DEFAULT_PER_PAGE };
+    // A page size asked for has the one limit every list has.
+    let per_page_default = if minimal { MINIMAL_PAGE } else { DEFAULT_PER_PAGE };
     let format = params.get("format").map(String::as_str).unwrap_or("json");
     let ndjson = match format {
         "json" => false,
@@ -148,7 +150,7 @@ fn parse_list_params(table: &Table, params: &HashMap<String, String>) -> Result<
             proximity,
         },
         page: parse_uint(params, "page", 1, 1, u32::MAX as u64)?,
-        per_page: parse_uint(params, "per_page", per_page_default, 1, per_page_max)?,
+        per_page: parse_uint(params, "per_page", per_page_default, 1, MAX_PER_PAGE)?,
         ndjson,
         // Organizations "with full service information" are full organizations: it implies `full`.
         full: parse_bool(params, "full")? || (table.name == "organization" && parse_bool(params, "full_service")?),
@@ -428,6 +430,14 @@ fn path_id(id: &str) -> String {
 
 fn check_id(id: &str) -> Result<(), ApiError> {
     uuid::Uuid::parse_str(id).map(|_| ()).map_err(|_| ApiError::invalid("/id", "the id in the path must be a UUID"))
+}
+
+/// `POST /{table}/{id}`: no such method for a row (rows are written with PUT), so 405 with what is allowed;
+/// but a path that names no table is 404, as for every other method.
+async fn post_to_row(Path((plural, _)): Path<(String, String)>) -> Result<Response, ApiError> {
+    table_of(&plural)?;
+    let allow = [(header::ALLOW, HeaderValue::from_static("GET,HEAD,PUT,PATCH,DELETE"))];
+    Ok((StatusCode::METHOD_NOT_ALLOWED, allow).into_response())
 }
 
 async fn put(

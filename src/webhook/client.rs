@@ -173,7 +173,11 @@ impl WebhookClient {
             } else {
                 Some("http_status")
             },
-            error: if success { None } else { Some(format!("the target answered {status}")) },
+            error: match (success, &read_error) {
+                (true, _) => None,
+                (false, None) => Some(format!("the target answered {status}")),
+                (false, Some(e)) => Some(format!("the target answered {status}, then its body broke off: {}", chain(e))),
+            },
             // A NUL would make PostgreSQL refuse the attempt's record (and the batch it shares with others).
             body_excerpt: Some(
                 String::from_utf8_lossy(without_cut_character(&excerpt, RESPONSE_EXCERPT_BYTES))

@@ -386,6 +386,8 @@ store_test!(organization_nesting_and_minimal_services, |app| async move {
     let all = app.get_json("/services?minimal=true").await;
     assert_eq!((all["total_items"].as_u64(), all["total_pages"].as_u64()), (Some(61), Some(1)), "{all}");
     assert_eq!(all["contents"].as_array().map(Vec::len), Some(61));
+    // A page size asked for has every list's limit (the OpenAPI's maximum).
+    assert_eq!(app.get("/services?minimal=true&per_page=1001").await.status(), 400);
     let paged = app.get_json("/services?minimal=true&per_page=10&page=7").await;
     assert_eq!((paged["size"].as_u64(), paged["total_pages"].as_u64()), (Some(1), Some(7)), "{paged}");
     assert_eq!(app.get_json("/services").await["size"], 50, "other lists keep their default page");

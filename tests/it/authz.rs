@@ -493,6 +493,14 @@ async fn a_write_to_no_table_is_not_found_whatever_the_scope() {
             assert_eq!(r.status(), 404, "{method} with a {scope} key");
         }
     }
+    // Nor does a POST to it say more than 404 (to a row of a table that exists: 405, what is allowed).
+    let r = app.client.post(&path).bearer_auth(&app.admin_key).json(&json!({"name": "x"})).send().await;
+    assert_eq!(r.expect("request").status(), 404);
+    let row = app.url("/services/3e1f2c4a-5b6d-4e7f-8a9b-0c1d2e3f4a5b");
+    let r =
+        app.client.post(&row).bearer_auth(&app.admin_key).json(&json!({"name": "x"})).send().await.expect("request");
+    assert_eq!(r.status(), 405);
+    assert_eq!(r.headers()["allow"], "GET,HEAD,PUT,PATCH,DELETE");
     // A table that exists still answers a subscribe key's write with 403.
     let service = app.url("/services/3e1f2c4a-5b6d-4e7f-8a9b-0c1d2e3f4a5b");
     let r = app.client.put(&service).bearer_auth(&app.subscribe_key).json(&json!({"name": "x"})).send().await;
