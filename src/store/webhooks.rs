@@ -2663,6 +2663,17 @@ impl Db {
         self.dispatch.full_lanes.read().unwrap_or_else(|p| p.into_inner()).contains(subscription)
     }
 
+    /// Whether `subscription`'s lane is full now (see [`Db::set_full_lanes`]), told as it changes.
+    pub(crate) fn set_full_lane(&self, subscription: &str, full: bool) {
+        if self.is_full_lane(subscription) != full {
+            let mut current = self.dispatch.full_lanes.write().unwrap_or_else(|p| p.into_inner());
+            match full {
+                true => drop(current.insert(subscription.to_string())),
+                false => drop(current.remove(subscription)),
+            }
+        }
+    }
+
     /// The subscriptions whose lane in this process is full now: dispatch stops leasing their new deliveries
     /// to this process ([`DispatchState::full_lanes`]).
     pub(crate) fn set_full_lanes(&self, full: std::collections::HashSet<String>) {

@@ -176,7 +176,9 @@ impl WebhookClient {
             error: match (success, &read_error) {
                 (true, _) => None,
                 (false, None) => Some(format!("the target answered {status}")),
-                (false, Some(e)) => Some(format!("the target answered {status}, then its body broke off: {}", chain(e))),
+                (false, Some(e)) => {
+                    Some(format!("the target answered {status}, then its body broke off: {}", chain(e)))
+                }
             },
             // A NUL would make PostgreSQL refuse the attempt's record (and the batch it shares with others).
             body_excerpt: Some(

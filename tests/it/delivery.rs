@@ -201,6 +201,41 @@ both_stores!(
     }
 );
 
+// A busy target that keeps answering is handed its deliveries at dispatch past its lane's depth (they go out
+// from memory), not left in the store to be claimed and rebuilt one claim at a time: ten such targets got a
+// third fewer deliveries a second on PostgreSQL (W2) when only a hanging one should be held to its depth.
+both_stores!(
+    a_busy_target_that_keeps_up_is_handed_its_deliveries_at_dispatch,
+    |c| c.retry_schedule = Some("60".into()),
+    |app| async move {
+        let (base, arrivals) = slow_target(Duration::from_millis(30)).await;
+        let sub =
+            subscribe(&app, json!({"url": format!("{base}/slow"), "events": ["organization.*"], "max_concurrency": 1}))
+                .await;
+        for i in 0..60 {
+            let id = format!("00000000-0000-4000-8000-{:012}", 0x5000 + i);
+            app.put_ok(&format!("/organizations/{id}"), &json!({"name": format!("Org {i}"), "description": "x"})).await;
+        }
+        // Its lane is 4 deep (and may take 16 handed over before its target is heard from): the rest would wait
+        // in the store, unleased.
+        let pool = sqlx::AnyPool::connect(&app.database_url).await.expect("connect");
+        let left: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM deliveries WHERE subscription_id = $1 AND lease_until IS NULL AND status <> 'succeeded'",
+        )
+        .bind(sub["id"].as_str().unwrap())
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+        assert!(left <= 8, "{left} of 61 left in the store for claims");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while arrivals.lock().unwrap().len() < 61 {
+            assert!(tokio::time::Instant::now() < deadline, "only {} arrived", arrivals.lock().unwrap().len());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        pool.close().await;
+    }
+);
+
 both_stores!(
     timeouts_redirects_and_huge_bodies_are_recorded_as_such,
     |c| {
