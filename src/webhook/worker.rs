@@ -562,7 +562,9 @@ impl Worker {
             // No longer full, and dispatch left its new deliveries in the store meanwhile: they may be claimed now.
             self.slot_freed.notify_one();
         }
-        if drained && lane.slots.available_permits() == lane.size {
+        // An idle lane goes, but not while its target keeps up: it would come back not yet heard from, held to
+        // its depth until an attempt finished (a busy target's lane runs dry between two commits' deliveries).
+        if drained && lane.slots.available_permits() == lane.size && !lane.keeps_up() {
             lanes.remove(subscription_id);
         }
         drained
