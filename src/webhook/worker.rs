@@ -93,8 +93,12 @@ const LANE_OVERFLOW: usize = 4;
 /// A lane whose target keeps up holds at most this many deliveries handed over by dispatch (see
 /// [`Lane::keeps_up`]).
 const HANDED_OVER_MAX: usize = 2048;
-/// A target keeps up while an attempt of its lane finished this recently.
+/// A target keeps up while it answered an attempt of its lane this recently, ...
 const KEEPING_UP: Duration = Duration::from_secs(1);
+/// ... within this long (a timeout, a refused connection or a slow answer is no sign of keeping up).
+const ANSWERS_WITHIN: Duration = Duration::from_millis(250);
+/// A lane that keeps up holds about this many seconds of its target's answers handed over.
+const HANDED_OVER_SECONDS: usize = 5;
 
 /// How deliveries came to the worker ([`Worker::start`]).
 #[derive(Clone, Copy)]
@@ -116,8 +120,12 @@ struct Lane {
     slots: Arc<Semaphore>,
     size: usize,
     waiting: std::collections::VecDeque<Waiting>,
-    /// When an attempt of this lane last finished (never: `None`).
-    finished_at: Option<tokio::time::Instant>,
+    /// When its target last answered an attempt promptly (never: `None`).
+    answered_at: Option<tokio::time::Instant>,
+    /// Prompt answers in the second that began at `second_began`, and in the second before it.
+    answers_this_second: usize,
+    answers_last_second: usize,
+    second_began: tokio::time::Instant,
 }
 
 impl Lane {
@@ -126,20 +134,42 @@ impl Lane {
         self.size * LANE_DEPTH
     }
 
-    /// Whether its target answers (an attempt finished within [`KEEPING_UP`]): a busy lane that keeps up is
-    /// handed deliveries at dispatch up to [`HANDED_OVER_MAX`]; one that does not (a hanging target, or one
-    /// not yet heard from), up to its handed-over allowance only, and past its depth dispatch leaves its
-    /// deliveries in the store. Deliveries in memory go out at once; claimed from the store they cost a
+    /// Whether its target keeps up (it answered an attempt within [`ANSWERS_WITHIN`], in the last
+    /// [`KEEPING_UP`]): a busy lane that keeps up is handed deliveries at dispatch up to its
+    /// [`Lane::handed_over_cap`]; one that does not (a hanging or slow target, or one not yet heard from), up
+    /// to its handed-over allowance only, and past its depth dispatch leaves its deliveries in the store. Deliveries in memory go out at once; claimed from the store they cost a
     /// claim and their bodies rebuilt (ten busy targets: a third fewer deliveries a second on PostgreSQL).
     fn keeps_up(&self) -> bool {
-        self.finished_at.is_some_and(|at| at.elapsed() < KEEPING_UP)
+        self.answered_at.is_some_and(|at| at.elapsed() < KEEPING_UP)
+    }
+
+    /// Notes a prompt answer of its target.
+    fn answered(&mut self) {
+        let now = tokio::time::Instant::now();
+        if now.duration_since(self.second_began) >= Duration::from_secs(1) {
+            let whole_second_ago = now.duration_since(self.second_began) < Duration::from_secs(2);
+            self.answers_last_second = if whole_second_ago { self.answers_this_second } else { 0 };
+            self.answers_this_second = 0;
+            self.second_began = now;
+        }
+        self.answers_this_second += 1;
+        self.answered_at = Some(now);
+    }
+
+    /// What a lane that keeps up may hold handed over: about [`HANDED_OVER_SECONDS`] of its target's recent
+    /// answers, so that each starts well within [`START_WITHIN`] of its lease (at least its handed-over
+    /// allowance, at most [`HANDED_OVER_MAX`]).
+    fn handed_over_cap(&self) -> usize {
+        let rate = self.answers_last_second.max(self.answers_this_second);
+        (rate * HANDED_OVER_SECONDS)
+            .clamp(self.depth() * LANE_OVERFLOW, HANDED_OVER_MAX.max(self.depth() * LANE_OVERFLOW))
     }
 
     /// How many deliveries it keeps waiting, by how they came.
     fn keeps(&self, came: Came) -> usize {
         match came {
             Came::Claimed => self.depth(),
-            Came::HandedOver if self.keeps_up() => HANDED_OVER_MAX.max(self.depth() * LANE_OVERFLOW),
+            Came::HandedOver if self.keeps_up() => self.handed_over_cap(),
             Came::HandedOver => self.depth() * LANE_OVERFLOW,
         }
     }
@@ -147,7 +177,7 @@ impl Lane {
     /// Whether dispatch leaves this subscription's new deliveries in the store.
     fn full_for_dispatch(&self) -> bool {
         let waiting = self.waiting.len();
-        (waiting >= self.depth() && !self.keeps_up()) || waiting >= HANDED_OVER_MAX.max(self.depth() * LANE_OVERFLOW)
+        (waiting >= self.depth() && !self.keeps_up()) || waiting >= self.handed_over_cap()
     }
 }
 
@@ -333,8 +363,10 @@ impl Worker {
         // backlog never fills this process), and all lanes together wait for at most `max_in_flight`. A read
         // tells first whether anything is due at all, so a round with nothing to claim takes no write lock.
         let busy = self.busy_subscriptions();
+        // Counted up to each lane's depth: what a lane that keeps up holds past it was handed over, and must not
+        // keep claims (retries, ordered subscriptions, backlogs in the store) from other lanes.
         let waiting: usize =
-            self.lanes.lock().unwrap_or_else(|p| p.into_inner()).values().map(|l| l.waiting.len()).sum();
+            self.lanes.lock().unwrap_or_else(|p| p.into_inner()).values().map(|l| l.waiting.len().min(l.depth())).sum();
         let free = self.config.max_in_flight as i64 - waiting as i64;
         // The spacing is for retries. An ordered subscription's next delivery, released by the last one's
         // outcome, is claimed at once: spaced, an ordered subscription got at most one delivery per spacing
@@ -435,7 +467,10 @@ impl Worker {
                     slots: Arc::new(Semaphore::new(size)),
                     size,
                     waiting: Default::default(),
-                    finished_at: None,
+                    answered_at: None,
+                    answers_this_second: 0,
+                    answers_last_second: 0,
+                    second_began: tokio::time::Instant::now(),
                 });
                 if lane.size != size && lane.slots.available_permits() == lane.size {
                     // A changed limit takes effect once the lane's old slots are all free.
@@ -479,14 +514,13 @@ impl Worker {
     /// Those of them whose target does not keep up, or which hold all they may, dispatch stops leasing to this
     /// process (their new deliveries wait in the store; see [`Lane::keeps_up`]).
     fn busy_subscriptions(&self) -> Vec<String> {
-        let (busy, full): (Vec<String>, std::collections::HashSet<String>) = {
-            let lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
-            let busy = lanes.iter().filter(|(_, lane)| lane.waiting.len() >= lane.depth()).map(|(id, _)| id.clone());
-            let full = lanes.iter().filter(|(_, lane)| lane.full_for_dispatch()).map(|(id, _)| id.clone());
-            (busy.collect(), full.collect())
-        };
-        self.db.set_full_lanes(full);
-        busy
+        // Under the lanes' lock, as `pump` tells a lane's change: a set read before a pump's change and written
+        // after it would undo it.
+        let lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+        let busy = lanes.iter().filter(|(_, lane)| lane.waiting.len() >= lane.depth()).map(|(id, _)| id.clone());
+        let full = lanes.iter().filter(|(_, lane)| lane.full_for_dispatch()).map(|(id, _)| id.clone());
+        self.db.set_full_lanes(full.collect());
+        busy.collect()
     }
 
     /// Every lane, not only those that got deliveries: one may have waited for an in-flight permit.
@@ -515,19 +549,26 @@ impl Worker {
     }
 
     /// Starts as many of a lane's waiting deliveries as it has free slots (and the process in-flight permits).
-    /// Each finished attempt pumps its lane again (`finished`). Returns whether the lane has nothing left
-    /// waiting.
-    fn pump(self: &Arc<Self>, subscription_id: &str, finished: bool) -> bool {
+    /// Each finished attempt pumps its lane again (`answered`: its target answered it promptly). Returns
+    /// whether the lane has nothing left waiting.
+    fn pump(self: &Arc<Self>, subscription_id: &str, answered: bool) -> bool {
         if self.stopping.load(std::sync::atomic::Ordering::Acquire) {
             return false;
         }
         let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
         let Some(lane) = lanes.get_mut(subscription_id) else { return true };
-        if finished {
-            lane.finished_at = Some(tokio::time::Instant::now());
+        if answered {
+            lane.answered();
             // Told at once, not at the next round: a lane whose target answers again takes dispatch's
-            // deliveries from now on.
-            self.db.set_full_lane(subscription_id, lane.full_for_dispatch());
+            // deliveries from now on, and what dispatch left in the store meanwhile may be claimed.
+            let was_marked = self.db.is_full_lane(subscription_id);
+            let full = lane.full_for_dispatch();
+            if was_marked != full {
+                self.db.set_full_lane(subscription_id, full);
+                if !full {
+                    self.slot_freed.notify_one();
+                }
+            }
         }
         let was_full = lane.waiting.len() >= lane.depth();
         while !lane.waiting.is_empty() {
@@ -539,16 +580,17 @@ impl Worker {
             let worker = self.clone();
             tokio::spawn(async move {
                 let id = next.delivery.subscription_id.clone();
+                let mut answered = false;
                 if let Some((delivery, sub)) = worker.ready_to_start(next.delivery, &next.queued_under, late).await {
                     if let Some(at) = next.start_at {
                         tokio::time::sleep_until(at).await;
                     }
-                    worker.attempt(&sub, delivery).await;
+                    answered = worker.attempt(&sub, delivery).await;
                 }
                 drop(slot);
                 let permits_were_exhausted = worker.in_flight.available_permits() == 0;
                 drop(permit);
-                let drained = worker.pump(&id, true);
+                let drained = worker.pump(&id, answered);
                 // The loop needs to hear of it only when it may now claim more: this lane ran dry (more of its
                 // deliveries may wait in the store), or other lanes waited for an in-flight permit. A lane
                 // with work waiting pumps itself.
@@ -623,11 +665,14 @@ impl Worker {
     }
 
     /// Attempts one claimed delivery to `sub` (as it stood when claimed) and records the outcome.
-    async fn attempt(&self, sub: &Subscription, delivery: Delivery) {
+    /// Sends one delivery and hands its outcome to the recorder; returns whether the target answered it
+    /// promptly (within [`ANSWERS_WITHIN`]: see [`Lane::keeps_up`]).
+    async fn attempt(&self, sub: &Subscription, delivery: Delivery) -> bool {
         let in_flight = self.metrics.attempt_started();
         let response = send(&self.client, sub, &delivery.id, &delivery.body).await;
         drop(in_flight);
         let (took, error_class) = (response.duration, response.error_class);
+        let answered = response.status_code.is_some() && took < ANSWERS_WITHIN;
         let record = self.judge(sub, &delivery, response);
         let outcome = match record.outcome {
             AttemptOutcome::Succeeded => "succeeded",
@@ -643,6 +688,7 @@ impl Worker {
             }
             tracing::error!("the attempt recorder stopped; the lease will expire and the delivery will be retried");
         }
+        answered
     }
 
     fn judge(&self, sub: &Subscription, delivery: &Delivery, r: super::client::Response) -> AttemptRecord {
