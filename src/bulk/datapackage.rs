@@ -357,7 +357,7 @@ fn parse_cell(ty: FieldType, cell: &str) -> Result<Option<Value>, String> {
         return Ok(None);
     }
     let trimmed = cell.trim();
-    let numeric = matches!(ty, FieldType::Number | FieldType::Integer | FieldType::Boolean);
+    let numeric = ty.is_typed();
     if numeric && trimmed.is_empty() {
         return Ok(None);
     }

@@ -8,7 +8,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use super::ImportError;
-use crate::hsds::catalog::{Field, FieldType, TABLES};
+use crate::hsds::catalog::TABLES;
 
 /// Reads the JSON objects of a `.json`, `.ndjson` or `.jsonl` file, in file order.
 ///
@@ -61,11 +61,6 @@ fn objects(file: &str, label: &str, array: Option<Value>) -> Result<Vec<(String,
         .collect()
 }
 
-/// Whether a column holds numbers or booleans (not text of some kind).
-fn typed(field: &Field) -> bool {
-    matches!(field.ty, FieldType::Number | FieldType::Integer | FieldType::Boolean)
-}
-
 /// A page of an HSDS list as the API serves it (`GET /services` saved to a file): its `contents` are the
 /// documents. No HSDS object has a `contents` and a `total_items` field.
 fn is_page(map: &serde_json::Map<String, Value>) -> bool {
@@ -90,7 +85,7 @@ fn tabular_rows(file: &str, map: serde_json::Map<String, Value>) -> Result<Vec<(
             // A cell's value as its CSV cell would read: a number in a text column is its text (HSDS's own
             // example gives an organization identifier as 1234567).
             for (name, value) in row.as_object_mut().into_iter().flatten() {
-                if (value.is_number() || value.is_boolean()) && table.field(name).is_some_and(|f| !typed(f)) {
+                if (value.is_number() || value.is_boolean()) && table.field(name).is_some_and(|f| !f.ty.is_typed()) {
                     *value = Value::String(value.to_string());
                 }
             }

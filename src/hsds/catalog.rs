@@ -20,6 +20,13 @@ pub enum FieldType {
     Enum(&'static [&'static str]),
 }
 
+impl FieldType {
+    /// Whether its values are numbers or booleans, not text of some kind (a CSV cell of it is parsed).
+    pub fn is_typed(self) -> bool {
+        matches!(self, FieldType::Number | FieldType::Integer | FieldType::Boolean)
+    }
+}
+
 #[derive(Debug)]
 pub struct Field {
     pub name: &'static str,
