@@ -114,6 +114,15 @@ async fn slow_target(delay: Duration) -> (String, Arrivals) {
     (base, arrivals)
 }
 
+/// Waits (bounded: 20 s) until `n` requests reached a [`slow_target`].
+async fn arrived(arrivals: &Arrivals, n: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while arrivals.lock().unwrap().len() < n {
+        assert!(tokio::time::Instant::now() < deadline, "only {} of {n} arrived", arrivals.lock().unwrap().len());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 async fn subscribe(app: &TestApp, body: Value) -> Value {
     let r = app.post_as(&app.subscribe_key, "/webhooks", Some(&body)).await;
     assert_eq!(r.status(), 201);
@@ -218,11 +227,7 @@ both_stores!(
             app.put_ok(&format!("/organizations/{id}"), &json!({"name": format!("Warm {i}"), "description": "x"}))
                 .await;
         }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while arrivals.lock().unwrap().len() < 41 {
-            assert!(tokio::time::Instant::now() < deadline, "only {} arrived", arrivals.lock().unwrap().len());
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        arrived(&arrivals, 41).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
         for i in 0..60 {
             let id = format!("00000000-0000-4000-8000-{:012}", 0x5000 + i);
@@ -239,11 +244,7 @@ both_stores!(
         .await
         .expect("count");
         assert!(left <= 2, "{left} of 60 left in the store for claims");
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while arrivals.lock().unwrap().len() < 101 {
-            assert!(tokio::time::Instant::now() < deadline, "only {} arrived", arrivals.lock().unwrap().len());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        arrived(&arrivals, 101).await;
         pool.close().await;
     }
 );
