@@ -143,6 +143,13 @@ impl Lane {
         self.answered_at.is_some_and(|at| at.elapsed() < KEEPING_UP)
     }
 
+    /// What it counts of the claim budget (`max_in_flight`): its waiting deliveries up to its depth. What a lane
+    /// that keeps up holds past it was handed over, and must not keep other lanes' claims (retries, ordered
+    /// subscriptions, backlogs in the store) from being made.
+    fn claimed_waiting(&self) -> usize {
+        self.waiting.len().min(self.depth())
+    }
+
     /// Notes a prompt answer of its target.
     fn answered(&mut self) {
         let now = tokio::time::Instant::now();
@@ -363,10 +370,8 @@ impl Worker {
         // backlog never fills this process), and all lanes together wait for at most `max_in_flight`. A read
         // tells first whether anything is due at all, so a round with nothing to claim takes no write lock.
         let busy = self.busy_subscriptions();
-        // Counted up to each lane's depth: what a lane that keeps up holds past it was handed over, and must not
-        // keep claims (retries, ordered subscriptions, backlogs in the store) from other lanes.
         let waiting: usize =
-            self.lanes.lock().unwrap_or_else(|p| p.into_inner()).values().map(|l| l.waiting.len().min(l.depth())).sum();
+            self.lanes.lock().unwrap_or_else(|p| p.into_inner()).values().map(Lane::claimed_waiting).sum();
         let free = self.config.max_in_flight as i64 - waiting as i64;
         // The spacing is for retries. An ordered subscription's next delivery, released by the last one's
         // outcome, is claimed at once: spaced, an ordered subscription got at most one delivery per spacing
@@ -977,6 +982,54 @@ async fn record_in_batches(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn lane(size: usize, waiting: usize) -> Lane {
+        let queued = || Waiting {
+            delivery: Delivery::default(),
+            queued_under: String::new(),
+            start_at: None,
+            claimed_at: tokio::time::Instant::now(),
+        };
+        Lane {
+            slots: Arc::new(Semaphore::new(size)),
+            size,
+            waiting: (0..waiting).map(|_| queued()).collect(),
+            answered_at: None,
+            answers_this_second: 0,
+            answers_last_second: 0,
+            second_began: tokio::time::Instant::now(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lane_not_heard_from_is_held_to_its_depth_and_one_that_keeps_up_to_its_answers() {
+        // Not heard from (a hanging target's, or a new one's): full for dispatch at its depth (4 x 2), keeps 4x
+        // that handed over, and claims fill it to its depth.
+        let mut busy = lane(2, 8);
+        assert!(!busy.keeps_up() && busy.full_for_dispatch());
+        assert_eq!((busy.keeps(Came::HandedOver), busy.keeps(Came::Claimed)), (32, 8));
+        // Answering: about 5 s of its answers (here 100 in the second), past its depth.
+        for _ in 0..100 {
+            busy.answered();
+        }
+        assert!(busy.keeps_up() && !busy.full_for_dispatch());
+        assert_eq!((busy.keeps(Came::HandedOver), busy.keeps(Came::Claimed)), (500, 8));
+        // Never more than 2 048, and never less than its handed-over allowance.
+        for _ in 0..1000 {
+            busy.answered();
+        }
+        assert_eq!(busy.handed_over_cap(), HANDED_OVER_MAX);
+        let mut slow = lane(2, 0);
+        slow.answered();
+        assert_eq!(slow.handed_over_cap(), 32);
+    }
+
+    #[test]
+    fn a_deep_lane_counts_only_its_depth_against_the_claim_budget() {
+        let deep = lane(10, 1500);
+        assert_eq!(deep.claimed_waiting(), 40, "what it holds past its depth was handed over");
+        assert_eq!(lane(10, 7).claimed_waiting(), 7);
+    }
 
     fn answer(status: Option<u16>, body: &str) -> super::super::client::Response {
         super::super::client::Response {
