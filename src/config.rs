@@ -73,6 +73,13 @@ pub struct ServeFlags {
     /// (PostgreSQL) before it fails with 503 (default 10000).
     #[arg(long, env = "HSDA_BUSY_TIMEOUT_MS")]
     pub busy_timeout_ms: Option<u64>,
+    /// Base URL of another hsda whose directory this one follows: every change in its event log is applied
+    /// here, in order, exactly once (repeat the flag, or separate URLs with commas, to follow several).
+    #[arg(long, env = "HSDA_FOLLOW", value_delimiter = ',')]
+    pub follow: Vec<String>,
+    /// API key sent to followed directories that require one for reads (`Authorization: Bearer ...`).
+    #[arg(long, env = "HSDA_FOLLOW_KEY", hide_env_values = true)]
+    pub follow_key: Option<String>,
 }
 
 /// The file form of the settings.
@@ -94,6 +101,8 @@ struct FileConfig {
     min_digest_seconds: Option<i64>,
     max_in_flight: Option<usize>,
     busy_timeout_ms: Option<u64>,
+    follow: Option<Vec<String>>,
+    follow_key: Option<String>,
     // The other commands' settings (see `CommandSettings`).
     quiet: Option<bool>,
     strict_references: Option<bool>,
@@ -146,6 +155,10 @@ pub struct Config {
     pub max_in_flight: usize,
     pub min_digest_seconds: i64,
     pub busy_timeout_ms: u64,
+    /// Base URLs of the hsda directories this one follows (see [`crate::follow`]), without a trailing `/`.
+    pub follow: Vec<String>,
+    /// The key sent to them, if they require one for reads.
+    pub follow_key: Option<String>,
     /// The file's settings of the other commands.
     pub commands: CommandSettings,
 }
@@ -168,6 +181,8 @@ impl Default for Config {
             max_in_flight: 512,
             min_digest_seconds: 1,
             busy_timeout_ms: 10_000,
+            follow: Vec::new(),
+            follow_key: None,
             commands: CommandSettings::default(),
         }
     }
@@ -219,6 +234,15 @@ impl Config {
             max_in_flight: serve.max_in_flight.or(file.max_in_flight).unwrap_or(d.max_in_flight).clamp(1, 100_000),
             min_digest_seconds: serve.min_digest_seconds.or(file.min_digest_seconds).unwrap_or(d.min_digest_seconds),
             busy_timeout_ms: serve.busy_timeout_ms.or(file.busy_timeout_ms).unwrap_or(d.busy_timeout_ms),
+            follow: match serve.follow.is_empty() {
+                true => file.follow.unwrap_or_default(),
+                false => serve.follow.clone(),
+            }
+            .iter()
+            .map(|url| crate::follow::source_url(url))
+            .collect::<anyhow::Result<_>>()
+            .context("follow")?,
+            follow_key: serve.follow_key.clone().or(file.follow_key),
             commands: CommandSettings {
                 quiet: file.quiet,
                 strict_references: file.strict_references,

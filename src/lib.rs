@@ -12,6 +12,8 @@ pub mod cli;
 pub mod config;
 /// The event catalog (types and payload schemas).
 pub mod events;
+/// Following another hsda: its event log applied here, in order, exactly once.
+pub mod follow;
 /// Deterministic generator of realistic directories (demo and benchmarks).
 pub mod generate;
 /// The HSDS domain: catalog, validation, documents. No I/O.

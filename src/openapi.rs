@@ -219,7 +219,8 @@ pub fn document(server: &str) -> Value {
     paths.insert("/events".into(), json!({ "get": { "operationId": "listEvents", "summary": "The event feed, oldest first",
         "parameters": [ param("after", json!({"type": "integer", "minimum": 0}), "Only events with a greater sequence. A cursor past the newest event (one from another directory, or from before a restore) is a 400 naming the newest sequence."),
                         param("types", json!({"type": "string"}), "Comma-separated types or patterns (service.*, *); may be repeated."),
-                        param("limit", json!({"type": "integer", "minimum": 1, "maximum": 1000}), "At most this many (default 100).") ],
+                        param("limit", json!({"type": "integer", "minimum": 1, "maximum": 1000}), "At most this many (default 100)."),
+                        param("wait", json!({"type": "integer", "minimum": 0, "maximum": 30}), "Seconds to wait for a change when there is none after `after` yet (a long poll, default 0): the answer comes as soon as one commits, or empty when the time is up. Followers of this directory ask with it.") ],
         "description": "Sequence numbers have no gaps. An operational `webhook.*` event of another tenant (visible only to its own tenant's keys and to admins) appears in its place as `{\"sequence\", \"type\": \"webhook.redacted\", \"object\": \"webhook\"}` (every other field null), so a reader can tell the log has no gaps; a `types` filter leaves out what it does not match.",
         "responses": { "200": { "description": "Events and the cursor to continue from.", "content": { "application/json": { "schema": {
             "type": "object", "properties": { "events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}}, "next_after": {"type": "integer", "description": "Continue from here: the last sequence read, past the events a types filter left out"} } } } } },
@@ -256,18 +257,39 @@ pub fn document(server: &str) -> Value {
             this endpoint retries it and answers with the subscription plus `verification: {success, error}`.",
         "security": [{"bearer": []}],
         "parameters": [{ "name": "id", "in": "path", "required": true, "schema": {"type": "string"} }],
-        "responses": { "200": { "description": "The subscription after the attempt, with `verification`." },
+        "responses": { "200": { "description": "The subscription after the attempt, with `verification`.", "content": { "application/json": { "schema": {
+                           "allOf": [ {"$ref": "#/components/schemas/Subscription"}, { "type": "object", "required": ["verification"], "properties": {
+                               "verification": { "type": "object", "required": ["success"], "properties": { "success": {"type": "boolean"}, "error": {"type": ["string", "null"]} } } } } ] } } } },
                        "404": problem_response("No such subscription (or not yours)."),
                        "409": problem_response("The subscription is not pending verification.") } } }),
     );
     paths.insert("/health".into(), json!({ "get": { "operationId": "health", "summary": "Liveness and database reachability",
-        "responses": { "200": { "description": "`status` is `ok`, or `degraded` while writes fail with a database fault (locked, disk full, unreachable): `fault` has its `kind`, `detail`, `since`, `last_seen` and `failures`; `last_fault` is the previous one, with `recovered_at`." },
-                       "503": { "description": "`status: unavailable`: the database does not answer." } } } }));
+        "responses": { "200": { "description": "`status` is `ok`, or `degraded` while writes fail with a database fault (locked, disk full, unreachable): `fault` has its `kind`, `detail`, `since`, `last_seen` and `failures`; `last_fault` is the previous one, with `recovered_at`.",
+                                "content": { "application/json": { "schema": health_schema() } } },
+                       "503": { "description": "`status: unavailable`: the database does not answer.", "content": { "application/json": { "schema": health_schema() } } } } } }));
+    paths.insert("/openapi.json".into(), json!({ "get": { "operationId": "openapi", "summary": "This document",
+        "responses": { "200": { "description": "The OpenAPI 3.1 document of this server (its `servers` URL is this server's).", "content": { "application/json": { "schema": {"type": "object"} } } } } } }));
 
     paths.insert("/metrics".into(), json!({ "get": { "operationId": "metrics", "summary": "Operational metrics for Prometheus (admin key)",
         "description": "OpenMetrics text: `hsda_delivery_attempts_total{outcome, error_class}`, `hsda_delivery_attempt_duration_seconds`, `hsda_deliveries_in_flight`, `hsda_http_requests_total{method, route, status}`, `hsda_http_request_duration_seconds`, `hsda_event_sequence`, `hsda_deliveries_open`, `hsda_subscriptions{status}`, `hsda_write_transactions_total`, `hsda_writes_total`, `hsda_write_groups_rerun_one_at_a_time_total`, `hsda_write_groups_rerun_guarded_total`, `hsda_store_degraded`. Counters are per process.",
         "security": [{"bearer": []}],
         "responses": { "200": { "description": "The metrics.", "content": { "application/openmetrics-text": { "schema": {"type": "string"} } } },
+                       "403": problem_response("The key is not an admin key.") } } }));
+    paths.insert("/follow".into(), json!({ "get": { "operationId": "following", "summary": "The directories this one follows, and how that goes (admin key)",
+        "description": "Each source given with `serve --follow URL` (`HSDA_FOLLOW`): every change in its event log is applied here, in order, exactly once, with the source's time and origin, and this directory's own events (and webhooks) tell of it. `state` is `starting`, `catching_up` (changes are waiting at the source), `following` (caught up; the next change arrives through the feed's long poll), `failing` (see `last_error`; retried with pauses growing to a minute) or `elsewhere` (a cursor stored in the database that this process does not follow: another process's, or a source no longer configured).",
+        "security": [{"bearer": []}],
+        "responses": { "200": { "description": "Every source.", "content": { "application/json": { "schema": {
+            "type": "object", "required": ["sources"], "properties": { "sources": { "type": "array", "items": {
+                "type": "object", "required": ["source", "state", "after_sequence", "events_applied"],
+                "properties": {
+                    "source": {"type": "string", "description": "The source's base URL."},
+                    "state": {"type": "string", "enum": ["starting", "catching_up", "following", "failing", "elsewhere"]},
+                    "after_sequence": {"type": "integer", "description": "The last sequence of the source's log applied here."},
+                    "events_applied": {"type": "integer", "description": "Events of the source this process applied since it started (those that changed nothing here included)."},
+                    "last_contact_at": {"type": ["string", "null"], "format": "date-time"},
+                    "last_error": {"type": ["string", "null"]},
+                    "last_error_at": {"type": ["string", "null"], "format": "date-time"}
+                } } } } } } } },
                        "403": problem_response("The key is not an admin key.") } } }));
     add_webhook_paths(&mut paths, &mut schemas);
     add_common_errors(&mut paths);
@@ -344,6 +366,23 @@ fn add_common_errors(paths: &mut Map<String, Value>) {
     }
 }
 
+/// A page of hsda's own lists (the HSDS Page envelope) whose `contents` are `item`s.
+fn page_of(item: Value) -> Value {
+    json!({ "allOf": [ {"$ref": "#/components/schemas/Page"}, {"type": "object", "properties": {"contents": {"type": "array", "items": item}}} ] })
+}
+
+/// What `GET /health` answers.
+fn health_schema() -> Value {
+    let fault = json!({ "type": "object", "properties": {
+        "kind": {"type": "string", "enum": ["busy", "unavailable", "storage_full"]}, "detail": {"type": "string"},
+        "since": {"type": "string", "format": "date-time"}, "last_seen": {"type": "string", "format": "date-time"},
+        "failures": {"type": "integer"}, "recovered_at": {"type": "string", "format": "date-time"} } });
+    json!({ "type": "object", "required": ["status"], "properties": {
+        "status": {"type": "string", "enum": ["ok", "degraded", "unavailable"]},
+        "database": {"type": "string", "enum": ["answers", "does not answer"]},
+        "fault": fault.clone(), "last_fault": fault } })
+}
+
 /// The subscriptions API and delivery history.
 fn add_webhook_paths(paths: &mut Map<String, Value>, schemas: &mut Map<String, Value>) {
     schemas.insert(
@@ -359,7 +398,7 @@ fn add_webhook_paths(paths: &mut Map<String, Value>, schemas: &mut Map<String, V
                 "location_id": {"type": "string", "format": "uuid"}, "taxonomy_term_id": {"type": "string", "format": "uuid"} },
                 "additionalProperties": false,
                 "description": "All given ids must match (AND). An event matches its object and its roots: the ids the object references itself (a service's organization_id, the terms of its own attributes, the locations of its own service_at_locations) and those of the documents it is part of, with what they reference themselves (a phone of service S matches S, S's terms and locations, and S's organization; a service matches its organization's own terms). A document's `updated` event caused by a change inside it also matches the changed rows and the documents the change was inside (the organization update a new phone of S makes matches S and S's terms and locations; a sibling service's change, a location's phone or the organization's own rename does not). A document that only shows another (a service shows its organization) is not one it is part of. Imports compare documents and do not add the documents holding a changed one."},
-            "schedule": {"type": ["string", "null"]},
+            "schedule": {"type": ["string", "null"], "description": "null (the default): each event is delivered as it happens. Otherwise digests: an ISO-8601 duration (`PT15M`, `PT1H`, `P1D`; at least the operator's minimum, 1 s by default) or a 5-field cron expression in UTC (`0 * * * *`), after which the events since the last digest are sent as one `webhook.digest` delivery (none when nothing happened). A digest holds at most 1 000 events: a longer backlog goes as several digests built together, each with its own `since` and `until`, which may overlap; order them by their events' `sequence`."},
             "description": {"type": "string"},
             "secret": {"type": "string", "description": "whsec_... (hmac-sha256) or whsk_... (ed25519); returned only at creation and rotation"},
             "signing": {"type": "string", "enum": ["hmac-sha256", "ed25519"]},
@@ -371,7 +410,7 @@ fn add_webhook_paths(paths: &mut Map<String, Value>, schemas: &mut Map<String, V
             "ordered": {"type": "boolean"},
             "headers": {"type": "object", "additionalProperties": {"type": "string"}, "description": "Static headers sent with every delivery. Names compare without case (one name once); content-type, content-length, content-encoding, user-agent, host, transfer-encoding and webhook-* are hsda's, and the hop-by-hop ones (connection, keep-alive, upgrade, te, trailer, expect, proxy-authorization, proxy-connection) the connection's: refused."},
             "metadata": {"type": "object", "description": "The owner's own notes, at most 16 KiB as JSON."},
-            "verify": {"type": "boolean"},
+            "verify": {"type": "boolean", "description": "Hold the subscription `pending` (its events held, not dropped) until the target echoes a signed `webhook.verification` challenge (see POST /webhooks/{id}/verify). Default false."},
             "all_tenants": {"type": "boolean", "readOnly": true, "description": "Made with an admin key: it hears the operational events (webhook.failing, webhook.recovered, webhook.disabled) of every tenant's subscriptions; others hear their own tenant's only."},
             "status": {"type": "string", "enum": ["pending", "active", "failing", "disabled"]},
             "last_success_at": {"type": ["string", "null"]}, "last_failure_at": {"type": ["string", "null"]},
@@ -422,7 +461,7 @@ fn add_webhook_paths(paths: &mut Map<String, Value>, schemas: &mut Map<String, V
                            "422": problem_response("A field is invalid; errors[].pointer names it.") } },
         "get": { "operationId": "listWebhooks", "summary": "The caller's subscriptions (admin: all)", "tags": ["webhooks"], "security": security,
             "parameters": [ param("page", json!({"type": "integer", "minimum": 1, "maximum": u32::MAX}), "Page, from 1."), param("per_page", json!({"type": "integer", "minimum": 1, "maximum": 1000}), "Items per page.") ],
-            "responses": { "200": ok("A page of subscriptions.", json!({"$ref": "#/components/schemas/Page"})) } } }));
+            "responses": { "200": ok("A page of subscriptions.", page_of(sub_ref.clone())) } } }));
     let if_match_write = json!({ "name": "If-Match", "in": "header", "required": false, "schema": {"type": "string"}, "description": "Change only if the subscription's ETag is one of these (strong comparison), or * ." });
     let if_none_match_write = json!({ "name": "If-None-Match", "in": "header", "required": false, "schema": {"type": "string"}, "description": "Refused (412) if the subscription's ETag is one of these (weak comparison), or at all for * ." });
     let if_none_match_read = json!({ "name": "If-None-Match", "in": "header", "required": false, "schema": {"type": "string"}, "description": "304 when the ETag is one of these (weak comparison)." });
@@ -512,7 +551,7 @@ fn add_webhook_paths(paths: &mut Map<String, Value>, schemas: &mut Map<String, V
                         param("event_type", json!({"type": "string"}), "Only this event type, or pattern (`service.*`, `*`); an unknown type is a 400."), param("object_id", json!({"type": "string"}), "Only events about this object."),
                         param("since", json!({"type": "string", "format": "date-time"}), "Created at or after."), param("until", json!({"type": "string", "format": "date-time"}), "Created before (not before `since`)."),
                         param("page", json!({"type": "integer", "minimum": 1, "maximum": u32::MAX}), "Page, from 1."), param("per_page", json!({"type": "integer", "minimum": 1, "maximum": 1000}), "Items per page.") ],
-        "responses": { "200": ok("A page of deliveries.", json!({"$ref": "#/components/schemas/Page"})), "404": not_found } } }));
+        "responses": { "200": ok("A page of deliveries.", page_of(json!({"$ref": "#/components/schemas/Delivery"}))), "404": not_found } } }));
     paths.insert("/deliveries/{id}".into(), json!({ "parameters": id_param, "get": { "operationId": "getDelivery", "tags": ["webhooks"], "security": security,
         "responses": { "200": ok("The delivery with its payload and attempts.", json!({"$ref": "#/components/schemas/DeliveryDetail"})), "404": not_found } } }));
     paths.insert("/deliveries/{id}/retry".into(), json!({ "parameters": id_param, "post": { "operationId": "retryDelivery", "tags": ["webhooks"], "security": security,

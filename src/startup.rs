@@ -55,6 +55,7 @@ impl Application {
         };
         let metrics = Arc::new(crate::metrics::Metrics::default());
         let worker = Worker::new(db.clone(), client.clone(), worker_config, metrics.clone());
+        let shutdown = CancellationToken::new();
         let state = AppState {
             db,
             config: Arc::new(config),
@@ -62,8 +63,10 @@ impl Application {
             webhook_client: client,
             metrics,
             configured_public_url,
+            shutdown: shutdown.clone(),
+            following: crate::follow::Following::default(),
         };
-        Ok(Application { listener, state, shutdown: CancellationToken::new(), worker })
+        Ok(Application { listener, state, shutdown, worker })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -88,11 +91,23 @@ impl Application {
         let app = router(self.state.clone());
         let token = self.shutdown.clone();
         let worker = tokio::spawn(self.worker.clone().run(token.clone()));
+        let config = &self.state.config;
+        let followers = crate::follow::start(
+            &self.state.db,
+            &config.follow,
+            config.follow_key.as_deref(),
+            &self.state.following,
+            &token,
+        )
+        .context("starting to follow")?;
         axum::serve(self.listener, app)
             .with_graceful_shutdown(async move { token.cancelled().await })
             .await
             .context("serving HTTP")?;
         let _ = worker.await;
+        for follower in followers {
+            let _ = follower.await;
+        }
         self.state.db.close().await;
         Ok(())
     }

@@ -58,6 +58,9 @@ impl From<WriteError> for ApiError {
             WriteError::NotFound(what) => ApiError::NotFound(what),
             WriteError::PreconditionFailed => ApiError::PreconditionFailed,
             WriteError::Conflict { message, referenced_by } => ApiError::Conflict { message, referenced_by },
+            message @ WriteError::FollowCursorMoved(_) => {
+                ApiError::Conflict { message: message.to_string(), referenced_by: Vec::new() }
+            }
             WriteError::Database(e) => e.into(),
         }
     }

@@ -1,6 +1,7 @@
 //! The pull feed of the event log (`GET /events`) and single events (`GET /events/{id}`).
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
@@ -26,6 +27,10 @@ fn visible(event: &Event, viewer: Option<&Principal>) -> bool {
         None => false,
     }
 }
+
+/// The longest `wait` a feed request may ask for: the answer comes within it even when nothing happened, so
+/// proxies' idle timeouts (often 60 s) are not reached.
+const MAX_WAIT_SECONDS: u64 = 30;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/events", get(feed)).route("/events/{id}", get(one))
@@ -98,7 +103,32 @@ async fn feed(
     // Only a feed of everything shows stand-ins: under a type filter one would tell the hidden event's type
     // (and a filtered feed skips sequence numbers anyway).
     let everything = types.is_empty() || types.iter().any(|t| t == "*");
-    let (events, next_after) = state.db.events_scanned(after, &TypeFilter(types), limit).await?;
+    let wait = match params.get("wait") {
+        None => 0,
+        Some(v) => v
+            .parse::<u64>()
+            .ok()
+            .filter(|n| *n <= MAX_WAIT_SECONDS)
+            .ok_or_else(|| ApiError::parameter("wait", format!("must be seconds from 0 to {MAX_WAIT_SECONDS}")))?,
+    };
+    let filter = TypeFilter(types);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
+    let mut changes = state.db.watch_changes();
+    let (events, next_after) = loop {
+        let (events, next_after) = state.db.events_scanned(after, &filter, limit).await?;
+        let now = tokio::time::Instant::now();
+        if !events.is_empty() || next_after != after || now >= deadline || state.shutdown.is_cancelled() {
+            break (events, next_after);
+        }
+        // A commit of this process wakes the wait at once; one of another process sharing the database
+        // (PostgreSQL) sends no signal here, so look again at least every second.
+        let look_again = (deadline - now).min(Duration::from_secs(1));
+        tokio::select! {
+            _ = changes.changed() => {}
+            _ = tokio::time::sleep(look_again) => {}
+            _ = state.shutdown.cancelled() => {}
+        }
+    };
     if events.is_empty() && after > 0 {
         // A cursor past the newest event comes from another directory or from before this one's log was
         // restored: said so, rather than answering "nothing yet" forever.

@@ -1,5 +1,5 @@
 //! About the API itself: `GET /` (HSDS API metadata with hsda's profile), `GET /openapi.json`,
-//! `GET /event-types`, `GET /health` and `GET /metrics`.
+//! `GET /event-types`, `GET /health`, `GET /metrics` and `GET /follow`.
 
 use axum::Json;
 use axum::Router;
@@ -21,6 +21,34 @@ pub fn router() -> Router<AppState> {
         .route("/event-types", get(event_types))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .route("/follow", get(follow))
+}
+
+/// The directories this one follows and how that goes; an admin key is required (it names the sources). A
+/// source another process follows (on a shared PostgreSQL database), or one no longer configured, shows with
+/// its stored cursor and state `elsewhere`.
+async fn follow(
+    State(state): State<AppState>,
+    caller: super::extract::Caller,
+) -> Result<Json<Value>, super::error::ApiError> {
+    caller.require(&[])?;
+    let mut sources = state.following.statuses();
+    for cursor in state.db.follow_cursors().await? {
+        match sources.iter_mut().find(|s| s.source == cursor.source) {
+            // Another process following the same source may have moved it since.
+            Some(status) => status.after_sequence = status.after_sequence.max(cursor.after_sequence),
+            None => sources.push(crate::follow::SourceStatus {
+                source: cursor.source,
+                state: "elsewhere",
+                after_sequence: cursor.after_sequence,
+                events_applied: 0,
+                last_contact_at: None,
+                last_error: None,
+                last_error_at: None,
+            }),
+        }
+    }
+    Ok(Json(json!({ "sources": sources })))
 }
 
 /// OpenMetrics text for Prometheus; an admin key is required (the figures tell every tenant's volumes).

@@ -34,6 +34,10 @@ pub struct AppState {
     /// The `public_url` the operator configured, if any: where the API documents say the API is (behind a
     /// proxy, the `Host` a request came with is not it). Without one, the request's `Host` tells.
     pub configured_public_url: Option<String>,
+    /// Cancelled when the server stops: long requests (a feed waiting for changes) end then.
+    pub shutdown: tokio_util::sync::CancellationToken,
+    /// The directories this one follows, and how that goes (`GET /follow`).
+    pub following: crate::follow::Following,
 }
 
 impl AppState {

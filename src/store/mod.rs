@@ -8,6 +8,7 @@
 pub mod compile;
 pub mod events;
 pub mod fault;
+pub mod follow;
 pub mod group_commit;
 pub mod keys;
 pub mod liveness;
@@ -104,6 +105,7 @@ const SQLITE_MIGRATIONS: &[(i64, &[&str])] = &[
     (14, &[include_str!("migrations/14_ordered_queues.sql")]),
     (15, &[include_str!("migrations/15_open_by_subscription_claimable_at.sql")]),
     (FOLDED_TEXT, &[include_str!("migrations/16_folded_text.sql")]),
+    (17, &[include_str!("migrations/17_follow_cursors.sql")]),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &[&str])] = &[
     (1, &[include_str!("migrations/1_records_postgres.sql"), include_str!("migrations/1_schema.sql")]),
@@ -125,6 +127,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &[&str])] = &[
     (14, &[include_str!("migrations/14_ordered_queues.sql")]),
     (15, &[include_str!("migrations/15_open_by_subscription_claimable_at.sql")]),
     (FOLDED_TEXT, &[include_str!("migrations/16_folded_text.sql")]),
+    (17, &[include_str!("migrations/17_follow_cursors.sql")]),
 ];
 
 impl Db {

@@ -85,6 +85,9 @@ pub enum WriteError {
     PreconditionFailed,
     #[error("{message}")]
     Conflict { message: String, referenced_by: Vec<String> },
+    /// A followed source's cursor is not where the write expected it ([`FollowMark`]).
+    #[error("the cursor of {0} moved: its changes are being applied by another process")]
+    FollowCursorMoved(String),
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }
@@ -102,11 +105,28 @@ pub struct WriteOptions {
     pub origin: Option<String>,
     /// Keep the `modified_at` time given here instead of now (imports of older data keep their times).
     pub at: Option<String>,
+    /// A change of another hsda this one follows ([`crate::follow`]), and where it moves that source's cursor.
+    pub followed: Option<Box<FollowMark>>,
     /// The row the caller answers with (a PUT's or PATCH's own): when the write leaves it as it was, its
     /// representation is read in the write's transaction right after it (before the writes grouped after
     /// it) and handed back in [`WriteOutcome::documents`] like a changed row's. Read after the commit
     /// instead, a DELETE committed in between made a PUT answer 404.
     pub answer: Option<(&'static Table, String)>,
+}
+
+/// Where a followed source's changes are applied up to: the write that applies that source's events after
+/// sequence `from` up to `to` moves the source's stored cursor from `from` to `to` in its own transaction, so
+/// an event is applied exactly once however the process stops. A cursor found elsewhere than `from` (another
+/// process following the same source got there first) fails the write with [`WriteError::FollowCursorMoved`].
+///
+/// Such a write mirrors what the source already decided: a delete of a row that is not here is done already,
+/// and references are not checked (the source checked them, and a row it names may come in a later page of
+/// its log).
+#[derive(Debug, Clone)]
+pub struct FollowMark {
+    pub source: String,
+    pub from: i64,
+    pub to: i64,
 }
 
 /// What a write did.
@@ -287,11 +307,17 @@ impl Db {
             known,
             documents_at_insert: ops.len() == 1,
             inserted_docs: HashMap::new(),
+            mirror: options.followed.is_some(),
         };
+        if let Some(mark) = &options.followed {
+            super::follow::move_follow_cursor(writer.conn, mark, &now).await?;
+        }
         for op in ops {
             writer.apply_op(op).await?;
         }
-        writer.check_references().await?;
+        if !writer.mirror {
+            writer.check_references().await?;
+        }
         let Writer { touched, deleted_docs, documents_locked, inserted_docs, .. } = writer;
         let links = touched
             .iter()
@@ -478,6 +504,8 @@ struct Writer<'a, 'c> {
     /// The documents new roots got with their insert; compiled again at the end of the write,
     /// they are only written if they came out different.
     inserted_docs: HashMap<Root, InsertedDoc>,
+    /// It applies a followed source's change ([`FollowMark`]).
+    mirror: bool,
 }
 
 /// A stored row: its `rid` and its `data` as JSON text.
@@ -613,6 +641,9 @@ impl Writer<'_, '_> {
                 // and the other finds it gone (404), rather than both answering 204 on PostgreSQL.
                 self.lock_documents().await?;
                 if !self.exists(table.name, &id).await? {
+                    if self.mirror {
+                        return Ok(()); // gone already (with a row the source deleted before it, say)
+                    }
                     return Err(WriteError::NotFound(format!("{} {id}", table.name)));
                 }
                 self.delete_cascade(table, id).await
@@ -1544,6 +1575,7 @@ pub(crate) async fn finish_staged(
         known: &mut Known::default(),
         documents_at_insert: false,
         inserted_docs: HashMap::new(),
+        mirror: false,
     };
     let inserted: HashMap<&Root, &InsertedDoc> = staged.iter().flat_map(|s| &s.inserted_docs).collect();
     // Every touched row of every write, and the write it belongs to.
@@ -1986,6 +2018,7 @@ impl Db {
             known: &mut Known::default(),
             documents_at_insert: false,
             inserted_docs: HashMap::new(),
+            mirror: false,
         };
         // The rows the import gives (a copy only where it creates the row): no child set removes them.
         let mut given: HashSet<(&'static str, String)> =

@@ -724,7 +724,7 @@ store_test!(upgrading_a_store_drops_stored_self_facets_and_filters_still_match, 
     assert_eq!(left, 0, "self facets are gone");
     let version: String =
         sqlx::query_scalar("SELECT value FROM meta WHERE key = 'schema_version'").fetch_one(&pool).await.unwrap();
-    assert_eq!(version, "16", "migrated to the latest schema");
+    assert_eq!(version, "17", "migrated to the latest schema");
     pool.close().await;
     let page = app.get_json(&format!("/organizations?organization_id={O1}")).await;
     assert_eq!(page["total_items"], 1);
@@ -845,7 +845,7 @@ async fn processes_migrating_one_sqlite_file_at_once_all_open_it() {
     let pool = sqlx::AnyPool::connect(&url).await.unwrap();
     let version: String =
         sqlx::query_scalar("SELECT value FROM meta WHERE key = 'schema_version'").fetch_one(&pool).await.unwrap();
-    assert_eq!(version, "16");
+    assert_eq!(version, "17");
     let triggers: i64 =
         sqlx::query_scalar("SELECT COUNT(*) FROM sqlite_master WHERE type = 'trigger' AND name LIKE 'records_fts_%'")
             .fetch_one(&pool)

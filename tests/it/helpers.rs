@@ -321,7 +321,9 @@ pub fn openapi_violations(openapi: &serde_json::Value, pointer: &str, value: &se
     // The whole document is the root schema (its other members are no keywords), so `#/components/...`
     // references resolve as a client's validator resolves them.
     let mut root = openapi.clone();
-    root["$ref"] = serde_json::Value::String(format!("#{pointer}"));
+    // (A path template's braces are not allowed in a URI: percent-encoded, as RFC 6901 says for fragments.)
+    let fragment = pointer.replace('{', "%7B").replace('}', "%7D");
+    root["$ref"] = serde_json::Value::String(format!("#{fragment}"));
     let validator = jsonschema::validator_for(&root).expect("the OpenAPI schema compiles");
     validator.iter_errors(value).map(|e| format!("{} at {}", e, e.instance_path)).collect()
 }

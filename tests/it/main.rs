@@ -15,6 +15,7 @@ mod crash;
 mod delivery;
 mod directory;
 mod faults;
+mod follow;
 mod fuzz;
 mod ssrf;
 mod webhooks;

@@ -416,6 +416,30 @@ webhook_test!(real_payloads_full_thin_and_deleted_are_what_the_openapi_webhooks_
         let errors = crate::helpers::openapi_violations(&openapi, &pointer, &message);
         assert!(errors.is_empty(), "{name} as the OpenAPI says: {errors:?} in {message}");
     }
+
+    // hsda's own answers too, their list items typed (a client generated from the document gets them).
+    let subscriptions = app.get_as(&app.subscribe_key, "/webhooks").await;
+    let id = subscriptions["contents"][0]["id"].as_str().unwrap().to_string();
+    let deliveries = app.get_as(&app.subscribe_key, format!("/webhooks/{id}/deliveries")).await;
+    let delivery = deliveries["contents"][0]["id"].as_str().unwrap().to_string();
+    let responses = |path: &str, method: &str| {
+        format!("/paths/{}/{method}/responses/200/content/application~1json/schema", path.replace('/', "~1"))
+    };
+    for (pointer, answer) in [
+        (responses("/webhooks", "get"), subscriptions),
+        (responses("/webhooks/{id}/deliveries", "get"), deliveries),
+        (responses("/deliveries/{id}", "get"), app.get_as(&app.subscribe_key, format!("/deliveries/{delivery}")).await),
+        (responses("/health", "get"), app.get_json("/health").await),
+        (responses("/follow", "get"), app.get_as(&app.admin_key, "/follow").await),
+    ] {
+        let errors = crate::helpers::openapi_violations(&openapi, &pointer, &answer);
+        assert!(errors.is_empty(), "{pointer}: {errors:?} in {answer}");
+    }
+    for (pointer, item) in [("/webhooks", "Subscription"), ("/webhooks/{id}/deliveries", "Delivery")] {
+        let schema =
+            &openapi.pointer(&responses(pointer, "get")).unwrap()["allOf"][1]["properties"]["contents"]["items"];
+        assert_eq!(schema["$ref"], format!("#/components/schemas/{item}"), "{pointer}");
+    }
 });
 
 webhook_test!(rotation_signs_with_both_secrets_during_the_grace_period, |app| async move {
