@@ -2107,9 +2107,16 @@ impl Db {
         let mut last_included = None;
         let mut since = sub.digest_since.clone().unwrap_or_else(|| sub.created_at.clone());
         let mut facets = std::collections::BTreeSet::new();
+        // A backlog longer than one digest goes as several, and each covers the time up to its own last events
+        // (not up to now), so that the next one's window starts where this one's ends.
+        let backlog = rows.len() as i64 == DIGEST_MAX_EVENTS;
+        let mut latest = String::new();
         for row in &rows {
             let event = super::events::event_from_any_row(row)?;
             last = event.sequence;
+            if event.occurred_at > latest {
+                latest.clone_from(&event.occurred_at);
+            }
             if wants(&sub, &event) {
                 last_included = Some(event.sequence);
                 // A write that began before the window and committed in it: the digest still covers it.
@@ -2120,6 +2127,7 @@ impl Db {
                 events.push(delivery_value(&event, &sub.payload, public_url));
             }
         }
+        let covered_until = if backlog && latest < until { latest } else { until.clone() };
         let mut queued = None;
         if let Some(sequence) = last_included {
             let digest = Event {
@@ -2130,7 +2138,7 @@ impl Db {
                 object: "webhook".into(),
                 object_id: sub.id.clone(),
                 origin: self.instance_id().to_string(),
-                data: json!({ "since": since, "until": until, "events": events }),
+                data: json!({ "since": since, "until": covered_until, "events": events }),
                 facets: facets.into_iter().collect(),
             };
             let body = json!({
@@ -2140,14 +2148,13 @@ impl Db {
             insert_delivery(&mut tx, &sub, &digest, &body, &until).await?;
             queued = Some(delivery_id(&sub.id, &digest.id));
         }
-        let backlog = rows.len() as i64 == DIGEST_MAX_EVENTS;
         let next = if backlog { Some(until.clone()) } else { next_after(&sub, now) };
         sqlx::query(
             "UPDATE subscriptions SET next_digest_at = $1, digest_after_sequence = $2, digest_since = $3 WHERE id = $4",
         )
         .bind(&next)
         .bind(last)
-        .bind(&until)
+        .bind(&covered_until)
         .bind(&sub.id)
         .execute(&mut *tx)
         .await?;

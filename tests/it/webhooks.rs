@@ -2410,3 +2410,69 @@ webhook_test!(a_backlog_disabled_and_enabled_with_replay_is_sent_once, |app| asy
         assert_eq!(times, 1, "{waited} waited behind {held} and went {times} times");
     }
 });
+
+webhook_test!(a_backlog_longer_than_a_digest_goes_as_digests_whose_windows_meet, |app| async move {
+    use futures::StreamExt;
+    let rx = Receiver::start().await;
+    // Hourly at first, so that the whole backlog waits; then every second, so that it goes at once.
+    let body = json!({"url": rx.url, "events": ["organization.created"], "schedule": "PT1H", "payload": "thin"});
+    let sub = create(&app, body).await;
+    let id = sub["id"].as_str().unwrap().to_string();
+    rx.wait_for("the ping", has_ping).await;
+    const BACKLOG: usize = 1100; // more than one digest holds (1 000 events)
+    futures::stream::iter(0..BACKLOG)
+        .map(|i| {
+            let app = &app;
+            async move {
+                let org = uuid::Uuid::new_v4().to_string();
+                put_org(app, &org, &format!("Organization {i}")).await;
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<()>>()
+        .await;
+    let r = app
+        .client
+        .patch(app.url(&format!("/webhooks/{id}")))
+        .bearer_auth(&app.subscribe_key)
+        .json(&json!({"schedule": "PT1S"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let covered = |r: &[crate::receiver::Received]| -> usize {
+        Receiver::of_type(r, "webhook.digest")
+            .iter()
+            .map(|d| d.json()["data"]["events"].as_array().unwrap().len())
+            .sum()
+    };
+    let received = rx.wait_for("digests covering the backlog", |r| covered(r) >= BACKLOG).await;
+    let mut digests: Vec<Value> = Receiver::of_type(&received, "webhook.digest").iter().map(|d| d.json()).collect();
+    assert!(digests.len() >= 2, "split: {} digests", digests.len());
+    digests.sort_by_key(|d| d["data"]["events"][0]["sequence"].as_i64());
+    let mut sequences = Vec::new();
+    for (i, digest) in digests.iter().enumerate() {
+        let data = &digest["data"];
+        let events = data["events"].as_array().unwrap();
+        sequences.extend(events.iter().map(|e| e["sequence"].as_i64().unwrap()));
+        let latest = events.iter().map(|e| e["data"]["last_modified"].as_str().unwrap()).max().unwrap();
+        let until = data["until"].as_str().unwrap();
+        assert!(latest <= until, "digest {i} covers its events: {latest} > {until}");
+        if let Some(next) = digests.get(i + 1) {
+            // Each piece ends at its own last events, where the next one begins: windows meet, not overlap.
+            assert_eq!(until, latest, "digest {i} ends at its last event");
+            // (Or earlier, at its own first event, when that write began before it: times follow the order
+            // writes began, sequences the order they committed.)
+            let next_events = next["data"]["events"].as_array().unwrap();
+            let earliest = next_events.iter().map(|e| e["data"]["last_modified"].as_str().unwrap()).min().unwrap();
+            let since = next["data"]["since"].as_str().unwrap();
+            assert!(
+                since == until || (since == earliest && earliest < until),
+                "digest {} begins where {i} ends",
+                i + 1
+            );
+        }
+    }
+    assert_eq!(sequences.len(), BACKLOG, "each event in one digest");
+    assert!(sequences.windows(2).all(|w| w[0] < w[1]), "in order, none twice");
+});
