@@ -17,6 +17,9 @@ pub enum ApiError {
     BadParameter { parameter: String, detail: String },
     #[error("authentication required")]
     Unauthorized,
+    /// A key was sent, but it is unknown, revoked, or not sent as `Bearer <key>`.
+    #[error("the API key is not valid")]
+    InvalidKey,
     #[error("this key's scope does not allow it")]
     Forbidden,
     #[error("not found")]
@@ -128,6 +131,18 @@ impl IntoResponse for ApiError {
                     json!({}),
                 );
                 r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                r
+            }
+            ApiError::InvalidKey => {
+                let mut r = problem(
+                    StatusCode::UNAUTHORIZED,
+                    "Unauthorized",
+                    "the API key sent is not valid: unknown, revoked, or not sent as `Authorization: Bearer <key>`",
+                    json!({}),
+                );
+                // RFC 6750, 3.1: a token was presented and refused.
+                let challenge = HeaderValue::from_static(r#"Bearer error="invalid_token""#);
+                r.headers_mut().insert(header::WWW_AUTHENTICATE, challenge);
                 r
             }
             ApiError::Forbidden => {

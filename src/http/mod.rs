@@ -60,8 +60,8 @@ impl AppState {
             .and_then(|v| v.split_once(' '))
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, token)| token)
-            .ok_or(ApiError::Unauthorized)?;
-        self.db.authenticate(token.trim()).await?.map(Some).ok_or(ApiError::Unauthorized)
+            .ok_or(ApiError::InvalidKey)?;
+        self.db.authenticate(token.trim()).await?.map(Some).ok_or(ApiError::InvalidKey)
     }
 
     /// The reader of a read request. Reads are public unless the operator requires a key for them; a key that

@@ -609,6 +609,16 @@ store_test!(keys_are_listed_by_tenant_and_a_revoked_key_is_refused_at_once, |app
     assert!(!app.db.revoke_key(&other.id).await.unwrap(), "already revoked");
     let r = app.client.put(app.url(&path)).bearer_auth(&other.secret).json(&body).send().await.unwrap();
     assert_eq!(r.status(), 401, "the revoking process forgets the key at once");
+    // Said as a refused key, not as a missing one (RFC 6750's invalid_token).
+    assert_eq!(r.headers()["www-authenticate"], r#"Bearer error="invalid_token""#);
+    let problem: Value = r.json().await.unwrap();
+    assert!(problem["detail"].as_str().unwrap().contains("not valid"), "{problem}");
+    let r = app.client.put(app.url(&path)).json(&body).send().await.unwrap();
+    assert_eq!(
+        (r.status().as_u16(), r.headers()["www-authenticate"].to_str().unwrap()),
+        (401, "Bearer"),
+        "no key sent"
+    );
     assert!(app.db.list_keys(Some("globex")).await.unwrap()[0].revoked_at.is_some());
 });
 
