@@ -34,16 +34,24 @@ use crate::store::write::{FollowMark, Op, WriteError, WriteOptions};
 const PAGE: usize = 1000;
 /// How long a caught-up follower's request waits at the source for the next change.
 const WAIT_SECONDS: u64 = 25;
+/// A caught-up follower whose source answered "nothing new" at once asks again no sooner than this.
+const NO_SOONER_THAN: Duration = Duration::from_secs(1);
 /// Pauses after a failure grow to this.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 /// `url` as a source's base URL: http(s), with a host, no query or fragment, no trailing `/`.
+/// The URL is normalized (`HTTP://Host:80/` is `http://host`): a source's cursor is stored under it.
 pub fn source_url(url: &str) -> anyhow::Result<String> {
     let parsed = url::Url::parse(url).map_err(|e| anyhow::anyhow!("{url} is not a URL: {e}"))?;
     anyhow::ensure!(matches!(parsed.scheme(), "http" | "https"), "{url}: only http and https sources can be followed");
     anyhow::ensure!(parsed.host_str().is_some_and(|h| !h.is_empty()), "{url} names no host");
     anyhow::ensure!(parsed.query().is_none() && parsed.fragment().is_none(), "{url}: give the base URL alone");
-    Ok(url.trim_end_matches('/').to_string())
+    // It is shown (`GET /follow`, logs) and stored: a password in it would be too. Keys go in `follow_key`.
+    anyhow::ensure!(
+        parsed.username().is_empty() && parsed.password().is_none(),
+        "{url}: no user name or password in the URL (give a key with --follow-key)"
+    );
+    Ok(parsed.as_str().trim_end_matches('/').to_string())
 }
 
 /// How following one source goes, as `GET /follow` shows it.
@@ -111,6 +119,8 @@ pub fn start(
         .user_agent(concat!("hsda/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_secs(10))
         .timeout(Duration::from_secs(WAIT_SECONDS + 30))
+        // A source's feed is where the operator said: a redirect elsewhere (with the key) is not followed.
+        .redirect(reqwest::redirect::Policy::none())
         .build()?;
     Ok(sources
         .iter()
@@ -156,8 +166,8 @@ struct FeedEvent {
     data: Option<Value>,
 }
 
-/// Why a page was not applied whole.
-enum Stop {
+/// Why a page was not applied whole (and the follower reads the cursor again).
+enum Halt {
     /// Another process moved the cursor (it follows the same source): read it again.
     Moved,
     Failed(String),
@@ -168,15 +178,18 @@ impl Source {
         let mut backoff = Duration::from_secs(1);
         let mut caught_up = false;
         while !stop.is_cancelled() {
+            let asked = tokio::time::Instant::now();
+            let mut waited = false;
             let outcome = async {
-                let after = self.db.follow_cursor(&self.url).await.map_err(|e| Stop::Failed(e.to_string()))?;
+                let after = self.db.follow_cursor(&self.url).await.map_err(|e| Halt::Failed(e.to_string()))?;
                 let wait = if caught_up { WAIT_SECONDS } else { 0 };
                 let page = tokio::select! {
                     _ = stop.cancelled() => return Ok(true),
-                    page = self.fetch(after, wait) => page.map_err(Stop::Failed)?,
+                    page = self.fetch(after, wait) => page.map_err(Halt::Failed)?,
                 };
+                waited = wait > 0 && page.events.is_empty();
                 caught_up = page.events.len() < PAGE;
-                self.apply(after, page).await?;
+                self.apply(after, page, &stop).await?;
                 Ok(caught_up)
             }
             .await;
@@ -187,10 +200,15 @@ impl Source {
                         s.state = if caught_up { "following" } else { "catching_up" };
                         s.last_contact_at = Some(crate::store::now_text());
                     });
-                    continue;
+                    // Nothing new, answered at once: a source that does not wait (an older hsda ignores `wait`,
+                    // a proxy may cut it short) must not be asked again and again without a pause.
+                    if !waited || asked.elapsed() >= NO_SOONER_THAN {
+                        continue;
+                    }
+                    NO_SOONER_THAN
                 }
-                Err(Stop::Moved) => Duration::from_millis(100),
-                Err(Stop::Failed(error)) => {
+                Err(Halt::Moved) => Duration::from_millis(100),
+                Err(Halt::Failed(error)) => {
                     caught_up = false;
                     self.following.failed(&self.url, &error);
                     let pause = backoff;
@@ -212,14 +230,17 @@ impl Source {
         if let Some(key) = &self.key {
             request = request.bearer_auth(key);
         }
-        let response = request.send().await.map_err(|e| format!("GET {url}: {}", error_chain(&e)))?;
+        let response = request.send().await.map_err(|e| format!("GET {url}: {}", crate::webhook::client::chain(&e)))?;
         let status = response.status();
         if !status.is_success() {
             let body = response.text().await.unwrap_or_default();
             let detail = serde_json::from_str::<Value>(&body)
                 .ok()
                 .and_then(|v| Some(v.get("detail")?.as_str()?.to_string()))
-                .unwrap_or_else(|| body.chars().take(300).collect());
+                .unwrap_or(body)
+                .chars()
+                .take(300)
+                .collect::<String>();
             return Err(format!("GET {url}: {status}: {detail}"));
         }
         response.json().await.map_err(|e| format!("GET {url}: the answer is not a page of events: {e}"))
@@ -227,9 +248,14 @@ impl Source {
 
     /// Applies `page` (the events after `after`): each of the source's writes as one write here, each moving
     /// the cursor past it.
-    async fn apply(&self, after: i64, page: Page) -> Result<(), Stop> {
+    async fn apply(&self, after: i64, page: Page, stop: &CancellationToken) -> Result<(), Halt> {
         let mut from = after;
-        for run in runs(&page, self.db.instance_id()).map_err(Stop::Failed)? {
+        // The writes before an event that cannot be applied are applied all the same: the follower stops at it.
+        let (runs, bad_event) = runs(&page, self.db.instance_id());
+        for run in runs {
+            if stop.is_cancelled() {
+                return Ok(()); // the next start goes on from the cursor
+            }
             let options = WriteOptions {
                 origin: Some(run.origin),
                 at: run.at,
@@ -238,10 +264,10 @@ impl Source {
             };
             match self.db.apply(run.ops, options).await {
                 Ok(_) => {}
-                Err(WriteError::FollowCursorMoved(_)) => return Err(Stop::Moved),
+                Err(WriteError::FollowCursorMoved(_)) => return Err(Halt::Moved),
                 Err(WriteError::Invalid(errors)) => {
                     let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
-                    return Err(Stop::Failed(format!(
+                    return Err(Halt::Failed(format!(
                         "the source's events {}..={} cannot be applied here: {}",
                         from + 1,
                         run.to,
@@ -249,7 +275,7 @@ impl Source {
                     )));
                 }
                 Err(e) => {
-                    return Err(Stop::Failed(format!("applying the source's events {}..={}: {e}", from + 1, run.to)));
+                    return Err(Halt::Failed(format!("applying the source's events {}..={}: {e}", from + 1, run.to)));
                 }
             }
             self.following.update(&self.url, |s| {
@@ -258,7 +284,7 @@ impl Source {
             });
             from = run.to;
         }
-        Ok(())
+        bad_event.map_or(Ok(()), |error| Err(Halt::Failed(error)))
     }
 }
 
@@ -276,12 +302,21 @@ struct Run {
 /// Events that change no row here (operational events, stand-ins, this directory's own changes coming back)
 /// are passed over, the cursor moving past them with the write before or after them; a page of nothing else
 /// is one write that only moves the cursor.
-fn runs(page: &Page, own_origin: &str) -> Result<Vec<Run>, String> {
+fn runs(page: &Page, own_origin: &str) -> (Vec<Run>, Option<String>) {
     let mut runs: Vec<Run> = Vec::new();
     for event in &page.events {
         let origin = event.origin.clone().unwrap_or_default();
         let ops = match origin != own_origin {
-            true => ops_of(event)?,
+            true => match ops_of(event) {
+                Ok(ops) => ops,
+                // The writes before it, whole: the rest of its own write waits with it.
+                Err(error) => {
+                    if runs.last().is_some_and(|last| last.origin == origin && last.at == event.occurred_at) {
+                        runs.pop();
+                    }
+                    return (own_origins(runs, own_origin), Some(error));
+                }
+            },
             false => None,
         };
         let ops = match ops {
@@ -309,13 +344,17 @@ fn runs(page: &Page, own_origin: &str) -> Result<Vec<Run>, String> {
         }
         None => {}
     }
-    // A write with no origin of its own (a page of passed-over events) is this directory's.
+    (own_origins(runs, own_origin), None)
+}
+
+/// `runs` with a write of no origin of its own (a page of passed-over events) made this directory's.
+fn own_origins(mut runs: Vec<Run>, own_origin: &str) -> Vec<Run> {
     for run in &mut runs {
         if run.origin.is_empty() {
             run.origin = own_origin.to_string();
         }
     }
-    Ok(runs)
+    runs
 }
 
 /// The change `event` makes to the row it is about (`None`: it is about no row: an operational event, a
@@ -324,7 +363,11 @@ fn ops_of(event: &FeedEvent) -> Result<Option<Vec<Op>>, String> {
     let (Some(object), Some(id)) = (&event.object, &event.object_id) else { return Ok(None) };
     let Some(table) = catalog::table(object) else { return Ok(None) };
     match event.event_type.rsplit_once('.').map(|(_, action)| action) {
-        Some("deleted") => Ok(Some(vec![Op::Delete { table, id: id.clone() }])),
+        Some("deleted") => {
+            // As an upsert's id is stored (a UUID in lowercase), so that the delete finds the row.
+            let id = crate::hsds::validate::canonical_id(id).into_owned();
+            Ok(Some(vec![Op::Delete { table, id }]))
+        }
         Some("created" | "updated") => {
             let Some(Value::Object(data)) = &event.data else {
                 return Err(format!("event {} ({}) carries no object", event.sequence, event.event_type));
@@ -343,18 +386,6 @@ fn ops_of(event: &FeedEvent) -> Result<Option<Vec<Op>>, String> {
 /// own events, and a document's `updated` event caused by a change inside it leaves its own row as it was.
 fn own_fields(table: &Table, data: &Map<String, Value>) -> Map<String, Value> {
     data.iter().filter(|(key, _)| table.field(key).is_some()).map(|(k, v)| (k.clone(), v.clone())).collect()
-}
-
-/// An error with its causes (`error sending request: connection refused`).
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]
@@ -403,7 +434,8 @@ mod tests {
             ],
             next_after: 5,
         };
-        let runs = runs(&page, "hsda_me").unwrap();
+        let (runs, bad) = runs(&page, "hsda_me");
+        assert!(bad.is_none());
         let summary: Vec<(&str, Option<&str>, usize, i64)> =
             runs.iter().map(|r| (r.origin.as_str(), r.at.as_deref(), r.ops.len(), r.to)).collect();
         // The stand-in goes with the write before it; this directory's own change coming back, with the last.
@@ -424,11 +456,12 @@ mod tests {
             // (Not a valid service, and never read: this directory's own change coming back.)
             next_after: 7,
         };
-        let runs = runs(&page, "hsda_me").unwrap();
+        let (runs, bad) = runs(&page, "hsda_me");
+        assert!(bad.is_none());
         assert_eq!(runs.len(), 1);
         assert!(runs[0].ops.is_empty());
         assert_eq!((runs[0].to, runs[0].origin.as_str()), (7, "hsda_me"));
-        assert!(super::runs(&Page { events: vec![], next_after: 7 }, "hsda_me").unwrap().is_empty());
+        assert!(super::runs(&Page { events: vec![], next_after: 7 }, "hsda_me").0.is_empty());
     }
 
     #[test]
@@ -441,10 +474,35 @@ mod tests {
     }
 
     #[test]
+    fn the_writes_before_an_event_that_cannot_be_applied_are_applied_and_its_own_write_waits() {
+        let org = json!({"id": ORG, "name": "Org", "description": "d"});
+        let bad = json!({"id": SERVICE, "name": "S", "status": "bogus", "organization_id": ORG});
+        let page = |events| Page { events, next_after: 3 };
+        let (runs, error) = runs(
+            &page(vec![
+                event(1, "organization.created", "hsda_a", "t1", org.clone()),
+                event(2, "organization.updated", "hsda_a", "t2", org.clone()),
+                event(3, "service.created", "hsda_a", "t2", bad.clone()),
+            ]),
+            "hsda_me",
+        );
+        assert!(error.is_some_and(|e| e.contains("event 3")));
+        // The first write goes; the second, whose last event is the bad one, waits whole.
+        assert_eq!(runs.iter().map(|r| r.to).collect::<Vec<_>>(), [1]);
+    }
+
+    #[test]
     fn only_http_base_urls_are_sources() {
         assert_eq!(source_url("http://127.0.0.1:8080/").unwrap(), "http://127.0.0.1:8080");
         assert_eq!(source_url("https://example.org/directory").unwrap(), "https://example.org/directory");
-        for bad in ["ftp://example.org", "example.org", "http://example.org/?after=3", "http://example.org/#x"] {
+        assert_eq!(source_url("HTTP://Example.org:80/").unwrap(), "http://example.org", "one source, one cursor");
+        for bad in [
+            "ftp://example.org",
+            "example.org",
+            "http://example.org/?after=3",
+            "http://example.org/#x",
+            "https://user:secret@example.org",
+        ] {
             assert!(source_url(bad).is_err(), "{bad}");
         }
     }

@@ -114,29 +114,37 @@ async fn feed(
     let filter = TypeFilter(types);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
     let mut changes = state.db.watch_changes();
+    let mut first_look = true;
     let (events, next_after) = loop {
         let (events, next_after) = state.db.events_scanned(after, &filter, limit).await?;
+        if events.is_empty() && after > 0 && first_look {
+            // A cursor past the newest event comes from another directory or from before this one's log was
+            // restored: said so (at once, not after the wait), rather than answering "nothing yet" forever.
+            let last = state.db.last_sequence().await?;
+            if after > last {
+                return Err(ApiError::parameter("after", format!("is past the newest event, {last}")));
+            }
+        }
+        first_look = false;
         let now = tokio::time::Instant::now();
         if !events.is_empty() || next_after != after || now >= deadline || state.shutdown.is_cancelled() {
             break (events, next_after);
         }
-        // A commit of this process wakes the wait at once; one of another process sharing the database
-        // (PostgreSQL) sends no signal here, so look again at least every second.
-        let look_again = (deadline - now).min(Duration::from_secs(1));
-        tokio::select! {
-            _ = changes.changed() => {}
-            _ = tokio::time::sleep(look_again) => {}
-            _ = state.shutdown.cancelled() => {}
+        // Woken by this process's commits (of anything: deliveries too), a waiter looks again only once an
+        // event past its cursor was appended here. Another process's commit (PostgreSQL) sends no signal
+        // here, so it looks again at least every second.
+        let look_again = now + (deadline - now).min(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep_until(look_again) => break,
+                _ = state.shutdown.cancelled() => break,
+            }
+            if state.db.appended_through() > after {
+                break;
+            }
         }
     };
-    if events.is_empty() && after > 0 {
-        // A cursor past the newest event comes from another directory or from before this one's log was
-        // restored: said so, rather than answering "nothing yet" forever.
-        let last = state.db.last_sequence().await?;
-        if after > last {
-            return Err(ApiError::parameter("after", format!("is past the newest event, {last}")));
-        }
-    }
     let events: Vec<FeedItem> = events
         .into_iter()
         .filter_map(|e| match visible(&e, viewer.as_ref()) {

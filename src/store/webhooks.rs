@@ -2639,6 +2639,12 @@ impl Db {
         self.dispatch.appended_through.fetch_max(last, Ordering::AcqRel);
     }
 
+    /// The last event sequence this process appended (0 before its first): long polls of the feed look again
+    /// only past it.
+    pub fn appended_through(&self) -> i64 {
+        self.dispatch.appended_through.load(Ordering::Acquire)
+    }
+
     /// Whether this process committed events no dispatcher has covered yet. Only a hint: events of other
     /// processes do not show here (the worker dispatches on its timer too).
     pub(crate) fn dispatch_pending(&self) -> bool {

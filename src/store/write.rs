@@ -310,7 +310,10 @@ impl Db {
             mirror: options.followed.is_some(),
         };
         if let Some(mark) = &options.followed {
-            super::follow::move_follow_cursor(writer.conn, mark, &now).await?;
+            // Documents first, as every writer takes them (a followed write does anyway: it may delete), then the
+            // cursor: the other order could deadlock with a group whose earlier write holds the documents.
+            writer.lock_documents().await?;
+            super::follow::move_follow_cursor(writer.conn, mark, &now_text()).await?;
         }
         for op in ops {
             writer.apply_op(op).await?;
@@ -1002,6 +1005,11 @@ impl Writer<'_, '_> {
                 continue;
             }
             order.push((t, row_id.clone()));
+            if self.mirror {
+                // The source logged every row its delete took or unlinked, each in an event of its own; decided
+                // again here, against rows as they stand mid-way through its log, it could take more.
+                continue;
+            }
             let referrers: Vec<(String, String, String)> = self
                 .conn
                 .fetch_all("SELECT kind, field, id FROM record_refs WHERE target_id = $1", &[(&row_id).into()])

@@ -205,7 +205,8 @@ fn without_cut_character(bytes: &[u8], limit: usize) -> &[u8] {
     }
 }
 
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+/// An error with its causes (`error sending request: connection refused`).
+pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
