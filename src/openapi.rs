@@ -125,7 +125,9 @@ pub fn document(server: &str) -> Value {
             "properties": {
             "id": {"type": ["string", "null"], "description": "evt_...; null only in a webhook.redacted stand-in"}, "sequence": {"type": "integer"}, "type": {"type": "string"},
             "occurred_at": {"type": ["string", "null"], "format": "date-time"},
-            "object": {"type": "string"}, "object_id": {"type": ["string", "null"]}, "origin": {"type": ["string", "null"]}, "data": {"type": ["object", "null"]} } }),
+            "object": {"type": "string"}, "object_id": {"type": ["string", "null"]}, "origin": {"type": ["string", "null"]},
+            "changed_inside_only": {"type": ["boolean", "null"], "description": "true on a document's `updated` event that a change to a row inside it caused (a new phone of the service), the document's own row unchanged: its `data` shows the document as it now is, but nothing of its own fields changed. A follower takes no own fields from such an event."},
+            "data": {"type": ["object", "null"]} } }),
     );
     schemas.insert(
         "service_minimal".into(),
@@ -220,7 +222,7 @@ pub fn document(server: &str) -> Value {
         "parameters": [ param("after", json!({"type": "integer", "minimum": 0}), "Only events with a greater sequence. A cursor past the newest event (one from another directory, or from before a restore) is a 400 naming the newest sequence."),
                         param("types", json!({"type": "string"}), "Comma-separated types or patterns (service.*, *); may be repeated."),
                         param("limit", json!({"type": "integer", "minimum": 1, "maximum": 1000}), "At most this many (default 100)."),
-                        param("wait", json!({"type": "integer", "minimum": 0, "maximum": 30}), "Seconds to wait for a change when there is none after `after` yet (a long poll, default 0): the answer comes as soon as one commits, or empty when the time is up. Followers of this directory ask with it.") ],
+                        param("wait", json!({"type": "integer", "minimum": 0, "maximum": 30}), "Seconds to wait for a change when there is none after `after` yet (a long poll, default 0): the answer comes as soon as one commits (one committed through another process on the same PostgreSQL database: within a second), or empty when the time is up. A cursor past the newest event is a 400 at once. Followers of this directory ask with it.") ],
         "description": "Sequence numbers have no gaps. An operational `webhook.*` event of another tenant (visible only to its own tenant's keys and to admins) appears in its place as `{\"sequence\", \"type\": \"webhook.redacted\", \"object\": \"webhook\"}` (every other field null), so a reader can tell the log has no gaps; a `types` filter leaves out what it does not match.",
         "responses": { "200": { "description": "Events and the cursor to continue from.", "content": { "application/json": { "schema": {
             "type": "object", "properties": { "events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}}, "next_after": {"type": "integer", "description": "Continue from here: the last sequence read, past the events a types filter left out"} } } } } },
@@ -276,7 +278,7 @@ pub fn document(server: &str) -> Value {
         "responses": { "200": { "description": "The metrics.", "content": { "application/openmetrics-text": { "schema": {"type": "string"} } } },
                        "403": problem_response("The key is not an admin key.") } } }));
     paths.insert("/follow".into(), json!({ "get": { "operationId": "following", "summary": "The directories this one follows, and how that goes (admin key)",
-        "description": "Each source given with `serve --follow URL` (`HSDA_FOLLOW`): every change in its event log is applied here, in order, exactly once, with the source's time and origin, and this directory's own events (and webhooks) tell of it. `state` is `starting`, `catching_up` (changes are waiting at the source), `following` (caught up; the next change arrives through the feed's long poll), `failing` (see `last_error`; retried with pauses growing to a minute) or `elsewhere` (a cursor stored in the database that this process does not follow: another process's, or a source no longer configured).",
+        "description": "Each source given with `serve --follow URL` (`HSDA_FOLLOW`): every change in its event log is applied here, in order, exactly once, with the source's time and origin, and this directory's own events (and webhooks) tell of it. `state` is `starting`, `catching_up` (changes are waiting at the source), `following` (caught up; the next change arrives through the feed's long poll), `failing` (see `last_error`, the last failure, kept after a recovery; retried with pauses growing to a minute) or `elsewhere` (another process on this database applied the source's latest changes first, or a cursor stored in the database that this process does not follow: another process's, or a source no longer configured).",
         "security": [{"bearer": []}],
         "responses": { "200": { "description": "Every source.", "content": { "application/json": { "schema": {
             "type": "object", "required": ["sources"], "properties": { "sources": { "type": "array", "items": {

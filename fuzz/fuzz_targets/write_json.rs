@@ -56,6 +56,8 @@ fn server() -> &'static Server {
                 webhook_client: client,
                 metrics: std::sync::Arc::default(),
                 configured_public_url: None,
+                shutdown: Default::default(),
+                following: Default::default(),
             };
             Server { app: router(state), db, key, _dir: dir }
         })

@@ -10,7 +10,8 @@
 //! on the follower's side.
 //!
 //! Only a row's own fields are applied ([`own_fields`]): a change to a phone is the phone's event, and the
-//! `service.updated` it causes carries that service's own fields unchanged, so it changes nothing here. Each
+//! `service.updated` it causes says `changed_inside_only` and is passed over (its own fields are the service's
+//! as the source had them: applied, they could take back a newer change made here or at another source). Each
 //! of the source's writes (its events share an origin and a time) is applied as one write here, with the
 //! source's time and the origin it carries, and moves the source's cursor in the same transaction
 //! ([`crate::store::write::FollowMark`]). The follower's own events then tell its subscribers (and its own
@@ -59,7 +60,8 @@ pub fn source_url(url: &str) -> anyhow::Result<String> {
 pub struct SourceStatus {
     pub source: String,
     /// `starting`, `catching_up` (pages of changes are waiting), `following` (caught up, waiting for the next
-    /// change) or `failing` (the last request or write failed: see `last_error`; retried with growing pauses).
+    /// change), `failing` (the last request or write failed: see `last_error`; retried with growing pauses) or
+    /// `elsewhere` (another process on this database applied the changes first).
     pub state: &'static str,
     /// The last sequence of the source's log applied here.
     pub after_sequence: i64,
@@ -67,6 +69,7 @@ pub struct SourceStatus {
     pub events_applied: u64,
     /// When the source last answered.
     pub last_contact_at: Option<String>,
+    /// The last failure, kept after the follower recovered (`state` says how it goes now).
     pub last_error: Option<String>,
     pub last_error_at: Option<String>,
 }
@@ -163,6 +166,9 @@ struct FeedEvent {
     object: Option<String>,
     object_id: Option<String>,
     origin: Option<String>,
+    /// A document's `updated` event caused by a change inside it (absent from older hsda's feeds: false).
+    #[serde(default)]
+    changed_inside_only: Option<bool>,
     data: Option<Value>,
 }
 
@@ -207,7 +213,14 @@ impl Source {
                     }
                     NO_SOONER_THAN
                 }
-                Err(Halt::Moved) => Duration::from_millis(100),
+                Err(Halt::Moved) => {
+                    // Another process (on this PostgreSQL database) applied these changes first.
+                    self.following.update(&self.url, |s| {
+                        s.state = "elsewhere";
+                        s.last_contact_at = Some(crate::store::now_text());
+                    });
+                    Duration::from_millis(100)
+                }
                 Err(Halt::Failed(error)) => {
                     caught_up = false;
                     self.following.failed(&self.url, &error);
@@ -231,6 +244,8 @@ impl Source {
             request = request.bearer_auth(key);
         }
         let response = request.send().await.map_err(|e| format!("GET {url}: {}", crate::webhook::client::chain(&e)))?;
+        // It answered, whatever it said.
+        self.following.update(&self.url, |s| s.last_contact_at = Some(crate::store::now_text()));
         let status = response.status();
         if !status.is_success() {
             let body = response.text().await.unwrap_or_default();
@@ -362,6 +377,11 @@ fn own_origins(mut runs: Vec<Run>, own_origin: &str) -> Vec<Run> {
 fn ops_of(event: &FeedEvent) -> Result<Option<Vec<Op>>, String> {
     let (Some(object), Some(id)) = (&event.object, &event.object_id) else { return Ok(None) };
     let Some(table) = catalog::table(object) else { return Ok(None) };
+    if event.changed_inside_only == Some(true) {
+        // Its own fields are the document's as they were, not a change: the rows that changed inside it come in
+        // their own events. (Applied, a copy made before a newer change of them here would take it back.)
+        return Ok(None);
+    }
     match event.event_type.rsplit_once('.').map(|(_, action)| action) {
         Some("deleted") => {
             // As an upsert's id is stored (a UUID in lowercase), so that the delete finds the row.
@@ -383,7 +403,7 @@ fn ops_of(event: &FeedEvent) -> Result<Option<Vec<Op>>, String> {
 }
 
 /// The row's own fields in an event's object: what it nests (children, related objects) comes in those rows'
-/// own events, and a document's `updated` event caused by a change inside it leaves its own row as it was.
+/// own events.
 fn own_fields(table: &Table, data: &Map<String, Value>) -> Map<String, Value> {
     data.iter().filter(|(key, _)| table.field(key).is_some()).map(|(k, v)| (k.clone(), v.clone())).collect()
 }
@@ -403,6 +423,7 @@ mod tests {
             object,
             object_id,
             origin: Some(origin.into()),
+            changed_inside_only: None,
             data: Some(data),
         }
     }
@@ -422,6 +443,7 @@ mod tests {
             object: Some("webhook".into()),
             object_id: None,
             origin: None,
+            changed_inside_only: None,
             data: None,
         };
         let page = Page {
@@ -462,6 +484,16 @@ mod tests {
         assert!(runs[0].ops.is_empty());
         assert_eq!((runs[0].to, runs[0].origin.as_str()), (7, "hsda_me"));
         assert!(super::runs(&Page { events: vec![], next_after: 7 }, "hsda_me").0.is_empty());
+    }
+
+    #[test]
+    fn a_documents_update_caused_inside_it_changes_no_own_field() {
+        let org = json!({"id": ORG, "name": "Stale name", "description": "d"});
+        let mut inside = event(1, "organization.updated", "hsda_a", "t", org.clone());
+        inside.changed_inside_only = Some(true);
+        assert!(ops_of(&inside).unwrap().is_none());
+        let own = event(2, "organization.updated", "hsda_a", "t", org);
+        assert!(ops_of(&own).unwrap().is_some(), "its own change is applied");
     }
 
     #[test]

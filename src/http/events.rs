@@ -43,7 +43,7 @@ pub const REDACTED_TYPE: &str = "webhook.redacted";
 fn redacted(event: &Event) -> Value {
     json!({
         "id": null, "sequence": event.sequence, "type": REDACTED_TYPE, "occurred_at": null,
-        "object": "webhook", "object_id": null, "origin": null, "data": null,
+        "object": "webhook", "object_id": null, "origin": null, "changed_inside_only": null, "data": null,
     })
 }
 

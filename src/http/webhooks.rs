@@ -481,6 +481,7 @@ fn synthetic_event(
         object,
         object_id,
         origin: state.db.instance_id().to_string(),
+        changed_inside_only: false,
         data,
         facets: Vec::new(),
     }

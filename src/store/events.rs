@@ -20,6 +20,8 @@ pub struct NewEvent {
     pub data: Value,
     /// `(facet, value)` pairs subscriptions filter on: the object's own ids and those of its roots.
     pub facets: BTreeSet<(String, String)>,
+    /// A document's `updated` event that a change inside it caused, its own row unchanged.
+    pub changed_inside_only: bool,
 }
 
 /// An event as stored and served.
@@ -33,6 +35,8 @@ pub struct Event {
     pub object: String,
     pub object_id: String,
     pub origin: String,
+    /// See [`NewEvent::changed_inside_only`]: a follower takes no own fields of the document from it.
+    pub changed_inside_only: bool,
     pub data: Value,
     #[serde(skip)]
     pub facets: Vec<(String, String)>,
@@ -65,6 +69,7 @@ impl Appended {
                 object: e.object.to_string(),
                 object_id: e.object_id,
                 origin: origin.to_string(),
+                changed_inside_only: e.changed_inside_only,
                 data: e.data,
                 facets: e.facets.into_iter().collect(),
             })
@@ -125,12 +130,13 @@ pub(crate) async fn append_batches(conn: &mut Conn<'_>, batches: &[Batch<'_>]) -
     let mut sequence = first;
     for chunk in rows.chunks(50) {
         let values: Vec<String> =
-            super::row_placeholders(1, chunk.len(), 9).into_iter().map(|p| format!("({p})")).collect();
+            super::row_placeholders(1, chunk.len(), 10).into_iter().map(|p| format!("({p})")).collect();
         let sql = format!(
-            "INSERT INTO events (occurred_at, origin, sequence, id, type, object, object_id, data, facets) VALUES {}",
+            "INSERT INTO events (occurred_at, origin, sequence, id, type, object, object_id, data, facets, \
+             changed_inside_only) VALUES {}",
             values.join(", ")
         );
-        let mut args: Vec<Arg> = Vec::with_capacity(9 * chunk.len());
+        let mut args: Vec<Arg> = Vec::with_capacity(10 * chunk.len());
         for (batch, event, [id, data, facets]) in chunk {
             args.extend([
                 Arg::from(batch.occurred_at),
@@ -142,6 +148,7 @@ pub(crate) async fn append_batches(conn: &mut Conn<'_>, batches: &[Batch<'_>]) -
                 event.object_id.as_str().into(),
                 data.into(),
                 facets.into(),
+                i64::from(event.changed_inside_only).into(),
             ]);
             sequence += 1;
         }
@@ -160,11 +167,13 @@ pub(crate) async fn append_batches(conn: &mut Conn<'_>, batches: &[Batch<'_>]) -
         .collect())
 }
 
-type EventRow = (i64, String, String, String, String, String, String, String, String);
+type EventRow = (i64, String, String, String, String, String, String, String, String, i64);
 
-const EVENT_COLUMNS: &str = "sequence, id, type, object, object_id, occurred_at, origin, data, facets";
+/// The columns [`event_from_any_row`] reads, in its order.
+pub(crate) const EVENT_COLUMNS: &str =
+    "sequence, id, type, object, object_id, occurred_at, origin, data, facets, changed_inside_only";
 
-/// An event from a row of `SELECT sequence, id, type, object, object_id, occurred_at, origin, data, facets`.
+/// An event from a row of `SELECT {EVENT_COLUMNS}`.
 pub(crate) fn event_from_any_row(row: &sqlx::any::AnyRow) -> sqlx::Result<Event> {
     use sqlx::Row;
     Ok(from_row((
@@ -177,11 +186,12 @@ pub(crate) fn event_from_any_row(row: &sqlx::any::AnyRow) -> sqlx::Result<Event>
         row.try_get(6)?,
         row.try_get(7)?,
         row.try_get(8)?,
+        row.try_get(9)?,
     )))
 }
 
 fn from_row(row: EventRow) -> Event {
-    let (sequence, id, event_type, object, object_id, occurred_at, origin, data, facets) = row;
+    let (sequence, id, event_type, object, object_id, occurred_at, origin, data, facets, changed_inside_only) = row;
     let facets: Vec<[String; 2]> = serde_json::from_str(&facets).unwrap_or_default();
     Event {
         id,
@@ -191,6 +201,7 @@ fn from_row(row: EventRow) -> Event {
         object,
         object_id,
         origin,
+        changed_inside_only: changed_inside_only != 0,
         data: serde_json::from_str(&data).unwrap_or(Value::Null),
         facets: facets.into_iter().map(|[k, v]| (k, v)).collect(),
     }

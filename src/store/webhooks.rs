@@ -649,7 +649,7 @@ impl Db {
         };
         if before.schedule.is_some() && s.schedule.is_none() && before.digest_after_sequence < cursor {
             let rows = sqlx::query(
-                "SELECT sequence, id, type, object, object_id, occurred_at, origin, data, facets FROM events \
+                "SELECT sequence, id, type, object, object_id, occurred_at, origin, data, facets, changed_inside_only FROM events \
                  WHERE sequence > $1 AND sequence <= $2 ORDER BY sequence",
             )
             .bind(before.digest_after_sequence)
@@ -866,7 +866,7 @@ impl Db {
         let mut subscriptions: Vec<&Subscription> = snapshot.values().filter(|s| immediate(s)).collect();
         subscriptions.sort_by(|a, b| (&a.created_at, &a.id).cmp(&(&b.created_at, &b.id)));
         let rows = sqlx::query(
-            "SELECT sequence, id, type, object, object_id, occurred_at, origin, data, facets FROM events \
+            "SELECT sequence, id, type, object, object_id, occurred_at, origin, data, facets, changed_inside_only FROM events \
              WHERE sequence > $1 ORDER BY sequence LIMIT $2",
         )
         .bind(cursor)
@@ -1696,6 +1696,7 @@ pub(crate) async fn record_in(
                     object_id: sub_id.to_string(),
                     data,
                     facets,
+                    changed_inside_only: false,
                 });
             }
         }
@@ -1898,7 +1899,7 @@ async fn with_event_bodies(
     let mut events: HashMap<i64, Event> = HashMap::with_capacity(wanted.len());
     for chunk in wanted.chunks(500) {
         let sql = format!(
-            "SELECT sequence, id, type, object, object_id, occurred_at, origin, data, facets FROM events \
+            "SELECT sequence, id, type, object, object_id, occurred_at, origin, data, facets, changed_inside_only FROM events \
              WHERE sequence IN ({})",
             super::placeholders(0, chunk.len())
         );
@@ -2002,7 +2003,7 @@ impl Db {
                         .await?
                         .flatten();
                 sqlx::query(
-                    "SELECT sequence, id, type, object, object_id, occurred_at, origin, data, facets FROM events \
+                    "SELECT sequence, id, type, object, object_id, occurred_at, origin, data, facets, changed_inside_only FROM events \
                      WHERE occurred_at >= $1 OR sequence > $2 ORDER BY sequence LIMIT 100000",
                 )
                 .bind(since)
@@ -2095,7 +2096,7 @@ impl Db {
             return Ok(None); // Another worker built it, or it changed meanwhile.
         };
         let rows = sqlx::query(
-            "SELECT sequence, id, type, object, object_id, occurred_at, origin, data, facets FROM events \
+            "SELECT sequence, id, type, object, object_id, occurred_at, origin, data, facets, changed_inside_only FROM events \
              WHERE sequence > $1 ORDER BY sequence LIMIT $2",
         )
         .bind(sub.digest_after_sequence)
@@ -2138,6 +2139,7 @@ impl Db {
                 object: "webhook".into(),
                 object_id: sub.id.clone(),
                 origin: self.instance_id().to_string(),
+                changed_inside_only: false,
                 data: json!({ "since": since, "until": covered_until, "events": events }),
                 facets: facets.into_iter().collect(),
             };

@@ -1809,6 +1809,7 @@ pub(crate) async fn finish_staged(
                 object_id: t.id.clone(),
                 data,
                 facets,
+                changed_inside_only: false,
             });
         }
         // The documents this write changed without touching their own row get an `updated` event.
@@ -1825,6 +1826,7 @@ pub(crate) async fn finish_staged(
                 object_id: root.1.clone(),
                 data: doc.clone(),
                 facets,
+                changed_inside_only: true,
             });
         }
         let created =
@@ -2164,6 +2166,7 @@ impl Writer<'_, '_> {
                     object_id: t.id.clone(),
                     facets,
                     data: json!({ "id": t.id, "deleted": true }),
+                    changed_inside_only: false,
                 }
             })
             .collect();
@@ -2187,6 +2190,7 @@ impl Writer<'_, '_> {
                             object_id: x.id.clone(),
                             facets: document::facets(t, &data),
                             data,
+                            changed_inside_only: false,
                         })
                     })
                     .collect();
@@ -2252,6 +2256,8 @@ impl Writer<'_, '_> {
                         object_id: id,
                         facets,
                         data: doc,
+                        // A root the import gave no row of changed through the rows inside it only.
+                        changed_inside_only: !actions.contains_key(&key),
                     });
                 }
                 let now = self.now;
