@@ -11,6 +11,27 @@ use serde::Deserialize;
 use crate::cli::ExportFormat;
 use crate::store::keys::Scope;
 
+/// A secret setting (a key sent to another server): its debug form, which logs and panics show, hides it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The secret itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
 /// Settings shared by every command.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct Flags {
@@ -158,7 +179,7 @@ pub struct Config {
     /// Base URLs of the hsda directories this one follows (see [`crate::follow`]), without a trailing `/`.
     pub follow: Vec<String>,
     /// The key sent to them, if they require one for reads.
-    pub follow_key: Option<String>,
+    pub follow_key: Option<Secret>,
     /// The file's settings of the other commands.
     pub commands: CommandSettings,
 }
@@ -242,7 +263,7 @@ impl Config {
             .map(|url| crate::follow::source_url(url))
             .collect::<anyhow::Result<_>>()
             .context("follow")?,
-            follow_key: serve.follow_key.clone().or(file.follow_key),
+            follow_key: serve.follow_key.clone().or(file.follow_key).map(Secret),
             commands: CommandSettings {
                 quiet: file.quiet,
                 strict_references: file.strict_references,
@@ -296,6 +317,14 @@ mod tests {
         assert_eq!(config.database_url, "sqlite://other.db");
         assert_eq!(config.bind, SocketAddr::from(([127, 0, 0, 1], 8080)));
         assert_eq!(config.demo_services, 2000);
+    }
+
+    #[test]
+    fn a_follow_key_is_kept_out_of_debug_output() {
+        let serve = ServeFlags { follow_key: Some("hsda_admin_0123456789".into()), ..Default::default() };
+        let config = Config::load(&Flags::default(), &serve).unwrap();
+        assert_eq!(config.follow_key.as_ref().map(Secret::expose), Some("hsda_admin_0123456789"));
+        assert!(!format!("{config:?}").contains("0123456789"), "{config:?}");
     }
 
     #[test]

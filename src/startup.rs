@@ -95,7 +95,7 @@ impl Application {
         let followers = crate::follow::start(
             &self.state.db,
             &config.follow,
-            config.follow_key.as_deref(),
+            config.follow_key.as_ref().map(crate::config::Secret::expose),
             &self.state.following,
             &token,
         )

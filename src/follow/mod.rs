@@ -55,14 +55,27 @@ pub fn source_url(url: &str) -> anyhow::Result<String> {
     Ok(parsed.as_str().trim_end_matches('/').to_string())
 }
 
+/// Where following a source stands.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Starting,
+    /// Pages of changes are waiting at the source.
+    CatchingUp,
+    /// Caught up, waiting for the next change.
+    Following,
+    /// The last request or write failed (see `last_error`); retried with growing pauses.
+    Failing,
+    /// Another process on this database applied the changes first (or, in `GET /follow`, a stored cursor of
+    /// a source this process does not follow).
+    Elsewhere,
+}
+
 /// How following one source goes, as `GET /follow` shows it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct SourceStatus {
     pub source: String,
-    /// `starting`, `catching_up` (pages of changes are waiting), `following` (caught up, waiting for the next
-    /// change), `failing` (the last request or write failed: see `last_error`; retried with growing pauses) or
-    /// `elsewhere` (another process on this database applied the changes first).
-    pub state: &'static str,
+    pub state: State,
     /// The last sequence of the source's log applied here.
     pub after_sequence: i64,
     /// Events of the source applied by this process since it started (including those that changed nothing).
@@ -90,7 +103,7 @@ impl Following {
         let mut sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
         let status = sources.entry(source.to_string()).or_insert_with(|| SourceStatus {
             source: source.to_string(),
-            state: "starting",
+            state: State::Starting,
             after_sequence: 0,
             events_applied: 0,
             last_contact_at: None,
@@ -103,7 +116,7 @@ impl Following {
     fn failed(&self, source: &str, error: &str) {
         tracing::warn!(source, error, "following a directory failed; trying again");
         self.update(source, |s| {
-            s.state = "failing";
+            s.state = State::Failing;
             s.last_error = Some(error.to_string());
             s.last_error_at = Some(crate::store::now_text());
         });
@@ -203,7 +216,7 @@ impl Source {
                 Ok(caught_up) => {
                     backoff = Duration::from_secs(1);
                     self.following.update(&self.url, |s| {
-                        s.state = if caught_up { "following" } else { "catching_up" };
+                        s.state = if caught_up { State::Following } else { State::CatchingUp };
                         s.last_contact_at = Some(crate::store::now_text());
                     });
                     // Nothing new, answered at once: a source that does not wait (an older hsda ignores `wait`,
@@ -216,7 +229,7 @@ impl Source {
                 Err(Halt::Moved) => {
                     // Another process (on this PostgreSQL database) applied these changes first.
                     self.following.update(&self.url, |s| {
-                        s.state = "elsewhere";
+                        s.state = State::Elsewhere;
                         s.last_contact_at = Some(crate::store::now_text());
                     });
                     Duration::from_millis(100)

@@ -39,7 +39,7 @@ async fn follow(
             Some(status) => status.after_sequence = status.after_sequence.max(cursor.after_sequence),
             None => sources.push(crate::follow::SourceStatus {
                 source: cursor.source,
-                state: "elsewhere",
+                state: crate::follow::State::Elsewhere,
                 after_sequence: cursor.after_sequence,
                 events_applied: 0,
                 last_contact_at: None,

@@ -349,7 +349,7 @@ async fn a_source_that_refuses_the_follower_is_shown_failing(store: Store) {
     let (url, key) = (source.base.clone(), source.admin_key.clone());
     let keyed = TestApp::spawn_with(store, |c| {
         c.follow = vec![url];
-        c.follow_key = Some(key);
+        c.follow_key = Some(hsda::config::Secret::new(key));
     })
     .await
     .expect("follower with a key");
