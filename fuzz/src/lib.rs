@@ -29,6 +29,18 @@ pub async fn fresh_store(dir: &Path) -> Db {
         let file = template_dir.path().join("template.db");
         let db = Db::connect(&sqlite_url(&file)).await.expect("migrate the template store");
         db.close().await;
+        drop(db);
+        // The group committer's own connection closes on its thread once the last handle is gone; until the
+        // last connection has closed (and SQLite has folded the WAL into the file and removed it), the file
+        // alone may be a checkpoint's half-copied pages ("database disk image is malformed" when copied).
+        let wal = template_dir.path().join("template.db-wal");
+        for _ in 0..1000 {
+            if !wal.exists() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(!wal.exists(), "the template store's connections close within 10 s");
         let _ = TEMPLATE.set((template_dir, file));
     }
     let (_, template) = TEMPLATE.get().expect("set above");
