@@ -27,20 +27,16 @@ pub async fn fresh_store(dir: &Path) -> Db {
     if TEMPLATE.get().is_none() {
         let template_dir = scratch_dir();
         let file = template_dir.path().join("template.db");
-        let db = Db::connect(&sqlite_url(&file)).await.expect("migrate the template store");
+        let migrated = template_dir.path().join("migrated.db");
+        let db = Db::connect(&sqlite_url(&migrated)).await.expect("migrate the template store");
         db.close().await;
         drop(db);
-        // The group committer's own connection closes on its thread once the last handle is gone; until the
-        // last connection has closed (and SQLite has folded the WAL into the file and removed it), the file
-        // alone may be a checkpoint's half-copied pages ("database disk image is malformed" when copied).
-        let wal = template_dir.path().join("template.db-wal");
-        for _ in 0..1000 {
-            if !wal.exists() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-        assert!(!wal.exists(), "the template store's connections close within 10 s");
+        // A snapshot of the migrated store in one self-contained file. Copying the migrated file itself raced
+        // its last connection's close (the group committer's, on its own thread): a file caught half-way
+        // through that close's checkpoint opened as "database disk image is malformed".
+        let source = rusqlite::Connection::open(&migrated).expect("open the migrated store");
+        source.execute("VACUUM INTO ?1", [file.to_str().expect("a UTF-8 path")]).expect("snapshot the template store");
+        drop(source);
         let _ = TEMPLATE.set((template_dir, file));
     }
     let (_, template) = TEMPLATE.get().expect("set above");
