@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::hsds::catalog::{self, Table};
 use crate::hsds::document;
 use crate::store::Db;
+use crate::store::follow::FollowCursor;
 use crate::store::write::{FollowMark, Op, WriteError, WriteOptions};
 
 /// Events asked for per page of the source's feed (the feed's own maximum).
@@ -93,23 +94,41 @@ pub struct Following {
     sources: Arc<Mutex<BTreeMap<String, SourceStatus>>>,
 }
 
-impl Following {
-    /// Every followed source's status, by URL.
-    pub fn statuses(&self) -> Vec<SourceStatus> {
-        self.sources.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
-    }
-
-    fn update(&self, source: &str, change: impl FnOnce(&mut SourceStatus)) {
-        let mut sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
-        let status = sources.entry(source.to_string()).or_insert_with(|| SourceStatus {
-            source: source.to_string(),
-            state: State::Starting,
-            after_sequence: 0,
+impl SourceStatus {
+    fn new(source: String, state: State, after_sequence: i64) -> SourceStatus {
+        SourceStatus {
+            source,
+            state,
+            after_sequence,
             events_applied: 0,
             last_contact_at: None,
             last_error: None,
             last_error_at: None,
-        });
+        }
+    }
+}
+
+impl Following {
+    /// Every followed source's status, by URL, with the cursors `stored` in the database: a source another
+    /// process follows (on a shared PostgreSQL database), or one no longer configured, shows with its stored
+    /// cursor and state `elsewhere`; one this process follows, with the further of its own and the stored.
+    pub fn statuses(&self, stored: Vec<FollowCursor>) -> Vec<SourceStatus> {
+        let mut sources: Vec<SourceStatus> =
+            self.sources.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        for cursor in stored {
+            match sources.iter_mut().find(|s| s.source == cursor.source) {
+                Some(status) => status.after_sequence = status.after_sequence.max(cursor.after_sequence),
+                None => sources.push(SourceStatus::new(cursor.source, State::Elsewhere, cursor.after_sequence)),
+            }
+        }
+        sources
+    }
+
+    fn update(&self, source: &str, change: impl FnOnce(&mut SourceStatus)) {
+        let mut sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        let status = sources
+            .entry(source.to_string())
+            .or_insert_with(|| SourceStatus::new(source.to_string(), State::Starting, 0));
         change(status);
     }
 
@@ -534,6 +553,22 @@ mod tests {
         assert!(error.is_some_and(|e| e.contains("event 3")));
         // The first write goes; the second, whose last event is the bad one, waits whole.
         assert_eq!(runs.iter().map(|r| r.to).collect::<Vec<_>>(), [1]);
+    }
+
+    #[test]
+    fn the_status_shows_stored_cursors_too_and_the_further_of_two() {
+        let following = Following::default();
+        following.update("http://a", |s| s.after_sequence = 5);
+        let stored = |source: &str, after_sequence| FollowCursor {
+            source: source.into(),
+            after_sequence,
+            updated_at: "t".into(),
+        };
+        let statuses = following.statuses(vec![stored("http://a", 9), stored("http://b", 3)]);
+        let seen: Vec<(&str, State, i64)> =
+            statuses.iter().map(|s| (s.source.as_str(), s.state, s.after_sequence)).collect();
+        // Another process moved a's cursor further; b is followed elsewhere (or no longer configured).
+        assert_eq!(seen, [("http://a", State::Starting, 9), ("http://b", State::Elsewhere, 3)]);
     }
 
     #[test]

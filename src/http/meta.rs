@@ -24,30 +24,14 @@ pub fn router() -> Router<AppState> {
         .route("/follow", get(follow))
 }
 
-/// The directories this one follows and how that goes; an admin key is required (it names the sources). A
-/// source another process follows (on a shared PostgreSQL database), or one no longer configured, shows with
-/// its stored cursor and state `elsewhere`.
+/// The directories this one follows and how that goes ([`crate::follow::Following::statuses`]); an admin key
+/// is required (it names the sources).
 async fn follow(
     State(state): State<AppState>,
     caller: super::extract::Caller,
 ) -> Result<Json<Value>, super::error::ApiError> {
     caller.require(&[])?;
-    let mut sources = state.following.statuses();
-    for cursor in state.db.follow_cursors().await? {
-        match sources.iter_mut().find(|s| s.source == cursor.source) {
-            // Another process following the same source may have moved it since.
-            Some(status) => status.after_sequence = status.after_sequence.max(cursor.after_sequence),
-            None => sources.push(crate::follow::SourceStatus {
-                source: cursor.source,
-                state: crate::follow::State::Elsewhere,
-                after_sequence: cursor.after_sequence,
-                events_applied: 0,
-                last_contact_at: None,
-                last_error: None,
-                last_error_at: None,
-            }),
-        }
-    }
+    let sources = state.following.statuses(state.db.follow_cursors().await?);
     Ok(Json(json!({ "sources": sources })))
 }
 

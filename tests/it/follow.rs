@@ -379,6 +379,12 @@ async fn the_feed_waits_for_the_next_change_when_asked(store: Store) {
     assert!(started.elapsed() < Duration::from_secs(10), "answered at the commit, not at the end of the wait");
     assert_eq!(page["events"][0]["type"], "organization.updated", "{page}");
 
+    // A cursor past the newest event is refused at once, not at the end of the wait.
+    let started = Instant::now();
+    let r = app.get(&format!("/events?after={}&wait=10", last + 1000)).await;
+    assert_eq!(r.status(), 400);
+    assert!(started.elapsed() < Duration::from_secs(5), "refused before the wait: {:?}", started.elapsed());
+
     for bad in ["31", "-1", "soon"] {
         let r = app.get(&format!("/events?after={last}&wait={bad}")).await;
         assert_eq!(r.status(), 400, "wait={bad}");
