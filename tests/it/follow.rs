@@ -393,3 +393,33 @@ async fn the_feed_waits_for_the_next_change_when_asked(store: Store) {
     }
 }
 crate::each_store!(the_feed_waits_for_the_next_change_when_asked);
+
+/// A source that answers "nothing new" at once whatever `wait` says (an older hsda ignores the parameter, a
+/// proxy may cut a long poll short) is not asked again and again without a pause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_that_does_not_wait_is_not_asked_in_a_busy_loop() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let asked = Arc::new(AtomicUsize::new(0));
+    let counter = asked.clone();
+    let feed = axum::Router::new().route(
+        "/events",
+        axum::routing::get(move || {
+            let counter = counter.clone();
+            async move {
+                counter.fetch_add(1, Ordering::Relaxed);
+                axum::Json(json!({"events": [], "next_after": 0}))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, feed).await });
+    let Some(follower) = TestApp::spawn_with(Store::Sqlite, |c| c.follow = vec![url]).await else { return };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let asked = asked.load(Ordering::Relaxed);
+    // About one request a second (and the first, without `wait`); without the pause, thousands.
+    assert!((2..=8).contains(&asked), "{asked} requests in 3 s");
+    let status = follower.get_as(&follower.admin_key, "/follow").await;
+    assert_eq!(status["sources"][0]["state"], "following", "{status}");
+}
